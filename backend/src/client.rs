@@ -1,0 +1,585 @@
+//! The multiplexed RPC client that a backend keeps to each frontend.
+//!
+//! A [`FrontendClient`] is a cheap, cloneable handle. Behind it, one
+//! supervisor task dials the frontend, runs the version handshake, and keeps
+//! the connection up, redialling with jittered exponential backoff when it
+//! drops. While a connection is up, a writer task owns its write half (fed by
+//! a bounded queue, flushing once per batch) and a reader task matches
+//! responses to pending calls by id.
+//!
+//! Every call has a deadline. A call registers its id *before* its request
+//! is queued, and a guard removes the id when the caller stops waiting, so an
+//! abandoned call leaves nothing behind. When a connection dies, every call
+//! pending on it fails at once with [`Error::ConnectionLost`]; calls made
+//! while the frontend is unreachable fail at once with [`Error::Unavailable`].
+
+use crate::Error;
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use session_proxy_protocol::{
+    Call, ErrorCode, Hello, HelloReply, Message, MessageCodec, Reply, Request, Response, Role,
+    RpcError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+/// Settings of the RPC clients a backend keeps to frontends.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// This backend's node id, sent in the hello. Default: `"backend-1"`.
+    pub node_id: String,
+    /// The deadline of a call that names none. Default: 5 s.
+    pub deadline: Duration,
+    /// How long one dial may take. Default: 2 s.
+    pub connect_timeout: Duration,
+    /// How long the frontend may take to answer the hello. Default: 2 s.
+    pub handshake_timeout: Duration,
+    /// The first redial delay after a failed attempt; doubles up to
+    /// `backoff_max`, with ±25 % jitter. Default: 50 ms.
+    pub backoff_min: Duration,
+    /// The longest redial delay. Default: 2 s.
+    pub backoff_max: Duration,
+    /// The most calls pending on one connection; more fail at once with
+    /// [`Error::Overloaded`]. Default: 65 536.
+    pub max_in_flight: usize,
+    /// Requests queued for the writer before callers wait. Default: 4096.
+    pub queue: usize,
+    /// The largest frame sent or accepted, in bytes. Default: 1 MiB.
+    pub max_frame: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            node_id: "backend-1".into(),
+            deadline: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(2),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            max_in_flight: 65_536,
+            queue: 4096,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl ClientConfig {
+    /// Defaults, with the given node id.
+    pub fn new(node_id: impl Into<String>) -> Self {
+        ClientConfig {
+            node_id: node_id.into(),
+            ..ClientConfig::default()
+        }
+    }
+}
+
+/// Where the supervisor is with the connection.
+#[derive(Clone)]
+enum State {
+    /// Dialling or handshaking; calls wait (up to their deadline).
+    Connecting,
+    /// Connected; calls go out on this connection.
+    Up(Arc<Conn>),
+    /// The last attempt failed with this cause; calls fail at once.
+    Down(String),
+}
+
+/// How a pending call ended, as the reader tells the caller.
+enum Outcome {
+    Reply(Reply),
+    Remote(RpcError),
+    Lost(String),
+}
+
+type PendingMap = HashMap<u64, oneshot::Sender<Outcome>>;
+
+/// One live connection: the writer's queue and the calls awaiting responses.
+struct Conn {
+    /// Requests for the writer task.
+    tx: mpsc::Sender<Message>,
+    /// `id -> waiting caller`; `None` once the connection is dead, so a late
+    /// registration fails instead of waiting for a response that cannot come.
+    pending: Mutex<Option<PendingMap>>,
+}
+
+impl Conn {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PendingMap>> {
+        // A panic while holding this lock cannot leave the map half-updated
+        // (every critical section is a single map operation), so a poisoned
+        // lock is still usable.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, id: u64, tx: oneshot::Sender<Outcome>, limit: usize) -> Result<(), Outcome> {
+        match self.lock().as_mut() {
+            None => Err(Outcome::Lost("connection closed".into())),
+            Some(map) if map.len() >= limit => Err(Outcome::Remote(RpcError::new(
+                ErrorCode::Overloaded,
+                "too many calls in flight",
+            ))),
+            Some(map) => {
+                map.insert(id, tx);
+                Ok(())
+            }
+        }
+    }
+
+    fn complete(&self, resp: Response) {
+        let waiter = self.lock().as_mut().and_then(|m| m.remove(&resp.id));
+        match waiter {
+            Some(tx) => {
+                let outcome = match resp.result {
+                    Ok(reply) => Outcome::Reply(reply),
+                    Err(err) => Outcome::Remote(err),
+                };
+                // The caller may have stopped waiting a moment ago; fine.
+                let _ = tx.send(outcome);
+            }
+            None => debug!(id = resp.id, "response to a call nobody waits for"),
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Some(map) = self.lock().as_mut() {
+            map.remove(&id);
+        }
+    }
+
+    fn fail_all(&self, cause: &str) {
+        let pending = self.lock().take();
+        for (_, tx) in pending.into_iter().flatten() {
+            let _ = tx.send(Outcome::Lost(cause.to_string()));
+        }
+    }
+}
+
+struct ClientInner {
+    /// The frontend's node id, checked in the handshake.
+    frontend_id: Arc<str>,
+    /// Client settings.
+    config: ClientConfig,
+    /// The supervisor's view of the connection.
+    state: watch::Receiver<State>,
+    /// Request ids; unique per client, so per connection.
+    next_id: AtomicU64,
+    /// Stops the supervisor when the last handle is dropped.
+    cancel: CancellationToken,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A handle to one frontend's RPC connection. Clone it freely.
+#[derive(Clone)]
+pub struct FrontendClient {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for FrontendClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontendClient")
+            .field("frontend_id", &self.inner.frontend_id)
+            .finish()
+    }
+}
+
+impl FrontendClient {
+    /// Starts keeping a connection to the frontend `frontend_id` at `addr`.
+    /// Returns at once; the first call waits for the connection (up to its
+    /// deadline). Must be called within a tokio runtime.
+    pub fn connect(frontend_id: &str, addr: String, config: ClientConfig) -> FrontendClient {
+        let (state_tx, state_rx) = watch::channel(State::Connecting);
+        let cancel = CancellationToken::new();
+        let frontend_id: Arc<str> = Arc::from(frontend_id);
+        let supervisor = Supervisor {
+            frontend_id: frontend_id.clone(),
+            addr,
+            config: config.clone(),
+            state: state_tx,
+            cancel: cancel.clone(),
+        };
+        tokio::spawn(
+            supervisor
+                .run()
+                .instrument(tracing::info_span!("frontend_client", frontend = %frontend_id)),
+        );
+        FrontendClient {
+            inner: Arc::new(ClientInner {
+                frontend_id,
+                config,
+                state: state_rx,
+                next_id: AtomicU64::new(1),
+                cancel,
+            }),
+        }
+    }
+
+    /// The frontend this client talks to.
+    pub fn frontend_id(&self) -> &str {
+        &self.inner.frontend_id
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.inner.state.borrow(), State::Up(_))
+    }
+
+    /// Sends a call and waits for its reply, with the default deadline.
+    pub async fn call(&self, call: Call) -> Result<Reply, Error> {
+        self.send(call).await?.response().await
+    }
+
+    /// Sends a call and waits for its reply, with the given deadline.
+    pub async fn call_with_deadline(&self, call: Call, deadline: Duration) -> Result<Reply, Error> {
+        self.send_with_deadline(call, deadline)
+            .await?
+            .response()
+            .await
+    }
+
+    /// Queues a call (default deadline) and returns a handle to await its
+    /// reply later. Calls queued one after another from one task reach the
+    /// frontend, and are applied, in that order: this is how to pipeline.
+    pub async fn send(&self, call: Call) -> Result<PendingCall, Error> {
+        self.send_with_deadline(call, self.inner.config.deadline).await
+    }
+
+    /// Like [`send`](Self::send), with the given deadline.
+    pub async fn send_with_deadline(&self, call: Call, deadline: Duration) -> Result<PendingCall, Error> {
+        let deadline_at = Instant::now() + deadline;
+        let conn = self.connection(deadline_at, deadline).await?;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Err(outcome) = conn.register(id, tx, self.inner.config.max_in_flight) {
+            return Err(self.failure(outcome));
+        }
+        // The guard exists before the request is queued: however this future
+        // ends from here on, the id is forgotten.
+        let pending = PendingCall {
+            id,
+            conn: conn.clone(),
+            rx,
+            deadline_at,
+            deadline,
+            client: self.clone(),
+        };
+        let msg = Message::Request(Request {
+            id,
+            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
+            call,
+        });
+        match timeout_at(deadline_at, conn.tx.send(msg)).await {
+            Ok(Ok(())) => Ok(pending),
+            Ok(Err(_)) => Err(self.failure(Outcome::Lost("connection closed".into()))),
+            Err(_) => Err(self.deadline_error(deadline)),
+        }
+    }
+
+    /// Sends a one-way call: no response, no delivery guarantee beyond the
+    /// connection's. Ordered with calls sent before and after it.
+    pub async fn notify(&self, call: Call) -> Result<(), Error> {
+        let deadline = self.inner.config.deadline;
+        let deadline_at = Instant::now() + deadline;
+        let conn = self.connection(deadline_at, deadline).await?;
+        match timeout_at(deadline_at, conn.tx.send(Message::Notify(call))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.failure(Outcome::Lost("connection closed".into()))),
+            Err(_) => Err(self.deadline_error(deadline)),
+        }
+    }
+
+    async fn connection(&self, deadline_at: Instant, deadline: Duration) -> Result<Arc<Conn>, Error> {
+        let mut state = self.inner.state.clone();
+        loop {
+            match &*state.borrow_and_update() {
+                State::Up(conn) => return Ok(conn.clone()),
+                State::Down(cause) => {
+                    return Err(Error::Unavailable {
+                        frontend: self.frontend_id().to_string(),
+                        cause: cause.clone(),
+                    })
+                }
+                State::Connecting => {}
+            }
+            match timeout_at(deadline_at, state.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => {
+                    return Err(Error::Unavailable {
+                        frontend: self.frontend_id().to_string(),
+                        cause: "client stopped".into(),
+                    })
+                }
+                Err(_) => return Err(self.deadline_error(deadline)),
+            }
+        }
+    }
+
+    fn deadline_error(&self, after: Duration) -> Error {
+        Error::DeadlineExceeded {
+            frontend: self.frontend_id().to_string(),
+            after,
+        }
+    }
+
+    fn failure(&self, outcome: Outcome) -> Error {
+        let frontend = self.frontend_id().to_string();
+        match outcome {
+            Outcome::Reply(_) => Error::UnexpectedReply {
+                frontend,
+                call: "a failed call",
+            },
+            Outcome::Remote(err) if err.code == ErrorCode::Overloaded => Error::Overloaded {
+                frontend,
+                limit: self.inner.config.max_in_flight,
+            },
+            Outcome::Remote(source) => Error::Remote { frontend, source },
+            Outcome::Lost(cause) => Error::ConnectionLost { frontend, cause },
+        }
+    }
+}
+
+/// A call on its way. Await [`PendingCall::response`]; dropping it abandons
+/// the call (the frontend may still apply it).
+#[must_use = "a pending call does nothing unless its response is awaited"]
+pub struct PendingCall {
+    /// The request id.
+    id: u64,
+    /// The connection it went out on.
+    conn: Arc<Conn>,
+    /// Where the reader delivers the outcome.
+    rx: oneshot::Receiver<Outcome>,
+    /// When the caller stops waiting.
+    deadline_at: Instant,
+    /// The deadline as given, for the error message.
+    deadline: Duration,
+    /// For building errors.
+    client: FrontendClient,
+}
+
+impl std::fmt::Debug for PendingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCall").field("id", &self.id).finish()
+    }
+}
+
+impl PendingCall {
+    /// Waits for the reply, until the call's deadline.
+    pub async fn response(mut self) -> Result<Reply, Error> {
+        match timeout_at(self.deadline_at, &mut self.rx).await {
+            Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
+            Ok(Ok(other)) => Err(self.client.failure(other)),
+            Ok(Err(_)) => Err(self
+                .client
+                .failure(Outcome::Lost("connection closed".into()))),
+            Err(_) => Err(self.client.deadline_error(self.deadline)),
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        self.conn.forget(self.id);
+    }
+}
+
+/// Keeps one frontend connection alive.
+struct Supervisor {
+    frontend_id: Arc<str>,
+    addr: String,
+    config: ClientConfig,
+    state: watch::Sender<State>,
+    cancel: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut backoff = self.config.backoff_min;
+        let mut failures = 0u32;
+        loop {
+            self.state.send_replace(State::Connecting);
+            let attempt = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                attempt = self.dial() => attempt,
+            };
+            match attempt {
+                Ok((reader, writer)) => {
+                    if failures > 0 {
+                        info!(addr = %self.addr, after_failures = failures, "reconnected to frontend");
+                    } else {
+                        info!(addr = %self.addr, "connected to frontend");
+                    }
+                    failures = 0;
+                    backoff = self.config.backoff_min;
+                    let cause = self.serve(reader, writer).await;
+                    if self.cancel.is_cancelled() {
+                        return;
+                    }
+                    warn!(cause = %cause, "connection to frontend lost");
+                    // Redial after a short pause, not in a tight loop, in
+                    // case the frontend accepts and drops again at once.
+                    if self.pause(self.config.backoff_min).await {
+                        return;
+                    }
+                }
+                Err(cause) => {
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(addr = %self.addr, cause = %cause, "cannot reach frontend; retrying with backoff");
+                    } else {
+                        debug!(addr = %self.addr, cause = %cause, failures, "frontend still unreachable");
+                    }
+                    self.state.send_replace(State::Down(cause));
+                    if self.pause(jitter(backoff)).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+    }
+
+    /// Sleeps; returns true when the client was stopped meanwhile.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+        }
+    }
+
+    async fn dial(
+        &self,
+    ) -> Result<(FramedRead<OwnedReadHalf, MessageCodec>, FramedWrite<OwnedWriteHalf, MessageCodec>), String> {
+        let stream = match timeout(self.config.connect_timeout, TcpStream::connect(&self.addr)).await {
+            Err(_) => return Err(format!("connect to {} timed out", self.addr)),
+            Ok(Err(err)) => return Err(format!("connect to {}: {err}", self.addr)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        let codec = MessageCodec::new(self.config.max_frame);
+        let mut reader = FramedRead::new(r, codec.clone());
+        let mut writer = FramedWrite::new(w, codec);
+        let hello = Hello::new(
+            self.config.node_id.clone(),
+            Role::Backend,
+            Some(self.frontend_id.to_string()),
+        );
+        let exchange = async {
+            writer
+                .send(Message::Hello(hello))
+                .await
+                .map_err(|e| format!("sending hello: {e}"))?;
+            match reader.next().await {
+                None => Err("closed during the handshake".to_string()),
+                Some(Err(err)) => Err(format!("unreadable hello reply: {err}")),
+                Some(Ok(Message::HelloReply(HelloReply::Accepted { version, node_id }))) => {
+                    if version != PROTOCOL_VERSION {
+                        Err(format!("frontend speaks protocol version {version}"))
+                    } else if *node_id != *self.frontend_id {
+                        Err(format!("expected frontend {}, reached {node_id}", self.frontend_id))
+                    } else {
+                        Ok(())
+                    }
+                }
+                Some(Ok(Message::HelloReply(HelloReply::Refused(err)))) => {
+                    Err(format!("handshake refused: {err}"))
+                }
+                Some(Ok(_)) => Err("unexpected frame during the handshake".to_string()),
+            }
+        };
+        match timeout(self.config.handshake_timeout, exchange).await {
+            Err(_) => Err("no handshake reply in time".to_string()),
+            Ok(Err(cause)) => Err(cause),
+            Ok(Ok(())) => Ok((reader, writer)),
+        }
+    }
+
+    /// Runs a connection until it dies; returns why.
+    async fn serve(
+        &self,
+        mut reader: FramedRead<OwnedReadHalf, MessageCodec>,
+        writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    ) -> String {
+        let (tx, rx) = mpsc::channel(self.config.queue.max(1));
+        let conn = Arc::new(Conn {
+            tx: tx.clone(),
+            pending: Mutex::new(Some(HashMap::new())),
+        });
+        self.state.send_replace(State::Up(conn.clone()));
+        let read = async {
+            loop {
+                match reader.next().await {
+                    None => return "frontend closed the connection".to_string(),
+                    Some(Err(err)) => return format!("corrupt stream from frontend: {err}"),
+                    Some(Ok(Message::Response(resp))) => conn.complete(resp),
+                    Some(Ok(Message::Request(req))) => {
+                        // No request handlers are registered on this node.
+                        let resp = Message::Response(Response {
+                            id: req.id,
+                            result: Err(RpcError::new(
+                                ErrorCode::Unsupported,
+                                "this backend serves no requests",
+                            )),
+                        });
+                        if tx.send(resp).await.is_err() {
+                            return "writer stopped".to_string();
+                        }
+                    }
+                    Some(Ok(Message::Notify(_))) => debug!("ignoring a notify from the frontend"),
+                    Some(Ok(_)) => return "handshake frame after the handshake".to_string(),
+                }
+            }
+        };
+        let cause = tokio::select! {
+            _ = self.cancel.cancelled() => "client stopped".to_string(),
+            cause = write_loop(writer, rx) => cause,
+            cause = read => cause,
+        };
+        // No new call may pick this connection up, then fail the pending ones.
+        self.state.send_replace(State::Connecting);
+        conn.fail_all(&cause);
+        cause
+    }
+}
+
+/// Writes queued frames, flushing once per batch of whatever is queued.
+async fn write_loop(
+    mut writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    mut rx: mpsc::Receiver<Message>,
+) -> String {
+    loop {
+        let Some(msg) = rx.recv().await else {
+            return "client stopped".to_string();
+        };
+        if let Err(err) = writer.feed(msg).await {
+            return format!("write failed: {err}");
+        }
+        while let Ok(msg) = rx.try_recv() {
+            if let Err(err) = writer.feed(msg).await {
+                return format!("write failed: {err}");
+            }
+        }
+        if let Err(err) = writer.flush().await {
+            return format!("write failed: {err}");
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let factor = rand::thread_rng().gen_range(0.75..1.25);
+    d.mul_f64(factor)
+}

@@ -1,0 +1,40 @@
+//! The backend side of session-proxy: session proxies and the RPC client pool
+//! to frontends.
+//!
+//! Backend handler code never touches a frontend's session map. It gets a
+//! [`BackendSession`] — a snapshot plus a handle to the owning frontend —
+//! reads and writes the snapshot locally, and sends changes back with
+//! [`bind`](BackendSession::bind), [`unbind`](BackendSession::unbind),
+//! [`push`](BackendSession::push) and [`push_all`](BackendSession::push_all).
+//!
+//! # Layout
+//! - [`service`]: [`BackendSessionService`], frontends by id, `get`,
+//!   `get_by_uid`, `kick_by_sid`, `kick_by_uid`.
+//! - [`session`]: [`BackendSession`], typed `get`/`set`/`remove` on the
+//!   snapshot, plain and conditional pushes, `export`.
+//! - [`client`]: [`FrontendClient`], one multiplexed connection per frontend
+//!   with deadlines, reconnection with backoff, and pipelining.
+//! - [`error`]: [`Error`], with [`Error::code`] mapping onto the wire codes.
+//!
+//! # Example
+//! A backend handler that moves a player to another room:
+//! ```
+//! use session_proxy_backend::{BackendSession, Error};
+//!
+//! async fn join_room(session: &mut BackendSession, room: &str) -> Result<(), Error> {
+//!     session.set("room", room)?;
+//!     session.push("room").await // last write wins on the frontend
+//! }
+//! ```
+//! A complete, runnable cluster (frontend and backends on loopback) is the
+//! `session-proxy demo` command of the root crate.
+
+pub mod client;
+pub mod error;
+pub mod service;
+pub mod session;
+
+pub use client::{ClientConfig, FrontendClient, PendingCall};
+pub use error::Error;
+pub use service::BackendSessionService;
+pub use session::BackendSession;

@@ -1,0 +1,81 @@
+//! Frontend configuration.
+
+use session_proxy_protocol::DEFAULT_MAX_FRAME;
+use std::time::Duration;
+
+/// What happens when a uid that already has a session on this frontend binds
+/// another one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SingleSessionPolicy {
+    /// A uid may have any number of sessions (the default, as in Pinus).
+    #[default]
+    Off,
+    /// The new bind wins: older sessions of the uid are kicked with reason
+    /// `"replaced"`.
+    KickOld,
+    /// The old session wins: the new bind fails with
+    /// [`Error::SessionLimit`](crate::Error::SessionLimit).
+    RejectNew,
+}
+
+/// Settings of a [`SessionService`](crate::SessionService).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// This frontend's id, unique in the cluster. Default: `"frontend-1"`.
+    pub frontend_id: String,
+    /// The single-session policy. Default: [`SingleSessionPolicy::Off`].
+    pub single_session: SingleSessionPolicy,
+    /// Capacity of each session's owner queue (kicks and pushes on their way
+    /// to the client connection). Default: 256.
+    pub owner_queue: usize,
+    /// Capacity of the session event channel; a subscriber that falls further
+    /// behind skips events (and is told how many). Default: 4096.
+    pub event_capacity: usize,
+}
+
+impl SessionConfig {
+    /// Defaults, with the given frontend id.
+    pub fn new(frontend_id: impl Into<String>) -> Self {
+        SessionConfig {
+            frontend_id: frontend_id.into(),
+            ..SessionConfig::default()
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            frontend_id: "frontend-1".into(),
+            single_session: SingleSessionPolicy::Off,
+            owner_queue: 256,
+            event_capacity: 4096,
+        }
+    }
+}
+
+/// Settings of the [`RpcServer`](crate::RpcServer) that backends call.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RpcConfig {
+    /// The largest frame accepted from or sent to a backend, in bytes.
+    /// Default: 1 MiB.
+    pub max_frame: usize,
+    /// How long a new connection may take to send its hello. Default: 5 s.
+    pub handshake_timeout: Duration,
+    /// The most backend connections served at once; more wait to be accepted.
+    /// Default: 1024.
+    pub max_connections: usize,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            max_frame: DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(5),
+            max_connections: 1024,
+        }
+    }
+}

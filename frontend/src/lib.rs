@@ -1,0 +1,46 @@
+//! The frontend side of session-proxy: the authoritative sessions and the RPC
+//! server that backends call.
+//!
+//! # Layout
+//! - [`service`]: [`SessionService`], every session of this frontend in a
+//!   `DashMap` keyed by [`SessionId`], a `uid -> sids` index, per-key
+//!   versioned settings stored as opaque MessagePack bytes, the
+//!   single-session policy, [`SessionEvent`]s, and the [`SessionOwner`]
+//!   handle through which a client connection learns of kicks and pushes.
+//! - [`server`]: [`RpcServer`], which accepts backend connections, checks the
+//!   version handshake, and applies each connection's calls in arrival order.
+//! - [`config`]: [`SessionConfig`], [`RpcConfig`], [`SingleSessionPolicy`].
+//! - [`error`]: [`Error`], one variant per thing that can fail.
+//!
+//! # Example
+//! A frontend that serves backends on a loopback port:
+//! ```
+//! use session_proxy_frontend::{ConnectInfo, RpcConfig, RpcServer, SessionConfig, SessionService};
+//! use std::time::Duration;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sessions = SessionService::new(SessionConfig::new("connector-1"));
+//! let server = RpcServer::bind("127.0.0.1:0".parse()?, sessions.clone(), RpcConfig::default()).await?;
+//! println!("backends connect to {}", server.local_addr());
+//!
+//! // A client connection opens a session and keeps its owner handle.
+//! let owner = sessions.create(ConnectInfo::default());
+//! assert!(sessions.get(owner.sid()).is_some());
+//!
+//! assert!(server.shutdown(Duration::from_secs(1)).await);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`SessionId`]: session_proxy_protocol::SessionId
+
+pub mod config;
+pub mod error;
+pub mod server;
+pub mod service;
+
+pub use config::{RpcConfig, SessionConfig, SingleSessionPolicy};
+pub use error::Error;
+pub use server::RpcServer;
+pub use service::{ConnectInfo, Outbound, SessionEvent, SessionOwner, SessionService};

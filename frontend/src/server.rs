@@ -1,0 +1,321 @@
+//! The RPC server that backends connect to.
+//!
+//! One task per backend connection owns its socket. It reads frames, applies
+//! each session call *inline*, in arrival order (they are short map
+//! operations), and writes the response. Responses are buffered and flushed
+//! only when no further frame is already waiting, so a busy connection sends
+//! many responses per syscall and an idle one pays no added latency.
+
+use crate::{RpcConfig, SessionService};
+use futures::{FutureExt, SinkExt, StreamExt};
+use session_proxy_protocol::{
+    Call, CodecError, ErrorCode, Hello, HelloReply, Message, MessageCodec, Reply, Response, Role,
+    RpcError, MAGIC, PROTOCOL_VERSION,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+/// A running RPC server. Stop it with [`RpcServer::shutdown`]; dropping it
+/// stops it too, without waiting.
+#[derive(Debug)]
+#[must_use = "dropping the server stops it"]
+pub struct RpcServer {
+    /// The address actually bound (useful with port 0).
+    local_addr: SocketAddr,
+    /// Cancels the accept loop and every connection.
+    cancel: CancellationToken,
+    /// Tracks the accept loop and connection tasks, for draining.
+    tracker: TaskTracker,
+}
+
+impl RpcServer {
+    /// Listens on `addr` and serves backends until shut down.
+    ///
+    /// The socket is bound with `SO_REUSEADDR`, so a restarted frontend can
+    /// take its port back at once.
+    pub async fn bind(
+        addr: SocketAddr,
+        service: SessionService,
+        config: RpcConfig,
+    ) -> Result<RpcServer, crate::Error> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(crate::Error::Listen)?;
+        socket.set_reuseaddr(true).map_err(crate::Error::Listen)?;
+        socket.bind(addr).map_err(crate::Error::Listen)?;
+        let listener = socket.listen(1024).map_err(crate::Error::Listen)?;
+        Ok(Self::serve(listener, service, config))
+    }
+
+    /// Serves backends on an already bound listener.
+    pub fn serve(listener: TcpListener, service: SessionService, config: RpcConfig) -> RpcServer {
+        let local_addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let accept = accept_loop(
+            listener,
+            service,
+            Arc::new(config),
+            cancel.clone(),
+            tracker.clone(),
+        );
+        tracker.spawn(accept.instrument(tracing::info_span!("rpc_server", %local_addr)));
+        RpcServer {
+            local_addr,
+            cancel,
+            tracker,
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every connection after the frame it is
+    /// handling, and waits up to `drain` for the tasks to finish. Returns
+    /// whether they all finished in time.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(drain, self.tracker.wait()).await.is_ok()
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    service: SessionService,
+    config: Arc<RpcConfig>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    info!(frontend = service.frontend_id(), "listening for backends");
+    loop {
+        // Take a permit before accepting: at the limit, new peers wait in the
+        // kernel's backlog instead of costing us memory.
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Out of file descriptors and the like: back off briefly
+                // instead of spinning.
+                warn!(cause = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            service: service.clone(),
+            config: config.clone(),
+            cancel: cancel.child_token(),
+            peer,
+        };
+        tracker.spawn(
+            async move {
+                conn.run(stream).await;
+                drop(permit);
+            }
+            .instrument(tracing::info_span!("backend_conn", %peer)),
+        );
+    }
+}
+
+/// One backend connection.
+struct Connection {
+    /// The sessions this frontend owns.
+    service: SessionService,
+    /// Server settings.
+    config: Arc<RpcConfig>,
+    /// Cancelled when the server shuts down.
+    cancel: CancellationToken,
+    /// The backend's address, for logs.
+    peer: SocketAddr,
+}
+
+/// Why a connection ended, for the log line.
+enum End {
+    PeerClosed,
+    Shutdown,
+    Corrupt(CodecError),
+    Protocol(&'static str),
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream) {
+        let mut framed = Framed::new(stream, MessageCodec::new(self.config.max_frame));
+        let backend = match self.handshake(&mut framed).await {
+            Ok(id) => id,
+            Err(reason) => {
+                warn!(peer = %self.peer, reason, "backend refused");
+                return;
+            }
+        };
+        info!(backend = %backend, "backend connected");
+        match self.serve(&mut framed).await {
+            End::PeerClosed => info!(backend = %backend, "backend disconnected"),
+            End::Shutdown => debug!(backend = %backend, "connection closed for shutdown"),
+            End::Corrupt(err) => {
+                warn!(backend = %backend, cause = %err, code = %err.code(), "closing connection: corrupt stream")
+            }
+            End::Protocol(what) => {
+                warn!(backend = %backend, cause = what, "closing connection: protocol violation")
+            }
+        }
+    }
+
+    /// Reads the hello and answers it. Returns the peer's node id.
+    async fn handshake(
+        &self,
+        framed: &mut Framed<TcpStream, MessageCodec>,
+    ) -> Result<String, String> {
+        let first = tokio::select! {
+            _ = self.cancel.cancelled() => return Err("shutting down".into()),
+            first = tokio::time::timeout(self.config.handshake_timeout, framed.next()) => first,
+        };
+        let hello: Hello = match first {
+            Err(_) => return Err("no hello before the handshake deadline".into()),
+            Ok(None) => return Err("closed before the hello".into()),
+            Ok(Some(Err(err))) => return Err(format!("unreadable hello: {err}")),
+            Ok(Some(Ok(Message::Hello(hello)))) => hello,
+            Ok(Some(Ok(_))) => return Err("first frame is not a hello".into()),
+        };
+        let refusal = if hello.magic != MAGIC {
+            Some(RpcError::new(ErrorCode::VersionMismatch, "not a session-proxy peer"))
+        } else if hello.version != PROTOCOL_VERSION {
+            Some(RpcError::new(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "protocol version {} is not supported (this frontend speaks {})",
+                    hello.version, PROTOCOL_VERSION
+                ),
+            ))
+        } else if hello.role != Role::Backend {
+            Some(RpcError::new(ErrorCode::Unsupported, "only backends may connect here"))
+        } else if let Some(expected) = hello.expect_peer.as_deref().filter(|e| *e != self.service.frontend_id()) {
+            Some(RpcError::new(
+                ErrorCode::WrongFrontend,
+                format!("this is frontend {:?}, not {expected:?}", self.service.frontend_id()),
+            ))
+        } else {
+            None
+        };
+        let reply = match &refusal {
+            Some(err) => HelloReply::Refused(err.clone()),
+            None => HelloReply::Accepted {
+                version: PROTOCOL_VERSION,
+                node_id: self.service.frontend_id().to_string(),
+            },
+        };
+        framed
+            .send(Message::HelloReply(reply))
+            .await
+            .map_err(|e| format!("cannot answer the hello: {e}"))?;
+        match refusal {
+            Some(err) => Err(format!("{} ({})", err, hello.node_id)),
+            None => Ok(hello.node_id),
+        }
+    }
+
+    async fn serve(&self, framed: &mut Framed<TcpStream, MessageCodec>) -> End {
+        let mut unflushed = false;
+        loop {
+            // Take a frame that is already buffered without waiting; if there
+            // is none, flush what we owe before we sleep.
+            let next = match framed.next().now_or_never() {
+                Some(frame) => frame,
+                None => {
+                    if unflushed {
+                        if let Err(err) = framed.flush().await {
+                            return End::Corrupt(err);
+                        }
+                        unflushed = false;
+                    }
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return End::Shutdown,
+                        frame = framed.next() => frame,
+                    }
+                }
+            };
+            let msg = match next {
+                None => return End::PeerClosed,
+                Some(Err(err)) => return End::Corrupt(err),
+                Some(Ok(msg)) => msg,
+            };
+            match msg {
+                Message::Request(req) => {
+                    let result = self.apply(req.call);
+                    let response = Message::Response(Response { id: req.id, result });
+                    // `feed` only buffers; it writes when the buffer is past
+                    // its high-water mark, which is our backpressure.
+                    if let Err(err) = framed.feed(response).await {
+                        return End::Corrupt(err);
+                    }
+                    unflushed = true;
+                }
+                Message::Notify(call) => {
+                    if let Err(err) = self.apply(call) {
+                        debug!(cause = %err, "notify failed");
+                    }
+                }
+                Message::Response(resp) => {
+                    // This frontend sends no requests on backend connections yet.
+                    debug!(id = resp.id, "ignoring a response to no request");
+                }
+                Message::Hello(_) | Message::HelloReply(_) => {
+                    return End::Protocol("handshake frame after the handshake")
+                }
+            }
+            if self.cancel.is_cancelled() {
+                let _ = framed.flush().await;
+                return End::Shutdown;
+            }
+        }
+    }
+
+    /// Applies one session call to the service.
+    fn apply(&self, call: Call) -> Result<Reply, RpcError> {
+        let s = &self.service;
+        let reply = match call {
+            Call::GetSession { sid } => Reply::Session(s.get(sid)),
+            Call::GetByUid { uid } => Reply::Sessions(s.get_by_uid(&uid)),
+            Call::Bind { sid, uid } => s.bind(sid, &uid).map(|()| Reply::Done)?,
+            Call::Unbind { sid, uid } => s.unbind(sid, &uid).map(|()| Reply::Done)?,
+            Call::Push { sid, writes } => Reply::Pushed(s.apply_push(sid, writes)?),
+            Call::KickBySid { sid, reason } => Reply::Kicked(u32::from(s.kick_by_sid(sid, &reason))),
+            Call::KickByUid { uid, reason } => {
+                Reply::Kicked(u32::try_from(s.kick_by_uid(&uid, &reason)).unwrap_or(u32::MAX))
+            }
+        };
+        Ok(reply)
+    }
+}

@@ -1,0 +1,679 @@
+//! The authoritative session store of one frontend.
+
+use crate::{Error, SessionConfig, SingleSessionPolicy};
+use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use session_proxy_protocol::{KeyWrite, Precondition, SessionId, SessionSnapshot, Setting};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{broadcast, mpsc};
+
+/// What a client connection tells the frontend when it opens a session.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectInfo {
+    /// The client's address, when the transport has one. Default: `None`.
+    pub remote_addr: Option<SocketAddr>,
+    /// Free-form metadata (client type, version, device …). Default: empty.
+    pub metadata: HashMap<String, String>,
+}
+
+impl ConnectInfo {
+    /// Info with a client address and no metadata.
+    pub fn from_addr(addr: SocketAddr) -> Self {
+        ConnectInfo {
+            remote_addr: Some(addr),
+            metadata: HashMap::new(),
+        }
+    }
+}
+
+/// Something the frontend wants the connection that owns a session to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outbound {
+    /// Send a kick with this reason to the client, then close. The session
+    /// is already closed when this arrives.
+    Kick {
+        /// Why, as the client will read it.
+        reason: String,
+    },
+    /// Send a server push to the client.
+    Push {
+        /// The push route, e.g. `onChat`.
+        route: String,
+        /// The encoded body.
+        body: Bytes,
+    },
+}
+
+/// A change to the session table that embedding code may want to follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// A session was bound to a uid.
+    Bound {
+        /// The session.
+        sid: SessionId,
+        /// The uid.
+        uid: String,
+    },
+    /// A session was unbound from a uid.
+    Unbound {
+        /// The session.
+        sid: SessionId,
+        /// The uid it was bound to.
+        uid: String,
+    },
+    /// A session was closed and removed.
+    Closed {
+        /// The session.
+        sid: SessionId,
+        /// The uid it was bound to, if any.
+        uid: Option<String>,
+        /// Why: `"disconnected"`, `"replaced"`, a kick reason, …
+        reason: String,
+    },
+}
+
+/// One session as the frontend keeps it.
+struct SessionEntry {
+    /// The bound user, if any; mirrored in the uid index.
+    uid: Option<String>,
+    /// Settings: opaque bytes with a version each.
+    settings: BTreeMap<String, Setting>,
+    /// The last version handed out in this session; versions are never reused,
+    /// so a removed and re-added key never repeats an old version.
+    last_version: u64,
+    /// Where the client came from, for embedding code and operators.
+    info: ConnectInfo,
+    /// When the session was created.
+    created_at: SystemTime,
+    /// The connection that owns this session; dropping the sender (by
+    /// removing the entry) tells it the session is over.
+    owner: mpsc::Sender<Outbound>,
+}
+
+impl SessionEntry {
+    fn snapshot(&self, sid: SessionId, frontend_id: &str) -> SessionSnapshot {
+        SessionSnapshot {
+            sid,
+            frontend_id: frontend_id.to_string(),
+            uid: self.uid.clone(),
+            settings: self.settings.clone(),
+        }
+    }
+
+    fn write(&mut self, key: String, value: Bytes) -> u64 {
+        self.last_version += 1;
+        let version = self.last_version;
+        self.settings.insert(key, Setting { value, version });
+        version
+    }
+}
+
+struct Inner {
+    /// Settings this service was built with.
+    config: SessionConfig,
+    /// The sessions, keyed by id.
+    sessions: DashMap<SessionId, SessionEntry>,
+    /// `uid -> sids`, kept in step with `SessionEntry::uid`. Lock order: a
+    /// path that holds a `sessions` guard may take a `uids` guard, never the
+    /// other way round.
+    uids: DashMap<String, Vec<SessionId>>,
+    /// Bound/unbound/closed events for subscribers.
+    events: broadcast::Sender<SessionEvent>,
+}
+
+/// The sessions of one frontend: the single owner of every session it holds.
+///
+/// Cheap to clone (an `Arc`). Every operation is a short, synchronous map
+/// operation; nothing here awaits while holding a map guard.
+///
+/// ```
+/// use session_proxy_frontend::{ConnectInfo, SessionConfig, SessionService};
+/// use bytes::Bytes;
+///
+/// let service = SessionService::new(SessionConfig::new("connector-1"));
+/// let owner = service.create(ConnectInfo::default());
+/// service.bind(owner.sid(), "alice").expect("fresh session binds");
+/// service.set(owner.sid(), "room", Bytes::from_static(b"\xa4hall")).expect("session exists");
+/// assert_eq!(service.get_by_uid("alice").len(), 1);
+/// drop(owner); // the connection went away: the session closes
+/// assert_eq!(service.count(), 0);
+/// assert!(service.get_by_uid("alice").is_empty());
+/// ```
+#[derive(Clone)]
+pub struct SessionService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SessionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService")
+            .field("frontend_id", &self.inner.config.frontend_id)
+            .field("sessions", &self.inner.sessions.len())
+            .finish()
+    }
+}
+
+impl SessionService {
+    /// An empty service.
+    pub fn new(config: SessionConfig) -> Self {
+        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        SessionService {
+            inner: Arc::new(Inner {
+                config,
+                sessions: DashMap::new(),
+                uids: DashMap::new(),
+                events,
+            }),
+        }
+    }
+
+    /// This frontend's id.
+    pub fn frontend_id(&self) -> &str {
+        &self.inner.config.frontend_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// Follows bound, unbound and closed events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, event: SessionEvent) {
+        // No subscriber is fine: events are for whoever listens.
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Opens a session for a new client connection and returns its owner
+    /// handle. Dropping the handle closes the session.
+    pub fn create(&self, info: ConnectInfo) -> SessionOwner {
+        let (tx, rx) = mpsc::channel(self.inner.config.owner_queue.max(1));
+        let mut entry = Some(SessionEntry {
+            uid: None,
+            settings: BTreeMap::new(),
+            last_version: 0,
+            info,
+            created_at: SystemTime::now(),
+            owner: tx,
+        });
+        loop {
+            let sid = SessionId::from_raw(rand::random::<u64>());
+            if let Entry::Vacant(slot) = self.inner.sessions.entry(sid) {
+                slot.insert(entry.take().expect("inserted once, then we return"));
+                return SessionOwner {
+                    sid,
+                    rx,
+                    service: self.clone(),
+                };
+            }
+            // A 1-in-2^64 collision with a live session: draw again.
+        }
+    }
+
+    /// A copy of a session's current state.
+    pub fn get(&self, sid: SessionId) -> Option<SessionSnapshot> {
+        let fid = self.frontend_id();
+        self.inner.sessions.get(&sid).map(|e| e.snapshot(sid, fid))
+    }
+
+    /// What the connection told us when it opened the session, and when.
+    pub fn info(&self, sid: SessionId) -> Option<(ConnectInfo, SystemTime)> {
+        self.inner
+            .sessions
+            .get(&sid)
+            .map(|e| (e.info.clone(), e.created_at))
+    }
+
+    /// The ids of a uid's sessions: O(sessions of that uid).
+    pub fn sids_of_uid(&self, uid: &str) -> Vec<SessionId> {
+        self.inner
+            .uids
+            .get(uid)
+            .map(|sids| sids.clone())
+            .unwrap_or_default()
+    }
+
+    /// Copies of every session bound to `uid`.
+    pub fn get_by_uid(&self, uid: &str) -> Vec<SessionSnapshot> {
+        // Clone the sids and drop the index guard before touching sessions.
+        let sids = self.sids_of_uid(uid);
+        sids.into_iter().filter_map(|sid| self.get(sid)).collect()
+    }
+
+    /// Binds a session to a uid. Binding to the uid it already has is a no-op.
+    pub fn bind(&self, sid: SessionId, uid: &str) -> Result<(), Error> {
+        let replaced = {
+            let mut entry = self
+                .inner
+                .sessions
+                .get_mut(&sid)
+                .ok_or(Error::SessionNotFound(sid))?;
+            match &entry.uid {
+                Some(current) if current == uid => return Ok(()),
+                Some(_) => return Err(Error::AlreadyBound { sid }),
+                None => {}
+            }
+            // Lock order: sessions guard first, then the uid index.
+            let mut sids = self.inner.uids.entry(uid.to_string()).or_default();
+            let replaced = match self.inner.config.single_session {
+                SingleSessionPolicy::RejectNew if !sids.is_empty() => {
+                    return Err(Error::SessionLimit);
+                }
+                SingleSessionPolicy::KickOld => std::mem::take(&mut *sids),
+                _ => Vec::new(),
+            };
+            sids.push(sid);
+            entry.uid = Some(uid.to_string());
+            replaced
+        };
+        self.emit(SessionEvent::Bound {
+            sid,
+            uid: uid.to_string(),
+        });
+        for old in replaced {
+            self.kick_by_sid(old, "replaced");
+        }
+        Ok(())
+    }
+
+    /// Unbinds a session from `uid`, which must be the uid it is bound to.
+    pub fn unbind(&self, sid: SessionId, uid: &str) -> Result<(), Error> {
+        {
+            let mut entry = self
+                .inner
+                .sessions
+                .get_mut(&sid)
+                .ok_or(Error::SessionNotFound(sid))?;
+            if entry.uid.as_deref() != Some(uid) {
+                return Err(Error::UidMismatch { sid });
+            }
+            entry.uid = None;
+            self.unindex(uid, sid);
+        }
+        self.emit(SessionEvent::Unbound {
+            sid,
+            uid: uid.to_string(),
+        });
+        Ok(())
+    }
+
+    /// Removes `sid` from the uid index, and the uid when it has no session left.
+    fn unindex(&self, uid: &str, sid: SessionId) {
+        if let Entry::Occupied(mut sids) = self.inner.uids.entry(uid.to_string()) {
+            sids.get_mut().retain(|s| *s != sid);
+            if sids.get().is_empty() {
+                sids.remove();
+            }
+        }
+    }
+
+    /// Sets one key unconditionally; returns its new version.
+    pub fn set(&self, sid: SessionId, key: &str, value: Bytes) -> Result<u64, Error> {
+        let mut entry = self
+            .inner
+            .sessions
+            .get_mut(&sid)
+            .ok_or(Error::SessionNotFound(sid))?;
+        Ok(entry.write(key.to_string(), value))
+    }
+
+    /// Sets several keys unconditionally; returns their new versions in order.
+    pub fn import(
+        &self,
+        sid: SessionId,
+        values: impl IntoIterator<Item = (String, Bytes)>,
+    ) -> Result<Vec<u64>, Error> {
+        let mut entry = self
+            .inner
+            .sessions
+            .get_mut(&sid)
+            .ok_or(Error::SessionNotFound(sid))?;
+        Ok(values
+            .into_iter()
+            .map(|(k, v)| entry.write(k, v))
+            .collect())
+    }
+
+    /// Removes one key; returns whether it existed.
+    pub fn remove_key(&self, sid: SessionId, key: &str) -> Result<bool, Error> {
+        let mut entry = self
+            .inner
+            .sessions
+            .get_mut(&sid)
+            .ok_or(Error::SessionNotFound(sid))?;
+        Ok(entry.settings.remove(key).is_some())
+    }
+
+    /// Applies a backend's push: all writes or none.
+    ///
+    /// Every precondition is checked against the state before the push; if
+    /// one fails, nothing changes and [`Error::Conflict`] names the key. Keys
+    /// the push does not name are never touched. Returns the new version of
+    /// each write (`None` for a removal).
+    pub fn apply_push(&self, sid: SessionId, writes: Vec<KeyWrite>) -> Result<Vec<Option<u64>>, Error> {
+        let mut entry = self
+            .inner
+            .sessions
+            .get_mut(&sid)
+            .ok_or(Error::SessionNotFound(sid))?;
+        for w in &writes {
+            let current = entry.settings.get(&w.key).map(|s| s.version);
+            let ok = match w.expect {
+                Precondition::Any => true,
+                Precondition::Absent => current.is_none(),
+                Precondition::Version(v) => current == Some(v),
+            };
+            if !ok {
+                return Err(Error::Conflict {
+                    key: w.key.clone(),
+                    expected: describe_expect(w.expect),
+                    found: current.map_or_else(|| "absent".into(), |v| format!("version {v}")),
+                });
+            }
+        }
+        Ok(writes
+            .into_iter()
+            .map(|w| match w.value {
+                Some(value) => Some(entry.write(w.key, value)),
+                None => {
+                    entry.settings.remove(&w.key);
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// Closes a session: removes it, unindexes its uid, fires
+    /// [`SessionEvent::Closed`]. Returns whether it existed.
+    pub fn close(&self, sid: SessionId, reason: &str) -> bool {
+        self.remove(sid, reason, false)
+    }
+
+    /// Closes a session and sends its client a kick with `reason`. Returns
+    /// whether it existed.
+    pub fn kick_by_sid(&self, sid: SessionId, reason: &str) -> bool {
+        self.remove(sid, reason, true)
+    }
+
+    /// Kicks every session of a uid; returns how many there were.
+    pub fn kick_by_uid(&self, uid: &str, reason: &str) -> usize {
+        self.sids_of_uid(uid)
+            .into_iter()
+            .filter(|sid| self.kick_by_sid(*sid, reason))
+            .count()
+    }
+
+    fn remove(&self, sid: SessionId, reason: &str, kick: bool) -> bool {
+        let Some((_, entry)) = self.inner.sessions.remove(&sid) else {
+            return false;
+        };
+        if let Some(uid) = &entry.uid {
+            self.unindex(uid, sid);
+        }
+        if kick {
+            // Best effort: if the queue is full, dropping the sender below
+            // still ends the connection's session.
+            let _ = entry.owner.try_send(Outbound::Kick {
+                reason: reason.to_string(),
+            });
+        }
+        tracing::debug!(sid = %sid.redacted(), reason, "session closed");
+        self.emit(SessionEvent::Closed {
+            sid,
+            uid: entry.uid,
+            reason: reason.to_string(),
+        });
+        true
+    }
+
+    /// Queues a server push for a session's client.
+    ///
+    /// Fails with [`Error::OwnerQueueFull`] when the client reads too slowly
+    /// to keep up; the caller decides whether to drop the push or the client.
+    pub fn push_to_client(&self, sid: SessionId, route: &str, body: Bytes) -> Result<(), Error> {
+        let owner = self
+            .inner
+            .sessions
+            .get(&sid)
+            .map(|e| e.owner.clone())
+            .ok_or(Error::SessionNotFound(sid))?;
+        owner
+            .try_send(Outbound::Push {
+                route: route.to_string(),
+                body,
+            })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Error::OwnerQueueFull(sid),
+                mpsc::error::TrySendError::Closed(_) => Error::OwnerGone(sid),
+            })
+    }
+
+    /// How many sessions are open.
+    pub fn count(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// How many uids have at least one session (the size of the uid index).
+    pub fn uid_count(&self) -> usize {
+        self.inner.uids.len()
+    }
+
+    /// The ids of every open session, in no particular order.
+    pub fn sids(&self) -> Vec<SessionId> {
+        self.inner.sessions.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Calls `f` with a snapshot of every open session, one at a time. No map
+    /// guard is held while `f` runs.
+    pub fn for_each(&self, mut f: impl FnMut(SessionSnapshot)) {
+        for sid in self.sids() {
+            if let Some(snapshot) = self.get(sid) {
+                f(snapshot);
+            }
+        }
+    }
+}
+
+fn describe_expect(expect: Precondition) -> String {
+    match expect {
+        Precondition::Any => "anything".into(),
+        Precondition::Absent => "absent".into(),
+        Precondition::Version(v) => format!("version {v}"),
+    }
+}
+
+/// The connection's side of a session: its id and the queue of kicks and
+/// pushes for its client.
+///
+/// Dropping the owner closes the session with reason `"disconnected"` (if it
+/// is still open), so a connection task that ends for any reason cannot leak
+/// its session.
+#[derive(Debug)]
+pub struct SessionOwner {
+    /// The session this handle owns.
+    sid: SessionId,
+    /// Kicks and pushes for the client, in order.
+    rx: mpsc::Receiver<Outbound>,
+    /// For closing the session on drop.
+    service: SessionService,
+}
+
+impl SessionOwner {
+    /// The session id.
+    pub fn sid(&self) -> SessionId {
+        self.sid
+    }
+
+    /// The next kick or push for the client. `None` once the session is
+    /// closed (by a kick, a replacement, or [`SessionService::close`]) and
+    /// everything queued before has been read.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        self.rx.recv().await
+    }
+
+    /// Like [`recv`](Self::recv) but without waiting: `Ok(None)` when nothing
+    /// is queued yet, `Err(())` once the session is over.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_recv(&mut self) -> Result<Option<Outbound>, ()> {
+        match self.rx.try_recv() {
+            Ok(item) => Ok(Some(item)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        }
+    }
+}
+
+impl Drop for SessionOwner {
+    fn drop(&mut self) {
+        self.service.close(self.sid, "disconnected");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(policy: SingleSessionPolicy) -> SessionService {
+        let mut config = SessionConfig::new("f1");
+        config.single_session = policy;
+        SessionService::new(config)
+    }
+
+    fn bytes(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn bind_unbind_and_index() {
+        let s = service(SingleSessionPolicy::Off);
+        let a = s.create(ConnectInfo::default());
+        let b = s.create(ConnectInfo::default());
+        s.bind(a.sid(), "u").expect("bind a");
+        s.bind(b.sid(), "u").expect("bind b");
+        s.bind(a.sid(), "u").expect("rebinding the same uid is a no-op");
+        assert_eq!(s.sids_of_uid("u").len(), 2);
+        assert!(matches!(s.bind(a.sid(), "v"), Err(Error::AlreadyBound { .. })));
+        assert!(matches!(s.unbind(a.sid(), "v"), Err(Error::UidMismatch { .. })));
+        s.unbind(a.sid(), "u").expect("unbind");
+        assert_eq!(s.sids_of_uid("u"), vec![b.sid()]);
+        drop(b);
+        assert_eq!(s.uid_count(), 0);
+    }
+
+    #[test]
+    fn versions_are_never_reused() {
+        let s = service(SingleSessionPolicy::Off);
+        let a = s.create(ConnectInfo::default());
+        let v1 = s.set(a.sid(), "k", bytes("1")).expect("set");
+        assert!(s.remove_key(a.sid(), "k").expect("remove"));
+        let v2 = s.set(a.sid(), "k", bytes("2")).expect("set");
+        assert!(v2 > v1);
+    }
+
+    #[test]
+    fn push_is_all_or_nothing() {
+        let s = service(SingleSessionPolicy::Off);
+        let a = s.create(ConnectInfo::default());
+        let v = s.set(a.sid(), "k", bytes("1")).expect("set");
+        let err = s
+            .apply_push(
+                a.sid(),
+                vec![
+                    KeyWrite {
+                        key: "other".into(),
+                        value: Some(bytes("x")),
+                        expect: Precondition::Any,
+                    },
+                    KeyWrite {
+                        key: "k".into(),
+                        value: Some(bytes("2")),
+                        expect: Precondition::Version(v + 1),
+                    },
+                ],
+            )
+            .expect_err("stale version");
+        assert!(matches!(err, Error::Conflict { ref key, .. } if key == "k"));
+        let snap = s.get(a.sid()).expect("open");
+        assert!(!snap.settings.contains_key("other"), "nothing applied");
+        assert_eq!(snap.settings["k"].value, bytes("1"));
+    }
+
+    #[test]
+    fn kick_old_policy_replaces() {
+        let s = service(SingleSessionPolicy::KickOld);
+        let mut a = s.create(ConnectInfo::default());
+        let b = s.create(ConnectInfo::default());
+        s.bind(a.sid(), "u").expect("bind a");
+        s.bind(b.sid(), "u").expect("bind b replaces a");
+        assert_eq!(
+            a.try_recv(),
+            Ok(Some(Outbound::Kick {
+                reason: "replaced".into()
+            }))
+        );
+        assert_eq!(a.try_recv(), Err(()));
+        assert_eq!(s.sids_of_uid("u"), vec![b.sid()]);
+        assert!(s.get(a.sid()).is_none());
+    }
+
+    #[test]
+    fn reject_new_policy_refuses() {
+        let s = service(SingleSessionPolicy::RejectNew);
+        let a = s.create(ConnectInfo::default());
+        let b = s.create(ConnectInfo::default());
+        s.bind(a.sid(), "u").expect("bind a");
+        assert!(matches!(s.bind(b.sid(), "u"), Err(Error::SessionLimit)));
+        assert_eq!(s.get(b.sid()).expect("b stays open").uid, None);
+        assert_eq!(s.sids_of_uid("u"), vec![a.sid()]);
+    }
+
+    #[test]
+    fn events_follow_the_lifecycle() {
+        let s = service(SingleSessionPolicy::Off);
+        let mut events = s.subscribe();
+        let a = s.create(ConnectInfo::default());
+        let sid = a.sid();
+        s.bind(sid, "u").expect("bind");
+        s.unbind(sid, "u").expect("unbind");
+        s.bind(sid, "w").expect("bind");
+        drop(a);
+        let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            vec![
+                SessionEvent::Bound { sid, uid: "u".into() },
+                SessionEvent::Unbound { sid, uid: "u".into() },
+                SessionEvent::Bound { sid, uid: "w".into() },
+                SessionEvent::Closed {
+                    sid,
+                    uid: Some("w".into()),
+                    reason: "disconnected".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn push_to_client_reports_a_full_queue() {
+        let mut config = SessionConfig::new("f1");
+        config.owner_queue = 1;
+        let s = SessionService::new(config);
+        let mut a = s.create(ConnectInfo::default());
+        s.push_to_client(a.sid(), "onChat", bytes("1")).expect("room for one");
+        assert!(matches!(
+            s.push_to_client(a.sid(), "onChat", bytes("2")),
+            Err(Error::OwnerQueueFull(_))
+        ));
+        assert!(matches!(a.try_recv(), Ok(Some(Outbound::Push { .. }))));
+    }
+}

@@ -1,0 +1,51 @@
+//! Wire types, framing and error codes of the session-proxy cluster RPC.
+//!
+//! This crate does no I/O: it turns [`Message`]s into bytes and back over a
+//! [`bytes::BytesMut`], so the same code serves the frontend's RPC server, the
+//! backend's RPC client, tests and fuzzers.
+//!
+//! # Layout
+//! - [`message`]: the typed messages — the version handshake ([`Hello`],
+//!   [`HelloReply`]), multiplexed [`Request`]/[`Response`] pairs with a `u64` id
+//!   and a relative deadline, one-way notifies, the session [`Call`]s and their
+//!   [`Reply`]s, and the [`SessionSnapshot`] a backend works on.
+//! - [`codec`]: [`MessageCodec`], a length-delimited frame (`u32` big-endian
+//!   length, then a MessagePack body) with an enforced maximum size, checked
+//!   *before* anything is allocated.
+//! - [`error`]: [`ErrorCode`] and [`RpcError`], the typed errors that travel on
+//!   the wire, and [`CodecError`], what a decoder reports when a stream is corrupt.
+//! - [`id`]: [`SessionId`], the cluster-wide session id.
+//!
+//! # Example
+//! ```
+//! use bytes::BytesMut;
+//! use session_proxy_protocol::{Call, Message, MessageCodec, Request, SessionId};
+//! use tokio_util::codec::Decoder;
+//!
+//! let mut codec = MessageCodec::new(64 * 1024);
+//! let msg = Message::Request(Request {
+//!     id: 7,
+//!     deadline_ms: 5_000,
+//!     call: Call::Bind { sid: SessionId::from_raw(42), uid: "alice".into() },
+//! });
+//! let mut buf = BytesMut::new();
+//! codec.encode_to(&msg, &mut buf).expect("a small message encodes");
+//! // Half a frame is not an error: the decoder asks for more bytes.
+//! let mut half = buf.split_to(buf.len() / 2);
+//! assert!(codec.decode(&mut half).expect("a prefix is not corrupt").is_none());
+//! half.unsplit(buf);
+//! assert_eq!(codec.decode(&mut half).expect("whole frame").as_ref(), Some(&msg));
+//! ```
+
+pub mod codec;
+pub mod error;
+pub mod id;
+pub mod message;
+
+pub use codec::{MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
+pub use error::{CodecError, ErrorCode, RpcError};
+pub use id::SessionId;
+pub use message::{
+    Call, Hello, HelloReply, KeyWrite, Message, Precondition, Reply, Request, Response, Role,
+    SessionSnapshot, Setting, MAGIC, PROTOCOL_VERSION,
+};

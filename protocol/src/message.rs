@@ -1,0 +1,221 @@
+//! The typed messages of the cluster RPC.
+//!
+//! A connection opens with [`Message::Hello`] from the side that dialled and
+//! [`Message::HelloReply`] from the side that accepted. After that either side
+//! may send [`Message::Request`]s (answered by exactly one
+//! [`Message::Response`] with the same id, in any order) and one-way
+//! [`Message::Notify`]s.
+
+use crate::{RpcError, SessionId};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The version of this protocol; peers with another version are refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The first field of every [`Hello`]: "SPRX", so a stray client of another
+/// protocol is told apart from a peer of another version.
+pub const MAGIC: u32 = u32::from_be_bytes(*b"SPRX");
+
+/// One frame of the cluster RPC.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Opens a connection (dialling side).
+    Hello(Hello),
+    /// Accepts or refuses a [`Hello`] (accepting side).
+    HelloReply(HelloReply),
+    /// A call that wants exactly one response.
+    Request(Request),
+    /// The answer to the request with the same id.
+    Response(Response),
+    /// A call that wants no response; errors are logged by the receiver.
+    Notify(Call),
+}
+
+/// What kind of node a peer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Owns client sessions.
+    Frontend,
+    /// Runs game logic on session proxies.
+    Backend,
+}
+
+/// The first frame on a connection, from the side that dialled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: u32,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The sender's node id (for logs and routing).
+    pub node_id: String,
+    /// The sender's role.
+    pub role: Role,
+    /// The node id the sender believes it dialled; the receiver refuses the
+    /// connection with [`ErrorCode::WrongFrontend`](crate::ErrorCode) when it
+    /// is someone else (a stale address in a config, a restarted node on a
+    /// reused port).
+    pub expect_peer: Option<String>,
+}
+
+impl Hello {
+    /// A hello of this build's version.
+    pub fn new(node_id: impl Into<String>, role: Role, expect_peer: Option<String>) -> Self {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            node_id: node_id.into(),
+            role,
+            expect_peer,
+        }
+    }
+}
+
+/// The answer to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// The connection is open.
+    Accepted {
+        /// The accepting side's protocol version.
+        version: u16,
+        /// The accepting side's node id.
+        node_id: String,
+    },
+    /// The connection is refused and will be closed.
+    Refused(RpcError),
+}
+
+/// A call that wants one response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the caller, unique among its pending calls on this connection.
+    pub id: u64,
+    /// How long the caller will wait, relative to when it sent the request
+    /// (relative, so clocks of different machines never need to agree).
+    pub deadline_ms: u32,
+    /// What to do.
+    pub call: Call,
+}
+
+/// The one answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// The outcome.
+    pub result: Result<Reply, RpcError>,
+}
+
+/// A session operation, sent by a backend to the frontend that owns the session.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Call {
+    /// Read one session. Replies [`Reply::Session`].
+    GetSession {
+        /// The session.
+        sid: SessionId,
+    },
+    /// Read every session bound to a uid. Replies [`Reply::Sessions`].
+    GetByUid {
+        /// The user.
+        uid: String,
+    },
+    /// Bind a session to a uid. Replies [`Reply::Done`].
+    Bind {
+        /// The session.
+        sid: SessionId,
+        /// The user.
+        uid: String,
+    },
+    /// Unbind a session from the uid it is bound to. Replies [`Reply::Done`].
+    Unbind {
+        /// The session.
+        sid: SessionId,
+        /// The uid the caller believes is bound; must match.
+        uid: String,
+    },
+    /// Write (or remove) the named keys, all or nothing. Replies
+    /// [`Reply::Pushed`].
+    Push {
+        /// The session.
+        sid: SessionId,
+        /// The keys to write, in order.
+        writes: Vec<KeyWrite>,
+    },
+    /// Close one session and tell its client why. Replies [`Reply::Kicked`].
+    KickBySid {
+        /// The session.
+        sid: SessionId,
+        /// Sent to the client.
+        reason: String,
+    },
+    /// Close every session of a uid. Replies [`Reply::Kicked`].
+    KickByUid {
+        /// The user.
+        uid: String,
+        /// Sent to the clients.
+        reason: String,
+    },
+}
+
+/// One key of a [`Call::Push`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyWrite {
+    /// The setting's key.
+    pub key: String,
+    /// The new MessagePack-encoded value, or `None` to remove the key.
+    pub value: Option<Bytes>,
+    /// What the key must look like on the frontend for the write to apply.
+    pub expect: Precondition,
+}
+
+/// The condition a [`KeyWrite`] puts on the frontend's current state of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precondition {
+    /// Write unconditionally: last write wins.
+    Any,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist with exactly this version.
+    Version(u64),
+}
+
+/// The successful outcome of a [`Call`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Done; nothing to report.
+    Done,
+    /// One session, or `None` when the frontend has no such session.
+    Session(Option<SessionSnapshot>),
+    /// Several sessions.
+    Sessions(Vec<SessionSnapshot>),
+    /// The version each write of a push now has, in the order of the writes
+    /// (`None` for a removed key).
+    Pushed(Vec<Option<u64>>),
+    /// How many sessions were kicked.
+    Kicked(u32),
+}
+
+/// One setting as the frontend stores it: opaque MessagePack bytes and the
+/// version the frontend gave the last write of the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Setting {
+    /// The value, MessagePack-encoded by a backend; the frontend never decodes it.
+    pub value: Bytes,
+    /// Assigned by the frontend on every write; never reused within a session.
+    pub version: u64,
+}
+
+/// A copy of a session's state at one moment, sent to backends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSnapshot {
+    /// The session id.
+    pub sid: SessionId,
+    /// The owning frontend.
+    pub frontend_id: String,
+    /// The bound user, if any.
+    pub uid: Option<String>,
+    /// The settings.
+    pub settings: BTreeMap<String, Setting>,
+}

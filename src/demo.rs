@@ -1,0 +1,337 @@
+//! The demo cluster: one frontend and two backends in one process, on
+//! loopback ports, working the same sessions at once.
+//!
+//! It binds, pushes, `push_all`s, provokes a real conditional-push conflict
+//! and kicks, all concurrently from both backends, then checks the
+//! frontend's final state key by key and reports what it measured.
+
+use crate::{BackendSessionService, ClientConfig, ConnectInfo, ErrorCode, Outbound, RpcConfig, RpcServer, SessionConfig, SessionOwner, SessionService};
+use anyhow::{bail, ensure, Context};
+use hdrhistogram::Histogram;
+use session_proxy_protocol::{Call, KeyWrite, Precondition};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Demo settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DemoConfig {
+    /// Sessions to create. Default: 2000.
+    pub sessions: usize,
+    /// Concurrent workers per backend in the latency phase. Default: 8.
+    pub workers: usize,
+    /// Pushes sent pipelined on one connection in the throughput phase.
+    /// Default: 200 000.
+    pub pipelined: usize,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            sessions: 2000,
+            workers: 8,
+            pipelined: 200_000,
+        }
+    }
+}
+
+/// What the demo measured.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DemoReport {
+    /// Sessions created.
+    pub sessions: usize,
+    /// Sessions still open at the end (the rest were kicked).
+    pub open_at_end: usize,
+    /// Successful backend operations, all phases.
+    pub operations: u64,
+    /// Conditional pushes refused with a conflict, as provoked.
+    pub conflicts: u64,
+    /// Sessions kicked.
+    pub kicked: usize,
+    /// Wall time of the concurrent phase.
+    pub concurrent_elapsed: Duration,
+    /// Pipelined pushes per second on one connection.
+    pub pipelined_per_sec: f64,
+    /// Push round-trip latency percentiles (p50, p99, max), microseconds.
+    pub push_latency_us: (u64, u64, u64),
+}
+
+impl std::fmt::Display for DemoReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.concurrent_elapsed.as_secs_f64();
+        writeln!(f, "session-proxy demo: 1 frontend, 2 backends, loopback TCP")?;
+        writeln!(f, "  sessions          {} created, {} kicked, {} open at the end", self.sessions, self.kicked, self.open_at_end)?;
+        writeln!(f, "  operations        {} (bind, push, push_all, conditional push, get, kick)", self.operations)?;
+        writeln!(f, "  concurrent phase  {:.2} s, {:.0} ops/s", secs, self.operations as f64 / secs.max(1e-9))?;
+        writeln!(f, "  push latency      p50 {} µs, p99 {} µs, max {} µs (one call at a time per worker)", self.push_latency_us.0, self.push_latency_us.1, self.push_latency_us.2)?;
+        writeln!(f, "  pipelined pushes  {:.0} ops/s on one connection", self.pipelined_per_sec)?;
+        writeln!(f, "  conflicts         {} conditional pushes refused, as provoked", self.conflicts)?;
+        write!(f, "  final state       checked: every key, uid and kick as expected")
+    }
+}
+
+struct Counters {
+    ops: std::sync::atomic::AtomicU64,
+    conflicts: std::sync::atomic::AtomicU64,
+}
+
+impl Counters {
+    fn op(&self) {
+        self.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs the demo and checks the result. Errors name the first check that failed.
+pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
+    ensure!(config.sessions >= 20, "the demo needs at least 20 sessions");
+    let frontend = SessionService::new(SessionConfig::new("connector-1"));
+    let server = RpcServer::bind("127.0.0.1:0".parse()?, frontend.clone(), RpcConfig::default())
+        .await
+        .context("starting the frontend's RPC server")?;
+    let addr = server.local_addr().to_string();
+
+    let mut owners: Vec<SessionOwner> = (0..config.sessions)
+        .map(|i| {
+            let mut info = ConnectInfo::default();
+            info.metadata.insert("client".into(), format!("demo-{i}"));
+            frontend.create(info)
+        })
+        .collect();
+    let sids: Arc<Vec<_>> = Arc::new(owners.iter().map(|o| o.sid()).collect());
+
+    let a = BackendSessionService::new(ClientConfig::new("backend-a"));
+    let b = BackendSessionService::new(ClientConfig::new("backend-b"));
+    a.add_frontend("connector-1", addr.clone());
+    b.add_frontend("connector-1", addr.clone());
+
+    let counters = Arc::new(Counters {
+        ops: 0.into(),
+        conflicts: 0.into(),
+    });
+    let latency = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?,
+    ));
+
+    // Every tenth session is kicked by backend B while the others work.
+    let kick_every = 10;
+    let n = config.sessions;
+    let per_worker = n.div_ceil(config.workers);
+    let started = Instant::now();
+    // Backend B's proxies, one slice per worker, fetched up front.
+    let mut b_sessions = Vec::with_capacity(config.workers);
+    for w in (0..config.workers).rev() {
+        let mut slice = Vec::new();
+        for i in (w * per_worker)..((w + 1) * per_worker).min(n) {
+            let s = b.get("connector-1", sids[i]).await?.with_context(|| format!("session {i}"))?;
+            counters.op();
+            slice.push((i, s));
+        }
+        b_sessions.push(slice);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..config.workers {
+        // Backend A: binds, then pushes "room" and "shared" one call at a
+        // time, recording round-trip latency.
+        let (a, sids, c, latency) = (a.clone(), sids.clone(), counters.clone(), latency.clone());
+        tasks.spawn(async move {
+            let counters = c;
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for i in (w * per_worker)..((w + 1) * per_worker).min(n) {
+                let kickable = i % kick_every == 0;
+                let Some(mut s) = a.get("connector-1", sids[i]).await? else {
+                    if kickable { continue } else { bail!("session {i} vanished") }
+                };
+                counters.op();
+                match s.bind(&format!("player-{i}")).await {
+                    Ok(()) => counters.op(),
+                    Err(e) if kickable && e.code() == ErrorCode::SessionNotFound => continue,
+                    Err(e) => return Err(e).with_context(|| format!("bind {i}")),
+                }
+                for round in 0..5u32 {
+                    s.set("room", &format!("room-{}", (i as u32 + round) % 7))?;
+                    s.set("shared", "from-a")?;
+                    let t = Instant::now();
+                    match s.push("room").await {
+                        Ok(()) => {
+                            local.saturating_record(t.elapsed().as_micros() as u64);
+                            counters.op();
+                        }
+                        Err(e) if kickable && e.code() == ErrorCode::SessionNotFound => break,
+                        Err(e) => return Err(e).with_context(|| format!("push {i}")),
+                    }
+                }
+            }
+            latency.lock().await.add(&local)?;
+            Ok(())
+        });
+        // Backend B: push_all on proxies it fetched before A wrote anything,
+        // so its snapshots name only B's keys: A's keys must survive.
+        let (mine, counters) = (b_sessions.pop().context("one slice per worker")?, counters.clone());
+        tasks.spawn(async move {
+            for (i, mut s) in mine {
+                let kickable = i % kick_every == 0;
+                s.set("level", &(i as u32 % 60))?;
+                s.set("gold", &(i as u64 * 10))?;
+                match s.push_all().await {
+                    Ok(()) => counters.op(),
+                    Err(e) if kickable && e.code() == ErrorCode::SessionNotFound => continue,
+                    Err(e) => return Err(e).with_context(|| format!("push_all {i}")),
+                }
+            }
+            Ok(())
+        });
+    }
+    // Backend B kicks every tenth session meanwhile.
+    {
+        let (b, sids, counters) = (b.clone(), sids.clone(), counters.clone());
+        tasks.spawn(async move {
+            for i in (0..n).step_by(kick_every) {
+                ensure!(b.kick_by_sid("connector-1", sids[i], "demo kick").await?, "kick {i}: session already gone");
+                counters.op();
+            }
+            Ok(())
+        });
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.context("a demo worker panicked")??;
+    }
+
+    // Conditional pushes with a real conflict: A and B read the same
+    // session, B writes first, A's conditional push must be refused.
+    let mut conflicts_expected = 0u64;
+    for i in (1..n).step_by(kick_every).take(50) {
+        let mut from_a = a.get("connector-1", sids[i]).await?.context("open session")?;
+        let mut from_b = b.get("connector-1", sids[i]).await?.context("open session")?;
+        from_b.set("gold", &1u64)?;
+        from_b.push_if_unchanged("gold").await.context("first conditional push wins")?;
+        counters.op();
+        from_a.set("gold", &2u64)?;
+        match from_a.push_if_unchanged("gold").await {
+            Err(e) if e.code() == ErrorCode::Conflict => {
+                counters.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                conflicts_expected += 1;
+            }
+            other => bail!("conditional push after a concurrent write: expected a conflict, got {other:?}"),
+        }
+        // A refreshes and retries, as a handler would.
+        from_a.refresh().await?;
+        from_a.set("gold", &(from_a.get::<u64>("gold")?.unwrap_or(0) + 2))?;
+        from_a.push_if_unchanged("gold").await.context("retry after refresh")?;
+        counters.op();
+    }
+    // Finally B overwrites "shared" on every open session, in one pipelined burst.
+    let client_b = b.client("connector-1")?;
+    let mut pending = Vec::new();
+    for (i, sid) in sids.iter().enumerate() {
+        if i % kick_every == 0 {
+            continue;
+        }
+        pending.push(
+            client_b
+                .send(Call::Push {
+                    sid: *sid,
+                    writes: vec![KeyWrite {
+                        key: "shared".into(),
+                        value: Some(rmp_bytes("from-b")),
+                        expect: Precondition::Any,
+                    }],
+                })
+                .await?,
+        );
+    }
+    for p in pending {
+        p.response().await?;
+        counters.op();
+    }
+    let concurrent_elapsed = started.elapsed();
+
+    // Check the frontend's state.
+    let mut kicked = 0;
+    for (i, owner) in owners.iter_mut().enumerate() {
+        let sid = owner.sid();
+        if i % kick_every == 0 {
+            ensure!(frontend.get(sid).is_none(), "kicked session {i} is still open");
+            let got = owner.recv().await;
+            ensure!(
+                matches!(&got, Some(Outbound::Kick { reason }) if reason == "demo kick"),
+                "kicked session {i}: its connection got {got:?} instead of the kick"
+            );
+            kicked += 1;
+            continue;
+        }
+        let s = frontend.get(sid).with_context(|| format!("session {i} is gone"))?;
+        ensure!(s.uid.as_deref() == Some(&format!("player-{i}")), "session {i}: uid {:?}", s.uid);
+        let room: String = decode(&s, "room")?;
+        ensure!(room == format!("room-{}", (i as u32 + 4) % 7), "session {i}: room {room}");
+        let shared: String = decode(&s, "shared")?;
+        ensure!(shared == "from-b", "session {i}: shared {shared}");
+        let level: u32 = decode(&s, "level")?;
+        ensure!(level == i as u32 % 60, "session {i}: level {level}");
+        let gold: u64 = decode(&s, "gold")?;
+        let want_gold = if i % kick_every == 1 && i < kick_every * 50 { 3 } else { i as u64 * 10 };
+        ensure!(gold == want_gold, "session {i}: gold {gold}, expected {want_gold}");
+        ensure!(frontend.sids_of_uid(&format!("player-{i}")) == vec![sid], "uid index of session {i}");
+    }
+    let open_at_end = frontend.count();
+    ensure!(open_at_end == n - kicked, "{open_at_end} sessions open, expected {}", n - kicked);
+    ensure!(frontend.uid_count() == open_at_end, "uid index has {} uids for {open_at_end} sessions", frontend.uid_count());
+    ensure!(counters.conflicts.load(std::sync::atomic::Ordering::Relaxed) == conflicts_expected, "conflict count");
+
+    // Throughput: pushes pipelined on one connection.
+    let client_a = a.client("connector-1")?;
+    let live: Vec<_> = sids.iter().enumerate().filter(|(i, _)| i % kick_every != 0).map(|(_, s)| *s).collect();
+    let t = Instant::now();
+    let window = 4096;
+    let mut inflight = std::collections::VecDeque::with_capacity(window);
+    for k in 0..config.pipelined {
+        if inflight.len() == window {
+            let p: session_proxy_backend::PendingCall = inflight.pop_front().context("window is full")?;
+            p.response().await?;
+        }
+        inflight.push_back(
+            client_a
+                .send(Call::Push {
+                    sid: live[k % live.len()],
+                    writes: vec![KeyWrite {
+                        key: "tick".into(),
+                        value: Some(rmp_bytes(&(k as u64))),
+                        expect: Precondition::Any,
+                    }],
+                })
+                .await?,
+        );
+    }
+    for p in inflight {
+        p.response().await?;
+    }
+    let pipelined_per_sec = config.pipelined as f64 / t.elapsed().as_secs_f64();
+
+    let h = latency.lock().await;
+    let report = DemoReport {
+        sessions: n,
+        open_at_end,
+        operations: counters.ops.load(std::sync::atomic::Ordering::Relaxed),
+        conflicts: counters.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        kicked,
+        concurrent_elapsed,
+        pipelined_per_sec,
+        push_latency_us: (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
+    };
+    // Backends leave first, so no connection is reported lost.
+    drop((a, b, client_a, client_b));
+    tokio::task::yield_now().await;
+    drop(owners);
+    server.shutdown(Duration::from_secs(2)).await;
+    Ok(report)
+}
+
+fn rmp_bytes<T: serde::Serialize + ?Sized>(v: &T) -> bytes::Bytes {
+    bytes::Bytes::from(rmp_serde::to_vec_named(v).expect("demo values always encode"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(s: &session_proxy_protocol::SessionSnapshot, key: &str) -> anyhow::Result<T> {
+    let setting = s.settings.get(key).with_context(|| format!("key {key} missing"))?;
+    rmp_serde::from_slice(&setting.value).with_context(|| format!("key {key} does not decode"))
+}

@@ -1,0 +1,105 @@
+//! The `session-proxy` command.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use session_proxy::demo::{self, DemoConfig};
+use session_proxy::{ConnectInfo, RpcConfig, RpcServer, SessionConfig, SessionService};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "session-proxy", version, about = "The session layer of a clustered realtime or game server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start one frontend and two backends on loopback, work the same
+    /// sessions from both backends at once, check the result, report.
+    Demo {
+        /// Sessions to create.
+        #[arg(long, default_value_t = 2000)]
+        sessions: usize,
+        /// Concurrent workers per backend.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        /// Pushes sent pipelined on one connection in the throughput phase.
+        #[arg(long, default_value_t = 200_000)]
+        pipelined: usize,
+    },
+    /// Run a frontend's session RPC server until SIGINT/SIGTERM.
+    Frontend {
+        /// This frontend's id.
+        #[arg(long, default_value = "frontend-1")]
+        id: String,
+        /// Where backends connect.
+        #[arg(long, default_value = "127.0.0.1:4010")]
+        rpc_addr: SocketAddr,
+        /// Open this many sessions at start, bound to uids `user-0` …
+        /// (stand-ins for connected clients, to try the RPC without a
+        /// client connector).
+        #[arg(long, default_value_t = 0)]
+        open_sessions: usize,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Demo {
+                sessions,
+                workers,
+                pipelined,
+            } => {
+                let mut config = DemoConfig::default();
+                config.sessions = sessions;
+                config.workers = workers.max(1);
+                config.pipelined = pipelined;
+                let report = demo::run(config).await.context("demo failed")?;
+                println!("{report}");
+                Ok(())
+            }
+            Command::Frontend {
+                id,
+                rpc_addr,
+                open_sessions,
+            } => run_frontend(id, rpc_addr, open_sessions).await,
+        }
+    })
+}
+
+async fn run_frontend(id: String, rpc_addr: SocketAddr, open_sessions: usize) -> anyhow::Result<()> {
+    let sessions = SessionService::new(SessionConfig::new(id.clone()));
+    let server = RpcServer::bind(rpc_addr, sessions.clone(), RpcConfig::default())
+        .await
+        .with_context(|| format!("listening on {rpc_addr}"))?;
+    let mut owners = Vec::with_capacity(open_sessions);
+    for i in 0..open_sessions {
+        let owner = sessions.create(ConnectInfo::default());
+        sessions.bind(owner.sid(), &format!("user-{i}"))?;
+        owners.push(owner);
+    }
+    println!("frontend {id} listening on {}", server.local_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(owners);
+    if !server.shutdown(Duration::from_secs(5)).await {
+        tracing::warn!("connections still open after 5 s; exiting anyway");
+    }
+    Ok(())
+}
