@@ -5,7 +5,10 @@
 //! and kicks, all concurrently from both backends, then checks the
 //! frontend's final state key by key and reports what it measured.
 
-use crate::{BackendSessionService, ClientConfig, ConnectInfo, ErrorCode, Outbound, RpcConfig, RpcServer, SessionConfig, SessionOwner, SessionService};
+use crate::{
+    BackendSessionService, ClientConfig, ConnectInfo, ErrorCode, Outbound, RpcConfig, RpcServer,
+    SessionConfig, SessionOwner, SessionService,
+};
 use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
 use session_proxy_protocol::{Call, KeyWrite, Precondition};
@@ -61,14 +64,45 @@ pub struct DemoReport {
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.concurrent_elapsed.as_secs_f64();
-        writeln!(f, "session-proxy demo: 1 frontend, 2 backends, loopback TCP")?;
-        writeln!(f, "  sessions          {} created, {} kicked, {} open at the end", self.sessions, self.kicked, self.open_at_end)?;
-        writeln!(f, "  operations        {} (bind, push, push_all, conditional push, get, kick)", self.operations)?;
-        writeln!(f, "  concurrent phase  {:.2} s, {:.0} ops/s", secs, self.operations as f64 / secs.max(1e-9))?;
-        writeln!(f, "  push latency      p50 {} µs, p99 {} µs, max {} µs (one call at a time per worker)", self.push_latency_us.0, self.push_latency_us.1, self.push_latency_us.2)?;
-        writeln!(f, "  pipelined pushes  {:.0} ops/s on one connection", self.pipelined_per_sec)?;
-        writeln!(f, "  conflicts         {} conditional pushes refused, as provoked", self.conflicts)?;
-        write!(f, "  final state       checked: every key, uid and kick as expected")
+        writeln!(
+            f,
+            "session-proxy demo: 1 frontend, 2 backends, loopback TCP"
+        )?;
+        writeln!(
+            f,
+            "  sessions          {} created, {} kicked, {} open at the end",
+            self.sessions, self.kicked, self.open_at_end
+        )?;
+        writeln!(
+            f,
+            "  operations        {} (bind, push, push_all, conditional push, get, kick)",
+            self.operations
+        )?;
+        writeln!(
+            f,
+            "  concurrent phase  {:.2} s, {:.0} ops/s",
+            secs,
+            self.operations as f64 / secs.max(1e-9)
+        )?;
+        writeln!(
+            f,
+            "  push latency      p50 {} µs, p99 {} µs, max {} µs (one call at a time per worker)",
+            self.push_latency_us.0, self.push_latency_us.1, self.push_latency_us.2
+        )?;
+        writeln!(
+            f,
+            "  pipelined pushes  {:.0} ops/s on one connection",
+            self.pipelined_per_sec
+        )?;
+        writeln!(
+            f,
+            "  conflicts         {} conditional pushes refused, as provoked",
+            self.conflicts
+        )?;
+        write!(
+            f,
+            "  final state       checked: every key, uid and kick as expected"
+        )
     }
 }
 
@@ -87,9 +121,13 @@ impl Counters {
 pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
     ensure!(config.sessions >= 20, "the demo needs at least 20 sessions");
     let frontend = SessionService::new(SessionConfig::new("connector-1"));
-    let server = RpcServer::bind("127.0.0.1:0".parse()?, frontend.clone(), RpcConfig::default())
-        .await
-        .context("starting the frontend's RPC server")?;
+    let server = RpcServer::bind(
+        "127.0.0.1:0".parse()?,
+        frontend.clone(),
+        RpcConfig::default(),
+    )
+    .await
+    .context("starting the frontend's RPC server")?;
     let addr = server.local_addr().to_string();
 
     let mut owners: Vec<SessionOwner> = (0..config.sessions)
@@ -124,7 +162,10 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
     for w in (0..config.workers).rev() {
         let mut slice = Vec::new();
         for i in (w * per_worker)..((w + 1) * per_worker).min(n) {
-            let s = b.get("connector-1", sids[i]).await?.with_context(|| format!("session {i}"))?;
+            let s = b
+                .get("connector-1", sids[i])
+                .await?
+                .with_context(|| format!("session {i}"))?;
             counters.op();
             slice.push((i, s));
         }
@@ -141,7 +182,11 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
             for i in (w * per_worker)..((w + 1) * per_worker).min(n) {
                 let kickable = i % kick_every == 0;
                 let Some(mut s) = a.get("connector-1", sids[i]).await? else {
-                    if kickable { continue } else { bail!("session {i} vanished") }
+                    if kickable {
+                        continue;
+                    } else {
+                        bail!("session {i} vanished")
+                    }
                 };
                 counters.op();
                 match s.bind(&format!("player-{i}")).await {
@@ -168,7 +213,10 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         });
         // Backend B: push_all on proxies it fetched before A wrote anything,
         // so its snapshots name only B's keys: A's keys must survive.
-        let (mine, counters) = (b_sessions.pop().context("one slice per worker")?, counters.clone());
+        let (mine, counters) = (
+            b_sessions.pop().context("one slice per worker")?,
+            counters.clone(),
+        );
         tasks.spawn(async move {
             for (i, mut s) in mine {
                 let kickable = i % kick_every == 0;
@@ -188,7 +236,10 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         let (b, sids, counters) = (b.clone(), sids.clone(), counters.clone());
         tasks.spawn(async move {
             for i in (0..n).step_by(kick_every) {
-                ensure!(b.kick_by_sid("connector-1", sids[i], "demo kick").await?, "kick {i}: session already gone");
+                ensure!(
+                    b.kick_by_sid("connector-1", sids[i], "demo kick").await?,
+                    "kick {i}: session already gone"
+                );
                 counters.op();
             }
             Ok(())
@@ -202,23 +253,39 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
     // session, B writes first, A's conditional push must be refused.
     let mut conflicts_expected = 0u64;
     for i in (1..n).step_by(kick_every).take(50) {
-        let mut from_a = a.get("connector-1", sids[i]).await?.context("open session")?;
-        let mut from_b = b.get("connector-1", sids[i]).await?.context("open session")?;
+        let mut from_a = a
+            .get("connector-1", sids[i])
+            .await?
+            .context("open session")?;
+        let mut from_b = b
+            .get("connector-1", sids[i])
+            .await?
+            .context("open session")?;
         from_b.set("gold", &1u64)?;
-        from_b.push_if_unchanged("gold").await.context("first conditional push wins")?;
+        from_b
+            .push_if_unchanged("gold")
+            .await
+            .context("first conditional push wins")?;
         counters.op();
         from_a.set("gold", &2u64)?;
         match from_a.push_if_unchanged("gold").await {
             Err(e) if e.code() == ErrorCode::Conflict => {
-                counters.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                counters
+                    .conflicts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 conflicts_expected += 1;
             }
-            other => bail!("conditional push after a concurrent write: expected a conflict, got {other:?}"),
+            other => bail!(
+                "conditional push after a concurrent write: expected a conflict, got {other:?}"
+            ),
         }
         // A refreshes and retries, as a handler would.
         from_a.refresh().await?;
         from_a.set("gold", &(from_a.get::<u64>("gold")?.unwrap_or(0) + 2))?;
-        from_a.push_if_unchanged("gold").await.context("retry after refresh")?;
+        from_a
+            .push_if_unchanged("gold")
+            .await
+            .context("retry after refresh")?;
         counters.op();
     }
     // Finally B overwrites "shared" on every open session, in one pipelined burst.
@@ -252,7 +319,10 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
     for (i, owner) in owners.iter_mut().enumerate() {
         let sid = owner.sid();
         if i % kick_every == 0 {
-            ensure!(frontend.get(sid).is_none(), "kicked session {i} is still open");
+            ensure!(
+                frontend.get(sid).is_none(),
+                "kicked session {i} is still open"
+            );
             let got = owner.recv().await;
             ensure!(
                 matches!(&got, Some(Outbound::Kick { reason }) if reason == "demo kick"),
@@ -261,33 +331,72 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
             kicked += 1;
             continue;
         }
-        let s = frontend.get(sid).with_context(|| format!("session {i} is gone"))?;
-        ensure!(s.uid.as_deref() == Some(&format!("player-{i}")), "session {i}: uid {:?}", s.uid);
+        let s = frontend
+            .get(sid)
+            .with_context(|| format!("session {i} is gone"))?;
+        ensure!(
+            s.uid.as_deref() == Some(&format!("player-{i}")),
+            "session {i}: uid {:?}",
+            s.uid
+        );
         let room: String = decode(&s, "room")?;
-        ensure!(room == format!("room-{}", (i as u32 + 4) % 7), "session {i}: room {room}");
+        ensure!(
+            room == format!("room-{}", (i as u32 + 4) % 7),
+            "session {i}: room {room}"
+        );
         let shared: String = decode(&s, "shared")?;
         ensure!(shared == "from-b", "session {i}: shared {shared}");
         let level: u32 = decode(&s, "level")?;
         ensure!(level == i as u32 % 60, "session {i}: level {level}");
         let gold: u64 = decode(&s, "gold")?;
-        let want_gold = if i % kick_every == 1 && i < kick_every * 50 { 3 } else { i as u64 * 10 };
-        ensure!(gold == want_gold, "session {i}: gold {gold}, expected {want_gold}");
-        ensure!(frontend.sids_of_uid(&format!("player-{i}")) == vec![sid], "uid index of session {i}");
+        let want_gold = if i % kick_every == 1 && i < kick_every * 50 {
+            3
+        } else {
+            i as u64 * 10
+        };
+        ensure!(
+            gold == want_gold,
+            "session {i}: gold {gold}, expected {want_gold}"
+        );
+        ensure!(
+            frontend.sids_of_uid(&format!("player-{i}")) == vec![sid],
+            "uid index of session {i}"
+        );
     }
     let open_at_end = frontend.count();
-    ensure!(open_at_end == n - kicked, "{open_at_end} sessions open, expected {}", n - kicked);
-    ensure!(frontend.uid_count() == open_at_end, "uid index has {} uids for {open_at_end} sessions", frontend.uid_count());
-    ensure!(counters.conflicts.load(std::sync::atomic::Ordering::Relaxed) == conflicts_expected, "conflict count");
+    ensure!(
+        open_at_end == n - kicked,
+        "{open_at_end} sessions open, expected {}",
+        n - kicked
+    );
+    ensure!(
+        frontend.uid_count() == open_at_end,
+        "uid index has {} uids for {open_at_end} sessions",
+        frontend.uid_count()
+    );
+    ensure!(
+        counters
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == conflicts_expected,
+        "conflict count"
+    );
 
     // Throughput: pushes pipelined on one connection.
     let client_a = a.client("connector-1")?;
-    let live: Vec<_> = sids.iter().enumerate().filter(|(i, _)| i % kick_every != 0).map(|(_, s)| *s).collect();
+    let live: Vec<_> = sids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % kick_every != 0)
+        .map(|(_, s)| *s)
+        .collect();
     let t = Instant::now();
     let window = 4096;
     let mut inflight = std::collections::VecDeque::with_capacity(window);
     for k in 0..config.pipelined {
         if inflight.len() == window {
-            let p: session_proxy_backend::PendingCall = inflight.pop_front().context("window is full")?;
+            let p: session_proxy_backend::PendingCall =
+                inflight.pop_front().context("window is full")?;
             p.response().await?;
         }
         inflight.push_back(
@@ -313,7 +422,9 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         sessions: n,
         open_at_end,
         operations: counters.ops.load(std::sync::atomic::Ordering::Relaxed),
-        conflicts: counters.conflicts.load(std::sync::atomic::Ordering::Relaxed),
+        conflicts: counters
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed),
         kicked,
         concurrent_elapsed,
         pipelined_per_sec,
@@ -331,7 +442,13 @@ fn rmp_bytes<T: serde::Serialize + ?Sized>(v: &T) -> bytes::Bytes {
     bytes::Bytes::from(rmp_serde::to_vec_named(v).expect("demo values always encode"))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(s: &session_proxy_protocol::SessionSnapshot, key: &str) -> anyhow::Result<T> {
-    let setting = s.settings.get(key).with_context(|| format!("key {key} missing"))?;
+fn decode<T: serde::de::DeserializeOwned>(
+    s: &session_proxy_protocol::SessionSnapshot,
+    key: &str,
+) -> anyhow::Result<T> {
+    let setting = s
+        .settings
+        .get(key)
+        .with_context(|| format!("key {key} missing"))?;
     rmp_serde::from_slice(&setting.value).with_context(|| format!("key {key} does not decode"))
 }

@@ -45,7 +45,9 @@ pub use session_proxy_backend as backend;
 pub use session_proxy_frontend as frontend;
 pub use session_proxy_protocol as protocol;
 
-pub use session_proxy_backend::{BackendSession, BackendSessionService, ClientConfig, FrontendClient};
+pub use session_proxy_backend::{
+    BackendSession, BackendSessionService, ClientConfig, FrontendClient,
+};
 pub use session_proxy_frontend::{
     ConnectInfo, Outbound, RpcConfig, RpcServer, SessionConfig, SessionEvent, SessionOwner,
     SessionService, SingleSessionPolicy,

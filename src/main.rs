@@ -9,7 +9,11 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "session-proxy", version, about = "The session layer of a clustered realtime or game server")]
+#[command(
+    name = "session-proxy",
+    version,
+    about = "The session layer of a clustered realtime or game server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,7 +53,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -80,7 +86,11 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn run_frontend(id: String, rpc_addr: SocketAddr, open_sessions: usize) -> anyhow::Result<()> {
+async fn run_frontend(
+    id: String,
+    rpc_addr: SocketAddr,
+    open_sessions: usize,
+) -> anyhow::Result<()> {
     let sessions = SessionService::new(SessionConfig::new(id.clone()));
     let server = RpcServer::bind(rpc_addr, sessions.clone(), RpcConfig::default())
         .await

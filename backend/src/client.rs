@@ -255,11 +255,16 @@ impl FrontendClient {
     /// reply later. Calls queued one after another from one task reach the
     /// frontend, and are applied, in that order: this is how to pipeline.
     pub async fn send(&self, call: Call) -> Result<PendingCall, Error> {
-        self.send_with_deadline(call, self.inner.config.deadline).await
+        self.send_with_deadline(call, self.inner.config.deadline)
+            .await
     }
 
     /// Like [`send`](Self::send), with the given deadline.
-    pub async fn send_with_deadline(&self, call: Call, deadline: Duration) -> Result<PendingCall, Error> {
+    pub async fn send_with_deadline(
+        &self,
+        call: Call,
+        deadline: Duration,
+    ) -> Result<PendingCall, Error> {
         let deadline_at = Instant::now() + deadline;
         let conn = self.connection(deadline_at, deadline).await?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -302,7 +307,11 @@ impl FrontendClient {
         }
     }
 
-    async fn connection(&self, deadline_at: Instant, deadline: Duration) -> Result<Arc<Conn>, Error> {
+    async fn connection(
+        &self,
+        deadline_at: Instant,
+        deadline: Duration,
+    ) -> Result<Arc<Conn>, Error> {
         let mut state = self.inner.state.clone();
         loop {
             match &*state.borrow_and_update() {
@@ -462,12 +471,19 @@ impl Supervisor {
 
     async fn dial(
         &self,
-    ) -> Result<(FramedRead<OwnedReadHalf, MessageCodec>, FramedWrite<OwnedWriteHalf, MessageCodec>), String> {
-        let stream = match timeout(self.config.connect_timeout, TcpStream::connect(&self.addr)).await {
-            Err(_) => return Err(format!("connect to {} timed out", self.addr)),
-            Ok(Err(err)) => return Err(format!("connect to {}: {err}", self.addr)),
-            Ok(Ok(s)) => s,
-        };
+    ) -> Result<
+        (
+            FramedRead<OwnedReadHalf, MessageCodec>,
+            FramedWrite<OwnedWriteHalf, MessageCodec>,
+        ),
+        String,
+    > {
+        let stream =
+            match timeout(self.config.connect_timeout, TcpStream::connect(&self.addr)).await {
+                Err(_) => return Err(format!("connect to {} timed out", self.addr)),
+                Ok(Err(err)) => return Err(format!("connect to {}: {err}", self.addr)),
+                Ok(Ok(s)) => s,
+            };
         let _ = stream.set_nodelay(true);
         let (r, w) = stream.into_split();
         let codec = MessageCodec::new(self.config.max_frame);
@@ -490,7 +506,10 @@ impl Supervisor {
                     if version != PROTOCOL_VERSION {
                         Err(format!("frontend speaks protocol version {version}"))
                     } else if *node_id != *self.frontend_id {
-                        Err(format!("expected frontend {}, reached {node_id}", self.frontend_id))
+                        Err(format!(
+                            "expected frontend {}, reached {node_id}",
+                            self.frontend_id
+                        ))
                     } else {
                         Ok(())
                     }

@@ -62,16 +62,26 @@ impl BackendSessionService {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FrontendClient>> {
         // Every write is a single insert or remove: a poisoned map is whole.
-        self.inner.frontends.read().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .frontends
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, FrontendClient>> {
-        self.inner.frontends.write().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .frontends
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// A proxy for session `sid` of frontend `frontend_id`, or `None` when
     /// that frontend has no such session.
-    pub async fn get(&self, frontend_id: &str, sid: SessionId) -> Result<Option<BackendSession>, Error> {
+    pub async fn get(
+        &self,
+        frontend_id: &str,
+        sid: SessionId,
+    ) -> Result<Option<BackendSession>, Error> {
         let client = self.client(frontend_id)?;
         match client.call(Call::GetSession { sid }).await? {
             Reply::Session(snapshot) => {
@@ -82,7 +92,11 @@ impl BackendSessionService {
     }
 
     /// Proxies for every session of `uid` on frontend `frontend_id`.
-    pub async fn get_by_uid(&self, frontend_id: &str, uid: &str) -> Result<Vec<BackendSession>, Error> {
+    pub async fn get_by_uid(
+        &self,
+        frontend_id: &str,
+        uid: &str,
+    ) -> Result<Vec<BackendSession>, Error> {
         let client = self.client(frontend_id)?;
         match client
             .call(Call::GetByUid {
@@ -99,7 +113,12 @@ impl BackendSessionService {
     }
 
     /// Kicks one session; returns whether it was open.
-    pub async fn kick_by_sid(&self, frontend_id: &str, sid: SessionId, reason: &str) -> Result<bool, Error> {
+    pub async fn kick_by_sid(
+        &self,
+        frontend_id: &str,
+        sid: SessionId,
+        reason: &str,
+    ) -> Result<bool, Error> {
         let client = self.client(frontend_id)?;
         match client
             .call(Call::KickBySid {
@@ -114,7 +133,12 @@ impl BackendSessionService {
     }
 
     /// Kicks every session of `uid` on one frontend; returns how many.
-    pub async fn kick_by_uid(&self, frontend_id: &str, uid: &str, reason: &str) -> Result<usize, Error> {
+    pub async fn kick_by_uid(
+        &self,
+        frontend_id: &str,
+        uid: &str,
+        reason: &str,
+    ) -> Result<usize, Error> {
         let client = self.client(frontend_id)?;
         match client
             .call(Call::KickByUid {

@@ -4,7 +4,9 @@ use crate::{Error, FrontendClient};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use session_proxy_protocol::{Call, KeyWrite, Precondition, Reply, SessionId, SessionSnapshot, Setting};
+use session_proxy_protocol::{
+    Call, KeyWrite, Precondition, Reply, SessionId, SessionSnapshot, Setting,
+};
 use std::collections::BTreeMap;
 
 /// One key of the local snapshot.

@@ -90,7 +90,9 @@ impl RpcServer {
     pub async fn shutdown(self, drain: Duration) -> bool {
         self.cancel.cancel();
         self.tracker.close();
-        tokio::time::timeout(drain, self.tracker.wait()).await.is_ok()
+        tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_ok()
     }
 }
 
@@ -209,26 +211,7 @@ impl Connection {
             Ok(Some(Ok(Message::Hello(hello)))) => hello,
             Ok(Some(Ok(_))) => return Err("first frame is not a hello".into()),
         };
-        let refusal = if hello.magic != MAGIC {
-            Some(RpcError::new(ErrorCode::VersionMismatch, "not a session-proxy peer"))
-        } else if hello.version != PROTOCOL_VERSION {
-            Some(RpcError::new(
-                ErrorCode::VersionMismatch,
-                format!(
-                    "protocol version {} is not supported (this frontend speaks {})",
-                    hello.version, PROTOCOL_VERSION
-                ),
-            ))
-        } else if hello.role != Role::Backend {
-            Some(RpcError::new(ErrorCode::Unsupported, "only backends may connect here"))
-        } else if let Some(expected) = hello.expect_peer.as_deref().filter(|e| *e != self.service.frontend_id()) {
-            Some(RpcError::new(
-                ErrorCode::WrongFrontend,
-                format!("this is frontend {:?}, not {expected:?}", self.service.frontend_id()),
-            ))
-        } else {
-            None
-        };
+        let refusal = self.check_hello(&hello);
         let reply = match &refusal {
             Some(err) => HelloReply::Refused(err.clone()),
             None => HelloReply::Accepted {
@@ -243,6 +226,39 @@ impl Connection {
         match refusal {
             Some(err) => Err(format!("{} ({})", err, hello.node_id)),
             None => Ok(hello.node_id),
+        }
+    }
+
+    /// Why a hello is refused, if it is.
+    fn check_hello(&self, hello: &Hello) -> Option<RpcError> {
+        let me = self.service.frontend_id();
+        if hello.magic != MAGIC {
+            return Some(RpcError::new(
+                ErrorCode::VersionMismatch,
+                "not a session-proxy peer",
+            ));
+        }
+        if hello.version != PROTOCOL_VERSION {
+            return Some(RpcError::new(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "protocol version {} is not supported (this frontend speaks {PROTOCOL_VERSION})",
+                    hello.version
+                ),
+            ));
+        }
+        if hello.role != Role::Backend {
+            return Some(RpcError::new(
+                ErrorCode::Unsupported,
+                "only backends may connect here",
+            ));
+        }
+        match hello.expect_peer.as_deref() {
+            Some(expected) if expected != me => Some(RpcError::new(
+                ErrorCode::WrongFrontend,
+                format!("this is frontend {me:?}, not {expected:?}"),
+            )),
+            _ => None,
         }
     }
 
@@ -311,7 +327,9 @@ impl Connection {
             Call::Bind { sid, uid } => s.bind(sid, &uid).map(|()| Reply::Done)?,
             Call::Unbind { sid, uid } => s.unbind(sid, &uid).map(|()| Reply::Done)?,
             Call::Push { sid, writes } => Reply::Pushed(s.apply_push(sid, writes)?),
-            Call::KickBySid { sid, reason } => Reply::Kicked(u32::from(s.kick_by_sid(sid, &reason))),
+            Call::KickBySid { sid, reason } => {
+                Reply::Kicked(u32::from(s.kick_by_sid(sid, &reason)))
+            }
             Call::KickByUid { uid, reason } => {
                 Reply::Kicked(u32::try_from(s.kick_by_uid(&uid, &reason)).unwrap_or(u32::MAX))
             }

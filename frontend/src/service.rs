@@ -338,10 +338,7 @@ impl SessionService {
             .sessions
             .get_mut(&sid)
             .ok_or(Error::SessionNotFound(sid))?;
-        Ok(values
-            .into_iter()
-            .map(|(k, v)| entry.write(k, v))
-            .collect())
+        Ok(values.into_iter().map(|(k, v)| entry.write(k, v)).collect())
     }
 
     /// Removes one key; returns whether it existed.
@@ -360,7 +357,11 @@ impl SessionService {
     /// one fails, nothing changes and [`Error::Conflict`] names the key. Keys
     /// the push does not name are never touched. Returns the new version of
     /// each write (`None` for a removal).
-    pub fn apply_push(&self, sid: SessionId, writes: Vec<KeyWrite>) -> Result<Vec<Option<u64>>, Error> {
+    pub fn apply_push(
+        &self,
+        sid: SessionId,
+        writes: Vec<KeyWrite>,
+    ) -> Result<Vec<Option<u64>>, Error> {
         let mut entry = self
             .inner
             .sessions
@@ -560,10 +561,17 @@ mod tests {
         let b = s.create(ConnectInfo::default());
         s.bind(a.sid(), "u").expect("bind a");
         s.bind(b.sid(), "u").expect("bind b");
-        s.bind(a.sid(), "u").expect("rebinding the same uid is a no-op");
+        s.bind(a.sid(), "u")
+            .expect("rebinding the same uid is a no-op");
         assert_eq!(s.sids_of_uid("u").len(), 2);
-        assert!(matches!(s.bind(a.sid(), "v"), Err(Error::AlreadyBound { .. })));
-        assert!(matches!(s.unbind(a.sid(), "v"), Err(Error::UidMismatch { .. })));
+        assert!(matches!(
+            s.bind(a.sid(), "v"),
+            Err(Error::AlreadyBound { .. })
+        ));
+        assert!(matches!(
+            s.unbind(a.sid(), "v"),
+            Err(Error::UidMismatch { .. })
+        ));
         s.unbind(a.sid(), "u").expect("unbind");
         assert_eq!(s.sids_of_uid("u"), vec![b.sid()]);
         drop(b);
@@ -651,9 +659,18 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                SessionEvent::Bound { sid, uid: "u".into() },
-                SessionEvent::Unbound { sid, uid: "u".into() },
-                SessionEvent::Bound { sid, uid: "w".into() },
+                SessionEvent::Bound {
+                    sid,
+                    uid: "u".into()
+                },
+                SessionEvent::Unbound {
+                    sid,
+                    uid: "u".into()
+                },
+                SessionEvent::Bound {
+                    sid,
+                    uid: "w".into()
+                },
                 SessionEvent::Closed {
                     sid,
                     uid: Some("w".into()),
@@ -669,7 +686,8 @@ mod tests {
         config.owner_queue = 1;
         let s = SessionService::new(config);
         let mut a = s.create(ConnectInfo::default());
-        s.push_to_client(a.sid(), "onChat", bytes("1")).expect("room for one");
+        s.push_to_client(a.sid(), "onChat", bytes("1"))
+            .expect("room for one");
         assert!(matches!(
             s.push_to_client(a.sid(), "onChat", bytes("2")),
             Err(Error::OwnerQueueFull(_))

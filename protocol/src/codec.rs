@@ -124,8 +124,8 @@ impl Encoder<Message> for MessageCodec {
 mod tests {
     use super::*;
     use crate::{
-        Call, ErrorCode, Hello, HelloReply, KeyWrite, Precondition, Reply, Request, Response,
-        Role, RpcError, SessionId, SessionSnapshot, Setting,
+        Call, ErrorCode, Hello, HelloReply, KeyWrite, Precondition, Reply, Request, Response, Role,
+        RpcError, SessionId, SessionSnapshot, Setting,
     };
     use bytes::Bytes;
     use std::collections::BTreeMap;
@@ -274,7 +274,13 @@ mod tests {
         let mut buf = BytesMut::new();
         buf.put_u32(1025);
         let err = codec.decode(&mut buf).expect_err("too large");
-        assert!(matches!(err, CodecError::FrameTooLarge { len: 1025, max: 1024 }));
+        assert!(matches!(
+            err,
+            CodecError::FrameTooLarge {
+                len: 1025,
+                max: 1024
+            }
+        ));
         assert_eq!(err.code(), ErrorCode::FrameTooLarge);
         // No allocation for the announced body happened.
         assert!(buf.capacity() < 1024);
@@ -296,14 +302,21 @@ mod tests {
         let mut buf = BytesMut::from(&b"keep"[..]);
         let err = codec.encode_to(&msg, &mut buf).expect_err("too large");
         assert!(matches!(err, CodecError::FrameTooLarge { max: 64, .. }));
-        assert_eq!(&buf[..], b"keep", "a refused frame leaves the buffer as it was");
+        assert_eq!(
+            &buf[..],
+            b"keep",
+            "a refused frame leaves the buffer as it was"
+        );
     }
 
     #[test]
     fn truncated_frame_waits_for_more() {
         let whole = encode_all(&every_message()[..1]);
         let mut part = BytesMut::from(&whole[..whole.len() - 1]);
-        assert!(MessageCodec::default().decode(&mut part).expect("ok").is_none());
+        assert!(MessageCodec::default()
+            .decode(&mut part)
+            .expect("ok")
+            .is_none());
     }
 
     #[test]
@@ -318,8 +331,8 @@ mod tests {
     #[test]
     fn garbage_bodies_are_errors_not_panics() {
         let bodies: Vec<Vec<u8>> = vec![
-            vec![0xc1],                        // never-used MessagePack byte
-            vec![0xff; 17],                    // negative fixints, not a message
+            vec![0xc1],                         // never-used MessagePack byte
+            vec![0xff; 17],                     // negative fixints, not a message
             b"GET / HTTP/1.1\r\n\r\n".to_vec(), // another protocol
             vec![0x81, 0xa7, b'R', b'e', b'q'], // a map cut short
             vec![0xdd, 0xff, 0xff, 0xff, 0xff], // array claiming 4G elements

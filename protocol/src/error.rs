@@ -181,7 +181,9 @@ impl CodecError {
     pub fn code(&self) -> ErrorCode {
         match self {
             CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            CodecError::EmptyFrame | CodecError::TrailingBytes(_) | CodecError::Malformed(_) => ErrorCode::Malformed,
+            CodecError::EmptyFrame | CodecError::TrailingBytes(_) | CodecError::Malformed(_) => {
+                ErrorCode::Malformed
+            }
             CodecError::Encode(_) => ErrorCode::Internal,
             CodecError::Io(_) => ErrorCode::PeerClosed,
         }

@@ -73,7 +73,10 @@ mod tests {
     fn redacted_is_stable_and_hides_the_id() {
         let id = SessionId::from_raw(0x1234_5678_9abc_def0);
         assert_eq!(id.redacted(), id.redacted());
-        assert_ne!(id.redacted(), SessionId::from_raw(0x1234_5678_9abc_def1).redacted());
+        assert_ne!(
+            id.redacted(),
+            SessionId::from_raw(0x1234_5678_9abc_def1).redacted()
+        );
         assert!(!id.redacted().to_string().contains("9abcdef0"));
     }
 }

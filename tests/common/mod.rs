@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: real nodes on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use session_proxy::{
+    BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionService,
+};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A frontend: its sessions and its RPC server.
+pub struct Frontend {
+    pub sessions: SessionService,
+    pub server: RpcServer,
+    pub addr: SocketAddr,
+}
+
+pub async fn start_frontend(id: &str) -> Frontend {
+    start_frontend_with(SessionConfig::new(id), "127.0.0.1:0".parse().expect("addr")).await
+}
+
+pub async fn start_frontend_with(config: SessionConfig, addr: SocketAddr) -> Frontend {
+    let sessions = SessionService::new(config);
+    let server = RpcServer::bind(addr, sessions.clone(), RpcConfig::default())
+        .await
+        .expect("frontend binds a loopback port");
+    let addr = server.local_addr();
+    Frontend {
+        sessions,
+        server,
+        addr,
+    }
+}
+
+/// A backend that knows one frontend.
+pub fn start_backend(name: &str, frontend_id: &str, addr: SocketAddr) -> BackendSessionService {
+    start_backend_with(ClientConfig::new(name), frontend_id, addr)
+}
+
+pub fn start_backend_with(
+    config: ClientConfig,
+    frontend_id: &str,
+    addr: SocketAddr,
+) -> BackendSessionService {
+    let backend = BackendSessionService::new(config);
+    backend.add_frontend(frontend_id, addr.to_string());
+    backend
+}
+
+/// A client config with short deadlines and backoff, for failure tests.
+pub fn quick_client(name: &str, deadline: Duration) -> ClientConfig {
+    let mut c = ClientConfig::new(name);
+    c.deadline = deadline;
+    c.backoff_min = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c.connect_timeout = Duration::from_millis(500);
+    c.handshake_timeout = Duration::from_millis(500);
+    c
+}
+
+pub fn encode<T: serde::Serialize + ?Sized>(v: &T) -> Bytes {
+    Bytes::from(rmp_serde::to_vec_named(v).expect("test values encode"))
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(b: &Bytes) -> T {
+    rmp_serde::from_slice(b).expect("test values decode")
+}
+
+/// The decoded value of `key` in the frontend's copy of a session.
+pub fn frontend_value<T: serde::de::DeserializeOwned>(
+    sessions: &SessionService,
+    sid: session_proxy::SessionId,
+    key: &str,
+) -> Option<T> {
+    sessions
+        .get(sid)
+        .expect("session open")
+        .settings
+        .get(key)
+        .map(|s| decode(&s.value))
+}
