@@ -245,49 +245,55 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
             Ok(())
         });
     }
+    // Meanwhile, conditional pushes with a real conflict: A and B read the
+    // same session, B writes first, A's conditional push must be refused.
+    let conflict_sessions: Vec<usize> = (1..n).step_by(kick_every).take(50).collect();
+    let conflicts_expected = conflict_sessions.len() as u64;
+    {
+        let (a, b, sids, counters) = (a.clone(), b.clone(), sids.clone(), counters.clone());
+        tasks.spawn(async move {
+            for i in conflict_sessions {
+                let mut from_a = a
+                    .get("connector-1", sids[i])
+                    .await?
+                    .context("open session")?;
+                let mut from_b = b
+                    .get("connector-1", sids[i])
+                    .await?
+                    .context("open session")?;
+                from_b.set("gems", &1u64)?;
+                from_b
+                    .push_if_unchanged("gems")
+                    .await
+                    .context("first conditional push wins")?;
+                counters.op();
+                from_a.set("gems", &2u64)?;
+                match from_a.push_if_unchanged("gems").await {
+                    Err(e) if e.code() == ErrorCode::Conflict => {
+                        counters
+                            .conflicts
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    other => bail!(
+                "conditional push after a concurrent write: expected a conflict, got {other:?}"
+            ),
+                }
+                // A refreshes and retries, as a handler would.
+                from_a.refresh().await?;
+                from_a.set("gems", &(from_a.get::<u64>("gems")?.unwrap_or(0) + 2))?;
+                from_a
+                    .push_if_unchanged("gems")
+                    .await
+                    .context("retry after refresh")?;
+                counters.op();
+            }
+            Ok(())
+        });
+    }
     while let Some(res) = tasks.join_next().await {
         res.context("a demo worker panicked")??;
     }
 
-    // Conditional pushes with a real conflict: A and B read the same
-    // session, B writes first, A's conditional push must be refused.
-    let mut conflicts_expected = 0u64;
-    for i in (1..n).step_by(kick_every).take(50) {
-        let mut from_a = a
-            .get("connector-1", sids[i])
-            .await?
-            .context("open session")?;
-        let mut from_b = b
-            .get("connector-1", sids[i])
-            .await?
-            .context("open session")?;
-        from_b.set("gold", &1u64)?;
-        from_b
-            .push_if_unchanged("gold")
-            .await
-            .context("first conditional push wins")?;
-        counters.op();
-        from_a.set("gold", &2u64)?;
-        match from_a.push_if_unchanged("gold").await {
-            Err(e) if e.code() == ErrorCode::Conflict => {
-                counters
-                    .conflicts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                conflicts_expected += 1;
-            }
-            other => bail!(
-                "conditional push after a concurrent write: expected a conflict, got {other:?}"
-            ),
-        }
-        // A refreshes and retries, as a handler would.
-        from_a.refresh().await?;
-        from_a.set("gold", &(from_a.get::<u64>("gold")?.unwrap_or(0) + 2))?;
-        from_a
-            .push_if_unchanged("gold")
-            .await
-            .context("retry after refresh")?;
-        counters.op();
-    }
     // Finally B overwrites "shared" on every open session, in one pipelined burst.
     let client_b = b.client("connector-1")?;
     let mut pending = Vec::new();
@@ -348,12 +354,18 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         ensure!(shared == "from-b", "session {i}: shared {shared}");
         let level: u32 = decode(&s, "level")?;
         ensure!(level == i as u32 % 60, "session {i}: level {level}");
+        let gems: Option<u64> = s
+            .settings
+            .get("gems")
+            .map(|_| decode(&s, "gems"))
+            .transpose()?;
+        let want_gems = (i % kick_every == 1 && i < kick_every * 50).then_some(3);
+        ensure!(
+            gems == want_gems,
+            "session {i}: gems {gems:?}, expected {want_gems:?}"
+        );
         let gold: u64 = decode(&s, "gold")?;
-        let want_gold = if i % kick_every == 1 && i < kick_every * 50 {
-            3
-        } else {
-            i as u64 * 10
-        };
+        let want_gold = i as u64 * 10;
         ensure!(
             gold == want_gold,
             "session {i}: gold {gold}, expected {want_gold}"
