@@ -13,16 +13,16 @@
 //! pending on it fails at once with [`Error::ConnectionLost`]; calls made
 //! while the frontend is unreachable fail at once with [`Error::Unavailable`].
 
+use crate::handler::Handlers;
+use crate::BackendSession;
 use crate::Error;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
 use session_proxy_protocol::{
-    Call, ErrorCode, Hello, HelloReply, Message, MessageCodec, Reply, Request, Response, Role,
-    RpcError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    Call, ErrorCode, Hello, HelloReply, InFlight, Message, MessageCodec, RegisterError, Reply,
+    Request, Response, Role, RpcError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -56,6 +56,9 @@ pub struct ClientConfig {
     pub queue: usize,
     /// The largest frame sent or accepted, in bytes. Default: 1 MiB.
     pub max_frame: usize,
+    /// The server type this backend serves forwarded requests for (e.g.
+    /// `"chat"`), announced in the hello. Default: `None` (serves none).
+    pub server_type: Option<String>,
 }
 
 impl Default for ClientConfig {
@@ -70,6 +73,7 @@ impl Default for ClientConfig {
             max_in_flight: 65_536,
             queue: 4096,
             max_frame: DEFAULT_MAX_FRAME,
+            server_type: None,
         }
     }
 }
@@ -102,66 +106,12 @@ enum Outcome {
     Lost(String),
 }
 
-type PendingMap = HashMap<u64, oneshot::Sender<Outcome>>;
-
 /// One live connection: the writer's queue and the calls awaiting responses.
 struct Conn {
-    /// Requests for the writer task.
+    /// Frames for the writer task.
     tx: mpsc::Sender<Message>,
-    /// `id -> waiting caller`; `None` once the connection is dead, so a late
-    /// registration fails instead of waiting for a response that cannot come.
-    pending: Mutex<Option<PendingMap>>,
-}
-
-impl Conn {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PendingMap>> {
-        // A panic while holding this lock cannot leave the map half-updated
-        // (every critical section is a single map operation), so a poisoned
-        // lock is still usable.
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn register(&self, id: u64, tx: oneshot::Sender<Outcome>, limit: usize) -> Result<(), Outcome> {
-        match self.lock().as_mut() {
-            None => Err(Outcome::Lost("connection closed".into())),
-            Some(map) if map.len() >= limit => Err(Outcome::Remote(RpcError::new(
-                ErrorCode::Overloaded,
-                "too many calls in flight",
-            ))),
-            Some(map) => {
-                map.insert(id, tx);
-                Ok(())
-            }
-        }
-    }
-
-    fn complete(&self, resp: Response) {
-        let waiter = self.lock().as_mut().and_then(|m| m.remove(&resp.id));
-        match waiter {
-            Some(tx) => {
-                let outcome = match resp.result {
-                    Ok(reply) => Outcome::Reply(reply),
-                    Err(err) => Outcome::Remote(err),
-                };
-                // The caller may have stopped waiting a moment ago; fine.
-                let _ = tx.send(outcome);
-            }
-            None => debug!(id = resp.id, "response to a call nobody waits for"),
-        }
-    }
-
-    fn forget(&self, id: u64) {
-        if let Some(map) = self.lock().as_mut() {
-            map.remove(&id);
-        }
-    }
-
-    fn fail_all(&self, cause: &str) {
-        let pending = self.lock().take();
-        for (_, tx) in pending.into_iter().flatten() {
-            let _ = tx.send(Outcome::Lost(cause.to_string()));
-        }
-    }
+    /// Calls awaiting responses on this connection.
+    inflight: InFlight<Outcome>,
 }
 
 struct ClientInner {
@@ -171,8 +121,6 @@ struct ClientInner {
     config: ClientConfig,
     /// The supervisor's view of the connection.
     state: watch::Receiver<State>,
-    /// Request ids; unique per client, so per connection.
-    next_id: AtomicU64,
     /// Stops the supervisor when the last handle is dropped.
     cancel: CancellationToken,
 }
@@ -202,30 +150,41 @@ impl FrontendClient {
     /// Returns at once; the first call waits for the connection (up to its
     /// deadline). Must be called within a tokio runtime.
     pub fn connect(frontend_id: &str, addr: String, config: ClientConfig) -> FrontendClient {
+        Self::connect_serving(frontend_id, addr, config, None)
+    }
+
+    /// Like [`connect`](Self::connect), and serves the client requests the
+    /// frontend forwards over this connection with `handlers`.
+    pub fn connect_serving(
+        frontend_id: &str,
+        addr: String,
+        config: ClientConfig,
+        handlers: Option<Arc<Handlers>>,
+    ) -> FrontendClient {
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let cancel = CancellationToken::new();
         let frontend_id: Arc<str> = Arc::from(frontend_id);
+        let inner = Arc::new(ClientInner {
+            frontend_id: frontend_id.clone(),
+            config: config.clone(),
+            state: state_rx,
+            cancel: cancel.clone(),
+        });
         let supervisor = Supervisor {
             frontend_id: frontend_id.clone(),
             addr,
-            config: config.clone(),
+            config,
             state: state_tx,
-            cancel: cancel.clone(),
+            cancel,
+            client: Arc::downgrade(&inner),
+            handlers,
         };
         tokio::spawn(
             supervisor
                 .run()
                 .instrument(tracing::info_span!("frontend_client", frontend = %frontend_id)),
         );
-        FrontendClient {
-            inner: Arc::new(ClientInner {
-                frontend_id,
-                config,
-                state: state_rx,
-                next_id: AtomicU64::new(1),
-                cancel,
-            }),
-        }
+        FrontendClient { inner }
     }
 
     /// The frontend this client talks to.
@@ -267,11 +226,18 @@ impl FrontendClient {
     ) -> Result<PendingCall, Error> {
         let deadline_at = Instant::now() + deadline;
         let conn = self.connection(deadline_at, deadline).await?;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if let Err(outcome) = conn.register(id, tx, self.inner.config.max_in_flight) {
-            return Err(self.failure(outcome));
-        }
+        let (id, rx) = match conn.inflight.register() {
+            Ok(pair) => pair,
+            Err(RegisterError::Full) => {
+                return Err(Error::Overloaded {
+                    frontend: self.frontend_id().to_string(),
+                    limit: self.inner.config.max_in_flight,
+                })
+            }
+            Err(RegisterError::Closed) => {
+                return Err(self.failure(Outcome::Lost("connection closed".into())))
+            }
+        };
         // The guard exists before the request is queued: however this future
         // ends from here on, the id is forgotten.
         let pending = PendingCall {
@@ -351,10 +317,6 @@ impl FrontendClient {
                 frontend,
                 call: "a failed call",
             },
-            Outcome::Remote(err) if err.code == ErrorCode::Overloaded => Error::Overloaded {
-                frontend,
-                limit: self.inner.config.max_in_flight,
-            },
             Outcome::Remote(source) => Error::Remote { frontend, source },
             Outcome::Lost(cause) => Error::ConnectionLost { frontend, cause },
         }
@@ -401,7 +363,7 @@ impl PendingCall {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        self.conn.forget(self.id);
+        self.conn.inflight.forget(self.id);
     }
 }
 
@@ -412,6 +374,11 @@ struct Supervisor {
     config: ClientConfig,
     state: watch::Sender<State>,
     cancel: CancellationToken,
+    /// The client handle, for the sessions given to request handlers; weak,
+    /// so the supervisor stops when the last handle is dropped.
+    client: Weak<ClientInner>,
+    /// Handlers for requests the frontend forwards; `None` serves none.
+    handlers: Option<Arc<Handlers>>,
 }
 
 impl Supervisor {
@@ -489,11 +456,12 @@ impl Supervisor {
         let codec = MessageCodec::new(self.config.max_frame);
         let mut reader = FramedRead::new(r, codec.clone());
         let mut writer = FramedWrite::new(w, codec);
-        let hello = Hello::new(
+        let mut hello = Hello::new(
             self.config.node_id.clone(),
             Role::Backend,
             Some(self.frontend_id.to_string()),
         );
+        hello.server_type = self.config.server_type.clone();
         let exchange = async {
             writer
                 .send(Message::Hello(hello))
@@ -536,7 +504,7 @@ impl Supervisor {
         let (tx, rx) = mpsc::channel(self.config.queue.max(1));
         let conn = Arc::new(Conn {
             tx: tx.clone(),
-            pending: Mutex::new(Some(HashMap::new())),
+            inflight: InFlight::new(self.config.max_in_flight),
         });
         self.state.send_replace(State::Up(conn.clone()));
         let read = async {
@@ -544,21 +512,22 @@ impl Supervisor {
                 match reader.next().await {
                     None => return "frontend closed the connection".to_string(),
                     Some(Err(err)) => return format!("corrupt stream from frontend: {err}"),
-                    Some(Ok(Message::Response(resp))) => conn.complete(resp),
-                    Some(Ok(Message::Request(req))) => {
-                        // No request handlers are registered on this node.
-                        let resp = Message::Response(Response {
-                            id: req.id,
-                            result: Err(RpcError::new(
-                                ErrorCode::Unsupported,
-                                "this backend serves no requests",
-                            )),
-                        });
-                        if tx.send(resp).await.is_err() {
-                            return "writer stopped".to_string();
+                    Some(Ok(Message::Response(resp))) => {
+                        let outcome = match resp.result {
+                            Ok(reply) => Outcome::Reply(reply),
+                            Err(err) => Outcome::Remote(err),
+                        };
+                        if !conn.inflight.complete(resp.id, outcome) {
+                            debug!(id = resp.id, "response to a call nobody waits for");
                         }
                     }
-                    Some(Ok(Message::Notify(_))) => debug!("ignoring a notify from the frontend"),
+                    Some(Ok(Message::Request(req))) => {
+                        let deadline = Duration::from_millis(u64::from(req.deadline_ms));
+                        self.dispatch(req.call, Some((req.id, deadline)), &tx);
+                    }
+                    Some(Ok(Message::Notify(call))) => {
+                        self.dispatch(call, None, &tx);
+                    }
                     Some(Ok(_)) => return "handshake frame after the handshake".to_string(),
                 }
             }
@@ -570,8 +539,70 @@ impl Supervisor {
         };
         // No new call may pick this connection up, then fail the pending ones.
         self.state.send_replace(State::Connecting);
-        conn.fail_all(&cause);
+        conn.inflight.close(|| Outcome::Lost(cause.clone()));
         cause
+    }
+
+    /// Runs a call the frontend sent: a forwarded client request goes to its
+    /// handler on a task of its own (handlers may be slow); anything else is
+    /// refused. `reply_to` is the request id and deadline, `None` for a notify.
+    fn dispatch(&self, call: Call, reply_to: Option<(u64, Duration)>, tx: &mpsc::Sender<Message>) {
+        let refuse = |code, message: &str| {
+            if let Some((id, _)) = reply_to {
+                let resp = Message::Response(Response {
+                    id,
+                    result: Err(RpcError::new(code, message)),
+                });
+                // The writer is gone only when the connection is; nothing to answer then.
+                let _ = tx.try_send(resp);
+            }
+        };
+        let Call::Handle {
+            route,
+            session,
+            body,
+        } = call
+        else {
+            refuse(
+                ErrorCode::Unsupported,
+                "backends handle only forwarded requests",
+            );
+            return;
+        };
+        let Some(handler) = self.handlers.as_ref().and_then(|h| h.get(&route)) else {
+            debug!(route = %route, "no handler for forwarded route");
+            refuse(
+                ErrorCode::UnknownRoute,
+                &format!("no handler for route {route}"),
+            );
+            return;
+        };
+        let Some(inner) = self.client.upgrade() else {
+            refuse(ErrorCode::Unavailable, "backend shutting down");
+            return;
+        };
+        let client = FrontendClient { inner };
+        let tx = tx.clone();
+        let deadline = reply_to.map_or(self.config.deadline, |(_, d)| d);
+        tokio::spawn(async move {
+            let session = BackendSession::from_snapshot(client, session);
+            let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
+            let result = match timeout(deadline, run).await {
+                Ok(Ok(Ok(body))) => Ok(Reply::Handled(body)),
+                Ok(Ok(Err(app_error))) => Ok(Reply::Handled(app_error.to_body())),
+                Ok(Err(_panic)) => {
+                    warn!(route = %route, "request handler panicked");
+                    Err(RpcError::new(ErrorCode::Internal, "handler panicked"))
+                }
+                Err(_) => Err(RpcError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("handler for {route} ran past its deadline"),
+                )),
+            };
+            if let Some((id, _)) = reply_to {
+                let _ = tx.send(Message::Response(Response { id, result })).await;
+            }
+        });
     }
 }
 

@@ -66,6 +66,9 @@ pub enum Error {
         #[source]
         source: rmp_serde::encode::Error,
     },
+    /// A push body could not be encoded to JSON.
+    #[error("cannot encode the push body as JSON")]
+    EncodeJson(#[source] serde_json::Error),
     /// A stored value does not decode as the requested type.
     #[error("cannot decode the value of key {key:?} as the requested type")]
     Decode {
@@ -94,7 +97,9 @@ impl Error {
             Error::ConnectionLost { .. } => ErrorCode::PeerClosed,
             Error::Unavailable { .. } | Error::UnknownFrontend(_) => ErrorCode::Unavailable,
             Error::Overloaded { .. } => ErrorCode::Overloaded,
-            Error::Encode { .. } | Error::Decode { .. } => ErrorCode::Malformed,
+            Error::Encode { .. } | Error::Decode { .. } | Error::EncodeJson(_) => {
+                ErrorCode::Malformed
+            }
             Error::UnexpectedReply { .. } => ErrorCode::Internal,
         }
     }

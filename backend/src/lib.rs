@@ -12,6 +12,10 @@
 //!   `get_by_uid`, `kick_by_sid`, `kick_by_uid`.
 //! - [`session`]: [`BackendSession`], typed `get`/`set`/`remove` on the
 //!   snapshot, plain and conditional pushes, `export`.
+//! - [`handler`]: [`Handlers`], typed handlers for the client requests
+//!   frontends forward here (`chat.chatHandler.send` …).
+//! - [`channel`]: [`ChannelService`], named groups of users pushed to with
+//!   one RPC per frontend.
 //! - [`client`]: [`FrontendClient`], one multiplexed connection per frontend
 //!   with deadlines, reconnection with backoff, and pipelining.
 //! - [`error`]: [`Error`], with [`Error::code`] mapping onto the wire codes.
@@ -29,12 +33,16 @@
 //! A complete, runnable cluster (frontend and backends on loopback) is the
 //! `session-proxy demo` command of the root crate.
 
+pub mod channel;
 pub mod client;
 pub mod error;
+pub mod handler;
 pub mod service;
 pub mod session;
 
+pub use channel::ChannelService;
 pub use client::{ClientConfig, FrontendClient, PendingCall};
 pub use error::Error;
+pub use handler::{HandlerError, Handlers};
 pub use service::BackendSessionService;
 pub use session::BackendSession;

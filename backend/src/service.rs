@@ -1,6 +1,8 @@
 //! `BackendSessionService`: a backend's door to every frontend's sessions.
 
-use crate::{BackendSession, ClientConfig, Error, FrontendClient};
+use crate::{BackendSession, ClientConfig, Error, FrontendClient, Handlers};
+use bytes::Bytes;
+use serde::Serialize;
 use session_proxy_protocol::{Call, Reply, SessionId};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,6 +20,8 @@ pub struct BackendSessionService {
 struct Inner {
     /// Settings for every client this service opens.
     config: ClientConfig,
+    /// Handlers for forwarded client requests, shared by every connection.
+    handlers: Option<Arc<Handlers>>,
     /// `frontend id -> client`. Read on every call, written when the
     /// cluster's membership changes.
     frontends: RwLock<HashMap<String, FrontendClient>>,
@@ -26,9 +30,21 @@ struct Inner {
 impl BackendSessionService {
     /// A service with no frontends yet.
     pub fn new(config: ClientConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// A service that also serves the client requests frontends forward to
+    /// it: `config.server_type` names the server type it handles (e.g.
+    /// `"chat"`), and `handlers` its routes.
+    pub fn serving(config: ClientConfig, handlers: Handlers) -> Self {
+        Self::build(config, Some(Arc::new(handlers)))
+    }
+
+    fn build(config: ClientConfig, handlers: Option<Arc<Handlers>>) -> Self {
         BackendSessionService {
             inner: Arc::new(Inner {
                 config,
+                handlers,
                 frontends: RwLock::new(HashMap::new()),
             }),
         }
@@ -38,7 +54,12 @@ impl BackendSessionService {
     /// background; calls wait for it up to their deadline. Must be called
     /// within a tokio runtime.
     pub fn add_frontend(&self, frontend_id: &str, addr: impl Into<String>) {
-        let client = FrontendClient::connect(frontend_id, addr.into(), self.inner.config.clone());
+        let client = FrontendClient::connect_serving(
+            frontend_id,
+            addr.into(),
+            self.inner.config.clone(),
+            self.inner.handlers.clone(),
+        );
         self.write().insert(frontend_id.to_string(), client);
     }
 
@@ -151,6 +172,102 @@ impl BackendSessionService {
             _ => Err(unexpected(frontend_id, "kick_by_uid")),
         }
     }
+
+    /// Pushes `msg` (as JSON) on `route` to sessions of one frontend.
+    /// Returns the sessions it did not reach.
+    pub async fn push_to_sids<T: Serialize + ?Sized>(
+        &self,
+        frontend_id: &str,
+        route: &str,
+        msg: &T,
+        sids: Vec<SessionId>,
+    ) -> Result<Vec<SessionId>, Error> {
+        let body = json_body(msg)?;
+        let client = self.client(frontend_id)?;
+        match client
+            .call(Call::PushToSids {
+                route: route.to_string(),
+                body,
+                sids,
+            })
+            .await?
+        {
+            Reply::PushedToSids(missed) => Ok(missed),
+            _ => Err(unexpected(frontend_id, "push_to_sids")),
+        }
+    }
+
+    /// Pushes `msg` (as JSON) on `route` to every session of each uid on one
+    /// frontend, once per session. Returns the uids with no session there.
+    pub async fn push_to_uids<T: Serialize + ?Sized>(
+        &self,
+        frontend_id: &str,
+        route: &str,
+        msg: &T,
+        uids: Vec<String>,
+    ) -> Result<Vec<String>, Error> {
+        self.push_raw_to_uids(frontend_id, route, json_body(msg)?, uids)
+            .await
+    }
+
+    pub(crate) async fn push_raw_to_uids(
+        &self,
+        frontend_id: &str,
+        route: &str,
+        body: Bytes,
+        uids: Vec<String>,
+    ) -> Result<Vec<String>, Error> {
+        let client = self.client(frontend_id)?;
+        match client
+            .call(Call::PushToUids {
+                route: route.to_string(),
+                body,
+                uids,
+            })
+            .await?
+        {
+            Reply::PushedToUids(missed) => Ok(missed),
+            _ => Err(unexpected(frontend_id, "push_to_uids")),
+        }
+    }
+
+    /// Pushes `msg` (as JSON) on `route` to every session of every known
+    /// frontend — or only to bound sessions — one copy per session. Returns
+    /// how many sessions it reached; a frontend that fails is logged and
+    /// counted as zero.
+    pub async fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        route: &str,
+        msg: &T,
+        bound_only: bool,
+    ) -> Result<usize, Error> {
+        let body = json_body(msg)?;
+        let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
+        let calls = clients.into_iter().map(|client| {
+            let call = Call::Broadcast {
+                route: route.to_string(),
+                body: body.clone(),
+                bound_only,
+            };
+            async move {
+                match client.call(call).await {
+                    Ok(Reply::Broadcast(n)) => n as usize,
+                    Ok(_) => 0,
+                    Err(err) => {
+                        tracing::warn!(frontend = %client.frontend_id(), cause = %err, "broadcast to a frontend failed");
+                        0
+                    }
+                }
+            }
+        });
+        Ok(futures::future::join_all(calls).await.into_iter().sum())
+    }
+}
+
+pub(crate) fn json_body<T: Serialize + ?Sized>(msg: &T) -> Result<Bytes, Error> {
+    serde_json::to_vec(msg)
+        .map(Bytes::from)
+        .map_err(Error::EncodeJson)
 }
 
 fn unexpected(frontend_id: &str, call: &'static str) -> Error {

@@ -271,6 +271,31 @@ impl BackendSession {
         }
     }
 
+    /// Pushes `msg` (as JSON) on `route` to this session's client. Fails
+    /// with `SessionNotFound` if the session has closed.
+    pub async fn send<T: Serialize + ?Sized>(&self, route: &str, msg: &T) -> Result<(), Error> {
+        let body = crate::service::json_body(msg)?;
+        let reply = self
+            .client
+            .call(Call::PushToSids {
+                route: route.to_string(),
+                body,
+                sids: vec![self.sid],
+            })
+            .await?;
+        match reply {
+            Reply::PushedToSids(missed) if missed.is_empty() => Ok(()),
+            Reply::PushedToSids(_) => Err(Error::Remote {
+                frontend: self.frontend_id().to_string(),
+                source: session_proxy_protocol::RpcError::new(
+                    session_proxy_protocol::ErrorCode::SessionNotFound,
+                    "session closed",
+                ),
+            }),
+            _ => Err(self.unexpected("send")),
+        }
+    }
+
     /// Kicks the session's client with `reason` and closes the session.
     /// Returns whether the session was still open.
     pub async fn kick(&self, reason: &str) -> Result<bool, Error> {

@@ -28,7 +28,8 @@ pub struct SessionConfig {
     /// The single-session policy. Default: [`SingleSessionPolicy::Off`].
     pub single_session: SingleSessionPolicy,
     /// Capacity of each session's owner queue (kicks and pushes on their way
-    /// to the client connection). Default: 256.
+    /// to the client connection); a client that lets it fill up is closed as
+    /// too slow. Default: 1024.
     pub owner_queue: usize,
     /// Capacity of the session event channel; a subscriber that falls further
     /// behind skips events (and is told how many). Default: 4096.
@@ -68,6 +69,12 @@ pub struct RpcConfig {
     /// The most backend connections served at once; more wait to be accepted.
     /// Default: 1024.
     pub max_connections: usize,
+    /// The most forwarded requests waiting on one backend connection; more
+    /// get an `Overloaded` error at once. Default: 65 536.
+    pub max_in_flight: usize,
+    /// Frames queued for one backend connection before senders wait.
+    /// Default: 4096.
+    pub queue: usize,
 }
 
 impl Default for RpcConfig {
@@ -76,6 +83,8 @@ impl Default for RpcConfig {
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            max_in_flight: 65_536,
+            queue: 4096,
         }
     }
 }

@@ -35,11 +35,13 @@
 //!
 //! [`SessionId`]: session_proxy_protocol::SessionId
 
+pub mod backends;
 pub mod config;
 pub mod error;
 pub mod server;
 pub mod service;
 
+pub use backends::{BackendRegistry, HashRouter, Router};
 pub use config::{RpcConfig, SessionConfig, SingleSessionPolicy};
 pub use error::Error;
 pub use server::RpcServer;

@@ -6,7 +6,8 @@
 //! only when no further frame is already waiting, so a busy connection sends
 //! many responses per syscall and an idle one pays no added latency.
 
-use crate::{RpcConfig, SessionService};
+use crate::backends::BackendLink;
+use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
 use session_proxy_protocol::{
     Call, CodecError, ErrorCode, Hello, HelloReply, Message, MessageCodec, Reply, Response, Role,
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +34,8 @@ pub struct RpcServer {
     cancel: CancellationToken,
     /// Tracks the accept loop and connection tasks, for draining.
     tracker: TaskTracker,
+    /// The backends connected through this server that serve a server type.
+    backends: BackendRegistry,
 }
 
 impl RpcServer {
@@ -64,10 +67,14 @@ impl RpcServer {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let backends = BackendRegistry::new();
         let accept = accept_loop(
             listener,
-            service,
-            Arc::new(config),
+            Shared {
+                service,
+                backends: backends.clone(),
+                config: Arc::new(config),
+            },
             cancel.clone(),
             tracker.clone(),
         );
@@ -76,7 +83,14 @@ impl RpcServer {
             local_addr,
             cancel,
             tracker,
+            backends,
         }
+    }
+
+    /// The backends connected to this server that serve client requests;
+    /// hand it to a [`Gateway`](crate::Gateway) to forward requests to them.
+    pub fn backends(&self) -> BackendRegistry {
+        self.backends.clone()
     }
 
     /// The address the server listens on.
@@ -102,15 +116,28 @@ impl Drop for RpcServer {
     }
 }
 
+/// What every connection task of a server shares.
+#[derive(Clone)]
+struct Shared {
+    /// The sessions this frontend owns.
+    service: SessionService,
+    /// Backends that serve forwarded requests.
+    backends: BackendRegistry,
+    /// Server settings.
+    config: Arc<RpcConfig>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    service: SessionService,
-    config: Arc<RpcConfig>,
+    shared: Shared,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    info!(frontend = service.frontend_id(), "listening for backends");
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    info!(
+        frontend = shared.service.frontend_id(),
+        "listening for backends"
+    );
     loop {
         // Take a permit before accepting: at the limit, new peers wait in the
         // kernel's backlog instead of costing us memory.
@@ -137,8 +164,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn = Connection {
-            service: service.clone(),
-            config: config.clone(),
+            service: shared.service.clone(),
+            backends: shared.backends.clone(),
+            config: shared.config.clone(),
             cancel: cancel.child_token(),
             peer,
         };
@@ -156,6 +184,8 @@ async fn accept_loop(
 struct Connection {
     /// The sessions this frontend owns.
     service: SessionService,
+    /// Where a backend that serves a server type is registered.
+    backends: BackendRegistry,
     /// Server settings.
     config: Arc<RpcConfig>,
     /// Cancelled when the server shuts down.
@@ -175,15 +205,35 @@ enum End {
 impl Connection {
     async fn run(self, stream: TcpStream) {
         let mut framed = Framed::new(stream, MessageCodec::new(self.config.max_frame));
-        let backend = match self.handshake(&mut framed).await {
-            Ok(id) => id,
+        let hello = match self.handshake(&mut framed).await {
+            Ok(hello) => hello,
             Err(reason) => {
                 warn!(peer = %self.peer, reason, "backend refused");
                 return;
             }
         };
-        info!(backend = %backend, "backend connected");
-        match self.serve(&mut framed).await {
+        let backend = hello.node_id;
+        let (tx, mut rx) = mpsc::channel(self.config.queue.max(1));
+        let link = hello.server_type.map(|server_type| {
+            let link =
+                self.backends
+                    .register(&server_type, &backend, tx, self.config.max_in_flight);
+            (server_type, link)
+        });
+        info!(backend = %backend, serves = ?link.as_ref().map(|(t, _)| t), "backend connected");
+        let end = self
+            .serve(&mut framed, link.as_ref().map(|(_, l)| &**l), &mut rx)
+            .await;
+        if let Some((server_type, link)) = &link {
+            self.backends.unregister(server_type, link);
+            link.inflight.close(|| {
+                Err(RpcError::new(
+                    ErrorCode::PeerClosed,
+                    "backend connection closed",
+                ))
+            });
+        }
+        match end {
             End::PeerClosed => info!(backend = %backend, "backend disconnected"),
             End::Shutdown => debug!(backend = %backend, "connection closed for shutdown"),
             End::Corrupt(err) => {
@@ -195,11 +245,11 @@ impl Connection {
         }
     }
 
-    /// Reads the hello and answers it. Returns the peer's node id.
+    /// Reads the hello and answers it. Returns the accepted hello.
     async fn handshake(
         &self,
         framed: &mut Framed<TcpStream, MessageCodec>,
-    ) -> Result<String, String> {
+    ) -> Result<Hello, String> {
         let first = tokio::select! {
             _ = self.cancel.cancelled() => return Err("shutting down".into()),
             first = tokio::time::timeout(self.config.handshake_timeout, framed.next()) => first,
@@ -225,7 +275,7 @@ impl Connection {
             .map_err(|e| format!("cannot answer the hello: {e}"))?;
         match refusal {
             Some(err) => Err(format!("{} ({})", err, hello.node_id)),
-            None => Ok(hello.node_id),
+            None => Ok(hello),
         }
     }
 
@@ -262,7 +312,12 @@ impl Connection {
         }
     }
 
-    async fn serve(&self, framed: &mut Framed<TcpStream, MessageCodec>) -> End {
+    async fn serve(
+        &self,
+        framed: &mut Framed<TcpStream, MessageCodec>,
+        link: Option<&BackendLink>,
+        outbox: &mut mpsc::Receiver<Message>,
+    ) -> End {
         let mut unflushed = false;
         loop {
             // Take a frame that is already buffered without waiting; if there
@@ -279,6 +334,19 @@ impl Connection {
                     tokio::select! {
                         _ = self.cancel.cancelled() => return End::Shutdown,
                         frame = framed.next() => frame,
+                        Some(out) = outbox.recv() => {
+                            // Forwarded requests for this backend.
+                            if let Err(err) = framed.feed(out).await {
+                                return End::Corrupt(err);
+                            }
+                            while let Ok(out) = outbox.try_recv() {
+                                if let Err(err) = framed.feed(out).await {
+                                    return End::Corrupt(err);
+                                }
+                            }
+                            unflushed = true;
+                            continue;
+                        }
                     }
                 }
             };
@@ -303,10 +371,17 @@ impl Connection {
                         debug!(cause = %err, "notify failed");
                     }
                 }
-                Message::Response(resp) => {
-                    // This frontend sends no requests on backend connections yet.
-                    debug!(id = resp.id, "ignoring a response to no request");
-                }
+                Message::Response(resp) => match link {
+                    Some(link) => {
+                        if !link.inflight.complete(resp.id, resp.result) {
+                            debug!(
+                                id = resp.id,
+                                "response to a forwarded request nobody waits for"
+                            );
+                        }
+                    }
+                    None => debug!(id = resp.id, "ignoring a response to no request"),
+                },
                 Message::Hello(_) | Message::HelloReply(_) => {
                     return End::Protocol("handshake frame after the handshake")
                 }
@@ -332,6 +407,27 @@ impl Connection {
             }
             Call::KickByUid { uid, reason } => {
                 Reply::Kicked(u32::try_from(s.kick_by_uid(&uid, &reason)).unwrap_or(u32::MAX))
+            }
+            Call::PushToSids { route, body, sids } => Reply::PushedToSids(
+                sids.into_iter()
+                    .filter(|sid| s.push_to_client(*sid, &route, body.clone()).is_err())
+                    .collect(),
+            ),
+            Call::PushToUids { route, body, uids } => {
+                Reply::PushedToUids(s.push_to_uids(&uids, &route, &body))
+            }
+            Call::Broadcast {
+                route,
+                body,
+                bound_only,
+            } => Reply::Broadcast(
+                u32::try_from(s.broadcast(&route, &body, bound_only)).unwrap_or(u32::MAX),
+            ),
+            Call::Handle { .. } => {
+                return Err(RpcError::new(
+                    ErrorCode::Unsupported,
+                    "frontends do not handle forwarded requests",
+                ))
             }
         };
         Ok(reply)

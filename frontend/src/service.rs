@@ -439,8 +439,10 @@ impl SessionService {
 
     /// Queues a server push for a session's client.
     ///
-    /// Fails with [`Error::OwnerQueueFull`] when the client reads too slowly
-    /// to keep up; the caller decides whether to drop the push or the client.
+    /// A client whose queue is full reads too slowly to keep up: its session
+    /// is closed with reason `"slow client"` (its connection then closes)
+    /// and [`Error::OwnerQueueFull`] is returned. Nothing is buffered
+    /// without bound.
     pub fn push_to_client(&self, sid: SessionId, route: &str, body: Bytes) -> Result<(), Error> {
         let owner = self
             .inner
@@ -448,15 +450,63 @@ impl SessionService {
             .get(&sid)
             .map(|e| e.owner.clone())
             .ok_or(Error::SessionNotFound(sid))?;
-        owner
-            .try_send(Outbound::Push {
-                route: route.to_string(),
-                body,
+        self.deliver(sid, &owner, route, body)
+    }
+
+    fn deliver(
+        &self,
+        sid: SessionId,
+        owner: &mpsc::Sender<Outbound>,
+        route: &str,
+        body: Bytes,
+    ) -> Result<(), Error> {
+        let push = Outbound::Push {
+            route: route.to_string(),
+            body,
+        };
+        match owner.try_send(push) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(sid = %sid.redacted(), "client too slow for its pushes; closing");
+                self.kick_by_sid(sid, "slow client");
+                Err(Error::OwnerQueueFull(sid))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::OwnerGone(sid)),
+        }
+    }
+
+    /// Pushes to every session of each uid, once per session. Returns the
+    /// uids no session of which was reached.
+    pub fn push_to_uids(&self, uids: &[String], route: &str, body: &Bytes) -> Vec<String> {
+        uids.iter()
+            .filter(|uid| {
+                let reached = self
+                    .sids_of_uid(uid)
+                    .into_iter()
+                    .filter(|sid| self.push_to_client(*sid, route, body.clone()).is_ok())
+                    .count();
+                reached == 0
             })
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => Error::OwnerQueueFull(sid),
-                mpsc::error::TrySendError::Closed(_) => Error::OwnerGone(sid),
-            })
+            .cloned()
+            .collect()
+    }
+
+    /// Pushes to every session (or every bound session) once. Returns how
+    /// many sessions it reached.
+    pub fn broadcast(&self, route: &str, body: &Bytes, bound_only: bool) -> usize {
+        // Clone the senders out, so no shard guard is held while delivering
+        // (a full queue closes its session, which needs a write guard).
+        let targets: Vec<(SessionId, mpsc::Sender<Outbound>)> = self
+            .inner
+            .sessions
+            .iter()
+            .filter(|e| !bound_only || e.uid.is_some())
+            .map(|e| (*e.key(), e.owner.clone()))
+            .collect();
+        targets
+            .into_iter()
+            .filter(|(sid, owner)| self.deliver(*sid, owner, route, body.clone()).is_ok())
+            .count()
     }
 
     /// How many sessions are open.
@@ -681,7 +731,7 @@ mod tests {
     }
 
     #[test]
-    fn push_to_client_reports_a_full_queue() {
+    fn a_full_push_queue_closes_the_slow_client() {
         let mut config = SessionConfig::new("f1");
         config.owner_queue = 1;
         let s = SessionService::new(config);

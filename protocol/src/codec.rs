@@ -188,14 +188,38 @@ mod tests {
                 uid: "carol".into(),
                 reason: "ban".into(),
             },
+            Call::PushToSids {
+                route: "onChat".into(),
+                body: Bytes::from_static(br#"{"msg":"hi"}"#),
+                sids: vec![sid(5), sid(6)],
+            },
+            Call::PushToUids {
+                route: "onAdd".into(),
+                body: Bytes::from_static(b"{}"),
+                uids: vec!["a".into(), "b:c".into()],
+            },
+            Call::Broadcast {
+                route: "onNews".into(),
+                body: Bytes::from_static(b"[]"),
+                bound_only: true,
+            },
+            Call::Handle {
+                route: "chat.chatHandler.send".into(),
+                session: snapshot.clone(),
+                body: Bytes::from_static(br#"{"content":"x"}"#),
+            },
         ];
         let replies = vec![
             Ok(Reply::Done),
             Ok(Reply::Session(None)),
             Ok(Reply::Session(Some(snapshot.clone()))),
-            Ok(Reply::Sessions(vec![snapshot.clone(), snapshot])),
+            Ok(Reply::Sessions(vec![snapshot.clone(), snapshot.clone()])),
             Ok(Reply::Pushed(vec![Some(1), None])),
             Ok(Reply::Kicked(2)),
+            Ok(Reply::PushedToSids(vec![sid(9)])),
+            Ok(Reply::PushedToUids(vec!["ghost".into()])),
+            Ok(Reply::Broadcast(10_000)),
+            Ok(Reply::Handled(Bytes::from_static(br#"{"code":200}"#))),
             Err(RpcError::new(ErrorCode::Conflict, "key moved")),
             Err(RpcError::new(ErrorCode::Unknown(777), "from the future")),
         ];

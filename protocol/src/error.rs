@@ -39,6 +39,10 @@ pub enum ErrorCode {
     Overloaded,
     /// The peer does not handle this kind of call.
     Unsupported,
+    /// No handler is registered for a forwarded route.
+    UnknownRoute,
+    /// No backend of the route's server type is connected.
+    NoBackend,
     /// A bug or an unexpected state on the peer.
     Internal,
     /// A code this build does not know.
@@ -63,6 +67,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => 22,
             ErrorCode::Overloaded => 23,
             ErrorCode::Unsupported => 30,
+            ErrorCode::UnknownRoute => 31,
+            ErrorCode::NoBackend => 32,
             ErrorCode::Internal => 99,
             ErrorCode::Unknown(n) => n,
         }
@@ -92,6 +98,8 @@ impl From<u16> for ErrorCode {
             22 => ErrorCode::Unavailable,
             23 => ErrorCode::Overloaded,
             30 => ErrorCode::Unsupported,
+            31 => ErrorCode::UnknownRoute,
+            32 => ErrorCode::NoBackend,
             99 => ErrorCode::Internal,
             other => ErrorCode::Unknown(other),
         }
@@ -115,6 +123,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::Unsupported => "unsupported",
+            ErrorCode::UnknownRoute => "unknown route",
+            ErrorCode::NoBackend => "no backend",
             ErrorCode::Internal => "internal error",
             ErrorCode::Unknown(n) => return write!(f, "unknown error code {n}"),
         };

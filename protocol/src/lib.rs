@@ -15,6 +15,10 @@
 //! - [`error`]: [`ErrorCode`] and [`RpcError`], the typed errors that travel on
 //!   the wire, and [`CodecError`], what a decoder reports when a stream is corrupt.
 //! - [`id`]: [`SessionId`], the cluster-wide session id.
+//! - [`inflight`]: [`InFlight`], calls waiting for responses by id, used by
+//!   both ends of a connection.
+//! - [`client`]: the Pomelo/Pinus client protocol (packages, messages,
+//!   handshake) that client connectors speak.
 //!
 //! # Example
 //! ```
@@ -37,14 +41,17 @@
 //! assert_eq!(codec.decode(&mut half).expect("whole frame").as_ref(), Some(&msg));
 //! ```
 
+pub mod client;
 pub mod codec;
 pub mod error;
 pub mod id;
+pub mod inflight;
 pub mod message;
 
 pub use codec::{MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
 pub use error::{CodecError, ErrorCode, RpcError};
 pub use id::SessionId;
+pub use inflight::{InFlight, RegisterError};
 pub use message::{
     Call, Hello, HelloReply, KeyWrite, Message, Precondition, Reply, Request, Response, Role,
     SessionSnapshot, Setting, MAGIC, PROTOCOL_VERSION,

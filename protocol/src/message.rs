@@ -53,6 +53,9 @@ pub struct Hello {
     pub node_id: String,
     /// The sender's role.
     pub role: Role,
+    /// The sender's server type (e.g. `"chat"`), for backends that serve
+    /// forwarded client requests; `None` for a backend that only calls.
+    pub server_type: Option<String>,
     /// The node id the sender believes it dialled; the receiver refuses the
     /// connection with [`ErrorCode::WrongFrontend`](crate::ErrorCode) when it
     /// is someone else (a stale address in a config, a restarted node on a
@@ -68,6 +71,7 @@ impl Hello {
             version: PROTOCOL_VERSION,
             node_id: node_id.into(),
             role,
+            server_type: None,
             expect_peer,
         }
     }
@@ -108,7 +112,10 @@ pub struct Response {
     pub result: Result<Reply, RpcError>,
 }
 
-/// A session operation, sent by a backend to the frontend that owns the session.
+/// A call on a cluster connection.
+///
+/// Session operations and pushes go from a backend to the frontend that owns
+/// the sessions; [`Call::Handle`] goes from a frontend to a backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Call {
     /// Read one session. Replies [`Reply::Session`].
@@ -157,6 +164,47 @@ pub enum Call {
         /// Sent to the clients.
         reason: String,
     },
+    /// Send a server push to sessions by id. Replies
+    /// [`Reply::PushedToSids`].
+    PushToSids {
+        /// The push route, e.g. `onChat`.
+        route: String,
+        /// The body, JSON for Pomelo clients; opaque to the frontend.
+        body: Bytes,
+        /// The sessions.
+        sids: Vec<SessionId>,
+    },
+    /// Send a server push to every session of each uid, once per session.
+    /// Replies [`Reply::PushedToUids`].
+    PushToUids {
+        /// The push route.
+        route: String,
+        /// The body.
+        body: Bytes,
+        /// The users.
+        uids: Vec<String>,
+    },
+    /// Send a server push to every session of the frontend (or only the
+    /// bound ones). Replies [`Reply::Broadcast`].
+    Broadcast {
+        /// The push route.
+        route: String,
+        /// The body.
+        body: Bytes,
+        /// Skip sessions that are not bound to a uid.
+        bound_only: bool,
+    },
+    /// A client request (or notify) forwarded by a frontend to a backend:
+    /// run the handler of `route` on this session. Replies
+    /// [`Reply::Handled`].
+    Handle {
+        /// The full route, `serverType.handler.method`.
+        route: String,
+        /// The session as the frontend had it when the request arrived.
+        session: SessionSnapshot,
+        /// The client's body (JSON), untouched.
+        body: Bytes,
+    },
 }
 
 /// One key of a [`Call::Push`].
@@ -195,6 +243,15 @@ pub enum Reply {
     Pushed(Vec<Option<u64>>),
     /// How many sessions were kicked.
     Kicked(u32),
+    /// The sessions a push could not reach (closed, or their client too slow).
+    PushedToSids(Vec<SessionId>),
+    /// The uids a push reached no session of.
+    PushedToUids(Vec<String>),
+    /// How many sessions a broadcast reached.
+    Broadcast(u32),
+    /// A handler's answer for the client: JSON, including application
+    /// errors (`{"code": …}`), which are not RPC failures.
+    Handled(Bytes),
 }
 
 /// One setting as the frontend stores it: opaque MessagePack bytes and the
