@@ -10,6 +10,10 @@
 //! - [`frontend`]: [`SessionService`] and the [`RpcServer`] backends call.
 //! - [`backend`]: [`BackendSessionService`], [`BackendSession`] and the
 //!   RPC client.
+//! - [`client`]: [`client::PomeloClient`], a Pomelo/Pinus protocol client
+//!   (TCP or WebSocket) for simulated players and tests.
+//! - [`chat`]: Pomelo's chatofpomelo on session-proxy: gate, connectors,
+//!   chat servers (`cargo run --example chat`).
 //! - [`demo`]: the in-process demo cluster behind `session-proxy demo`.
 //!
 //! # Example
@@ -39,6 +43,8 @@
 //! # }
 //! ```
 
+pub mod chat;
+pub mod client;
 pub mod demo;
 
 pub use session_proxy_backend as backend;

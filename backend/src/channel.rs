@@ -36,6 +36,11 @@ impl ChannelService {
         self.channels.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The backend service pushes go through.
+    pub fn sessions(&self) -> &BackendSessionService {
+        &self.sessions
+    }
+
     /// Adds `uid` (whose session is on `frontend_id`) to a channel, creating
     /// it. Returns false if the uid was a member already (its frontend is
     /// updated).
@@ -67,6 +72,11 @@ impl ChannelService {
             .get(channel)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The frontend a member's session is on.
+    pub fn frontend_of(&self, channel: &str, uid: &str) -> Option<String> {
+        self.read().get(channel).and_then(|m| m.get(uid).cloned())
     }
 
     /// Whether `uid` is in the channel.

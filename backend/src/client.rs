@@ -13,7 +13,7 @@
 //! pending on it fails at once with [`Error::ConnectionLost`]; calls made
 //! while the frontend is unreachable fail at once with [`Error::Unavailable`].
 
-use crate::handler::Handlers;
+use crate::handler::SharedHandlers;
 use crate::BackendSession;
 use crate::Error;
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -150,7 +150,7 @@ impl FrontendClient {
     /// Returns at once; the first call waits for the connection (up to its
     /// deadline). Must be called within a tokio runtime.
     pub fn connect(frontend_id: &str, addr: String, config: ClientConfig) -> FrontendClient {
-        Self::connect_serving(frontend_id, addr, config, None)
+        Self::connect_serving(frontend_id, addr, config, SharedHandlers::default())
     }
 
     /// Like [`connect`](Self::connect), and serves the client requests the
@@ -159,7 +159,7 @@ impl FrontendClient {
         frontend_id: &str,
         addr: String,
         config: ClientConfig,
-        handlers: Option<Arc<Handlers>>,
+        handlers: SharedHandlers,
     ) -> FrontendClient {
         let (state_tx, state_rx) = watch::channel(State::Connecting);
         let cancel = CancellationToken::new();
@@ -377,8 +377,8 @@ struct Supervisor {
     /// The client handle, for the sessions given to request handlers; weak,
     /// so the supervisor stops when the last handle is dropped.
     client: Weak<ClientInner>,
-    /// Handlers for requests the frontend forwards; `None` serves none.
-    handlers: Option<Arc<Handlers>>,
+    /// Handlers for requests the frontend forwards.
+    handlers: SharedHandlers,
 }
 
 impl Supervisor {
@@ -569,7 +569,12 @@ impl Supervisor {
             );
             return;
         };
-        let Some(handler) = self.handlers.as_ref().and_then(|h| h.get(&route)) else {
+        let handler = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&route);
+        let Some(handler) = handler else {
             debug!(route = %route, "no handler for forwarded route");
             refuse(
                 ErrorCode::UnknownRoute,

@@ -17,6 +17,10 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Bytes, HandlerError>
 /// A handler with its types erased: session and raw JSON body in, JSON out.
 pub type BoxedHandler = Arc<dyn Fn(BackendSession, Bytes) -> HandlerFuture + Send + Sync>;
 
+/// A handler table shared by a backend service and all its connections, so
+/// it can be set (or replaced) after the connections are open.
+pub type SharedHandlers = Arc<std::sync::RwLock<Handlers>>;
+
 /// Routes (`serverType.handler.method`) to handlers.
 ///
 /// ```

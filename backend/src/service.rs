@@ -1,5 +1,6 @@
 //! `BackendSessionService`: a backend's door to every frontend's sessions.
 
+use crate::handler::SharedHandlers;
 use crate::{BackendSession, ClientConfig, Error, FrontendClient, Handlers};
 use bytes::Bytes;
 use serde::Serialize;
@@ -21,7 +22,7 @@ struct Inner {
     /// Settings for every client this service opens.
     config: ClientConfig,
     /// Handlers for forwarded client requests, shared by every connection.
-    handlers: Option<Arc<Handlers>>,
+    handlers: SharedHandlers,
     /// `frontend id -> client`. Read on every call, written when the
     /// cluster's membership changes.
     frontends: RwLock<HashMap<String, FrontendClient>>,
@@ -30,24 +31,34 @@ struct Inner {
 impl BackendSessionService {
     /// A service with no frontends yet.
     pub fn new(config: ClientConfig) -> Self {
-        Self::build(config, None)
+        BackendSessionService {
+            inner: Arc::new(Inner {
+                config,
+                handlers: SharedHandlers::default(),
+                frontends: RwLock::new(HashMap::new()),
+            }),
+        }
     }
 
     /// A service that also serves the client requests frontends forward to
     /// it: `config.server_type` names the server type it handles (e.g.
     /// `"chat"`), and `handlers` its routes.
     pub fn serving(config: ClientConfig, handlers: Handlers) -> Self {
-        Self::build(config, Some(Arc::new(handlers)))
+        let service = Self::new(config);
+        service.serve(handlers);
+        service
     }
 
-    fn build(config: ClientConfig, handlers: Option<Arc<Handlers>>) -> Self {
-        BackendSessionService {
-            inner: Arc::new(Inner {
-                config,
-                handlers,
-                frontends: RwLock::new(HashMap::new()),
-            }),
-        }
+    /// Sets (or replaces) the handlers of forwarded client requests, on every
+    /// connection at once. Handlers often need the service itself (to push,
+    /// to reach channels): build the service, then its handlers, then call
+    /// this.
+    pub fn serve(&self, handlers: Handlers) {
+        *self
+            .inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = handlers;
     }
 
     /// Adds (or re-points) a frontend. The connection is opened in the
@@ -61,6 +72,18 @@ impl BackendSessionService {
             self.inner.handlers.clone(),
         );
         self.write().insert(frontend_id.to_string(), client);
+    }
+
+    /// Drops every handler and every frontend connection. Handlers often hold
+    /// a clone of this service (a reference cycle); call this when the
+    /// backend stops, so its connections close.
+    pub fn close(&self) {
+        *self
+            .inner
+            .handlers
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Handlers::new();
+        self.write().clear();
     }
 
     /// Forgets a frontend and closes its connection (once no call holds it).

@@ -9,6 +9,12 @@
 //!   handle through which a client connection learns of kicks and pushes.
 //! - [`server`]: [`RpcServer`], which accepts backend connections, checks the
 //!   version handshake, and applies each connection's calls in arrival order.
+//! - [`backends`]: [`BackendRegistry`], the backends connected to this
+//!   frontend by server type, the [`Router`] that picks one per request,
+//!   and forwarding over the backend's own connection.
+//! - [`gateway`]: [`Gateway`], the Pomelo/Pinus client connector (raw TCP
+//!   and WebSocket on one port): handshake, heartbeats, forwarding, pushes,
+//!   kicks.
 //! - [`config`]: [`SessionConfig`], [`RpcConfig`], [`SingleSessionPolicy`].
 //! - [`error`]: [`Error`], one variant per thing that can fail.
 //!
@@ -38,11 +44,15 @@
 pub mod backends;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod server;
 pub mod service;
 
 pub use backends::{BackendRegistry, HashRouter, Router};
 pub use config::{RpcConfig, SessionConfig, SingleSessionPolicy};
 pub use error::Error;
+pub use gateway::{
+    CloseContext, Gateway, GatewayConfig, GatewayServer, LocalContext, LocalHandlers,
+};
 pub use server::RpcServer;
 pub use service::{ConnectInfo, Outbound, SessionEvent, SessionOwner, SessionService};

@@ -8,7 +8,7 @@ pub mod message;
 pub mod package;
 
 pub use handshake::{HandshakeRequest, HandshakeSys};
-pub use message::{ClientMessage, MessageType, Route};
+pub use message::{encode_parts, ClientMessage, MessageType, Route};
 pub use package::{Package, PackageCodec, PackageType, MAX_PACKAGE_BODY};
 
 /// Why client bytes could not be decoded (or a package encoded).

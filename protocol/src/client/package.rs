@@ -93,12 +93,15 @@ impl PackageCodec {
         &self,
         kind: PackageType,
         dst: &mut BytesMut,
-        write: impl FnOnce(&mut BytesMut),
+        write: impl FnOnce(&mut BytesMut) -> Result<(), ClientProtocolError>,
     ) -> Result<(), ClientProtocolError> {
         let start = dst.len();
         dst.put_u8(kind as u8);
         dst.put_uint(0, 3);
-        write(dst);
+        if let Err(err) = write(dst) {
+            dst.truncate(start);
+            return Err(err);
+        }
         let len = dst.len() - start - PACKAGE_HEADER_LEN;
         if len > self.max_body {
             dst.truncate(start);
@@ -237,11 +240,17 @@ mod tests {
         let codec = PackageCodec::new(8);
         let mut buf = BytesMut::from(&b"x"[..]);
         codec
-            .encode_with(PackageType::Data, &mut buf, |b| b.put_slice(b"hello"))
+            .encode_with(PackageType::Data, &mut buf, |b| {
+                b.put_slice(b"hello");
+                Ok(())
+            })
             .expect("fits");
         assert_eq!(&buf[..], b"x\x04\x00\x00\x05hello");
         assert!(codec
-            .encode_with(PackageType::Data, &mut buf, |b| b.put_slice(&[0; 9]))
+            .encode_with(PackageType::Data, &mut buf, |b| {
+                b.put_slice(&[0; 9]);
+                Ok(())
+            })
             .is_err());
         assert_eq!(&buf[..], b"x\x04\x00\x00\x05hello");
     }

@@ -1,0 +1,418 @@
+//! One client connection: handshake, heartbeats, requests, pushes, kicks.
+
+use super::transport::Transport;
+use super::{CloseContext, LocalContext, Shared};
+use crate::{ConnectInfo, Outbound, SessionOwner};
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use serde_json::json;
+use session_proxy_protocol::client::handshake::{CODE_OK, CODE_OLD_CLIENT, CODE_USER_ERROR};
+use session_proxy_protocol::client::{
+    encode_parts, ClientMessage, HandlerError, HandshakeRequest, MessageType, Package,
+    PackageCodec, PackageType, Route, MAX_PACKAGE_BODY,
+};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::codec::Decoder;
+use tracing::{debug, Instrument};
+
+/// Where the connection is in the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the client's handshake.
+    Inited,
+    /// Handshake answered; waiting for the ack.
+    WaitAck,
+    /// Acked: requests, notifies, pushes and heartbeats flow.
+    Working,
+}
+
+/// A request being handled: resolves to its id and JSON response body.
+type PendingResponse = Pin<Box<dyn Future<Output = (u64, Bytes)> + Send>>;
+
+/// Serves one client connection until it ends.
+pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let span = tracing::debug_span!("client", %peer);
+    async move {
+        let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
+        let transport = match timeout_at(handshake_deadline, open(stream, &shared)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(reason)) => {
+                debug!(reason, "connection dropped before the handshake");
+                return;
+            }
+            Err(_) => {
+                debug!("no handshake in time");
+                return;
+            }
+        };
+        let mut info = ConnectInfo::from_addr(peer);
+        info.metadata
+            .insert("transport".into(), transport.kind().into());
+        let owner = shared.sessions.create(info);
+        let mut client = Client {
+            transport,
+            codec: PackageCodec::new(shared.config.max_package),
+            out_codec: PackageCodec::new(MAX_PACKAGE_BODY),
+            rbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            phase: Phase::Inited,
+            owner,
+            pending: FuturesUnordered::new(),
+            deadline: handshake_deadline,
+            closing: None,
+            shared,
+        };
+        let reason = client.run().await;
+        client.finish(reason).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sniffs the first byte: an HTTP method means a WebSocket upgrade.
+async fn open(stream: TcpStream, shared: &Shared) -> Result<Transport, String> {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) => return Err("closed".into()),
+        Ok(_) => {}
+        Err(err) => return Err(err.to_string()),
+    }
+    if !first[0].is_ascii_alphabetic() {
+        return Ok(Transport::Tcp(stream));
+    }
+    let max = shared.config.max_package + 4;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    tokio_tungstenite::accept_async_with_config(stream, Some(config))
+        .await
+        .map(|ws| Transport::Ws(Box::new(ws)))
+        .map_err(|e| format!("websocket upgrade failed: {e}"))
+}
+
+struct Client {
+    /// The socket.
+    transport: Transport,
+    /// Decodes the client's packages (client maximum).
+    codec: PackageCodec,
+    /// Encodes our packages (protocol maximum).
+    out_codec: PackageCodec,
+    /// Bytes read but not yet decoded.
+    rbuf: BytesMut,
+    /// Packages encoded but not yet written; written once per loop turn.
+    out: BytesMut,
+    /// Protocol phase.
+    phase: Phase,
+    /// The client's session; dropping it closes the session.
+    owner: SessionOwner,
+    /// Requests being handled, answered in the order they finish.
+    pending: FuturesUnordered<PendingResponse>,
+    /// Handshake deadline, then heartbeat deadline.
+    deadline: Instant,
+    /// Set when the connection must end once `out` is written.
+    closing: Option<String>,
+    /// Gateway-wide state.
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    async fn run(&mut self) -> String {
+        loop {
+            if !self.out.is_empty() {
+                let data = self.out.split().freeze();
+                match timeout(self.shared.config.write_timeout, self.transport.write(data)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => return err,
+                    Err(_) => return "client stopped reading (write timed out)".into(),
+                }
+            }
+            if let Some(reason) = self.closing.take() {
+                return reason;
+            }
+            tokio::select! {
+                biased;
+                _ = self.shared.cancel.cancelled() => return "server shutting down".into(),
+                _ = sleep_until(self.deadline) => {
+                    return match self.phase {
+                        Phase::Working => "heartbeat timeout".into(),
+                        _ => "handshake timeout".into(),
+                    };
+                }
+                event = self.owner.recv() => self.on_outbound(event),
+                Some((id, body)) = self.pending.next(), if !self.pending.is_empty() => {
+                    // Pushes the backend sent before this answer are already
+                    // queued: write them first, so they arrive in order.
+                    while let Ok(Some(event)) = self.owner.try_recv() {
+                        self.on_outbound(Some(event));
+                    }
+                    self.write_message(MessageType::Response, id, &Route::None, &body);
+                }
+                read = self.transport.read(&mut self.rbuf) => match read {
+                    Ok(true) => {
+                        if let Err(reason) = self.on_bytes() {
+                            return reason;
+                        }
+                    }
+                    Ok(false) => return "client closed the connection".into(),
+                    Err(err) => return err,
+                },
+            }
+        }
+    }
+
+    async fn finish(mut self, reason: String) {
+        debug!(reason, "client connection ends");
+        if let Some(hook) = self.shared.on_close.clone() {
+            if let Some(session) = self.shared.sessions.get(self.owner.sid()) {
+                hook(CloseContext {
+                    session,
+                    reason: reason.clone(),
+                    sessions: self.shared.sessions.clone(),
+                    backends: self.shared.backends.clone(),
+                });
+            }
+        }
+        let sid = self.owner.sid();
+        self.shared.sessions.close(sid, &reason);
+        self.transport.close().await;
+    }
+
+    fn on_outbound(&mut self, event: Option<Outbound>) {
+        match event {
+            None => self.closing = Some("session closed".into()),
+            Some(Outbound::Kick { reason }) => {
+                let body = json!({ "reason": reason }).to_string();
+                let _ = self
+                    .out_codec
+                    .encode_to(PackageType::Kick, body.as_bytes(), &mut self.out);
+                self.closing = Some(format!("kicked: {reason}"));
+            }
+            Some(Outbound::Push { route, body }) => {
+                if self.phase != Phase::Working {
+                    return;
+                }
+                let route = match self
+                    .shared
+                    .dictionary
+                    .as_ref()
+                    .and_then(|d| d.code_of.get(&route))
+                {
+                    Some(code) => Route::Code(*code),
+                    None => Route::Name(route),
+                };
+                self.write_message(MessageType::Push, 0, &route, &body);
+            }
+        }
+    }
+
+    fn write_message(&mut self, kind: MessageType, id: u64, route: &Route, body: &[u8]) {
+        let result = self
+            .out_codec
+            .encode_with(PackageType::Data, &mut self.out, |b| {
+                encode_parts(kind, id, route, body, b)
+            });
+        if let Err(err) = result {
+            tracing::warn!(cause = %err, ?kind, "message dropped: cannot encode it");
+        }
+    }
+
+    fn arm_heartbeat(&mut self) {
+        self.deadline = Instant::now() + self.heartbeat() * 2;
+        let _ = self
+            .out_codec
+            .encode_to(PackageType::Heartbeat, &[], &mut self.out);
+    }
+
+    fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.shared.config.heartbeat.as_secs_f64().round().max(1.0) as u64)
+    }
+
+    fn on_bytes(&mut self) -> Result<(), String> {
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(package)) => self.on_package(package)?,
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(format!("bad package: {err}")),
+            }
+            if self.closing.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn on_package(&mut self, package: Package) -> Result<(), String> {
+        match (package.kind, self.phase) {
+            (PackageType::Handshake, Phase::Inited) => self.on_handshake(&package.body),
+            (PackageType::HandshakeAck, Phase::WaitAck) => {
+                self.phase = Phase::Working;
+                self.arm_heartbeat();
+            }
+            (PackageType::Heartbeat, Phase::Working) => self.arm_heartbeat(),
+            (PackageType::Data, Phase::Working) => return self.on_message(package.body),
+            (PackageType::Kick, _) => return Err("client sent a kick package".into()),
+            // Out of phase (data before the ack, a second handshake …): ignored.
+            (kind, phase) => debug!(?kind, ?phase, "package ignored"),
+        }
+        Ok(())
+    }
+
+    fn on_handshake(&mut self, body: &[u8]) {
+        let refuse = |this: &mut Client, code: u16, why: &str| {
+            let reply = json!({ "code": code }).to_string();
+            let _ =
+                this.out_codec
+                    .encode_to(PackageType::Handshake, reply.as_bytes(), &mut this.out);
+            this.closing = Some(format!("handshake refused ({code}): {why}"));
+        };
+        let Some(request) = HandshakeRequest::parse(body) else {
+            return refuse(self, CODE_USER_ERROR, "handshake is not JSON");
+        };
+        let Some(sys) = &request.sys else {
+            return refuse(self, CODE_USER_ERROR, "handshake without sys");
+        };
+        if let Some(check) = &self.shared.check_client {
+            let client_type = sys.client_type.as_deref().unwrap_or_default();
+            let version = sys.version.as_deref().unwrap_or_default();
+            if !check(client_type, version) {
+                return refuse(self, CODE_OLD_CLIENT, "client type or version refused");
+            }
+        }
+        let user = match &self.shared.on_handshake {
+            Some(hook) => {
+                let peer = self
+                    .shared
+                    .sessions
+                    .info(self.owner.sid())
+                    .and_then(|(info, _)| info.remote_addr)
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                match hook(&request, peer) {
+                    Ok(user) => user,
+                    Err(why) => return refuse(self, CODE_USER_ERROR, &why),
+                }
+            }
+            None => None,
+        };
+        let mut sys_reply = json!({ "heartbeat": self.heartbeat().as_secs() });
+        if let Some(dict) = &self.shared.dictionary {
+            let held = sys.dict_version.as_ref().and_then(|v| v.as_str());
+            if held != Some(dict.version.as_str()) {
+                sys_reply["dict"] = json!(dict.code_of);
+                sys_reply["dictVersion"] = json!(dict.version);
+            }
+            sys_reply["useDict"] = json!(true);
+        }
+        let mut reply = json!({ "code": CODE_OK, "sys": sys_reply });
+        if let Some(user) = user {
+            reply["user"] = user;
+        }
+        let reply = reply.to_string();
+        let _ = self
+            .out_codec
+            .encode_to(PackageType::Handshake, reply.as_bytes(), &mut self.out);
+        self.phase = Phase::WaitAck;
+    }
+
+    fn on_message(&mut self, body: Bytes) -> Result<(), String> {
+        let msg = ClientMessage::decode(body).map_err(|e| format!("bad message: {e}"))?;
+        let route = match &msg.route {
+            Route::Name(name) => Ok(name.clone()),
+            Route::Code(code) => self
+                .shared
+                .dictionary
+                .as_ref()
+                .and_then(|d| d.route_of.get(code).cloned())
+                .ok_or_else(|| format!("unknown route code {code}")),
+            Route::None => Err("message without a route".to_string()),
+        };
+        match msg.kind {
+            MessageType::Request => {
+                let answer = self.start(route, msg.body, msg.gzip);
+                let id = msg.id;
+                match answer {
+                    Ok(fut) => self.pending.push(Box::pin(async move { (id, fut.await) })),
+                    Err(err) => {
+                        self.write_message(MessageType::Response, id, &Route::None, &err.to_body())
+                    }
+                }
+            }
+            MessageType::Notify => match self.start(route, msg.body, msg.gzip) {
+                Ok(fut) => {
+                    tokio::spawn(fut);
+                }
+                Err(err) => debug!(cause = %err, "notify dropped"),
+            },
+            MessageType::Response | MessageType::Push => {
+                return Err("client sent a server-only message type".into())
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts handling a request or notify; returns the future of its JSON
+    /// answer, or the error answer when it cannot even start.
+    fn start(
+        &self,
+        route: Result<String, String>,
+        body: Bytes,
+        gzip: bool,
+    ) -> Result<Pin<Box<dyn Future<Output = Bytes> + Send>>, HandlerError> {
+        let route = route.map_err(HandlerError::new)?;
+        if gzip {
+            return Err(HandlerError::new("gzip bodies are not supported"));
+        }
+        if self.pending.len() >= self.shared.config.max_pending_requests {
+            return Err(HandlerError::new("too many requests in flight"));
+        }
+        let mut parts = route.split('.');
+        let server_type = parts.next().unwrap_or_default();
+        if route.split('.').count() != 3 || route.split('.').any(str::is_empty) {
+            return Err(HandlerError::new(format!("invalid route {route:?}")));
+        }
+        let deadline = self.shared.config.request_deadline;
+        let sid = self.owner.sid();
+        if server_type == self.shared.config.server_type {
+            let handler = self
+                .shared
+                .handlers
+                .get(&route)
+                .ok_or_else(|| HandlerError::new(format!("unknown route {route}")))?;
+            let ctx = LocalContext {
+                sid,
+                sessions: self.shared.sessions.clone(),
+                backends: self.shared.backends.clone(),
+                deadline,
+            };
+            return Ok(Box::pin(async move {
+                match handler(ctx, body).await {
+                    Ok(answer) => answer,
+                    Err(err) => err.to_body(),
+                }
+            }));
+        }
+        let session = self
+            .shared
+            .sessions
+            .get(sid)
+            .ok_or_else(|| HandlerError::new("session closed"))?;
+        let backends = self.shared.backends.clone();
+        Ok(Box::pin(async move {
+            match backends.forward(&route, session, body, deadline).await {
+                Ok(answer) => answer,
+                Err(err) => {
+                    debug!(route = %route, cause = %err, "forwarded request failed");
+                    HandlerError::new(err.to_string()).to_body()
+                }
+            }
+        }))
+    }
+}

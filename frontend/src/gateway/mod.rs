@@ -1,0 +1,330 @@
+//! Client connectors: the Pomelo/Pinus hybrid protocol over raw TCP and
+//! WebSocket on one port, with request forwarding, pushes and kicks.
+//!
+//! One task per client connection owns its socket. It sniffs the first byte
+//! (an HTTP method means a WebSocket upgrade; a package type means raw
+//! TCP), runs the handshake and heartbeats, opens the client's session,
+//! forwards requests (concurrently, answers in the order handlers finish),
+//! and writes the pushes and kicks that reach the session's owner queue.
+
+mod conn;
+mod local;
+mod transport;
+
+pub use local::{LocalContext, LocalFuture, LocalHandler, LocalHandlers};
+
+use crate::{BackendRegistry, SessionService};
+use serde_json::Value;
+use session_proxy_protocol::client::HandshakeRequest;
+use session_proxy_protocol::SessionSnapshot;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+/// Settings of a [`Gateway`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// This frontend's server type: routes starting with it run here, all
+    /// others are forwarded. Default: `"connector"`.
+    pub server_type: String,
+    /// The heartbeat interval told to clients (whole seconds, at least 1); a
+    /// client silent for twice this is closed. Default: 10 s.
+    pub heartbeat: Duration,
+    /// How long a client may take from connecting to its handshake ack.
+    /// Default: 5 s.
+    pub handshake_timeout: Duration,
+    /// The largest package body accepted from a client. Default: 64 KiB.
+    pub max_package: usize,
+    /// Requests of one client being handled at once; more get an error
+    /// response at once. Default: 64.
+    pub max_pending_requests: usize,
+    /// The deadline of a forwarded request. Default: 5 s.
+    pub request_deadline: Duration,
+    /// How long one write to a client may block before the client is
+    /// dropped as dead. Default: 10 s.
+    pub write_timeout: Duration,
+    /// The most client connections at once; more wait in the backlog.
+    /// Default: 100 000.
+    pub max_connections: usize,
+    /// The route dictionary: when not empty, routes are numbered from 1 in
+    /// this order, sent in the handshake, and compressed on the wire.
+    /// Default: empty.
+    pub dictionary: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            server_type: "connector".into(),
+            heartbeat: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            max_package: 64 * 1024,
+            max_pending_requests: 64,
+            request_deadline: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            dictionary: Vec::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Defaults, with the given server type.
+    pub fn new(server_type: impl Into<String>) -> Self {
+        GatewayConfig {
+            server_type: server_type.into(),
+            ..GatewayConfig::default()
+        }
+    }
+}
+
+/// What a close hook learns about a session whose client went away.
+#[derive(Clone, Debug)]
+pub struct CloseContext {
+    /// The session as it was just before it closed.
+    pub session: SessionSnapshot,
+    /// Why the connection ended.
+    pub reason: String,
+    /// This frontend's sessions.
+    pub sessions: SessionService,
+    /// The connected backends, e.g. to tell a game server the player left.
+    pub backends: BackendRegistry,
+}
+
+/// Decides on a client's handshake: `Ok(user part of the reply)` accepts
+/// (code 200), `Err` refuses (code 500).
+pub type HandshakeHook =
+    Arc<dyn Fn(&HandshakeRequest, SocketAddr) -> Result<Option<Value>, String> + Send + Sync>;
+
+/// Decides whether a client type and version may connect (else code 501).
+pub type ClientCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// Runs when a client's connection ends, before its session closes.
+pub type CloseHook = Arc<dyn Fn(CloseContext) + Send + Sync>;
+
+/// The route dictionary, both ways.
+#[derive(Debug, Default)]
+pub(crate) struct Dictionary {
+    pub(crate) code_of: HashMap<String, u16>,
+    pub(crate) route_of: HashMap<u16, String>,
+    /// A hash of the routes: clients that hold this version get no dict.
+    pub(crate) version: String,
+}
+
+impl Dictionary {
+    fn new(routes: &[String]) -> Option<Dictionary> {
+        if routes.is_empty() {
+            return None;
+        }
+        let mut d = Dictionary::default();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (i, route) in routes.iter().take(usize::from(u16::MAX)).enumerate() {
+            let code = u16::try_from(i + 1).expect("at most u16::MAX routes are taken");
+            d.code_of.insert(route.clone(), code);
+            d.route_of.insert(code, route.clone());
+            for b in route.bytes().chain([0]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        d.version = format!("{h:016x}");
+        Some(d)
+    }
+}
+
+/// Everything a client connection task needs, shared.
+pub(crate) struct Shared {
+    pub(crate) config: GatewayConfig,
+    pub(crate) sessions: SessionService,
+    pub(crate) backends: BackendRegistry,
+    pub(crate) handlers: LocalHandlers,
+    pub(crate) dictionary: Option<Dictionary>,
+    pub(crate) on_handshake: Option<HandshakeHook>,
+    pub(crate) check_client: Option<ClientCheck>,
+    pub(crate) on_close: Option<CloseHook>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// A client gateway under construction: register frontend handlers and
+/// hooks, then [`bind`](Gateway::bind).
+///
+/// ```
+/// use session_proxy_frontend::{Gateway, GatewayConfig, RpcConfig, RpcServer, SessionConfig, SessionService};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sessions = SessionService::new(SessionConfig::new("connector-1"));
+/// let rpc = RpcServer::bind("127.0.0.1:0".parse()?, sessions.clone(), RpcConfig::default()).await?;
+/// let mut gateway = Gateway::new(sessions, rpc.backends(), GatewayConfig::new("connector"));
+/// gateway.handlers().add("connector.entryHandler.ping", |_ctx, _body: serde_json::Value| async {
+///     Ok(serde_json::json!({ "code": 200 }))
+/// });
+/// let server = gateway.bind("127.0.0.1:0".parse()?).await?;
+/// println!("clients connect to {} (TCP or WebSocket)", server.local_addr());
+/// server.shutdown(std::time::Duration::from_secs(1)).await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Gateway {
+    config: GatewayConfig,
+    sessions: SessionService,
+    backends: BackendRegistry,
+    handlers: LocalHandlers,
+    on_handshake: Option<HandshakeHook>,
+    check_client: Option<ClientCheck>,
+    on_close: Option<CloseHook>,
+}
+
+impl Gateway {
+    /// A gateway for `sessions`, forwarding to `backends`.
+    pub fn new(sessions: SessionService, backends: BackendRegistry, config: GatewayConfig) -> Self {
+        Gateway {
+            config,
+            sessions,
+            backends,
+            handlers: LocalHandlers::default(),
+            on_handshake: None,
+            check_client: None,
+            on_close: None,
+        }
+    }
+
+    /// The handlers of the frontend's own routes, to add to.
+    pub fn handlers(&mut self) -> &mut LocalHandlers {
+        &mut self.handlers
+    }
+
+    /// Sets the user handshake hook.
+    pub fn on_handshake(&mut self, hook: HandshakeHook) -> &mut Self {
+        self.on_handshake = Some(hook);
+        self
+    }
+
+    /// Sets the client type/version check.
+    pub fn check_client(&mut self, check: ClientCheck) -> &mut Self {
+        self.check_client = Some(check);
+        self
+    }
+
+    /// Sets the hook that runs when a client's connection ends.
+    pub fn on_close(&mut self, hook: CloseHook) -> &mut Self {
+        self.on_close = Some(hook);
+        self
+    }
+
+    /// Listens on `addr` (with `SO_REUSEADDR`) and serves clients.
+    pub async fn bind(self, addr: SocketAddr) -> std::io::Result<GatewayServer> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(4096)?;
+        Ok(self.serve(listener))
+    }
+
+    /// Serves clients on an already bound listener.
+    pub fn serve(self, listener: TcpListener) -> GatewayServer {
+        let local_addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let shared = Arc::new(Shared {
+            dictionary: Dictionary::new(&self.config.dictionary),
+            config: self.config,
+            sessions: self.sessions,
+            backends: self.backends,
+            handlers: self.handlers,
+            on_handshake: self.on_handshake,
+            check_client: self.check_client,
+            on_close: self.on_close,
+            cancel: cancel.clone(),
+        });
+        tracker.spawn(
+            accept_loop(listener, shared, tracker.clone())
+                .instrument(tracing::info_span!("gateway", %local_addr)),
+        );
+        GatewayServer {
+            local_addr,
+            cancel,
+            tracker,
+        }
+    }
+}
+
+/// A running gateway. Dropping it stops it without waiting.
+#[derive(Debug)]
+#[must_use = "dropping the gateway stops it"]
+pub struct GatewayServer {
+    /// The address clients connect to.
+    local_addr: SocketAddr,
+    /// Stops accepting and closes every client.
+    cancel: CancellationToken,
+    /// The accept loop and client tasks, for draining.
+    tracker: TaskTracker,
+}
+
+impl GatewayServer {
+    /// The address clients connect to (TCP and WebSocket alike).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, closes every client connection, and waits up to
+    /// `drain` for them; returns whether all finished in time.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for GatewayServer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    info!(server_type = %shared.config.server_type, "accepting clients");
+    loop {
+        let permit = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shared.cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                warn!(cause = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            conn::serve(stream, peer, shared).await;
+            drop(permit);
+        });
+    }
+}

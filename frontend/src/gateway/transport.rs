@@ -1,0 +1,86 @@
+//! Raw TCP or WebSocket under one interface: bytes in, packages out.
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+/// A client connection's transport. Over TCP, packages are framed by their
+/// own headers; over WebSocket, each binary message carries whole packages.
+pub(crate) enum Transport {
+    /// Raw TCP.
+    Tcp(TcpStream),
+    /// WebSocket (boxed: its state is much larger than a TcpStream).
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The transport's name, for logs and metadata.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Transport::Tcp(_) => "tcp",
+            Transport::Ws(_) => "ws",
+        }
+    }
+
+    /// Reads more client bytes into `buf`. `Ok(false)` on a clean close.
+    /// Cancel-safe: nothing is lost if the future is dropped.
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> Result<bool, String> {
+        match self {
+            Transport::Tcp(stream) => {
+                if buf.capacity() - buf.len() < 512 {
+                    buf.reserve(512);
+                }
+                match stream.read_buf(buf).await {
+                    Ok(0) => Ok(false),
+                    Ok(_) => Ok(true),
+                    Err(err) => Err(format!("read failed: {err}")),
+                }
+            }
+            Transport::Ws(ws) => loop {
+                match ws.next().await {
+                    None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
+                    Some(Err(err)) => return Err(format!("websocket error: {err}")),
+                    Some(Ok(WsMessage::Binary(data))) => {
+                        buf.extend_from_slice(&data);
+                        return Ok(true);
+                    }
+                    Some(Ok(WsMessage::Text(_))) => {
+                        return Err("text websocket messages are not part of the protocol".into())
+                    }
+                    // Pings are answered by tungstenite itself.
+                    Some(Ok(_)) => continue,
+                }
+            },
+        }
+    }
+
+    /// Writes encoded packages: one write over TCP, one binary message over
+    /// WebSocket.
+    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), String> {
+        match self {
+            Transport::Tcp(stream) => stream
+                .write_all(&data)
+                .await
+                .map_err(|e| format!("write failed: {e}")),
+            Transport::Ws(ws) => ws
+                .send(WsMessage::Binary(data))
+                .await
+                .map_err(|e| format!("websocket write failed: {e}")),
+        }
+    }
+
+    /// Closes the connection politely (best effort).
+    pub(crate) async fn close(&mut self) {
+        match self {
+            Transport::Tcp(stream) => {
+                let _ = stream.shutdown().await;
+            }
+            Transport::Ws(ws) => {
+                let _ = SinkExt::close(ws).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The reference chat — Pomelo's "chatofpomelo" — rebuilt on session-proxy.
+//!
+//! A gate tells each user which connector to use; connectors hold the
+//! client connections and sessions; chat servers keep one channel per room.
+//! Routes: `gate.gateHandler.queryEntry {uid}`, `connector.entryHandler.enter
+//! {username, rid}`, `chat.chatHandler.send {content, from, target}`; pushes:
+//! `onAdd`, `onChat`, `onLeave`. Any Pomelo/Pinus client can join.
+
+use crate::{
+    BackendSession, BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig,
+    SessionService, SingleSessionPolicy,
+};
+use anyhow::Context;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use session_proxy_backend::{ChannelService, HandlerError, Handlers};
+use session_proxy_frontend::backends::pick_by_key;
+use session_proxy_frontend::{Gateway, GatewayConfig, GatewayServer, HashRouter, Router};
+use session_proxy_protocol::SessionSnapshot;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// How to lay out the chat cluster.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ChatConfig {
+    /// Connectors (frontends). Default: 2.
+    pub connectors: usize,
+    /// Chat servers (backends). Default: 2.
+    pub chat_servers: usize,
+    /// The address everything listens on. Default: 127.0.0.1.
+    pub host: IpAddr,
+    /// The gate's port (0 = any free port). Default: 3014, as in chatofpomelo.
+    pub gate_port: u16,
+    /// The first connector's client port; the next ones count up (0 = any
+    /// free ports). Default: 3050.
+    pub connector_port: u16,
+    /// The heartbeat interval told to clients. Default: 10 s.
+    pub heartbeat: Duration,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            connectors: 2,
+            chat_servers: 2,
+            host: IpAddr::from([127, 0, 0, 1]),
+            gate_port: 3014,
+            connector_port: 3050,
+            heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ChatConfig {
+    /// Defaults on free loopback ports (for tests and the demo).
+    pub fn ephemeral() -> Self {
+        ChatConfig {
+            gate_port: 0,
+            connector_port: 0,
+            ..ChatConfig::default()
+        }
+    }
+}
+
+/// One connector: sessions, the RPC server chat servers dial, the gateway.
+struct Connector {
+    sessions: SessionService,
+    rpc: RpcServer,
+    gateway: GatewayServer,
+}
+
+/// A running chat cluster.
+pub struct ChatCluster {
+    gate: GatewayServer,
+    connectors: Vec<Connector>,
+    chat_servers: Vec<BackendSessionService>,
+}
+
+impl std::fmt::Debug for ChatCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatCluster")
+            .field("gate", &self.gate.local_addr())
+            .field("connectors", &self.connector_addrs())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct QueryEntry {
+    uid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Enter {
+    username: String,
+    rid: String,
+}
+
+#[derive(Deserialize)]
+struct Send {
+    content: Value,
+    from: Option<String>,
+    target: Option<String>,
+}
+
+fn rmp<T: serde::Serialize + ?Sized>(v: &T) -> Bytes {
+    Bytes::from(rmp_serde::to_vec_named(v).expect("chat settings always encode"))
+}
+
+fn room_of(session: &SessionSnapshot) -> Option<String> {
+    let raw = session.settings.get("rid")?;
+    rmp_serde::from_slice(&raw.value).ok()
+}
+
+/// Chat requests go to the chat server of their room, so every member of a
+/// room is in one channel; sessions without a room fall back to the uid hash.
+fn route_by_room(session: &SessionSnapshot, route: &str, nodes: &[&str]) -> Option<usize> {
+    match room_of(session) {
+        Some(rid) => pick_by_key(rid.as_bytes(), nodes),
+        None => HashRouter.route(session, route, nodes),
+    }
+}
+
+fn username(uid: &str) -> &str {
+    uid.split('*').next().unwrap_or(uid)
+}
+
+fn chat_handlers(channels: ChannelService) -> Handlers {
+    let mut handlers = Handlers::new();
+    let ch = channels.clone();
+    handlers.add(
+        "chat.chatRemote.add",
+        move |session: BackendSession, _body: Value| {
+            let ch = ch.clone();
+            async move {
+                let (uid, rid) = identity(&session)?;
+                // Tell the room first, then add the newcomer (as chatofpomelo).
+                ch.push(&rid, "onAdd", &json!({ "user": username(&uid) }))
+                    .await
+                    .map_err(|e| HandlerError::new(e.to_string()))?;
+                ch.add(&rid, &uid, session.frontend_id());
+                let users: Vec<String> = ch
+                    .members(&rid)
+                    .iter()
+                    .map(|u| username(u).to_string())
+                    .collect();
+                Ok(json!({ "users": users }))
+            }
+        },
+    );
+    let ch = channels.clone();
+    handlers.add(
+        "chat.chatRemote.kick",
+        move |session: BackendSession, _body: Value| {
+            let ch = ch.clone();
+            async move {
+                let (uid, rid) = identity(&session)?;
+                if ch.leave(&rid, &uid) {
+                    ch.push(&rid, "onLeave", &json!({ "user": username(&uid) }))
+                        .await
+                        .map_err(|e| HandlerError::new(e.to_string()))?;
+                }
+                Ok(json!({}))
+            }
+        },
+    );
+    let ch = channels;
+    handlers.add(
+        "chat.chatHandler.send",
+        move |session: BackendSession, body: Send| {
+            let ch = ch.clone();
+            async move {
+                let (uid, rid) = identity(&session)?;
+                let from = body.from.unwrap_or_else(|| username(&uid).to_string());
+                let target = body.target.unwrap_or_else(|| "*".to_string());
+                let msg = json!({ "msg": body.content, "from": from, "target": target });
+                if target == "*" {
+                    ch.push(&rid, "onChat", &msg)
+                        .await
+                        .map_err(|e| HandlerError::new(e.to_string()))?;
+                } else {
+                    let target_uid = format!("{target}*{rid}");
+                    let frontend = ch.frontend_of(&rid, &target_uid).ok_or_else(|| {
+                        HandlerError::with_code(404, format!("{target} is not in this room"))
+                    })?;
+                    let missed = ch
+                        .sessions()
+                        .push_to_uids(&frontend, "onChat", &msg, vec![target_uid])
+                        .await
+                        .map_err(|e| HandlerError::new(e.to_string()))?;
+                    if !missed.is_empty() {
+                        return Err(HandlerError::with_code(404, format!("{target} is gone")));
+                    }
+                }
+                Ok(json!({ "route": "chat.chatHandler.send" }))
+            }
+        },
+    );
+    handlers
+}
+
+fn identity(session: &BackendSession) -> Result<(String, String), HandlerError> {
+    let uid = session
+        .uid()
+        .ok_or_else(|| HandlerError::new("enter a room first"))?
+        .to_string();
+    let rid: String = session
+        .get("rid")
+        .ok()
+        .flatten()
+        .ok_or_else(|| HandlerError::new("enter a room first"))?;
+    Ok((uid, rid))
+}
+
+impl ChatCluster {
+    /// Starts the gate, the connectors and the chat servers, and waits until
+    /// every chat server is connected to every connector.
+    pub async fn start(config: ChatConfig) -> anyhow::Result<ChatCluster> {
+        let mut connectors = Vec::new();
+        for i in 0..config.connectors.max(1) {
+            let id = format!("connector-{}", i + 1);
+            let mut session_config = SessionConfig::new(id.clone());
+            // Duplicate login: the first session of a user keeps the name.
+            session_config.single_session = SingleSessionPolicy::RejectNew;
+            let sessions = SessionService::new(session_config);
+            let rpc = RpcServer::bind(
+                SocketAddr::new(config.host, 0),
+                sessions.clone(),
+                RpcConfig::default(),
+            )
+            .await
+            .with_context(|| format!("{id}: RPC listener"))?;
+            let backends = rpc.backends();
+            backends.set_router("chat", route_by_room);
+            let mut gateway_config = GatewayConfig::new("connector");
+            gateway_config.heartbeat = config.heartbeat;
+            let mut gateway = Gateway::new(sessions.clone(), backends, gateway_config);
+            gateway.handlers().add(
+                "connector.entryHandler.enter",
+                |ctx, body: Enter| async move {
+                    let uid = format!("{}*{}", body.username, body.rid);
+                    match ctx.sessions.bind(ctx.sid, &uid) {
+                        Ok(()) => {}
+                        Err(session_proxy_frontend::Error::SessionLimit) => {
+                            return Ok(json!({ "code": 500, "error": true }));
+                        }
+                        Err(e) => return Err(HandlerError::new(e.to_string())),
+                    }
+                    ctx.sessions
+                        .set(ctx.sid, "rid", rmp(&body.rid))
+                        .map_err(|e| HandlerError::new(e.to_string()))?;
+                    let users: Value = ctx.forward("chat.chatRemote.add", &json!({})).await?;
+                    Ok(users)
+                },
+            );
+            gateway.on_close(std::sync::Arc::new(|ctx: session_proxy_frontend::CloseContext| {
+                if ctx.session.uid.is_none() {
+                    return;
+                }
+                tokio::spawn(async move {
+                    let left = ctx
+                        .backends
+                        .notify("chat.chatRemote.kick", ctx.session, Bytes::from_static(b"{}"))
+                        .await;
+                    if let Err(err) = left {
+                        tracing::warn!(cause = %err, "could not tell the chat server a user left");
+                    }
+                });
+            }));
+            let port = if config.connector_port == 0 {
+                0
+            } else {
+                config.connector_port + i as u16
+            };
+            let gateway = gateway
+                .bind(SocketAddr::new(config.host, port))
+                .await
+                .with_context(|| format!("{id}: client listener on port {port}"))?;
+            connectors.push(Connector {
+                sessions,
+                rpc,
+                gateway,
+            });
+        }
+
+        let mut chat_servers = Vec::new();
+        for i in 0..config.chat_servers.max(1) {
+            let mut client_config = ClientConfig::new(format!("chat-server-{}", i + 1));
+            client_config.server_type = Some("chat".into());
+            // The handlers push through the service they run on: build the
+            // service, then the channels and handlers, then serve.
+            let service = BackendSessionService::new(client_config);
+            service.serve(chat_handlers(ChannelService::new(service.clone())));
+            for (j, c) in connectors.iter().enumerate() {
+                service.add_frontend(
+                    &format!("connector-{}", j + 1),
+                    c.rpc.local_addr().to_string(),
+                );
+            }
+            chat_servers.push(service);
+        }
+
+        let connector_addrs: Vec<SocketAddr> =
+            connectors.iter().map(|c| c.gateway.local_addr()).collect();
+        let mut gate = Gateway::new(
+            SessionService::new(SessionConfig::new("gate")),
+            session_proxy_frontend::BackendRegistry::new(),
+            GatewayConfig::new("gate"),
+        );
+        gate.handlers().add("gate.gateHandler.queryEntry", move |_ctx, body: QueryEntry| {
+            let addrs = connector_addrs.clone();
+            async move {
+                let Some(uid) = body.uid else {
+                    return Ok(json!({ "code": 500 }));
+                };
+                let names: Vec<String> = (1..=addrs.len()).map(|i| format!("connector-{i}")).collect();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                let i = pick_by_key(uid.as_bytes(), &refs).unwrap_or(0);
+                Ok(json!({ "code": 200, "host": addrs[i].ip().to_string(), "port": addrs[i].port() }))
+            }
+        });
+        let gate = gate
+            .bind(SocketAddr::new(config.host, config.gate_port))
+            .await
+            .with_context(|| format!("gate: client listener on port {}", config.gate_port))?;
+
+        let cluster = ChatCluster {
+            gate,
+            connectors,
+            chat_servers,
+        };
+        cluster
+            .wait_until_connected(Duration::from_secs(10))
+            .await?;
+        Ok(cluster)
+    }
+
+    async fn wait_until_connected(&self, within: Duration) -> anyhow::Result<()> {
+        let want = self.chat_servers.len();
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let ready = self.connectors.iter().all(|c| {
+                c.rpc
+                    .backends()
+                    .nodes()
+                    .iter()
+                    .any(|(t, nodes)| t == "chat" && nodes.len() == want)
+            });
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > until {
+                anyhow::bail!("chat servers did not connect to every connector within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Where clients ask for their connector.
+    pub fn gate_addr(&self) -> SocketAddr {
+        self.gate.local_addr()
+    }
+
+    /// The connectors' client addresses.
+    pub fn connector_addrs(&self) -> Vec<SocketAddr> {
+        self.connectors
+            .iter()
+            .map(|c| c.gateway.local_addr())
+            .collect()
+    }
+
+    /// The sessions of connector `i` (0-based).
+    pub fn sessions(&self, i: usize) -> Option<&SessionService> {
+        self.connectors.get(i).map(|c| &c.sessions)
+    }
+
+    /// The backend services of the chat servers (for pushes from outside a
+    /// handler, e.g. a broadcast).
+    pub fn chat_servers(&self) -> &[BackendSessionService] {
+        &self.chat_servers
+    }
+
+    /// Stops everything, waiting up to `drain` per component.
+    pub async fn shutdown(self, drain: Duration) {
+        self.gate.shutdown(drain).await;
+        for service in &self.chat_servers {
+            service.close();
+        }
+        for c in self.connectors {
+            c.gateway.shutdown(drain).await;
+            c.rpc.shutdown(drain).await;
+        }
+    }
+}
