@@ -1,85 +1,14 @@
 //! The client gateway over real sockets: forwarding, pushes, broadcasts,
 //! channels, heartbeats, bad clients, dead backends.
 
-use serde_json::{json, Value};
-use session_proxy::backend::{BackendSession, ChannelService, HandlerError, Handlers};
+mod common;
+
+use common::cluster::*;
+use serde_json::json;
 use session_proxy::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
-use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
-use session_proxy::{BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionService};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const WAIT: Duration = Duration::from_secs(5);
-
-struct Node {
-    sessions: SessionService,
-    rpc: RpcServer,
-    gateway: GatewayServer,
-}
-
-async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Node {
-    let sessions = SessionService::new(SessionConfig::new(id));
-    let rpc = RpcServer::bind("127.0.0.1:0".parse().expect("addr"), sessions.clone(), RpcConfig::default())
-        .await
-        .expect("rpc");
-    let mut config = GatewayConfig::new("connector");
-    tweak(&mut config);
-    let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), config);
-    gateway.handlers().add("connector.entry.login", |ctx, body: Value| async move {
-        let uid = body["uid"].as_str().ok_or_else(|| HandlerError::new("uid"))?.to_string();
-        ctx.sessions.bind(ctx.sid, &uid).map_err(|e| HandlerError::new(e.to_string()))?;
-        Ok(json!({ "code": 200, "frontend": ctx.sessions.frontend_id() }))
-    });
-    let gateway = gateway.bind("127.0.0.1:0".parse().expect("addr")).await.expect("gateway");
-    Node { sessions, rpc, gateway }
-}
-
-/// A backend of type "game" that knows the given frontends.
-fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService, ChannelService) {
-    let mut config = ClientConfig::new(name);
-    config.server_type = Some("game".into());
-    config.deadline = Duration::from_secs(2);
-    let service = BackendSessionService::new(config);
-    let channels = ChannelService::new(service.clone());
-    let mut handlers = Handlers::new();
-    handlers.add("game.h.echo", |_s: BackendSession, body: Value| async move { Ok(body) });
-    handlers.add("game.h.steps", |s: BackendSession, body: Value| async move {
-        let n = body["n"].as_u64().unwrap_or(0);
-        for i in 0..n {
-            s.send("onStep", &json!({ "i": i })).await.map_err(|e| HandlerError::new(e.to_string()))?;
-        }
-        Ok(json!({ "done": n }))
-    });
-    handlers.add("game.h.slow", |_s: BackendSession, body: Value| async move {
-        tokio::time::sleep(Duration::from_millis(body["ms"].as_u64().unwrap_or(0))).await;
-        Ok(json!({ "slept": body["ms"] }))
-    });
-    handlers.add("game.h.fail", |_s: BackendSession, _b: Value| async move {
-        Err::<Value, _>(HandlerError::with_code(1001, "not enough gold"))
-    });
-    service.serve(handlers);
-    for (i, f) in frontends.iter().enumerate() {
-        let _ = i;
-        service.add_frontend(f.sessions.frontend_id(), f.rpc.local_addr().to_string());
-    }
-    (service, channels)
-}
-
-async fn wait_for_backends(node: &Node, n: usize) {
-    let until = Instant::now() + WAIT;
-    while !node.rpc.backends().nodes().iter().any(|(t, v)| t == "game" && v.len() == n) {
-        assert!(Instant::now() < until, "backends did not connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn client(addr: SocketAddr, transport: Transport) -> PomeloClient {
-    let mut options = ClientOptions::default();
-    options.transport = transport;
-    PomeloClient::connect_with(addr, options).await.expect("client connects")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_requests_notifies_and_application_errors() {
@@ -89,9 +18,15 @@ async fn forwarded_requests_notifies_and_application_errors() {
     for transport in [Transport::Tcp, Transport::WebSocket] {
         let c = client(f.gateway.local_addr(), transport).await;
         assert_eq!(c.handshake()["sys"]["heartbeat"], 10);
-        let echoed = c.request("game.h.echo", &json!({ "a": [1, 2, 3], "s": "ü" })).await.expect("echo");
+        let echoed = c
+            .request("game.h.echo", &json!({ "a": [1, 2, 3], "s": "ü" }))
+            .await
+            .expect("echo");
         assert_eq!(echoed, json!({ "a": [1, 2, 3], "s": "ü" }));
-        let err = c.request("game.h.fail", &json!({})).await.expect("answered");
+        let err = c
+            .request("game.h.fail", &json!({}))
+            .await
+            .expect("answered");
         assert_eq!(err, json!({ "code": 1001, "msg": "not enough gold" }));
         c.notify("game.h.echo", &json!({})).await.expect("notify");
         // Concurrent requests: answers come back in the order handlers finish.
@@ -101,7 +36,10 @@ async fn forwarded_requests_notifies_and_application_errors() {
             async move { (c.request("game.h.slow", body).await, Instant::now()) }
         };
         let ((slow, slow_at), (fast, fast_at)) = tokio::join!(timed(&slow_body), timed(&fast_body));
-        assert!(fast_at < slow_at, "the fast answer did not wait for the slow one");
+        assert!(
+            fast_at < slow_at,
+            "the fast answer did not wait for the slow one"
+        );
         assert_eq!(slow.expect("slow")["slept"], 300);
         assert_eq!(fast.expect("fast")["slept"], 1);
     }
@@ -114,7 +52,10 @@ async fn pushes_before_the_response_arrive_before_it() {
     wait_for_backends(&f, 1).await;
     let mut c = client(f.gateway.local_addr(), Transport::Tcp).await;
     for _ in 0..5 {
-        let answer = c.request("game.h.steps", &json!({ "n": 20 })).await.expect("steps");
+        let answer = c
+            .request("game.h.steps", &json!({ "n": 20 }))
+            .await
+            .expect("steps");
         assert_eq!(answer["done"], 20);
         // Every push was already received when the response resolved.
         for i in 0..20 {
@@ -143,27 +84,55 @@ async fn push_by_uid_broadcast_and_channels_reach_each_session_once() {
     let mut bob = client(f2.gateway.local_addr(), Transport::Tcp).await;
     let mut anon = client(f2.gateway.local_addr(), Transport::Tcp).await;
     for (c, uid) in [(&alice1, "alice"), (&alice2, "alice"), (&bob, "bob")] {
-        c.request("connector.entry.login", &json!({ "uid": uid })).await.expect("login");
+        c.request("connector.entry.login", &json!({ "uid": uid }))
+            .await
+            .expect("login");
     }
 
     let missed = backend
-        .push_to_uids("f1", "onMail", &json!({ "n": 1 }), vec!["alice".into(), "ghost".into()])
+        .push_to_uids(
+            "f1",
+            "onMail",
+            &json!({ "n": 1 }),
+            vec!["alice".into(), "ghost".into()],
+        )
         .await
         .expect("push");
     assert_eq!(missed, vec!["ghost".to_string()]);
     for c in [&mut alice1, &mut alice2] {
-        assert_eq!(c.next_push(WAIT).await.expect("mail"), ("onMail".into(), json!({ "n": 1 })));
-        assert!(c.next_event(Duration::from_millis(100)).await.is_none(), "exactly once");
+        assert_eq!(
+            c.next_push(WAIT).await.expect("mail"),
+            ("onMail".into(), json!({ "n": 1 }))
+        );
+        assert!(
+            c.next_event(Duration::from_millis(100)).await.is_none(),
+            "exactly once"
+        );
     }
 
-    let reached = backend.broadcast("onNews", &json!("all"), false).await.expect("broadcast");
+    let reached = backend
+        .broadcast("onNews", &json!("all"), false)
+        .await
+        .expect("broadcast");
     assert_eq!(reached, 4);
     for c in [&mut alice1, &mut alice2, &mut bob, &mut anon] {
         assert_eq!(c.next_push(WAIT).await.expect("news").0, "onNews");
-        assert!(c.next_event(Duration::from_millis(50)).await.is_none(), "exactly once");
+        assert!(
+            c.next_event(Duration::from_millis(50)).await.is_none(),
+            "exactly once"
+        );
     }
-    assert_eq!(backend.broadcast("onNews", &json!("bound"), true).await.expect("broadcast"), 3);
-    assert!(anon.next_event(Duration::from_millis(100)).await.is_none(), "unbound skipped");
+    assert_eq!(
+        backend
+            .broadcast("onNews", &json!("bound"), true)
+            .await
+            .expect("broadcast"),
+        3
+    );
+    assert!(
+        anon.next_event(Duration::from_millis(100)).await.is_none(),
+        "unbound skipped"
+    );
     for c in [&mut alice1, &mut alice2, &mut bob] {
         assert_eq!(c.next_push(WAIT).await.expect("news").1, json!("bound"));
     }
@@ -174,10 +143,16 @@ async fn push_by_uid_broadcast_and_channels_reach_each_session_once() {
     channels.add("room", "bob", "f2");
     channels.add("room", "carol", "f2");
     channels.add("room", "dave", "f9");
-    let missed = channels.push("room", "onChat", &json!({ "msg": "hi" })).await.expect("push");
+    let missed = channels
+        .push("room", "onChat", &json!({ "msg": "hi" }))
+        .await
+        .expect("push");
     assert_eq!(missed, vec!["carol".to_string(), "dave".to_string()]);
     for c in [&mut alice1, &mut alice2, &mut bob] {
-        assert_eq!(c.next_push(WAIT).await.expect("chat").1, json!({ "msg": "hi" }));
+        assert_eq!(
+            c.next_push(WAIT).await.expect("chat").1,
+            json!({ "msg": "hi" })
+        );
     }
     assert!(anon.next_event(Duration::from_millis(100)).await.is_none());
     assert!(channels.leave("room", "dave"));
@@ -189,7 +164,9 @@ async fn a_silent_client_is_closed_at_the_heartbeat_timeout() {
     let f = start_frontend("f1", |c| c.heartbeat = Duration::from_secs(1)).await;
     let mut options = ClientOptions::default();
     options.heartbeats = false;
-    let mut silent = PomeloClient::connect_with(f.gateway.local_addr(), options).await.expect("connect");
+    let mut silent = PomeloClient::connect_with(f.gateway.local_addr(), options)
+        .await
+        .expect("connect");
     let mut talking = client(f.gateway.local_addr(), Transport::Tcp).await;
     assert_eq!(f.sessions.count(), 2);
     let t = Instant::now();
@@ -201,9 +178,21 @@ async fn a_silent_client_is_closed_at_the_heartbeat_timeout() {
         }
     }
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(1500) && took < Duration::from_secs(4), "closed after {took:?}");
-    assert!(talking.next_event(Duration::from_millis(1500)).await.is_none(), "the live client stays");
-    talking.request("connector.entry.login", &json!({ "uid": "u" })).await.expect("alive");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    assert!(
+        talking
+            .next_event(Duration::from_millis(1500))
+            .await
+            .is_none(),
+        "the live client stays"
+    );
+    talking
+        .request("connector.entry.login", &json!({ "uid": "u" }))
+        .await
+        .expect("alive");
     assert_eq!(f.sessions.count(), 1);
 }
 
@@ -219,7 +208,10 @@ async fn bad_clients_are_disconnected_alone() {
     let good = client(f.gateway.local_addr(), Transport::WebSocket).await;
     let keep_going = tokio::spawn(async move {
         for i in 0..200 {
-            let v = good.request("game.h.echo", &json!({ "i": i })).await.expect("good client unaffected");
+            let v = good
+                .request("game.h.echo", &json!({ "i": i }))
+                .await
+                .expect("good client unaffected");
             assert_eq!(v["i"], i);
         }
     });
@@ -251,7 +243,9 @@ async fn bad_clients_are_disconnected_alone() {
     assert_dropped(s, "no handshake").await;
     // Handshake that is not JSON: refused with code 500, then closed.
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(&[1, 0, 0, 3, b'x', b'y', b'z']).await.expect("write");
+    s.write_all(&[1, 0, 0, 3, b'x', b'y', b'z'])
+        .await
+        .expect("write");
     let mut reply = vec![0u8; 64];
     let n = s.read(&mut reply).await.expect("reply");
     assert_eq!(reply[0], 1);
@@ -259,7 +253,9 @@ async fn bad_clients_are_disconnected_alone() {
     assert_dropped(s, "bad handshake").await;
     // A malformed message after a proper handshake.
     let bad = client(addr, Transport::Tcp).await;
-    bad.send_raw(bytes::Bytes::from_static(&[4, 0, 0, 1, 0x0e])).await.expect("send");
+    bad.send_raw(bytes::Bytes::from_static(&[4, 0, 0, 1, 0x0e]))
+        .await
+        .expect("send");
     let mut bad = bad;
     loop {
         match bad.next_event(WAIT).await {
@@ -290,6 +286,12 @@ async fn a_backend_dying_mid_request_gives_waiting_clients_an_error() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     // No backend now: a clear error, and the connection stays usable.
     let answer = c.request("game.h.echo", &json!({})).await.expect("answer");
-    assert!(answer["msg"].as_str().expect("msg").contains("no game server"), "{answer}");
+    assert!(
+        answer["msg"]
+            .as_str()
+            .expect("msg")
+            .contains("no game server"),
+        "{answer}"
+    );
     assert_eq!(f.sessions.count(), 1);
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real nodes on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use bytes::Bytes;
 use session_proxy::{
     BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionService,

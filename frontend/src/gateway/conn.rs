@@ -155,7 +155,10 @@ impl Client {
                     while let Ok(Some(event)) = self.owner.try_recv() {
                         self.on_outbound(Some(event));
                     }
-                    self.write_message(MessageType::Response, id, &Route::None, &body);
+                    // After a kick nothing more goes out.
+                    if self.closing.is_none() {
+                        self.write_message(MessageType::Response, id, &Route::None, &body);
+                    }
                 }
                 read = self.transport.read(&mut self.rbuf) => match read {
                     Ok(true) => {
