@@ -45,6 +45,7 @@ pub mod backends;
 pub mod config;
 pub mod error;
 pub mod gateway;
+mod owner;
 pub mod server;
 pub mod service;
 

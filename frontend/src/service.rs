@@ -1,5 +1,6 @@
 //! The authoritative session store of one frontend.
 
+use crate::owner::{self, OwnerRx, OwnerTx, SendError};
 use crate::{Error, SessionConfig, SingleSessionPolicy};
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
@@ -9,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 /// What a client connection tells the frontend when it opens a session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -92,9 +93,9 @@ struct SessionEntry {
     info: ConnectInfo,
     /// When the session was created.
     created_at: SystemTime,
-    /// The connection that owns this session; dropping the sender (by
-    /// removing the entry) tells it the session is over.
-    owner: mpsc::Sender<Outbound>,
+    /// The queue to the connection that owns this session; closed when the
+    /// entry is removed, which tells the connection the session is over.
+    owner: OwnerTx,
 }
 
 impl SessionEntry {
@@ -197,7 +198,7 @@ impl SessionService {
     /// Opens a session for a new client connection and returns its owner
     /// handle. Dropping the handle closes the session.
     pub fn create(&self, info: ConnectInfo) -> SessionOwner {
-        let (tx, rx) = mpsc::channel(self.inner.config.owner_queue.max(1));
+        let (tx, rx) = owner::queue(self.inner.config.owner_queue);
         let mut entry = Some(SessionEntry {
             uid: None,
             settings: BTreeMap::new(),
@@ -422,12 +423,13 @@ impl SessionService {
             self.unindex(uid, sid);
         }
         if kick {
-            // Best effort: if the queue is full, dropping the sender below
-            // still ends the connection's session.
+            // Best effort: if the queue is full, closing it below still
+            // ends the connection's session.
             let _ = entry.owner.try_send(Outbound::Kick {
                 reason: reason.to_string(),
             });
         }
+        entry.owner.close();
         tracing::debug!(sid = %sid.redacted(), reason, "session closed");
         self.emit(SessionEvent::Closed {
             sid,
@@ -456,7 +458,7 @@ impl SessionService {
     fn deliver(
         &self,
         sid: SessionId,
-        owner: &mpsc::Sender<Outbound>,
+        owner: &OwnerTx,
         route: &str,
         body: Bytes,
     ) -> Result<(), Error> {
@@ -466,12 +468,12 @@ impl SessionService {
         };
         match owner.try_send(push) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(SendError::Full) => {
                 tracing::warn!(sid = %sid.redacted(), "client too slow for its pushes; closing");
                 self.kick_by_sid(sid, "slow client");
                 Err(Error::OwnerQueueFull(sid))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::OwnerGone(sid)),
+            Err(SendError::Closed) => Err(Error::OwnerGone(sid)),
         }
     }
 
@@ -496,7 +498,7 @@ impl SessionService {
     pub fn broadcast(&self, route: &str, body: &Bytes, bound_only: bool) -> usize {
         // Clone the senders out, so no shard guard is held while delivering
         // (a full queue closes its session, which needs a write guard).
-        let targets: Vec<(SessionId, mpsc::Sender<Outbound>)> = self
+        let targets: Vec<(SessionId, OwnerTx)> = self
             .inner
             .sessions
             .iter()
@@ -554,7 +556,7 @@ pub struct SessionOwner {
     /// The session this handle owns.
     sid: SessionId,
     /// Kicks and pushes for the client, in order.
-    rx: mpsc::Receiver<Outbound>,
+    rx: OwnerRx,
     /// For closing the session on drop.
     service: SessionService,
 }
@@ -576,11 +578,7 @@ impl SessionOwner {
     /// is queued yet, `Err(())` once the session is over.
     #[allow(clippy::result_unit_err)]
     pub fn try_recv(&mut self) -> Result<Option<Outbound>, ()> {
-        match self.rx.try_recv() {
-            Ok(item) => Ok(Some(item)),
-            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
-        }
+        self.rx.try_recv()
     }
 }
 

@@ -42,7 +42,10 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let span = tracing::debug_span!("client", %peer);
     async move {
         let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
-        let transport = match timeout_at(handshake_deadline, open(stream, &shared)).await {
+        // Boxed: the WebSocket upgrade is a large future, needed only once;
+        // inline it would sit in every connection's task for its lifetime.
+        let transport = match timeout_at(handshake_deadline, Box::pin(open(stream, &shared))).await
+        {
             Ok(Ok(t)) => t,
             Ok(Err(reason)) => {
                 debug!(reason, "connection dropped before the handshake");
@@ -71,7 +74,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             shared,
         };
         let reason = client.run().await;
-        client.finish(reason).await;
+        Box::pin(client.finish(reason)).await;
     }
     .instrument(span)
     .await
@@ -90,7 +93,7 @@ async fn open(stream: TcpStream, shared: &Shared) -> Result<Transport, String> {
     }
     let max = shared.config.max_package + 4;
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
@@ -164,6 +167,11 @@ impl Client {
                     Ok(true) => {
                         if let Err(reason) = self.on_bytes() {
                             return reason;
+                        }
+                        if self.rbuf.is_empty() {
+                            // Everything read was decoded: drop the buffer
+                            // until the client sends again.
+                            self.rbuf = BytesMut::new();
                         }
                     }
                     Ok(false) => return "client closed the connection".into(),
@@ -417,5 +425,36 @@ impl Client {
                 }
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let shared = std::sync::Arc::new(super::super::Shared {
+            config: Default::default(),
+            sessions: crate::SessionService::new(Default::default()),
+            backends: Default::default(),
+            handlers: Default::default(),
+            dictionary: None,
+            on_handshake: None,
+            check_client: None,
+            on_close: None,
+            cancel: Default::default(),
+        });
+        let fut = super::serve(stream, peer, shared);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("connection future: {size} bytes");
+        assert!(
+            size < 1536,
+            "the per-connection future grew to {size} bytes"
+        );
     }
 }

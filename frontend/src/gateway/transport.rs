@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
@@ -30,12 +30,17 @@ impl Transport {
     pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> Result<bool, String> {
         match self {
             Transport::Tcp(stream) => {
-                if buf.capacity() - buf.len() < 512 {
-                    buf.reserve(512);
-                }
-                match stream.read_buf(buf).await {
+                // Wait for data without holding a buffer: an idle client
+                // then costs no read buffer at all.
+                stream
+                    .readable()
+                    .await
+                    .map_err(|e| format!("read failed: {e}"))?;
+                buf.reserve(4096);
+                match stream.try_read_buf(buf) {
                     Ok(0) => Ok(false),
                     Ok(_) => Ok(true),
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
                     Err(err) => Err(format!("read failed: {err}")),
                 }
             }

@@ -1,0 +1,157 @@
+//! The queue between the session table and the connection that owns a
+//! session: kicks and pushes on their way to the client.
+//!
+//! A tokio mpsc channel allocates a block of 32 slots up front (about 2 KiB
+//! here) for every session, busy or idle. This queue allocates nothing until
+//! something is queued and gives its memory back once drained, so an idle
+//! connected client costs a few dozen bytes here.
+
+use crate::Outbound;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// Why an item was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// The queue holds its capacity: the client reads too slowly.
+    Full,
+    /// The session is over.
+    Closed,
+}
+
+struct Queue {
+    /// Queued items, oldest first.
+    items: Mutex<VecDeque<Outbound>>,
+    /// Wakes the one receiver; a notification sent while it is not waiting
+    /// is kept, so none is lost.
+    notify: Notify,
+    /// Set once the session is removed.
+    closed: AtomicBool,
+    /// The most items queued at once.
+    capacity: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        // Each critical section is one VecDeque operation: a poisoned lock
+        // still guards a whole queue.
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The session table's end. Cloning it does not make another owner: the
+/// queue closes only through [`OwnerTx::close`].
+#[derive(Clone)]
+pub(crate) struct OwnerTx(Arc<Queue>);
+
+/// The connection's end.
+pub(crate) struct OwnerRx(Arc<Queue>);
+
+pub(crate) fn queue(capacity: usize) -> (OwnerTx, OwnerRx) {
+    let q = Arc::new(Queue {
+        items: Mutex::new(VecDeque::new()),
+        notify: Notify::new(),
+        closed: AtomicBool::new(false),
+        capacity: capacity.max(1),
+    });
+    (OwnerTx(q.clone()), OwnerRx(q))
+}
+
+impl OwnerTx {
+    pub(crate) fn try_send(&self, item: Outbound) -> Result<(), SendError> {
+        if self.0.closed.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        {
+            let mut items = self.0.lock();
+            if items.len() >= self.0.capacity {
+                return Err(SendError::Full);
+            }
+            items.push_back(item);
+        }
+        self.0.notify.notify_one();
+        Ok(())
+    }
+
+    /// Ends the session: the receiver gets what is queued, then `None`.
+    pub(crate) fn close(&self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.notify.notify_one();
+    }
+}
+
+impl OwnerRx {
+    pub(crate) async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            match self.try_recv() {
+                Ok(Some(item)) => return Some(item),
+                Err(()) => return None,
+                Ok(None) => self.0.notify.notified().await,
+            }
+        }
+    }
+
+    /// `Ok(None)`: nothing queued yet; `Err(())`: closed and drained.
+    pub(crate) fn try_recv(&mut self) -> Result<Option<Outbound>, ()> {
+        let mut items = self.0.lock();
+        if let Some(item) = items.pop_front() {
+            if items.is_empty() && items.capacity() > 16 {
+                // A burst is over: give its memory back.
+                *items = VecDeque::new();
+            }
+            return Ok(Some(item));
+        }
+        if self.0.closed.load(Ordering::Acquire) {
+            Err(())
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+impl std::fmt::Debug for OwnerRx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnerRx")
+            .field("queued", &self.0.lock().len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn push(n: u8) -> Outbound {
+        Outbound::Push {
+            route: "r".into(),
+            body: Bytes::from(vec![n]),
+        }
+    }
+
+    #[tokio::test]
+    async fn items_then_close_then_none() {
+        let (tx, mut rx) = queue(2);
+        tx.try_send(push(1)).expect("room");
+        tx.try_send(push(2)).expect("room");
+        assert_eq!(tx.try_send(push(3)), Err(SendError::Full));
+        tx.close();
+        assert_eq!(tx.try_send(push(4)), Err(SendError::Closed));
+        assert_eq!(rx.recv().await, Some(push(1)));
+        assert_eq!(rx.recv().await, Some(push(2)));
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken() {
+        let (tx, mut rx) = queue(8);
+        let waiter = tokio::spawn(async move { (rx.recv().await, rx.recv().await) });
+        tokio::task::yield_now().await;
+        tx.try_send(push(7)).expect("room");
+        tokio::task::yield_now().await;
+        tx.close();
+        assert_eq!(waiter.await.expect("task"), (Some(push(7)), None));
+    }
+}
