@@ -383,14 +383,22 @@ impl ChatCluster {
     }
 
     /// Stops everything, waiting up to `drain` per component.
+    /// Clients first (their leave notices still reach the chat servers),
+    /// then the chat servers, then the connectors' RPC listeners.
     pub async fn shutdown(self, drain: Duration) {
         self.gate.shutdown(drain).await;
+        let mut rpcs = Vec::new();
+        for c in self.connectors {
+            c.gateway.shutdown(drain).await;
+            rpcs.push(c.rpc);
+        }
+        // Let the last leave notices run before the chat servers go.
+        tokio::time::sleep(Duration::from_millis(50)).await;
         for service in &self.chat_servers {
             service.close();
         }
-        for c in self.connectors {
-            c.gateway.shutdown(drain).await;
-            c.rpc.shutdown(drain).await;
+        for rpc in rpcs {
+            rpc.shutdown(drain).await;
         }
     }
 }

@@ -27,6 +27,11 @@ pub struct DemoConfig {
     /// Pushes sent pipelined on one connection in the throughput phase.
     /// Default: 200 000.
     pub pipelined: usize,
+    /// Simulated players in the chat phase (half TCP, half WebSocket).
+    /// Default: 200.
+    pub players: usize,
+    /// Chat messages each player sends. Default: 20.
+    pub messages: usize,
 }
 
 impl Default for DemoConfig {
@@ -35,6 +40,8 @@ impl Default for DemoConfig {
             sessions: 2000,
             workers: 8,
             pipelined: 200_000,
+            players: 200,
+            messages: 20,
         }
     }
 }
@@ -59,6 +66,27 @@ pub struct DemoReport {
     pub pipelined_per_sec: f64,
     /// Push round-trip latency percentiles (p50, p99, max), microseconds.
     pub push_latency_us: (u64, u64, u64),
+    /// The chat phase.
+    pub chat: ChatReport,
+}
+
+/// What the chat phase measured.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ChatReport {
+    /// Players that joined (through the gate, then a connector).
+    pub players: usize,
+    /// Rooms.
+    pub rooms: usize,
+    /// Chat requests answered.
+    pub requests: u64,
+    /// `onChat` pushes received, all exactly as expected.
+    pub pushes: u64,
+    /// Wall time of the chat traffic.
+    pub elapsed: Duration,
+    /// Request round trip (client -> connector -> chat server -> client),
+    /// percentiles (p50, p99), microseconds.
+    pub request_latency_us: (u64, u64),
 }
 
 impl std::fmt::Display for DemoReport {
@@ -99,9 +127,36 @@ impl std::fmt::Display for DemoReport {
             "  conflicts         {} conditional pushes refused, as provoked",
             self.conflicts
         )?;
-        write!(
+        writeln!(
             f,
             "  final state       checked: every key, uid and kick as expected"
+        )?;
+        let c = &self.chat;
+        writeln!(
+            f,
+            "chat phase: gate + 2 connectors + 2 chat servers, Pomelo protocol clients"
+        )?;
+        writeln!(
+            f,
+            "  players           {} in {} rooms (half TCP, half WebSocket)",
+            c.players, c.rooms
+        )?;
+        writeln!(
+            f,
+            "  chat requests     {} in {:.2} s, {:.0} req/s",
+            c.requests,
+            c.elapsed.as_secs_f64(),
+            c.requests as f64 / c.elapsed.as_secs_f64().max(1e-9)
+        )?;
+        writeln!(
+            f,
+            "  request latency   p50 {} µs, p99 {} µs",
+            c.request_latency_us.0, c.request_latency_us.1
+        )?;
+        write!(
+            f,
+            "  onChat pushes     {} delivered, each player got every message of its room once",
+            c.pushes
         )
     }
 }
@@ -441,13 +496,126 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<DemoReport> {
         concurrent_elapsed,
         pipelined_per_sec,
         push_latency_us: (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
+        chat: ChatReport::default(),
     };
     // Backends leave first, so no connection is reported lost.
     drop((a, b, client_a, client_b));
     tokio::task::yield_now().await;
     drop(owners);
     server.shutdown(Duration::from_secs(2)).await;
+    let mut report = report;
+    report.chat = run_chat(&config).await.context("chat phase")?;
     Ok(report)
+}
+
+/// Starts the chat example cluster and drives it with simulated players.
+async fn run_chat(config: &DemoConfig) -> anyhow::Result<ChatReport> {
+    use crate::chat::{ChatCluster, ChatConfig};
+    use crate::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
+    use serde_json::json;
+
+    let cluster = ChatCluster::start(ChatConfig::ephemeral()).await?;
+    let gate = cluster.gate_addr();
+    let players = config.players.max(2);
+    let rooms = (players / 20).max(1);
+    let mut joined = Vec::with_capacity(players);
+    for i in 0..players {
+        let g = PomeloClient::connect(gate).await?;
+        let name = format!("player{i}");
+        let entry = g
+            .request("gate.gateHandler.queryEntry", &json!({ "uid": name }))
+            .await?;
+        ensure!(entry["code"] == 200, "gate answered {entry}");
+        let addr: std::net::SocketAddr = format!(
+            "{}:{}",
+            entry["host"].as_str().unwrap_or_default(),
+            entry["port"]
+        )
+        .parse()?;
+        let mut options = ClientOptions::default();
+        options.transport = if i % 2 == 0 {
+            Transport::Tcp
+        } else {
+            Transport::WebSocket
+        };
+        let c = PomeloClient::connect_with(addr, options).await?;
+        let answer = c
+            .request(
+                "connector.entryHandler.enter",
+                &json!({ "username": name, "rid": format!("room{}", i % rooms) }),
+            )
+            .await?;
+        ensure!(answer["users"].is_array(), "enter answered {answer}");
+        joined.push((i % rooms, c));
+    }
+    // Let the last onAdd pushes arrive, then forget them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (_, c) in joined.iter_mut() {
+        while c.next_event(Duration::ZERO).await.is_some() {}
+    }
+    let mut room_size = vec![0usize; rooms];
+    for (r, _) in &joined {
+        room_size[*r] += 1;
+    }
+    let messages = config.messages;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (room, mut c) in joined {
+        let expected = room_size[room] * messages;
+        tasks.spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut received = 0usize;
+            for m in 0..messages {
+                let t = Instant::now();
+                let answer = c
+                    .request(
+                        "chat.chatHandler.send",
+                        &json!({ "content": format!("m{m}"), "target": "*" }),
+                    )
+                    .await?;
+                h.saturating_record(t.elapsed().as_micros() as u64);
+                ensure!(
+                    answer["route"] == "chat.chatHandler.send",
+                    "send answered {answer}"
+                );
+            }
+            while received < expected {
+                match c.next_event(Duration::from_secs(10)).await {
+                    Some(ClientEvent::Push { route, .. }) if route == "onChat" => received += 1,
+                    Some(ClientEvent::Push { .. }) => {}
+                    other => {
+                        bail!("a player got {other:?} after {received} of {expected} messages")
+                    }
+                }
+            }
+            if let Some(extra) = c.next_event(Duration::from_millis(50)).await {
+                bail!("a player got {extra:?} after all {expected} messages of its room");
+            }
+            // Keep the connection: a player leaving would push onLeave to
+            // the others while they are still counting.
+            anyhow::Ok((h, received as u64, c))
+        });
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut pushes = 0;
+    let mut done = Vec::with_capacity(players);
+    while let Some(res) = tasks.join_next().await {
+        let (h, n, c) = res.context("a player task panicked")??;
+        all.add(&h)?;
+        pushes += n;
+        done.push(c);
+    }
+    drop(done);
+    let elapsed = started.elapsed();
+    cluster.shutdown(Duration::from_secs(2)).await;
+    Ok(ChatReport {
+        players,
+        rooms,
+        requests: (players * messages) as u64,
+        pushes,
+        elapsed,
+        request_latency_us: (all.value_at_quantile(0.5), all.value_at_quantile(0.99)),
+    })
 }
 
 fn rmp_bytes<T: serde::Serialize + ?Sized>(v: &T) -> bytes::Bytes {

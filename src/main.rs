@@ -22,7 +22,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start one frontend and two backends on loopback, work the same
-    /// sessions from both backends at once, check the result, report.
+    /// sessions from both backends at once; then start the chat cluster and
+    /// drive it with simulated players; check everything, report.
     Demo {
         /// Sessions to create.
         #[arg(long, default_value_t = 2000)]
@@ -33,6 +34,12 @@ enum Command {
         /// Pushes sent pipelined on one connection in the throughput phase.
         #[arg(long, default_value_t = 200_000)]
         pipelined: usize,
+        /// Simulated chat players (Pomelo protocol, half TCP, half WebSocket).
+        #[arg(long, default_value_t = 200)]
+        players: usize,
+        /// Chat messages each player sends.
+        #[arg(long, default_value_t = 20)]
+        messages: usize,
     },
     /// Run a frontend's session RPC server until SIGINT/SIGTERM.
     Frontend {
@@ -68,11 +75,15 @@ fn main() -> anyhow::Result<()> {
                 sessions,
                 workers,
                 pipelined,
+                players,
+                messages,
             } => {
                 let mut config = DemoConfig::default();
                 config.sessions = sessions;
                 config.workers = workers.max(1);
                 config.pipelined = pipelined;
+                config.players = players;
+                config.messages = messages;
                 let report = demo::run(config).await.context("demo failed")?;
                 println!("{report}");
                 Ok(())
