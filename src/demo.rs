@@ -532,11 +532,13 @@ async fn run_chat(config: &DemoConfig) -> anyhow::Result<ChatReport> {
             entry["port"]
         )
         .parse()?;
-        let mut options = ClientOptions::default();
-        options.transport = if i % 2 == 0 {
-            Transport::Tcp
-        } else {
-            Transport::WebSocket
+        let options = ClientOptions {
+            transport: if i % 2 == 0 {
+                Transport::Tcp
+            } else {
+                Transport::WebSocket
+            },
+            ..ClientOptions::default()
         };
         let c = PomeloClient::connect_with(addr, options).await?;
         let answer = c
