@@ -111,10 +111,15 @@ async fn push_by_uid_broadcast_and_channels_reach_each_session_once() {
     }
 
     let reached = backend
-        .broadcast("onNews", &json!("all"), false)
+        .broadcast(Some("connector"), "onNews", &json!("all"), false)
         .await
         .expect("broadcast");
     assert_eq!(reached, 4);
+    let none = json!("none");
+    let to_gates = backend
+        .broadcast(Some("gate"), "onNews", &none, false)
+        .await;
+    assert_eq!(to_gates.expect("broadcast"), 0, "no frontend of that type");
     for c in [&mut alice1, &mut alice2, &mut bob, &mut anon] {
         assert_eq!(c.next_push(WAIT).await.expect("news").0, "onNews");
         assert!(
@@ -124,7 +129,7 @@ async fn push_by_uid_broadcast_and_channels_reach_each_session_once() {
     }
     assert_eq!(
         backend
-            .broadcast("onNews", &json!("bound"), true)
+            .broadcast(None, "onNews", &json!("bound"), true)
             .await
             .expect("broadcast"),
         3

@@ -26,6 +26,9 @@ struct Inner {
     /// `frontend id -> client`. Read on every call, written when the
     /// cluster's membership changes.
     frontends: RwLock<HashMap<String, FrontendClient>>,
+    /// `frontend id -> server type`, for frontends added with one; used to
+    /// aim broadcasts at one type of frontend.
+    frontend_types: RwLock<HashMap<String, String>>,
 }
 
 impl BackendSessionService {
@@ -36,6 +39,7 @@ impl BackendSessionService {
                 config,
                 handlers: SharedHandlers::default(),
                 frontends: RwLock::new(HashMap::new()),
+                frontend_types: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -74,6 +78,22 @@ impl BackendSessionService {
         self.write().insert(frontend_id.to_string(), client);
     }
 
+    /// Like [`add_frontend`](Self::add_frontend), recording the frontend's
+    /// server type (e.g. `"connector"`) so broadcasts can aim at it.
+    pub fn add_frontend_of_type(
+        &self,
+        frontend_id: &str,
+        server_type: &str,
+        addr: impl Into<String>,
+    ) {
+        self.add_frontend(frontend_id, addr);
+        self.inner
+            .frontend_types
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(frontend_id.to_string(), server_type.to_string());
+    }
+
     /// Drops every handler and every frontend connection. Handlers often hold
     /// a clone of this service (a reference cycle); call this when the
     /// backend stops, so its connections close.
@@ -88,6 +108,11 @@ impl BackendSessionService {
 
     /// Forgets a frontend and closes its connection (once no call holds it).
     pub fn remove_frontend(&self, frontend_id: &str) -> bool {
+        self.inner
+            .frontend_types
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(frontend_id);
         self.write().remove(frontend_id).is_some()
     }
 
@@ -254,18 +279,33 @@ impl BackendSessionService {
         }
     }
 
-    /// Pushes `msg` (as JSON) on `route` to every session of every known
-    /// frontend — or only to bound sessions — one copy per session. Returns
-    /// how many sessions it reached; a frontend that fails is logged and
-    /// counted as zero.
+    /// Pushes `msg` (as JSON) on `route` to every session of the known
+    /// frontends of `server_type` (every known frontend for `None`) — or only
+    /// to their bound sessions — one copy per session. Returns how many
+    /// sessions it reached; a frontend that fails is logged and counted as
+    /// zero.
     pub async fn broadcast<T: Serialize + ?Sized>(
         &self,
+        server_type: Option<&str>,
         route: &str,
         msg: &T,
         bound_only: bool,
     ) -> Result<usize, Error> {
         let body = json_body(msg)?;
-        let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
+        let clients: Vec<FrontendClient> = {
+            let types = self
+                .inner
+                .frontend_types
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            self.read()
+                .iter()
+                .filter(|(id, _)| {
+                    server_type.is_none_or(|t| types.get(*id).is_some_and(|x| x == t))
+                })
+                .map(|(_, c)| c.clone())
+                .collect()
+        };
         let calls = clients.into_iter().map(|client| {
             let call = Call::Broadcast {
                 route: route.to_string(),

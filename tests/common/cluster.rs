@@ -96,7 +96,11 @@ pub fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService,
     service.serve(handlers);
     for (i, f) in frontends.iter().enumerate() {
         let _ = i;
-        service.add_frontend(f.sessions.frontend_id(), f.rpc.local_addr().to_string());
+        service.add_frontend_of_type(
+            f.sessions.frontend_id(),
+            "connector",
+            f.rpc.local_addr().to_string(),
+        );
     }
     (service, channels)
 }
