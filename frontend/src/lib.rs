@@ -45,6 +45,7 @@ pub mod backends;
 pub mod config;
 pub mod error;
 pub mod gateway;
+mod listener;
 mod owner;
 pub mod server;
 pub mod service;

@@ -7,6 +7,7 @@
 //! many responses per syscall and an idle one pays no added latency.
 
 use crate::backends::BackendLink;
+use crate::listener::{bind_reusable, Acceptor, Running};
 use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
 use session_proxy_protocol::{
@@ -16,8 +17,8 @@ use session_proxy_protocol::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,12 +29,8 @@ use tracing::{debug, info, warn, Instrument};
 #[derive(Debug)]
 #[must_use = "dropping the server stops it"]
 pub struct RpcServer {
-    /// The address actually bound (useful with port 0).
-    local_addr: SocketAddr,
-    /// Cancels the accept loop and every connection.
-    cancel: CancellationToken,
-    /// Tracks the accept loop and connection tasks, for draining.
-    tracker: TaskTracker,
+    /// Address, stop signal and tasks.
+    running: Running,
     /// The backends connected through this server that serve a server type.
     backends: BackendRegistry,
 }
@@ -48,43 +45,31 @@ impl RpcServer {
         service: SessionService,
         config: RpcConfig,
     ) -> Result<RpcServer, crate::Error> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(crate::Error::Listen)?;
-        socket.set_reuseaddr(true).map_err(crate::Error::Listen)?;
-        socket.bind(addr).map_err(crate::Error::Listen)?;
-        let listener = socket.listen(1024).map_err(crate::Error::Listen)?;
+        let listener = bind_reusable(addr, 1024).map_err(crate::Error::Listen)?;
         Ok(Self::serve(listener, service, config))
     }
 
     /// Serves backends on an already bound listener.
     pub fn serve(listener: TcpListener, service: SessionService, config: RpcConfig) -> RpcServer {
-        let local_addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let running = Running::new(&listener);
         let backends = BackendRegistry::new();
+        let acceptor = Acceptor::new(listener, config.max_connections, running.cancel.clone());
+        let shared = Shared {
+            service,
+            backends: backends.clone(),
+            config: Arc::new(config),
+        };
         let accept = accept_loop(
-            listener,
-            Shared {
-                service,
-                backends: backends.clone(),
-                config: Arc::new(config),
-            },
-            cancel.clone(),
-            tracker.clone(),
+            acceptor,
+            shared,
+            running.cancel.clone(),
+            running.tracker.clone(),
         );
-        tracker.spawn(accept.instrument(tracing::info_span!("rpc_server", %local_addr)));
-        RpcServer {
-            local_addr,
-            cancel,
-            tracker,
-            backends,
-        }
+        let local_addr = running.local_addr;
+        running
+            .tracker
+            .spawn(accept.instrument(tracing::info_span!("rpc_server", %local_addr)));
+        RpcServer { running, backends }
     }
 
     /// The backends connected to this server that serve client requests;
@@ -95,24 +80,14 @@ impl RpcServer {
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.running.local_addr
     }
 
     /// Stops accepting, closes every connection after the frame it is
     /// handling, and waits up to `drain` for the tasks to finish. Returns
     /// whether they all finished in time.
     pub async fn shutdown(self, drain: Duration) -> bool {
-        self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(drain, self.tracker.wait())
-            .await
-            .is_ok()
-    }
-}
-
-impl Drop for RpcServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
+        self.running.shutdown(drain).await
     }
 }
 
@@ -128,41 +103,16 @@ struct Shared {
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    acceptor: Acceptor,
     shared: Shared,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     info!(
         frontend = shared.service.frontend_id(),
         "listening for backends"
     );
-    loop {
-        // Take a permit before accepting: at the limit, new peers wait in the
-        // kernel's backlog instead of costing us memory.
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning.
-                warn!(cause = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) = acceptor.next().await {
         let conn = Connection {
             service: shared.service.clone(),
             backends: shared.backends.clone(),

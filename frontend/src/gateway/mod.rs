@@ -13,6 +13,7 @@ mod transport;
 
 pub use local::{LocalContext, LocalFuture, LocalHandler, LocalHandlers};
 
+use crate::listener::{bind_reusable, Acceptor, Running};
 use crate::{BackendRegistry, SessionService};
 use serde_json::Value;
 use session_proxy_protocol::client::HandshakeRequest;
@@ -21,11 +22,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, Instrument};
 
 /// Settings of a [`Gateway`].
 #[derive(Clone, Debug)]
@@ -221,24 +221,17 @@ impl Gateway {
 
     /// Listens on `addr` (with `SO_REUSEADDR`) and serves clients.
     pub async fn bind(self, addr: SocketAddr) -> std::io::Result<GatewayServer> {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        let listener = socket.listen(4096)?;
-        Ok(self.serve(listener))
+        Ok(self.serve(bind_reusable(addr, 4096)?))
     }
 
     /// Serves clients on an already bound listener.
     pub fn serve(self, listener: TcpListener) -> GatewayServer {
-        let local_addr = listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let running = Running::new(&listener);
+        let acceptor = Acceptor::new(
+            listener,
+            self.config.max_connections,
+            running.cancel.clone(),
+        );
         let shared = Arc::new(Shared {
             dictionary: Dictionary::new(&self.config.dictionary),
             config: self.config,
@@ -248,17 +241,14 @@ impl Gateway {
             on_handshake: self.on_handshake,
             check_client: self.check_client,
             on_close: self.on_close,
-            cancel: cancel.clone(),
+            cancel: running.cancel.clone(),
         });
-        tracker.spawn(
-            accept_loop(listener, shared, tracker.clone())
+        let local_addr = running.local_addr;
+        running.tracker.spawn(
+            accept_loop(acceptor, shared, running.tracker.clone())
                 .instrument(tracing::info_span!("gateway", %local_addr)),
         );
-        GatewayServer {
-            local_addr,
-            cancel,
-            tracker,
-        }
+        GatewayServer { running }
     }
 }
 
@@ -266,61 +256,26 @@ impl Gateway {
 #[derive(Debug)]
 #[must_use = "dropping the gateway stops it"]
 pub struct GatewayServer {
-    /// The address clients connect to.
-    local_addr: SocketAddr,
-    /// Stops accepting and closes every client.
-    cancel: CancellationToken,
-    /// The accept loop and client tasks, for draining.
-    tracker: TaskTracker,
+    /// Address, stop signal and tasks.
+    running: Running,
 }
 
 impl GatewayServer {
     /// The address clients connect to (TCP and WebSocket alike).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.running.local_addr
     }
 
     /// Stops accepting, closes every client connection, and waits up to
     /// `drain` for them; returns whether all finished in time.
     pub async fn shutdown(self, drain: Duration) -> bool {
-        self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(drain, self.tracker.wait())
-            .await
-            .is_ok()
+        self.running.shutdown(drain).await
     }
 }
 
-impl Drop for GatewayServer {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTracker) {
-    let limit = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>, tracker: TaskTracker) {
     info!(server_type = %shared.config.server_type, "accepting clients");
-    loop {
-        let permit = tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shared.cancel.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                warn!(cause = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer, permit)) = acceptor.next().await {
         let shared = shared.clone();
         tracker.spawn(async move {
             conn::serve(stream, peer, shared).await;
