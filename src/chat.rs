@@ -38,6 +38,9 @@ pub struct ChatConfig {
     pub connector_port: u16,
     /// The heartbeat interval told to clients. Default: 10 s.
     pub heartbeat: Duration,
+    /// How long a dropped player may come back with its resume token before
+    /// it leaves its room. Default: zero (chatofpomelo: a drop is a leave).
+    pub resume_grace: Duration,
 }
 
 impl Default for ChatConfig {
@@ -49,6 +52,7 @@ impl Default for ChatConfig {
             gate_port: 3014,
             connector_port: 3050,
             heartbeat: Duration::from_secs(10),
+            resume_grace: Duration::ZERO,
         }
     }
 }
@@ -236,6 +240,7 @@ impl ChatCluster {
             backends.set_router("chat", route_by_room);
             let mut gateway_config = GatewayConfig::new("connector");
             gateway_config.heartbeat = config.heartbeat;
+            gateway_config.resume_grace = config.resume_grace;
             let mut gateway = Gateway::new(sessions.clone(), backends, gateway_config);
             gateway.handlers().add(
                 "connector.entryHandler.enter",

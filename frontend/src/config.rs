@@ -31,6 +31,18 @@ pub struct SessionConfig {
     /// to the client connection); a client that lets it fill up is closed as
     /// too slow. Default: 1024.
     pub owner_queue: usize,
+    /// Default idle timeout: a session whose client sends no request or
+    /// notify for this long is closed with reason `"expired"` (heartbeats
+    /// do not count). Per session: `SessionService::set_timeouts`.
+    /// Default: `None` (never).
+    pub idle_timeout: Option<Duration>,
+    /// Default absolute lifetime: a session older than this is closed with
+    /// reason `"expired"`, however active. Default: `None` (unlimited).
+    pub lifetime: Option<Duration>,
+    /// After a resume rotates a session's token, how long the previous token
+    /// still works (a client that missed the reply retries with it).
+    /// Default: 5 s.
+    pub token_overlap: Duration,
     /// Capacity of the session event channel; a subscriber that falls further
     /// behind skips events (and is told how many). Default: 4096.
     pub event_capacity: usize,
@@ -51,7 +63,10 @@ impl Default for SessionConfig {
         SessionConfig {
             frontend_id: "frontend-1".into(),
             single_session: SingleSessionPolicy::Off,
-            owner_queue: 256,
+            owner_queue: 1024,
+            idle_timeout: None,
+            lifetime: None,
+            token_overlap: Duration::from_secs(5),
             event_capacity: 4096,
         }
     }

@@ -57,4 +57,6 @@ pub use gateway::{
     CloseContext, Gateway, GatewayConfig, GatewayServer, LocalContext, LocalHandlers,
 };
 pub use server::RpcServer;
-pub use service::{ConnectInfo, Outbound, SessionEvent, SessionOwner, SessionService};
+pub use service::{
+    ClosedHook, ConnectInfo, Outbound, ResumeError, SessionEvent, SessionOwner, SessionService,
+};

@@ -29,6 +29,9 @@ struct Queue {
     notify: Notify,
     /// Set once the session is removed.
     closed: AtomicBool,
+    /// Set while no connection reads the queue (the session is parked):
+    /// a full queue then drops pushes instead of closing the session.
+    parked: AtomicBool,
     /// The most items queued at once.
     capacity: usize,
 }
@@ -54,6 +57,7 @@ pub(crate) fn queue(capacity: usize) -> (OwnerTx, OwnerRx) {
         items: Mutex::new(VecDeque::new()),
         notify: Notify::new(),
         closed: AtomicBool::new(false),
+        parked: AtomicBool::new(false),
         capacity: capacity.max(1),
     });
     (OwnerTx(q.clone()), OwnerRx(q))
@@ -73,6 +77,16 @@ impl OwnerTx {
         }
         self.0.notify.notify_one();
         Ok(())
+    }
+
+    /// Whether the session is parked (nobody reads the queue now).
+    pub(crate) fn is_parked(&self) -> bool {
+        self.0.parked.load(Ordering::Acquire)
+    }
+
+    /// Marks the session parked or attached.
+    pub(crate) fn set_parked(&self, parked: bool) {
+        self.0.parked.store(parked, Ordering::Release);
     }
 
     /// Ends the session: the receiver gets what is queued, then `None`.

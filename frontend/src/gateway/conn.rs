@@ -1,12 +1,12 @@
 //! One client connection: handshake, heartbeats, requests, pushes, kicks.
 
 use super::transport::Transport;
-use super::{CloseContext, LocalContext, Shared};
+use super::{LocalContext, Shared};
 use crate::{ConnectInfo, Outbound, SessionOwner};
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 use session_proxy_protocol::client::handshake::{CODE_OK, CODE_OLD_CLIENT, CODE_USER_ERROR};
 use session_proxy_protocol::client::{
     encode_parts, ClientMessage, HandlerError, HandshakeRequest, MessageType, Package,
@@ -56,18 +56,15 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
                 return;
             }
         };
-        let mut info = ConnectInfo::from_addr(peer);
-        info.metadata
-            .insert("transport".into(), transport.kind().into());
-        let owner = shared.sessions.create(info);
         let mut client = Client {
+            peer,
             transport,
             codec: PackageCodec::new(shared.config.max_package),
             out_codec: PackageCodec::new(MAX_PACKAGE_BODY),
             rbuf: BytesMut::new(),
             out: BytesMut::new(),
             phase: Phase::Inited,
-            owner,
+            owner: None,
             pending: FuturesUnordered::new(),
             deadline: handshake_deadline,
             closing: None,
@@ -78,6 +75,14 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     }
     .instrument(span)
     .await
+}
+
+/// The next event of the session, or never when there is no session yet.
+async fn recv(owner: &mut Option<SessionOwner>) -> Option<Outbound> {
+    match owner {
+        Some(owner) => owner.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sniffs the first byte: an HTTP method means a WebSocket upgrade.
@@ -104,6 +109,8 @@ async fn open(stream: TcpStream, shared: &Shared) -> Result<Transport, String> {
 }
 
 struct Client {
+    /// The client's address.
+    peer: SocketAddr,
     /// The socket.
     transport: Transport,
     /// Decodes the client's packages (client maximum).
@@ -116,8 +123,9 @@ struct Client {
     out: BytesMut,
     /// Protocol phase.
     phase: Phase,
-    /// The client's session; dropping it closes the session.
-    owner: SessionOwner,
+    /// The client's session, from the handshake on (new or resumed);
+    /// dropping it closes the session.
+    owner: Option<SessionOwner>,
     /// Requests being handled, answered in the order they finish.
     pending: FuturesUnordered<PendingResponse>,
     /// Handshake deadline, then heartbeat deadline.
@@ -151,11 +159,13 @@ impl Client {
                         _ => "handshake timeout".into(),
                     };
                 }
-                event = self.owner.recv() => self.on_outbound(event),
+                // Pushes wait in the queue until the client has acked the
+                // handshake (a resumed session may have some already).
+                event = recv(&mut self.owner), if self.phase == Phase::Working => self.on_outbound(event),
                 Some((id, body)) = self.pending.next(), if !self.pending.is_empty() => {
                     // Pushes the backend sent before this answer are already
                     // queued: write them first, so they arrive in order.
-                    while let Ok(Some(event)) = self.owner.try_recv() {
+                    while let Some(Ok(Some(event))) = self.owner.as_mut().map(SessionOwner::try_recv) {
                         self.on_outbound(Some(event));
                     }
                     // After a kick nothing more goes out.
@@ -165,7 +175,7 @@ impl Client {
                 }
                 read = self.transport.read(&mut self.rbuf) => match read {
                     Ok(true) => {
-                        if let Err(reason) = self.on_bytes() {
+                        if let Err(reason) = self.on_bytes().await {
                             return reason;
                         }
                         if self.rbuf.is_empty() {
@@ -183,18 +193,19 @@ impl Client {
 
     async fn finish(mut self, reason: String) {
         debug!(reason, "client connection ends");
-        if let Some(hook) = self.shared.on_close.clone() {
-            if let Some(session) = self.shared.sessions.get(self.owner.sid()) {
-                hook(CloseContext {
-                    session,
-                    reason: reason.clone(),
-                    sessions: self.shared.sessions.clone(),
-                    backends: self.shared.backends.clone(),
-                });
+        if let Some(owner) = self.owner.take() {
+            let grace = self.shared.config.resume_grace;
+            if self.closing.is_some() || grace.is_zero() {
+                // Kicked, refused, or no resume: the session ends here.
+                self.shared
+                    .sessions
+                    .close_if_owner(owner.sid(), owner.generation(), &reason);
+                drop(owner);
+            } else {
+                // The client may come back with its token.
+                owner.park(grace);
             }
         }
-        let sid = self.owner.sid();
-        self.shared.sessions.close(sid, &reason);
         self.transport.close().await;
     }
 
@@ -248,10 +259,10 @@ impl Client {
         Duration::from_secs(self.shared.config.heartbeat.as_secs_f64().round().max(1.0) as u64)
     }
 
-    fn on_bytes(&mut self) -> Result<(), String> {
+    async fn on_bytes(&mut self) -> Result<(), String> {
         loop {
             match self.codec.decode(&mut self.rbuf) {
-                Ok(Some(package)) => self.on_package(package)?,
+                Ok(Some(package)) => self.on_package(package).await?,
                 Ok(None) => return Ok(()),
                 Err(err) => return Err(format!("bad package: {err}")),
             }
@@ -261,9 +272,9 @@ impl Client {
         }
     }
 
-    fn on_package(&mut self, package: Package) -> Result<(), String> {
+    async fn on_package(&mut self, package: Package) -> Result<(), String> {
         match (package.kind, self.phase) {
-            (PackageType::Handshake, Phase::Inited) => self.on_handshake(&package.body),
+            (PackageType::Handshake, Phase::Inited) => self.on_handshake(&package.body).await,
             (PackageType::HandshakeAck, Phase::WaitAck) => {
                 self.phase = Phase::Working;
                 self.arm_heartbeat();
@@ -277,9 +288,9 @@ impl Client {
         Ok(())
     }
 
-    fn on_handshake(&mut self, body: &[u8]) {
+    async fn on_handshake(&mut self, body: &[u8]) {
         let refuse = |this: &mut Client, code: u16, why: &str| {
-            let reply = json!({ "code": code }).to_string();
+            let reply = json!({ "code": code, "error": why }).to_string();
             let _ =
                 this.out_codec
                     .encode_to(PackageType::Handshake, reply.as_bytes(), &mut this.out);
@@ -291,28 +302,50 @@ impl Client {
         let Some(sys) = &request.sys else {
             return refuse(self, CODE_USER_ERROR, "handshake without sys");
         };
+        let client_type = sys.client_type.clone().unwrap_or_default();
+        let version = sys.version.clone().unwrap_or_default();
         if let Some(check) = &self.shared.check_client {
-            let client_type = sys.client_type.as_deref().unwrap_or_default();
-            let version = sys.version.as_deref().unwrap_or_default();
-            if !check(client_type, version) {
+            if !check(&client_type, &version) {
                 return refuse(self, CODE_OLD_CLIENT, "client type or version refused");
             }
         }
         let user = match &self.shared.on_handshake {
-            Some(hook) => {
-                let peer = self
-                    .shared
-                    .sessions
-                    .info(self.owner.sid())
-                    .and_then(|(info, _)| info.remote_addr)
-                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                match hook(&request, peer) {
-                    Ok(user) => user,
-                    Err(why) => return refuse(self, CODE_USER_ERROR, &why),
-                }
-            }
+            Some(hook) => match hook(&request, self.peer) {
+                Ok(user) => user,
+                Err(why) => return refuse(self, CODE_USER_ERROR, &why),
+            },
             None => None,
         };
+        // A new session, or the one the client's resume token names.
+        let resume_enabled = !self.shared.config.resume_grace.is_zero();
+        let presented = request.user.get("resumeToken").and_then(Value::as_str);
+        let (owner, token, resumed) = match presented {
+            Some(token) if resume_enabled => match self.shared.sessions.resume(token) {
+                Ok((owner, next)) => (owner, Some(next), true),
+                Err(err) => {
+                    debug!(cause = %err, "resume refused");
+                    return refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
+                }
+            },
+            _ => {
+                let mut info = ConnectInfo::from_addr(self.peer);
+                info.metadata
+                    .insert("transport".into(), self.transport.kind().into());
+                info.metadata.insert("clientType".into(), client_type);
+                info.metadata.insert("clientVersion".into(), version);
+                if let Some(device) = request.user.get("device").and_then(Value::as_str) {
+                    info.metadata.insert("device".into(), device.to_string());
+                }
+                let owner = self.shared.sessions.create(info);
+                let token = if resume_enabled {
+                    self.shared.sessions.issue_token(owner.sid()).ok()
+                } else {
+                    None
+                };
+                (owner, token, false)
+            }
+        };
+        self.owner = Some(owner);
         let mut sys_reply = json!({ "heartbeat": self.heartbeat().as_secs() });
         if let Some(dict) = &self.shared.dictionary {
             let held = sys.dict_version.as_ref().and_then(|v| v.as_str());
@@ -323,7 +356,16 @@ impl Client {
             sys_reply["useDict"] = json!(true);
         }
         let mut reply = json!({ "code": CODE_OK, "sys": sys_reply });
-        if let Some(user) = user {
+        let mut user = user.unwrap_or(Value::Null);
+        if let Some(token) = token {
+            if !user.is_object() {
+                user = json!({});
+            }
+            user["resumeToken"] = json!(token);
+            user["resumed"] = json!(resumed);
+            user["resumeGrace"] = json!(self.shared.config.resume_grace.as_secs());
+        }
+        if !user.is_null() {
             reply["user"] = user;
         }
         let reply = reply.to_string();
@@ -335,6 +377,9 @@ impl Client {
 
     fn on_message(&mut self, body: Bytes) -> Result<(), String> {
         let msg = ClientMessage::decode(body).map_err(|e| format!("bad message: {e}"))?;
+        if let Some(owner) = &self.owner {
+            self.shared.sessions.touch(owner.sid());
+        }
         let route = match &msg.route {
             Route::Name(name) => Ok(name.clone()),
             Route::Code(code) => self
@@ -390,7 +435,11 @@ impl Client {
             return Err(HandlerError::new(format!("invalid route {route:?}")));
         }
         let deadline = self.shared.config.request_deadline;
-        let sid = self.owner.sid();
+        let sid = self
+            .owner
+            .as_ref()
+            .map(SessionOwner::sid)
+            .ok_or_else(|| HandlerError::new("no session"))?;
         if server_type == self.shared.config.server_type {
             let handler = self
                 .shared

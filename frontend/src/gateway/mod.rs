@@ -53,6 +53,11 @@ pub struct GatewayConfig {
     /// The most client connections at once; more wait in the backlog.
     /// Default: 100 000.
     pub max_connections: usize,
+    /// How long a session waits for its client to come back with its resume
+    /// token after the connection drops (the token is sent in the handshake
+    /// reply's `user.resumeToken`). Zero: no resume, a drop closes the
+    /// session at once. Default: 30 s.
+    pub resume_grace: Duration,
     /// The route dictionary: when not empty, routes are numbered from 1 in
     /// this order, sent in the handshake, and compressed on the wire.
     /// Default: empty.
@@ -70,6 +75,7 @@ impl Default for GatewayConfig {
             request_deadline: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_connections: 100_000,
+            resume_grace: Duration::from_secs(30),
             dictionary: Vec::new(),
         }
     }
@@ -85,15 +91,14 @@ impl GatewayConfig {
     }
 }
 
-/// What a close hook learns about a session whose client went away.
+/// What a close hook learns about a session that closed: its client left
+/// (and did not resume in time), was kicked, or expired.
 #[derive(Clone, Debug)]
 pub struct CloseContext {
     /// The session as it was just before it closed.
     pub session: SessionSnapshot,
-    /// Why the connection ended.
+    /// Why it closed: `"disconnected"`, `"expired"`, a kick reason, …
     pub reason: String,
-    /// This frontend's sessions.
-    pub sessions: SessionService,
     /// The connected backends, e.g. to tell a game server the player left.
     pub backends: BackendRegistry,
 }
@@ -106,7 +111,7 @@ pub type HandshakeHook =
 /// Decides whether a client type and version may connect (else code 501).
 pub type ClientCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
-/// Runs when a client's connection ends, before its session closes.
+/// Runs when a session closes, with its final state.
 pub type CloseHook = Arc<dyn Fn(CloseContext) + Send + Sync>;
 
 /// The route dictionary, both ways.
@@ -148,7 +153,6 @@ pub(crate) struct Shared {
     pub(crate) dictionary: Option<Dictionary>,
     pub(crate) on_handshake: Option<HandshakeHook>,
     pub(crate) check_client: Option<ClientCheck>,
-    pub(crate) on_close: Option<CloseHook>,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -213,7 +217,9 @@ impl Gateway {
         self
     }
 
-    /// Sets the hook that runs when a client's connection ends.
+    /// Sets the hook that runs when a session of this frontend closes (for
+    /// good: a parked session that is resumed has not closed). It is
+    /// installed on the session service when the gateway starts.
     pub fn on_close(&mut self, hook: CloseHook) -> &mut Self {
         self.on_close = Some(hook);
         self
@@ -240,7 +246,6 @@ impl Gateway {
             handlers: self.handlers,
             on_handshake: self.on_handshake,
             check_client: self.check_client,
-            on_close: self.on_close,
             cancel: running.cancel.clone(),
         });
         let local_addr = running.local_addr;

@@ -1,4 +1,15 @@
 //! The authoritative session store of one frontend.
+//!
+//! - this file: the session table, the uid index, settings, kicks, pushes;
+//! - [`lifetime`]: idle and absolute timeouts, and the task that expires
+//!   sessions;
+//! - [`resume`]: parking a session when its client drops, resume tokens
+//!   and their rotation.
+
+mod lifetime;
+mod resume;
+
+pub use resume::ResumeError;
 
 use crate::owner::{self, OwnerRx, OwnerTx, SendError};
 use crate::{Error, SessionConfig, SingleSessionPolicy};
@@ -8,9 +19,11 @@ use dashmap::DashMap;
 use session_proxy_protocol::{KeyWrite, Precondition, SessionId, SessionSnapshot, Setting};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::SystemTime;
-use tokio::sync::broadcast;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
 /// What a client connection tells the frontend when it opens a session.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,6 +82,16 @@ pub enum SessionEvent {
         /// The uid it was bound to.
         uid: String,
     },
+    /// A session's client dropped; the session waits for a resume.
+    Parked {
+        /// The session.
+        sid: SessionId,
+    },
+    /// A new connection took a session over with its resume token.
+    Resumed {
+        /// The session.
+        sid: SessionId,
+    },
     /// A session was closed and removed.
     Closed {
         /// The session.
@@ -91,8 +114,24 @@ struct SessionEntry {
     last_version: u64,
     /// Where the client came from, for embedding code and operators.
     info: ConnectInfo,
-    /// When the session was created.
+    /// When the session was created (wall clock, for people).
     created_at: SystemTime,
+    /// When the session was created (monotonic, for the lifetime).
+    created: Instant,
+    /// Client activity, in ms since the service's epoch; an atomic so that
+    /// touching a session needs only a read guard.
+    last_active: AtomicU64,
+    /// This session's idle timeout (`None`: never idles out).
+    idle_timeout: Option<Duration>,
+    /// This session's absolute lifetime (`None`: unlimited).
+    lifetime: Option<Duration>,
+    /// Set while no connection owns the session.
+    parked: Option<resume::Parked>,
+    /// Which owner handle is current; an older handle (a connection that was
+    /// taken over) can no longer close or park the session.
+    owner_gen: u64,
+    /// Hashes of the resume tokens.
+    tokens: resume::Tokens,
     /// The queue to the connection that owns this session; closed when the
     /// entry is removed, which tells the connection the session is over.
     owner: OwnerTx,
@@ -127,7 +166,16 @@ struct Inner {
     uids: DashMap<String, Vec<SessionId>>,
     /// Bound/unbound/closed events for subscribers.
     events: broadcast::Sender<SessionEvent>,
+    /// The zero of `SessionEntry::last_active`.
+    epoch: Instant,
+    /// Deadlines for the expiry task, started with the first deadline.
+    timers: OnceLock<mpsc::UnboundedSender<(SessionId, Instant)>>,
+    /// Runs with the final state of every session that closes.
+    on_closed: OnceLock<ClosedHook>,
 }
+
+/// Called with the final state of a session as it closes, and the reason.
+pub type ClosedHook = Arc<dyn Fn(&SessionSnapshot, &str) + Send + Sync>;
 
 /// The sessions of one frontend: the single owner of every session it holds.
 ///
@@ -171,6 +219,9 @@ impl SessionService {
                 sessions: DashMap::new(),
                 uids: DashMap::new(),
                 events,
+                epoch: Instant::now(),
+                timers: OnceLock::new(),
+                on_closed: OnceLock::new(),
             }),
         }
     }
@@ -183,6 +234,13 @@ impl SessionService {
     /// The configuration.
     pub fn config(&self) -> &SessionConfig {
         &self.inner.config
+    }
+
+    /// Sets the hook that runs with the final state of every session that
+    /// closes (once per service; later calls are ignored and return false).
+    /// It runs on the closing thread: keep it short, spawn slow work.
+    pub fn on_closed(&self, hook: ClosedHook) -> bool {
+        self.inner.on_closed.set(hook).is_ok()
     }
 
     /// Follows bound, unbound and closed events from now on.
@@ -199,21 +257,35 @@ impl SessionService {
     /// handle. Dropping the handle closes the session.
     pub fn create(&self, info: ConnectInfo) -> SessionOwner {
         let (tx, rx) = owner::queue(self.inner.config.owner_queue);
+        let config = &self.inner.config;
         let mut entry = Some(SessionEntry {
             uid: None,
             settings: BTreeMap::new(),
             last_version: 0,
             info,
             created_at: SystemTime::now(),
+            created: Instant::now(),
+            last_active: AtomicU64::new(self.now_ms()),
+            idle_timeout: config.idle_timeout,
+            lifetime: config.lifetime,
+            parked: None,
+            owner_gen: 0,
+            tokens: resume::Tokens::default(),
             owner: tx,
         });
         loop {
             let sid = SessionId::from_raw(rand::random::<u64>());
             if let Entry::Vacant(slot) = self.inner.sessions.entry(sid) {
-                slot.insert(entry.take().expect("inserted once, then we return"));
+                let entry = slot.insert(entry.take().expect("inserted once, then we return"));
+                let due = lifetime::due(&entry, self.inner.epoch);
+                drop(entry);
+                if let Some(at) = due {
+                    self.schedule(sid, at);
+                }
                 return SessionOwner {
                     sid,
-                    rx,
+                    gen: 0,
+                    rx: Some(rx),
                     service: self.clone(),
                 };
             }
@@ -401,6 +473,13 @@ impl SessionService {
         self.remove(sid, reason, false)
     }
 
+    /// Closes a session if `gen` is still its current owner (see
+    /// [`SessionOwner::generation`]).
+    pub fn close_if_owner(&self, sid: SessionId, gen: u64, reason: &str) -> bool {
+        let current = self.inner.sessions.get(&sid).map(|e| e.owner_gen);
+        current == Some(gen) && self.close(sid, reason)
+    }
+
     /// Closes a session and sends its client a kick with `reason`. Returns
     /// whether it existed.
     pub fn kick_by_sid(&self, sid: SessionId, reason: &str) -> bool {
@@ -431,6 +510,10 @@ impl SessionService {
         }
         entry.owner.close();
         tracing::debug!(sid = %sid.redacted(), reason, "session closed");
+        let hook = self.inner.on_closed.get().cloned();
+        if let Some(hook) = hook {
+            hook(&entry.snapshot(sid, self.frontend_id()), reason);
+        }
         self.emit(SessionEvent::Closed {
             sid,
             uid: entry.uid,
@@ -468,6 +551,10 @@ impl SessionService {
         };
         match owner.try_send(push) {
             Ok(()) => Ok(()),
+            Err(SendError::Full) if owner.is_parked() => {
+                // Its client is away: keep the session, drop this push.
+                Err(Error::OwnerQueueFull(sid))
+            }
             Err(SendError::Full) => {
                 tracing::warn!(sid = %sid.redacted(), "client too slow for its pushes; closing");
                 self.kick_by_sid(sid, "slow client");
@@ -555,8 +642,10 @@ fn describe_expect(expect: Precondition) -> String {
 pub struct SessionOwner {
     /// The session this handle owns.
     sid: SessionId,
-    /// Kicks and pushes for the client, in order.
-    rx: OwnerRx,
+    /// Which owner of the session this is (see `SessionEntry::owner_gen`).
+    gen: u64,
+    /// Kicks and pushes for the client, in order; `None` once parked.
+    rx: Option<OwnerRx>,
     /// For closing the session on drop.
     service: SessionService,
 }
@@ -567,24 +656,39 @@ impl SessionOwner {
         self.sid
     }
 
+    /// Which owner of the session this handle is: a resume makes a new one,
+    /// and an older handle can then neither close nor park the session.
+    pub fn generation(&self) -> u64 {
+        self.gen
+    }
+
     /// The next kick or push for the client. `None` once the session is
     /// closed (by a kick, a replacement, or [`SessionService::close`]) and
     /// everything queued before has been read.
     pub async fn recv(&mut self) -> Option<Outbound> {
-        self.rx.recv().await
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => None,
+        }
     }
 
     /// Like [`recv`](Self::recv) but without waiting: `Ok(None)` when nothing
     /// is queued yet, `Err(())` once the session is over.
     #[allow(clippy::result_unit_err)]
     pub fn try_recv(&mut self) -> Result<Option<Outbound>, ()> {
-        self.rx.try_recv()
+        match self.rx.as_mut() {
+            Some(rx) => rx.try_recv(),
+            None => Err(()),
+        }
     }
 }
 
 impl Drop for SessionOwner {
     fn drop(&mut self) {
-        self.service.close(self.sid, "disconnected");
+        if self.rx.is_some() {
+            self.service
+                .close_if_owner(self.sid, self.gen, "disconnected");
+        }
     }
 }
 
