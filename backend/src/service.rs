@@ -4,7 +4,7 @@ use crate::handler::SharedHandlers;
 use crate::{BackendSession, ClientConfig, Error, FrontendClient, Handlers};
 use bytes::Bytes;
 use serde::Serialize;
-use session_proxy_protocol::{Call, Reply, SessionId};
+use session_proxy_protocol::{Call, Reply, SessionId, SessionInfo};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -324,6 +324,61 @@ impl BackendSessionService {
             }
         });
         Ok(futures::future::join_all(calls).await.into_iter().sum())
+    }
+
+    /// Every session of `uid` on every frontend that shares the session
+    /// store, with metadata (created, last active, address, client type and
+    /// version, device, parked or connected), asked of one frontend.
+    pub async fn user_sessions(
+        &self,
+        frontend_id: &str,
+        uid: &str,
+    ) -> Result<Vec<SessionInfo>, Error> {
+        let client = self.client(frontend_id)?;
+        match client
+            .call(Call::UserSessions {
+                uid: uid.to_string(),
+            })
+            .await?
+        {
+            Reply::UserSessions(list) => Ok(list),
+            _ => Err(unexpected(frontend_id, "user_sessions")),
+        }
+    }
+
+    /// Ends every session of `uid` everywhere: each known frontend kicks its
+    /// connected sessions and closes its parked ones, and the shared store
+    /// forgets all of them (parked sessions of frontends this backend does
+    /// not know included). Returns how many sessions ended; fails if any
+    /// frontend could not be reached (the others are still revoked).
+    pub async fn revoke_user(&self, uid: &str, reason: &str) -> Result<usize, Error> {
+        let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
+        let calls = clients.into_iter().map(|client| {
+            let call = Call::RevokeUid {
+                uid: uid.to_string(),
+                reason: reason.to_string(),
+            };
+            async move {
+                match client.call(call).await? {
+                    Reply::Kicked(n) => Ok(n as usize),
+                    _ => Err(unexpected(client.frontend_id(), "revoke_user")),
+                }
+            }
+        });
+        let mut total = 0;
+        let mut first_error = None;
+        for result in futures::future::join_all(calls).await {
+            match result {
+                Ok(n) => total += n,
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(total),
+        }
     }
 }
 

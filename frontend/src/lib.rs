@@ -49,6 +49,7 @@ mod listener;
 mod owner;
 pub mod server;
 pub mod service;
+pub mod store;
 
 pub use backends::{BackendRegistry, HashRouter, Router};
 pub use config::{RpcConfig, SessionConfig, SingleSessionPolicy};
@@ -59,4 +60,8 @@ pub use gateway::{
 pub use server::RpcServer;
 pub use service::{
     ClosedHook, ConnectInfo, Outbound, ResumeError, SessionEvent, SessionOwner, SessionService,
+};
+pub use store::{
+    MemoryStore, RedisStore, RedisStoreConfig, SessionStore, StoreError, StoreOptions,
+    StoredSession,
 };

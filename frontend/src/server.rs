@@ -144,6 +144,19 @@ struct Connection {
     peer: SocketAddr,
 }
 
+/// Whether a call changes session state (and so must be durable before it
+/// is acknowledged, when a store is attached).
+fn mutates(call: &Call) -> bool {
+    matches!(
+        call,
+        Call::Bind { .. }
+            | Call::Unbind { .. }
+            | Call::Push { .. }
+            | Call::KickBySid { .. }
+            | Call::KickByUid { .. }
+    )
+}
+
 /// Why a connection ended, for the log line.
 enum End {
     PeerClosed,
@@ -268,83 +281,107 @@ impl Connection {
         link: Option<&BackendLink>,
         outbox: &mut mpsc::Receiver<Message>,
     ) -> End {
-        let mut unflushed = false;
+        // Answers of the current batch, held until the batch is durable.
+        let mut answers: Vec<(u64, Result<Reply, RpcError>, bool)> = Vec::new();
         loop {
-            // Take a frame that is already buffered without waiting; if there
-            // is none, flush what we owe before we sleep.
-            let next = match framed.next().now_or_never() {
-                Some(frame) => frame,
-                None => {
-                    if unflushed {
-                        if let Err(err) = framed.flush().await {
-                            return End::Corrupt(err);
-                        }
-                        unflushed = false;
-                    }
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return End::Shutdown,
-                        frame = framed.next() => frame,
-                        Some(out) = outbox.recv() => {
-                            // Forwarded requests for this backend.
-                            if let Err(err) = framed.feed(out).await {
-                                return End::Corrupt(err);
-                            }
-                            while let Ok(out) = outbox.try_recv() {
-                                if let Err(err) = framed.feed(out).await {
-                                    return End::Corrupt(err);
-                                }
-                            }
-                            unflushed = true;
-                            continue;
-                        }
-                    }
-                }
-            };
-            let msg = match next {
-                None => return End::PeerClosed,
-                Some(Err(err)) => return End::Corrupt(err),
-                Some(Ok(msg)) => msg,
-            };
-            match msg {
-                Message::Request(req) => {
-                    let result = self.apply(req.call);
-                    let response = Message::Response(Response { id: req.id, result });
-                    // `feed` only buffers; it writes when the buffer is past
-                    // its high-water mark, which is our backpressure.
-                    if let Err(err) = framed.feed(response).await {
+            // Wait for a frame (or a forwarded request to send).
+            let first = tokio::select! {
+                _ = self.cancel.cancelled() => return End::Shutdown,
+                frame = framed.next() => frame,
+                Some(out) = outbox.recv() => {
+                    if let Err(err) = self.send_outbox(framed, out, outbox).await {
                         return End::Corrupt(err);
                     }
-                    unflushed = true;
+                    continue;
                 }
-                Message::Notify(call) => {
-                    if let Err(err) = self.apply(call) {
-                        debug!(cause = %err, "notify failed");
+            };
+            // Then take every frame already buffered, in arrival order.
+            let mut next = Some(first);
+            while let Some(frame) = next.take() {
+                let msg = match frame {
+                    None => return End::PeerClosed,
+                    Some(Err(err)) => return End::Corrupt(err),
+                    Some(Ok(msg)) => msg,
+                };
+                match msg {
+                    Message::Request(req) => {
+                        let mutates = mutates(&req.call);
+                        let result = self.apply(req.call).await;
+                        answers.push((req.id, result, mutates));
                     }
-                }
-                Message::Response(resp) => match link {
-                    Some(link) => {
-                        if !link.inflight.complete(resp.id, resp.result) {
-                            debug!(
-                                id = resp.id,
-                                "response to a forwarded request nobody waits for"
-                            );
+                    Message::Notify(call) => {
+                        if let Err(err) = self.apply(call).await {
+                            debug!(cause = %err, "notify failed");
                         }
                     }
-                    None => debug!(id = resp.id, "ignoring a response to no request"),
-                },
-                Message::Hello(_) | Message::HelloReply(_) => {
-                    return End::Protocol("handshake frame after the handshake")
+                    Message::Response(resp) => match link {
+                        Some(link) => {
+                            if !link.inflight.complete(resp.id, resp.result) {
+                                debug!(
+                                    id = resp.id,
+                                    "response to a forwarded request nobody waits for"
+                                );
+                            }
+                        }
+                        None => debug!(id = resp.id, "ignoring a response to no request"),
+                    },
+                    Message::Hello(_) | Message::HelloReply(_) => {
+                        return End::Protocol("handshake frame after the handshake")
+                    }
+                }
+                if answers.len() < 1024 {
+                    next = framed.next().now_or_never();
                 }
             }
+            // Group commit: what we acknowledge is in the store first.
+            if answers.iter().any(|(_, r, m)| *m && r.is_ok()) {
+                if let Err(err) = self.service.flush().await {
+                    warn!(cause = %err, "session store write failed; failing this batch's changes");
+                    for (_, result, mutates) in answers.iter_mut() {
+                        if *mutates && result.is_ok() {
+                            *result = Err(RpcError::new(
+                                ErrorCode::Unavailable,
+                                format!("applied but not yet persisted (will retry): {err}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            for (id, result, _) in answers.drain(..) {
+                // `feed` only buffers; it writes when the buffer is past its
+                // high-water mark, which is our backpressure.
+                if let Err(err) = framed
+                    .feed(Message::Response(Response { id, result }))
+                    .await
+                {
+                    return End::Corrupt(err);
+                }
+            }
+            if let Err(err) = framed.flush().await {
+                return End::Corrupt(err);
+            }
             if self.cancel.is_cancelled() {
-                let _ = framed.flush().await;
                 return End::Shutdown;
             }
         }
     }
 
+    /// Writes forwarded requests for this backend, as many as are queued.
+    async fn send_outbox(
+        &self,
+        framed: &mut Framed<TcpStream, MessageCodec>,
+        first: Message,
+        outbox: &mut mpsc::Receiver<Message>,
+    ) -> Result<(), CodecError> {
+        framed.feed(first).await?;
+        while let Ok(out) = outbox.try_recv() {
+            framed.feed(out).await?;
+        }
+        framed.flush().await
+    }
+
     /// Applies one session call to the service.
-    fn apply(&self, call: Call) -> Result<Reply, RpcError> {
+    async fn apply(&self, call: Call) -> Result<Reply, RpcError> {
         let s = &self.service;
         let reply = match call {
             Call::GetSession { sid } => Reply::Session(s.get(sid)),
@@ -372,6 +409,19 @@ impl Connection {
                 bound_only,
             } => Reply::Broadcast(
                 u32::try_from(s.broadcast(&route, &body, bound_only)).unwrap_or(u32::MAX),
+            ),
+            Call::UserSessions { uid } => Reply::UserSessions(
+                s.user_sessions(&uid)
+                    .await
+                    .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?,
+            ),
+            Call::RevokeUid { uid, reason } => Reply::Kicked(
+                u32::try_from(
+                    s.revoke_uid(&uid, &reason)
+                        .await
+                        .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?,
+                )
+                .unwrap_or(u32::MAX),
             ),
             Call::Handle { .. } => {
                 return Err(RpcError::new(

@@ -54,5 +54,5 @@ pub use id::SessionId;
 pub use inflight::{InFlight, RegisterError};
 pub use message::{
     Call, Hello, HelloReply, KeyWrite, Message, Precondition, Reply, Request, Response, Role,
-    SessionSnapshot, Setting, MAGIC, PROTOCOL_VERSION,
+    SessionInfo, SessionSnapshot, Setting, MAGIC, PROTOCOL_VERSION,
 };

@@ -194,6 +194,21 @@ pub enum Call {
         /// Skip sessions that are not bound to a uid.
         bound_only: bool,
     },
+    /// Every session of a uid, on every frontend that shares the session
+    /// store, with metadata. Replies [`Reply::UserSessions`].
+    UserSessions {
+        /// The user.
+        uid: String,
+    },
+    /// Ends every session of a uid: kicks the connected ones on this
+    /// frontend, closes the parked ones, and deletes all of them from the
+    /// shared store. Replies [`Reply::Kicked`] (how many were ended).
+    RevokeUid {
+        /// The user.
+        uid: String,
+        /// Sent to connected clients.
+        reason: String,
+    },
     /// A client request (or notify) forwarded by a frontend to a backend:
     /// run the handler of `route` on this session. Replies
     /// [`Reply::Handled`].
@@ -249,6 +264,8 @@ pub enum Reply {
     PushedToUids(Vec<String>),
     /// How many sessions a broadcast reached.
     Broadcast(u32),
+    /// Sessions with their metadata.
+    UserSessions(Vec<SessionInfo>),
     /// A handler's answer for the client: JSON, including application
     /// errors (`{"code": …}`), which are not RPC failures.
     Handled(Bytes),
@@ -275,4 +292,25 @@ pub struct SessionSnapshot {
     pub uid: Option<String>,
     /// The settings.
     pub settings: BTreeMap<String, Setting>,
+}
+
+/// What is known about a session beyond its settings: where and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session id.
+    pub sid: SessionId,
+    /// The frontend that owns it.
+    pub frontend_id: String,
+    /// The bound user.
+    pub uid: Option<String>,
+    /// Created, in ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Last client activity, in ms since the Unix epoch.
+    pub last_active_unix_ms: u64,
+    /// The client's address.
+    pub remote_addr: Option<String>,
+    /// Client type, version, device … as the client reported them.
+    pub metadata: BTreeMap<String, String>,
+    /// Whether its client is away (parked, waiting for a resume).
+    pub parked: bool,
 }

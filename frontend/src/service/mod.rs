@@ -7,6 +7,7 @@
 //!   and their rotation.
 
 mod lifetime;
+mod persist;
 mod resume;
 
 pub use resume::ResumeError;
@@ -172,6 +173,8 @@ struct Inner {
     timers: OnceLock<mpsc::UnboundedSender<(SessionId, Instant)>>,
     /// Runs with the final state of every session that closes.
     on_closed: OnceLock<ClosedHook>,
+    /// Where sessions are persisted, once attached.
+    store: OnceLock<persist::StoreLink>,
 }
 
 /// Called with the final state of a session as it closes, and the reason.
@@ -222,6 +225,7 @@ impl SessionService {
                 epoch: Instant::now(),
                 timers: OnceLock::new(),
                 on_closed: OnceLock::new(),
+                store: OnceLock::new(),
             }),
         }
     }
@@ -279,6 +283,7 @@ impl SessionService {
                 let entry = slot.insert(entry.take().expect("inserted once, then we return"));
                 let due = lifetime::due(&entry, self.inner.epoch);
                 drop(entry);
+                self.mark_dirty(sid);
                 if let Some(at) = due {
                     self.schedule(sid, at);
                 }
@@ -349,6 +354,7 @@ impl SessionService {
             entry.uid = Some(uid.to_string());
             replaced
         };
+        self.mark_dirty(sid);
         self.emit(SessionEvent::Bound {
             sid,
             uid: uid.to_string(),
@@ -373,6 +379,7 @@ impl SessionService {
             entry.uid = None;
             self.unindex(uid, sid);
         }
+        self.mark_dirty(sid);
         self.emit(SessionEvent::Unbound {
             sid,
             uid: uid.to_string(),
@@ -397,7 +404,10 @@ impl SessionService {
             .sessions
             .get_mut(&sid)
             .ok_or(Error::SessionNotFound(sid))?;
-        Ok(entry.write(key.to_string(), value))
+        let version = entry.write(key.to_string(), value);
+        drop(entry);
+        self.mark_dirty(sid);
+        Ok(version)
     }
 
     /// Sets several keys unconditionally; returns their new versions in order.
@@ -411,7 +421,10 @@ impl SessionService {
             .sessions
             .get_mut(&sid)
             .ok_or(Error::SessionNotFound(sid))?;
-        Ok(values.into_iter().map(|(k, v)| entry.write(k, v)).collect())
+        let versions = values.into_iter().map(|(k, v)| entry.write(k, v)).collect();
+        drop(entry);
+        self.mark_dirty(sid);
+        Ok(versions)
     }
 
     /// Removes one key; returns whether it existed.
@@ -421,7 +434,10 @@ impl SessionService {
             .sessions
             .get_mut(&sid)
             .ok_or(Error::SessionNotFound(sid))?;
-        Ok(entry.settings.remove(key).is_some())
+        let existed = entry.settings.remove(key).is_some();
+        drop(entry);
+        self.mark_dirty(sid);
+        Ok(existed)
     }
 
     /// Applies a backend's push: all writes or none.
@@ -455,7 +471,7 @@ impl SessionService {
                 });
             }
         }
-        Ok(writes
+        let versions = writes
             .into_iter()
             .map(|w| match w.value {
                 Some(value) => Some(entry.write(w.key, value)),
@@ -464,7 +480,10 @@ impl SessionService {
                     None
                 }
             })
-            .collect())
+            .collect();
+        drop(entry);
+        self.mark_dirty(sid);
+        Ok(versions)
     }
 
     /// Closes a session: removes it, unindexes its uid, fires
@@ -501,6 +520,7 @@ impl SessionService {
         if let Some(uid) = &entry.uid {
             self.unindex(uid, sid);
         }
+        self.mark_deleted(sid);
         if kick {
             // Best effort: if the queue is full, closing it below still
             // ends the connection's session.

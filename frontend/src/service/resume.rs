@@ -89,6 +89,9 @@ impl SessionService {
             current: Some(hash(&token)),
             previous: None,
         };
+        drop(entry);
+        // The token must survive a restart before the client can use it.
+        self.mark_dirty(sid);
         Ok(token)
     }
 
@@ -117,6 +120,7 @@ impl SessionService {
             entry.owner.set_parked(true);
             entry.parked = Some(Parked { until, rx });
         }
+        self.mark_dirty(sid);
         tracing::debug!(sid = %sid.redacted(), ?grace, "session parked");
         self.emit(SessionEvent::Parked { sid });
         self.schedule(sid, until);
@@ -189,6 +193,7 @@ impl SessionService {
             });
             old.close();
         }
+        self.mark_dirty(sid);
         tracing::debug!(sid = %sid.redacted(), "session resumed");
         self.emit(SessionEvent::Resumed { sid });
         Ok((

@@ -1,0 +1,318 @@
+//! Writing sessions to a [`SessionStore`] and reading them back.
+//!
+//! Changes are tracked per session (a dirty set) and written in batches: a
+//! session changed a hundred times between two flushes is written once.
+//! Mutations that a backend is waiting on are made durable before they are
+//! acknowledged: the RPC server flushes after each batch of calls and only
+//! then answers (group commit). A restarted frontend restores its sessions
+//! as parked, so clients resume with their tokens.
+
+use super::resume::{Parked, Tokens};
+use super::{SessionEntry, SessionService};
+use crate::owner;
+use crate::store::{SessionStore, StoreError, StoreOptions, StoredSession};
+use session_proxy_protocol::{SessionId, SessionInfo};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// A service's link to its store.
+pub(crate) struct StoreLink {
+    store: Arc<dyn SessionStore>,
+    options: StoreOptions,
+    /// Sessions changed since the last flush.
+    dirty: Mutex<HashSet<SessionId>>,
+    /// Sessions closed since the last flush.
+    deleted: Mutex<HashSet<SessionId>>,
+    /// One flush at a time; a caller that waits finds its changes either
+    /// written by the flush it waited for or still dirty for its own.
+    flush_lock: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Set insertions and swaps only: a poisoned lock still guards a whole set.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl SessionService {
+    /// Whether a store is attached.
+    pub fn has_store(&self) -> bool {
+        self.inner.store.get().is_some()
+    }
+
+    pub(super) fn mark_dirty(&self, sid: SessionId) {
+        if let Some(link) = self.inner.store.get() {
+            lock(&link.dirty).insert(sid);
+        }
+    }
+
+    pub(super) fn mark_deleted(&self, sid: SessionId) {
+        if let Some(link) = self.inner.store.get() {
+            lock(&link.dirty).remove(&sid);
+            lock(&link.deleted).insert(sid);
+        }
+    }
+
+    /// A session's record for the store.
+    fn to_stored(&self, sid: SessionId, e: &SessionEntry) -> StoredSession {
+        let now_unix = unix_ms(SystemTime::now());
+        let idle_ms = self
+            .now_ms()
+            .saturating_sub(e.last_active.load(Ordering::Relaxed));
+        let instant_to_unix = |t: Instant| {
+            let now = Instant::now();
+            if t >= now {
+                now_unix + u64::try_from((t - now).as_millis()).unwrap_or(u64::MAX)
+            } else {
+                now_unix.saturating_sub(u64::try_from((now - t).as_millis()).unwrap_or(u64::MAX))
+            }
+        };
+        StoredSession {
+            info: self.info_of(sid, e, now_unix.saturating_sub(idle_ms)),
+            settings: e.settings.clone(),
+            last_version: e.last_version,
+            token: e.tokens.current,
+            previous_token: e
+                .tokens
+                .previous
+                .map(|(h, until)| (h, instant_to_unix(until))),
+        }
+    }
+
+    pub(super) fn info_of(
+        &self,
+        sid: SessionId,
+        e: &SessionEntry,
+        last_active_unix_ms: u64,
+    ) -> SessionInfo {
+        SessionInfo {
+            sid,
+            frontend_id: self.frontend_id().to_string(),
+            uid: e.uid.clone(),
+            created_unix_ms: unix_ms(e.created_at),
+            last_active_unix_ms,
+            remote_addr: e.info.remote_addr.map(|a| a.to_string()),
+            metadata: e
+                .info
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            parked: e.parked.is_some(),
+        }
+    }
+
+    /// Attaches a store: restores the sessions it holds for this frontend
+    /// (as parked, waiting `options.restore_grace` for their clients to
+    /// resume), then writes changes to it from now on and keeps live
+    /// sessions from expiring there. Returns how many sessions were
+    /// restored. Call once, before serving; a second call is refused.
+    pub async fn attach_store(
+        &self,
+        store: Arc<dyn SessionStore>,
+        options: StoreOptions,
+    ) -> Result<usize, StoreError> {
+        let restored = self.restore(store.as_ref(), options.restore_grace).await?;
+        let link = StoreLink {
+            store,
+            options,
+            dirty: Mutex::default(),
+            deleted: Mutex::default(),
+            flush_lock: tokio::sync::Mutex::new(()),
+        };
+        if self.inner.store.set(link).is_err() {
+            tracing::warn!("a store is already attached; ignoring the second one");
+            return Ok(0);
+        }
+        tokio::spawn(background(Arc::downgrade(&self.inner)));
+        Ok(restored)
+    }
+
+    async fn restore(
+        &self,
+        store: &dyn SessionStore,
+        grace: Duration,
+    ) -> Result<usize, StoreError> {
+        let mut restored = 0;
+        for sid in store.list().await? {
+            let Some(record) = store.get(sid).await? else {
+                continue;
+            };
+            if record.info.frontend_id != self.frontend_id()
+                || self.inner.sessions.contains_key(&sid)
+            {
+                continue;
+            }
+            self.insert_restored(record, grace);
+            restored += 1;
+        }
+        if restored > 0 {
+            tracing::info!(restored, "sessions restored from the store");
+        }
+        Ok(restored)
+    }
+
+    fn insert_restored(&self, record: StoredSession, grace: Duration) {
+        let sid = record.info.sid;
+        let now_unix = unix_ms(SystemTime::now());
+        let (tx, rx) = owner::queue(self.inner.config.owner_queue);
+        tx.set_parked(true);
+        let until = Instant::now() + grace;
+        let previous = record.previous_token.and_then(|(h, until_unix)| {
+            (until_unix > now_unix).then(|| {
+                (
+                    h,
+                    Instant::now() + Duration::from_millis(until_unix - now_unix),
+                )
+            })
+        });
+        let mut info = crate::ConnectInfo::default();
+        info.remote_addr = record
+            .info
+            .remote_addr
+            .as_deref()
+            .and_then(|a| a.parse().ok());
+        info.metadata = record.info.metadata.into_iter().collect();
+        let entry = SessionEntry {
+            uid: record.info.uid.clone(),
+            settings: record.settings,
+            last_version: record.last_version,
+            info,
+            created_at: UNIX_EPOCH + Duration::from_millis(record.info.created_unix_ms),
+            created: Instant::now(),
+            last_active: AtomicU64::new(self.now_ms()),
+            idle_timeout: self.inner.config.idle_timeout,
+            lifetime: self.inner.config.lifetime,
+            parked: Some(Parked { until, rx }),
+            owner_gen: 0,
+            tokens: Tokens {
+                current: record.token,
+                previous,
+            },
+            owner: tx,
+        };
+        self.inner.sessions.insert(sid, entry);
+        if let Some(uid) = record.info.uid {
+            self.inner.uids.entry(uid).or_default().push(sid);
+        }
+        self.schedule(sid, until);
+    }
+
+    /// Writes every change made so far to the store (no-op without one).
+    /// On failure the changes stay pending and the next flush retries them.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let Some(link) = self.inner.store.get() else {
+            return Ok(());
+        };
+        let _one_at_a_time = link.flush_lock.lock().await;
+        let dirty: Vec<SessionId> = lock(&link.dirty).drain().collect();
+        let deleted: Vec<SessionId> = lock(&link.deleted).drain().collect();
+        if dirty.is_empty() && deleted.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<StoredSession> = dirty
+            .iter()
+            .filter_map(|sid| {
+                self.inner
+                    .sessions
+                    .get(sid)
+                    .map(|e| self.to_stored(*sid, &e))
+            })
+            .collect();
+        let written = async {
+            link.store.put(records, link.options.ttl).await?;
+            if !deleted.is_empty() {
+                link.store.delete(deleted.clone()).await?;
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        if let Err(err) = written {
+            lock(&link.dirty).extend(dirty);
+            lock(&link.deleted).extend(deleted);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Every session of `uid` on every frontend sharing the store (this
+    /// frontend's own, from memory, when there is no store).
+    pub async fn user_sessions(&self, uid: &str) -> Result<Vec<SessionInfo>, StoreError> {
+        let now_unix = unix_ms(SystemTime::now());
+        let mut local: Vec<SessionInfo> = self
+            .sids_of_uid(uid)
+            .into_iter()
+            .filter_map(|sid| {
+                self.inner.sessions.get(&sid).map(|e| {
+                    let idle = self
+                        .now_ms()
+                        .saturating_sub(e.last_active.load(Ordering::Relaxed));
+                    self.info_of(sid, &e, now_unix.saturating_sub(idle))
+                })
+            })
+            .collect();
+        if let Some(link) = self.inner.store.get() {
+            let known: HashSet<SessionId> = local.iter().map(|i| i.sid).collect();
+            for record in link.store.by_uid(uid).await? {
+                if !known.contains(&record.info.sid) {
+                    local.push(record.info);
+                }
+            }
+        }
+        local.sort_by_key(|i| i.sid);
+        Ok(local)
+    }
+
+    /// Ends every session of `uid`: kicks this frontend's connected ones,
+    /// closes its parked ones, and deletes every session of the uid from
+    /// the shared store (parked sessions of other frontends included).
+    /// Returns how many sessions ended.
+    pub async fn revoke_uid(&self, uid: &str, reason: &str) -> Result<usize, StoreError> {
+        let local = self.kick_by_uid(uid, reason);
+        let mut remote = 0;
+        if let Some(link) = self.inner.store.get() {
+            self.flush().await?;
+            remote = link.store.delete_uid(uid).await?;
+        }
+        Ok(local + remote)
+    }
+}
+
+/// Flushes coalesced changes and keeps live sessions alive in the store,
+/// until the service is dropped.
+async fn background(inner: Weak<super::Inner>) {
+    let (flush_every, ttl) = match inner.upgrade().and_then(|i| {
+        i.store
+            .get()
+            .map(|l| (l.options.flush_interval, l.options.ttl))
+    }) {
+        Some(x) => x,
+        None => return,
+    };
+    let refresh_every = (ttl / 3).max(Duration::from_millis(10));
+    let mut next_refresh = Instant::now() + refresh_every;
+    loop {
+        tokio::time::sleep(flush_every.max(Duration::from_millis(1))).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let service = SessionService { inner };
+        if let Err(err) = service.flush().await {
+            tracing::warn!(cause = %err, "writing sessions to the store failed; will retry");
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + refresh_every;
+            if let Some(link) = service.inner.store.get() {
+                if let Err(err) = link.store.refresh(service.sids(), ttl).await {
+                    tracing::warn!(cause = %err, "refreshing session TTLs failed");
+                }
+            }
+        }
+    }
+}

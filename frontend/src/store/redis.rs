@@ -1,0 +1,474 @@
+//! Sessions in Redis: a key per session, a set per uid, TTLs in Redis.
+//!
+//! Layout under a prefix (default `sp:`):
+//! - `sp:s:<sid hex>`: the session, MessagePack, with a TTL;
+//! - `sp:u:<uid>`: the set of that uid's session ids (the uid is used as
+//!   is, so uids with `:` are fine: nothing parses these keys);
+//! - `sp:o`: a hash `sid -> uid`, so a session key that expires or is
+//!   evicted can be taken out of its uid's set after it is gone.
+//!
+//! Keyspace notifications (`expired`, `evicted`, `del`) trigger that
+//! clean-up at once; a periodic sweep catches what happened while no node
+//! was listening.
+
+use super::{SessionStore, StoreError, StoreFuture, StoredSession};
+use ::redis::aio::ConnectionManager;
+use ::redis::{AsyncCommands, Client, Script};
+use futures::StreamExt;
+use session_proxy_protocol::SessionId;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Writes a session and keeps its uid set and owner entry in step.
+/// KEYS: session key, owner hash. ARGV: sid, blob, ttl ms, uid ('' if
+/// none), prefix.
+const PUT: &str = r#"
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old and old ~= ARGV[4] then redis.call('SREM', ARGV[5] .. 'u:' .. old, ARGV[1]) end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('SADD', ARGV[5] .. 'u:' .. ARGV[4], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+else
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 1
+"#;
+
+/// Deletes a session with its index entries; returns 1 if it existed.
+/// KEYS: session key, owner hash. ARGV: sid, prefix, only-if-gone flag.
+const DELETE: &str = r#"
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local uid = redis.call('HGET', KEYS[2], ARGV[1])
+if uid then redis.call('SREM', ARGV[2] .. 'u:' .. uid, ARGV[1]) end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
+"#;
+
+/// Settings of a [`RedisStore`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RedisStoreConfig {
+    /// The server, e.g. `redis://127.0.0.1:6379/0`. Default: that.
+    pub url: String,
+    /// Prefix of every key, so several clusters can share a server.
+    /// Default: `"sp:"`.
+    pub prefix: String,
+    /// How often to sweep index entries whose session is gone.
+    /// Default: 60 s.
+    pub sweep_interval: Duration,
+}
+
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        RedisStoreConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "sp:".into(),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RedisStoreConfig {
+    /// Defaults, with the given server URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisStoreConfig {
+            url: url.into(),
+            ..RedisStoreConfig::default()
+        }
+    }
+}
+
+/// Keys of one store.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn session(&self, sid: SessionId) -> String {
+        format!("{}s:{:016x}", self.prefix, sid.as_u64())
+    }
+    fn uid(&self, uid: &str) -> String {
+        format!("{}u:{uid}", self.prefix)
+    }
+    fn owners(&self) -> String {
+        format!("{}o", self.prefix)
+    }
+    /// The sid of a session key, if it is one of ours.
+    fn sid_of(&self, key: &str) -> Option<String> {
+        key.strip_prefix(&self.prefix)?
+            .strip_prefix("s:")
+            .map(str::to_string)
+    }
+}
+
+/// Sessions in a real Redis server, shared by every frontend that points
+/// at it.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    put: Script,
+    delete: Script,
+    /// Stops the keyspace listener and the sweeper.
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.keys.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn parse_sid(hex: &str) -> Option<SessionId> {
+    u64::from_str_radix(hex, 16).ok().map(SessionId::from_raw)
+}
+
+fn encode(s: &StoredSession) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec_named(s).map_err(StoreError::Encode)
+}
+
+fn decode(b: &[u8]) -> Result<StoredSession, StoreError> {
+    rmp_serde::from_slice(b).map_err(StoreError::Decode)
+}
+
+impl RedisStore {
+    /// Connects, turns on keyspace notifications (if the server allows
+    /// `CONFIG SET`; otherwise only the sweep cleans up), and starts the
+    /// keyspace listener and the sweeper. Must be called within a tokio
+    /// runtime.
+    pub async fn connect(config: RedisStoreConfig) -> Result<RedisStore, StoreError> {
+        let client = Client::open(config.url.as_str())?;
+        let db = client.get_connection_info().redis.db;
+        let mut conn = client.get_connection_manager().await?;
+        let enabled: Result<(), _> = ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg("Egxe")
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = enabled {
+            warn!(cause = %err, "cannot enable keyspace notifications; relying on the sweep");
+        }
+        let put = Script::new(PUT);
+        let delete = Script::new(DELETE);
+        put.prepare_invoke().load_async(&mut conn).await?;
+        delete.prepare_invoke().load_async(&mut conn).await?;
+        let store = RedisStore {
+            conn,
+            keys: Keys {
+                prefix: config.prefix.clone(),
+            },
+            put,
+            delete,
+            stop: CancellationToken::new(),
+        };
+        tokio::spawn(listen(
+            client,
+            db,
+            store.conn.clone(),
+            store.keys.clone(),
+            store.delete.clone(),
+            store.stop.clone(),
+        ));
+        tokio::spawn(sweep_every(
+            config.sweep_interval,
+            store.conn.clone(),
+            store.keys.clone(),
+            store.delete.clone(),
+            store.stop.clone(),
+        ));
+        Ok(store)
+    }
+
+    /// Removes index entries whose session key is gone; returns how many.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        sweep(&mut self.conn.clone(), &self.keys, &self.delete).await
+    }
+
+    async fn delete_one(&self, sid: SessionId) -> Result<bool, StoreError> {
+        let n: i64 = self
+            .delete
+            .key(self.keys.session(sid))
+            .key(self.keys.owners())
+            .arg(format!("{:016x}", sid.as_u64()))
+            .arg(&self.keys.prefix)
+            .arg("0")
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn read_many(&self, sids: &[SessionId]) -> Result<Vec<StoredSession>, StoreError> {
+        if sids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = sids.iter().map(|s| self.keys.session(*s)).collect();
+        let blobs: Vec<Option<Vec<u8>>> = self.conn.clone().mget(keys).await?;
+        blobs.into_iter().flatten().map(|b| decode(&b)).collect()
+    }
+}
+
+impl SessionStore for RedisStore {
+    fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            if sessions.is_empty() {
+                return Ok(());
+            }
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let mut pipe = ::redis::pipe();
+            for s in &sessions {
+                pipe.cmd("EVALSHA")
+                    .arg(self.put.get_hash())
+                    .arg(2)
+                    .arg(self.keys.session(s.info.sid))
+                    .arg(self.keys.owners())
+                    .arg(format!("{:016x}", s.info.sid.as_u64()))
+                    .arg(encode(s)?)
+                    .arg(ttl_ms)
+                    .arg(s.info.uid.as_deref().unwrap_or(""))
+                    .arg(&self.keys.prefix)
+                    .ignore();
+            }
+            let mut conn = self.conn.clone();
+            match pipe.query_async::<()>(&mut conn).await {
+                Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
+                    // The server restarted and forgot the script: load it
+                    // again and retry once.
+                    self.put.prepare_invoke().load_async(&mut conn).await?;
+                    self.delete.prepare_invoke().load_async(&mut conn).await?;
+                    pipe.query_async::<()>(&mut conn).await?;
+                    Ok(())
+                }
+                other => Ok(other?),
+            }
+        })
+    }
+
+    fn get(&self, sid: SessionId) -> StoreFuture<'_, Option<StoredSession>> {
+        Box::pin(async move {
+            let blob: Option<Vec<u8>> = self.conn.clone().get(self.keys.session(sid)).await?;
+            blob.map(|b| decode(&b)).transpose()
+        })
+    }
+
+    fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>> {
+        Box::pin(async move {
+            let members: Vec<String> = self.conn.clone().smembers(self.keys.uid(uid)).await?;
+            let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
+            self.read_many(&sids).await
+        })
+    }
+
+    fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            let mut n = 0;
+            for sid in sids {
+                if self.delete_one(sid).await? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    fn delete_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, usize> {
+        Box::pin(async move {
+            let members: Vec<String> = self.conn.clone().smembers(self.keys.uid(uid)).await?;
+            let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
+            self.delete(sids).await
+        })
+    }
+
+    fn list(&self) -> StoreFuture<'_, Vec<SessionId>> {
+        Box::pin(async move {
+            let pattern = format!("{}s:*", self.keys.prefix);
+            let keys = scan(&mut self.conn.clone(), &pattern).await?;
+            Ok(keys
+                .iter()
+                .filter_map(|k| self.keys.sid_of(k))
+                .filter_map(|h| parse_sid(&h))
+                .collect())
+        })
+    }
+
+    fn clear(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let keys = scan(&mut conn, &format!("{}*", self.keys.prefix)).await?;
+            for chunk in keys.chunks(500) {
+                let _: () = conn.del(chunk).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+            for chunk in sids.chunks(1000) {
+                let mut pipe = ::redis::pipe();
+                for sid in chunk {
+                    pipe.pexpire(self.keys.session(*sid), ttl_ms).ignore();
+                }
+                let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        out.extend(batch);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// Cleans the index of one session whose key is gone (no-op if it exists).
+async fn clean(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    delete: &Script,
+    sid_hex: &str,
+) -> Result<(), StoreError> {
+    let Some(sid) = parse_sid(sid_hex) else {
+        return Ok(());
+    };
+    let _: i64 = delete
+        .key(keys.session(sid))
+        .key(keys.owners())
+        .arg(sid_hex)
+        .arg(&keys.prefix)
+        .arg("1")
+        .invoke_async(conn)
+        .await?;
+    Ok(())
+}
+
+async fn sweep(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    delete: &Script,
+) -> Result<usize, StoreError> {
+    let mut cleaned = 0;
+    // Owner entries whose session key is gone.
+    let owners: HashMap<String, String> = conn.hgetall(keys.owners()).await?;
+    for sid_hex in owners.keys() {
+        let Some(sid) = parse_sid(sid_hex) else {
+            continue;
+        };
+        let exists: bool = conn.exists(keys.session(sid)).await?;
+        if !exists {
+            clean(conn, keys, delete, sid_hex).await?;
+            cleaned += 1;
+        }
+    }
+    // Uid set members with no session key and no owner entry.
+    for set in scan(conn, &format!("{}u:*", keys.prefix)).await? {
+        let members: Vec<String> = conn.smembers(&set).await?;
+        for sid_hex in members {
+            let Some(sid) = parse_sid(&sid_hex) else {
+                let _: () = conn.srem(&set, &sid_hex).await?;
+                continue;
+            };
+            let exists: bool = conn.exists(keys.session(sid)).await?;
+            if !exists {
+                let _: () = conn.srem(&set, &sid_hex).await?;
+                cleaned += 1;
+            }
+        }
+    }
+    Ok(cleaned)
+}
+
+async fn sweep_every(
+    every: Duration,
+    mut conn: ConnectionManager,
+    keys: Keys,
+    delete: Script,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match sweep(&mut conn, &keys, &delete).await {
+            Ok(0) => {}
+            Ok(n) => debug!(cleaned = n, "swept stale session index entries"),
+            Err(err) => warn!(cause = %err, "session index sweep failed"),
+        }
+    }
+}
+
+/// Follows expired/evicted/deleted keys and cleans their index entries.
+async fn listen(
+    client: Client,
+    db: i64,
+    mut conn: ConnectionManager,
+    keys: Keys,
+    delete: Script,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let run = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            for event in ["expired", "evicted", "del"] {
+                pubsub
+                    .subscribe(format!("__keyevent@{db}__:{event}"))
+                    .await?;
+            }
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                let key: String = match msg.get_payload() {
+                    Ok(k) => k,
+                    Err(_) => continue,
+                };
+                if let Some(sid_hex) = keys.sid_of(&key) {
+                    if let Err(err) = clean(&mut conn, &keys, &delete, &sid_hex).await {
+                        warn!(cause = %err, "cleaning a gone session's index failed");
+                    }
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            result = run => {
+                if let Err(err) = result {
+                    warn!(cause = %err, "keyspace listener lost; reconnecting");
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
