@@ -3,8 +3,10 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use session_proxy::demo::{self, DemoConfig};
+use session_proxy::frontend::{Gateway, GatewayConfig, RedisStore, RedisStoreConfig, StoreOptions};
 use session_proxy::{ConnectInfo, RpcConfig, RpcServer, SessionConfig, SessionService};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -54,6 +56,16 @@ enum Command {
         /// client connector).
         #[arg(long, default_value_t = 0)]
         open_sessions: usize,
+        /// Also serve Pomelo/Pinus clients (TCP and WebSocket) here.
+        #[arg(long)]
+        client_addr: Option<SocketAddr>,
+        /// Keep sessions in this Redis server (e.g. redis://127.0.0.1:6379/0),
+        /// so a restart loses none.
+        #[arg(long)]
+        redis: Option<String>,
+        /// How long a dropped client may resume its session, in seconds.
+        #[arg(long, default_value_t = 30)]
+        resume_grace: u64,
     },
 }
 
@@ -92,33 +104,80 @@ fn main() -> anyhow::Result<()> {
                 id,
                 rpc_addr,
                 open_sessions,
-            } => run_frontend(id, rpc_addr, open_sessions).await,
+                client_addr,
+                redis,
+                resume_grace,
+            } => {
+                let options = FrontendOptions {
+                    id,
+                    rpc_addr,
+                    open_sessions,
+                    client_addr,
+                    redis,
+                    resume_grace: Duration::from_secs(resume_grace),
+                };
+                run_frontend(options).await
+            }
         }
     })
 }
 
-async fn run_frontend(
+struct FrontendOptions {
     id: String,
     rpc_addr: SocketAddr,
     open_sessions: usize,
-) -> anyhow::Result<()> {
-    let sessions = SessionService::new(SessionConfig::new(id.clone()));
-    let server = RpcServer::bind(rpc_addr, sessions.clone(), RpcConfig::default())
+    client_addr: Option<SocketAddr>,
+    redis: Option<String>,
+    resume_grace: Duration,
+}
+
+async fn run_frontend(o: FrontendOptions) -> anyhow::Result<()> {
+    let sessions = SessionService::new(SessionConfig::new(o.id.clone()));
+    if let Some(url) = &o.redis {
+        let store = RedisStore::connect(RedisStoreConfig::new(url.clone()))
+            .await
+            .with_context(|| format!("connecting to the session store at {url}"))?;
+        let restored = sessions
+            .attach_store(Arc::new(store), StoreOptions::default())
+            .await
+            .context("restoring sessions from the store")?;
+        println!("restored {restored} sessions");
+    }
+    let server = RpcServer::bind(o.rpc_addr, sessions.clone(), RpcConfig::default())
         .await
-        .with_context(|| format!("listening on {rpc_addr}"))?;
-    let mut owners = Vec::with_capacity(open_sessions);
-    for i in 0..open_sessions {
+        .with_context(|| format!("listening on {}", o.rpc_addr))?;
+    let mut owners = Vec::with_capacity(o.open_sessions);
+    for i in 0..o.open_sessions {
         let owner = sessions.create(ConnectInfo::default());
         sessions.bind(owner.sid(), &format!("user-{i}"))?;
         owners.push(owner);
     }
-    println!("frontend {id} listening on {}", server.local_addr());
+    let gateway = match o.client_addr {
+        Some(addr) => {
+            let mut config = GatewayConfig::default();
+            config.resume_grace = o.resume_grace;
+            let gateway = Gateway::new(sessions.clone(), server.backends(), config)
+                .bind(addr)
+                .await
+                .with_context(|| format!("listening for clients on {addr}"))?;
+            println!("frontend {} clients on {}", o.id, gateway.local_addr());
+            Some(gateway)
+        }
+        None => None,
+    };
+    println!("frontend {} listening on {}", o.id, server.local_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     drop(owners);
+    if let Some(gateway) = gateway {
+        gateway.shutdown(Duration::from_secs(5)).await;
+    }
+    if let Err(err) = sessions.flush().await {
+        tracing::warn!(cause = %err, "last write to the session store failed");
+    }
     if !server.shutdown(Duration::from_secs(5)).await {
         tracing::warn!("connections still open after 5 s; exiting anyway");
     }

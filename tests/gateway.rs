@@ -198,7 +198,14 @@ async fn a_silent_client_is_closed_at_the_heartbeat_timeout() {
         .request("connector.entry.login", &json!({ "uid": "u" }))
         .await
         .expect("alive");
-    assert_eq!(f.sessions.count(), 1);
+    // The silent client's session waits for a resume (default grace 30 s).
+    let parked: Vec<_> = f
+        .sessions
+        .sids()
+        .into_iter()
+        .filter(|s| f.sessions.is_parked(*s))
+        .collect();
+    assert_eq!((f.sessions.count(), parked.len()), (2, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +261,9 @@ async fn bad_clients_are_disconnected_alone() {
     let mut reply = vec![0u8; 64];
     let n = s.read(&mut reply).await.expect("reply");
     assert_eq!(reply[0], 1);
-    assert_eq!(&reply[4..n], br#"{"code":500}"#);
+    let refusal: serde_json::Value = serde_json::from_slice(&reply[4..n]).expect("JSON");
+    assert_eq!(refusal["code"], 500);
+    assert_eq!(refusal["error"], "handshake is not JSON");
     assert_dropped(s, "bad handshake").await;
     // A malformed message after a proper handshake.
     let bad = client(addr, Transport::Tcp).await;

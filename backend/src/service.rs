@@ -349,9 +349,9 @@ impl BackendSessionService {
     /// Ends every session of `uid` everywhere: each known frontend kicks its
     /// connected sessions and closes its parked ones, and the shared store
     /// forgets all of them (parked sessions of frontends this backend does
-    /// not know included). Returns how many sessions ended; fails if any
+    /// not know included). Returns the sessions that ended; fails if any
     /// frontend could not be reached (the others are still revoked).
-    pub async fn revoke_user(&self, uid: &str, reason: &str) -> Result<usize, Error> {
+    pub async fn revoke_user(&self, uid: &str, reason: &str) -> Result<Vec<SessionId>, Error> {
         let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
         let calls = clients.into_iter().map(|client| {
             let call = Call::RevokeUid {
@@ -360,24 +360,26 @@ impl BackendSessionService {
             };
             async move {
                 match client.call(call).await? {
-                    Reply::Kicked(n) => Ok(n as usize),
+                    Reply::Ended(sids) => Ok(sids),
                     _ => Err(unexpected(client.frontend_id(), "revoke_user")),
                 }
             }
         });
-        let mut total = 0;
+        let mut ended = Vec::new();
         let mut first_error = None;
         for result in futures::future::join_all(calls).await {
             match result {
-                Ok(n) => total += n,
+                Ok(sids) => ended.extend(sids),
                 Err(err) => {
                     first_error.get_or_insert(err);
                 }
             }
         }
+        ended.sort();
+        ended.dedup();
         match first_error {
             Some(err) => Err(err),
-            None => Ok(total),
+            None => Ok(ended),
         }
     }
 }

@@ -154,6 +154,7 @@ fn mutates(call: &Call) -> bool {
             | Call::Push { .. }
             | Call::KickBySid { .. }
             | Call::KickByUid { .. }
+            | Call::RevokeUid { .. }
     )
 }
 
@@ -415,13 +416,10 @@ impl Connection {
                     .await
                     .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?,
             ),
-            Call::RevokeUid { uid, reason } => Reply::Kicked(
-                u32::try_from(
-                    s.revoke_uid(&uid, &reason)
-                        .await
-                        .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?,
-                )
-                .unwrap_or(u32::MAX),
+            Call::RevokeUid { uid, reason } => Reply::Ended(
+                s.revoke_uid(&uid, &reason)
+                    .await
+                    .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?,
             ),
             Call::Handle { .. } => {
                 return Err(RpcError::new(

@@ -202,7 +202,7 @@ pub enum Call {
     },
     /// Ends every session of a uid: kicks the connected ones on this
     /// frontend, closes the parked ones, and deletes all of them from the
-    /// shared store. Replies [`Reply::Kicked`] (how many were ended).
+    /// shared store. Replies [`Reply::Ended`].
     RevokeUid {
         /// The user.
         uid: String,
@@ -266,6 +266,8 @@ pub enum Reply {
     Broadcast(u32),
     /// Sessions with their metadata.
     UserSessions(Vec<SessionInfo>),
+    /// The sessions that were ended.
+    Ended(Vec<SessionId>),
     /// A handler's answer for the client: JSON, including application
     /// errors (`{"code": …}`), which are not RPC failures.
     Handled(Bytes),

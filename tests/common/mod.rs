@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod redis;
 
 use bytes::Bytes;
 use session_proxy::{

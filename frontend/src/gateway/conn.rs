@@ -495,7 +495,6 @@ mod tests {
             dictionary: None,
             on_handshake: None,
             check_client: None,
-            on_close: None,
             cancel: Default::default(),
         });
         let fut = super::serve(stream, peer, shared);

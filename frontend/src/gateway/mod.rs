@@ -232,6 +232,23 @@ impl Gateway {
 
     /// Serves clients on an already bound listener.
     pub fn serve(self, listener: TcpListener) -> GatewayServer {
+        if let Some(hook) = self.on_close {
+            let backends = self.backends.clone();
+            let registered = self.sessions.on_closed(Arc::new(
+                move |session: &SessionSnapshot, reason: &str| {
+                    hook(CloseContext {
+                        session: session.clone(),
+                        reason: reason.to_string(),
+                        backends: backends.clone(),
+                    })
+                },
+            ));
+            if !registered {
+                tracing::warn!(
+                    "the session service already has a close hook; this gateway's is not used"
+                );
+            }
+        }
         let running = Running::new(&listener);
         let acceptor = Acceptor::new(
             listener,

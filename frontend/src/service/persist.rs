@@ -274,15 +274,28 @@ impl SessionService {
     /// Ends every session of `uid`: kicks this frontend's connected ones,
     /// closes its parked ones, and deletes every session of the uid from
     /// the shared store (parked sessions of other frontends included).
-    /// Returns how many sessions ended.
-    pub async fn revoke_uid(&self, uid: &str, reason: &str) -> Result<usize, StoreError> {
-        let local = self.kick_by_uid(uid, reason);
-        let mut remote = 0;
+    /// Returns the sessions that ended.
+    pub async fn revoke_uid(&self, uid: &str, reason: &str) -> Result<Vec<SessionId>, StoreError> {
+        let mut ended: Vec<SessionId> = self
+            .sids_of_uid(uid)
+            .into_iter()
+            .filter(|sid| self.kick_by_sid(*sid, reason))
+            .collect();
         if let Some(link) = self.inner.store.get() {
             self.flush().await?;
-            remote = link.store.delete_uid(uid).await?;
+            let stored: Vec<SessionId> = link
+                .store
+                .by_uid(uid)
+                .await?
+                .into_iter()
+                .map(|s| s.info.sid)
+                .collect();
+            link.store.delete(stored.clone()).await?;
+            ended.extend(stored);
         }
-        Ok(local + remote)
+        ended.sort();
+        ended.dedup();
+        Ok(ended)
     }
 }
 

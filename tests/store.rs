@@ -1,0 +1,324 @@
+//! The session store: MemoryStore and RedisStore (on a real redis-server)
+//! behave alike; Redis cleans its uid index when keys expire; the frontend
+//! writes coalesced changes and survives a SIGKILL.
+
+mod common;
+
+use bytes::Bytes;
+use common::redis::RedisServer;
+use session_proxy::frontend::{
+    MemoryStore, RedisStore, RedisStoreConfig, SessionStore, StoreOptions, StoredSession,
+};
+use session_proxy::protocol::{SessionInfo, Setting};
+use session_proxy::{ConnectInfo, SessionConfig, SessionId, SessionService};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn record(sid: u64, frontend: &str, uid: Option<&str>) -> StoredSession {
+    let mut settings = BTreeMap::new();
+    settings.insert(
+        "room".into(),
+        Setting {
+            value: Bytes::from_static(b"\xa4hall"),
+            version: 3,
+        },
+    );
+    StoredSession {
+        info: SessionInfo {
+            sid: SessionId::from_raw(sid),
+            frontend_id: frontend.into(),
+            uid: uid.map(str::to_string),
+            created_unix_ms: 1,
+            last_active_unix_ms: 2,
+            remote_addr: Some("127.0.0.1:5555".into()),
+            metadata: [("device".to_string(), "phone".to_string())].into(),
+            parked: false,
+        },
+        settings,
+        last_version: 3,
+        token: Some([7; 32]),
+        previous_token: None,
+    }
+}
+
+async fn exercise(store: &dyn SessionStore) {
+    store.clear().await.expect("clear");
+    let ttl = Duration::from_secs(60);
+    store
+        .put(
+            vec![
+                record(1, "f1", Some("alice:eu")),
+                record(2, "f2", Some("alice:eu")),
+                record(3, "f1", None),
+            ],
+            ttl,
+        )
+        .await
+        .expect("put");
+    assert_eq!(
+        store.get(SessionId::from_raw(1)).await.expect("get"),
+        Some(record(1, "f1", Some("alice:eu")))
+    );
+    assert_eq!(store.get(SessionId::from_raw(9)).await.expect("get"), None);
+    let mut alice: Vec<u64> = store
+        .by_uid("alice:eu")
+        .await
+        .expect("by uid")
+        .iter()
+        .map(|s| s.info.sid.as_u64())
+        .collect();
+    alice.sort();
+    assert_eq!(alice, vec![1, 2], "uids with ':' work");
+    // Rebinding moves the session between uid sets.
+    store
+        .put(vec![record(2, "f2", Some("bob"))], ttl)
+        .await
+        .expect("put");
+    assert_eq!(store.by_uid("alice:eu").await.expect("by uid").len(), 1);
+    assert_eq!(store.by_uid("bob").await.expect("by uid").len(), 1);
+    let mut all: Vec<u64> = store
+        .list()
+        .await
+        .expect("list")
+        .iter()
+        .map(|s| s.as_u64())
+        .collect();
+    all.sort();
+    assert_eq!(all, vec![1, 2, 3]);
+    assert_eq!(
+        store
+            .delete(vec![SessionId::from_raw(3), SessionId::from_raw(9)])
+            .await
+            .expect("delete"),
+        1
+    );
+    assert_eq!(store.delete_uid("alice:eu").await.expect("delete uid"), 1);
+    assert!(store.by_uid("alice:eu").await.expect("by uid").is_empty());
+    store
+        .refresh(vec![SessionId::from_raw(2)], ttl)
+        .await
+        .expect("refresh");
+    assert_eq!(
+        store.list().await.expect("list"),
+        vec![SessionId::from_raw(2)]
+    );
+    store.clear().await.expect("clear");
+    assert!(store.list().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn memory_store_contract() {
+    exercise(&MemoryStore::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_contract() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
+        .await
+        .expect("connect");
+    exercise(&store).await;
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_key_leaves_its_uid_set() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
+        .await
+        .expect("connect");
+    store
+        .put(
+            vec![record(0xabc, "f1", Some("carol:na"))],
+            Duration::from_millis(200),
+        )
+        .await
+        .expect("put");
+    store
+        .put(
+            vec![record(0xdef, "f1", Some("carol:na"))],
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("put");
+    let mut conn = raw(&redis.url()).await;
+    let members: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:carol:na")
+        .await
+        .expect("smembers");
+    assert_eq!(members.len(), 2);
+    // Redis expires the key on its own; the keyspace notification makes
+    // the store drop it from the uid set (nobody reads the key meanwhile).
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let members: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:carol:na")
+            .await
+            .expect("smembers");
+        if members == vec!["0000000000000def".to_string()] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "expired key still indexed: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let owner: Option<String> = redis::AsyncCommands::hget(&mut conn, "sp:o", "0000000000000abc")
+        .await
+        .expect("hget");
+    assert_eq!(owner, None, "owner entry cleaned too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_index_entries_whose_session_is_gone() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
+        .await
+        .expect("connect");
+    store
+        .put(vec![record(1, "f1", Some("dave"))], Duration::from_secs(60))
+        .await
+        .expect("put");
+    // Entries left behind while no node was listening: a uid set member
+    // and an owner entry pointing at keys that do not exist.
+    let mut conn = raw(&redis.url()).await;
+    let _: () = redis::AsyncCommands::sadd(&mut conn, "sp:u:dave", "00000000000000ff")
+        .await
+        .expect("sadd");
+    let _: () = redis::AsyncCommands::sadd(&mut conn, "sp:u:erin", "00000000000000ee")
+        .await
+        .expect("sadd");
+    let _: () = redis::AsyncCommands::hset(&mut conn, "sp:o", "00000000000000ee", "erin")
+        .await
+        .expect("hset");
+    let cleaned = store.sweep().await.expect("sweep");
+    assert!(cleaned >= 2, "cleaned {cleaned}");
+    let dave: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:dave")
+        .await
+        .expect("smembers");
+    assert_eq!(
+        dave,
+        vec!["0000000000000001".to_string()],
+        "the live entry stays"
+    );
+    let erin: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:erin")
+        .await
+        .expect("smembers");
+    assert!(erin.is_empty());
+}
+
+/// A store that counts what it is asked to write.
+struct Counting {
+    inner: MemoryStore,
+    puts: AtomicUsize,
+    records: AtomicUsize,
+}
+
+impl SessionStore for Counting {
+    fn put(
+        &self,
+        s: Vec<StoredSession>,
+        ttl: Duration,
+    ) -> session_proxy::frontend::store::StoreFuture<'_, ()> {
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(s.len(), Ordering::Relaxed);
+        self.inner.put(s, ttl)
+    }
+    fn get(
+        &self,
+        sid: SessionId,
+    ) -> session_proxy::frontend::store::StoreFuture<'_, Option<StoredSession>> {
+        self.inner.get(sid)
+    }
+    fn by_uid<'a>(
+        &'a self,
+        uid: &'a str,
+    ) -> session_proxy::frontend::store::StoreFuture<'a, Vec<StoredSession>> {
+        self.inner.by_uid(uid)
+    }
+    fn delete(
+        &self,
+        sids: Vec<SessionId>,
+    ) -> session_proxy::frontend::store::StoreFuture<'_, usize> {
+        self.inner.delete(sids)
+    }
+    fn delete_uid<'a>(
+        &'a self,
+        uid: &'a str,
+    ) -> session_proxy::frontend::store::StoreFuture<'a, usize> {
+        self.inner.delete_uid(uid)
+    }
+    fn list(&self) -> session_proxy::frontend::store::StoreFuture<'_, Vec<SessionId>> {
+        self.inner.list()
+    }
+    fn clear(&self) -> session_proxy::frontend::store::StoreFuture<'_, ()> {
+        self.inner.clear()
+    }
+    fn refresh(
+        &self,
+        sids: Vec<SessionId>,
+        ttl: Duration,
+    ) -> session_proxy::frontend::store::StoreFuture<'_, ()> {
+        self.inner.refresh(sids, ttl)
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_changes_is_written_once_and_closes_are_deleted() {
+    let store = Arc::new(Counting {
+        inner: MemoryStore::new(),
+        puts: AtomicUsize::new(0),
+        records: AtomicUsize::new(0),
+    });
+    let sessions = SessionService::new(SessionConfig::new("f1"));
+    let mut options = StoreOptions::default();
+    options.flush_interval = Duration::from_secs(3600); // only explicit flushes here
+    sessions
+        .attach_store(store.clone(), options)
+        .await
+        .expect("attach");
+    let owner = sessions.create(ConnectInfo::default());
+    let sid = owner.sid();
+    sessions.bind(sid, "alice").expect("bind");
+    for i in 0..100u32 {
+        sessions
+            .set(sid, "score", Bytes::from(i.to_be_bytes().to_vec()))
+            .expect("set");
+    }
+    sessions.flush().await.expect("flush");
+    assert_eq!(store.puts.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        store.records.load(Ordering::Relaxed),
+        1,
+        "one record for 102 changes"
+    );
+    let stored = store.inner.get(sid).await.expect("get").expect("written");
+    assert_eq!(stored.info.uid.as_deref(), Some("alice"));
+    assert_eq!(
+        stored.settings["score"].value,
+        Bytes::from(99u32.to_be_bytes().to_vec())
+    );
+    sessions.flush().await.expect("nothing to write");
+    assert_eq!(store.puts.load(Ordering::Relaxed), 1, "no change, no write");
+    drop(owner);
+    sessions.flush().await.expect("flush");
+    assert_eq!(
+        store.inner.get(sid).await.expect("get"),
+        None,
+        "a closed session is deleted"
+    );
+}
