@@ -100,13 +100,15 @@ pub struct PomeloClient {
     task: tokio::task::JoinHandle<()>,
 }
 
-enum Io {
+/// A client socket: raw TCP or WebSocket.
+pub(crate) enum Io {
     Tcp(TcpStream),
     Ws(Box<WebSocketStream<TcpStream>>),
 }
 
 impl Io {
-    async fn read(&mut self, buf: &mut BytesMut) -> anyhow::Result<bool> {
+    /// Reads more bytes into `buf`; false on close. Cancel-safe.
+    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> anyhow::Result<bool> {
         match self {
             Io::Tcp(s) => {
                 buf.reserve(4096);
@@ -126,7 +128,8 @@ impl Io {
         }
     }
 
-    async fn write(&mut self, data: Bytes) -> anyhow::Result<()> {
+    /// Writes bytes (one binary message over WebSocket).
+    pub(crate) async fn write(&mut self, data: Bytes) -> anyhow::Result<()> {
         match self {
             Io::Tcp(s) => Ok(s.write_all(&data).await?),
             Io::Ws(ws) => Ok(ws.send(WsMessage::Binary(data)).await?),
@@ -134,7 +137,8 @@ impl Io {
     }
 }
 
-fn package(kind: PackageType, body: &[u8]) -> Bytes {
+/// One encoded package.
+pub(crate) fn package(kind: PackageType, body: &[u8]) -> Bytes {
     let mut buf = BytesMut::new();
     PackageCodec::new(MAX_PACKAGE_BODY)
         .encode_to(kind, body, &mut buf)
@@ -154,50 +158,7 @@ impl PomeloClient {
         addr: SocketAddr,
         options: ClientOptions,
     ) -> anyhow::Result<PomeloClient> {
-        let stream = TcpStream::connect(addr).await.context("connect")?;
-        let _ = stream.set_nodelay(true);
-        let mut io = match options.transport {
-            Transport::Tcp => Io::Tcp(stream),
-            Transport::WebSocket => {
-                let url = format!("ws://{addr}/");
-                let (ws, _) = tokio_tungstenite::client_async(url, stream)
-                    .await
-                    .context("websocket upgrade")?;
-                Io::Ws(Box::new(ws))
-            }
-        };
-        let kind = match options.transport {
-            Transport::Tcp => "rust-tcp",
-            Transport::WebSocket => "rust-websocket",
-        };
-        let hello = json!({ "sys": { "type": kind, "version": "0.1.0" }, "user": options.user });
-        io.write(package(
-            PackageType::Handshake,
-            hello.to_string().as_bytes(),
-        ))
-        .await?;
-        let mut codec = PackageCodec::new(MAX_PACKAGE_BODY);
-        let mut buf = BytesMut::new();
-        let reply = timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(p) = codec.decode(&mut buf)? {
-                    return anyhow::Ok(p);
-                }
-                if !io.read(&mut buf).await? {
-                    bail!("closed during the handshake");
-                }
-            }
-        })
-        .await
-        .context("handshake timed out")??;
-        if reply.kind != PackageType::Handshake {
-            bail!("expected a handshake reply, got {:?}", reply.kind);
-        }
-        let handshake: Value = serde_json::from_slice(&reply.body)?;
-        if handshake["code"] != 200 {
-            bail!("handshake refused with code {}", handshake["code"]);
-        }
-        io.write(package(PackageType::HandshakeAck, &[])).await?;
+        let (io, codec, buf, handshake) = open(addr, options.transport, &options.user).await?;
         let interval = Duration::from_secs(handshake["sys"]["heartbeat"].as_u64().unwrap_or(0));
         let (tx, rx) = mpsc::channel(1024);
         // Unbounded: fed only by what this one server connection sends, and
@@ -395,4 +356,58 @@ fn on_package(
         other => bail!("unexpected {other:?} package"),
     }
     Ok(())
+}
+
+/// Connects, handshakes and acks; returns the socket, the codec, the bytes
+/// already read past the handshake reply, and the reply.
+pub(crate) async fn open(
+    addr: SocketAddr,
+    transport: Transport,
+    user: &Value,
+) -> anyhow::Result<(Io, PackageCodec, BytesMut, Value)> {
+    let stream = TcpStream::connect(addr).await.context("connect")?;
+    let _ = stream.set_nodelay(true);
+    let mut io = match transport {
+        Transport::Tcp => Io::Tcp(stream),
+        Transport::WebSocket => {
+            let url = format!("ws://{addr}/");
+            let (ws, _) = tokio_tungstenite::client_async(url, stream)
+                .await
+                .context("websocket upgrade")?;
+            Io::Ws(Box::new(ws))
+        }
+    };
+    let kind = match transport {
+        Transport::Tcp => "rust-tcp",
+        Transport::WebSocket => "rust-websocket",
+    };
+    let hello = json!({ "sys": { "type": kind, "version": "0.1.0" }, "user": user });
+    io.write(package(
+        PackageType::Handshake,
+        hello.to_string().as_bytes(),
+    ))
+    .await?;
+    let mut codec = PackageCodec::new(MAX_PACKAGE_BODY);
+    let mut buf = BytesMut::new();
+    let reply = timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(p) = codec.decode(&mut buf)? {
+                return anyhow::Ok(p);
+            }
+            if !io.read(&mut buf).await? {
+                bail!("closed during the handshake");
+            }
+        }
+    })
+    .await
+    .context("handshake timed out")??;
+    if reply.kind != PackageType::Handshake {
+        bail!("expected a handshake reply, got {:?}", reply.kind);
+    }
+    let handshake: Value = serde_json::from_slice(&reply.body)?;
+    if handshake["code"] != 200 {
+        bail!("handshake refused with code {}", handshake["code"]);
+    }
+    io.write(package(PackageType::HandshakeAck, &[])).await?;
+    Ok((io, codec, buf, handshake))
 }

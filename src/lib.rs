@@ -14,6 +14,10 @@
 //!   (TCP or WebSocket) for simulated players and tests.
 //! - [`chat`]: Pomelo's chatofpomelo on session-proxy: gate, connectors,
 //!   chat servers (`cargo run --example chat`).
+//! - [`cluster`]: a cluster from one TOML file, one node per process
+//!   (`session-proxy run --config … --node …`).
+//! - [`bench`]: the load generator behind `session-proxy bench`.
+//! - [`bench_app`]: the routes the benchmarks drive (also on Pinus).
 //! - [`demo`]: the in-process demo cluster behind `session-proxy demo`.
 //!
 //! # Example
@@ -43,8 +47,11 @@
 //! # }
 //! ```
 
+pub mod bench;
+pub mod bench_app;
 pub mod chat;
 pub mod client;
+pub mod cluster;
 pub mod demo;
 
 pub use session_proxy_backend as backend;

@@ -2,6 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use session_proxy::bench::{self, LoadOptions};
+use session_proxy::client::Transport;
+use session_proxy::cluster::{run_node, ClusterConfig};
 use session_proxy::demo::{self, DemoConfig};
 use session_proxy::frontend::{Gateway, GatewayConfig, RedisStore, RedisStoreConfig, StoreOptions};
 use session_proxy::{ConnectInfo, RpcConfig, RpcServer, SessionConfig, SessionService};
@@ -23,6 +26,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run one node of a cluster described in a TOML file.
+    Run {
+        /// The cluster file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// The id of the node to run.
+        #[arg(long)]
+        node: String,
+    },
+    /// Load-test any Pomelo/Pinus-compatible server (this one or Pinus).
+    Bench {
+        #[command(subcommand)]
+        mode: BenchMode,
+    },
     /// Start one frontend and two backends on loopback, work the same
     /// sessions from both backends at once; then start the chat cluster and
     /// drive it with simulated players; check everything, report.
@@ -69,6 +86,108 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Clone)]
+struct Target {
+    /// The server's client address.
+    #[arg(long)]
+    target: SocketAddr,
+    /// Speak WebSocket instead of raw TCP.
+    #[arg(long)]
+    ws: bool,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Target {
+    fn transport(&self) -> Transport {
+        if self.ws {
+            Transport::WebSocket
+        } else {
+            Transport::Tcp
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum BenchMode {
+    /// Request/response with N clients (closed loop, or open with --rate).
+    Rr {
+        #[command(flatten)]
+        target: Target,
+        /// Connected clients.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of unmeasured warm-up.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Total requests per second (open loop); omit for a closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The route of each request.
+        #[arg(long, default_value = "chat.benchHandler.echo")]
+        route: String,
+        /// The JSON body of each request.
+        #[arg(long, default_value = r#"{"msg":"hello"}"#)]
+        body: String,
+        /// Log each client in first (route `<type>.benchHandler.login`, uid `bench<i>`).
+        #[arg(long)]
+        login: bool,
+    },
+    /// Hold N connected clients and report the server's RSS growth.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        /// Clients to connect.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Server processes whose RSS to read (repeat for several).
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// Send this login route (body `{"uid": ...}`) from each client.
+        #[arg(long)]
+        login_route: Option<String>,
+    },
+    /// One channel push to N clients, repeated; delivery latency.
+    Fanout {
+        #[command(flatten)]
+        target: Target,
+        /// Channel members.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Channel pushes.
+        #[arg(long, default_value_t = 50)]
+        pushes: usize,
+        /// The backend server type of the bench routes.
+        #[arg(long, default_value = "chat")]
+        server_type: String,
+    },
+    /// Write the comparison section of docs/BENCHMARKS.md from bench/compare's results.
+    Report {
+        /// The JSON lines bench/compare wrote.
+        #[arg(long)]
+        input: std::path::PathBuf,
+        /// The markdown file to update.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Where to write the latency plot (SVG).
+        #[arg(long)]
+        plot: std::path::PathBuf,
+        /// The command that produced the results, for the record.
+        #[arg(long)]
+        command: String,
+    },
+    /// Serve the raw floor (handshake + echo, nothing else) on an address.
+    Floor {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:4900")]
+        addr: SocketAddr,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -83,6 +202,11 @@ fn main() -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
+            Command::Run { config, node } => {
+                let config = ClusterConfig::load(&config)?;
+                run_node(&config, &node).await
+            }
+            Command::Bench { mode } => run_bench(mode).await,
             Command::Demo {
                 sessions,
                 workers,
@@ -120,6 +244,89 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
+    let (result, json) = match mode {
+        BenchMode::Report {
+            input,
+            out,
+            plot,
+            command,
+        } => {
+            bench::report::report(&input, &out, &plot, &command)?;
+            return Ok(());
+        }
+        BenchMode::Floor { addr } => {
+            bench::floor::serve(addr).await?;
+            return Ok(());
+        }
+        BenchMode::Rr {
+            target,
+            clients,
+            duration,
+            warmup,
+            rate,
+            route,
+            body,
+            login,
+        } => {
+            let mut o = LoadOptions::new(target.target);
+            o.transport = target.transport();
+            o.clients = clients;
+            o.duration = Duration::from_secs_f64(duration);
+            o.warmup = Duration::from_secs_f64(warmup);
+            o.rate = rate;
+            o.body = serde_json::from_str(&body).context("--body is not JSON")?;
+            if login {
+                let server_type = route.split('.').next().unwrap_or("chat");
+                o.setup = vec![(
+                    format!("{server_type}.benchHandler.login"),
+                    serde_json::json!({ "uid": "bench{i}" }),
+                )];
+            }
+            o.route = route;
+            (bench::load(o).await?, target.json)
+        }
+        BenchMode::Idle {
+            target,
+            clients,
+            pid,
+            login_route,
+        } => (
+            bench::idle(
+                target.target,
+                target.transport(),
+                clients,
+                &pid,
+                login_route.as_deref(),
+            )
+            .await?,
+            target.json,
+        ),
+        BenchMode::Fanout {
+            target,
+            clients,
+            pushes,
+            server_type,
+        } => (
+            bench::fanout(
+                target.target,
+                target.transport(),
+                clients,
+                pushes,
+                &server_type,
+            )
+            .await?,
+            target.json,
+        ),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!("{result}");
+    }
+    Ok(())
 }
 
 struct FrontendOptions {

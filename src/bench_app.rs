@@ -1,0 +1,91 @@
+//! The bench app: the routes the benchmarks drive, identical on Pinus
+//! (`bench/pinus`) so both sides do the same work per request.
+//!
+//! Backend routes (server type `chat`, reached through a connector):
+//! - `chat.benchHandler.echo`: answers its body.
+//! - `chat.benchHandler.set {key, value}`: sets the key on the session
+//!   proxy and pushes it to the frontend, then answers `{code: 200}`.
+//! - `chat.benchHandler.login {uid}`: binds the uid, sets two keys, pushes
+//!   all, answers `{code: 200}`.
+//! - `chat.benchHandler.join {channel}`: joins a channel (after login).
+//! - `chat.benchHandler.fanout {channel, msg}`: pushes `onFanout {msg}` to
+//!   every member of the channel, answers `{code: 200, missed}`.
+//!
+//! Frontend route: `connector.entryHandler.ping` answers `{code: 200}`
+//! without leaving the connector.
+
+use crate::backend::{BackendSession, ChannelService, HandlerError, Handlers};
+use crate::frontend::LocalHandlers;
+use crate::BackendSessionService;
+use serde_json::{json, Value};
+
+fn fail(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::new(e.to_string())
+}
+
+/// The frontend routes of the bench app.
+pub fn frontend_handlers(server_type: &str, handlers: &mut LocalHandlers) {
+    handlers.add(
+        &format!("{server_type}.entryHandler.ping"),
+        |_ctx, _b: Value| async { Ok(json!({ "code": 200 })) },
+    );
+}
+
+/// The backend routes of the bench app.
+pub fn backend_handlers(server_type: &str, service: &BackendSessionService) -> Handlers {
+    let channels = ChannelService::new(service.clone());
+    let mut h = Handlers::new();
+    let route = |m: &str| format!("{server_type}.benchHandler.{m}");
+    h.add(
+        &route("echo"),
+        |_s: BackendSession, body: Value| async move { Ok(body) },
+    );
+    h.add(
+        &route("set"),
+        |mut s: BackendSession, body: Value| async move {
+            let key = body["key"].as_str().unwrap_or("k").to_string();
+            s.set(&key, &body["value"]).map_err(fail)?;
+            s.push(&key).await.map_err(fail)?;
+            Ok(json!({ "code": 200 }))
+        },
+    );
+    h.add(
+        &route("login"),
+        |mut s: BackendSession, body: Value| async move {
+            let uid = body["uid"]
+                .as_str()
+                .ok_or_else(|| HandlerError::with_code(400, "uid"))?
+                .to_string();
+            if s.uid() != Some(uid.as_str()) {
+                s.bind(&uid).await.map_err(fail)?;
+            }
+            s.set("level", &1u32).map_err(fail)?;
+            s.set("name", &uid).map_err(fail)?;
+            s.push_all().await.map_err(fail)?;
+            Ok(json!({ "code": 200 }))
+        },
+    );
+    let ch = channels.clone();
+    h.add(&route("join"), move |s: BackendSession, body: Value| {
+        let ch = ch.clone();
+        async move {
+            let uid = s.uid().ok_or_else(|| HandlerError::new("login first"))?;
+            let channel = body["channel"].as_str().unwrap_or("all");
+            ch.add(channel, uid, s.frontend_id());
+            Ok(json!({ "code": 200, "members": ch.members(channel).len() }))
+        }
+    });
+    let ch = channels;
+    h.add(&route("fanout"), move |_s: BackendSession, body: Value| {
+        let ch = ch.clone();
+        async move {
+            let channel = body["channel"].as_str().unwrap_or("all");
+            let missed = ch
+                .push(channel, "onFanout", &json!({ "msg": body["msg"] }))
+                .await
+                .map_err(fail)?;
+            Ok(json!({ "code": 200, "missed": missed.len() }))
+        }
+    });
+    h
+}
