@@ -1,0 +1,175 @@
+//! The cluster file and the load generator: a connector and a chat backend
+//! as separate processes started from a TOML file, driven by
+//! `session-proxy bench`'s workloads; and the raw floor.
+
+use session_proxy::bench::{self, LoadOptions};
+use session_proxy::client::Transport;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("addr").port()
+}
+
+async fn run_node(config: &std::path::Path, node: &str) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--node", node])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("session-proxy starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the node starts in time")
+        .expect("stdout")
+        .expect("a line");
+    assert_eq!(line, format!("ready {node}"));
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_from_a_file_serves_the_bench_workloads() {
+    let (rpc, client) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("session-proxy-bench-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[cluster]
+app = "bench"
+
+[[node]]
+id = "connector-1"
+type = "connector"
+role = "frontend"
+rpc = "127.0.0.1:{rpc}"
+client = "127.0.0.1:{client}"
+
+[[node]]
+id = "chat-1"
+type = "chat"
+role = "backend"
+"#
+        ),
+    )
+    .expect("write config");
+    let mut front = run_node(&config, "connector-1").await;
+    let mut back = run_node(&config, "chat-1").await;
+    let target = format!("127.0.0.1:{client}").parse().expect("addr");
+
+    // Wait until the backend is connected: the echo route answers.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut o = LoadOptions::new(target);
+        o.clients = 1;
+        o.duration = Duration::from_millis(200);
+        o.warmup = Duration::ZERO;
+        let r = bench::load(o).await.expect("load");
+        if r.ops > 0 && r.errors == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the chat backend never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (route, body, login) in [
+        (
+            "chat.benchHandler.echo",
+            serde_json::json!({ "msg": "x" }),
+            false,
+        ),
+        (
+            "chat.benchHandler.set",
+            serde_json::json!({ "key": "k", "value": 1 }),
+            true,
+        ),
+        ("connector.entryHandler.ping", serde_json::json!({}), false),
+    ] {
+        let mut o = LoadOptions::new(target);
+        o.clients = 8;
+        o.duration = Duration::from_millis(500);
+        o.warmup = Duration::from_millis(100);
+        o.route = route.into();
+        o.body = body;
+        if login {
+            o.setup = vec![(
+                "chat.benchHandler.login".into(),
+                serde_json::json!({ "uid": "u{i}" }),
+            )];
+        }
+        let r = bench::load(o).await.expect("load");
+        assert!(r.ops > 10, "{route}: {r}");
+        assert_eq!(r.errors, 0, "{route}: {r}");
+        assert!(r.p50_us > 0 && r.p99_us >= r.p50_us);
+    }
+    // Open loop at a fixed rate delivers about that rate.
+    let mut o = LoadOptions::new(target);
+    o.clients = 4;
+    o.rate = Some(400.0);
+    o.duration = Duration::from_secs(1);
+    o.warmup = Duration::ZERO;
+    let r = bench::load(o).await.expect("open loop");
+    assert!((300..=500).contains(&r.ops), "{r}");
+
+    let r = bench::fanout(target, Transport::WebSocket, 20, 5, "chat")
+        .await
+        .expect("fanout");
+    assert_eq!((r.ops, r.errors), (100, 0), "{r}");
+    let pid = front.id().expect("pid");
+    let r = bench::idle(target, Transport::Tcp, 200, &[pid], None)
+        .await
+        .expect("idle");
+    assert_eq!(r.clients, 200);
+    assert!(r.bytes_per_client.is_some_and(|b| b > 0.0), "{r}");
+
+    for child in [&mut front, &mut back] {
+        child.start_kill().expect("kill");
+        let _ = child.wait().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_floor_answers_the_protocol() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let server = tokio::spawn(bench::floor::serve(addr));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut o = LoadOptions::new(addr);
+    o.clients = 4;
+    o.duration = Duration::from_millis(300);
+    o.warmup = Duration::ZERO;
+    let r = bench::load(o).await.expect("load");
+    assert!(r.ops > 100 && r.errors == 0, "{r}");
+    server.abort();
+}
+
+#[test]
+fn a_bad_cluster_file_is_refused_with_a_reason() {
+    let dir = std::env::temp_dir().join(format!("session-proxy-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("c.toml");
+    for (text, want) in [
+        ("[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"frontend\"\n", "needs an rpc address"),
+        ("[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\n[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\n", "appears twice"),
+        ("[cluster]\napp = \"mmo\"\n[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\n", "unknown app"),
+        ("[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"sideways\"\n", "parsing"),
+    ] {
+        std::fs::write(&path, text).expect("write");
+        let err = session_proxy::cluster::ClusterConfig::load(&path).expect_err("refused");
+        assert!(format!("{err:#}").contains(want), "{err:#}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
