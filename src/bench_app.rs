@@ -3,6 +3,8 @@
 //!
 //! Backend routes (server type `chat`, reached through a connector):
 //! - `chat.benchHandler.echo`: answers its body.
+//! - `chat.benchHandler.sleep {ms}`: answers after `ms` (fault tests).
+//! - `chat.benchHandler.get {key}`: answers the session's value of `key`.
 //! - `chat.benchHandler.set {key, value}`: sets the key on the session
 //!   proxy and pushes it to the frontend, then answers `{code: 200}`.
 //! - `chat.benchHandler.login {uid}`: binds the uid, sets two keys, pushes
@@ -39,6 +41,19 @@ pub fn backend_handlers(server_type: &str, service: &BackendSessionService) -> H
     h.add(
         &route("echo"),
         |_s: BackendSession, body: Value| async move { Ok(body) },
+    );
+    h.add(&route("get"), |s: BackendSession, body: Value| async move {
+        let key = body["key"].as_str().unwrap_or("k");
+        let value: Option<Value> = s.get(key).map_err(fail)?;
+        Ok(json!({ "code": 200, "value": value }))
+    });
+    h.add(
+        &route("sleep"),
+        |_s: BackendSession, body: Value| async move {
+            let ms = body["ms"].as_u64().unwrap_or(0).min(60_000);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            Ok(json!({ "slept": ms }))
+        },
     );
     h.add(
         &route("set"),

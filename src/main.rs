@@ -180,6 +180,25 @@ enum BenchMode {
         #[arg(long)]
         command: String,
     },
+    /// Steady load plus periodic backend kills for a bounded time; reports
+    /// memory over time, errors, and checks every acknowledged write.
+    Soak {
+        /// The cluster file (needs nodes `connector-1` and `chat-1`).
+        #[arg(long, default_value = "bench/cluster.toml")]
+        config: std::path::PathBuf,
+        /// The connector's client address.
+        #[arg(long, default_value = "127.0.0.1:4700")]
+        target: SocketAddr,
+        /// Load clients.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Minutes to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seconds between backend kills.
+        #[arg(long, default_value_t = 20)]
+        kill_every: u64,
+    },
     /// Serve the raw floor (handshake + echo, nothing else) on an address.
     Floor {
         /// Where to listen.
@@ -255,6 +274,30 @@ async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             command,
         } => {
             bench::report::report(&input, &out, &plot, &command)?;
+            return Ok(());
+        }
+        BenchMode::Soak {
+            config,
+            target,
+            clients,
+            minutes,
+            kill_every,
+        } => {
+            let binary = std::env::current_exe().context("finding this binary")?;
+            let r = bench::soak::soak(
+                &binary,
+                &config,
+                target,
+                clients,
+                Duration::from_secs_f64(minutes * 60.0),
+                Duration::from_secs(kill_every),
+            )
+            .await?;
+            println!(
+                "soak: {} ok, {} error responses, {} reconnects, {} backend kills, {} acknowledged writes checked",
+                r.ok, r.error_responses, r.reconnects, r.kills, r.acknowledged_writes_checked
+            );
+            println!("connector RSS (s, KiB): {:?}", r.memory);
             return Ok(());
         }
         BenchMode::Floor { addr } => {

@@ -18,9 +18,10 @@ use crate::BackendSession;
 use crate::Error;
 use futures::{FutureExt, SinkExt, StreamExt};
 use rand::Rng;
+use session_proxy_protocol::auth::NONCE_LEN;
 use session_proxy_protocol::{
     Call, ErrorCode, Hello, HelloReply, InFlight, Message, MessageCodec, RegisterError, Reply,
-    Request, Response, Role, RpcError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    Request, Response, Role, RpcError, Secret, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -56,6 +57,10 @@ pub struct ClientConfig {
     pub queue: usize,
     /// The largest frame sent or accepted, in bytes. Default: 1 MiB.
     pub max_frame: usize,
+    /// The cluster secret: when set, this backend proves it knows it and
+    /// requires the frontend to prove it too. Default: `None`, or the
+    /// `SESSION_PROXY_SECRET` environment variable when set.
+    pub secret: Option<Secret>,
     /// The server type this backend serves forwarded requests for (e.g.
     /// `"chat"`), announced in the hello. Default: `None` (serves none).
     pub server_type: Option<String>,
@@ -73,6 +78,7 @@ impl Default for ClientConfig {
             max_in_flight: 65_536,
             queue: 4096,
             max_frame: DEFAULT_MAX_FRAME,
+            secret: Secret::from_env("SESSION_PROXY_SECRET"),
             server_type: None,
         }
     }
@@ -462,12 +468,50 @@ impl Supervisor {
             Some(self.frontend_id.to_string()),
         );
         hello.server_type = self.config.server_type.clone();
+        let mut nonce = Vec::new();
+        if self.config.secret.is_some() {
+            nonce = vec![0u8; NONCE_LEN];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+            hello.nonce = nonce.clone();
+        }
         let exchange = async {
             writer
                 .send(Message::Hello(hello))
                 .await
                 .map_err(|e| format!("sending hello: {e}"))?;
-            match reader.next().await {
+            let mut reply = reader.next().await;
+            if let Some(Ok(Message::HelloReply(HelloReply::Challenge {
+                nonce: theirs,
+                proof,
+            }))) = &reply
+            {
+                let Some(secret) = &self.config.secret else {
+                    return Err(
+                        "the frontend requires the cluster secret; none is configured".to_string(),
+                    );
+                };
+                if !secret.verify_server(proof, &nonce, theirs, &self.frontend_id) {
+                    return Err(
+                        "the frontend failed authentication (another cluster secret?)".to_string(),
+                    );
+                }
+                let mine = secret.client_proof(theirs, &nonce, &self.config.node_id);
+                writer
+                    .send(Message::Proof(mine))
+                    .await
+                    .map_err(|e| format!("sending proof: {e}"))?;
+                reply = reader.next().await;
+            } else if self.config.secret.is_some()
+                && matches!(
+                    reply,
+                    Some(Ok(Message::HelloReply(HelloReply::Accepted { .. })))
+                )
+            {
+                // Without the challenge the frontend proved nothing: it may
+                // be anyone listening on that address.
+                return Err("the frontend did not authenticate itself; refusing it".to_string());
+            }
+            match reply {
                 None => Err("closed during the handshake".to_string()),
                 Some(Err(err)) => Err(format!("unreadable hello reply: {err}")),
                 Some(Ok(Message::HelloReply(HelloReply::Accepted { version, node_id }))) => {

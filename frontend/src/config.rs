@@ -1,6 +1,6 @@
 //! Frontend configuration.
 
-use session_proxy_protocol::DEFAULT_MAX_FRAME;
+use session_proxy_protocol::{Secret, DEFAULT_MAX_FRAME};
 use std::time::Duration;
 
 /// What happens when a uid that already has a session on this frontend binds
@@ -31,6 +31,14 @@ pub struct SessionConfig {
     /// to the client connection); a client that lets it fill up is closed as
     /// too slow. Default: 1024.
     pub owner_queue: usize,
+    /// The most sessions this frontend holds; `try_create` (and so the
+    /// gateway's handshake) refuses more. Default: 1 000 000.
+    pub max_sessions: usize,
+    /// The most settings (keys) one session may hold. Default: 256.
+    pub max_settings: usize,
+    /// The most bytes (keys plus values) one session's settings may hold.
+    /// Default: 64 KiB.
+    pub max_settings_bytes: usize,
     /// Default idle timeout: a session whose client sends no request or
     /// notify for this long is closed with reason `"expired"` (heartbeats
     /// do not count). Per session: `SessionService::set_timeouts`.
@@ -64,6 +72,9 @@ impl Default for SessionConfig {
             frontend_id: "frontend-1".into(),
             single_session: SingleSessionPolicy::Off,
             owner_queue: 1024,
+            max_sessions: 1_000_000,
+            max_settings: 256,
+            max_settings_bytes: 64 * 1024,
             idle_timeout: None,
             lifetime: None,
             token_overlap: Duration::from_secs(5),
@@ -90,6 +101,10 @@ pub struct RpcConfig {
     /// Frames queued for one backend connection before senders wait.
     /// Default: 4096.
     pub queue: usize,
+    /// The cluster secret: when set, a backend must prove it knows it (HMAC
+    /// challenge–response) before any call. Default: `None`, or the
+    /// `SESSION_PROXY_SECRET` environment variable when set.
+    pub secret: Option<Secret>,
 }
 
 impl Default for RpcConfig {
@@ -100,6 +115,7 @@ impl Default for RpcConfig {
             max_connections: 1024,
             max_in_flight: 65_536,
             queue: 4096,
+            secret: Secret::from_env("SESSION_PROXY_SECRET"),
         }
     }
 }

@@ -42,6 +42,14 @@ pub enum Error {
     /// The session's outgoing queue is full: its client reads too slowly.
     #[error("the outgoing queue of session {} is full", .0.redacted())]
     OwnerQueueFull(SessionId),
+    /// A configured limit would be crossed; nothing was changed.
+    #[error("limit exceeded: at most {limit} {what}")]
+    LimitExceeded {
+        /// What is limited.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The RPC listener could not be set up.
     #[error("cannot listen for backends")]
     Listen(#[source] std::io::Error),
@@ -58,6 +66,7 @@ impl Error {
             Error::SessionLimit => ErrorCode::SessionLimit,
             Error::OwnerGone(_) => ErrorCode::PeerClosed,
             Error::OwnerQueueFull(_) => ErrorCode::Overloaded,
+            Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
             Error::Listen(_) => ErrorCode::Internal,
         }
     }

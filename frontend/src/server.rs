@@ -10,9 +10,10 @@ use crate::backends::BackendLink;
 use crate::listener::{bind_reusable, Acceptor, Running};
 use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
+use session_proxy_protocol::auth::NONCE_LEN;
 use session_proxy_protocol::{
     Call, CodecError, ErrorCode, Hello, HelloReply, Message, MessageCodec, Reply, Response, Role,
-    RpcError, MAGIC, PROTOCOL_VERSION,
+    RpcError, Secret, MAGIC, PROTOCOL_VERSION,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -225,7 +226,12 @@ impl Connection {
             Ok(Some(Ok(Message::Hello(hello)))) => hello,
             Ok(Some(Ok(_))) => return Err("first frame is not a hello".into()),
         };
-        let refusal = self.check_hello(&hello);
+        let mut refusal = self.check_hello(&hello);
+        if refusal.is_none() {
+            if let Some(secret) = &self.config.secret {
+                refusal = self.authenticate(framed, secret, &hello).await?;
+            }
+        }
         let reply = match &refusal {
             Some(err) => HelloReply::Refused(err.clone()),
             None => HelloReply::Accepted {
@@ -240,6 +246,51 @@ impl Connection {
         match refusal {
             Some(err) => Err(format!("{} ({})", err, hello.node_id)),
             None => Ok(hello),
+        }
+    }
+
+    /// Runs the challenge–response: `Ok(None)` when the peer proved it
+    /// knows the secret, `Ok(Some(refusal))` when it did not.
+    async fn authenticate(
+        &self,
+        framed: &mut Framed<TcpStream, MessageCodec>,
+        secret: &Secret,
+        hello: &Hello,
+    ) -> Result<Option<RpcError>, String> {
+        if hello.nonce.len() != NONCE_LEN {
+            warn!(peer = %self.peer, node = %hello.node_id, "peer did not authenticate (no cluster secret?)");
+            return Ok(Some(RpcError::new(
+                ErrorCode::Unauthorized,
+                "this frontend requires the cluster secret",
+            )));
+        }
+        let mut nonce = vec![0u8; NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        let me = self.service.frontend_id();
+        let challenge = HelloReply::Challenge {
+            proof: secret.server_proof(&hello.nonce, &nonce, me),
+            nonce: nonce.clone(),
+        };
+        framed
+            .send(Message::HelloReply(challenge))
+            .await
+            .map_err(|e| format!("cannot send the challenge: {e}"))?;
+        let answer = tokio::time::timeout(self.config.handshake_timeout, framed.next()).await;
+        let proof = match answer {
+            Ok(Some(Ok(Message::Proof(p)))) => p,
+            Ok(Some(Ok(_))) => return Err("expected a proof".into()),
+            Ok(Some(Err(err))) => return Err(format!("unreadable proof: {err}")),
+            Ok(None) => return Err("closed during authentication".into()),
+            Err(_) => return Err("no proof before the handshake deadline".into()),
+        };
+        if secret.verify_client(&proof, &nonce, &hello.nonce, &hello.node_id) {
+            Ok(None)
+        } else {
+            warn!(peer = %self.peer, node = %hello.node_id, "peer failed authentication (wrong cluster secret or a replay)");
+            Ok(Some(RpcError::new(
+                ErrorCode::Unauthorized,
+                "authentication failed",
+            )))
         }
     }
 
@@ -326,7 +377,7 @@ impl Connection {
                         }
                         None => debug!(id = resp.id, "ignoring a response to no request"),
                     },
-                    Message::Hello(_) | Message::HelloReply(_) => {
+                    Message::Hello(_) | Message::HelloReply(_) | Message::Proof(_) => {
                         return End::Protocol("handshake frame after the handshake")
                     }
                 }

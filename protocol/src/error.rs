@@ -37,6 +37,11 @@ pub enum ErrorCode {
     Unavailable,
     /// Too many calls in flight on one connection.
     Overloaded,
+    /// A configured limit would be crossed (settings per session, sessions
+    /// per frontend, …); nothing was changed.
+    LimitExceeded,
+    /// The peer could not prove it knows the cluster secret.
+    Unauthorized,
     /// The peer does not handle this kind of call.
     Unsupported,
     /// No handler is registered for a forwarded route.
@@ -66,6 +71,8 @@ impl ErrorCode {
             ErrorCode::PeerClosed => 21,
             ErrorCode::Unavailable => 22,
             ErrorCode::Overloaded => 23,
+            ErrorCode::LimitExceeded => 24,
+            ErrorCode::Unauthorized => 25,
             ErrorCode::Unsupported => 30,
             ErrorCode::UnknownRoute => 31,
             ErrorCode::NoBackend => 32,
@@ -97,6 +104,8 @@ impl From<u16> for ErrorCode {
             21 => ErrorCode::PeerClosed,
             22 => ErrorCode::Unavailable,
             23 => ErrorCode::Overloaded,
+            24 => ErrorCode::LimitExceeded,
+            25 => ErrorCode::Unauthorized,
             30 => ErrorCode::Unsupported,
             31 => ErrorCode::UnknownRoute,
             32 => ErrorCode::NoBackend,
@@ -122,6 +131,8 @@ impl fmt::Display for ErrorCode {
             ErrorCode::PeerClosed => "peer closed",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::LimitExceeded => "limit exceeded",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::UnknownRoute => "unknown route",
             ErrorCode::NoBackend => "no backend",

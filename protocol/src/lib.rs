@@ -9,6 +9,8 @@
 //!   [`HelloReply`]), multiplexed [`Request`]/[`Response`] pairs with a `u64` id
 //!   and a relative deadline, one-way notifies, the session [`Call`]s and their
 //!   [`Reply`]s, and the [`SessionSnapshot`] a backend works on.
+//! - [`auth`]: [`Secret`] and the HMAC challenge–response that
+//!   authenticates both ends of a cluster link.
 //! - [`codec`]: [`MessageCodec`], a length-delimited frame (`u32` big-endian
 //!   length, then a MessagePack body) with an enforced maximum size, checked
 //!   *before* anything is allocated.
@@ -41,6 +43,7 @@
 //! assert_eq!(codec.decode(&mut half).expect("whole frame").as_ref(), Some(&msg));
 //! ```
 
+pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod error;
@@ -48,6 +51,7 @@ pub mod id;
 pub mod inflight;
 pub mod message;
 
+pub use auth::Secret;
 pub use codec::{MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
 pub use error::{CodecError, ErrorCode, RpcError};
 pub use id::SessionId;

@@ -25,6 +25,8 @@ pub enum Message {
     Hello(Hello),
     /// Accepts or refuses a [`Hello`] (accepting side).
     HelloReply(HelloReply),
+    /// The dialler's answer to [`HelloReply::Challenge`]: its HMAC proof.
+    Proof(Vec<u8>),
     /// A call that wants exactly one response.
     Request(Request),
     /// The answer to the request with the same id.
@@ -56,6 +58,10 @@ pub struct Hello {
     /// The sender's server type (e.g. `"chat"`), for backends that serve
     /// forwarded client requests; `None` for a backend that only calls.
     pub server_type: Option<String>,
+    /// A fresh random nonce when the sender authenticates with the cluster
+    /// secret (see [`crate::auth`]); empty otherwise.
+    #[serde(default)]
+    pub nonce: Vec<u8>,
     /// The node id the sender believes it dialled; the receiver refuses the
     /// connection with [`ErrorCode::WrongFrontend`](crate::ErrorCode) when it
     /// is someone else (a stale address in a config, a restarted node on a
@@ -72,6 +78,7 @@ impl Hello {
             node_id: node_id.into(),
             role,
             server_type: None,
+            nonce: Vec::new(),
             expect_peer,
         }
     }
@@ -89,6 +96,14 @@ pub enum HelloReply {
     },
     /// The connection is refused and will be closed.
     Refused(RpcError),
+    /// Prove you know the cluster secret: the acceptor's nonce, and its own
+    /// proof over both nonces (so the dialler authenticates it too).
+    Challenge {
+        /// The acceptor's fresh nonce.
+        nonce: Vec<u8>,
+        /// `HMAC(secret, "sp-server" | dialler nonce | this nonce | acceptor id)`.
+        proof: Vec<u8>,
+    },
 }
 
 /// A call that wants one response.

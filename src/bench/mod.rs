@@ -18,6 +18,7 @@ pub mod floor;
 pub mod idle;
 pub mod load;
 pub mod report;
+pub mod soak;
 
 pub use idle::idle;
 pub use load::{fanout, load, LoadOptions};

@@ -336,7 +336,10 @@ impl Client {
                 if let Some(device) = request.user.get("device").and_then(Value::as_str) {
                     info.metadata.insert("device".into(), device.to_string());
                 }
-                let owner = self.shared.sessions.create(info);
+                let owner = match self.shared.sessions.try_create(info) {
+                    Ok(owner) => owner,
+                    Err(err) => return refuse(self, CODE_USER_ERROR, &err.to_string()),
+                };
                 let token = if resume_enabled {
                     self.shared.sessions.issue_token(owner.sid()).ok()
                 } else {
@@ -496,6 +499,7 @@ mod tests {
             on_handshake: None,
             check_client: None,
             cancel: Default::default(),
+            per_ip: Default::default(),
         });
         let fut = super::serve(stream, peer, shared);
         let size = std::mem::size_of_val(&fut);

@@ -53,6 +53,10 @@ pub struct GatewayConfig {
     /// The most client connections at once; more wait in the backlog.
     /// Default: 100 000.
     pub max_connections: usize,
+    /// The most connections from one client IP address at once; more are
+    /// closed on accept (players behind one NAT share an address, so keep
+    /// this generous). Default: 256.
+    pub max_connections_per_ip: usize,
     /// How long a session waits for its client to come back with its resume
     /// token after the connection drops (the token is sent in the handshake
     /// reply's `user.resumeToken`). Zero: no resume, a drop closes the
@@ -75,6 +79,7 @@ impl Default for GatewayConfig {
             request_deadline: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_connections: 100_000,
+            max_connections_per_ip: 256,
             resume_grace: Duration::from_secs(30),
             dictionary: Vec::new(),
         }
@@ -154,6 +159,8 @@ pub(crate) struct Shared {
     pub(crate) on_handshake: Option<HandshakeHook>,
     pub(crate) check_client: Option<ClientCheck>,
     pub(crate) cancel: CancellationToken,
+    /// Open connections per client IP.
+    pub(crate) per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
 }
 
 /// A client gateway under construction: register frontend handlers and
@@ -264,6 +271,7 @@ impl Gateway {
             on_handshake: self.on_handshake,
             check_client: self.check_client,
             cancel: running.cancel.clone(),
+            per_ip: dashmap::DashMap::new(),
         });
         let local_addr = running.local_addr;
         running.tracker.spawn(
@@ -298,10 +306,32 @@ impl GatewayServer {
 async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>, tracker: TaskTracker) {
     info!(server_type = %shared.config.server_type, "accepting clients");
     while let Some((stream, peer, permit)) = acceptor.next().await {
+        let ip = peer.ip();
+        let over = {
+            let mut n = shared.per_ip.entry(ip).or_insert(0);
+            *n += 1;
+            *n > shared.config.max_connections_per_ip
+        };
         let shared = shared.clone();
+        if over {
+            tracing::warn!(%ip, limit = shared.config.max_connections_per_ip, "too many connections from one address; closing the new one");
+            release_ip(&shared, ip);
+            drop(stream);
+            continue;
+        }
         tracker.spawn(async move {
-            conn::serve(stream, peer, shared).await;
+            conn::serve(stream, peer, shared.clone()).await;
+            release_ip(&shared, ip);
             drop(permit);
         });
+    }
+}
+
+fn release_ip(shared: &Shared, ip: std::net::IpAddr) {
+    if let dashmap::mapref::entry::Entry::Occupied(mut n) = shared.per_ip.entry(ip) {
+        *n.get_mut() -= 1;
+        if *n.get() == 0 {
+            n.remove();
+        }
     }
 }

@@ -148,6 +148,55 @@ impl SessionEntry {
         }
     }
 
+    /// Checks that applying `changes` (key, new value length or `None` for a
+    /// removal, in order) keeps the settings within the configured limits.
+    fn check_limits<'a>(
+        &self,
+        config: &SessionConfig,
+        changes: impl IntoIterator<Item = (&'a str, Option<usize>)>,
+    ) -> Result<(), Error> {
+        let mut count = self.settings.len();
+        let mut bytes: usize = self
+            .settings
+            .iter()
+            .map(|(k, s)| k.len() + s.value.len())
+            .sum();
+        let mut touched: HashMap<&str, Option<usize>> = HashMap::new();
+        for (key, new_len) in changes {
+            let old = match touched.get(key) {
+                Some(v) => *v,
+                None => self.settings.get(key).map(|s| key.len() + s.value.len()),
+            };
+            let new = new_len.map(|l| key.len() + l);
+            match (old, new) {
+                (None, Some(n)) => {
+                    count += 1;
+                    bytes += n;
+                }
+                (Some(o), Some(n)) => bytes = bytes - o + n,
+                (Some(o), None) => {
+                    count -= 1;
+                    bytes -= o;
+                }
+                (None, None) => {}
+            }
+            touched.insert(key, new);
+        }
+        if count > config.max_settings {
+            return Err(Error::LimitExceeded {
+                what: "settings per session",
+                limit: config.max_settings,
+            });
+        }
+        if bytes > config.max_settings_bytes {
+            return Err(Error::LimitExceeded {
+                what: "bytes of settings per session",
+                limit: config.max_settings_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn write(&mut self, key: String, value: Bytes) -> u64 {
         self.last_version += 1;
         let version = self.last_version;
@@ -257,8 +306,23 @@ impl SessionService {
         let _ = self.inner.events.send(event);
     }
 
+    /// Like [`create`](Self::create), but refuses with
+    /// [`Error::LimitExceeded`] when the frontend already holds
+    /// `max_sessions` sessions.
+    pub fn try_create(&self, info: ConnectInfo) -> Result<SessionOwner, Error> {
+        let limit = self.inner.config.max_sessions;
+        if self.inner.sessions.len() >= limit {
+            return Err(Error::LimitExceeded {
+                what: "sessions on this frontend",
+                limit,
+            });
+        }
+        Ok(self.create(info))
+    }
+
     /// Opens a session for a new client connection and returns its owner
-    /// handle. Dropping the handle closes the session.
+    /// handle. Dropping the handle closes the session. Not limited by
+    /// `max_sessions` (see [`try_create`](Self::try_create)).
     pub fn create(&self, info: ConnectInfo) -> SessionOwner {
         let (tx, rx) = owner::queue(self.inner.config.owner_queue);
         let config = &self.inner.config;
@@ -404,6 +468,7 @@ impl SessionService {
             .sessions
             .get_mut(&sid)
             .ok_or(Error::SessionNotFound(sid))?;
+        entry.check_limits(&self.inner.config, [(key, Some(value.len()))])?;
         let version = entry.write(key.to_string(), value);
         drop(entry);
         self.mark_dirty(sid);
@@ -421,6 +486,11 @@ impl SessionService {
             .sessions
             .get_mut(&sid)
             .ok_or(Error::SessionNotFound(sid))?;
+        let values: Vec<(String, Bytes)> = values.into_iter().collect();
+        entry.check_limits(
+            &self.inner.config,
+            values.iter().map(|(k, v)| (k.as_str(), Some(v.len()))),
+        )?;
         let versions = values.into_iter().map(|(k, v)| entry.write(k, v)).collect();
         drop(entry);
         self.mark_dirty(sid);
@@ -471,6 +541,12 @@ impl SessionService {
                 });
             }
         }
+        entry.check_limits(
+            &self.inner.config,
+            writes
+                .iter()
+                .map(|w| (w.key.as_str(), w.value.as_ref().map(Bytes::len))),
+        )?;
         let versions = writes
             .into_iter()
             .map(|w| match w.value {

@@ -1,0 +1,87 @@
+//! Encode/decode costs of both wire protocols.
+
+use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use session_proxy_protocol::client::{
+    encode_parts, ClientMessage, MessageType, PackageCodec, PackageType, Route,
+};
+use session_proxy_protocol::{
+    Call, KeyWrite, Message, MessageCodec, Precondition, Request, SessionId,
+};
+use tokio_util::codec::Decoder;
+
+fn push_request() -> Message {
+    Message::Request(Request {
+        id: 123_456,
+        deadline_ms: 5000,
+        call: Call::Push {
+            sid: SessionId::from_raw(0xdead_beef),
+            writes: vec![KeyWrite {
+                key: "room".into(),
+                value: Some(Bytes::from_static(b"\xa9lobby-042")),
+                expect: Precondition::Any,
+            }],
+        },
+    })
+}
+
+fn cluster(c: &mut Criterion) {
+    let codec = MessageCodec::default();
+    let msg = push_request();
+    let mut g = c.benchmark_group("cluster_frame");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_push", |b| {
+        let mut buf = BytesMut::with_capacity(4096);
+        b.iter(|| {
+            buf.clear();
+            codec.encode_to(black_box(&msg), &mut buf).expect("encodes");
+        })
+    });
+    let mut one = BytesMut::new();
+    codec.encode_to(&msg, &mut one).expect("encodes");
+    g.bench_function("decode_push", |b| {
+        let mut codec = MessageCodec::default();
+        b.iter(|| {
+            let mut buf = one.clone();
+            black_box(codec.decode(&mut buf).expect("valid").expect("whole"));
+        })
+    });
+    g.finish();
+}
+
+fn client(c: &mut Criterion) {
+    let codec = PackageCodec::new(64 * 1024);
+    let route = Route::Name("chat.chatHandler.send".into());
+    let body = br#"{"rid":"lobby","content":"hello there","from":"alice","target":"*"}"#;
+    let mut g = c.benchmark_group("client_package");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_request", |b| {
+        let mut buf = BytesMut::with_capacity(4096);
+        b.iter(|| {
+            buf.clear();
+            codec
+                .encode_with(PackageType::Data, &mut buf, |d| {
+                    encode_parts(MessageType::Request, 77, black_box(&route), body, d)
+                })
+                .expect("encodes");
+        })
+    });
+    let mut one = BytesMut::new();
+    codec
+        .encode_with(PackageType::Data, &mut one, |d| {
+            encode_parts(MessageType::Request, 77, &route, body, d)
+        })
+        .expect("encodes");
+    g.bench_function("decode_request", |b| {
+        let mut codec = codec;
+        b.iter(|| {
+            let mut buf = one.clone();
+            let p = codec.decode(&mut buf).expect("valid").expect("whole");
+            black_box(ClientMessage::decode(p.body).expect("valid"));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cluster, client);
+criterion_main!(benches);
