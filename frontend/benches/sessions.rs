@@ -1,5 +1,6 @@
 //! Session-service operations at 1k, 100k and 1M sessions (the push apply
 //! cost should stay flat), and the memory of 1M idle sessions.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, BenchmarkId, Criterion};
@@ -76,7 +77,11 @@ fn memory() {
     black_box((&s, &owners));
 }
 
-criterion_group!(benches, operations);
+criterion_group! {
+    name = benches;
+    config = Criterion::default();
+    targets = operations
+}
 
 fn main() {
     benches();

@@ -9,7 +9,10 @@ use session_proxy_frontend::{ConnectInfo, SessionConfig, SessionOwner, SessionSe
 use session_proxy_protocol::{KeyWrite, Precondition, SessionId};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// One call, tagged with the backend that sent it (the tag is only read in
+/// a failing case's Debug output: arrival order is what matters).
 #[derive(Clone, Debug)]
+#[allow(dead_code)]
 enum Op {
     Create,
     Bind {

@@ -1,4 +1,5 @@
 //! Encode/decode costs of both wire protocols.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
