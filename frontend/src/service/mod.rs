@@ -1,10 +1,12 @@
 //! The authoritative session store of one frontend.
 //!
 //! - this file: the session table, the uid index, settings, kicks, pushes;
-//! - [`lifetime`]: idle and absolute timeouts, and the task that expires
+//! - `lifetime`: idle and absolute timeouts, and the task that expires
 //!   sessions;
-//! - [`resume`]: parking a session when its client drops, resume tokens
-//!   and their rotation.
+//! - `resume`: parking a session when its client drops, resume tokens
+//!   and their rotation;
+//! - `persist`: dirty tracking, coalesced writes to a session store, and
+//!   restoring from it after a restart.
 
 mod lifetime;
 mod persist;
