@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use session_proxy_backend::ClientTls;
 use session_proxy_protocol::client::{
     encode_parts, ClientMessage, MessageType, Package, PackageCodec, PackageType, Route,
     MAX_PACKAGE_BODY,
@@ -17,10 +18,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Decoder;
@@ -47,6 +49,8 @@ pub struct ClientOptions {
     pub heartbeats: bool,
     /// How long a request waits for its response. Default: 10 s.
     pub request_timeout: Duration,
+    /// Connect over TLS (`wss` with WebSocket). Default: `None`.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -56,6 +60,7 @@ impl Default for ClientOptions {
             user: json!({}),
             heartbeats: true,
             request_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -104,6 +109,25 @@ pub struct PomeloClient {
 pub(crate) enum Io {
     Tcp(TcpStream),
     Ws(Box<WebSocketStream<TcpStream>>),
+    Tls(Box<TlsStream<TcpStream>>),
+    Wss(Box<WebSocketStream<TlsStream<TcpStream>>>),
+}
+
+async fn ws_read<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    buf: &mut BytesMut,
+) -> anyhow::Result<bool> {
+    loop {
+        match ws.next().await {
+            None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(WsMessage::Binary(b))) => {
+                buf.extend_from_slice(&b);
+                return Ok(true);
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
 }
 
 impl Io {
@@ -114,6 +138,11 @@ impl Io {
                 buf.reserve(4096);
                 Ok(s.read_buf(buf).await? > 0)
             }
+            Io::Tls(s) => {
+                buf.reserve(4096);
+                Ok(s.read_buf(buf).await? > 0)
+            }
+            Io::Wss(ws) => ws_read(ws.as_mut(), buf).await,
             Io::Ws(ws) => loop {
                 match ws.next().await {
                     None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
@@ -133,6 +162,11 @@ impl Io {
         match self {
             Io::Tcp(s) => Ok(s.write_all(&data).await?),
             Io::Ws(ws) => Ok(ws.send(WsMessage::Binary(data)).await?),
+            Io::Tls(s) => {
+                s.write_all(&data).await?;
+                Ok(s.flush().await?)
+            }
+            Io::Wss(ws) => Ok(ws.send(WsMessage::Binary(data)).await?),
         }
     }
 }
@@ -158,7 +192,8 @@ impl PomeloClient {
         addr: SocketAddr,
         options: ClientOptions,
     ) -> anyhow::Result<PomeloClient> {
-        let (io, codec, buf, handshake) = open(addr, options.transport, &options.user).await?;
+        let (io, codec, buf, handshake) =
+            open(addr, options.transport, &options.user, options.tls.as_ref()).await?;
         let interval = Duration::from_secs(handshake["sys"]["heartbeat"].as_u64().unwrap_or(0));
         let (tx, rx) = mpsc::channel(1024);
         // Unbounded: fed only by what this one server connection sends, and
@@ -364,17 +399,29 @@ pub(crate) async fn open(
     addr: SocketAddr,
     transport: Transport,
     user: &Value,
+    tls: Option<&ClientTls>,
 ) -> anyhow::Result<(Io, PackageCodec, BytesMut, Value)> {
     let stream = TcpStream::connect(addr).await.context("connect")?;
     let _ = stream.set_nodelay(true);
-    let mut io = match transport {
-        Transport::Tcp => Io::Tcp(stream),
-        Transport::WebSocket => {
+    let mut io = match (transport, tls) {
+        (Transport::Tcp, None) => Io::Tcp(stream),
+        (Transport::WebSocket, None) => {
             let url = format!("ws://{addr}/");
             let (ws, _) = tokio_tungstenite::client_async(url, stream)
                 .await
                 .context("websocket upgrade")?;
             Io::Ws(Box::new(ws))
+        }
+        (Transport::Tcp, Some(tls)) => Io::Tls(Box::new(
+            tls.connect(stream).await.context("TLS handshake")?,
+        )),
+        (Transport::WebSocket, Some(tls)) => {
+            let stream = tls.connect(stream).await.context("TLS handshake")?;
+            let url = format!("wss://{addr}/");
+            let (ws, _) = tokio_tungstenite::client_async(url, stream)
+                .await
+                .context("websocket upgrade")?;
+            Io::Wss(Box::new(ws))
         }
     };
     let kind = match transport {

@@ -25,7 +25,10 @@ use session_proxy_protocol::{
 };
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+/// The read half of a cluster connection, plain or TLS.
+type ReadHalf = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The write half of a cluster connection, plain or TLS.
+type WriteHalf = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -61,6 +64,8 @@ pub struct ClientConfig {
     /// requires the frontend to prove it too. Default: `None`, or the
     /// `SESSION_PROXY_SECRET` environment variable when set.
     pub secret: Option<Secret>,
+    /// Dial frontends over TLS, trusting these authorities. Default: `None`.
+    pub tls: Option<crate::ClientTls>,
     /// The server type this backend serves forwarded requests for (e.g.
     /// `"chat"`), announced in the hello. Default: `None` (serves none).
     pub server_type: Option<String>,
@@ -79,6 +84,7 @@ impl Default for ClientConfig {
             queue: 4096,
             max_frame: DEFAULT_MAX_FRAME,
             secret: Secret::from_env("SESSION_PROXY_SECRET"),
+            tls: None,
             server_type: None,
         }
     }
@@ -446,8 +452,8 @@ impl Supervisor {
         &self,
     ) -> Result<
         (
-            FramedRead<OwnedReadHalf, MessageCodec>,
-            FramedWrite<OwnedWriteHalf, MessageCodec>,
+            FramedRead<ReadHalf, MessageCodec>,
+            FramedWrite<WriteHalf, MessageCodec>,
         ),
         String,
     > {
@@ -458,7 +464,22 @@ impl Supervisor {
                 Ok(Ok(s)) => s,
             };
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
+        let (r, w): (ReadHalf, WriteHalf) = match &self.config.tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(tls) => {
+                let connect = tls.connector.connect(tls.server_name.clone(), stream);
+                let stream = match timeout(self.config.handshake_timeout, connect).await {
+                    Err(_) => return Err("TLS handshake timed out".to_string()),
+                    Ok(Err(err)) => return Err(format!("TLS handshake with {}: {err}", self.addr)),
+                    Ok(Ok(s)) => s,
+                };
+                let (r, w) = tokio::io::split(stream);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let codec = MessageCodec::new(self.config.max_frame);
         let mut reader = FramedRead::new(r, codec.clone());
         let mut writer = FramedWrite::new(w, codec);
@@ -542,8 +563,8 @@ impl Supervisor {
     /// Runs a connection until it dies; returns why.
     async fn serve(
         &self,
-        mut reader: FramedRead<OwnedReadHalf, MessageCodec>,
-        writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+        mut reader: FramedRead<ReadHalf, MessageCodec>,
+        writer: FramedWrite<WriteHalf, MessageCodec>,
     ) -> String {
         let (tx, rx) = mpsc::channel(self.config.queue.max(1));
         let conn = Arc::new(Conn {
@@ -657,7 +678,7 @@ impl Supervisor {
 
 /// Writes queued frames, flushing once per batch of whatever is queued.
 async fn write_loop(
-    mut writer: FramedWrite<OwnedWriteHalf, MessageCodec>,
+    mut writer: FramedWrite<WriteHalf, MessageCodec>,
     mut rx: mpsc::Receiver<Message>,
 ) -> String {
     loop {

@@ -39,6 +39,7 @@ pub mod error;
 pub mod handler;
 pub mod service;
 pub mod session;
+pub mod tls;
 
 pub use channel::ChannelService;
 pub use client::{ClientConfig, FrontendClient, PendingCall};
@@ -46,3 +47,4 @@ pub use error::Error;
 pub use handler::{HandlerError, Handlers};
 pub use service::BackendSessionService;
 pub use session::BackendSession;
+pub use tls::ClientTls;

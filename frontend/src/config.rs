@@ -105,6 +105,8 @@ pub struct RpcConfig {
     /// challenge–response) before any call. Default: `None`, or the
     /// `SESSION_PROXY_SECRET` environment variable when set.
     pub secret: Option<Secret>,
+    /// Serve backends over TLS with this certificate. Default: `None`.
+    pub tls: Option<crate::ServerTls>,
 }
 
 impl Default for RpcConfig {
@@ -116,6 +118,7 @@ impl Default for RpcConfig {
             max_in_flight: 65_536,
             queue: 4096,
             secret: Secret::from_env("SESSION_PROXY_SECRET"),
+            tls: None,
         }
     }
 }

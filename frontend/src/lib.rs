@@ -50,6 +50,7 @@ mod owner;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 pub use backends::{BackendRegistry, HashRouter, Router};
 pub use config::{RpcConfig, SessionConfig, SingleSessionPolicy};
@@ -65,3 +66,4 @@ pub use store::{
     MemoryStore, RedisStore, RedisStoreConfig, SessionStore, StoreError, StoreOptions,
     StoredSession,
 };
+pub use tls::{ServerTls, TlsError};

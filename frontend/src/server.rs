@@ -18,6 +18,7 @@ use session_proxy_protocol::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
@@ -169,6 +170,20 @@ enum End {
 
 impl Connection {
     async fn run(self, stream: TcpStream) {
+        match self.config.tls.clone() {
+            None => self.run_on(stream).await,
+            Some(tls) => {
+                match tokio::time::timeout(self.config.handshake_timeout, tls.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => self.run_on(stream).await,
+                    Ok(Err(err)) => warn!(peer = %self.peer, cause = %err, "TLS handshake failed"),
+                    Err(_) => warn!(peer = %self.peer, "no TLS handshake before the deadline"),
+                }
+            }
+        }
+    }
+
+    async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send>(self, stream: S) {
         let mut framed = Framed::new(stream, MessageCodec::new(self.config.max_frame));
         let hello = match self.handshake(&mut framed).await {
             Ok(hello) => hello,
@@ -211,9 +226,9 @@ impl Connection {
     }
 
     /// Reads the hello and answers it. Returns the accepted hello.
-    async fn handshake(
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<TcpStream, MessageCodec>,
+        framed: &mut Framed<S, MessageCodec>,
     ) -> Result<Hello, String> {
         let first = tokio::select! {
             _ = self.cancel.cancelled() => return Err("shutting down".into()),
@@ -251,9 +266,9 @@ impl Connection {
 
     /// Runs the challenge–response: `Ok(None)` when the peer proved it
     /// knows the secret, `Ok(Some(refusal))` when it did not.
-    async fn authenticate(
+    async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<TcpStream, MessageCodec>,
+        framed: &mut Framed<S, MessageCodec>,
         secret: &Secret,
         hello: &Hello,
     ) -> Result<Option<RpcError>, String> {
@@ -327,9 +342,9 @@ impl Connection {
         }
     }
 
-    async fn serve(
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<TcpStream, MessageCodec>,
+        framed: &mut Framed<S, MessageCodec>,
         link: Option<&BackendLink>,
         outbox: &mut mpsc::Receiver<Message>,
     ) -> End {
@@ -419,9 +434,9 @@ impl Connection {
     }
 
     /// Writes forwarded requests for this backend, as many as are queued.
-    async fn send_outbox(
+    async fn send_outbox<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<TcpStream, MessageCodec>,
+        framed: &mut Framed<S, MessageCodec>,
         first: Message,
         outbox: &mut mpsc::Receiver<Message>,
     ) -> Result<(), CodecError> {

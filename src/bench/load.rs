@@ -73,7 +73,7 @@ impl Conn {
         transport: Transport,
         user: &Value,
     ) -> anyhow::Result<Conn> {
-        let (io, codec, buf, handshake) = open(target, transport, user).await?;
+        let (io, codec, buf, handshake) = open(target, transport, user, None).await?;
         let heartbeat = handshake["sys"]["heartbeat"]
             .as_u64()
             .filter(|s| *s > 0)

@@ -1,6 +1,6 @@
 //! One client connection: handshake, heartbeats, requests, pushes, kicks.
 
-use super::transport::Transport;
+use super::transport::{Rewind, Transport};
 use super::{LocalContext, Shared};
 use crate::{ConnectInfo, Outbound, SessionOwner};
 use bytes::{Bytes, BytesMut};
@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -44,24 +45,24 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
         // Boxed: the WebSocket upgrade is a large future, needed only once;
         // inline it would sit in every connection's task for its lifetime.
-        let transport = match timeout_at(handshake_deadline, Box::pin(open(stream, &shared))).await
-        {
-            Ok(Ok(t)) => t,
-            Ok(Err(reason)) => {
-                debug!(reason, "connection dropped before the handshake");
-                return;
-            }
-            Err(_) => {
-                debug!("no handshake in time");
-                return;
-            }
-        };
+        let (transport, head) =
+            match timeout_at(handshake_deadline, Box::pin(open(stream, &shared))).await {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(reason)) => {
+                    debug!(reason, "connection dropped before the handshake");
+                    return;
+                }
+                Err(_) => {
+                    debug!("no handshake in time");
+                    return;
+                }
+            };
         let mut client = Client {
             peer,
             transport,
             codec: PackageCodec::new(shared.config.max_package),
             out_codec: PackageCodec::new(MAX_PACKAGE_BODY),
-            rbuf: BytesMut::new(),
+            rbuf: head,
             out: BytesMut::new(),
             phase: Phase::Inited,
             owner: None,
@@ -86,25 +87,48 @@ async fn recv(owner: &mut Option<SessionOwner>) -> Option<Outbound> {
 }
 
 /// Sniffs the first byte: an HTTP method means a WebSocket upgrade.
-async fn open(stream: TcpStream, shared: &Shared) -> Result<Transport, String> {
+/// Also returns bytes already read past the sniffing (TLS only).
+async fn open(stream: TcpStream, shared: &Shared) -> Result<(Transport, BytesMut), String> {
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
         Ok(0) => return Err("closed".into()),
         Ok(_) => {}
         Err(err) => return Err(err.to_string()),
     }
-    if !first[0].is_ascii_alphabetic() {
-        return Ok(Transport::Tcp(stream));
-    }
     let max = shared.config.max_package + 4;
-    let config = WebSocketConfig::default()
+    let ws_config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    tokio_tungstenite::accept_async_with_config(stream, Some(config))
+    // 0x16: a TLS ClientHello (when TLS is configured).
+    if first[0] == 0x16 {
+        if let Some(tls) = &shared.config.tls {
+            let mut tls = tls
+                .accept(stream)
+                .await
+                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            // Sniff again inside TLS: an HTTP method means `wss`.
+            let mut head = BytesMut::with_capacity(512);
+            if tls.read_buf(&mut head).await.map_err(|e| e.to_string())? == 0 {
+                return Err("closed after the TLS handshake".into());
+            }
+            if !head[0].is_ascii_alphabetic() {
+                return Ok((Transport::Tls(Box::new(tls)), head));
+            }
+            let rewound = Rewind::new(head.freeze(), tls);
+            return tokio_tungstenite::accept_async_with_config(rewound, Some(ws_config))
+                .await
+                .map(|ws| (Transport::Wss(Box::new(ws)), BytesMut::new()))
+                .map_err(|e| format!("websocket upgrade failed: {e}"));
+        }
+    }
+    if !first[0].is_ascii_alphabetic() {
+        return Ok((Transport::Tcp(stream), BytesMut::new()));
+    }
+    tokio_tungstenite::accept_async_with_config(stream, Some(ws_config))
         .await
-        .map(|ws| Transport::Ws(Box::new(ws)))
+        .map(|ws| (Transport::Ws(Box::new(ws)), BytesMut::new()))
         .map_err(|e| format!("websocket upgrade failed: {e}"))
 }
 
@@ -138,6 +162,12 @@ struct Client {
 
 impl Client {
     async fn run(&mut self) -> String {
+        // Bytes read while sniffing the transport (TLS) are packages too.
+        if !self.rbuf.is_empty() {
+            if let Err(reason) = self.on_bytes().await {
+                return reason;
+            }
+        }
         loop {
             if !self.out.is_empty() {
                 let data = self.out.split().freeze();

@@ -62,6 +62,9 @@ pub struct GatewayConfig {
     /// reply's `user.resumeToken`). Zero: no resume, a drop closes the
     /// session at once. Default: 30 s.
     pub resume_grace: Duration,
+    /// Serve TLS (raw packages over TLS, and `wss`) on the same port, told
+    /// apart from plain connections by their first byte. Default: `None`.
+    pub tls: Option<crate::ServerTls>,
     /// The route dictionary: when not empty, routes are numbered from 1 in
     /// this order, sent in the handshake, and compressed on the wire.
     /// Default: empty.
@@ -81,6 +84,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             max_connections_per_ip: 256,
             resume_grace: Duration::from_secs(30),
+            tls: None,
             dictionary: Vec::new(),
         }
     }

@@ -2,8 +2,11 @@
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::WebSocketStream;
 
@@ -14,6 +17,55 @@ pub(crate) enum Transport {
     Tcp(TcpStream),
     /// WebSocket (boxed: its state is much larger than a TcpStream).
     Ws(Box<WebSocketStream<TcpStream>>),
+    /// Raw packages over TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+    /// WebSocket over TLS (`wss`).
+    Wss(Box<WebSocketStream<Rewind<TlsStream<TcpStream>>>>),
+}
+
+/// A stream whose first bytes were already read (to sniff them): serves
+/// those again, then the rest.
+pub(crate) struct Rewind<S> {
+    head: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub(crate) fn new(head: Bytes, inner: S) -> Self {
+        Rewind { head, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let chunk = self.head.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 impl Transport {
@@ -22,6 +74,8 @@ impl Transport {
         match self {
             Transport::Tcp(_) => "tcp",
             Transport::Ws(_) => "ws",
+            Transport::Tls(_) => "tls",
+            Transport::Wss(_) => "wss",
         }
     }
 
@@ -44,24 +98,42 @@ impl Transport {
                     Err(err) => Err(format!("read failed: {err}")),
                 }
             }
-            Transport::Ws(ws) => loop {
-                match ws.next().await {
-                    None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
-                    Some(Err(err)) => return Err(format!("websocket error: {err}")),
-                    Some(Ok(WsMessage::Binary(data))) => {
-                        buf.extend_from_slice(&data);
-                        return Ok(true);
-                    }
-                    Some(Ok(WsMessage::Text(_))) => {
-                        return Err("text websocket messages are not part of the protocol".into())
-                    }
-                    // Pings are answered by tungstenite itself.
-                    Some(Ok(_)) => continue,
+            Transport::Tls(stream) => {
+                buf.reserve(4096);
+                match stream.read_buf(buf).await {
+                    Ok(0) => Ok(false),
+                    Ok(_) => Ok(true),
+                    Err(err) => Err(format!("read failed: {err}")),
                 }
-            },
+            }
+            Transport::Wss(ws) => ws_read(ws.as_mut(), buf).await,
+            Transport::Ws(ws) => ws_read(ws.as_mut(), buf).await,
         }
     }
+}
 
+async fn ws_read<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    buf: &mut BytesMut,
+) -> Result<bool, String> {
+    loop {
+        match ws.next().await {
+            None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
+            Some(Err(err)) => return Err(format!("websocket error: {err}")),
+            Some(Ok(WsMessage::Binary(data))) => {
+                buf.extend_from_slice(&data);
+                return Ok(true);
+            }
+            Some(Ok(WsMessage::Text(_))) => {
+                return Err("text websocket messages are not part of the protocol".into())
+            }
+            // Pings are answered by tungstenite itself.
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+impl Transport {
     /// Writes encoded packages: one write over TCP, one binary message over
     /// WebSocket.
     pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), String> {
@@ -71,6 +143,20 @@ impl Transport {
                 .await
                 .map_err(|e| format!("write failed: {e}")),
             Transport::Ws(ws) => ws
+                .send(WsMessage::Binary(data))
+                .await
+                .map_err(|e| format!("websocket write failed: {e}")),
+            Transport::Tls(stream) => {
+                stream
+                    .write_all(&data)
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+                stream
+                    .flush()
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))
+            }
+            Transport::Wss(ws) => ws
                 .send(WsMessage::Binary(data))
                 .await
                 .map_err(|e| format!("websocket write failed: {e}")),
@@ -84,6 +170,12 @@ impl Transport {
                 let _ = stream.shutdown().await;
             }
             Transport::Ws(ws) => {
+                let _ = SinkExt::close(ws).await;
+            }
+            Transport::Tls(stream) => {
+                let _ = stream.shutdown().await;
+            }
+            Transport::Wss(ws) => {
                 let _ = SinkExt::close(ws).await;
             }
         }

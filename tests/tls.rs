@@ -1,0 +1,149 @@
+//! TLS on cluster links and on the client gateway (raw packages over TLS,
+//! and `wss`), on the same ports as the plain protocols.
+
+mod common;
+
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use serde_json::json;
+use session_proxy::backend::ClientTls;
+use session_proxy::client::{ClientOptions, PomeloClient, Transport};
+use session_proxy::frontend::{Gateway, GatewayConfig, ServerTls};
+use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, RpcServer, SessionConfig, SessionService};
+use std::time::Duration;
+
+struct Pki {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("ca key");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let mut leaf_params =
+        CertificateParams::new(vec!["localhost".to_string()]).expect("leaf params");
+    leaf_params
+        .subject_alt_names
+        .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf cert");
+    Pki {
+        ca: ca.pem(),
+        cert: leaf.pem(),
+        key: leaf_key.serialize_pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_links_over_tls() {
+    let pki = pki();
+    let sessions = SessionService::new(SessionConfig::new("f1"));
+    let mut config = RpcConfig::default();
+    config.tls =
+        Some(ServerTls::from_pem(pki.cert.as_bytes(), pki.key.as_bytes()).expect("server tls"));
+    let server = RpcServer::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        sessions.clone(),
+        config,
+    )
+    .await
+    .expect("bind");
+    let owner = sessions.create(ConnectInfo::default());
+
+    let mut good = quick_client("b1", Duration::from_secs(2));
+    good.tls = Some(ClientTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls"));
+    let backend = start_backend_with(good, "f1", server.local_addr());
+    let mut s = backend
+        .get("f1", owner.sid())
+        .await
+        .expect("over TLS")
+        .expect("open");
+    s.bind("alice").await.expect("bind over TLS");
+    assert_eq!(
+        sessions.get(owner.sid()).expect("open").uid.as_deref(),
+        Some("alice")
+    );
+
+    // Plain TCP to a TLS listener, and TLS expecting another name: refused.
+    let plain = start_backend_with(
+        quick_client("b2", Duration::from_millis(800)),
+        "f1",
+        server.local_addr(),
+    );
+    let err = plain
+        .get("f1", owner.sid())
+        .await
+        .expect_err("plain refused");
+    assert!(
+        matches!(
+            err.code(),
+            ErrorCode::Unavailable | ErrorCode::DeadlineExceeded
+        ),
+        "{err}"
+    );
+    let mut wrong = quick_client("b3", Duration::from_millis(800));
+    wrong.tls =
+        Some(ClientTls::from_ca_pem(pki.ca.as_bytes(), "frontend.example").expect("client tls"));
+    let wrong = start_backend_with(wrong, "f1", server.local_addr());
+    let err = wrong
+        .get("f1", owner.sid())
+        .await
+        .expect_err("wrong name refused");
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_tls_and_wss_share_the_port_with_plain_ones() {
+    let pki = pki();
+    let sessions = SessionService::new(SessionConfig::new("f1"));
+    let rpc = RpcServer::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        sessions.clone(),
+        RpcConfig::default(),
+    )
+    .await
+    .expect("rpc");
+    let mut gw = GatewayConfig::default();
+    gw.tls =
+        Some(ServerTls::from_pem(pki.cert.as_bytes(), pki.key.as_bytes()).expect("server tls"));
+    let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), gw);
+    gateway.handlers().add(
+        "connector.h.hello",
+        |ctx, _b: serde_json::Value| async move {
+            let info = ctx
+                .sessions
+                .info(ctx.sid)
+                .map(|(i, _)| i.metadata.get("transport").cloned());
+            Ok(json!({ "transport": info.flatten() }))
+        },
+    );
+    let gateway = gateway
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("gateway");
+    let tls = ClientTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls");
+    for (transport, tls, want) in [
+        (Transport::Tcp, Some(tls.clone()), "tls"),
+        (Transport::WebSocket, Some(tls.clone()), "wss"),
+        (Transport::Tcp, None, "tcp"),
+        (Transport::WebSocket, None, "ws"),
+    ] {
+        let mut options = ClientOptions::default();
+        options.transport = transport;
+        options.tls = tls;
+        let c = PomeloClient::connect_with(gateway.local_addr(), options)
+            .await
+            .expect("connect");
+        let answer = c
+            .request("connector.h.hello", &json!({}))
+            .await
+            .expect("request");
+        assert_eq!(answer, json!({ "transport": want }));
+    }
+    assert_eq!(sessions.count(), 4);
+}
