@@ -14,14 +14,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn rss_kib(pid: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    session_proxy::bench::idle::rss_kib(pid.parse().ok()?)
 }
 
 #[tokio::main]

@@ -143,17 +143,7 @@ impl Io {
                 Ok(s.read_buf(buf).await? > 0)
             }
             Io::Wss(ws) => ws_read(ws.as_mut(), buf).await,
-            Io::Ws(ws) => loop {
-                match ws.next().await {
-                    None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(WsMessage::Binary(b))) => {
-                        buf.extend_from_slice(&b);
-                        return Ok(true);
-                    }
-                    Some(Ok(_)) => continue,
-                }
-            },
+            Io::Ws(ws) => ws_read(ws.as_mut(), buf).await,
         }
     }
 

@@ -2,37 +2,12 @@
 //! as separate processes started from a TOML file, driven by
 //! `session-proxy bench`'s workloads; and the raw floor.
 
+mod common;
+
+use common::nodes::{free_port, run_node};
 use session_proxy::bench::{self, LoadOptions};
 use session_proxy::client::Transport;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("addr").port()
-}
-
-async fn run_node(config: &std::path::Path, node: &str) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args(["run", "--config"])
-        .arg(config)
-        .args(["--node", node])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("session-proxy starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("the node starts in time")
-        .expect("stdout")
-        .expect("a line");
-    assert_eq!(line, format!("ready {node}"));
-    child
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_from_a_file_serves_the_bench_workloads() {
