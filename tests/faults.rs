@@ -382,3 +382,68 @@ async fn shutdown_drains_connections_within_its_bound() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_backend_redials_a_frontend_that_went_silent_without_closing() {
+    // A "frontend" that completes the handshake, then never answers and
+    // never closes: a half-open link.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepts = Arc::new(AtomicU64::new(0));
+    let counted = accepts.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut framed = Framed::new(s, MessageCodec::default());
+            let _ = framed.next().await;
+            let _ = framed
+                .send(Message::HelloReply(HelloReply::Accepted {
+                    version: PROTOCOL_VERSION,
+                    node_id: "f1".into(),
+                }))
+                .await;
+            held.push(framed); // silent from now on, never closed
+        }
+    });
+    let mut config = quick_client("b", Duration::from_secs(1));
+    config.ping_interval = Duration::from_millis(150);
+    let backend = start_backend_with(config, "f1", addr);
+    let client = backend.client("f1").expect("known");
+    let until = Instant::now() + Duration::from_secs(5);
+    while accepts.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < until, "the silent link was never given up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+}
+
+#[tokio::test]
+async fn a_frontend_closes_a_backend_link_that_went_silent_and_keeps_live_ones() {
+    let sessions = session_proxy::SessionService::new(SessionConfig::new("f1"));
+    let mut config = session_proxy::RpcConfig::default();
+    config.idle_timeout = Duration::from_millis(400);
+    let server = session_proxy::RpcServer::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        sessions.clone(),
+        config,
+    )
+    .await
+    .expect("bind");
+    let owner = sessions.create(ConnectInfo::default());
+    // A backend that says hello and then nothing.
+    let silent = handshaken(server.local_addr()).await;
+    // A live backend that pings when idle.
+    let mut live = quick_client("live", Duration::from_secs(1));
+    live.ping_interval = Duration::from_millis(100);
+    let live = start_backend_with(live, "f1", server.local_addr());
+    assert!(live.get("f1", owner.sid()).await.expect("call").is_some());
+    assert_closed_by_server(silent, "silent backend").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let client = live.client("f1").expect("known");
+    assert!(client.is_connected(), "pings kept the live link open");
+    assert!(live.get("f1", owner.sid()).await.expect("call").is_some());
+}

@@ -64,6 +64,10 @@ pub struct ClientConfig {
     /// requires the frontend to prove it too. Default: `None`, or the
     /// `SESSION_PROXY_SECRET` environment variable when set.
     pub secret: Option<Secret>,
+    /// When nothing arrives from a frontend for this long, ping it; no
+    /// answer within the same time ends the connection (a half-open link)
+    /// and redials. Default: 10 s.
+    pub ping_interval: Duration,
     /// Dial frontends over TLS, trusting these authorities. Default: `None`.
     pub tls: Option<crate::ClientTls>,
     /// The server type this backend serves forwarded requests for (e.g.
@@ -84,6 +88,7 @@ impl Default for ClientConfig {
             queue: 4096,
             max_frame: DEFAULT_MAX_FRAME,
             secret: Secret::from_env("SESSION_PROXY_SECRET"),
+            ping_interval: Duration::from_secs(10),
             tls: None,
             server_type: None,
         }
@@ -572,9 +577,42 @@ impl Supervisor {
             inflight: InFlight::new(self.config.max_in_flight),
         });
         self.state.send_replace(State::Up(conn.clone()));
+        // When the last frame arrived, in ms since `epoch`.
+        let epoch = Instant::now();
+        let last_rx = std::sync::atomic::AtomicU64::new(0);
+        let ping = self.config.ping_interval.max(Duration::from_millis(10));
+        let pinger = async {
+            loop {
+                tokio::time::sleep(ping).await;
+                let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(
+                    last_rx.load(std::sync::atomic::Ordering::Relaxed),
+                ));
+                if quiet < ping {
+                    continue;
+                }
+                let Ok((id, rx)) = conn.inflight.register() else {
+                    return "connection closed".to_string();
+                };
+                let request = Message::Request(Request {
+                    id,
+                    deadline_ms: u32::try_from(ping.as_millis()).unwrap_or(u32::MAX),
+                    call: Call::Ping,
+                });
+                if tx.send(request).await.is_err() {
+                    return "writer stopped".to_string();
+                }
+                if timeout(ping, rx).await.is_err() {
+                    conn.inflight.forget(id);
+                    return format!("frontend stopped answering (no ping reply within {ping:?})");
+                }
+            }
+        };
         let read = async {
             loop {
-                match reader.next().await {
+                let frame = reader.next().await;
+                let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last_rx.store(ms, std::sync::atomic::Ordering::Relaxed);
+                match frame {
                     None => return "frontend closed the connection".to_string(),
                     Some(Err(err)) => return format!("corrupt stream from frontend: {err}"),
                     Some(Ok(Message::Response(resp))) => {
@@ -601,6 +639,7 @@ impl Supervisor {
             _ = self.cancel.cancelled() => "client stopped".to_string(),
             cause = write_loop(writer, rx) => cause,
             cause = read => cause,
+            cause = pinger => cause,
         };
         // No new call may pick this connection up, then fail the pending ones.
         self.state.send_replace(State::Connecting);
@@ -622,6 +661,15 @@ impl Supervisor {
                 let _ = tx.try_send(resp);
             }
         };
+        if matches!(call, Call::Ping) {
+            if let Some((id, _)) = reply_to {
+                let _ = tx.try_send(Message::Response(Response {
+                    id,
+                    result: Ok(Reply::Done),
+                }));
+            }
+            return;
+        }
         let Call::Handle {
             route,
             session,

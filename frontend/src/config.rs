@@ -105,6 +105,10 @@ pub struct RpcConfig {
     /// challenge–response) before any call. Default: `None`, or the
     /// `SESSION_PROXY_SECRET` environment variable when set.
     pub secret: Option<Secret>,
+    /// A backend connection with no traffic for this long is closed as
+    /// dead (backends ping every `ClientConfig::ping_interval`, 10 s by
+    /// default, when they have nothing else to send). Default: 45 s.
+    pub idle_timeout: Duration,
     /// Serve backends over TLS with this certificate. Default: `None`.
     pub tls: Option<crate::ServerTls>,
 }
@@ -118,6 +122,7 @@ impl Default for RpcConfig {
             max_in_flight: 65_536,
             queue: 4096,
             secret: Secret::from_env("SESSION_PROXY_SECRET"),
+            idle_timeout: Duration::from_secs(45),
             tls: None,
         }
     }

@@ -354,7 +354,12 @@ impl Connection {
             // Wait for a frame (or a forwarded request to send).
             let first = tokio::select! {
                 _ = self.cancel.cancelled() => return End::Shutdown,
-                frame = framed.next() => frame,
+                frame = tokio::time::timeout(self.config.idle_timeout, framed.next()) => match frame {
+                    Ok(frame) => frame,
+                    // Backends ping when idle; silence this long means the
+                    // peer is gone without closing (half-open).
+                    Err(_) => return End::Protocol("no traffic from the backend within the idle timeout"),
+                },
                 Some(out) = outbox.recv() => {
                     if let Err(err) = self.send_outbox(framed, out, outbox).await {
                         return End::Corrupt(err);
@@ -451,6 +456,7 @@ impl Connection {
     async fn apply(&self, call: Call) -> Result<Reply, RpcError> {
         let s = &self.service;
         let reply = match call {
+            Call::Ping => Reply::Done,
             Call::GetSession { sid } => Reply::Session(s.get(sid)),
             Call::GetByUid { uid } => Reply::Sessions(s.get_by_uid(&uid)),
             Call::Bind { sid, uid } => s.bind(sid, &uid).map(|()| Reply::Done)?,

@@ -224,6 +224,9 @@ pub enum Call {
         /// Sent to connected clients.
         reason: String,
     },
+    /// Are you there? Replies [`Reply::Done`]. Sent on an idle connection to
+    /// find a peer that vanished without closing it (half-open).
+    Ping,
     /// A client request (or notify) forwarded by a frontend to a backend:
     /// run the handler of `route` on this session. Replies
     /// [`Reply::Handled`].
