@@ -19,7 +19,10 @@
 //! role = "backend"
 //! ```
 //! `session-proxy run --config cluster.toml --node connector-1` starts one
-//! node; a backend connects to every frontend listed.
+//! node; a backend connects to every frontend listed. The cluster secret
+//! comes from the `SESSION_PROXY_SECRET` environment variable; TLS from
+//! `tls_cert`/`tls_key` (frontends) and `tls_ca` (backends) under
+//! `[cluster]`.
 
 use crate::bench_app;
 use crate::{
@@ -27,7 +30,10 @@ use crate::{
 };
 use anyhow::{bail, Context};
 use serde::Deserialize;
-use session_proxy_frontend::{Gateway, GatewayConfig, RedisStore, RedisStoreConfig, StoreOptions};
+use session_proxy_backend::ClientTls;
+use session_proxy_frontend::{
+    Gateway, GatewayConfig, RedisStore, RedisStoreConfig, ServerTls, StoreOptions,
+};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,6 +63,17 @@ pub struct ClusterSettings {
     pub heartbeat_secs: Option<u64>,
     /// Resume grace of dropped clients, seconds (default 30).
     pub resume_grace_secs: Option<u64>,
+    /// TLS: the frontends' certificate chain (PEM file). With `tls_key`,
+    /// frontends serve backends and clients over TLS too (plain clients
+    /// still work on the same port).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the frontends' private key (PEM file).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// TLS: the CA (PEM file) backends trust when dialling frontends; with
+    /// it, backends dial over TLS.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// TLS: the name frontend certificates carry (default `localhost`).
+    pub tls_server_name: Option<String>,
 }
 
 /// Whether a node owns client sessions or runs handlers.
@@ -150,13 +167,23 @@ async fn run_frontend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resu
             .await?;
     }
     let rpc_addr = node.rpc.context("frontend without an rpc address")?;
-    let rpc = RpcServer::bind(rpc_addr, sessions.clone(), RpcConfig::default()).await?;
+    let tls = match (&config.cluster.tls_cert, &config.cluster.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(ServerTls::from_files(cert, key).context("loading the TLS certificate")?)
+        }
+        (None, None) => None,
+        _ => bail!("tls_cert and tls_key go together"),
+    };
+    let mut rpc_config = RpcConfig::default();
+    rpc_config.tls = tls.clone();
+    let rpc = RpcServer::bind(rpc_addr, sessions.clone(), rpc_config).await?;
     let gateway = match node.client {
         Some(addr) => {
             let mut gw = GatewayConfig::new(node.server_type.clone());
             gw.heartbeat = Duration::from_secs(config.cluster.heartbeat_secs.unwrap_or(10));
             gw.resume_grace = Duration::from_secs(config.cluster.resume_grace_secs.unwrap_or(30));
             gw.max_pending_requests = 1024;
+            gw.tls = tls;
             let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), gw);
             bench_app::frontend_handlers(&node.server_type, gateway.handlers());
             Some(gateway.bind(addr).await?)
@@ -176,6 +203,14 @@ async fn run_frontend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resu
 async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<()> {
     let mut client = ClientConfig::new(node.id.clone());
     client.server_type = Some(node.server_type.clone());
+    if let Some(ca) = &config.cluster.tls_ca {
+        let name = config
+            .cluster
+            .tls_server_name
+            .as_deref()
+            .unwrap_or("localhost");
+        client.tls = Some(ClientTls::from_ca_file(ca, name).context("loading the TLS CA")?);
+    }
     let service = BackendSessionService::new(client);
     service.serve(bench_app::backend_handlers(&node.server_type, &service));
     for f in config.nodes.iter().filter(|n| n.role == NodeRole::Frontend) {

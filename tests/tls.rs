@@ -147,3 +147,58 @@ async fn clients_over_tls_and_wss_share_the_port_with_plain_ones() {
     }
     assert_eq!(sessions.count(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_file_turns_tls_on_for_links_and_clients() {
+    use common::nodes::{free_port, run_node, sigkill};
+    let pki = pki();
+    let dir = std::env::temp_dir().join(format!("session-proxy-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (name, pem) in [
+        ("cert.pem", &pki.cert),
+        ("key.pem", &pki.key),
+        ("ca.pem", &pki.ca),
+    ] {
+        std::fs::write(dir.join(name), pem).expect("write pem");
+    }
+    let (rpc, client) = (free_port(), free_port());
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\ntls_cert = {:?}\ntls_key = {:?}\ntls_ca = {:?}\n\n[[node]]\nid = \"connector-1\"\ntype = \"connector\"\nrole = \"frontend\"\nrpc = \"127.0.0.1:{rpc}\"\nclient = \"127.0.0.1:{client}\"\n\n[[node]]\nid = \"chat-1\"\ntype = \"chat\"\nrole = \"backend\"\n",
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            dir.join("ca.pem")
+        ),
+    )
+    .expect("write config");
+    let mut front = run_node(&config, "connector-1").await;
+    let mut back = run_node(&config, "chat-1").await;
+    let mut options = ClientOptions::default();
+    options.tls = Some(ClientTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls"));
+    let c = PomeloClient::connect_with(
+        format!("127.0.0.1:{client}").parse().expect("addr"),
+        options,
+    )
+    .await
+    .expect("TLS client");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = c
+            .request("chat.benchHandler.echo", &json!({ "x": 1 }))
+            .await
+            .expect("answer");
+        if answer == json!({ "x": 1 }) {
+            break; // client -> TLS -> connector -> TLS link -> chat backend, and back
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the backend never connected over TLS: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sigkill(&mut back).await;
+    sigkill(&mut front).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
