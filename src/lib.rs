@@ -16,7 +16,7 @@
 //!   chat servers (`cargo run --example chat`).
 //! - [`cluster`]: a cluster from one TOML file, one node per process
 //!   (`session-proxy run --config … --node …`).
-//! - [`bench`]: the load generator behind `session-proxy bench`.
+//! - [`bench`](mod@bench): the load generator behind `session-proxy bench`.
 //! - [`bench_app`]: the routes the benchmarks drive (also on Pinus).
 //! - [`demo`]: the in-process demo cluster behind `session-proxy demo`.
 //!

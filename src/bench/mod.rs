@@ -1,11 +1,11 @@
 //! `session-proxy bench`: a load generator that speaks the Pomelo/Pinus
 //! client protocol to any compatible server — session-proxy or Pinus.
 //!
-//! - [`load`]: request/response with N clients, closed loop (each client
+//! - [`load`](mod@load): request/response with N clients, closed loop (each client
 //!   sends its next request when the answer arrives) or open loop (requests
 //!   leave on a schedule at a target rate; latency counts from the
 //!   scheduled time, so a stalled server cannot hide its queueing).
-//! - [`idle`]: N connected clients held open, the server's RSS read from
+//! - [`idle`](mod@idle): N connected clients held open, the server's RSS read from
 //!   `/proc` before and after.
 //! - [`fanout`]: N clients in one channel; one channel push reaches them
 //!   all; delivery latency per client.
