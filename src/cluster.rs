@@ -63,6 +63,9 @@ pub struct ClusterSettings {
     pub heartbeat_secs: Option<u64>,
     /// Resume grace of dropped clients, seconds (default 30).
     pub resume_grace_secs: Option<u64>,
+    /// Connections one client IP may hold on a frontend (default 256; load
+    /// tests from one machine need more).
+    pub max_connections_per_ip: Option<usize>,
     /// TLS: the frontends' certificate chain (PEM file). With `tls_key`,
     /// frontends serve backends and clients over TLS too (plain clients
     /// still work on the same port).
@@ -183,6 +186,9 @@ async fn run_frontend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resu
             gw.heartbeat = Duration::from_secs(config.cluster.heartbeat_secs.unwrap_or(10));
             gw.resume_grace = Duration::from_secs(config.cluster.resume_grace_secs.unwrap_or(30));
             gw.max_pending_requests = 1024;
+            if let Some(n) = config.cluster.max_connections_per_ip {
+                gw.max_connections_per_ip = n;
+            }
             gw.tls = tls;
             let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), gw);
             bench_app::frontend_handlers(&node.server_type, gateway.handlers());

@@ -191,7 +191,17 @@ impl Client {
                 }
                 // Pushes wait in the queue until the client has acked the
                 // handshake (a resumed session may have some already).
-                event = recv(&mut self.owner), if self.phase == Phase::Working => self.on_outbound(event),
+                event = recv(&mut self.owner), if self.phase == Phase::Working => {
+                    self.on_outbound(event);
+                    // Take everything else already queued, so a burst of
+                    // pushes leaves in one write instead of one each.
+                    while self.closing.is_none() {
+                        match self.owner.as_mut().map(SessionOwner::try_recv) {
+                            Some(Ok(Some(event))) => self.on_outbound(Some(event)),
+                            _ => break,
+                        }
+                    }
+                }
                 Some((id, body)) = self.pending.next(), if !self.pending.is_empty() => {
                     // Pushes the backend sent before this answer are already
                     // queued: write them first, so they arrive in order.
