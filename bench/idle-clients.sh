@@ -13,7 +13,7 @@ port=${PORT:-4000}
 
 cargo build --release --quiet --example chat --example load
 out=$(mktemp)
-./target/release/examples/chat "$port" >"$out" 2>/dev/null &
+SESSION_PROXY_MAX_CONNECTIONS_PER_IP=100000 ./target/release/examples/chat "$port" >"$out" 2>/dev/null &
 pid=$!
 trap 'kill -INT "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$out"' EXIT
 for _ in $(seq 50); do grep -q '^pid ' "$out" && break; sleep 0.1; done

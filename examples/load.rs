@@ -97,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = server_pid.as_deref().and_then(rss_kib);
     println!(
-        "clients connected and in a room: {} ({failed} failed) in {:.1} s",
+        "clients {}: {} ({failed} failed) in {:.1} s",
+        if enter_rooms { "connected and in a room" } else { "connected and handshaken" },
         held.len(),
         connect_time.as_secs_f64()
     );

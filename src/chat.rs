@@ -41,6 +41,8 @@ pub struct ChatConfig {
     /// How long a dropped player may come back with its resume token before
     /// it leaves its room. Default: zero (chatofpomelo: a drop is a leave).
     pub resume_grace: Duration,
+    /// Connections one client IP may hold on a connector. Default: 256.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for ChatConfig {
@@ -53,6 +55,7 @@ impl Default for ChatConfig {
             connector_port: 3050,
             heartbeat: Duration::from_secs(10),
             resume_grace: Duration::ZERO,
+            max_connections_per_ip: 256,
         }
     }
 }
@@ -241,6 +244,7 @@ impl ChatCluster {
             let mut gateway_config = GatewayConfig::new("connector");
             gateway_config.heartbeat = config.heartbeat;
             gateway_config.resume_grace = config.resume_grace;
+            gateway_config.max_connections_per_ip = config.max_connections_per_ip;
             let mut gateway = Gateway::new(sessions.clone(), backends, gateway_config);
             gateway.handlers().add(
                 "connector.entryHandler.enter",
