@@ -27,7 +27,10 @@ async fn main() -> anyhow::Result<()> {
         config.gate_port = port;
         config.connector_port = if port == 0 { 0 } else { port + 1 };
     }
-    if let Some(n) = std::env::var("SESSION_PROXY_MAX_CONNECTIONS_PER_IP").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("SESSION_PROXY_MAX_CONNECTIONS_PER_IP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         // Load tests connect thousands of clients from one address.
         config.max_connections_per_ip = n;
     }

@@ -98,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
     let after = server_pid.as_deref().and_then(rss_kib);
     println!(
         "clients {}: {} ({failed} failed) in {:.1} s",
-        if enter_rooms { "connected and in a room" } else { "connected and handshaken" },
+        if enter_rooms {
+            "connected and in a room"
+        } else {
+            "connected and handshaken"
+        },
         held.len(),
         connect_time.as_secs_f64()
     );

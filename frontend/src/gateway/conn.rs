@@ -66,7 +66,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             out: BytesMut::new(),
             phase: Phase::Inited,
             owner: None,
-            pending: FuturesUnordered::new(),
+            pending: None,
             deadline: handshake_deadline,
             closing: None,
             shared,
@@ -76,6 +76,16 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     }
     .instrument(span)
     .await
+}
+
+/// The next finished request, if any are running.
+async fn next_answer(
+    pending: &mut Option<FuturesUnordered<PendingResponse>>,
+) -> Option<(u64, Bytes)> {
+    match pending {
+        Some(p) => p.next().await,
+        None => None,
+    }
 }
 
 /// The next event of the session, or never when there is no session yet.
@@ -151,7 +161,8 @@ struct Client {
     /// dropping it closes the session.
     owner: Option<SessionOwner>,
     /// Requests being handled, answered in the order they finish.
-    pending: FuturesUnordered<PendingResponse>,
+    /// Made on the first request: an idle client pays nothing for it.
+    pending: Option<FuturesUnordered<PendingResponse>>,
     /// Handshake deadline, then heartbeat deadline.
     deadline: Instant,
     /// Set when the connection must end once `out` is written.
@@ -202,7 +213,7 @@ impl Client {
                         }
                     }
                 }
-                Some((id, body)) = self.pending.next(), if !self.pending.is_empty() => {
+                Some((id, body)) = next_answer(&mut self.pending), if self.pending.as_ref().is_some_and(|p| !p.is_empty()) => {
                     // Pushes the backend sent before this answer are already
                     // queued: write them first, so they arrive in order.
                     while let Some(Ok(Some(event))) = self.owner.as_mut().map(SessionOwner::try_recv) {
@@ -438,7 +449,10 @@ impl Client {
                 let answer = self.start(route, msg.body, msg.gzip);
                 let id = msg.id;
                 match answer {
-                    Ok(fut) => self.pending.push(Box::pin(async move { (id, fut.await) })),
+                    Ok(fut) => self
+                        .pending
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(Box::pin(async move { (id, fut.await) })),
                     Err(err) => {
                         self.write_message(MessageType::Response, id, &Route::None, &err.to_body())
                     }
@@ -469,7 +483,9 @@ impl Client {
         if gzip {
             return Err(HandlerError::new("gzip bodies are not supported"));
         }
-        if self.pending.len() >= self.shared.config.max_pending_requests {
+        if self.pending.as_ref().map_or(0, FuturesUnordered::len)
+            >= self.shared.config.max_pending_requests
+        {
             return Err(HandlerError::new("too many requests in flight"));
         }
         let mut parts = route.split('.');

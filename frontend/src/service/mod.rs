@@ -211,7 +211,10 @@ struct Inner {
     /// Settings this service was built with.
     config: SessionConfig,
     /// The sessions, keyed by id.
-    sessions: DashMap<SessionId, SessionEntry>,
+    /// Boxed: the table then holds a pointer per session, and its spare
+    /// capacity (a hash table is up to half empty) costs pointers, not
+    /// whole entries.
+    sessions: DashMap<SessionId, Box<SessionEntry>>,
     /// `uid -> sids`, kept in step with `SessionEntry::uid`. Lock order: a
     /// path that holds a `sessions` guard may take a `uids` guard, never the
     /// other way round.
@@ -328,7 +331,7 @@ impl SessionService {
     pub fn create(&self, info: ConnectInfo) -> SessionOwner {
         let (tx, rx) = owner::queue(self.inner.config.owner_queue);
         let config = &self.inner.config;
-        let mut entry = Some(SessionEntry {
+        let mut entry = Some(Box::new(SessionEntry {
             uid: None,
             settings: BTreeMap::new(),
             last_version: 0,
@@ -342,7 +345,7 @@ impl SessionService {
             owner_gen: 0,
             tokens: resume::Tokens::default(),
             owner: tx,
-        });
+        }));
         loop {
             let sid = SessionId::from_raw(rand::random::<u64>());
             if let Entry::Vacant(slot) = self.inner.sessions.entry(sid) {

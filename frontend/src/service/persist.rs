@@ -199,7 +199,7 @@ impl SessionService {
             },
             owner: tx,
         };
-        self.inner.sessions.insert(sid, entry);
+        self.inner.sessions.insert(sid, Box::new(entry));
         if let Some(uid) = record.info.uid {
             self.inner.uids.entry(uid).or_default().push(sid);
         }
