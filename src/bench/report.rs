@@ -103,7 +103,7 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
     let mut md = String::new();
     let _ = writeln!(md, "{BEGIN}");
     let _ = writeln!(md, "## Side by side with Pinus\n");
-    let _ = writeln!(md, "Command: `{command}` — machine: {}. Each workload ran once per round, the systems interleaved (Pinus, session-proxy, floor, next round); figures are medians over the rounds, throughput with its min–max. The load generator is `session-proxy bench` on the same machine, so every system shares the 2 cores with its load. Pinus 1.7.4 runs as master + connector + chat processes; session-proxy as a connector process and a chat backend process (`bench/cluster.toml`); the floor is one Rust process that answers the handshake and echoes requests, nothing else.\n", machine());
+    let _ = writeln!(md, "Command: `{command}` — machine: {}. Each workload ran once per round, the systems interleaved (Pinus, session-proxy, floor, next round); figures are medians over the rounds, throughput with its min–max. The load generator is `session-proxy bench` on the same machine, so every system shares the 2 cores with its load. Pinus 1.7.4 runs as master + connector + chat processes; session-proxy as a connector process and a chat backend process (`bench/cluster.toml`); the floor is one Rust process that answers the handshake and echoes requests, nothing else. Memory readings (idle) are taken on a freshly started server, one per reading.\n", machine());
     for w in &workloads {
         let _ = writeln!(md, "### {w}\n");
         let idle = w.starts_with("idle");
