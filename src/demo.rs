@@ -514,7 +514,10 @@ async fn run_chat(config: &DemoConfig) -> anyhow::Result<ChatReport> {
     use crate::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
     use serde_json::json;
 
-    let cluster = ChatCluster::start(ChatConfig::ephemeral()).await?;
+    let mut chat_config = ChatConfig::ephemeral();
+    // Every simulated player connects from 127.0.0.1.
+    chat_config.max_connections_per_ip = config.players.max(2) + 16;
+    let cluster = ChatCluster::start(chat_config).await?;
     let gate = cluster.gate_addr();
     let players = config.players.max(2);
     let rooms = (players / 20).max(1);
