@@ -112,6 +112,9 @@ struct SessionEntry {
     uid: Option<String>,
     /// Settings: opaque bytes with a version each.
     settings: BTreeMap<String, Setting>,
+    /// Keys plus values of `settings`, in bytes, kept in step by `write` and
+    /// `remove_setting` (the limit check must not sum the map per push).
+    settings_bytes: usize,
     /// The last version handed out in this session; versions are never reused,
     /// so a removed and re-added key never repeats an old version.
     last_version: u64,
@@ -158,15 +161,13 @@ impl SessionEntry {
         changes: impl IntoIterator<Item = (&'a str, Option<usize>)>,
     ) -> Result<(), Error> {
         let mut count = self.settings.len();
-        let mut bytes: usize = self
-            .settings
-            .iter()
-            .map(|(k, s)| k.len() + s.value.len())
-            .sum();
-        let mut touched: HashMap<&str, Option<usize>> = HashMap::new();
+        let mut bytes = self.settings_bytes;
+        // Keys this batch already changed (pushes name a few keys: a short
+        // list beats a hash map, and a one-key push allocates nothing).
+        let mut touched: Vec<(&str, Option<usize>)> = Vec::new();
         for (key, new_len) in changes {
-            let old = match touched.get(key) {
-                Some(v) => *v,
+            let old = match touched.iter().rev().find(|(k, _)| *k == key) {
+                Some((_, v)) => *v,
                 None => self.settings.get(key).map(|s| key.len() + s.value.len()),
             };
             let new = new_len.map(|l| key.len() + l);
@@ -182,7 +183,7 @@ impl SessionEntry {
                 }
                 (None, None) => {}
             }
-            touched.insert(key, new);
+            touched.push((key, new));
         }
         if count > config.max_settings {
             return Err(Error::LimitExceeded {
@@ -202,8 +203,23 @@ impl SessionEntry {
     fn write(&mut self, key: String, value: Bytes) -> u64 {
         self.last_version += 1;
         let version = self.last_version;
-        self.settings.insert(key, Setting { value, version });
+        let added = key.len() + value.len();
+        let key_len = key.len();
+        if let Some(old) = self.settings.insert(key, Setting { value, version }) {
+            self.settings_bytes -= key_len + old.value.len();
+        }
+        self.settings_bytes += added;
         version
+    }
+
+    fn remove_setting(&mut self, key: &str) -> bool {
+        match self.settings.remove(key) {
+            Some(old) => {
+                self.settings_bytes -= key.len() + old.value.len();
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -334,6 +350,7 @@ impl SessionService {
         let mut entry = Some(Box::new(SessionEntry {
             uid: None,
             settings: BTreeMap::new(),
+            settings_bytes: 0,
             last_version: 0,
             info,
             created_at: SystemTime::now(),
@@ -509,7 +526,7 @@ impl SessionService {
             .sessions
             .get_mut(&sid)
             .ok_or(Error::SessionNotFound(sid))?;
-        let existed = entry.settings.remove(key).is_some();
+        let existed = entry.remove_setting(key);
         drop(entry);
         self.mark_dirty(sid);
         Ok(existed)
@@ -557,7 +574,7 @@ impl SessionService {
             .map(|w| match w.value {
                 Some(value) => Some(entry.write(w.key, value)),
                 None => {
-                    entry.settings.remove(&w.key);
+                    entry.remove_setting(&w.key);
                     None
                 }
             })
@@ -829,6 +846,56 @@ mod tests {
         assert_eq!(s.sids_of_uid("u"), vec![b.sid()]);
         drop(b);
         assert_eq!(s.uid_count(), 0);
+    }
+
+    #[test]
+    fn the_settings_byte_count_stays_in_step() {
+        let s = service(SingleSessionPolicy::Off);
+        let a = s.create(ConnectInfo::default());
+        let sid = a.sid();
+        let check = || {
+            let e = s.inner.sessions.get(&sid).expect("open");
+            let sum: usize = e
+                .settings
+                .iter()
+                .map(|(k, v)| k.len() + v.value.len())
+                .sum();
+            assert_eq!(e.settings_bytes, sum);
+        };
+        s.set(sid, "a", bytes("12345")).expect("set");
+        check();
+        s.set(sid, "a", bytes("1")).expect("replace");
+        check();
+        s.import(
+            sid,
+            [
+                ("b".to_string(), bytes("xy")),
+                ("a".to_string(), bytes("zzz")),
+            ],
+        )
+        .expect("import");
+        check();
+        let writes = vec![
+            KeyWrite {
+                key: "b".into(),
+                value: None,
+                expect: Precondition::Any,
+            },
+            KeyWrite {
+                key: "c".into(),
+                value: Some(bytes("cc")),
+                expect: Precondition::Any,
+            },
+            KeyWrite {
+                key: "c".into(),
+                value: Some(bytes("c")),
+                expect: Precondition::Any,
+            },
+        ];
+        s.apply_push(sid, writes).expect("push");
+        check();
+        assert!(s.remove_key(sid, "a").expect("open"));
+        check();
     }
 
     #[test]

@@ -183,6 +183,11 @@ impl SessionService {
         info.metadata = record.info.metadata.into_iter().collect();
         let entry = SessionEntry {
             uid: record.info.uid.clone(),
+            settings_bytes: record
+                .settings
+                .iter()
+                .map(|(k, s)| k.len() + s.value.len())
+                .sum(),
             settings: record.settings,
             last_version: record.last_version,
             info,
