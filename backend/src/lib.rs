@@ -30,6 +30,24 @@
 //!     session.push("room").await // last write wins on the frontend
 //! }
 //! ```
+//! Every call has a deadline and fails with a typed error; here the frontend
+//! is not running at all:
+//! ```
+//! use session_proxy_backend::{BackendSessionService, ClientConfig};
+//! use session_proxy_protocol::{ErrorCode, SessionId};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let backends = BackendSessionService::new(ClientConfig::new("area-1"));
+//! backends.add_frontend("connector-1", "127.0.0.1:9"); // nothing listens there
+//! let err = backends
+//!     .get("connector-1", SessionId::from_raw(1))
+//!     .await
+//!     .expect_err("no frontend");
+//! assert_eq!(err.code(), ErrorCode::Unavailable);
+//! println!("{err}"); // "frontend connector-1 unavailable: connect to 127.0.0.1:9: ..."
+//! # }
+//! ```
 //! A complete, runnable cluster (frontend and backends on loopback) is the
 //! `session-proxy demo` command of the root crate.
 
