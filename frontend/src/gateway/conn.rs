@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant, Sleep};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::codec::Decoder;
 use tracing::{debug, Instrument};
@@ -67,7 +67,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             phase: Phase::Inited,
             owner: None,
             pending: None,
-            deadline: handshake_deadline,
+            deadline: Box::pin(sleep_until(handshake_deadline)),
             closing: None,
             shared,
         };
@@ -163,8 +163,10 @@ struct Client {
     /// Requests being handled, answered in the order they finish.
     /// Made on the first request: an idle client pays nothing for it.
     pending: Option<FuturesUnordered<PendingResponse>>,
-    /// Handshake deadline, then heartbeat deadline.
-    deadline: Instant,
+    /// Handshake deadline, then heartbeat deadline: one timer for the
+    /// connection's life, reset when the deadline moves (re-creating it every
+    /// loop turn would register a timer per message).
+    deadline: Pin<Box<Sleep>>,
     /// Set when the connection must end once `out` is written.
     closing: Option<String>,
     /// Gateway-wide state.
@@ -194,7 +196,7 @@ impl Client {
             tokio::select! {
                 biased;
                 _ = self.shared.cancel.cancelled() => return "server shutting down".into(),
-                _ = sleep_until(self.deadline) => {
+                _ = &mut self.deadline => {
                     return match self.phase {
                         Phase::Working => "heartbeat timeout".into(),
                         _ => "handshake timeout".into(),
@@ -300,7 +302,8 @@ impl Client {
     }
 
     fn arm_heartbeat(&mut self) {
-        self.deadline = Instant::now() + self.heartbeat() * 2;
+        let at = Instant::now() + self.heartbeat() * 2;
+        self.deadline.as_mut().reset(at);
         let _ = self
             .out_codec
             .encode_to(PackageType::Heartbeat, &[], &mut self.out);
