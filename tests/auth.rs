@@ -35,6 +35,11 @@ async fn frontend(secret: Option<&str>) -> (SessionService, RpcServer) {
 
 fn backend(secret: Option<&str>, addr: std::net::SocketAddr) -> BackendSessionService {
     let mut config = quick_client("b1", Duration::from_millis(800));
+    // Generous handshake time: under a loaded test run the first attempt
+    // must fail on authentication, not on a timeout.
+    config.handshake_timeout = Duration::from_secs(10);
+    config.connect_timeout = Duration::from_secs(10);
+    config.deadline = Duration::from_secs(10);
     config.secret = secret.map(Secret::new);
     start_backend_with(config, "f1", addr)
 }
