@@ -123,7 +123,7 @@ fn room_of(session: &SessionSnapshot) -> Option<String> {
 
 /// Chat requests go to the chat server of their room, so every member of a
 /// room is in one channel; sessions without a room fall back to the uid hash.
-fn route_by_room(session: &SessionSnapshot, route: &str, nodes: &[&str]) -> Option<usize> {
+fn route_by_room(session: &SessionSnapshot, route: &str, nodes: &[String]) -> Option<usize> {
     match room_of(session) {
         Some(rid) => pick_by_key(rid.as_bytes(), nodes),
         None => HashRouter.route(session, route, nodes),

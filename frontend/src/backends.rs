@@ -20,14 +20,14 @@ use tokio::sync::mpsc;
 pub trait Router: Send + Sync + 'static {
     /// Returns the index into `backends` (the node ids of the route's server
     /// type, sorted) of the node to use, or `None` to refuse the request.
-    fn route(&self, session: &SessionSnapshot, route: &str, backends: &[&str]) -> Option<usize>;
+    fn route(&self, session: &SessionSnapshot, route: &str, backends: &[String]) -> Option<usize>;
 }
 
 impl<F> Router for F
 where
-    F: Fn(&SessionSnapshot, &str, &[&str]) -> Option<usize> + Send + Sync + 'static,
+    F: Fn(&SessionSnapshot, &str, &[String]) -> Option<usize> + Send + Sync + 'static,
 {
-    fn route(&self, session: &SessionSnapshot, route: &str, backends: &[&str]) -> Option<usize> {
+    fn route(&self, session: &SessionSnapshot, route: &str, backends: &[String]) -> Option<usize> {
         self(session, route, backends)
     }
 }
@@ -41,7 +41,7 @@ where
 pub struct HashRouter;
 
 impl Router for HashRouter {
-    fn route(&self, session: &SessionSnapshot, _route: &str, backends: &[&str]) -> Option<usize> {
+    fn route(&self, session: &SessionSnapshot, _route: &str, backends: &[String]) -> Option<usize> {
         let key = match &session.uid {
             Some(uid) => uid.clone(),
             None => session.sid.as_u64().to_string(),
@@ -51,7 +51,7 @@ impl Router for HashRouter {
 }
 
 /// Rendezvous (highest-random-weight) choice of one of `nodes` for `key`.
-pub fn pick_by_key(key: &[u8], nodes: &[&str]) -> Option<usize> {
+pub fn pick_by_key<S: AsRef<str>>(key: &[u8], nodes: &[S]) -> Option<usize> {
     nodes
         .iter()
         .enumerate()
@@ -59,7 +59,7 @@ pub fn pick_by_key(key: &[u8], nodes: &[&str]) -> Option<usize> {
             let mut h = Fnv64::default();
             h.write(key);
             h.write(&[0xff]);
-            h.write(node.as_bytes());
+            h.write(node.as_ref().as_bytes());
             mix(h.finish())
         })
         .map(|(i, _)| i)
@@ -107,10 +107,27 @@ pub(crate) struct BackendLink {
     pub(crate) inflight: InFlight<Result<Reply, RpcError>>,
 }
 
+/// The connected backends of one server type, sorted by node id, with their
+/// ids ready for the router. Replaced whole on (rare) membership changes, so
+/// a request takes it with one reference-count increment, no allocation.
+#[derive(Default)]
+struct Candidates {
+    links: Vec<Arc<BackendLink>>,
+    ids: Vec<String>,
+}
+
+impl Candidates {
+    fn from_links(mut links: Vec<Arc<BackendLink>>) -> Self {
+        links.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let ids = links.iter().map(|l| l.node_id.clone()).collect();
+        Candidates { links, ids }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
-    /// `server type -> links`, sorted by node id.
-    links: RwLock<HashMap<String, Vec<Arc<BackendLink>>>>,
+    /// `server type -> connected backends`.
+    links: RwLock<HashMap<String, Arc<Candidates>>>,
     /// Routers by server type; the rest use [`HashRouter`].
     routers: RwLock<HashMap<String, Arc<dyn Router>>>,
     /// Connection ids.
@@ -158,7 +175,7 @@ impl BackendRegistry {
         let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<_> = links
             .iter()
-            .map(|(t, l)| (t.clone(), l.iter().map(|x| x.node_id.clone()).collect()))
+            .map(|(t, c)| (t.clone(), c.ids.clone()))
             .collect();
         out.sort();
         out
@@ -178,20 +195,32 @@ impl BackendRegistry {
             inflight: InFlight::new(max_in_flight),
         });
         let mut links = self.inner.links.write().unwrap_or_else(|e| e.into_inner());
-        let list = links.entry(server_type.to_string()).or_default();
+        let entry = links.entry(server_type.to_string()).or_default();
         // A reconnecting node replaces its older connection.
-        list.retain(|l| l.node_id != node_id);
+        let mut list: Vec<Arc<BackendLink>> = entry
+            .links
+            .iter()
+            .filter(|l| l.node_id != node_id)
+            .cloned()
+            .collect();
         list.push(link.clone());
-        list.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        *entry = Arc::new(Candidates::from_links(list));
         link
     }
 
     pub(crate) fn unregister(&self, server_type: &str, link: &BackendLink) {
         let mut links = self.inner.links.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = links.get_mut(server_type) {
-            list.retain(|l| l.conn_id != link.conn_id);
+        if let Some(entry) = links.get_mut(server_type) {
+            let list: Vec<Arc<BackendLink>> = entry
+                .links
+                .iter()
+                .filter(|l| l.conn_id != link.conn_id)
+                .cloned()
+                .collect();
             if list.is_empty() {
                 links.remove(server_type);
+            } else {
+                *entry = Arc::new(Candidates::from_links(list));
             }
         }
     }
@@ -202,7 +231,7 @@ impl BackendRegistry {
             let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
             links.get(server_type).cloned().unwrap_or_default()
         };
-        if candidates.is_empty() {
+        if candidates.links.is_empty() {
             return Err(RpcError::new(
                 ErrorCode::NoBackend,
                 format!("no {server_type} server is connected"),
@@ -215,13 +244,12 @@ impl BackendRegistry {
             .unwrap_or_else(|e| e.into_inner())
             .get(server_type)
             .cloned();
-        let ids: Vec<&str> = candidates.iter().map(|l| l.node_id.as_str()).collect();
         let index = match router {
-            Some(r) => r.route(session, route, &ids),
-            None => HashRouter.route(session, route, &ids),
+            Some(r) => r.route(session, route, &candidates.ids),
+            None => HashRouter.route(session, route, &candidates.ids),
         };
         index
-            .and_then(|i| candidates.get(i).cloned())
+            .and_then(|i| candidates.links.get(i).cloned())
             .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "the router chose no server"))
     }
 
@@ -317,7 +345,7 @@ mod tests {
 
     #[test]
     fn hash_router_is_stable_and_spreads_unbound_sessions() {
-        let nodes = ["chat-1", "chat-2", "chat-3"];
+        let nodes: Vec<String> = ["chat-1", "chat-2", "chat-3"].map(String::from).to_vec();
         let a = HashRouter.route(&session(Some("alice"), 1), "chat.x.y", &nodes);
         assert_eq!(
             a,

@@ -491,11 +491,16 @@ impl Client {
         {
             return Err(HandlerError::new("too many requests in flight"));
         }
+        // `serverType.handler.method`: three non-empty parts.
         let mut parts = route.split('.');
-        let server_type = parts.next().unwrap_or_default();
-        if route.split('.').count() != 3 || route.split('.').any(str::is_empty) {
-            return Err(HandlerError::new(format!("invalid route {route:?}")));
-        }
+        let server_type = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(t), Some(h), Some(m), None)
+                if !t.is_empty() && !h.is_empty() && !m.is_empty() =>
+            {
+                t
+            }
+            _ => return Err(HandlerError::new(format!("invalid route {route:?}"))),
+        };
         let deadline = self.shared.config.request_deadline;
         let sid = self
             .owner
