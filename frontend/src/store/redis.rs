@@ -196,17 +196,12 @@ impl RedisStore {
         sweep(&mut self.conn.clone(), &self.keys, &self.delete).await
     }
 
-    async fn delete_one(&self, sid: SessionId) -> Result<bool, StoreError> {
-        let n: i64 = self
-            .delete
-            .key(self.keys.session(sid))
-            .key(self.keys.owners())
-            .arg(format!("{:016x}", sid.as_u64()))
-            .arg(&self.keys.prefix)
-            .arg("0")
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(n > 0)
+    /// Loads the scripts again after the server forgot them (a restart):
+    /// pipelined EVALSHA calls then fail with NOSCRIPT and are retried once.
+    async fn reload_scripts(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+        self.put.prepare_invoke().load_async(conn).await?;
+        self.delete.prepare_invoke().load_async(conn).await?;
+        Ok(())
     }
 
     async fn read_many(&self, sids: &[SessionId]) -> Result<Vec<StoredSession>, StoreError> {
@@ -243,10 +238,7 @@ impl SessionStore for RedisStore {
             let mut conn = self.conn.clone();
             match pipe.query_async::<()>(&mut conn).await {
                 Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
-                    // The server restarted and forgot the script: load it
-                    // again and retry once.
-                    self.put.prepare_invoke().load_async(&mut conn).await?;
-                    self.delete.prepare_invoke().load_async(&mut conn).await?;
+                    self.reload_scripts(&mut conn).await?;
                     pipe.query_async::<()>(&mut conn).await?;
                     Ok(())
                 }
@@ -272,13 +264,30 @@ impl SessionStore for RedisStore {
 
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize> {
         Box::pin(async move {
-            let mut n = 0;
-            for sid in sids {
-                if self.delete_one(sid).await? {
-                    n += 1;
-                }
+            if sids.is_empty() {
+                return Ok(0);
             }
-            Ok(n)
+            // One pipeline for the whole batch, as `put` does.
+            let mut pipe = ::redis::pipe();
+            for sid in &sids {
+                pipe.cmd("EVALSHA")
+                    .arg(self.delete.get_hash())
+                    .arg(2)
+                    .arg(self.keys.session(*sid))
+                    .arg(self.keys.owners())
+                    .arg(format!("{:016x}", sid.as_u64()))
+                    .arg(&self.keys.prefix)
+                    .arg("0");
+            }
+            let mut conn = self.conn.clone();
+            let deleted: Vec<i64> = match pipe.query_async(&mut conn).await {
+                Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
+                    self.reload_scripts(&mut conn).await?;
+                    pipe.query_async(&mut conn).await?
+                }
+                other => other?,
+            };
+            Ok(deleted.into_iter().filter(|n| *n > 0).count())
         })
     }
 
