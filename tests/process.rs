@@ -2,61 +2,38 @@
 
 mod common;
 
+use common::nodes::{sigkill, spawn_session_proxy};
 use common::*;
 use session_proxy::protocol::{Call, KeyWrite, Precondition};
-use session_proxy::ErrorCode;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 /// Starts `session-proxy frontend` and returns it with its RPC address.
 async fn spawn_frontend(addr: &str) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args([
-            "frontend",
-            "--id",
-            "f1",
-            "--rpc-addr",
-            addr,
-            "--open-sessions",
-            "20",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the session-proxy binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("the frontend reports its address in time")
-        .expect("stdout readable")
-        .expect("a line");
+    let args = [
+        "frontend",
+        "--id",
+        "f1",
+        "--rpc-addr",
+        addr,
+        "--open-sessions",
+        "20",
+    ];
+    let (child, lines) = spawn_session_proxy(&args, "listening on").await;
+    let line = lines.last().expect("the listening line");
     let addr = line
         .rsplit(' ')
         .next()
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        .unwrap_or_else(|| panic!("unexpected line {line:?}"));
     (child, addr)
-}
-
-async fn stop(mut child: Child) {
-    // SIGKILL by PID, then reap it.
-    child.start_kill().expect("kill");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("the process exits")
-        .expect("wait");
-    assert!(!status.success(), "killed, not exited");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_frontend_fails_pending_calls_within_deadline_and_comes_back() {
-    let (first, addr) = spawn_frontend("127.0.0.1:0").await;
+    let (mut first, addr) = spawn_frontend("127.0.0.1:0").await;
     let deadline = Duration::from_millis(1000);
     let backend = start_backend_with(quick_client("b", deadline), "f1", addr);
     let sids: Vec<_> = {
@@ -117,11 +94,11 @@ async fn sigkilled_frontend_fails_pending_calls_within_deadline_and_comes_back()
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop(first).await;
+    sigkill(&mut first).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Restart on the same port; the backend service is the same object.
-    let (second, addr2) = spawn_frontend(&addr.to_string()).await;
+    let (mut second, addr2) = spawn_frontend(&addr.to_string()).await;
     assert_eq!(addr, addr2);
     let until = Instant::now() + Duration::from_secs(10);
     let mut recovered = false;
@@ -140,32 +117,12 @@ async fn sigkilled_frontend_fails_pending_calls_within_deadline_and_comes_back()
     }
     stop_flag.store(true, Ordering::Relaxed);
 
-    let (mut ok, mut failed) = (0, 0);
+    let mut outcomes = Vec::new();
     for w in workers {
-        for (took, r) in w.await.expect("worker") {
-            assert!(
-                took < deadline + Duration::from_millis(1000),
-                "a call took {took:?}"
-            );
-            match r {
-                Ok(()) => ok += 1,
-                Err(code) => {
-                    failed += 1;
-                    assert!(
-                        matches!(
-                            code,
-                            ErrorCode::PeerClosed
-                                | ErrorCode::Unavailable
-                                | ErrorCode::DeadlineExceeded
-                                | ErrorCode::SessionNotFound
-                        ),
-                        "unexpected {code:?}"
-                    );
-                }
-            }
-        }
+        outcomes.extend(w.await.expect("worker"));
     }
-    stop(second).await;
+    let (ok, failed) = tally_outcomes(outcomes, deadline + Duration::from_millis(1000));
+    sigkill(&mut second).await;
     assert!(
         recovered,
         "calls succeed again after the restart, without restarting the backend"

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::nodes::{free_port, sigkill, spawn_session_proxy};
 use common::redis::RedisServer;
 use serde_json::json;
 use session_proxy::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
@@ -15,64 +16,30 @@ use session_proxy::{
     SessionService,
 };
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("addr").port()
-}
 
 /// Starts `session-proxy frontend` with a gateway and the Redis store;
 /// returns once it listens, with the lines it printed.
 async fn spawn_frontend(rpc: u16, clients: u16, redis: &str) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args([
-            "frontend",
-            "--id",
-            "f1",
-            "--rpc-addr",
-            &format!("127.0.0.1:{rpc}"),
-            "--client-addr",
-            &format!("127.0.0.1:{clients}"),
-            "--redis",
-            redis,
-            "--resume-grace",
-            "30",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the session-proxy binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut seen = Vec::new();
-    loop {
-        let line = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("the frontend starts in time")
-            .expect("stdout")
-            .expect("a line before exit");
-        let done = line.contains("listening on");
-        seen.push(line);
-        if done {
-            return (child, seen);
-        }
-    }
-}
-
-async fn sigkill(mut child: Child) {
-    child.start_kill().expect("SIGKILL");
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
-    assert!(!status.success());
+    let (rpc, clients) = (format!("127.0.0.1:{rpc}"), format!("127.0.0.1:{clients}"));
+    let args = [
+        "frontend",
+        "--id",
+        "f1",
+        "--rpc-addr",
+        &rpc,
+        "--client-addr",
+        &clients,
+        "--redis",
+        redis,
+        "--resume-grace",
+        "30",
+    ];
+    spawn_session_proxy(&args, "listening on").await
 }
 
 fn token_of(c: &PomeloClient) -> String {
@@ -107,7 +74,7 @@ async fn a_sigkilled_frontend_restarts_with_every_acknowledged_change() {
         return;
     };
     let (rpc, clients) = (free_port(), free_port());
-    let (first, lines) = spawn_frontend(rpc, clients, &redis.url()).await;
+    let (mut first, lines) = spawn_frontend(rpc, clients, &redis.url()).await;
     assert!(
         lines.iter().any(|l| l == "restored 0 sessions"),
         "{lines:?}"
@@ -143,7 +110,7 @@ async fn a_sigkilled_frontend_restarts_with_every_acknowledged_change() {
         }
     }
 
-    sigkill(first).await;
+    sigkill(&mut first).await;
     for (c, _, _) in players.iter_mut() {
         loop {
             match c.next_event(WAIT).await {
@@ -154,7 +121,7 @@ async fn a_sigkilled_frontend_restarts_with_every_acknowledged_change() {
         }
     }
 
-    let (second, lines) = spawn_frontend(rpc, clients, &redis.url()).await;
+    let (mut second, lines) = spawn_frontend(rpc, clients, &redis.url()).await;
     assert!(
         lines.iter().any(|l| l == "restored 2 sessions"),
         "{lines:?}"
@@ -196,7 +163,7 @@ async fn a_sigkilled_frontend_restarts_with_every_acknowledged_change() {
             .expect("call");
         assert_eq!(by_uid.len(), 1, "the uid index was restored");
     }
-    sigkill(second).await;
+    sigkill(&mut second).await;
 }
 
 struct Front {

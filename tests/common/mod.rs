@@ -83,3 +83,35 @@ pub fn frontend_value<T: serde::de::DeserializeOwned>(
         .get(key)
         .map(|s| decode(&s.value))
 }
+
+/// Checks how calls ended while a frontend died and came back: each ended
+/// within `within`, and each failure is one a dead frontend explains
+/// (connection lost, unreachable, deadline, or its sessions gone after the
+/// restart). Returns (succeeded, failed).
+pub fn tally_outcomes(
+    outcomes: impl IntoIterator<Item = (Duration, Result<(), session_proxy::ErrorCode>)>,
+    within: Duration,
+) -> (usize, usize) {
+    use session_proxy::ErrorCode;
+    let (mut ok, mut failed) = (0, 0);
+    for (took, r) in outcomes {
+        assert!(took < within, "a call took {took:?}");
+        match r {
+            Ok(()) => ok += 1,
+            Err(code) => {
+                failed += 1;
+                assert!(
+                    matches!(
+                        code,
+                        ErrorCode::PeerClosed
+                            | ErrorCode::Unavailable
+                            | ErrorCode::DeadlineExceeded
+                            | ErrorCode::SessionNotFound
+                    ),
+                    "unexpected error {code:?}"
+                );
+            }
+        }
+    }
+    (ok, failed)
+}

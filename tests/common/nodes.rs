@@ -1,5 +1,6 @@
 //! Cluster nodes as real processes, from a cluster file.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,29 +29,52 @@ pub fn write_cluster(name: &str) -> (PathBuf, u16) {
     (path, client)
 }
 
-/// Starts one node and waits for its `ready` line.
-pub async fn run_node(config: &Path, node: &str) -> Child {
+/// Runs the `session-proxy` binary with `args` and returns it, with the
+/// lines it printed, once a line contains `until` (its "I serve" line).
+pub async fn spawn_session_proxy<S: AsRef<OsStr>>(args: &[S], until: &str) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args(["run", "--config"])
-        .arg(config)
-        .args(["--node", node])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("session-proxy starts");
+        .expect("the session-proxy binary starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("the node starts in time")
-        .expect("stdout")
-        .expect("a line");
-    assert_eq!(line, format!("ready {node}"));
+    let mut seen = Vec::new();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the process starts in time")
+            .expect("stdout readable")
+            .expect("a line before it exits");
+        let done = line.contains(until);
+        seen.push(line);
+        if done {
+            return (child, seen);
+        }
+    }
+}
+
+/// Starts one node of a cluster file and waits for its `ready` line.
+pub async fn run_node(config: &Path, node: &str) -> Child {
+    let args = [
+        OsStr::new("run"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--node"),
+        OsStr::new(node),
+    ];
+    let (child, lines) = spawn_session_proxy(&args, "ready").await;
+    assert_eq!(lines, vec![format!("ready {node}")]);
     child
 }
 
-/// SIGKILL by PID, and reap.
+/// SIGKILL by PID and reap; the process must not have exited on its own.
 pub async fn sigkill(child: &mut Child) {
     child.start_kill().expect("SIGKILL");
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the process exits")
+        .expect("wait");
+    assert!(!status.success(), "killed, not exited");
 }
