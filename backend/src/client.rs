@@ -251,9 +251,7 @@ impl FrontendClient {
                     limit: self.inner.config.max_in_flight,
                 })
             }
-            Err(RegisterError::Closed) => {
-                return Err(self.failure(Outcome::Lost("connection closed".into())))
-            }
+            Err(RegisterError::Closed) => return Err(self.connection_closed()),
         };
         // The guard exists before the request is queued: however this future
         // ends from here on, the id is forgotten.
@@ -272,7 +270,7 @@ impl FrontendClient {
         });
         match timeout_at(deadline_at, conn.tx.send(msg)).await {
             Ok(Ok(())) => Ok(pending),
-            Ok(Err(_)) => Err(self.failure(Outcome::Lost("connection closed".into()))),
+            Ok(Err(_)) => Err(self.connection_closed()),
             Err(_) => Err(self.deadline_error(deadline)),
         }
     }
@@ -285,7 +283,7 @@ impl FrontendClient {
         let conn = self.connection(deadline_at, deadline).await?;
         match timeout_at(deadline_at, conn.tx.send(Message::Notify(call))).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(self.failure(Outcome::Lost("connection closed".into()))),
+            Ok(Err(_)) => Err(self.connection_closed()),
             Err(_) => Err(self.deadline_error(deadline)),
         }
     }
@@ -327,15 +325,11 @@ impl FrontendClient {
         }
     }
 
-    fn failure(&self, outcome: Outcome) -> Error {
-        let frontend = self.frontend_id().to_string();
-        match outcome {
-            Outcome::Reply(_) => Error::UnexpectedReply {
-                frontend,
-                call: "a failed call",
-            },
-            Outcome::Remote(source) => Error::Remote { frontend, source },
-            Outcome::Lost(cause) => Error::ConnectionLost { frontend, cause },
+    /// The error for a call whose connection closed under it.
+    fn connection_closed(&self) -> Error {
+        Error::ConnectionLost {
+            frontend: self.frontend_id().to_string(),
+            cause: "connection closed".into(),
         }
     }
 }
@@ -369,10 +363,15 @@ impl PendingCall {
     pub async fn response(mut self) -> Result<Reply, Error> {
         match timeout_at(self.deadline_at, &mut self.rx).await {
             Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
-            Ok(Ok(other)) => Err(self.client.failure(other)),
-            Ok(Err(_)) => Err(self
-                .client
-                .failure(Outcome::Lost("connection closed".into()))),
+            Ok(Ok(Outcome::Remote(source))) => Err(Error::Remote {
+                frontend: self.client.frontend_id().to_string(),
+                source,
+            }),
+            Ok(Ok(Outcome::Lost(cause))) => Err(Error::ConnectionLost {
+                frontend: self.client.frontend_id().to_string(),
+                cause,
+            }),
+            Ok(Err(_)) => Err(self.client.connection_closed()),
             Err(_) => Err(self.client.deadline_error(self.deadline)),
         }
     }
