@@ -115,3 +115,32 @@ pub fn tally_outcomes(
     }
     (ok, failed)
 }
+
+/// A frontend whose RPC server requires `secret` (none: no authentication).
+pub async fn secured_frontend(
+    secret: Option<&str>,
+) -> (session_proxy::SessionService, session_proxy::RpcServer) {
+    let sessions = session_proxy::SessionService::new(session_proxy::SessionConfig::new("f1"));
+    let mut config = session_proxy::RpcConfig::default();
+    config.secret = secret.map(session_proxy::protocol::Secret::new);
+    let server = session_proxy::RpcServer::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        sessions.clone(),
+        config,
+    )
+    .await
+    .expect("bind");
+    (sessions, server)
+}
+
+/// A backend of frontend "f1" that authenticates with `secret`. Generous
+/// handshake time: under a loaded test run a first attempt must fail on
+/// authentication, not on a timeout.
+pub fn secured_backend(secret: Option<&str>, addr: SocketAddr) -> BackendSessionService {
+    let mut config = quick_client("b1", Duration::from_millis(800));
+    config.handshake_timeout = Duration::from_secs(10);
+    config.connect_timeout = Duration::from_secs(10);
+    config.deadline = Duration::from_secs(10);
+    config.secret = secret.map(session_proxy::protocol::Secret::new);
+    start_backend_with(config, "f1", addr)
+}

@@ -20,10 +20,7 @@ impl RedisServer {
             eprintln!("SKIPPED: {binary} is not installed; install redis-server to run this test");
             return None;
         }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            l.local_addr().expect("addr").port()
-        };
+        let port = super::nodes::free_port();
         let child = Command::new(&binary)
             .args([
                 "--port",

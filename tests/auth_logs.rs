@@ -1,0 +1,88 @@
+//! Refusals of unauthenticated peers are logged with their address and
+//! never with the secret.
+//!
+//! Alone in its own test binary on purpose: `tracing` caches per call site
+//! whether anyone listens, and another test hitting the same log line first
+//! on a thread without a subscriber would hide it from this one's.
+
+mod common;
+
+use common::*;
+use session_proxy::{ConnectInfo, ErrorCode};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+const SECRET: &str = "the-cluster-secret-7f3a9c";
+
+/// Log lines written while a test runs (current-thread runtime: every
+/// task logs on this thread).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn only_peers_with_the_secret_get_in_and_refusals_are_logged_without_it() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (sessions, server) = secured_frontend(Some(SECRET)).await;
+    let owner = sessions.create(ConnectInfo::default());
+    let sid = owner.sid();
+
+    // The right secret: calls work.
+    let good = secured_backend(Some(SECRET), server.local_addr());
+    let mut s = good
+        .get("f1", sid)
+        .await
+        .expect("authenticated")
+        .expect("open");
+    s.bind("alice").await.expect("bind");
+
+    // A wrong secret, and none at all: refused before any session call.
+    for secret in [Some("not-the-secret"), None] {
+        let bad = secured_backend(secret, server.local_addr());
+        let err = bad.get("f1", sid).await.expect_err("refused");
+        assert_eq!(err.code(), ErrorCode::Unavailable, "{err}");
+        assert!(
+            err.to_string().contains("unauthorized") || err.to_string().contains("secret"),
+            "{err}"
+        );
+        let err = bad
+            .client("f1")
+            .expect("known")
+            .call(session_proxy::protocol::Call::KickBySid {
+                sid,
+                reason: "x".into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), ErrorCode::Unavailable);
+    }
+    // Nothing the refused peers tried changed anything.
+    let now = sessions.get(sid).expect("still open");
+    assert_eq!(now.uid.as_deref(), Some("alice"));
+
+    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf8");
+    assert!(text.contains("failed authentication"), "{text}");
+    assert!(text.contains("did not authenticate"), "{text}");
+    assert!(
+        text.contains("127.0.0.1:"),
+        "the peer address is logged: {text}"
+    );
+    assert!(!text.contains(SECRET), "the secret must never be logged");
+    assert!(!text.contains("not-the-secret"));
+}
