@@ -7,10 +7,11 @@
 //! connected client costs a few dozen bytes here.
 
 use crate::Outbound;
+use futures::task::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
 
 /// Why an item was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,9 +25,9 @@ pub(crate) enum SendError {
 struct Queue {
     /// Queued items, oldest first.
     items: Mutex<VecDeque<Outbound>>,
-    /// Wakes the one receiver; a notification sent while it is not waiting
-    /// is kept, so none is lost.
-    notify: Notify,
+    /// Wakes the one receiver. It registers before its last look at the
+    /// queue, so an item queued in between still wakes it.
+    waker: AtomicWaker,
     /// Set once the session is removed.
     closed: AtomicBool,
     /// Set while no connection reads the queue (the session is parked):
@@ -55,7 +56,7 @@ pub(crate) struct OwnerRx(Arc<Queue>);
 pub(crate) fn queue(capacity: usize) -> (OwnerTx, OwnerRx) {
     let q = Arc::new(Queue {
         items: Mutex::new(VecDeque::new()),
-        notify: Notify::new(),
+        waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
         parked: AtomicBool::new(false),
         capacity: capacity.max(1),
@@ -75,7 +76,7 @@ impl OwnerTx {
             }
             items.push_back(item);
         }
-        self.0.notify.notify_one();
+        self.0.waker.wake();
         Ok(())
     }
 
@@ -92,18 +93,28 @@ impl OwnerTx {
     /// Ends the session: the receiver gets what is queued, then `None`.
     pub(crate) fn close(&self) {
         self.0.closed.store(true, Ordering::Release);
-        self.0.notify.notify_one();
+        self.0.waker.wake();
     }
 }
 
 impl OwnerRx {
     pub(crate) async fn recv(&mut self) -> Option<Outbound> {
-        loop {
-            match self.try_recv() {
-                Ok(Some(item)) => return Some(item),
-                Err(()) => return None,
-                Ok(None) => self.0.notify.notified().await,
-            }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next item, `Ready(None)` once closed and drained, or `Pending`
+    /// with the task registered to be woken by the next send or close.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        match self.try_recv() {
+            Ok(Some(item)) => return Poll::Ready(Some(item)),
+            Err(()) => return Poll::Ready(None),
+            Ok(None) => {}
+        }
+        self.0.waker.register(cx.waker());
+        match self.try_recv() {
+            Ok(Some(item)) => Poll::Ready(Some(item)),
+            Err(()) => Poll::Ready(None),
+            Ok(None) => Poll::Pending,
         }
     }
 

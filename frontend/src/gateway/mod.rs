@@ -323,11 +323,7 @@ async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>, tracker: TaskTrack
             drop(stream);
             continue;
         }
-        tracker.spawn(async move {
-            conn::serve(stream, peer, shared.clone()).await;
-            release_ip(&shared, ip);
-            drop(permit);
-        });
+        tracker.spawn(conn::Connection::new(stream, peer, shared, permit));
     }
 }
 

@@ -1,10 +1,10 @@
 //! Raw TCP or WebSocket under one interface: bytes in, packages out.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -79,53 +79,114 @@ impl Transport {
         }
     }
 
-    /// Reads more client bytes into `buf`. `Ok(false)` on a clean close.
-    /// Cancel-safe: nothing is lost if the future is dropped.
-    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> Result<bool, String> {
+    /// Reads more client bytes onto the end of `buf`; `Ready(Ok(false))` on
+    /// a clean close.
+    ///
+    /// Over TCP and TLS the bytes land in a stack buffer first and `buf`
+    /// grows by exactly what arrived: a connection holds no read buffer
+    /// between messages, and a burst of handshakes does not leave
+    /// page-sized holes in the heap.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<Result<bool, String>> {
+        let mut chunk = [0u8; READ_CHUNK];
         match self {
-            Transport::Tcp(stream) => {
-                // Wait for data without holding a buffer: an idle client
-                // then costs no read buffer at all.
-                stream
-                    .readable()
-                    .await
-                    .map_err(|e| format!("read failed: {e}"))?;
-                buf.reserve(4096);
-                match stream.try_read_buf(buf) {
-                    Ok(0) => Ok(false),
-                    Ok(_) => Ok(true),
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
-                    Err(err) => Err(format!("read failed: {err}")),
+            Transport::Tcp(stream) => loop {
+                ready!(stream.poll_read_ready(cx)).map_err(|e| format!("read failed: {e}"))?;
+                match stream.try_read(&mut chunk) {
+                    Ok(0) => return Poll::Ready(Ok(false)),
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        return Poll::Ready(Ok(true));
+                    }
+                    // Readiness was stale; `try_read` cleared it.
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(err) => return Poll::Ready(Err(format!("read failed: {err}"))),
                 }
-            }
+            },
             Transport::Tls(stream) => {
-                buf.reserve(4096);
-                match stream.read_buf(buf).await {
-                    Ok(0) => Ok(false),
-                    Ok(_) => Ok(true),
-                    Err(err) => Err(format!("read failed: {err}")),
+                let mut read = ReadBuf::new(&mut chunk);
+                ready!(Pin::new(stream.as_mut()).poll_read(cx, &mut read))
+                    .map_err(|e| format!("read failed: {e}"))?;
+                if read.filled().is_empty() {
+                    return Poll::Ready(Ok(false));
                 }
+                buf.extend_from_slice(read.filled());
+                Poll::Ready(Ok(true))
             }
-            Transport::Wss(ws) => ws_read(ws.as_mut(), buf).await,
-            Transport::Ws(ws) => ws_read(ws.as_mut(), buf).await,
+            Transport::Wss(ws) => poll_ws_read(ws.as_mut(), cx, buf),
+            Transport::Ws(ws) => poll_ws_read(ws.as_mut(), cx, buf),
+        }
+    }
+
+    /// Writes all of `out`: over TCP and TLS as a byte stream (then a TLS
+    /// flush), over WebSocket as one binary message. `flushing` carries a
+    /// started flush across calls; call again while `out` is not empty or
+    /// `flushing` is set.
+    pub(crate) fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+        flushing: &mut bool,
+    ) -> Poll<Result<(), String>> {
+        match self {
+            Transport::Tcp(stream) => poll_write_all(Pin::new(stream), cx, out),
+            Transport::Tls(stream) => {
+                if !out.is_empty() {
+                    *flushing = true;
+                    ready!(poll_write_all(Pin::new(stream.as_mut()), cx, out))?;
+                }
+                if *flushing {
+                    ready!(Pin::new(stream.as_mut()).poll_flush(cx))
+                        .map_err(|e| format!("write failed: {e}"))?;
+                    *flushing = false;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Transport::Ws(ws) => poll_ws_send(ws.as_mut(), cx, out, flushing),
+            Transport::Wss(ws) => poll_ws_send(ws.as_mut(), cx, out, flushing),
         }
     }
 }
 
-async fn ws_read<S: AsyncRead + AsyncWrite + Unpin>(
+/// Bytes read from a TCP or TLS socket per call (on the stack).
+const READ_CHUNK: usize = 8192;
+
+fn poll_write_all<W: AsyncWrite>(
+    mut io: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+) -> Poll<Result<(), String>> {
+    while !out.is_empty() {
+        let n =
+            ready!(io.as_mut().poll_write(cx, out)).map_err(|e| format!("write failed: {e}"))?;
+        if n == 0 {
+            return Poll::Ready(Err("write failed: the socket accepts no more bytes".into()));
+        }
+        out.advance(n);
+    }
+    Poll::Ready(Ok(()))
+}
+
+fn poll_ws_read<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
+    cx: &mut Context<'_>,
     buf: &mut BytesMut,
-) -> Result<bool, String> {
+) -> Poll<Result<bool, String>> {
     loop {
-        match ws.next().await {
-            None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
-            Some(Err(err)) => return Err(format!("websocket error: {err}")),
+        match ready!(ws.poll_next_unpin(cx)) {
+            None | Some(Ok(WsMessage::Close(_))) => return Poll::Ready(Ok(false)),
+            Some(Err(err)) => return Poll::Ready(Err(format!("websocket error: {err}"))),
             Some(Ok(WsMessage::Binary(data))) => {
                 buf.extend_from_slice(&data);
-                return Ok(true);
+                return Poll::Ready(Ok(true));
             }
             Some(Ok(WsMessage::Text(_))) => {
-                return Err("text websocket messages are not part of the protocol".into())
+                return Poll::Ready(Err(
+                    "text websocket messages are not part of the protocol".into()
+                ))
             }
             // Pings are answered by tungstenite itself.
             Some(Ok(_)) => continue,
@@ -133,36 +194,27 @@ async fn ws_read<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-impl Transport {
-    /// Writes encoded packages: one write over TCP, one binary message over
-    /// WebSocket.
-    pub(crate) async fn write(&mut self, data: Bytes) -> Result<(), String> {
-        match self {
-            Transport::Tcp(stream) => stream
-                .write_all(&data)
-                .await
-                .map_err(|e| format!("write failed: {e}")),
-            Transport::Ws(ws) => ws
-                .send(WsMessage::Binary(data))
-                .await
-                .map_err(|e| format!("websocket write failed: {e}")),
-            Transport::Tls(stream) => {
-                stream
-                    .write_all(&data)
-                    .await
-                    .map_err(|e| format!("write failed: {e}"))?;
-                stream
-                    .flush()
-                    .await
-                    .map_err(|e| format!("write failed: {e}"))
-            }
-            Transport::Wss(ws) => ws
-                .send(WsMessage::Binary(data))
-                .await
-                .map_err(|e| format!("websocket write failed: {e}")),
-        }
+fn poll_ws_send<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+    flushing: &mut bool,
+) -> Poll<Result<(), String>> {
+    let failed = |e| format!("websocket write failed: {e}");
+    if !out.is_empty() {
+        ready!(ws.poll_ready_unpin(cx)).map_err(failed)?;
+        ws.start_send_unpin(WsMessage::Binary(out.split().freeze()))
+            .map_err(failed)?;
+        *flushing = true;
     }
+    if *flushing {
+        ready!(ws.poll_flush_unpin(cx)).map_err(failed)?;
+        *flushing = false;
+    }
+    Poll::Ready(Ok(()))
+}
 
+impl Transport {
     /// Closes the connection politely (best effort).
     pub(crate) async fn close(&mut self) {
         match self {

@@ -790,6 +790,18 @@ impl SessionOwner {
         }
     }
 
+    /// [`recv`](Self::recv) as a poll: for connection code written as a
+    /// hand-made future rather than an `async fn`.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Outbound>> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
     /// Like [`recv`](Self::recv) but without waiting: `Ok(None)` when nothing
     /// is queued yet, `Err(())` once the session is over.
     #[allow(clippy::result_unit_err)]
