@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -54,8 +54,11 @@ type Opening = Pin<Box<dyn Future<Output = Result<(Transport, BytesMut), String>
 /// the stage a connection spends its life in, and the task holds it anyway.
 #[allow(clippy::large_enum_variant)]
 enum Stage {
-    /// Sniffing the transport (TLS, WebSocket upgrade). Boxed: the upgrade
-    /// is a large future needed once.
+    /// Waiting for the first byte, which tells raw TCP from TLS and
+    /// WebSocket.
+    Sniffing(TcpStream),
+    /// TLS or WebSocket handshake. Boxed: these are large futures (about
+    /// 11 KiB), needed once and never for raw TCP.
     Opening(Opening),
     /// Handshake, requests, pushes, heartbeats.
     Running(Client),
@@ -107,12 +110,8 @@ impl Connection {
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
-        let opening = {
-            let shared = shared.clone();
-            Box::pin(async move { open(stream, &shared).await })
-        };
         Connection {
-            stage: Stage::Opening(opening),
+            stage: Stage::Sniffing(stream),
             timer: sleep_until(handshake_deadline),
             cancelled: shared.cancel.clone().cancelled_owned(),
             span: tracing::debug_span!("client", %peer),
@@ -133,17 +132,55 @@ impl Future for Connection {
         let _entered = this.span.enter();
         loop {
             match this.stage {
+                Stage::Sniffing(stream) => {
+                    let mut first = [0u8; 1];
+                    let peeked = stream.poll_peek(cx, &mut ReadBuf::new(&mut first));
+                    let reason = match peeked {
+                        Poll::Ready(Ok(0)) => "closed",
+                        Poll::Ready(Ok(_)) => "",
+                        Poll::Ready(Err(err)) => {
+                            debug!(cause = %err, "connection dropped before the handshake");
+                            "read failed"
+                        }
+                        Poll::Pending => {
+                            match opening_ends(cx, this.timer.as_mut(), this.cancelled.as_mut()) {
+                                Some(reason) => reason,
+                                None => return Poll::Pending,
+                            }
+                        }
+                    };
+                    if !reason.is_empty() {
+                        debug!(reason, "connection dropped before the handshake");
+                        *this.stage = Stage::Done;
+                        return Poll::Ready(());
+                    }
+                    let shared = &this.slot.shared;
+                    // 0x16: a TLS ClientHello; an HTTP method: a WebSocket upgrade.
+                    let tls = first[0] == 0x16 && shared.config.tls.is_some();
+                    if let Stage::Sniffing(stream) = std::mem::replace(this.stage, Stage::Done) {
+                        *this.stage = if tls || first[0].is_ascii_alphabetic() {
+                            let shared = shared.clone();
+                            Stage::Opening(Box::pin(async move { upgrade(stream, &shared).await }))
+                        } else {
+                            Stage::Running(Client::new(
+                                Transport::Tcp(stream),
+                                BytesMut::new(),
+                                shared.clone(),
+                                this.timer.deadline(),
+                            ))
+                        };
+                    }
+                }
                 Stage::Opening(opening) => {
                     let opened = match opening.as_mut().poll(cx) {
                         Poll::Ready(opened) => opened,
                         Poll::Pending => {
-                            if this.timer.as_mut().poll(cx).is_ready() {
-                                debug!("no handshake in time");
-                            } else if this.cancelled.as_mut().poll(cx).is_ready() {
-                                debug!("server shutting down");
-                            } else {
+                            let Some(reason) =
+                                opening_ends(cx, this.timer.as_mut(), this.cancelled.as_mut())
+                            else {
                                 return Poll::Pending;
-                            }
+                            };
+                            debug!(reason, "connection dropped before the handshake");
                             *this.stage = Stage::Done;
                             return Poll::Ready(());
                         }
@@ -186,9 +223,26 @@ impl Future for Connection {
     }
 }
 
-/// Sniffs the first byte: an HTTP method means a WebSocket upgrade.
-/// Also returns bytes already read past the sniffing (TLS only).
-async fn open(stream: TcpStream, shared: &Shared) -> Result<(Transport, BytesMut), String> {
+/// Why a connection that has not opened yet must end, if it must: its
+/// handshake deadline passed, or the server is shutting down.
+fn opening_ends(
+    cx: &mut Context<'_>,
+    timer: Pin<&mut Sleep>,
+    cancelled: Pin<&mut WaitForCancellationFutureOwned>,
+) -> Option<&'static str> {
+    if timer.poll(cx).is_ready() {
+        Some("no handshake in time")
+    } else if cancelled.poll(cx).is_ready() {
+        Some("server shutting down")
+    } else {
+        None
+    }
+}
+
+/// Opens TLS and WebSocket connections (the first byte was peeked: 0x16
+/// for TLS, a letter for an HTTP upgrade). Also returns bytes already read
+/// past the handshake (TLS only).
+async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Transport, BytesMut), String> {
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
         Ok(0) => return Err("closed".into()),

@@ -9,6 +9,7 @@
 //!   restoring from it after a restart.
 
 mod lifetime;
+mod packed;
 mod persist;
 mod resume;
 
@@ -119,7 +120,7 @@ struct SessionEntry {
     /// so a removed and re-added key never repeats an old version.
     last_version: u64,
     /// Where the client came from, for embedding code and operators.
-    info: ConnectInfo,
+    info: packed::PackedInfo,
     /// When the session was created (wall clock, for people).
     created_at: SystemTime,
     /// When the session was created (monotonic, for the lifetime).
@@ -352,7 +353,7 @@ impl SessionService {
             settings: BTreeMap::new(),
             settings_bytes: 0,
             last_version: 0,
-            info,
+            info: packed::PackedInfo::pack(info),
             created_at: SystemTime::now(),
             created: Instant::now(),
             last_active: AtomicU64::new(self.now_ms()),
@@ -395,7 +396,7 @@ impl SessionService {
         self.inner
             .sessions
             .get(&sid)
-            .map(|e| (e.info.clone(), e.created_at))
+            .map(|e| (e.info.unpack(), e.created_at))
     }
 
     /// The ids of a uid's sessions: O(sessions of that uid).

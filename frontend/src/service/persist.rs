@@ -83,7 +83,8 @@ impl SessionService {
             previous_token: e
                 .tokens
                 .previous
-                .map(|(h, until)| (h, instant_to_unix(until))),
+                .as_deref()
+                .map(|&(h, until)| (h, instant_to_unix(until))),
         }
     }
 
@@ -99,12 +100,11 @@ impl SessionService {
             uid: e.uid.clone(),
             created_unix_ms: unix_ms(e.created_at),
             last_active_unix_ms,
-            remote_addr: e.info.remote_addr.map(|a| a.to_string()),
+            remote_addr: e.info.remote_addr().map(|a| a.to_string()),
             metadata: e
                 .info
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .metadata()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
             parked: e.parked.is_some(),
         }
@@ -168,10 +168,10 @@ impl SessionService {
         let until = Instant::now() + grace;
         let previous = record.previous_token.and_then(|(h, until_unix)| {
             (until_unix > now_unix).then(|| {
-                (
+                Box::new((
                     h,
                     Instant::now() + Duration::from_millis(until_unix - now_unix),
-                )
+                ))
             })
         });
         let mut info = crate::ConnectInfo::default();
@@ -190,7 +190,7 @@ impl SessionService {
                 .sum(),
             settings: record.settings,
             last_version: record.last_version,
-            info,
+            info: super::packed::PackedInfo::pack(info),
             created_at: UNIX_EPOCH + Duration::from_millis(record.info.created_unix_ms),
             created: Instant::now(),
             last_active: AtomicU64::new(self.now_ms()),

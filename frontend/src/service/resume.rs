@@ -31,7 +31,8 @@ pub(crate) struct Tokens {
     /// The current token.
     pub(crate) current: Option<[u8; 32]>,
     /// The token before the last rotation, and until when it still works.
-    pub(crate) previous: Option<([u8; 32], Instant)>,
+    /// Boxed: only sessions that resumed have one.
+    pub(crate) previous: Option<Box<([u8; 32], Instant)>>,
 }
 
 /// Why a resume was refused. The messages are safe to send to the client.
@@ -159,6 +160,8 @@ impl SessionService {
             let previous = entry
                 .tokens
                 .previous
+                .as_deref()
+                .copied()
                 .filter(|(h, _)| bool::from(h.ct_eq(&presented)));
             match (current_ok, previous) {
                 (true, _) => {}
@@ -169,7 +172,7 @@ impl SessionService {
             // Rotate: the token just used stays valid for the overlap.
             entry.tokens = Tokens {
                 current: Some(hash(&next)),
-                previous: Some((presented, now + overlap)),
+                previous: Some(Box::new((presented, now + overlap))),
             };
             entry.owner_gen += 1;
             let gen = entry.owner_gen;
