@@ -199,6 +199,22 @@ enum BenchMode {
         #[arg(long, default_value_t = 20)]
         kill_every: u64,
     },
+    /// Pipelined backend -> frontend pushes on one RPC connection (both
+    /// sides in this process, each on its own thread and core).
+    Pushes {
+        /// Open sessions on the frontend; pushes cycle through them.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Pushes to send.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+        /// Pushes in flight at once.
+        #[arg(long, default_value_t = 4096)]
+        window: usize,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the raw floor (handshake + echo, nothing else) on an address.
     Floor {
         /// Where to listen.
@@ -303,6 +319,23 @@ async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
         BenchMode::Floor { addr } => {
             bench::floor::serve(addr).await?;
             return Ok(());
+        }
+        BenchMode::Pushes {
+            sessions,
+            count,
+            window,
+            json,
+        } => {
+            let o = bench::pushes::PushOptions {
+                sessions,
+                count,
+                window,
+            };
+            // Its own threads and runtimes: keep them off this runtime's workers.
+            let result = tokio::task::spawn_blocking(move || bench::pushes::pushes(o))
+                .await
+                .context("the pushes benchmark panicked")??;
+            (result, json)
         }
         BenchMode::Rr {
             target,

@@ -268,6 +268,12 @@ impl FrontendClient {
             deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
             call,
         });
+        // Room in the queue (the usual case): no timer needed.
+        let msg = match conn.tx.try_send(msg) {
+            Ok(()) => return Ok(pending),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.connection_closed()),
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
         match timeout_at(deadline_at, conn.tx.send(msg)).await {
             Ok(Ok(())) => Ok(pending),
             Ok(Err(_)) => Err(self.connection_closed()),
@@ -338,7 +344,7 @@ impl FrontendClient {
 /// the call (the frontend may still apply it).
 #[must_use = "a pending call does nothing unless its response is awaited"]
 pub struct PendingCall {
-    /// The request id.
+    /// The request id; 0 once the outcome arrived (nothing left to forget).
     id: u64,
     /// The connection it went out on.
     conn: Arc<Conn>,
@@ -361,7 +367,19 @@ impl std::fmt::Debug for PendingCall {
 impl PendingCall {
     /// Waits for the reply, until the call's deadline.
     pub async fn response(mut self) -> Result<Reply, Error> {
-        match timeout_at(self.deadline_at, &mut self.rx).await {
+        // Already answered (usual for pipelined calls): no timer needed.
+        let outcome = match self.rx.try_recv() {
+            Ok(outcome) => Ok(Ok(outcome)),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(Err(())),
+            Err(oneshot::error::TryRecvError::Empty) => timeout_at(self.deadline_at, &mut self.rx)
+                .await
+                .map(|r| r.map_err(|_| ())),
+        };
+        if matches!(outcome, Ok(Ok(_))) {
+            // The reader removed the call from the table when it answered.
+            self.id = 0;
+        }
+        match outcome {
             Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
             Ok(Ok(Outcome::Remote(source))) => Err(Error::Remote {
                 frontend: self.client.frontend_id().to_string(),
@@ -379,7 +397,9 @@ impl PendingCall {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        self.conn.inflight.forget(self.id);
+        if self.id != 0 {
+            self.conn.inflight.forget(self.id);
+        }
     }
 }
 

@@ -76,13 +76,20 @@ impl Decoder for MessageCodec {
         }
         src.advance(FRAME_HEADER_LEN);
         let body = src.split_to(len);
-        let mut de = rmp_serde::Deserializer::new(&body[..]);
+        // Borrowing from the frame: strings and byte values are copied once,
+        // straight into the message (a reading deserializer would first copy
+        // each into a scratch buffer of its own).
+        let mut de = rmp_serde::Deserializer::from_read_ref(&body[..]);
         let msg = Message::deserialize(&mut de).map_err(CodecError::Malformed)?;
-        let rest = de.get_ref().len();
-        if rest != 0 {
-            return Err(CodecError::TrailingBytes(rest));
+        // The frame must end here: not even one more marker may follow.
+        match serde::de::IgnoredAny::deserialize(&mut de) {
+            Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                Ok(Some(msg))
+            }
+            _ => Err(CodecError::TrailingBytes),
         }
-        Ok(Some(msg))
     }
 }
 
@@ -373,15 +380,18 @@ mod tests {
     #[test]
     fn trailing_bytes_inside_a_frame_are_an_error() {
         let whole = encode_all(&every_message()[..1]);
-        let mut body = whole[FRAME_HEADER_LEN..].to_vec();
-        body.push(0xc0);
-        let mut buf = BytesMut::new();
-        buf.put_u32(body.len() as u32);
-        buf.extend_from_slice(&body);
-        assert!(matches!(
-            MessageCodec::default().decode(&mut buf),
-            Err(CodecError::TrailingBytes(1))
-        ));
+        // A whole extra value (nil), and a marker whose data is missing.
+        for trailing in [&[0xc0][..], &[0xcc][..]] {
+            let mut body = whole[FRAME_HEADER_LEN..].to_vec();
+            body.extend_from_slice(trailing);
+            let mut buf = BytesMut::new();
+            buf.put_u32(body.len() as u32);
+            buf.extend_from_slice(&body);
+            assert!(matches!(
+                MessageCodec::default().decode(&mut buf),
+                Err(CodecError::TrailingBytes)
+            ));
+        }
     }
 
     #[test]

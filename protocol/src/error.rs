@@ -184,8 +184,8 @@ pub enum CodecError {
     #[error("empty frame")]
     EmptyFrame,
     /// A message followed by bytes that belong to no message.
-    #[error("{0} trailing bytes after the message")]
-    TrailingBytes(usize),
+    #[error("trailing bytes after the message")]
+    TrailingBytes,
     /// A complete frame whose body is not a valid message.
     #[error("malformed message body")]
     Malformed(#[source] rmp_serde::decode::Error),
@@ -202,7 +202,7 @@ impl CodecError {
     pub fn code(&self) -> ErrorCode {
         match self {
             CodecError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-            CodecError::EmptyFrame | CodecError::TrailingBytes(_) | CodecError::Malformed(_) => {
+            CodecError::EmptyFrame | CodecError::TrailingBytes | CodecError::Malformed(_) => {
                 ErrorCode::Malformed
             }
             CodecError::Encode(_) => ErrorCode::Internal,

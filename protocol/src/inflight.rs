@@ -6,6 +6,7 @@
 //! every waiting call is failed at once and later registrations are refused.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::oneshot;
@@ -19,11 +20,36 @@ pub enum RegisterError {
     Full,
 }
 
+/// Hashes request ids. They are handed out by a local counter, never chosen
+/// by the peer, so no keyed hash is needed to resist flooding: one multiply
+/// spreads consecutive ids over the table (SipHash cost more than the rest
+/// of a register/complete pair).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Waiting<T> = HashMap<u64, oneshot::Sender<T>, BuildHasherDefault<IdHasher>>;
+
 /// The pending calls of one connection.
 #[derive(Debug)]
 pub struct InFlight<T> {
     /// `id -> waiting caller`; `None` once closed.
-    waiting: Mutex<Option<HashMap<u64, oneshot::Sender<T>>>>,
+    waiting: Mutex<Option<Waiting<T>>>,
     /// The next request id.
     next_id: AtomicU64,
     /// The most calls waiting at once.
@@ -34,13 +60,13 @@ impl<T> InFlight<T> {
     /// An empty table that holds at most `limit` calls.
     pub fn new(limit: usize) -> Self {
         InFlight {
-            waiting: Mutex::new(Some(HashMap::new())),
+            waiting: Mutex::new(Some(Waiting::default())),
             next_id: AtomicU64::new(1),
             limit: limit.max(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<T>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Waiting<T>>> {
         // Every critical section is one map operation, so a panic elsewhere
         // cannot leave the map half-changed: a poisoned lock is still sound.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())

@@ -9,6 +9,8 @@
 //!   `/proc` before and after.
 //! - [`fanout`]: N clients in one channel; one channel push reaches them
 //!   all; delivery latency per client.
+//! - [`pushes`](mod@pushes): pipelined backend → frontend pushes on one RPC
+//!   connection (not the client protocol: the cluster's own).
 //! - [`floor`]: the raw floor: a minimal Rust server that answers the
 //!   protocol's handshake and echoes requests, to compare against.
 //!
@@ -17,6 +19,7 @@
 pub mod floor;
 pub mod idle;
 pub mod load;
+pub mod pushes;
 pub mod report;
 pub mod soak;
 
@@ -93,7 +96,7 @@ impl std::fmt::Display for BenchResult {
             self.throughput,
             self.errors
         )?;
-        if self.ops > 0 && self.mode != "idle" {
+        if self.ops > 0 && self.max_us > 0 {
             write!(
                 f,
                 "; latency p50 {} µs, p99 {} µs, p99.9 {} µs, max {} µs",
