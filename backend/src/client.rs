@@ -755,9 +755,17 @@ async fn write_loop(
         if let Err(err) = writer.feed(msg).await {
             return format!("write failed: {err}");
         }
-        while let Ok(msg) = rx.try_recv() {
-            if let Err(err) = writer.feed(msg).await {
-                return format!("write failed: {err}");
+        // Twice: once now, and once after the other ready tasks (handlers
+        // finishing in the same round) had a turn, so their answers leave
+        // in this write instead of one write each.
+        for turn in 0..2 {
+            if turn == 1 {
+                tokio::task::yield_now().await;
+            }
+            while let Ok(msg) = rx.try_recv() {
+                if let Err(err) = writer.feed(msg).await {
+                    return format!("write failed: {err}");
+                }
             }
         }
         if let Err(err) = writer.flush().await {

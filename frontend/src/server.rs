@@ -449,6 +449,13 @@ impl Connection {
         while let Ok(out) = outbox.try_recv() {
             framed.feed(out).await?;
         }
+        // Let the other tasks that are ready now (client connections with
+        // requests read in the same I/O round) queue theirs, so they leave
+        // in this write instead of one write each.
+        tokio::task::yield_now().await;
+        while let Ok(out) = outbox.try_recv() {
+            framed.feed(out).await?;
+        }
         framed.flush().await
     }
 

@@ -92,33 +92,22 @@ impl Transport {
         buf: &mut BytesMut,
     ) -> Poll<Result<bool, String>> {
         let mut chunk = [0u8; READ_CHUNK];
-        match self {
-            Transport::Tcp(stream) => loop {
-                ready!(stream.poll_read_ready(cx)).map_err(|e| format!("read failed: {e}"))?;
-                match stream.try_read(&mut chunk) {
-                    Ok(0) => return Poll::Ready(Ok(false)),
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        return Poll::Ready(Ok(true));
-                    }
-                    // Readiness was stale; `try_read` cleared it.
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(err) => return Poll::Ready(Err(format!("read failed: {err}"))),
-                }
-            },
-            Transport::Tls(stream) => {
-                let mut read = ReadBuf::new(&mut chunk);
-                ready!(Pin::new(stream.as_mut()).poll_read(cx, &mut read))
-                    .map_err(|e| format!("read failed: {e}"))?;
-                if read.filled().is_empty() {
-                    return Poll::Ready(Ok(false));
-                }
-                buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(true))
-            }
-            Transport::Wss(ws) => poll_ws_read(ws.as_mut(), cx, buf),
-            Transport::Ws(ws) => poll_ws_read(ws.as_mut(), cx, buf),
+        let mut read = ReadBuf::new(&mut chunk);
+        // A short read also tells tokio the socket is drained, so the next
+        // poll waits for readiness instead of trying a read that would
+        // fail with EAGAIN (one wasted syscall per request otherwise).
+        let polled = match self {
+            Transport::Tcp(stream) => Pin::new(stream).poll_read(cx, &mut read),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, &mut read),
+            Transport::Wss(ws) => return poll_ws_read(ws.as_mut(), cx, buf),
+            Transport::Ws(ws) => return poll_ws_read(ws.as_mut(), cx, buf),
+        };
+        ready!(polled).map_err(|e| format!("read failed: {e}"))?;
+        if read.filled().is_empty() {
+            return Poll::Ready(Ok(false));
         }
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok(true))
     }
 
     /// Writes all of `out`: over TCP and TLS as a byte stream (then a TLS
