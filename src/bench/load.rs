@@ -173,22 +173,40 @@ pub async fn load(o: LoadOptions) -> anyhow::Result<BenchResult> {
     let start = Instant::now() + o.warmup;
     let end = start + o.duration;
     let ops = Arc::new(AtomicU64::new(0));
-    let per_client_interval = o
-        .rate
-        .map(|r| Duration::from_secs_f64(o.clients as f64 / r.max(0.001)));
+    // Open loop: one pacing thread says when each request is due, round
+    // robin over the clients. Tokio's timers fire on a 1 ms grid, which
+    // added up to a millisecond to every open-loop sample (latency counts
+    // from when a request was due); a thread sleeping to each due time is
+    // late by tens of microseconds.
+    let mut pacers = Vec::new();
+    let pacer = match o.rate {
+        Some(rate) => {
+            let (txs, rxs): (Vec<_>, Vec<_>) = (0..o.clients)
+                .map(|_| tokio::sync::mpsc::unbounded_channel())
+                .unzip();
+            pacers = rxs;
+            let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let (first, end) = (Instant::now().into_std(), end.into_std());
+            Some(
+                std::thread::Builder::new()
+                    .name("pacer".into())
+                    .spawn(move || pace(txs, first, end, period))
+                    .context("starting the pacing thread")?,
+            )
+        }
+        None => None,
+    };
+    let mut pacers = pacers.into_iter();
     let mut tasks = Vec::new();
-    for (i, c) in conns.into_iter().enumerate() {
+    for c in conns {
         let (route, body, ops) = (o.route.clone(), body.clone(), ops.clone());
-        // Spread open-loop clients evenly over one interval.
-        let offset = per_client_interval.map(|iv| iv.mul_f64(i as f64 / o.clients.max(1) as f64));
         tasks.push(tokio::spawn(client_loop(
             c,
             route,
             body,
             start,
             end,
-            per_client_interval,
-            offset,
+            pacers.next(),
             ops,
         )));
     }
@@ -211,6 +229,11 @@ pub async fn load(o: LoadOptions) -> anyhow::Result<BenchResult> {
         errors += e;
     }
     watcher.abort();
+    if let Some(pacer) = pacer {
+        pacer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pacing thread panicked"))?;
+    }
     if o.duration >= Duration::from_secs(3) {
         eprintln!();
     }
@@ -240,49 +263,87 @@ pub(crate) fn transport_name(t: Transport) -> String {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Hands out due times, `period` apart from `first` until `end`, to the
+/// clients in turn; each client sends a request when told.
+fn pace(
+    clients: Vec<tokio::sync::mpsc::UnboundedSender<Instant>>,
+    first: std::time::Instant,
+    end: std::time::Instant,
+    period: Duration,
+) {
+    for k in 0u64.. {
+        // From k, not by adding: no drift over a long run.
+        let due = first + period.mul_f64(k as f64);
+        if due >= end {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let client = &clients[(k % clients.len() as u64) as usize];
+        if client.send(Instant::from_std(due)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The next due time from the pacer, or never (closed loop, or the pacer
+/// is done).
+async fn next_due(pacer: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Instant>>) -> Instant {
+    match pacer {
+        Some(rx) => match rx.recv().await {
+            Some(due) => due,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// One client: closed loop (`pacer` is `None`: the next request leaves when
+/// the answer arrives) or open loop (a request leaves whenever the pacer
+/// says one is due, answered or not).
 async fn client_loop(
     mut c: Conn,
     route: String,
     body: Bytes,
     start: Instant,
     end: Instant,
-    interval: Option<Duration>,
-    offset: Option<Duration>,
+    mut pacer: Option<tokio::sync::mpsc::UnboundedReceiver<Instant>>,
     ops: Arc<AtomicU64>,
 ) -> (Histogram<u64>, u64) {
     let mut h = histogram();
     let mut errors = 0u64;
+    let open_loop = pacer.is_some();
     // id -> when it was due (open loop) or sent (closed loop)
     let mut waiting: std::collections::HashMap<u64, Instant> = std::collections::HashMap::new();
-    let mut next_send = Instant::now() + offset.unwrap_or_default();
     let result: anyhow::Result<()> = async {
         loop {
             let now = Instant::now();
             if now >= end && waiting.is_empty() {
                 return Ok(());
             }
-            let may_send = now < end && (interval.is_some() || waiting.is_empty());
-            if may_send && now >= next_send {
+            if !open_loop && now < end && waiting.is_empty() {
                 c.beat_if_due().await?;
                 let (id, bytes) = c.encode(&route, &body)?;
-                // Open loop: latency counts from when the request was due.
-                waiting.insert(id, if interval.is_some() { next_send } else { now });
+                waiting.insert(id, now);
                 c.io.write(bytes).await?;
-                next_send = match interval {
-                    Some(iv) => next_send + iv,
-                    None => now,
-                };
                 continue;
             }
-            let wake = if may_send {
-                Some(next_send)
-            } else if now >= end {
+            let wake = if now >= end {
                 Some(end + Duration::from_secs(10))
             } else {
                 None
             };
             let msg = tokio::select! {
+                due = next_due(&mut pacer), if now < end => {
+                    c.beat_if_due().await?;
+                    let (id, bytes) = c.encode(&route, &body)?;
+                    // Latency counts from when the request was due.
+                    waiting.insert(id, due);
+                    c.io.write(bytes).await?;
+                    continue;
+                }
                 m = c.next_message() => m?,
                 _ = sleep_until(wake.unwrap_or(end)) => {
                     if Instant::now() > end + Duration::from_secs(5) {

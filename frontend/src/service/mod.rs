@@ -12,6 +12,7 @@ mod lifetime;
 mod packed;
 mod persist;
 mod resume;
+mod settings;
 
 pub use resume::ResumeError;
 
@@ -21,7 +22,7 @@ use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use session_proxy_protocol::{KeyWrite, Precondition, SessionId, SessionSnapshot, Setting};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
@@ -112,7 +113,7 @@ struct SessionEntry {
     /// The bound user, if any; mirrored in the uid index.
     uid: Option<String>,
     /// Settings: opaque bytes with a version each.
-    settings: BTreeMap<String, Setting>,
+    settings: settings::Settings,
     /// Keys plus values of `settings`, in bytes, kept in step by `write` and
     /// `remove_setting` (the limit check must not sum the map per push).
     settings_bytes: usize,
@@ -150,7 +151,7 @@ impl SessionEntry {
             sid,
             frontend_id: frontend_id.to_string(),
             uid: self.uid.clone(),
-            settings: self.settings.clone(),
+            settings: self.settings.to_map(),
         }
     }
 
@@ -350,7 +351,7 @@ impl SessionService {
         let config = &self.inner.config;
         let mut entry = Some(Box::new(SessionEntry {
             uid: None,
-            settings: BTreeMap::new(),
+            settings: settings::Settings::default(),
             settings_bytes: 0,
             last_version: 0,
             info: packed::PackedInfo::pack(info),

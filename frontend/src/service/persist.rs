@@ -77,7 +77,7 @@ impl SessionService {
         };
         StoredSession {
             info: self.info_of(sid, e, now_unix.saturating_sub(idle_ms)),
-            settings: e.settings.clone(),
+            settings: e.settings.to_map(),
             last_version: e.last_version,
             token: e.tokens.current,
             previous_token: e
@@ -188,7 +188,7 @@ impl SessionService {
                 .iter()
                 .map(|(k, s)| k.len() + s.value.len())
                 .sum(),
-            settings: record.settings,
+            settings: record.settings.into(),
             last_version: record.last_version,
             info: super::packed::PackedInfo::pack(info),
             created_at: UNIX_EPOCH + Duration::from_millis(record.info.created_unix_ms),
