@@ -132,6 +132,18 @@ async fn the_floor_answers_the_protocol() {
 }
 
 #[test]
+fn pipelined_pushes_all_apply() {
+    let o = bench::pushes::PushOptions {
+        sessions: 100,
+        count: 20_000,
+        window: 256,
+    };
+    let r = bench::pushes::pushes(o).expect("pushes");
+    assert_eq!((r.ops, r.errors), (20_000, 0), "{r}");
+    assert!(r.throughput > 0.0, "{r}");
+}
+
+#[test]
 fn a_bad_cluster_file_is_refused_with_a_reason() {
     let dir = std::env::temp_dir().join(format!("session-proxy-bad-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -350,16 +350,33 @@ impl Connection {
     ) -> End {
         // Answers of the current batch, held until the batch is durable.
         let mut answers: Vec<(u64, Result<Reply, RpcError>, bool)> = Vec::new();
+        // One cancellation future and one silence timer for the link's life:
+        // made afresh every turn they cost a waiter registration and a timer
+        // insertion per batch of frames.
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
+        let idle_timeout = self.config.idle_timeout;
+        let mut last_heard = tokio::time::Instant::now();
+        let silence = tokio::time::sleep_until(last_heard + idle_timeout);
+        tokio::pin!(silence);
         loop {
             // Wait for a frame (or a forwarded request to send).
             let first = tokio::select! {
-                _ = self.cancel.cancelled() => return End::Shutdown,
-                frame = tokio::time::timeout(self.config.idle_timeout, framed.next()) => match frame {
-                    Ok(frame) => frame,
-                    // Backends ping when idle; silence this long means the
-                    // peer is gone without closing (half-open).
-                    Err(_) => return End::Protocol("no traffic from the backend within the idle timeout"),
-                },
+                _ = &mut cancelled => return End::Shutdown,
+                frame = framed.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    frame
+                }
+                _ = &mut silence => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        // Backends ping when idle; silence this long means
+                        // the peer is gone without closing (half-open).
+                        return End::Protocol("no traffic from the backend within the idle timeout");
+                    }
+                    // Heard from since the timer was set: move it on.
+                    silence.as_mut().reset(last_heard + idle_timeout);
+                    continue;
+                }
                 Some(out) = outbox.recv() => {
                     if let Err(err) = self.send_outbox(framed, out, outbox).await {
                         return End::Corrupt(err);
