@@ -5,6 +5,7 @@
 //! [cluster]
 //! app = "bench"                       # the built-in app the nodes run
 //! # redis = "redis://127.0.0.1:6379/0"  # optional session store
+//! # worker_threads = 1                  # runtime threads per node process
 //!
 //! [[node]]
 //! id = "connector-1"
@@ -77,6 +78,10 @@ pub struct ClusterSettings {
     pub tls_ca: Option<std::path::PathBuf>,
     /// TLS: the name frontend certificates carry (default `localhost`).
     pub tls_server_name: Option<String>,
+    /// Runtime worker threads of each node process (default: one per core).
+    /// Several node processes sharing a machine do better with fewer
+    /// threads each: less waking of threads across cores.
+    pub worker_threads: Option<usize>,
 }
 
 /// Whether a node owns client sessions or runs handlers.
@@ -104,6 +109,8 @@ pub struct NodeConfig {
     pub rpc: Option<SocketAddr>,
     /// Frontends: where clients connect (TCP and WebSocket).
     pub client: Option<SocketAddr>,
+    /// This node's runtime worker threads (overrides the cluster's).
+    pub worker_threads: Option<usize>,
 }
 
 impl ClusterConfig {
@@ -117,11 +124,27 @@ impl ClusterConfig {
         Ok(config)
     }
 
+    /// The worker threads node `id` runs with: its own setting, else the
+    /// cluster's, else `None` (one per core).
+    pub fn worker_threads(&self, id: &str) -> Option<usize> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .and_then(|n| n.worker_threads)
+            .or(self.cluster.worker_threads)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         let mut ids = std::collections::HashSet::new();
+        if self.cluster.worker_threads == Some(0) {
+            bail!("worker_threads must be at least 1");
+        }
         for n in &self.nodes {
             if !ids.insert(&n.id) {
                 bail!("node id {} appears twice", n.id);
+            }
+            if n.worker_threads == Some(0) {
+                bail!("node {}: worker_threads must be at least 1", n.id);
             }
             if n.role == NodeRole::Frontend && n.rpc.is_none() {
                 bail!("frontend {} needs an rpc address", n.id);

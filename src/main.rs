@@ -231,16 +231,25 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    // A node's config is read first: it may set the runtime's threads.
+    let cluster = match &cli.command {
+        Command::Run { config, .. } => Some(ClusterConfig::load(config)?),
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let (Some(cluster), Command::Run { node, .. }) = (&cluster, &cli.command) {
+        if let Some(n) = cluster.worker_threads(node) {
+            builder.worker_threads(n);
+        }
+    }
+    let runtime = builder.build().context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Run { config, node } => {
-                let config = ClusterConfig::load(&config)?;
-                run_node(&config, &node).await
-            }
+            Command::Run { node, .. } => match &cluster {
+                Some(config) => run_node(config, &node).await,
+                None => anyhow::bail!("no cluster config"),
+            },
             Command::Bench { mode } => run_bench(mode).await,
             Command::Demo {
                 sessions,

@@ -153,10 +153,20 @@ fn a_bad_cluster_file_is_refused_with_a_reason() {
         ("[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\n[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\n", "appears twice"),
         ("[cluster]\napp = \"mmo\"\n[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\n", "unknown app"),
         ("[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"sideways\"\n", "parsing"),
+        ("[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\nworker_threads = 0\n", "at least 1"),
     ] {
         std::fs::write(&path, text).expect("write");
         let err = session_proxy::cluster::ClusterConfig::load(&path).expect_err("refused");
         assert!(format!("{err:#}").contains(want), "{err:#}");
     }
+    // A node's own worker_threads wins over the cluster's.
+    std::fs::write(
+        &path,
+        "[cluster]\nworker_threads = 2\n[[node]]\nid = \"a\"\ntype = \"t\"\nrole = \"backend\"\nworker_threads = 1\n[[node]]\nid = \"b\"\ntype = \"t\"\nrole = \"backend\"\n",
+    )
+    .expect("write");
+    let config = session_proxy::cluster::ClusterConfig::load(&path).expect("valid");
+    assert_eq!(config.worker_threads("a"), Some(1));
+    assert_eq!(config.worker_threads("b"), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
