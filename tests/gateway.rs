@@ -309,3 +309,118 @@ async fn a_backend_dying_mid_request_gives_waiting_clients_an_error() {
     );
     assert_eq!(f.sessions.count(), 1);
 }
+
+/// A raw TCP client that handshakes and logs in as `uid`, then is left
+/// alone: nothing reads its socket any more.
+async fn logged_in_raw_client(addr: std::net::SocketAddr, uid: &str) -> TcpStream {
+    use bytes::BytesMut;
+    use session_proxy::protocol::client::{
+        encode_parts, MessageType, PackageCodec, PackageType, Route, MAX_PACKAGE_BODY,
+    };
+    use tokio_util::codec::Decoder;
+    let mut codec = PackageCodec::new(MAX_PACKAGE_BODY);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut out = BytesMut::new();
+    codec
+        .encode_to(
+            PackageType::Handshake,
+            br#"{"sys":{"type":"test","version":"1"},"user":{}}"#,
+            &mut out,
+        )
+        .expect("encode");
+    s.write_all(&out).await.expect("write");
+    let mut buf = BytesMut::new();
+    // Handshake reply, then (after the ack and the login) the login answer.
+    for want in [PackageType::Handshake, PackageType::Data] {
+        loop {
+            if let Some(p) = codec.decode(&mut buf).expect("valid package") {
+                if p.kind == want {
+                    break;
+                }
+                continue;
+            }
+            assert!(s.read_buf(&mut buf).await.expect("read") > 0, "closed");
+        }
+        if want == PackageType::Handshake {
+            out.clear();
+            codec
+                .encode_to(PackageType::HandshakeAck, &[], &mut out)
+                .expect("encode");
+            let login = format!(r#"{{"uid":"{uid}"}}"#);
+            codec
+                .encode_with(PackageType::Data, &mut out, |b| {
+                    encode_parts(
+                        MessageType::Request,
+                        1,
+                        &Route::Name("connector.entry.login".into()),
+                        login.as_bytes(),
+                        b,
+                    )
+                })
+                .expect("encode");
+            s.write_all(&out).await.expect("write");
+        }
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_are_answered_once_written_or_after_the_wait() {
+    let f1 = start_frontend("f1", |_| {}).await;
+    let (backend, _channels) = start_backend("game-1", &[&f1]);
+    wait_for_backends(&f1, 1).await;
+    let mut fast = client(f1.gateway.local_addr(), Transport::Tcp).await;
+    fast.request("connector.entry.login", &json!({ "uid": "fast" }))
+        .await
+        .expect("login");
+    let _slow = logged_in_raw_client(f1.gateway.local_addr(), "slow").await;
+
+    // Big pushes to a client that does not read: each is answered as soon
+    // as it is written, until the socket buffers are full; then the answer
+    // waits for the write, up to RpcConfig::push_write_wait (1 s).
+    let big = json!("x".repeat(256 * 1024));
+    let mut blocked = None;
+    for n in 0..64 {
+        let t = Instant::now();
+        let missed = backend
+            .push_to_uids("f1", "onBig", &big, vec!["slow".into()])
+            .await
+            .expect("push");
+        assert!(missed.is_empty(), "the slow client is still connected");
+        if t.elapsed() >= Duration::from_millis(800) {
+            blocked = Some(n);
+            break;
+        }
+    }
+    assert!(
+        blocked.is_some_and(|n| n > 0),
+        "the first pushes were written at once, a later one waited: {blocked:?}"
+    );
+
+    // A client that reads is answered at once, whatever the other does.
+    let t = Instant::now();
+    backend
+        .push_to_uids("f1", "onHi", &json!(1), vec!["fast".into()])
+        .await
+        .expect("push");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(fast.next_push(WAIT).await.expect("push").0, "onHi");
+
+    // Both: the answer waits for the slow one, up to the wait.
+    let t = Instant::now();
+    let missed = backend
+        .push_to_uids("f1", "onHi", &json!(2), vec!["fast".into(), "slow".into()])
+        .await
+        .expect("push");
+    assert!(missed.is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(fast.next_push(WAIT).await.expect("push").1, json!(2));
+}

@@ -21,11 +21,19 @@ async fn gateway(
     config: SessionConfig,
     tweak: impl FnOnce(&mut GatewayConfig),
 ) -> (SessionService, RpcServer, GatewayServer) {
+    gateway_with(config, RpcConfig::default(), tweak).await
+}
+
+async fn gateway_with(
+    config: SessionConfig,
+    rpc_config: RpcConfig,
+    tweak: impl FnOnce(&mut GatewayConfig),
+) -> (SessionService, RpcServer, GatewayServer) {
     let sessions = SessionService::new(config);
     let rpc = RpcServer::bind(
         "127.0.0.1:0".parse().expect("addr"),
         sessions.clone(),
-        RpcConfig::default(),
+        rpc_config,
     )
     .await
     .expect("rpc");
@@ -207,7 +215,12 @@ async fn cluster_handshake_deadline() {
 async fn outgoing_queue_per_client() {
     let mut config = SessionConfig::new("f1");
     config.owner_queue = 16;
-    let (sessions, rpc, gw) = gateway(config, |c| c.resume_grace = Duration::ZERO).await;
+    // Push calls answered as soon as queued: a backend that does not wait
+    // for the writes (the limit is there for it) floods the queue.
+    let mut rpc_config = RpcConfig::default();
+    rpc_config.push_write_wait = Duration::ZERO;
+    let (sessions, rpc, gw) =
+        gateway_with(config, rpc_config, |c| c.resume_grace = Duration::ZERO).await;
     // A client that never reads, and one that does.
     let mut stuck = TcpStream::connect(gw.local_addr()).await.expect("connect");
     {

@@ -111,6 +111,13 @@ pub struct RpcConfig {
     pub idle_timeout: Duration,
     /// Serve backends over TLS with this certificate. Default: `None`.
     pub tls: Option<crate::ServerTls>,
+    /// A push to clients (by sid, by uid, or broadcast) is answered once
+    /// every connection it reached has written it to its socket, or after
+    /// this long (or half the call's deadline, if that is shorter), whichever
+    /// comes first. A backend that waits for its answers is then paced by
+    /// delivery instead of filling client queues. Zero answers as soon as
+    /// the pushes are queued. Default: 1 s.
+    pub push_write_wait: Duration,
 }
 
 impl Default for RpcConfig {
@@ -124,6 +131,7 @@ impl Default for RpcConfig {
             secret: Secret::from_env("SESSION_PROXY_SECRET"),
             idle_timeout: Duration::from_secs(45),
             tls: None,
+            push_write_wait: Duration::from_secs(1),
         }
     }
 }

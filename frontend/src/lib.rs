@@ -43,6 +43,7 @@
 
 pub mod backends;
 pub mod config;
+mod delivery;
 pub mod error;
 pub mod gateway;
 mod listener;

@@ -6,6 +6,7 @@
 //! something is queued and gives its memory back once drained, so an idle
 //! connected client costs a few dozen bytes here.
 
+use crate::delivery::Ticket;
 use crate::Outbound;
 use futures::task::AtomicWaker;
 use std::collections::VecDeque;
@@ -23,8 +24,9 @@ pub(crate) enum SendError {
 }
 
 struct Queue {
-    /// Queued items, oldest first.
-    items: Mutex<VecDeque<Outbound>>,
+    /// Queued items, oldest first, each with its delivery ticket (if the
+    /// sender waits for the write).
+    items: Mutex<VecDeque<(Outbound, Option<Ticket>)>>,
     /// Wakes the one receiver. It registers before its last look at the
     /// queue, so an item queued in between still wakes it.
     waker: AtomicWaker,
@@ -38,7 +40,7 @@ struct Queue {
 }
 
 impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Outbound, Option<Ticket>)>> {
         // Each critical section is one VecDeque operation: a poisoned lock
         // still guards a whole queue.
         self.items.lock().unwrap_or_else(|e| e.into_inner())
@@ -66,6 +68,16 @@ pub(crate) fn queue(capacity: usize) -> (OwnerTx, OwnerRx) {
 
 impl OwnerTx {
     pub(crate) fn try_send(&self, item: Outbound) -> Result<(), SendError> {
+        self.try_send_ticketed(item, None)
+    }
+
+    /// Queues an item whose `ticket` is dropped once the connection wrote
+    /// it (or could not).
+    pub(crate) fn try_send_ticketed(
+        &self,
+        item: Outbound,
+        ticket: Option<Ticket>,
+    ) -> Result<(), SendError> {
         if self.0.closed.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
@@ -74,7 +86,7 @@ impl OwnerTx {
             if items.len() >= self.0.capacity {
                 return Err(SendError::Full);
             }
-            items.push_back(item);
+            items.push_back((item, ticket));
         }
         self.0.waker.wake();
         Ok(())
@@ -105,13 +117,21 @@ impl OwnerRx {
     /// The next item, `Ready(None)` once closed and drained, or `Pending`
     /// with the task registered to be woken by the next send or close.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Outbound>> {
-        match self.try_recv() {
+        self.poll_recv_ticketed(cx).map(|r| r.map(|(item, _)| item))
+    }
+
+    /// [`poll_recv`](Self::poll_recv) with the item's delivery ticket.
+    pub(crate) fn poll_recv_ticketed(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(Outbound, Option<Ticket>)>> {
+        match self.try_recv_ticketed() {
             Ok(Some(item)) => return Poll::Ready(Some(item)),
             Err(()) => return Poll::Ready(None),
             Ok(None) => {}
         }
         self.0.waker.register(cx.waker());
-        match self.try_recv() {
+        match self.try_recv_ticketed() {
             Ok(Some(item)) => Poll::Ready(Some(item)),
             Err(()) => Poll::Ready(None),
             Ok(None) => Poll::Pending,
@@ -120,6 +140,11 @@ impl OwnerRx {
 
     /// `Ok(None)`: nothing queued yet; `Err(())`: closed and drained.
     pub(crate) fn try_recv(&mut self) -> Result<Option<Outbound>, ()> {
+        self.try_recv_ticketed().map(|r| r.map(|(item, _)| item))
+    }
+
+    /// [`try_recv`](Self::try_recv) with the item's delivery ticket.
+    pub(crate) fn try_recv_ticketed(&mut self) -> Result<Option<(Outbound, Option<Ticket>)>, ()> {
         let mut items = self.0.lock();
         if let Some(item) = items.pop_front() {
             if items.is_empty() && items.capacity() > 16 {

@@ -7,6 +7,7 @@
 //! many responses per syscall and an idle one pays no added latency.
 
 use crate::backends::BackendLink;
+use crate::delivery::{Receipt, Ticket};
 use crate::listener::{bind_reusable, Acceptor, Running};
 use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -148,6 +149,14 @@ struct Connection {
 
 /// Whether a call changes session state (and so must be durable before it
 /// is acknowledged, when a store is attached).
+/// Whether a call pushes to clients (and is answered once written).
+fn pushes_to_clients(call: &Call) -> bool {
+    matches!(
+        call,
+        Call::PushToSids { .. } | Call::PushToUids { .. } | Call::Broadcast { .. }
+    )
+}
+
 fn mutates(call: &Call) -> bool {
     matches!(
         call,
@@ -158,6 +167,31 @@ fn mutates(call: &Call) -> bool {
             | Call::KickByUid { .. }
             | Call::RevokeUid { .. }
     )
+}
+
+/// Answers a push call once every copy is written (or after `wait`),
+/// through the link's outgoing queue.
+fn answer_when_written(
+    id: u64,
+    reply: Reply,
+    (receipt, issuer): (Arc<Receipt>, Ticket),
+    wait: Duration,
+    late_answers: mpsc::Sender<Message>,
+) {
+    tokio::spawn(async move {
+        if tokio::time::timeout(wait, receipt.written(issuer))
+            .await
+            .is_err()
+        {
+            debug!(id, ?wait, "answering a push before every client wrote it");
+        }
+        let answer = Message::Response(Response {
+            id,
+            result: Ok(reply),
+        });
+        // Fails only if the link is gone, and its caller with it.
+        let _ = late_answers.send(answer).await;
+    });
 }
 
 /// Why a connection ended, for the log line.
@@ -194,6 +228,9 @@ impl Connection {
         };
         let backend = hello.node_id;
         let (tx, mut rx) = mpsc::channel(self.config.queue.max(1));
+        // Answers that wait for pushes to be written leave through the same
+        // queue as forwarded requests.
+        let late_answers = tx.clone();
         let link = hello.server_type.map(|server_type| {
             let link =
                 self.backends
@@ -202,7 +239,12 @@ impl Connection {
         });
         info!(backend = %backend, serves = ?link.as_ref().map(|(t, _)| t), "backend connected");
         let end = self
-            .serve(&mut framed, link.as_ref().map(|(_, l)| &**l), &mut rx)
+            .serve(
+                &mut framed,
+                link.as_ref().map(|(_, l)| &**l),
+                &mut rx,
+                &late_answers,
+            )
             .await;
         if let Some((server_type, link)) = &link {
             self.backends.unregister(server_type, link);
@@ -347,6 +389,7 @@ impl Connection {
         framed: &mut Framed<S, MessageCodec>,
         link: Option<&BackendLink>,
         outbox: &mut mpsc::Receiver<Message>,
+        late_answers: &mpsc::Sender<Message>,
     ) -> End {
         // Answers of the current batch, held until the batch is durable.
         let mut answers: Vec<(u64, Result<Reply, RpcError>, bool)> = Vec::new();
@@ -395,11 +438,30 @@ impl Connection {
                 match msg {
                     Message::Request(req) => {
                         let mutates = mutates(&req.call);
-                        let result = self.apply(req.call).await;
-                        answers.push((req.id, result, mutates));
+                        let wait = self
+                            .config
+                            .push_write_wait
+                            .min(Duration::from_millis(u64::from(req.deadline_ms) / 2));
+                        if pushes_to_clients(&req.call) && !wait.is_zero() {
+                            let (receipt, issuer) = Receipt::new();
+                            let result = self.apply(req.call, Some(&receipt)).await;
+                            match result {
+                                Ok(reply) if receipt.is_pending() => answer_when_written(
+                                    req.id,
+                                    reply,
+                                    (receipt, issuer),
+                                    wait,
+                                    late_answers.clone(),
+                                ),
+                                result => answers.push((req.id, result, mutates)),
+                            }
+                        } else {
+                            let result = self.apply(req.call, None).await;
+                            answers.push((req.id, result, mutates));
+                        }
                     }
                     Message::Notify(call) => {
-                        if let Err(err) = self.apply(call).await {
+                        if let Err(err) = self.apply(call, None).await {
                             debug!(cause = %err, "notify failed");
                         }
                     }
@@ -476,8 +538,9 @@ impl Connection {
         framed.flush().await
     }
 
-    /// Applies one session call to the service.
-    async fn apply(&self, call: Call) -> Result<Reply, RpcError> {
+    /// Applies one session call to the service. Pushes to clients are
+    /// counted on `receipt` when there is one.
+    async fn apply(&self, call: Call, receipt: Option<&Arc<Receipt>>) -> Result<Reply, RpcError> {
         let s = &self.service;
         let reply = match call {
             Call::Ping => Reply::Done,
@@ -494,18 +557,22 @@ impl Connection {
             }
             Call::PushToSids { route, body, sids } => Reply::PushedToSids(
                 sids.into_iter()
-                    .filter(|sid| s.push_to_client(*sid, &route, body.clone()).is_err())
+                    .filter(|sid| {
+                        s.push_to_client_tracked(*sid, &route, body.clone(), receipt)
+                            .is_err()
+                    })
                     .collect(),
             ),
             Call::PushToUids { route, body, uids } => {
-                Reply::PushedToUids(s.push_to_uids(&uids, &route, &body))
+                Reply::PushedToUids(s.push_to_uids_tracked(&uids, &route, &body, receipt))
             }
             Call::Broadcast {
                 route,
                 body,
                 bound_only,
             } => Reply::Broadcast(
-                u32::try_from(s.broadcast(&route, &body, bound_only)).unwrap_or(u32::MAX),
+                u32::try_from(s.broadcast_tracked(&route, &body, bound_only, receipt))
+                    .unwrap_or(u32::MAX),
             ),
             Call::UserSessions { uid } => Reply::UserSessions(
                 s.user_sessions(&uid)

@@ -16,6 +16,7 @@ mod settings;
 
 pub use resume::ResumeError;
 
+use crate::delivery::{Receipt, Ticket};
 use crate::owner::{self, OwnerRx, OwnerTx, SendError};
 use crate::{Error, SessionConfig, SingleSessionPolicy};
 use bytes::Bytes;
@@ -655,21 +656,43 @@ impl SessionService {
             .get(&sid)
             .map(|e| e.owner.clone())
             .ok_or(Error::SessionNotFound(sid))?;
-        self.deliver(sid, &owner, route, body)
+        self.deliver(sid, &owner, route, body, None)
     }
 
+    /// [`push_to_client`](Self::push_to_client) counted on `receipt`.
+    pub(crate) fn push_to_client_tracked(
+        &self,
+        sid: SessionId,
+        route: &str,
+        body: Bytes,
+        receipt: Option<&Arc<Receipt>>,
+    ) -> Result<(), Error> {
+        let owner = self
+            .inner
+            .sessions
+            .get(&sid)
+            .map(|e| e.owner.clone())
+            .ok_or(Error::SessionNotFound(sid))?;
+        self.deliver(sid, &owner, route, body, receipt)
+    }
+
+    /// Queues a push; with a `receipt`, the connection holds a ticket on it
+    /// until the push is written. A parked session's push waits for its
+    /// client to come back, so it takes no ticket (nobody waits that long).
     fn deliver(
         &self,
         sid: SessionId,
         owner: &OwnerTx,
         route: &str,
         body: Bytes,
+        receipt: Option<&Arc<Receipt>>,
     ) -> Result<(), Error> {
         let push = Outbound::Push {
             route: route.to_string(),
             body,
         };
-        match owner.try_send(push) {
+        let ticket = receipt.filter(|_| !owner.is_parked()).map(Receipt::ticket);
+        match owner.try_send_ticketed(push, ticket) {
             Ok(()) => Ok(()),
             Err(SendError::Full) if owner.is_parked() => {
                 // Its client is away: keep the session, drop this push.
@@ -687,12 +710,26 @@ impl SessionService {
     /// Pushes to every session of each uid, once per session. Returns the
     /// uids no session of which was reached.
     pub fn push_to_uids(&self, uids: &[String], route: &str, body: &Bytes) -> Vec<String> {
+        self.push_to_uids_tracked(uids, route, body, None)
+    }
+
+    /// [`push_to_uids`](Self::push_to_uids) counted on `receipt`.
+    pub(crate) fn push_to_uids_tracked(
+        &self,
+        uids: &[String],
+        route: &str,
+        body: &Bytes,
+        receipt: Option<&Arc<Receipt>>,
+    ) -> Vec<String> {
         uids.iter()
             .filter(|uid| {
                 let reached = self
                     .sids_of_uid(uid)
                     .into_iter()
-                    .filter(|sid| self.push_to_client(*sid, route, body.clone()).is_ok())
+                    .filter(|sid| {
+                        self.push_to_client_tracked(*sid, route, body.clone(), receipt)
+                            .is_ok()
+                    })
                     .count();
                 reached == 0
             })
@@ -703,6 +740,17 @@ impl SessionService {
     /// Pushes to every session (or every bound session) once. Returns how
     /// many sessions it reached.
     pub fn broadcast(&self, route: &str, body: &Bytes, bound_only: bool) -> usize {
+        self.broadcast_tracked(route, body, bound_only, None)
+    }
+
+    /// [`broadcast`](Self::broadcast) counted on `receipt`.
+    pub(crate) fn broadcast_tracked(
+        &self,
+        route: &str,
+        body: &Bytes,
+        bound_only: bool,
+        receipt: Option<&Arc<Receipt>>,
+    ) -> usize {
         // Clone the senders out, so no shard guard is held while delivering
         // (a full queue closes its session, which needs a write guard).
         let targets: Vec<(SessionId, OwnerTx)> = self
@@ -714,7 +762,10 @@ impl SessionService {
             .collect();
         targets
             .into_iter()
-            .filter(|(sid, owner)| self.deliver(*sid, owner, route, body.clone()).is_ok())
+            .filter(|(sid, owner)| {
+                self.deliver(*sid, owner, route, body.clone(), receipt)
+                    .is_ok()
+            })
             .count()
     }
 
@@ -801,6 +852,29 @@ impl SessionOwner {
         match self.rx.as_mut() {
             Some(rx) => rx.poll_recv(cx),
             None => std::task::Poll::Ready(None),
+        }
+    }
+
+    /// [`poll_recv`](Self::poll_recv) with the delivery ticket of a push
+    /// whose sender waits for it to be written: the connection drops the
+    /// ticket once the push is written.
+    pub(crate) fn poll_recv_ticketed(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<(Outbound, Option<Ticket>)>> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv_ticketed(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    /// [`try_recv`](Self::try_recv) with the delivery ticket (see
+    /// [`poll_recv_ticketed`](Self::poll_recv_ticketed)).
+    #[allow(clippy::result_unit_err)]
+    pub(crate) fn try_recv_ticketed(&mut self) -> Result<Option<(Outbound, Option<Ticket>)>, ()> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.try_recv_ticketed(),
+            None => Err(()),
         }
     }
 
