@@ -650,13 +650,7 @@ impl SessionService {
     /// and [`Error::OwnerQueueFull`] is returned. Nothing is buffered
     /// without bound.
     pub fn push_to_client(&self, sid: SessionId, route: &str, body: Bytes) -> Result<(), Error> {
-        let owner = self
-            .inner
-            .sessions
-            .get(&sid)
-            .map(|e| e.owner.clone())
-            .ok_or(Error::SessionNotFound(sid))?;
-        self.deliver(sid, &owner, route, body, None)
+        self.push_to_client_tracked(sid, route, body, None)
     }
 
     /// [`push_to_client`](Self::push_to_client) counted on `receipt`.
