@@ -271,6 +271,9 @@ fn pace(
     end: std::time::Instant,
     period: Duration,
 ) {
+    if clients.is_empty() {
+        return;
+    }
     for k in 0u64.. {
         // From k, not by adding: no drift over a long run.
         let due = first + period.mul_f64(k as f64);
