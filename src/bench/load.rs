@@ -414,17 +414,21 @@ pub async fn fanout(
     sender
         .request(&route("login"), &json!({ "uid": "fan-sender" }))
         .await?;
+    // Each member keeps its delays in a small vector, made before the
+    // first push: a histogram per member (about 150 KiB each) was allocated
+    // and zeroed while the first push arrived, and slowed the members down
+    // in the very measurement.
     let receivers: Vec<_> = members
         .into_iter()
         .map(|mut c| {
+            let mut delays = Vec::with_capacity(pushes);
             tokio::spawn(async move {
-                let mut h = histogram();
                 for _ in 0..pushes {
                     let v = tokio::time::timeout(Duration::from_secs(30), c.next_push()).await??;
                     let sent = v["msg"].as_u64().unwrap_or(0);
-                    h.saturating_record(now_us().saturating_sub(sent).max(1));
+                    delays.push(now_us().saturating_sub(sent).max(1));
                 }
-                anyhow::Ok(h)
+                anyhow::Ok(delays)
             })
         })
         .collect();
@@ -444,7 +448,11 @@ pub async fn fanout(
     let mut errors = 0;
     for r in receivers {
         match r.await? {
-            Ok(ch) => h.add(&ch)?,
+            Ok(delays) => {
+                for us in delays {
+                    h.saturating_record(us);
+                }
+            }
             Err(_) => errors += 1,
         }
     }
