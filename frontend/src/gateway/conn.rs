@@ -167,7 +167,9 @@ impl Future for Connection {
                     if let Stage::Sniffing(stream) = std::mem::replace(this.stage, Stage::Done) {
                         *this.stage = if tls || first[0].is_ascii_alphabetic() {
                             let shared = shared.clone();
-                            Stage::Opening(Box::pin(async move { upgrade(stream, &shared).await }))
+                            Stage::Opening(Box::pin(
+                                async move { upgrade(stream, &shared, tls).await },
+                            ))
                         } else {
                             Stage::Running(Client::new(
                                 Transport::Tcp(stream),
@@ -246,25 +248,23 @@ fn opening_ends(
     }
 }
 
-/// Opens TLS and WebSocket connections (the first byte was peeked: 0x16
-/// for TLS, a letter for an HTTP upgrade). Also returns bytes already read
-/// past the handshake (TLS only).
-async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Transport, BytesMut), String> {
-    let mut first = [0u8; 1];
-    match stream.peek(&mut first).await {
-        Ok(0) => return Err("closed".into()),
-        Ok(_) => {}
-        Err(err) => return Err(err.to_string()),
-    }
+/// Opens a TLS connection (`tls_hello`: the peeked first byte was a TLS
+/// ClientHello and TLS is configured) or a WebSocket one (it was a letter:
+/// an HTTP upgrade). Also returns bytes already read past the handshake
+/// (TLS only).
+async fn upgrade(
+    stream: TcpStream,
+    shared: &Shared,
+    tls_hello: bool,
+) -> Result<(Transport, BytesMut), String> {
     let max = shared.config.max_package + 4;
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    // 0x16: a TLS ClientHello (when TLS is configured).
-    if first[0] == 0x16 {
-        if let Some(tls) = &shared.config.tls {
+    match &shared.config.tls {
+        Some(tls) if tls_hello => {
             let mut tls = tls
                 .accept(stream)
                 .await
@@ -278,19 +278,16 @@ async fn upgrade(stream: TcpStream, shared: &Shared) -> Result<(Transport, Bytes
                 return Ok((Transport::Tls(Box::new(tls)), head));
             }
             let rewound = Rewind::new(head.freeze(), tls);
-            return tokio_tungstenite::accept_async_with_config(rewound, Some(ws_config))
+            tokio_tungstenite::accept_async_with_config(rewound, Some(ws_config))
                 .await
                 .map(|ws| (Transport::Wss(Box::new(ws)), BytesMut::new()))
-                .map_err(|e| format!("websocket upgrade failed: {e}"));
+                .map_err(|e| format!("websocket upgrade failed: {e}"))
         }
+        _ => tokio_tungstenite::accept_async_with_config(stream, Some(ws_config))
+            .await
+            .map(|ws| (Transport::Ws(Box::new(ws)), BytesMut::new()))
+            .map_err(|e| format!("websocket upgrade failed: {e}")),
     }
-    if !first[0].is_ascii_alphabetic() {
-        return Ok((Transport::Tcp(stream), BytesMut::new()));
-    }
-    tokio_tungstenite::accept_async_with_config(stream, Some(ws_config))
-        .await
-        .map(|ws| (Transport::Ws(Box::new(ws)), BytesMut::new()))
-        .map_err(|e| format!("websocket upgrade failed: {e}"))
 }
 
 struct Client {
