@@ -9,7 +9,7 @@ use serde_json::json;
 use session_proxy::client::PomeloClient;
 use session_proxy::frontend::{Gateway, GatewayConfig};
 use session_proxy::protocol::{Hello, HelloReply, Message, MessageCodec, Role};
-use session_proxy::{RpcConfig, RpcServer, SessionConfig, SessionService};
+use session_proxy::{RpcConfig, SessionConfig, SessionService};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -74,13 +74,7 @@ async fn a_backend_that_stops_reading_costs_deadlines_not_memory() {
     let sessions = SessionService::new(SessionConfig::new("f1"));
     let mut rpc_config = RpcConfig::default();
     rpc_config.queue = 64;
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        rpc_config,
-    )
-    .await
-    .expect("rpc");
+    let rpc = common::rpc_on_loopback(&sessions, rpc_config).await;
     let mut gw = GatewayConfig::default();
     gw.request_deadline = Duration::from_millis(500);
     gw.max_pending_requests = 1024;

@@ -405,13 +405,7 @@ async fn a_frontend_closes_a_backend_link_that_went_silent_and_keeps_live_ones()
     let sessions = session_proxy::SessionService::new(SessionConfig::new("f1"));
     let mut config = session_proxy::RpcConfig::default();
     config.idle_timeout = Duration::from_millis(400);
-    let server = session_proxy::RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        config,
-    )
-    .await
-    .expect("bind");
+    let server = common::rpc_on_loopback(&sessions, config).await;
     let owner = sessions.create(ConnectInfo::default());
     // A backend that says hello and then nothing.
     let silent = handshaken(server.local_addr()).await;

@@ -116,13 +116,7 @@ async fn start(policy: SingleSessionPolicy, grace: Duration, overlap: Duration) 
     config.token_overlap = overlap;
     config.owner_queue = 4;
     let sessions = SessionService::new(config);
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("rpc");
+    let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
     let mut gw = GatewayConfig::new("connector");
     gw.resume_grace = grace;
     let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), gw);

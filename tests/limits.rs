@@ -30,13 +30,7 @@ async fn gateway_with(
     tweak: impl FnOnce(&mut GatewayConfig),
 ) -> (SessionService, RpcServer, GatewayServer) {
     let sessions = SessionService::new(config);
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        rpc_config,
-    )
-    .await
-    .expect("rpc");
+    let rpc = common::rpc_on_loopback(&sessions, rpc_config).await;
     let mut gw = GatewayConfig::default();
     tweak(&mut gw);
     let server = Gateway::new(sessions.clone(), rpc.backends(), gw)
@@ -195,9 +189,7 @@ async fn cluster_handshake_deadline() {
     let sessions = SessionService::new(SessionConfig::new("f1"));
     let mut config = RpcConfig::default();
     config.handshake_timeout = Duration::from_millis(300);
-    let server = RpcServer::bind("127.0.0.1:0".parse().expect("addr"), sessions, config)
-        .await
-        .expect("bind");
+    let server = common::rpc_on_loopback(&sessions, config).await;
     let mut silent = TcpStream::connect(server.local_addr())
         .await
         .expect("connect");

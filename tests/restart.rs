@@ -181,13 +181,7 @@ async fn start_front(id: &str, url: &str) -> Front {
         .attach_store(Arc::new(store), StoreOptions::default())
         .await
         .expect("attach");
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("rpc");
+    let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
     let mut config = GatewayConfig::default();
     config.resume_grace = Duration::from_secs(30);
     let gateway = Gateway::new(sessions.clone(), rpc.backends(), config)

@@ -9,7 +9,7 @@ use serde_json::json;
 use session_proxy::backend::ClientTls;
 use session_proxy::client::{ClientOptions, PomeloClient, Transport};
 use session_proxy::frontend::{Gateway, GatewayConfig, ServerTls};
-use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, RpcServer, SessionConfig, SessionService};
+use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, SessionConfig, SessionService};
 use std::time::Duration;
 
 struct Pki {
@@ -46,13 +46,7 @@ async fn cluster_links_over_tls() {
     let mut config = RpcConfig::default();
     config.tls =
         Some(ServerTls::from_pem(pki.cert.as_bytes(), pki.key.as_bytes()).expect("server tls"));
-    let server = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        config,
-    )
-    .await
-    .expect("bind");
+    let server = common::rpc_on_loopback(&sessions, config).await;
     let owner = sessions.create(ConnectInfo::default());
 
     let mut good = quick_client("b1", Duration::from_secs(2));
@@ -101,13 +95,7 @@ async fn cluster_links_over_tls() {
 async fn clients_over_tls_and_wss_share_the_port_with_plain_ones() {
     let pki = pki();
     let sessions = SessionService::new(SessionConfig::new("f1"));
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("rpc");
+    let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
     let mut gw = GatewayConfig::default();
     gw.tls =
         Some(ServerTls::from_pem(pki.cert.as_bytes(), pki.key.as_bytes()).expect("server tls"));

@@ -20,13 +20,7 @@ pub struct Node {
 
 pub async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Node {
     let sessions = SessionService::new(SessionConfig::new(id));
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("rpc");
+    let rpc = super::rpc_on_loopback(&sessions, RpcConfig::default()).await;
     let mut config = GatewayConfig::new("connector");
     tweak(&mut config);
     let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), config);

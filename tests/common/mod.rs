@@ -12,6 +12,17 @@ use session_proxy::{
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// An RPC server for `sessions` with `config`, on a free loopback port.
+pub async fn rpc_on_loopback(sessions: &SessionService, config: RpcConfig) -> RpcServer {
+    RpcServer::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        sessions.clone(),
+        config,
+    )
+    .await
+    .expect("the RPC server binds a loopback port")
+}
+
 /// A frontend: its sessions and its RPC server.
 pub struct Frontend {
     pub sessions: SessionService,
@@ -123,13 +134,7 @@ pub async fn secured_frontend(
     let sessions = session_proxy::SessionService::new(session_proxy::SessionConfig::new("f1"));
     let mut config = session_proxy::RpcConfig::default();
     config.secret = secret.map(session_proxy::protocol::Secret::new);
-    let server = session_proxy::RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        config,
-    )
-    .await
-    .expect("bind");
+    let server = rpc_on_loopback(&sessions, config).await;
     (sessions, server)
 }
 
