@@ -9,7 +9,7 @@
 //! `connector.entryHandler.enter {username, rid}` and
 //! `chat.chatHandler.send {content, from, target}`. Stop with Ctrl-C.
 
-use session_proxy::chat::{ChatCluster, ChatConfig};
+use session_proxy_chat::{ChatCluster, ChatConfig};
 use std::time::Duration;
 
 #[tokio::main]

@@ -20,25 +20,56 @@
 //! role = "backend"
 //! ```
 //! `session-proxy run --config cluster.toml --node connector-1` starts one
-//! node; a backend connects to every frontend listed. The cluster secret
+//! node (the CLI runs it); a backend connects to every frontend listed. The cluster secret
 //! comes from the `SESSION_PROXY_SECRET` environment variable; TLS from
 //! `tls_cert`/`tls_key` (frontends) and `tls_ca` (backends) under
 //! `[cluster]`.
 
-use crate::bench_app;
-use crate::{
-    BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionService,
-};
-use anyhow::{bail, Context};
 use serde::Deserialize;
-use session_proxy_backend::ClientTls;
-use session_proxy_frontend::{
-    Gateway, GatewayConfig, RedisStore, RedisStoreConfig, ServerTls, StoreOptions,
-};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+
+/// Why a cluster file was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The file could not be read.
+    #[error("error reading {}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a cluster.
+    #[error("error parsing {}", .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A field holds a value that cannot work; `field` names it.
+    #[error("{field}: {problem}")]
+    Invalid {
+        /// The field, as written in the file (`node.chat-1.worker_threads`).
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// No node with this id is in the file.
+    #[error("no node {0:?} in the cluster file")]
+    UnknownNode(String),
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ClusterError {
+    ClusterError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
 
 /// The whole file.
 #[derive(Clone, Debug, Deserialize)]
@@ -70,12 +101,12 @@ pub struct ClusterSettings {
     /// TLS: the frontends' certificate chain (PEM file). With `tls_key`,
     /// frontends serve backends and clients over TLS too (plain clients
     /// still work on the same port).
-    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_cert: Option<PathBuf>,
     /// TLS: the frontends' private key (PEM file).
-    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// TLS: the CA (PEM file) backends trust when dialling frontends; with
     /// it, backends dial over TLS.
-    pub tls_ca: Option<std::path::PathBuf>,
+    pub tls_ca: Option<PathBuf>,
     /// TLS: the name frontend certificates carry (default `localhost`).
     pub tls_server_name: Option<String>,
     /// Runtime worker threads of each node process (default: one per core).
@@ -115,11 +146,16 @@ pub struct NodeConfig {
 
 impl ClusterConfig {
     /// Reads and checks a config file.
-    pub fn load(path: &Path) -> anyhow::Result<ClusterConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    pub fn load(path: &Path) -> Result<ClusterConfig, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let config: ClusterConfig =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            toml::from_str(&text).map_err(|source| ClusterError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
         config.check()?;
         Ok(config)
     }
@@ -134,121 +170,53 @@ impl ClusterConfig {
             .or(self.cluster.worker_threads)
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    fn check(&self) -> Result<(), ClusterError> {
         let mut ids = std::collections::HashSet::new();
         if self.cluster.worker_threads == Some(0) {
-            bail!("worker_threads must be at least 1");
+            return Err(invalid("cluster.worker_threads", "must be at least 1"));
+        }
+        if self.cluster.tls_cert.is_some() != self.cluster.tls_key.is_some() {
+            return Err(invalid(
+                "cluster.tls_cert",
+                "tls_cert and tls_key go together",
+            ));
         }
         for n in &self.nodes {
             if !ids.insert(&n.id) {
-                bail!("node id {} appears twice", n.id);
+                return Err(invalid(format!("node.{}.id", n.id), "appears twice"));
             }
             if n.worker_threads == Some(0) {
-                bail!("node {}: worker_threads must be at least 1", n.id);
+                return Err(invalid(
+                    format!("node.{}.worker_threads", n.id),
+                    "must be at least 1",
+                ));
             }
             if n.role == NodeRole::Frontend && n.rpc.is_none() {
-                bail!("frontend {} needs an rpc address", n.id);
+                return Err(invalid(
+                    format!("node.{}.rpc", n.id),
+                    "a frontend needs an rpc address",
+                ));
             }
         }
         match self.cluster.app.as_deref() {
             None | Some("bench") => Ok(()),
-            Some(other) => bail!("unknown app {other:?} (known: bench)"),
+            Some(other) => Err(invalid(
+                "cluster.app",
+                format!("unknown app {other:?} (known: bench)"),
+            )),
         }
     }
 
     /// The node with this id.
-    pub fn node(&self, id: &str) -> anyhow::Result<&NodeConfig> {
+    pub fn node(&self, id: &str) -> Result<&NodeConfig, ClusterError> {
         self.nodes
             .iter()
             .find(|n| n.id == id)
-            .with_context(|| format!("no node {id:?} in the config"))
+            .ok_or_else(|| ClusterError::UnknownNode(id.to_string()))
     }
-}
 
-/// Runs one node until SIGINT/SIGTERM. Prints `ready <node id>` once it
-/// serves.
-pub async fn run_node(config: &ClusterConfig, id: &str) -> anyhow::Result<()> {
-    let node = config.node(id)?;
-    match node.role {
-        NodeRole::Frontend => run_frontend(config, node).await,
-        NodeRole::Backend => run_backend(config, node).await,
+    /// The frontends of the cluster.
+    pub fn frontends(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.nodes.iter().filter(|n| n.role == NodeRole::Frontend)
     }
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
-async fn run_frontend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<()> {
-    let sessions = SessionService::new(SessionConfig::new(node.id.clone()));
-    if let Some(url) = &config.cluster.redis {
-        let store = RedisStore::connect(RedisStoreConfig::new(url.clone())).await?;
-        sessions
-            .attach_store(Arc::new(store), StoreOptions::default())
-            .await?;
-    }
-    let rpc_addr = node.rpc.context("frontend without an rpc address")?;
-    let tls = match (&config.cluster.tls_cert, &config.cluster.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(ServerTls::from_files(cert, key).context("loading the TLS certificate")?)
-        }
-        (None, None) => None,
-        _ => bail!("tls_cert and tls_key go together"),
-    };
-    let mut rpc_config = RpcConfig::default();
-    rpc_config.tls = tls.clone();
-    let rpc = RpcServer::bind(rpc_addr, sessions.clone(), rpc_config).await?;
-    let gateway = match node.client {
-        Some(addr) => {
-            let mut gw = GatewayConfig::new(node.server_type.clone());
-            gw.heartbeat = Duration::from_secs(config.cluster.heartbeat_secs.unwrap_or(10));
-            gw.resume_grace = Duration::from_secs(config.cluster.resume_grace_secs.unwrap_or(30));
-            gw.max_pending_requests = 1024;
-            if let Some(n) = config.cluster.max_connections_per_ip {
-                gw.max_connections_per_ip = n;
-            }
-            gw.tls = tls;
-            let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), gw);
-            bench_app::frontend_handlers(&node.server_type, gateway.handlers());
-            Some(gateway.bind(addr).await?)
-        }
-        None => None,
-    };
-    println!("ready {}", node.id);
-    wait_for_signal().await?;
-    if let Some(g) = gateway {
-        g.shutdown(Duration::from_secs(3)).await;
-    }
-    let _ = sessions.flush().await;
-    rpc.shutdown(Duration::from_secs(3)).await;
-    Ok(())
-}
-
-async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<()> {
-    let mut client = ClientConfig::new(node.id.clone());
-    client.server_type = Some(node.server_type.clone());
-    if let Some(ca) = &config.cluster.tls_ca {
-        let name = config
-            .cluster
-            .tls_server_name
-            .as_deref()
-            .unwrap_or("localhost");
-        client.tls = Some(ClientTls::from_ca_file(ca, name).context("loading the TLS CA")?);
-    }
-    let service = BackendSessionService::new(client);
-    service.serve(bench_app::backend_handlers(&node.server_type, &service));
-    for f in config.nodes.iter().filter(|n| n.role == NodeRole::Frontend) {
-        if let Some(rpc) = f.rpc {
-            service.add_frontend_of_type(&f.id, &f.server_type, rpc.to_string());
-        }
-    }
-    println!("ready {}", node.id);
-    wait_for_signal().await?;
-    service.close();
-    Ok(())
 }

@@ -2,23 +2,25 @@
 //!
 //! Frontend nodes own the authoritative client sessions; backend nodes work
 //! on them through [`BackendSession`] proxies that send changes back over a
-//! MessagePack TCP RPC, last write wins per key. This crate re-exports the
-//! three member crates and holds the `session-proxy` command.
+//! MessagePack TCP RPC, last write wins per key. This crate is a facade: it
+//! re-exports the three member crates, and the cluster file's types. The
+//! `session-proxy` command (feature `cli`) runs demos, nodes and benchmarks.
 //!
 //! # Layout
 //! - [`protocol`]: wire types, framing and error codes (no I/O).
-//! - [`frontend`]: [`SessionService`] and the [`RpcServer`] backends call.
-//! - [`backend`]: [`BackendSessionService`], [`BackendSession`] and the
-//!   RPC client.
-//! - [`client`]: [`client::PomeloClient`], a Pomelo/Pinus protocol client
-//!   (TCP or WebSocket) for simulated players and tests.
-//! - [`chat`]: Pomelo's chatofpomelo on session-proxy: gate, connectors,
-//!   chat servers (`cargo run --example chat`).
-//! - [`cluster`]: a cluster from one TOML file, one node per process
-//!   (`session-proxy run --config … --node …`).
-//! - [`bench`](mod@bench): the load generator behind `session-proxy bench`.
-//! - [`bench_app`]: the routes the benchmarks drive (also on Pinus).
-//! - [`demo`]: the in-process demo cluster behind `session-proxy demo`.
+//! - [`frontend`]: [`SessionService`], the [`RpcServer`] backends call, and
+//!   the [`Gateway`] that serves Pomelo/Pinus clients.
+//! - [`backend`]: [`BackendSessionService`], [`BackendSession`],
+//!   [`Handlers`] for forwarded client requests, and the RPC link to each
+//!   frontend.
+//! - [`cluster`] (feature `cluster`): a cluster described in one TOML file,
+//!   one node per process.
+//!
+//! # Features
+//! All on by default: `redis` (the Redis session store), `websocket`
+//! (WebSocket clients on the gateway), `tls` (rustls on cluster links and
+//! client connections), `cluster` (the cluster file), `cli` (the
+//! `session-proxy` command and what only it needs).
 //!
 //! # Example
 //! One frontend and one backend on loopback; the backend binds a session
@@ -47,22 +49,19 @@
 //! # }
 //! ```
 
-pub mod bench;
-pub mod bench_app;
-pub mod chat;
-pub mod client;
+#[cfg(feature = "cluster")]
 pub mod cluster;
-pub mod demo;
 
 pub use session_proxy_backend as backend;
 pub use session_proxy_frontend as frontend;
 pub use session_proxy_protocol as protocol;
 
 pub use session_proxy_backend::{
-    BackendSession, BackendSessionService, ClientConfig, FrontendClient,
+    BackendSession, BackendSessionService, ChannelService, ClientConfig, FrontendClient,
+    HandlerError, Handlers,
 };
 pub use session_proxy_frontend::{
-    ConnectInfo, Outbound, RpcConfig, RpcServer, SessionConfig, SessionEvent, SessionOwner,
-    SessionService, SingleSessionPolicy,
+    BackendRegistry, ConnectInfo, Gateway, GatewayConfig, GatewayServer, Outbound, RpcConfig,
+    RpcServer, SessionConfig, SessionEvent, SessionOwner, SessionService, SingleSessionPolicy,
 };
 pub use session_proxy_protocol::{ErrorCode, SessionId};

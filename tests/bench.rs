@@ -5,8 +5,8 @@
 mod common;
 
 use common::nodes::{free_port, run_node};
-use session_proxy::bench::{self, LoadOptions};
-use session_proxy::client::Transport;
+use session_proxy_bench::pomelo::Transport;
+use session_proxy_bench::{self as bench, LoadOptions};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,7 +103,7 @@ role = "backend"
         .expect("fanout");
     assert_eq!((r.ops, r.errors), (100, 0), "{r}");
     let pid = front.id().expect("pid");
-    let r = bench::idle(target, Transport::Tcp, 200, &[pid], None)
+    let r = bench::idle(&[target], Transport::Tcp, 200, &[pid], None)
         .await
         .expect("idle");
     assert_eq!(r.clients, 200);

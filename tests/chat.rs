@@ -2,8 +2,8 @@
 //! clients speaking the Pomelo protocol over TCP and WebSocket.
 
 use serde_json::{json, Value};
-use session_proxy::chat::{ChatCluster, ChatConfig};
-use session_proxy::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
+use session_proxy_chat::{ChatCluster, ChatConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ async fn enter(
     .parse()
     .expect("addr");
     assert!(cluster.connector_addrs().contains(&addr));
-    let mut options = ClientOptions::default();
+    let mut options = PomeloOptions::default();
     options.transport = transport;
     let client = PomeloClient::connect_with(addr, options)
         .await
@@ -217,10 +217,10 @@ async fn kicks_arrive_as_kick_packages() {
     assert_eq!(kicked, 1);
     assert_eq!(
         a.next_event(WAIT).await,
-        Some(ClientEvent::Kick {
+        Some(PomeloEvent::Kick {
             reason: "maintenance".into()
         })
     );
-    assert_eq!(a.next_event(WAIT).await, Some(ClientEvent::Closed));
+    assert_eq!(a.next_event(WAIT).await, Some(PomeloEvent::Closed));
     cluster.shutdown(Duration::from_secs(2)).await;
 }

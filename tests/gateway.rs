@@ -5,7 +5,7 @@ mod common;
 
 use common::cluster::*;
 use serde_json::json;
-use session_proxy::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,7 +60,7 @@ async fn pushes_before_the_response_arrive_before_it() {
         // Every push was already received when the response resolved.
         for i in 0..20 {
             match c.next_event(Duration::from_millis(1)).await {
-                Some(ClientEvent::Push { route, body }) => {
+                Some(PomeloEvent::Push { route, body }) => {
                     assert_eq!(route, "onStep");
                     assert_eq!(body["i"], i);
                 }
@@ -167,7 +167,7 @@ async fn push_by_uid_broadcast_and_channels_reach_each_session_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_at_the_heartbeat_timeout() {
     let f = start_frontend("f1", |c| c.heartbeat = Duration::from_secs(1)).await;
-    let mut options = ClientOptions::default();
+    let mut options = PomeloOptions::default();
     options.heartbeats = false;
     let mut silent = PomeloClient::connect_with(f.gateway.local_addr(), options)
         .await
@@ -177,7 +177,7 @@ async fn a_silent_client_is_closed_at_the_heartbeat_timeout() {
     let t = Instant::now();
     loop {
         match silent.next_event(Duration::from_secs(5)).await {
-            Some(ClientEvent::Closed) => break,
+            Some(PomeloEvent::Closed) => break,
             Some(_) => continue,
             None => panic!("the silent client was not closed"),
         }
@@ -273,7 +273,7 @@ async fn bad_clients_are_disconnected_alone() {
     let mut bad = bad;
     loop {
         match bad.next_event(WAIT).await {
-            Some(ClientEvent::Closed) => break,
+            Some(PomeloEvent::Closed) => break,
             Some(_) => continue,
             None => panic!("malformed message: still connected"),
         }

@@ -5,12 +5,12 @@ mod common;
 
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, Handlers};
-use session_proxy::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::{
     BackendSessionService, ClientConfig, ConnectInfo, Outbound, RpcConfig, RpcServer,
     SessionConfig, SessionEvent, SessionService, SingleSessionPolicy,
 };
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -150,7 +150,7 @@ async fn start(policy: SingleSessionPolicy, grace: Duration, overlap: Duration) 
 }
 
 async fn connect(node: &Node, token: Option<&str>) -> anyhow::Result<PomeloClient> {
-    let mut options = ClientOptions::default();
+    let mut options = PomeloOptions::default();
     options.transport = Transport::WebSocket;
     if let Some(t) = token {
         options.user = json!({ "resumeToken": t });
@@ -271,7 +271,7 @@ async fn bad_expired_and_rotated_out_tokens_are_refused() {
         .expect("previous token within the overlap");
     assert_eq!(
         b.next_event(WAIT).await,
-        Some(ClientEvent::Kick {
+        Some(PomeloEvent::Kick {
             reason: "resumed elsewhere".into()
         })
     );

@@ -6,12 +6,12 @@ mod common;
 use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use session_proxy::client::{ClientEvent, ClientOptions, PomeloClient};
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::protocol::{
     Call, HelloReply, KeyWrite, Message, MessageCodec, Precondition, PROTOCOL_VERSION,
 };
 use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, RpcServer, SessionConfig, SessionService};
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -223,7 +223,7 @@ async fn outgoing_queue_per_client() {
         pkg.extend_from_slice(&[2, 0, 0, 0]);
         stuck.write_all(&pkg).await.expect("handshake");
     }
-    let mut reader = PomeloClient::connect_with(gw.local_addr(), ClientOptions::default())
+    let mut reader = PomeloClient::connect_with(gw.local_addr(), PomeloOptions::default())
         .await
         .expect("connect");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -254,7 +254,7 @@ async fn outgoing_queue_per_client() {
     // The reading client got its pushes and is still connected.
     assert!(matches!(
         reader.next_event(Duration::from_secs(5)).await,
-        Some(ClientEvent::Push { .. })
+        Some(PomeloEvent::Push { .. })
     ));
     reader
         .notify("connector.x.y", &json!({}))

@@ -7,7 +7,6 @@ mod common;
 use common::nodes::{free_port, sigkill, spawn_session_proxy};
 use common::redis::RedisServer;
 use serde_json::json;
-use session_proxy::client::{ClientEvent, ClientOptions, PomeloClient, Transport};
 use session_proxy::frontend::{
     Gateway, GatewayConfig, GatewayServer, RedisStore, RedisStoreConfig, StoreOptions,
 };
@@ -15,6 +14,7 @@ use session_proxy::{
     BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionId,
     SessionService,
 };
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,7 +60,7 @@ async fn connect(
     token: Option<&str>,
     transport: Transport,
 ) -> anyhow::Result<PomeloClient> {
-    let mut options = ClientOptions::default();
+    let mut options = PomeloOptions::default();
     options.transport = transport;
     if let Some(t) = token {
         options.user = json!({ "resumeToken": t });
@@ -114,7 +114,7 @@ async fn a_sigkilled_frontend_restarts_with_every_acknowledged_change() {
     for (c, _, _) in players.iter_mut() {
         loop {
             match c.next_event(WAIT).await {
-                Some(ClientEvent::Closed) => break,
+                Some(PomeloEvent::Closed) => break,
                 Some(_) => continue,
                 None => panic!("the client did not notice the kill"),
             }
@@ -206,7 +206,7 @@ async fn user_sessions_and_revoke_span_every_frontend() {
     backend.add_frontend("f1", f1.rpc.local_addr().to_string());
     backend.add_frontend("f2", f2.rpc.local_addr().to_string());
 
-    let mut options = ClientOptions::default();
+    let mut options = PomeloOptions::default();
     options.user = json!({ "device": "iphone-15" });
     let mut on_f1 = PomeloClient::connect_with(f1.gateway.local_addr(), options)
         .await
@@ -270,7 +270,7 @@ async fn user_sessions_and_revoke_span_every_frontend() {
     assert_eq!(ended, want);
     assert_eq!(
         on_f1.next_event(WAIT).await,
-        Some(ClientEvent::Kick {
+        Some(PomeloEvent::Kick {
             reason: "account locked".into()
         })
     );

@@ -7,9 +7,9 @@ use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use serde_json::json;
 use session_proxy::backend::ClientTls;
-use session_proxy::client::{ClientOptions, PomeloClient, Transport};
 use session_proxy::frontend::{Gateway, GatewayConfig, ServerTls};
 use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, SessionConfig, SessionService};
+use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions, Transport};
 use std::time::Duration;
 
 struct Pki {
@@ -121,7 +121,7 @@ async fn clients_over_tls_and_wss_share_the_port_with_plain_ones() {
         (Transport::Tcp, None, "tcp"),
         (Transport::WebSocket, None, "ws"),
     ] {
-        let mut options = ClientOptions::default();
+        let mut options = PomeloOptions::default();
         options.transport = transport;
         options.tls = tls;
         let c = PomeloClient::connect_with(gateway.local_addr(), options)
@@ -163,7 +163,7 @@ async fn a_cluster_file_turns_tls_on_for_links_and_clients() {
     .expect("write config");
     let mut front = run_node(&config, "connector-1").await;
     let mut back = run_node(&config, "chat-1").await;
-    let mut options = ClientOptions::default();
+    let mut options = PomeloOptions::default();
     options.tls = Some(ClientTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls"));
     let c = PomeloClient::connect_with(
         format!("127.0.0.1:{client}").parse().expect("addr"),

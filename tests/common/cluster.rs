@@ -2,11 +2,11 @@
 
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, ChannelService, HandlerError, Handlers};
-use session_proxy::client::{ClientOptions, PomeloClient, Transport};
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::{
     BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionService,
 };
+use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions, Transport};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -114,7 +114,7 @@ pub async fn wait_for_backends(node: &Node, n: usize) {
 }
 
 pub async fn client(addr: SocketAddr, transport: Transport) -> PomeloClient {
-    let mut options = ClientOptions::default();
+    let mut options = PomeloOptions::default();
     options.transport = transport;
     PomeloClient::connect_with(addr, options)
         .await

@@ -1,7 +1,7 @@
 //! Request/response load and channel fan-out.
 
 use super::{histogram, progress, BenchResult};
-use crate::client::{open, package, Io, Transport};
+use crate::pomelo::{open, package, Io, Transport};
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;

@@ -1,9 +1,10 @@
 //! Idle connected clients and what they cost the server.
 
 use super::BenchResult;
-use crate::bench::load::transport_name;
-use crate::client::{ClientOptions, PomeloClient, Transport};
-use serde_json::json;
+use crate::load::transport_name;
+use crate::pomelo::{PomeloClient, PomeloOptions, Transport};
+use anyhow::Context;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,15 +20,60 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Connects `clients` clients (optionally sending a login request each),
-/// waits for the server to settle, and reports the RSS growth of `pids`.
+/// Asks a chatofpomelo-style gate (`gate.gateHandler.queryEntry {uid}`)
+/// for its connectors' addresses, trying `probes` uids.
+pub async fn connectors_of_gate(
+    gate: SocketAddr,
+    probes: usize,
+) -> anyhow::Result<Vec<SocketAddr>> {
+    let g = PomeloClient::connect(gate).await?;
+    let mut connectors = Vec::new();
+    for i in 0..probes {
+        let e = g
+            .request(
+                "gate.gateHandler.queryEntry",
+                &json!({ "uid": format!("p{i}") }),
+            )
+            .await?;
+        let addr: SocketAddr = format!(
+            "{}:{}",
+            e["host"].as_str().unwrap_or("127.0.0.1"),
+            e["port"]
+        )
+        .parse()
+        .with_context(|| format!("the gate answered {e}"))?;
+        if !connectors.contains(&addr) {
+            connectors.push(addr);
+        }
+    }
+    Ok(connectors)
+}
+
+/// What the idle clients do once connected: one request each, whose body's
+/// strings have `{i}` replaced by the client's number and `{r}` by that
+/// number modulo 100 (a room).
+#[derive(Clone, Debug)]
+pub struct Login {
+    /// The route.
+    pub route: String,
+    /// The body template.
+    pub body: Value,
+}
+
+/// Connects `clients` clients, spread over `targets` (optionally sending a
+/// login request each), waits for the server to settle, and reports the RSS
+/// growth of `pids`.
 pub async fn idle(
-    target: SocketAddr,
+    targets: &[SocketAddr],
     transport: Transport,
     clients: usize,
     pids: &[u32],
-    login_route: Option<&str>,
+    login: Option<&Login>,
 ) -> anyhow::Result<BenchResult> {
+    let Some(&first) = targets.first() else {
+        anyhow::bail!("no server to connect to");
+    };
+    let body = login.map(|l| serde_json::to_string(&l.body)).transpose()?;
     let before: Vec<u64> = pids.iter().map(|p| rss_kib(*p).unwrap_or(0)).collect();
     let t0 = std::time::Instant::now();
     let mut held = Vec::with_capacity(clients);
@@ -37,16 +83,22 @@ pub async fn idle(
         let joins: Vec<_> = wave
             .iter()
             .map(|&i| {
-                let route = login_route.map(str::to_string);
+                let target = targets[i % targets.len()];
+                let request = login.zip(body.as_ref()).map(|(l, body)| {
+                    let body = body
+                        .replace("{i}", &i.to_string())
+                        .replace("{r}", &(i % 100).to_string());
+                    (l.route.clone(), body)
+                });
                 tokio::spawn(async move {
-                    let options = ClientOptions {
+                    let options = PomeloOptions {
                         transport,
-                        ..ClientOptions::default()
+                        ..PomeloOptions::default()
                     };
                     let c = PomeloClient::connect_with(target, options).await?;
-                    if let Some(route) = route {
-                        c.request(&route, &json!({ "uid": format!("idle{i}") }))
-                            .await?;
+                    if let Some((route, body)) = request {
+                        let body: Value = serde_json::from_str(&body)?;
+                        c.request(&route, &body).await?;
                     }
                     anyhow::Ok(c)
                 })
@@ -78,7 +130,7 @@ pub async fn idle(
         (!pids.is_empty() && !held.is_empty()).then(|| growth as f64 * 1024.0 / held.len() as f64);
     Ok(BenchResult {
         mode: "idle".into(),
-        target: target.to_string(),
+        target: first.to_string(),
         transport: transport_name(transport),
         clients: held.len(),
         seconds,

@@ -39,7 +39,7 @@ pub enum Transport {
 /// Client options.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub struct ClientOptions {
+pub struct PomeloOptions {
     /// The transport. Default: TCP.
     pub transport: Transport,
     /// The `user` part of the handshake. Default: `{}`.
@@ -53,9 +53,9 @@ pub struct ClientOptions {
     pub tls: Option<ClientTls>,
 }
 
-impl Default for ClientOptions {
+impl Default for PomeloOptions {
     fn default() -> Self {
-        ClientOptions {
+        PomeloOptions {
             transport: Transport::Tcp,
             user: json!({}),
             heartbeats: true,
@@ -67,7 +67,7 @@ impl Default for ClientOptions {
 
 /// Something the server sent that was not a response.
 #[derive(Clone, Debug, PartialEq)]
-pub enum ClientEvent {
+pub enum PomeloEvent {
     /// A push.
     Push {
         /// Its route.
@@ -94,13 +94,13 @@ pub struct PomeloClient {
     /// Requests awaiting responses.
     waiters: Waiters,
     /// Pushes, kicks and the close, in arrival order.
-    events: mpsc::UnboundedReceiver<ClientEvent>,
+    events: mpsc::UnboundedReceiver<PomeloEvent>,
     /// The next request id (clients count from 1).
     next_id: AtomicU64,
     /// The server's handshake reply.
     handshake: Value,
     /// Options.
-    options: ClientOptions,
+    options: PomeloOptions,
     /// The I/O task.
     task: tokio::task::JoinHandle<()>,
 }
@@ -173,14 +173,14 @@ pub(crate) fn package(kind: PackageType, body: &[u8]) -> Bytes {
 impl PomeloClient {
     /// Connects with default options over TCP.
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<PomeloClient> {
-        Self::connect_with(addr, ClientOptions::default()).await
+        Self::connect_with(addr, PomeloOptions::default()).await
     }
 
     /// Connects, handshakes and acks. Fails if the server refuses the
     /// handshake (its code is in the error).
     pub async fn connect_with(
         addr: SocketAddr,
-        options: ClientOptions,
+        options: PomeloOptions,
     ) -> anyhow::Result<PomeloClient> {
         let (io, codec, buf, handshake) =
             open(addr, options.transport, &options.user, options.tls.as_ref()).await?;
@@ -274,14 +274,14 @@ impl PomeloClient {
     }
 
     /// The next push, kick or close, waiting at most `wait`.
-    pub async fn next_event(&mut self, wait: Duration) -> Option<ClientEvent> {
+    pub async fn next_event(&mut self, wait: Duration) -> Option<PomeloEvent> {
         timeout(wait, self.events.recv()).await.ok().flatten()
     }
 
     /// The next push (skipping nothing: a kick or close is an error).
     pub async fn next_push(&mut self, wait: Duration) -> anyhow::Result<(String, Value)> {
         match self.next_event(wait).await {
-            Some(ClientEvent::Push { route, body }) => Ok((route, body)),
+            Some(PomeloEvent::Push { route, body }) => Ok((route, body)),
             Some(other) => bail!("expected a push, got {other:?}"),
             None => bail!("no push within {wait:?}"),
         }
@@ -305,7 +305,7 @@ async fn io_loop(
     mut buf: BytesMut,
     mut rx: mpsc::Receiver<Bytes>,
     waiters: Waiters,
-    events: mpsc::UnboundedSender<ClientEvent>,
+    events: mpsc::UnboundedSender<PomeloEvent>,
     heartbeat: Option<Duration>,
 ) {
     let far = Duration::from_secs(86_400 * 365);
@@ -335,13 +335,13 @@ async fn io_loop(
     if let Ok(mut w) = waiters.lock() {
         w.clear();
     }
-    let _ = events.send(ClientEvent::Closed);
+    let _ = events.send(PomeloEvent::Closed);
 }
 
 fn on_package(
     p: Package,
     waiters: &Waiters,
-    events: &mpsc::UnboundedSender<ClientEvent>,
+    events: &mpsc::UnboundedSender<PomeloEvent>,
 ) -> anyhow::Result<()> {
     match p.kind {
         PackageType::Data => {
@@ -367,7 +367,7 @@ fn on_package(
                         Route::Code(c) => c.to_string(),
                         Route::None => String::new(),
                     };
-                    let _ = events.send(ClientEvent::Push { route, body });
+                    let _ = events.send(PomeloEvent::Push { route, body });
                 }
                 other => bail!("server sent a {other:?}"),
             }
@@ -375,7 +375,7 @@ fn on_package(
         PackageType::Kick => {
             let body: Value = serde_json::from_slice(&p.body).unwrap_or(Value::Null);
             let reason = body["reason"].as_str().unwrap_or_default().to_string();
-            let _ = events.send(ClientEvent::Kick { reason });
+            let _ = events.send(PomeloEvent::Kick { reason });
         }
         PackageType::Heartbeat => {}
         other => bail!("unexpected {other:?} package"),

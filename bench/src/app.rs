@@ -16,10 +16,10 @@
 //! Frontend route: `connector.entryHandler.ping` answers `{code: 200}`
 //! without leaving the connector.
 
-use crate::backend::{BackendSession, ChannelService, HandlerError, Handlers};
-use crate::frontend::LocalHandlers;
-use crate::BackendSessionService;
 use serde_json::{json, Value};
+use session_proxy_backend::BackendSessionService;
+use session_proxy_backend::{BackendSession, ChannelService, HandlerError, Handlers};
+use session_proxy_frontend::LocalHandlers;
 
 fn fail(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::new(e.to_string())

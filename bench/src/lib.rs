@@ -1,6 +1,11 @@
-//! `session-proxy bench`: a load generator that speaks the Pomelo/Pinus
-//! client protocol to any compatible server — session-proxy or Pinus.
+//! session-proxy's measuring tools, kept out of the published crates (like
+//! quinn's `bench/` and `perf/`): the scripts in this folder and the
+//! `session-proxy bench` command run them.
 //!
+//! # Layout
+//! - [`pomelo`]: [`PomeloClient`](pomelo::PomeloClient), a Pomelo/Pinus
+//!   protocol client (TCP, WebSocket, TLS) for simulated players and tests.
+//! - [`app`]: the bench app's routes, identical on Pinus (`bench/pinus`).
 //! - [`load`](mod@load): request/response with N clients, closed loop (each client
 //!   sends its next request when the answer arrives) or open loop (requests
 //!   leave on a schedule at a target rate; latency counts from the
@@ -13,17 +18,21 @@
 //!   connection (not the client protocol: the cluster's own).
 //! - [`floor`]: the raw floor: a minimal Rust server that answers the
 //!   protocol's handshake and echoes requests, to compare against.
+//! - [`report`]: the comparison section of `docs/BENCHMARKS.md`.
+//! - [`soak`]: load plus backend kills, checking every acknowledged write.
 //!
 //! Every mode prints a human summary and, with `--json`, one JSON object.
 
+pub mod app;
 pub mod floor;
 pub mod idle;
 pub mod load;
+pub mod pomelo;
 pub mod pushes;
 pub mod report;
 pub mod soak;
 
-pub use idle::idle;
+pub use idle::{connectors_of_gate, idle, Login};
 pub use load::{fanout, load, LoadOptions};
 
 use hdrhistogram::Histogram;

@@ -6,17 +6,17 @@
 //! {username, rid}`, `chat.chatHandler.send {content, from, target}`; pushes:
 //! `onAdd`, `onChat`, `onLeave`. Any Pomelo/Pinus client can join.
 
-use crate::{
-    BackendSession, BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig,
-    SessionService, SingleSessionPolicy,
-};
 use anyhow::Context;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use session_proxy_backend::{BackendSession, BackendSessionService, ClientConfig};
 use session_proxy_backend::{ChannelService, HandlerError, Handlers};
 use session_proxy_frontend::backends::pick_by_key;
 use session_proxy_frontend::{Gateway, GatewayConfig, GatewayServer, HashRouter, Router};
+use session_proxy_frontend::{
+    RpcConfig, RpcServer, SessionConfig, SessionService, SingleSessionPolicy,
+};
 use session_proxy_protocol::SessionSnapshot;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

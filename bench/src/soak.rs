@@ -5,7 +5,7 @@
 
 use super::idle::rss_kib;
 use super::load::Conn;
-use crate::client::Transport;
+use crate::pomelo::Transport;
 use anyhow::{bail, Context};
 use serde_json::json;
 use std::net::SocketAddr;

@@ -1,0 +1,221 @@
+//! The `session-proxy` command's own modules (binary only, not the library):
+//! its arguments, the node runners, the demo and the benchmark dispatch.
+
+pub mod bench;
+pub mod demo;
+pub mod node;
+
+use clap::{Parser, Subcommand};
+use session_proxy_bench::pomelo::Transport;
+use std::net::SocketAddr;
+
+#[derive(Parser)]
+#[command(
+    name = "session-proxy",
+    version,
+    about = "The session layer of a clustered realtime or game server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run one node of a cluster described in a TOML file.
+    Run {
+        /// The cluster file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// The id of the node to run.
+        #[arg(long)]
+        node: String,
+    },
+    /// Load-test any Pomelo/Pinus-compatible server (this one or Pinus).
+    Bench {
+        #[command(subcommand)]
+        mode: BenchMode,
+    },
+    /// Start one frontend and two backends on loopback, work the same
+    /// sessions from both backends at once; then start the chat cluster and
+    /// drive it with simulated players; check everything, report.
+    Demo {
+        #[command(flatten)]
+        config: demo::DemoConfig,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a frontend's session RPC server until SIGINT/SIGTERM.
+    Frontend {
+        /// This frontend's id.
+        #[arg(long, default_value = "frontend-1")]
+        id: String,
+        /// Where backends connect.
+        #[arg(long, default_value = "127.0.0.1:4010")]
+        rpc_addr: SocketAddr,
+        /// This frontend's server type.
+        #[arg(long = "type", default_value = "connector")]
+        server_type: String,
+        /// Open this many sessions at start, bound to uids `user-0` …
+        /// (stand-ins for connected clients, to try the RPC without a
+        /// client connector).
+        #[arg(long, default_value_t = 0)]
+        open_sessions: usize,
+        /// Also serve Pomelo/Pinus clients (TCP and WebSocket) here.
+        #[arg(long)]
+        client_addr: Option<SocketAddr>,
+        /// Keep sessions in this Redis server (e.g. redis://127.0.0.1:6379/0),
+        /// so a restart loses none.
+        #[arg(long)]
+        redis: Option<String>,
+        /// How long a dropped client may resume its session, in seconds.
+        #[arg(long, default_value_t = 30)]
+        resume_grace: u64,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Target {
+    /// The server's client address.
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// Speak WebSocket instead of raw TCP.
+    #[arg(long)]
+    pub ws: bool,
+    /// Print one JSON object instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Target {
+    pub fn transport(&self) -> Transport {
+        if self.ws {
+            Transport::WebSocket
+        } else {
+            Transport::Tcp
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum BenchMode {
+    /// Request/response with N clients (closed loop, or open with --rate).
+    Rr {
+        #[command(flatten)]
+        target: Target,
+        /// Connected clients.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Seconds of unmeasured warm-up.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Total requests per second (open loop); omit for a closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The route of each request.
+        #[arg(long, default_value = "chat.benchHandler.echo")]
+        route: String,
+        /// The JSON body of each request.
+        #[arg(long, default_value = r#"{"msg":"hello"}"#)]
+        body: String,
+        /// Log each client in first (route `<type>.benchHandler.login`, uid `bench<i>`).
+        #[arg(long)]
+        login: bool,
+    },
+    /// Hold N connected clients and report the server's RSS growth.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        /// Clients to connect.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Server processes whose RSS to read (repeat for several).
+        #[arg(long)]
+        pid: Vec<u32>,
+        /// The target is a gate (chatofpomelo's `gate.gateHandler.queryEntry`):
+        /// spread the clients over the connectors it names.
+        #[arg(long)]
+        gate: bool,
+        /// Send this request from each client once connected.
+        #[arg(long)]
+        login_route: Option<String>,
+        /// The login request's JSON body; `{i}` in its strings becomes the
+        /// client's number, `{r}` that number modulo 100.
+        #[arg(long, default_value = r#"{"uid":"idle{i}"}"#)]
+        login_body: String,
+    },
+    /// One channel push to N clients, repeated; delivery latency.
+    Fanout {
+        #[command(flatten)]
+        target: Target,
+        /// Channel members.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Channel pushes.
+        #[arg(long, default_value_t = 50)]
+        pushes: usize,
+        /// The backend server type of the bench routes.
+        #[arg(long, default_value = "chat")]
+        server_type: String,
+    },
+    /// Write the comparison section of docs/BENCHMARKS.md from bench/compare's results.
+    Report {
+        /// The JSON lines bench/compare wrote.
+        #[arg(long)]
+        input: std::path::PathBuf,
+        /// The markdown file to update.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Where to write the latency plot (SVG).
+        #[arg(long)]
+        plot: std::path::PathBuf,
+        /// The command that produced the results, for the record.
+        #[arg(long)]
+        command: String,
+    },
+    /// Steady load plus periodic backend kills for a bounded time; reports
+    /// memory over time, errors, and checks every acknowledged write.
+    Soak {
+        /// The cluster file (needs nodes `connector-1` and `chat-1`).
+        #[arg(long, default_value = "bench/cluster.toml")]
+        config: std::path::PathBuf,
+        /// The connector's client address.
+        #[arg(long, default_value = "127.0.0.1:4700")]
+        target: SocketAddr,
+        /// Load clients.
+        #[arg(long, default_value_t = 50)]
+        clients: usize,
+        /// Minutes to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seconds between backend kills.
+        #[arg(long, default_value_t = 20)]
+        kill_every: u64,
+    },
+    /// Pipelined backend -> frontend pushes on one RPC connection (both
+    /// sides in this process, each on its own thread and core).
+    Pushes {
+        /// Open sessions on the frontend; pushes cycle through them.
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        /// Pushes to send.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: usize,
+        /// Pushes in flight at once.
+        #[arg(long, default_value_t = 4096)]
+        window: usize,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the raw floor (handshake + echo, nothing else) on an address.
+    Floor {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:4900")]
+        addr: SocketAddr,
+    },
+}

@@ -1,0 +1,212 @@
+//! The node runners behind `session-proxy run` and `session-proxy frontend`:
+//! one frontend runner and one backend runner, each serving until SIGINT or
+//! SIGTERM and then draining within a bound.
+
+use anyhow::Context;
+use session_proxy::backend::ClientTls;
+use session_proxy::cluster::{ClusterConfig, NodeConfig, NodeRole};
+use session_proxy::frontend::{RedisStore, RedisStoreConfig, ServerTls, StoreOptions};
+use session_proxy::protocol::Secret;
+use session_proxy::{
+    BackendSessionService, ClientConfig, ConnectInfo, Gateway, GatewayConfig, GatewayServer,
+    RpcConfig, RpcServer, SessionConfig, SessionOwner, SessionService,
+};
+use session_proxy_bench::app;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The environment variable the cluster secret is read from. Only this
+/// binary reads it; library configs take the secret as a value.
+pub const SECRET_VAR: &str = "SESSION_PROXY_SECRET";
+
+/// How long each stage of a node's shutdown may take.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// The cluster secret from the environment, if set.
+pub fn secret_from_env() -> Option<Secret> {
+    Secret::from_env(SECRET_VAR)
+}
+
+/// Everything a frontend node needs; both subcommands fill it in.
+pub struct FrontendNode {
+    /// This frontend's id.
+    pub id: String,
+    /// Its server type (the first part of its local routes).
+    pub server_type: String,
+    /// Where backends connect.
+    pub rpc_addr: SocketAddr,
+    /// Where clients connect, if it serves any.
+    pub client_addr: Option<SocketAddr>,
+    /// The session store's Redis URL, if any.
+    pub redis: Option<String>,
+    /// The gateway's settings (heartbeat, resume grace, limits, TLS).
+    pub gateway: GatewayConfig,
+    /// TLS for backend links, if any.
+    pub tls: Option<ServerTls>,
+    /// Sessions to open at start, bound to `user-0` … (stand-ins for
+    /// clients, to try the RPC without a connector).
+    pub open_sessions: usize,
+}
+
+/// A frontend node that is serving.
+pub struct RunningFrontend {
+    /// Sessions restored from the store at start.
+    pub restored: usize,
+    /// The address backends connect to.
+    pub rpc_addr: SocketAddr,
+    /// The address clients connect to, if any.
+    pub client_addr: Option<SocketAddr>,
+    sessions: SessionService,
+    rpc: RpcServer,
+    gateway: Option<GatewayServer>,
+    owners: Vec<SessionOwner>,
+}
+
+impl FrontendNode {
+    /// Options from a cluster file's node.
+    pub fn from_cluster(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<Self> {
+        let c = &config.cluster;
+        let tls = match (&c.tls_cert, &c.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(ServerTls::from_files(cert, key).context("loading the TLS certificate")?)
+            }
+            _ => None,
+        };
+        let mut gateway = GatewayConfig::new(node.server_type.clone());
+        gateway.heartbeat = Duration::from_secs(c.heartbeat_secs.unwrap_or(10));
+        gateway.resume_grace = Duration::from_secs(c.resume_grace_secs.unwrap_or(30));
+        gateway.max_pending_requests = 1024;
+        if let Some(n) = c.max_connections_per_ip {
+            gateway.max_connections_per_ip = n;
+        }
+        gateway.tls = tls.clone();
+        Ok(FrontendNode {
+            id: node.id.clone(),
+            server_type: node.server_type.clone(),
+            rpc_addr: node.rpc.context("a frontend needs an rpc address")?,
+            client_addr: node.client,
+            redis: c.redis.clone(),
+            gateway,
+            tls,
+            open_sessions: 0,
+        })
+    }
+
+    /// Restores sessions from the store, binds the RPC server and the
+    /// gateway, and opens the stand-in sessions.
+    pub async fn start(self) -> anyhow::Result<RunningFrontend> {
+        let sessions = SessionService::new(SessionConfig::new(self.id.clone()));
+        let mut restored = 0;
+        if let Some(url) = &self.redis {
+            let store = RedisStore::connect(RedisStoreConfig::new(url.clone()))
+                .await
+                .with_context(|| format!("connecting to the session store at {url}"))?;
+            restored = sessions
+                .attach_store(Arc::new(store), StoreOptions::default())
+                .await
+                .context("restoring sessions from the store")?;
+        }
+        let mut rpc_config = RpcConfig::default();
+        rpc_config.tls = self.tls;
+        rpc_config.secret = secret_from_env();
+        let rpc = RpcServer::bind(self.rpc_addr, sessions.clone(), rpc_config)
+            .await
+            .with_context(|| format!("listening for backends on {}", self.rpc_addr))?;
+        let mut owners = Vec::with_capacity(self.open_sessions);
+        for i in 0..self.open_sessions {
+            let owner = sessions.create(ConnectInfo::default());
+            sessions.bind(owner.sid(), &format!("user-{i}"))?;
+            owners.push(owner);
+        }
+        let gateway = match self.client_addr {
+            Some(addr) => {
+                let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), self.gateway);
+                app::frontend_handlers(&self.server_type, gateway.handlers());
+                let bound = gateway
+                    .bind(addr)
+                    .await
+                    .with_context(|| format!("listening for clients on {addr}"))?;
+                Some(bound)
+            }
+            None => None,
+        };
+        Ok(RunningFrontend {
+            restored,
+            rpc_addr: rpc.local_addr(),
+            client_addr: gateway.as_ref().map(GatewayServer::local_addr),
+            sessions,
+            rpc,
+            gateway,
+            owners,
+        })
+    }
+}
+
+impl RunningFrontend {
+    /// Serves until SIGINT/SIGTERM, then stops clients, writes the last
+    /// changes to the store and closes backend links, each within a bound.
+    pub async fn serve_until_signal(self) -> anyhow::Result<()> {
+        wait_for_signal().await?;
+        drop(self.owners);
+        if let Some(gateway) = self.gateway {
+            gateway.shutdown(DRAIN).await;
+        }
+        if let Err(err) = self.sessions.flush().await {
+            tracing::warn!(cause = %err, "last write to the session store failed");
+        }
+        if !self.rpc.shutdown(DRAIN).await {
+            tracing::warn!("backend connections still open after {DRAIN:?}; exiting anyway");
+        }
+        Ok(())
+    }
+}
+
+/// Runs node `id` of a cluster file until SIGINT/SIGTERM. Prints
+/// `ready <node id>` once it serves.
+pub async fn run_node(config: &ClusterConfig, id: &str) -> anyhow::Result<()> {
+    let node = config.node(id)?;
+    match node.role {
+        NodeRole::Frontend => {
+            let running = FrontendNode::from_cluster(config, node)?.start().await?;
+            println!("ready {}", node.id);
+            running.serve_until_signal().await
+        }
+        NodeRole::Backend => run_backend(config, node).await,
+    }
+}
+
+async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<()> {
+    let mut client = ClientConfig::new(node.id.clone());
+    client.server_type = Some(node.server_type.clone());
+    client.secret = secret_from_env();
+    if let Some(ca) = &config.cluster.tls_ca {
+        let name = config
+            .cluster
+            .tls_server_name
+            .as_deref()
+            .unwrap_or("localhost");
+        client.tls = Some(ClientTls::from_ca_file(ca, name).context("loading the TLS CA")?);
+    }
+    let service = BackendSessionService::new(client);
+    service.serve(app::backend_handlers(&node.server_type, &service));
+    for f in config.frontends() {
+        if let Some(rpc) = f.rpc {
+            service.add_frontend_of_type(&f.id, &f.server_type, rpc.to_string());
+        }
+    }
+    println!("ready {}", node.id);
+    wait_for_signal().await?;
+    service.close();
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
