@@ -26,7 +26,7 @@
 //! One frontend and one backend on loopback; the backend binds a session
 //! and pushes a setting, and the frontend sees it:
 //! ```
-//! use session_proxy::{BackendSessionService, ClientConfig, ConnectInfo, RpcConfig, RpcServer,
+//! use session_proxy::{BackendSessionService, BackendConfig, ConnectInfo, RpcConfig, RpcServer,
 //!     SessionConfig, SessionService};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -35,7 +35,7 @@
 //! let server = RpcServer::bind("127.0.0.1:0".parse()?, sessions.clone(), RpcConfig::default()).await?;
 //! let client = sessions.create(ConnectInfo::default()); // a client connected
 //!
-//! let backend = BackendSessionService::new(ClientConfig::new("area-1"));
+//! let backend = BackendSessionService::new(BackendConfig::new("area-1"))?;
 //! backend.add_frontend("connector-1", server.local_addr().to_string());
 //! let mut session = backend.get("connector-1", client.sid()).await?.expect("open");
 //! session.bind("alice").await?;
@@ -57,7 +57,7 @@ pub use session_proxy_frontend as frontend;
 pub use session_proxy_protocol as protocol;
 
 pub use session_proxy_backend::{
-    BackendSession, BackendSessionService, ChannelService, ClientConfig, FrontendClient,
+    BackendConfig, BackendSession, BackendSessionService, ChannelService, FrontendClient,
     HandlerError, Handlers,
 };
 pub use session_proxy_frontend::{

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, Handlers};
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::{
-    BackendSessionService, ClientConfig, ConnectInfo, Outbound, RpcConfig, RpcServer,
+    BackendConfig, BackendSessionService, ConnectInfo, Outbound, RpcConfig, RpcServer,
     SessionConfig, SessionEvent, SessionService, SingleSessionPolicy,
 };
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
@@ -133,13 +133,13 @@ async fn start(policy: SingleSessionPolicy, grace: Duration, overlap: Duration) 
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("gateway");
-    let mut bc = ClientConfig::new("game-1");
+    let mut bc = BackendConfig::new("game-1");
     bc.server_type = Some("game".into());
     let mut handlers = Handlers::new();
     handlers.add("game.h.whoami", |s: BackendSession, _b: Value| async move {
         Ok(json!({ "sid": s.id().to_string(), "uid": s.uid(), "gold": s.get::<u32>("gold").ok().flatten() }))
     });
-    let backend = BackendSessionService::serving(bc, handlers);
+    let backend = BackendSessionService::serving(bc, handlers).expect("valid config");
     backend.add_frontend("f1", rpc.local_addr().to_string());
     Node {
         sessions,

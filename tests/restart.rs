@@ -11,7 +11,7 @@ use session_proxy::frontend::{
     Gateway, GatewayConfig, GatewayServer, RedisStore, RedisStoreConfig, StoreOptions,
 };
 use session_proxy::{
-    BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionId,
+    BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionId,
     SessionService,
 };
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
@@ -89,9 +89,9 @@ async fn a_sigkilled_frontend_restarts_with_every_acknowledged_change() {
         let token = token_of(&c);
         players.push((c, token, transport));
     }
-    let mut config = ClientConfig::new("game-1");
+    let mut config = BackendConfig::new("game-1");
     config.deadline = Duration::from_secs(2);
-    let backend = BackendSessionService::new(config);
+    let backend = BackendSessionService::new(config).expect("valid config");
     backend.add_frontend("f1", format!("127.0.0.1:{rpc}"));
     for (i, (_, token, _)) in players.iter().enumerate() {
         let mut s = backend
@@ -202,7 +202,7 @@ async fn user_sessions_and_revoke_span_every_frontend() {
     };
     let f1 = start_front("f1", &redis.url()).await;
     let f2 = start_front("f2", &redis.url()).await;
-    let backend = BackendSessionService::new(ClientConfig::new("admin"));
+    let backend = BackendSessionService::new(BackendConfig::new("admin")).expect("valid config");
     backend.add_frontend("f1", f1.rpc.local_addr().to_string());
     backend.add_frontend("f2", f2.rpc.local_addr().to_string());
 

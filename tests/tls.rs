@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use serde_json::json;
-use session_proxy::backend::ClientTls;
+use session_proxy::backend::LinkTls;
 use session_proxy::frontend::{Gateway, GatewayConfig, ServerTls};
 use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, SessionConfig, SessionService};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions, Transport};
@@ -50,7 +50,7 @@ async fn cluster_links_over_tls() {
     let owner = sessions.create(ConnectInfo::default());
 
     let mut good = quick_client("b1", Duration::from_secs(2));
-    good.tls = Some(ClientTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls"));
+    good.tls = Some(LinkTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls"));
     let backend = start_backend_with(good, "f1", server.local_addr());
     let mut s = backend
         .get("f1", owner.sid())
@@ -82,7 +82,7 @@ async fn cluster_links_over_tls() {
     );
     let mut wrong = quick_client("b3", Duration::from_millis(800));
     wrong.tls =
-        Some(ClientTls::from_ca_pem(pki.ca.as_bytes(), "frontend.example").expect("client tls"));
+        Some(LinkTls::from_ca_pem(pki.ca.as_bytes(), "frontend.example").expect("client tls"));
     let wrong = start_backend_with(wrong, "f1", server.local_addr());
     let err = wrong
         .get("f1", owner.sid())
@@ -114,7 +114,7 @@ async fn clients_over_tls_and_wss_share_the_port_with_plain_ones() {
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("gateway");
-    let tls = ClientTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls");
+    let tls = LinkTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls");
     for (transport, tls, want) in [
         (Transport::Tcp, Some(tls.clone()), "tls"),
         (Transport::WebSocket, Some(tls.clone()), "wss"),
@@ -164,7 +164,7 @@ async fn a_cluster_file_turns_tls_on_for_links_and_clients() {
     let mut front = run_node(&config, "connector-1").await;
     let mut back = run_node(&config, "chat-1").await;
     let mut options = PomeloOptions::default();
-    options.tls = Some(ClientTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls"));
+    options.tls = Some(LinkTls::from_ca_pem(pki.ca.as_bytes(), "localhost").expect("client tls"));
     let c = PomeloClient::connect_with(
         format!("127.0.0.1:{client}").parse().expect("addr"),
         options,

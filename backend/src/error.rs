@@ -1,6 +1,7 @@
 //! The backend's error type.
 
-use session_proxy_protocol::{ErrorCode, RpcError};
+use session_proxy_protocol::{CodecError, ErrorCode, RpcError};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What failed in a backend operation.
@@ -28,22 +29,24 @@ pub enum Error {
         /// The deadline.
         after: Duration,
     },
-    /// The connection died while the call was pending; the call may or may
-    /// not have been applied.
-    #[error("connection to frontend {frontend} lost: {cause}")]
+    /// The link died while the call was pending; the call may or may not
+    /// have been applied.
+    #[error("connection to frontend {frontend} lost: {source}")]
     ConnectionLost {
         /// The frontend called.
         frontend: String,
-        /// Why the connection ended.
-        cause: String,
+        /// Why the link ended (shared by every call that was pending on it).
+        #[source]
+        source: Arc<LinkError>,
     },
     /// The frontend cannot be reached right now; the call was not sent.
-    #[error("frontend {frontend} unavailable: {cause}")]
+    #[error("frontend {frontend} unavailable: {source}")]
     Unavailable {
         /// The frontend called.
         frontend: String,
-        /// The last connection error.
-        cause: String,
+        /// Why the last attempt to reach it failed.
+        #[source]
+        source: Arc<LinkError>,
     },
     /// Too many calls are pending on the connection; the call was not sent.
     #[error("too many calls in flight to frontend {frontend} (limit {limit})")]
@@ -78,6 +81,9 @@ pub enum Error {
         #[source]
         source: rmp_serde::decode::Error,
     },
+    /// A configuration field cannot work; nothing was started.
+    #[error("invalid backend configuration")]
+    Config(#[from] ConfigError),
     /// The frontend answered with a reply of the wrong kind (a bug on one side).
     #[error("frontend {frontend} sent an unexpected reply to {call}")]
     UnexpectedReply {
@@ -100,7 +106,98 @@ impl Error {
             Error::Encode { .. } | Error::Decode { .. } | Error::EncodeJson(_) => {
                 ErrorCode::Malformed
             }
-            Error::UnexpectedReply { .. } => ErrorCode::Internal,
+            Error::UnexpectedReply { .. } | Error::Config(_) => ErrorCode::Internal,
         }
     }
+}
+
+/// A configuration field that cannot work.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{field}: {problem}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The field, as named in [`BackendConfig`](crate::BackendConfig).
+    pub field: &'static str,
+    /// What is wrong with its value.
+    pub problem: String,
+}
+
+/// Why a link to a frontend could not be opened, or ended.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    /// The TCP connect failed.
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TCP connect took longer than `connect_timeout`.
+    #[error("connect to {addr} timed out")]
+    ConnectTimeout {
+        /// The address dialled.
+        addr: String,
+    },
+    /// The TLS handshake failed (certificate, name, protocol).
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        /// The address dialled.
+        addr: String,
+        /// What rustls said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The frontend answered no handshake (TLS or hello) in time.
+    #[error("no handshake reply in time")]
+    HandshakeTimeout,
+    /// The frontend asked for the cluster secret and this backend has none.
+    #[error("the frontend requires the cluster secret; none is configured")]
+    SecretRequired,
+    /// The frontend's proof did not check out.
+    #[error("the frontend failed authentication (another cluster secret?)")]
+    FrontendUnauthenticated,
+    /// This backend has a secret and the frontend proved nothing.
+    #[error("the frontend did not authenticate itself; refusing it")]
+    FrontendDidNotAuthenticate,
+    /// The frontend refused the hello.
+    #[error("handshake refused: {0}")]
+    Refused(#[source] RpcError),
+    /// The frontend speaks another protocol version.
+    #[error("frontend speaks protocol version {0}")]
+    Version(u16),
+    /// Another node answers at the frontend's address.
+    #[error("expected frontend {expected}, reached {reached}")]
+    WrongFrontend {
+        /// The frontend this link is for.
+        expected: String,
+        /// The node that answered.
+        reached: String,
+    },
+    /// A frame that has no place at this point of the conversation.
+    #[error("unexpected frame: {0}")]
+    Protocol(&'static str),
+    /// Sending a frame failed.
+    #[error("sending {what}: {source}")]
+    Send {
+        /// What was being sent.
+        what: &'static str,
+        /// What the codec or socket said.
+        #[source]
+        source: CodecError,
+    },
+    /// The stream from the frontend could not be decoded (or read).
+    #[error("corrupt stream from frontend: {0}")]
+    Corrupt(#[source] CodecError),
+    /// The frontend closed the connection.
+    #[error("frontend closed the connection")]
+    Closed,
+    /// The frontend answered no ping in time: a half-open connection.
+    #[error("frontend stopped answering (no ping reply within {0:?})")]
+    Silent(Duration),
+    /// The link was stopped on this side (shutdown, or the last handle dropped).
+    #[error("link stopped")]
+    Stopped,
 }

@@ -9,16 +9,22 @@
 //!
 //! # Layout
 //! - [`service`]: [`BackendSessionService`], frontends by id, `get`,
-//!   `get_by_uid`, `kick_by_sid`, `kick_by_uid`.
+//!   `get_by_uid`, kicks, pushes, `ready`, `shutdown`.
 //! - [`session`]: [`BackendSession`], typed `get`/`set`/`remove` on the
 //!   snapshot, plain and conditional pushes, `export`.
 //! - [`handler`]: [`Handlers`], typed handlers for the client requests
 //!   frontends forward here (`chat.chatHandler.send` …).
+//! - `serve`: runs those requests, each on a task of the service's tracker.
 //! - [`channel`]: [`ChannelService`], named groups of users pushed to with
 //!   one RPC per frontend.
-//! - [`client`]: [`FrontendClient`], one multiplexed connection per frontend
-//!   with deadlines, reconnection with backoff, and pipelining.
-//! - [`error`]: [`Error`], with [`Error::code`] mapping onto the wire codes.
+//! - [`link`]: [`FrontendClient`], one multiplexed link per frontend with
+//!   deadlines, redial with backoff, pings, and pipelining. It carries calls
+//!   out and hands incoming requests to `serve`; it never runs handlers.
+//! - [`config`]: [`BackendConfig`], checked once when the service starts.
+//! - [`error`]: [`Error`], with [`Error::code`] mapping onto the wire codes;
+//!   [`LinkError`] says why a link failed, [`ConfigError`] which field is bad.
+//! - `tls` (feature `tls`): [`LinkTls`], the authorities frontends are
+//!   checked against.
 //!
 //! # Example
 //! A backend handler that moves a player to another room:
@@ -33,12 +39,12 @@
 //! Every call has a deadline and fails with a typed error; here the frontend
 //! is not running at all:
 //! ```
-//! use session_proxy_backend::{BackendSessionService, ClientConfig};
+//! use session_proxy_backend::{BackendConfig, BackendSessionService};
 //! use session_proxy_protocol::{ErrorCode, SessionId};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let backends = BackendSessionService::new(ClientConfig::new("area-1"));
+//! # async fn main() -> Result<(), session_proxy_backend::Error> {
+//! let backends = BackendSessionService::new(BackendConfig::new("area-1"))?;
 //! backends.add_frontend("connector-1", "127.0.0.1:9"); // nothing listens there
 //! let err = backends
 //!     .get("connector-1", SessionId::from_raw(1))
@@ -46,23 +52,29 @@
 //!     .expect_err("no frontend");
 //! assert_eq!(err.code(), ErrorCode::Unavailable);
 //! println!("{err}"); // "frontend connector-1 unavailable: connect to 127.0.0.1:9: ..."
+//! # Ok(())
 //! # }
 //! ```
 //! A complete, runnable cluster (frontend and backends on loopback) is the
 //! `session-proxy demo` command of the root crate.
 
 pub mod channel;
-pub mod client;
+pub mod config;
 pub mod error;
 pub mod handler;
+pub mod link;
+mod serve;
 pub mod service;
 pub mod session;
+#[cfg(feature = "tls")]
 pub mod tls;
 
 pub use channel::ChannelService;
-pub use client::{ClientConfig, FrontendClient, PendingCall};
-pub use error::Error;
+pub use config::BackendConfig;
+pub use error::{ConfigError, Error, LinkError};
 pub use handler::{HandlerError, Handlers};
+pub use link::{FrontendClient, PendingCall};
 pub use service::BackendSessionService;
 pub use session::BackendSession;
-pub use tls::ClientTls;
+#[cfg(feature = "tls")]
+pub use tls::LinkTls;

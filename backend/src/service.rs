@@ -1,28 +1,39 @@
 //! `BackendSessionService`: a backend's door to every frontend's sessions.
 
 use crate::handler::SharedHandlers;
-use crate::{BackendSession, ClientConfig, Error, FrontendClient, Handlers};
+use crate::serve::Dispatcher;
+use crate::{BackendConfig, BackendSession, Error, FrontendClient, Handlers};
 use bytes::Bytes;
 use serde::Serialize;
 use session_proxy_protocol::{Call, Reply, SessionId, SessionInfo};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Finds sessions on frontends and hands out [`BackendSession`] proxies.
+/// Finds sessions on frontends and hands out [`BackendSession`] proxies;
+/// serves the client requests frontends forward to it.
 ///
-/// Knows frontends by id and keeps one multiplexed [`FrontendClient`] to
-/// each. Cheap to clone.
+/// Knows frontends by id and keeps one multiplexed [`FrontendClient`] link
+/// to each. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct BackendSessionService {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
-    /// Settings for every client this service opens.
-    config: ClientConfig,
-    /// Handlers for forwarded client requests, shared by every connection.
+    /// Settings for every link this service opens (validated).
+    config: BackendConfig,
+    /// Handlers for forwarded client requests, shared by every link.
     handlers: SharedHandlers,
+    /// The inbound side of every link: runs handlers on its own tracker.
+    dispatcher: Arc<Dispatcher>,
+    /// Every link's supervisor task.
+    links: TaskTracker,
+    /// Stops every link (each link's token is a child of this one).
+    stop: CancellationToken,
     /// `frontend id -> client`. Read on every call, written when the
     /// cluster's membership changes.
     frontends: RwLock<HashMap<String, FrontendClient>>,
@@ -31,31 +42,51 @@ struct Inner {
     frontend_types: RwLock<HashMap<String, String>>,
 }
 
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSessionService")
+            .field("node_id", &self.config.node_id)
+            .field("server_type", &self.config.server_type)
+            .finish_non_exhaustive()
+    }
+}
+
 impl BackendSessionService {
-    /// A service with no frontends yet.
-    pub fn new(config: ClientConfig) -> Self {
-        BackendSessionService {
+    /// A service with no frontends yet. Fails with [`Error::Config`] naming
+    /// the first field of `config` that cannot work.
+    pub fn new(config: BackendConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let handlers = SharedHandlers::default();
+        let dispatcher = Arc::new(Dispatcher {
+            handlers: handlers.clone(),
+            tasks: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        });
+        Ok(BackendSessionService {
             inner: Arc::new(Inner {
                 config,
-                handlers: SharedHandlers::default(),
+                handlers,
+                dispatcher,
+                links: TaskTracker::new(),
+                stop: CancellationToken::new(),
                 frontends: RwLock::new(HashMap::new()),
                 frontend_types: RwLock::new(HashMap::new()),
             }),
-        }
+        })
     }
 
     /// A service that also serves the client requests frontends forward to
     /// it: `config.server_type` names the server type it handles (e.g.
     /// `"chat"`), and `handlers` its routes.
-    pub fn serving(config: ClientConfig, handlers: Handlers) -> Self {
-        let service = Self::new(config);
+    pub fn serving(config: BackendConfig, handlers: Handlers) -> Result<Self, Error> {
+        let service = Self::new(config)?;
         service.serve(handlers);
-        service
+        Ok(service)
     }
 
     /// Sets (or replaces) the handlers of forwarded client requests, on every
-    /// connection at once. Handlers often need the service itself (to push,
-    /// to reach channels): build the service, then its handlers, then call
+    /// link at once. Handlers often need the service itself (to push, to
+    /// reach channels): build the service, then its handlers, then call
     /// this.
     pub fn serve(&self, handlers: Handlers) {
         *self
@@ -65,15 +96,18 @@ impl BackendSessionService {
             .unwrap_or_else(|e| e.into_inner()) = handlers;
     }
 
-    /// Adds (or re-points) a frontend. The connection is opened in the
-    /// background; calls wait for it up to their deadline. Must be called
-    /// within a tokio runtime.
+    /// Adds (or re-points) a frontend. The link is opened in the background;
+    /// calls wait for it up to their deadline, and [`ready`](Self::ready)
+    /// waits until it is up. Must be called within a tokio runtime.
     pub fn add_frontend(&self, frontend_id: &str, addr: impl Into<String>) {
-        let client = FrontendClient::connect_serving(
+        let inbound: Arc<dyn crate::link::Inbound> = self.inner.dispatcher.clone();
+        let client = FrontendClient::open(
             frontend_id,
             addr.into(),
             self.inner.config.clone(),
-            self.inner.handlers.clone(),
+            Some(inbound),
+            &self.inner.links,
+            self.inner.stop.child_token(),
         );
         self.write().insert(frontend_id.to_string(), client);
     }
@@ -94,10 +128,40 @@ impl BackendSessionService {
             .insert(frontend_id.to_string(), server_type.to_string());
     }
 
-    /// Drops every handler and every frontend connection. Handlers often hold
-    /// a clone of this service (a reference cycle); call this when the
-    /// backend stops, so its connections close.
+    /// Waits until the link to every known frontend is up (so each of them
+    /// forwards requests here), for at most `within`. The error names a
+    /// frontend that was not reached, and why.
+    pub async fn ready(&self, within: Duration) -> Result<(), Error> {
+        let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
+        let waits = clients.iter().map(|c| c.connected(within));
+        futures::future::try_join_all(waits).await.map(|_| ())
+    }
+
+    /// Stops within `drain`: forwarded requests that arrive from now on are
+    /// refused, the running ones get the rest of `drain` to finish and
+    /// answer, then every link closes. Returns whether everything ended in
+    /// time. Also breaks the cycle of handlers that hold this service.
+    pub async fn shutdown(&self, drain: Duration) -> bool {
+        let until = Instant::now() + drain;
+        let d = &self.inner.dispatcher;
+        d.draining.cancel();
+        d.tasks.close();
+        let handlers_done = tokio::time::timeout_at(until, d.tasks.wait()).await.is_ok();
+        self.close();
+        self.inner.links.close();
+        let links_done = tokio::time::timeout_at(until, self.inner.links.wait())
+            .await
+            .is_ok();
+        handlers_done && links_done
+    }
+
+    /// Drops every handler and every frontend link at once, without waiting
+    /// for running handlers (see [`shutdown`](Self::shutdown) for that).
+    /// Handlers often hold a clone of this service (a reference cycle); this
+    /// breaks it.
     pub fn close(&self) {
+        self.inner.dispatcher.draining.cancel();
+        self.inner.stop.cancel();
         *self
             .inner
             .handlers

@@ -36,20 +36,20 @@ pub enum TlsError {
 /// Which certificate authorities to trust, and the name frontends'
 /// certificates must carry.
 #[derive(Clone)]
-pub struct ClientTls {
+pub struct LinkTls {
     pub(crate) connector: TlsConnector,
     pub(crate) server_name: ServerName<'static>,
 }
 
-impl std::fmt::Debug for ClientTls {
+impl std::fmt::Debug for LinkTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls")
+        f.debug_struct("LinkTls")
             .field("server_name", &self.server_name)
             .finish()
     }
 }
 
-impl ClientTls {
+impl LinkTls {
     /// Trusts the CA certificates in `ca_pem`; frontends must present a
     /// certificate for `server_name` (a DNS name or an IP address).
     pub fn from_ca_pem(ca_pem: &[u8], server_name: &str) -> Result<Self, TlsError> {
@@ -69,7 +69,7 @@ impl ClientTls {
                 .with_no_client_auth();
         let server_name = ServerName::try_from(server_name.to_string())
             .map_err(|_| TlsError::ServerName(server_name.to_string()))?;
-        Ok(ClientTls {
+        Ok(LinkTls {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
         })

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use session_proxy_backend::ClientTls;
+use session_proxy_backend::LinkTls;
 use session_proxy_protocol::client::{
     encode_parts, ClientMessage, MessageType, Package, PackageCodec, PackageType, Route,
     MAX_PACKAGE_BODY,
@@ -50,7 +50,7 @@ pub struct PomeloOptions {
     /// How long a request waits for its response. Default: 10 s.
     pub request_timeout: Duration,
     /// Connect over TLS (`wss` with WebSocket). Default: `None`.
-    pub tls: Option<ClientTls>,
+    pub tls: Option<LinkTls>,
 }
 
 impl Default for PomeloOptions {
@@ -389,7 +389,7 @@ pub(crate) async fn open(
     addr: SocketAddr,
     transport: Transport,
     user: &Value,
-    tls: Option<&ClientTls>,
+    tls: Option<&LinkTls>,
 ) -> anyhow::Result<(Io, PackageCodec, BytesMut, Value)> {
     let stream = TcpStream::connect(addr).await.context("connect")?;
     let _ = stream.set_nodelay(true);

@@ -11,7 +11,7 @@
 
 use super::BenchResult;
 use anyhow::Context as _;
-use session_proxy_backend::{ClientConfig, FrontendClient, PendingCall};
+use session_proxy_backend::{BackendConfig, FrontendClient, PendingCall};
 use session_proxy_frontend::{ConnectInfo, RpcConfig, RpcServer, SessionConfig, SessionService};
 use session_proxy_protocol::{Call, KeyWrite, Precondition, Reply, SessionId};
 use std::collections::VecDeque;
@@ -119,7 +119,7 @@ async fn run_backend(
     window: usize,
 ) -> anyhow::Result<(Duration, u64)> {
     let client =
-        FrontendClient::connect("connector-1", addr.to_string(), ClientConfig::new("bench"));
+        FrontendClient::connect("connector-1", addr.to_string(), BackendConfig::new("bench"))?;
     // One call first: the connection is up before the clock starts.
     client
         .call(Call::GetSession { sid: sids[0] })

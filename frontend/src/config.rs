@@ -106,7 +106,7 @@ pub struct RpcConfig {
     /// `SESSION_PROXY_SECRET` environment variable when set.
     pub secret: Option<Secret>,
     /// A backend connection with no traffic for this long is closed as
-    /// dead (backends ping every `ClientConfig::ping_interval`, 10 s by
+    /// dead (backends ping every `BackendConfig::ping_interval`, 10 s by
     /// default, when they have nothing else to send). Default: 45 s.
     pub idle_timeout: Duration,
     /// Serve backends over TLS with this certificate. Default: `None`.

@@ -3,12 +3,12 @@
 //! SIGTERM and then draining within a bound.
 
 use anyhow::Context;
-use session_proxy::backend::ClientTls;
+use session_proxy::backend::LinkTls;
 use session_proxy::cluster::{ClusterConfig, NodeConfig, NodeRole};
 use session_proxy::frontend::{RedisStore, RedisStoreConfig, ServerTls, StoreOptions};
 use session_proxy::protocol::Secret;
 use session_proxy::{
-    BackendSessionService, ClientConfig, ConnectInfo, Gateway, GatewayConfig, GatewayServer,
+    BackendConfig, BackendSessionService, ConnectInfo, Gateway, GatewayConfig, GatewayServer,
     RpcConfig, RpcServer, SessionConfig, SessionOwner, SessionService,
 };
 use session_proxy_bench::app;
@@ -177,7 +177,7 @@ pub async fn run_node(config: &ClusterConfig, id: &str) -> anyhow::Result<()> {
 }
 
 async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<()> {
-    let mut client = ClientConfig::new(node.id.clone());
+    let mut client = BackendConfig::new(node.id.clone());
     client.server_type = Some(node.server_type.clone());
     client.secret = secret_from_env();
     if let Some(ca) = &config.cluster.tls_ca {
@@ -186,9 +186,9 @@ async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resul
             .tls_server_name
             .as_deref()
             .unwrap_or("localhost");
-        client.tls = Some(ClientTls::from_ca_file(ca, name).context("loading the TLS CA")?);
+        client.tls = Some(LinkTls::from_ca_file(ca, name).context("loading the TLS CA")?);
     }
-    let service = BackendSessionService::new(client);
+    let service = BackendSessionService::new(client)?;
     service.serve(app::backend_handlers(&node.server_type, &service));
     for f in config.frontends() {
         if let Some(rpc) = f.rpc {

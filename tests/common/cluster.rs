@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, ChannelService, HandlerError, Handlers};
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::{
-    BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionService,
+    BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionService,
 };
 use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions, Transport};
 use std::net::SocketAddr;
@@ -55,10 +55,10 @@ pub async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) ->
 
 /// A backend of type "game" that knows the given frontends.
 pub fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService, ChannelService) {
-    let mut config = ClientConfig::new(name);
+    let mut config = BackendConfig::new(name);
     config.server_type = Some("game".into());
     config.deadline = Duration::from_secs(2);
-    let service = BackendSessionService::new(config);
+    let service = BackendSessionService::new(config).expect("valid config");
     let channels = ChannelService::new(service.clone());
     let mut handlers = Handlers::new();
     handlers.add(

@@ -7,7 +7,7 @@ pub mod redis;
 
 use bytes::Bytes;
 use session_proxy::{
-    BackendSessionService, ClientConfig, RpcConfig, RpcServer, SessionConfig, SessionService,
+    BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionService,
 };
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,22 +49,22 @@ pub async fn start_frontend_with(config: SessionConfig, addr: SocketAddr) -> Fro
 
 /// A backend that knows one frontend.
 pub fn start_backend(name: &str, frontend_id: &str, addr: SocketAddr) -> BackendSessionService {
-    start_backend_with(ClientConfig::new(name), frontend_id, addr)
+    start_backend_with(BackendConfig::new(name), frontend_id, addr)
 }
 
 pub fn start_backend_with(
-    config: ClientConfig,
+    config: BackendConfig,
     frontend_id: &str,
     addr: SocketAddr,
 ) -> BackendSessionService {
-    let backend = BackendSessionService::new(config);
+    let backend = BackendSessionService::new(config).expect("valid config");
     backend.add_frontend(frontend_id, addr.to_string());
     backend
 }
 
 /// A client config with short deadlines and backoff, for failure tests.
-pub fn quick_client(name: &str, deadline: Duration) -> ClientConfig {
-    let mut c = ClientConfig::new(name);
+pub fn quick_client(name: &str, deadline: Duration) -> BackendConfig {
+    let mut c = BackendConfig::new(name);
     c.deadline = deadline;
     c.backoff_min = Duration::from_millis(20);
     c.backoff_max = Duration::from_millis(200);

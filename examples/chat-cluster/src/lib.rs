@@ -10,7 +10,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use session_proxy_backend::{BackendSession, BackendSessionService, ClientConfig};
+use session_proxy_backend::{BackendConfig, BackendSession, BackendSessionService};
 use session_proxy_backend::{ChannelService, HandlerError, Handlers};
 use session_proxy_frontend::backends::pick_by_key;
 use session_proxy_frontend::{Gateway, GatewayConfig, GatewayServer, HashRouter, Router};
@@ -296,11 +296,11 @@ impl ChatCluster {
 
         let mut chat_servers = Vec::new();
         for i in 0..config.chat_servers.max(1) {
-            let mut client_config = ClientConfig::new(format!("chat-server-{}", i + 1));
+            let mut client_config = BackendConfig::new(format!("chat-server-{}", i + 1));
             client_config.server_type = Some("chat".into());
             // The handlers push through the service they run on: build the
             // service, then the channels and handlers, then serve.
-            let service = BackendSessionService::new(client_config);
+            let service = BackendSessionService::new(client_config)?;
             service.serve(chat_handlers(ChannelService::new(service.clone())));
             for (j, c) in connectors.iter().enumerate() {
                 service.add_frontend(

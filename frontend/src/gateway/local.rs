@@ -1,15 +1,12 @@
 //! Handlers for routes of the frontend's own server type, run on the frontend.
 
 use crate::{BackendRegistry, SessionService};
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use session_proxy_protocol::client::{decode_json_body, encode_json_body, HandlerError};
+use session_proxy_protocol::client::{
+    encode_json_body, HandlerError, RouteFuture, RouteHandler, RouteTable,
+};
 use session_proxy_protocol::{SessionId, SessionSnapshot};
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// What a frontend handler gets besides the body: its session and the ways
@@ -53,54 +50,19 @@ impl LocalContext {
 }
 
 /// The future a boxed frontend handler returns: the JSON response body.
-pub type LocalFuture = Pin<Box<dyn Future<Output = Result<Bytes, HandlerError>> + Send>>;
+pub type LocalFuture = RouteFuture;
 
 /// A frontend handler with its types erased.
-pub type LocalHandler = Arc<dyn Fn(LocalContext, Bytes) -> LocalFuture + Send + Sync>;
+pub type LocalHandler = RouteHandler<LocalContext>;
 
-/// Routes of the frontend's own server type.
-#[derive(Clone, Default)]
-pub struct LocalHandlers {
-    /// `route -> handler`.
-    routes: HashMap<String, LocalHandler>,
-}
+/// Routes of the frontend's own server type: handlers that get a
+/// [`LocalContext`] and the request's typed JSON body.
+pub type LocalHandlers = RouteTable<LocalContext>;
 
-impl std::fmt::Debug for LocalHandlers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.routes.keys()).finish()
-    }
-}
-
-impl LocalHandlers {
-    /// Registers a typed handler (JSON body in, JSON answer out; a body that
-    /// does not decode gets a code-400 response).
-    pub fn add<B, R, F, Fut>(&mut self, route: &str, handler: F) -> &mut Self
-    where
-        B: DeserializeOwned + Send + 'static,
-        R: Serialize + Send + 'static,
-        F: Fn(LocalContext, B) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
-    {
-        let handler = Arc::new(handler);
-        let boxed: LocalHandler = Arc::new(move |ctx, body: Bytes| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                let input: B = decode_json_body(&body)?;
-                let output = handler(ctx, input).await?;
-                encode_json_body(&output)
-            })
-        });
-        self.routes.insert(route.to_string(), boxed);
-        self
-    }
-
-    /// The handler of a route.
-    pub fn get(&self, route: &str) -> Option<LocalHandler> {
-        self.routes.get(route).cloned()
-    }
-
-    /// The registered routes.
-    pub fn routes(&self) -> impl Iterator<Item = &str> {
-        self.routes.keys().map(String::as_str)
+impl From<crate::Error> for HandlerError {
+    /// A frontend error as the client sees it: code 500 and the error's
+    /// message (sessions are named by their redacted tag only).
+    fn from(err: crate::Error) -> Self {
+        HandlerError::new(err.to_string())
     }
 }

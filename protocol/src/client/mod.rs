@@ -6,10 +6,12 @@
 pub mod handshake;
 pub mod message;
 pub mod package;
+pub mod routes;
 
 pub use handshake::{HandshakeRequest, HandshakeSys};
 pub use message::{encode_parts, ClientMessage, MessageType, Route};
 pub use package::{Package, PackageCodec, PackageType, MAX_PACKAGE_BODY};
+pub use routes::{RouteFuture, RouteHandler, RouteTable};
 
 /// Why client bytes could not be decoded (or a package encoded).
 ///

@@ -6,7 +6,7 @@ use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
 use session_proxy::protocol::{Call, KeyWrite, Precondition};
 use session_proxy::{
-    BackendSessionService, ClientConfig, ConnectInfo, ErrorCode, Outbound, RpcConfig, RpcServer,
+    BackendConfig, BackendSessionService, ConnectInfo, ErrorCode, Outbound, RpcConfig, RpcServer,
     SessionConfig, SessionOwner, SessionService,
 };
 use std::sync::atomic::Ordering;
@@ -84,8 +84,8 @@ impl Cluster {
             })
             .collect();
         let sids = Arc::new(owners.iter().map(|o| o.sid()).collect());
-        let a = BackendSessionService::new(ClientConfig::new("backend-a"));
-        let b = BackendSessionService::new(ClientConfig::new("backend-b"));
+        let a = BackendSessionService::new(BackendConfig::new("backend-a"))?;
+        let b = BackendSessionService::new(BackendConfig::new("backend-b"))?;
         a.add_frontend("connector-1", addr.clone());
         b.add_frontend("connector-1", addr);
         Ok(Cluster {

@@ -1,0 +1,156 @@
+//! Opening a link: TCP connect, optional TLS, and the hello exchange (with
+//! the cluster secret's challenge–response when one is configured).
+
+use crate::error::LinkError;
+use crate::BackendConfig;
+use futures::{SinkExt, StreamExt};
+use session_proxy_protocol::auth::NONCE_LEN;
+use session_proxy_protocol::{Hello, HelloReply, Message, MessageCodec, Role, PROTOCOL_VERSION};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+/// The read half of a link, plain or TLS.
+pub(super) type Reader = FramedRead<Box<dyn tokio::io::AsyncRead + Send + Unpin>, MessageCodec>;
+/// The write half of a link, plain or TLS.
+pub(super) type Writer = FramedWrite<Box<dyn tokio::io::AsyncWrite + Send + Unpin>, MessageCodec>;
+
+/// Dials `addr` and runs the handshake with frontend `frontend_id`.
+pub(super) async fn dial(
+    frontend_id: &str,
+    addr: &str,
+    config: &BackendConfig,
+) -> Result<(Reader, Writer), LinkError> {
+    let stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err(LinkError::ConnectTimeout {
+                addr: addr.to_string(),
+            })
+        }
+        Ok(Err(source)) => {
+            return Err(LinkError::Connect {
+                addr: addr.to_string(),
+                source,
+            })
+        }
+        Ok(Ok(s)) => s,
+    };
+    // Latency over batching: the writer batches frames itself.
+    let _ = stream.set_nodelay(true);
+    let (r, w) = split(stream, addr, config).await?;
+    let codec = MessageCodec::new(config.max_frame);
+    let mut reader = FramedRead::new(r, codec.clone());
+    let mut writer = FramedWrite::new(w, codec);
+    match timeout(
+        config.handshake_timeout,
+        hello(&mut reader, &mut writer, frontend_id, config),
+    )
+    .await
+    {
+        Err(_) => Err(LinkError::HandshakeTimeout),
+        Ok(Err(cause)) => Err(cause),
+        Ok(Ok(())) => Ok((reader, writer)),
+    }
+}
+
+type Halves = (
+    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+);
+
+#[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+async fn split(stream: TcpStream, addr: &str, config: &BackendConfig) -> Result<Halves, LinkError> {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &config.tls {
+        let connect = tls.connector.connect(tls.server_name.clone(), stream);
+        let stream = match timeout(config.handshake_timeout, connect).await {
+            Err(_) => return Err(LinkError::HandshakeTimeout),
+            Ok(Err(source)) => {
+                return Err(LinkError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+            Ok(Ok(s)) => s,
+        };
+        let (r, w) = tokio::io::split(stream);
+        return Ok((Box::new(r), Box::new(w)));
+    }
+    let (r, w) = stream.into_split();
+    Ok((Box::new(r), Box::new(w)))
+}
+
+/// Sends the hello and checks the answer: the frontend's proof when it
+/// challenges, its version and its node id.
+async fn hello(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    frontend_id: &str,
+    config: &BackendConfig,
+) -> Result<(), LinkError> {
+    let mut hello = Hello::new(
+        config.node_id.clone(),
+        Role::Backend,
+        Some(frontend_id.to_string()),
+    );
+    hello.server_type = config.server_type.clone();
+    let mut nonce = Vec::new();
+    if config.secret.is_some() {
+        nonce = vec![0u8; NONCE_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+        hello.nonce = nonce.clone();
+    }
+    let send = |what| move |source| LinkError::Send { what, source };
+    writer
+        .send(Message::Hello(hello))
+        .await
+        .map_err(send("the hello"))?;
+    let mut reply = reader.next().await;
+    if let Some(Ok(Message::HelloReply(HelloReply::Challenge {
+        nonce: theirs,
+        proof,
+    }))) = &reply
+    {
+        let Some(secret) = &config.secret else {
+            return Err(LinkError::SecretRequired);
+        };
+        if !secret.verify_server(proof, &nonce, theirs, frontend_id) {
+            return Err(LinkError::FrontendUnauthenticated);
+        }
+        let mine = secret.client_proof(theirs, &nonce, &config.node_id);
+        writer
+            .send(Message::Proof(mine))
+            .await
+            .map_err(send("the proof"))?;
+        reply = reader.next().await;
+    } else if config.secret.is_some()
+        && matches!(
+            reply,
+            Some(Ok(Message::HelloReply(HelloReply::Accepted { .. })))
+        )
+    {
+        // Without the challenge the frontend proved nothing: it may be
+        // anyone listening on that address.
+        return Err(LinkError::FrontendDidNotAuthenticate);
+    }
+    match reply {
+        None => Err(LinkError::Closed),
+        Some(Err(err)) => Err(LinkError::Corrupt(err)),
+        Some(Ok(Message::HelloReply(HelloReply::Accepted { version, node_id }))) => {
+            if version != PROTOCOL_VERSION {
+                Err(LinkError::Version(version))
+            } else if node_id != frontend_id {
+                Err(LinkError::WrongFrontend {
+                    expected: frontend_id.to_string(),
+                    reached: node_id,
+                })
+            } else {
+                Ok(())
+            }
+        }
+        Some(Ok(Message::HelloReply(HelloReply::Refused(err)))) => Err(LinkError::Refused(err)),
+        Some(Ok(_)) => Err(LinkError::Protocol(
+            "not a hello reply during the handshake",
+        )),
+    }
+}

@@ -1,0 +1,422 @@
+//! The link a backend keeps to one frontend: a multiplexed RPC connection
+//! that carries this backend's calls out and the frontend's forwarded
+//! requests in.
+//!
+//! A [`FrontendClient`] is a cheap, cloneable handle. Behind it, one
+//! supervisor task ([`supervisor`]) dials the frontend ([`dial`]), runs the
+//! version handshake, and keeps the connection up, redialling with jittered
+//! exponential backoff when it drops. While a connection is up, a writer
+//! owns its write half (fed by a bounded queue, flushing once per batch) and
+//! a reader matches responses to pending calls by id; requests the frontend
+//! sends are handed to an [`Inbound`] (the backend's `serve` module), so this
+//! module never runs handlers itself.
+//!
+//! Every call has a deadline. A call registers its id *before* its request
+//! is queued, and a guard removes the id when the caller stops waiting, so an
+//! abandoned call leaves nothing behind. When a connection dies, every call
+//! pending on it fails at once with [`Error::ConnectionLost`]; calls made
+//! while the frontend is unreachable fail at once with [`Error::Unavailable`].
+
+mod dial;
+mod supervisor;
+
+use crate::error::LinkError;
+use crate::{BackendConfig, Error};
+use session_proxy_protocol::{
+    Call, ErrorCode, InFlight, Message, RegisterError, Reply, Request, Response, RpcError,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use supervisor::Supervisor;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+/// Where the supervisor is with the connection.
+#[derive(Clone)]
+enum State {
+    /// Dialling or handshaking; calls wait (up to their deadline).
+    Connecting,
+    /// Connected; calls go out on this connection.
+    Up(Arc<Conn>),
+    /// The last attempt failed with this cause; calls fail at once.
+    Down(Arc<LinkError>),
+}
+
+/// How a pending call ended, as the reader tells the caller.
+enum Outcome {
+    Reply(Reply),
+    Remote(RpcError),
+    Lost(Arc<LinkError>),
+}
+
+/// One live connection: the writer's queue and the calls awaiting responses.
+struct Conn {
+    /// Frames for the writer.
+    tx: mpsc::Sender<Message>,
+    /// Calls awaiting responses on this connection.
+    inflight: InFlight<Outcome>,
+}
+
+/// What a link does with the requests its frontend sends (forwarded client
+/// requests); pings are answered by the link itself.
+pub(crate) trait Inbound: Send + Sync + 'static {
+    /// Runs `call` for the frontend behind `link`, within `deadline`, and
+    /// answers through `reply` (`None` for a notify).
+    fn call(&self, link: FrontendClient, call: Call, deadline: Duration, reply: Option<Replier>);
+}
+
+/// The way back for one request the frontend sent.
+pub(crate) struct Replier {
+    /// The request's id.
+    id: u64,
+    /// The link's writer queue.
+    tx: mpsc::Sender<Message>,
+}
+
+/// Refuses a request with an error answer (a notify gets none).
+pub(crate) fn refuse(reply: Option<Replier>, code: ErrorCode, message: &str) {
+    if let Some(reply) = reply {
+        reply.now(Err(RpcError::new(code, message)));
+    }
+}
+
+impl Replier {
+    /// Answers at once if the queue has room; a full queue or a dead link
+    /// drops the answer (the frontend's deadline answers for it).
+    pub(crate) fn now(self, result: Result<Reply, RpcError>) {
+        let _ = self.tx.try_send(Message::Response(Response {
+            id: self.id,
+            result,
+        }));
+    }
+
+    /// Answers, waiting for room in the queue.
+    pub(crate) async fn send(self, result: Result<Reply, RpcError>) {
+        // The writer is gone only when the link is; nothing to answer then.
+        let _ = self
+            .tx
+            .send(Message::Response(Response {
+                id: self.id,
+                result,
+            }))
+            .await;
+    }
+}
+
+struct ClientInner {
+    /// The frontend's node id, checked in the handshake.
+    frontend_id: Arc<str>,
+    /// Backend settings.
+    config: BackendConfig,
+    /// The supervisor's view of the connection.
+    state: watch::Receiver<State>,
+    /// Stops the supervisor when the last handle is dropped.
+    cancel: CancellationToken,
+}
+
+impl Drop for ClientInner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A handle to one frontend's link. Clone it freely; the link closes when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct FrontendClient {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for FrontendClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontendClient")
+            .field("frontend_id", &self.inner.frontend_id)
+            .finish()
+    }
+}
+
+impl FrontendClient {
+    /// Starts keeping a link to the frontend `frontend_id` at `addr`, for
+    /// calls only (it serves no forwarded requests). Returns at once; the
+    /// first call waits for the connection (up to its deadline). Must be
+    /// called within a tokio runtime.
+    pub fn connect(
+        frontend_id: &str,
+        addr: String,
+        config: BackendConfig,
+    ) -> Result<FrontendClient, Error> {
+        config.validate()?;
+        Ok(Self::open(
+            frontend_id,
+            addr,
+            config,
+            None,
+            &TaskTracker::new(),
+            CancellationToken::new(),
+        ))
+    }
+
+    /// Opens a link whose supervisor runs on `tasks` and stops with `stop`
+    /// (or when the last handle is dropped); requests from the frontend go
+    /// to `inbound`. `config` is already validated.
+    pub(crate) fn open(
+        frontend_id: &str,
+        addr: String,
+        config: BackendConfig,
+        inbound: Option<Arc<dyn Inbound>>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> FrontendClient {
+        let (state_tx, state_rx) = watch::channel(State::Connecting);
+        let frontend_id: Arc<str> = Arc::from(frontend_id);
+        let inner = Arc::new(ClientInner {
+            frontend_id: frontend_id.clone(),
+            config: config.clone(),
+            state: state_rx,
+            cancel: stop.clone(),
+        });
+        let supervisor = Supervisor {
+            frontend_id: frontend_id.clone(),
+            addr,
+            config,
+            state: state_tx,
+            cancel: stop,
+            client: Arc::downgrade(&inner),
+            inbound,
+        };
+        tasks.spawn(
+            supervisor
+                .run()
+                .instrument(tracing::info_span!("frontend_link", frontend = %frontend_id)),
+        );
+        FrontendClient { inner }
+    }
+
+    /// The frontend this client talks to.
+    pub fn frontend_id(&self) -> &str {
+        &self.inner.frontend_id
+    }
+
+    /// Whether a connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        matches!(*self.inner.state.borrow(), State::Up(_))
+    }
+
+    /// Waits until the link is up (handshake done, so the frontend forwards
+    /// to this backend), for at most `within`. A frontend that cannot be
+    /// reached yet is retried meanwhile; on time-out the error says why the
+    /// last attempt failed.
+    pub async fn connected(&self, within: Duration) -> Result<(), Error> {
+        let until = Instant::now() + within;
+        let mut state = self.inner.state.clone();
+        loop {
+            let last = match &*state.borrow_and_update() {
+                State::Up(_) => return Ok(()),
+                State::Down(cause) => Some(cause.clone()),
+                State::Connecting => None,
+            };
+            match timeout_at(until, state.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(self.unavailable(Arc::new(LinkError::Stopped))),
+                Err(_) => {
+                    return Err(match last {
+                        Some(cause) => self.unavailable(cause),
+                        None => self.deadline_error(within),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends a call and waits for its reply, with the default deadline.
+    pub async fn call(&self, call: Call) -> Result<Reply, Error> {
+        self.send(call).await?.response().await
+    }
+
+    /// Sends a call and waits for its reply, with the given deadline.
+    pub async fn call_with_deadline(&self, call: Call, deadline: Duration) -> Result<Reply, Error> {
+        self.send_with_deadline(call, deadline)
+            .await?
+            .response()
+            .await
+    }
+
+    /// Queues a call (default deadline) and returns a handle to await its
+    /// reply later. Calls queued one after another from one task reach the
+    /// frontend, and are applied, in that order: this is how to pipeline.
+    pub async fn send(&self, call: Call) -> Result<PendingCall, Error> {
+        self.send_with_deadline(call, self.inner.config.deadline)
+            .await
+    }
+
+    /// Like [`send`](Self::send), with the given deadline.
+    pub async fn send_with_deadline(
+        &self,
+        call: Call,
+        deadline: Duration,
+    ) -> Result<PendingCall, Error> {
+        let deadline_at = Instant::now() + deadline;
+        let conn = self.connection(deadline_at, deadline).await?;
+        let (id, rx) = match conn.inflight.register() {
+            Ok(pair) => pair,
+            Err(RegisterError::Full) => {
+                return Err(Error::Overloaded {
+                    frontend: self.frontend_id().to_string(),
+                    limit: self.inner.config.max_in_flight,
+                })
+            }
+            Err(RegisterError::Closed) => return Err(self.connection_closed()),
+        };
+        // The guard exists before the request is queued: however this future
+        // ends from here on, the id is forgotten.
+        let pending = PendingCall {
+            id,
+            conn: conn.clone(),
+            rx,
+            deadline_at,
+            deadline,
+            client: self.clone(),
+        };
+        let msg = Message::Request(Request {
+            id,
+            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
+            call,
+        });
+        // Room in the queue (the usual case): no timer needed.
+        let msg = match conn.tx.try_send(msg) {
+            Ok(()) => return Ok(pending),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.connection_closed()),
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+        };
+        match timeout_at(deadline_at, conn.tx.send(msg)).await {
+            Ok(Ok(())) => Ok(pending),
+            Ok(Err(_)) => Err(self.connection_closed()),
+            Err(_) => Err(self.deadline_error(deadline)),
+        }
+    }
+
+    /// Sends a one-way call: no response, no delivery guarantee beyond the
+    /// connection's. Ordered with calls sent before and after it.
+    pub async fn notify(&self, call: Call) -> Result<(), Error> {
+        let deadline = self.inner.config.deadline;
+        let deadline_at = Instant::now() + deadline;
+        let conn = self.connection(deadline_at, deadline).await?;
+        match timeout_at(deadline_at, conn.tx.send(Message::Notify(call))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(self.connection_closed()),
+            Err(_) => Err(self.deadline_error(deadline)),
+        }
+    }
+
+    async fn connection(
+        &self,
+        deadline_at: Instant,
+        deadline: Duration,
+    ) -> Result<Arc<Conn>, Error> {
+        let mut state = self.inner.state.clone();
+        loop {
+            match &*state.borrow_and_update() {
+                State::Up(conn) => return Ok(conn.clone()),
+                State::Down(cause) => return Err(self.unavailable(cause.clone())),
+                State::Connecting => {}
+            }
+            match timeout_at(deadline_at, state.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(self.unavailable(Arc::new(LinkError::Stopped))),
+                Err(_) => return Err(self.deadline_error(deadline)),
+            }
+        }
+    }
+
+    fn unavailable(&self, source: Arc<LinkError>) -> Error {
+        Error::Unavailable {
+            frontend: self.frontend_id().to_string(),
+            source,
+        }
+    }
+
+    fn deadline_error(&self, after: Duration) -> Error {
+        Error::DeadlineExceeded {
+            frontend: self.frontend_id().to_string(),
+            after,
+        }
+    }
+
+    fn lost(&self, source: Arc<LinkError>) -> Error {
+        Error::ConnectionLost {
+            frontend: self.frontend_id().to_string(),
+            source,
+        }
+    }
+
+    /// The error for a call whose connection closed under it.
+    fn connection_closed(&self) -> Error {
+        self.lost(Arc::new(LinkError::Closed))
+    }
+}
+
+/// A call on its way. Await [`PendingCall::response`]; dropping it abandons
+/// the call (the frontend may still apply it).
+#[must_use = "a pending call does nothing unless its response is awaited"]
+pub struct PendingCall {
+    /// The request id; 0 once the outcome arrived (nothing left to forget).
+    id: u64,
+    /// The connection it went out on.
+    conn: Arc<Conn>,
+    /// Where the reader delivers the outcome.
+    rx: oneshot::Receiver<Outcome>,
+    /// When the caller stops waiting.
+    deadline_at: Instant,
+    /// The deadline as given, for the error message.
+    deadline: Duration,
+    /// For building errors.
+    client: FrontendClient,
+}
+
+impl std::fmt::Debug for PendingCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingCall").field("id", &self.id).finish()
+    }
+}
+
+impl PendingCall {
+    /// Waits for the reply, until the call's deadline.
+    pub async fn response(mut self) -> Result<Reply, Error> {
+        // Already answered (usual for pipelined calls): no timer needed.
+        let outcome = match self.rx.try_recv() {
+            Ok(outcome) => Ok(Ok(outcome)),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(Err(())),
+            Err(oneshot::error::TryRecvError::Empty) => timeout_at(self.deadline_at, &mut self.rx)
+                .await
+                .map(|r| r.map_err(|_| ())),
+        };
+        if matches!(outcome, Ok(Ok(_))) {
+            // The reader removed the call from the table when it answered.
+            self.id = 0;
+        }
+        match outcome {
+            Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
+            Ok(Ok(Outcome::Remote(source))) => Err(Error::Remote {
+                frontend: self.client.frontend_id().to_string(),
+                source,
+            }),
+            Ok(Ok(Outcome::Lost(cause))) => Err(self.client.lost(cause)),
+            Ok(Err(_)) => Err(self.client.connection_closed()),
+            Err(_) => Err(self.client.deadline_error(self.deadline)),
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.conn.inflight.forget(self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,292 @@
+//! The task that keeps one link up: dial, serve the connection until it
+//! dies, back off, redial; and, while a connection is up, its reader, writer
+//! and pinger.
+
+use super::dial::{dial, Reader, Writer};
+use super::{refuse, ClientInner, Conn, FrontendClient, Inbound, Outcome, Replier, State};
+use crate::error::LinkError;
+use crate::BackendConfig;
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use session_proxy_protocol::{Call, ErrorCode, InFlight, Message, Reply, Request};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Keeps one frontend link alive.
+pub(super) struct Supervisor {
+    /// The frontend's node id, checked in the handshake.
+    pub(super) frontend_id: Arc<str>,
+    /// Where it listens.
+    pub(super) addr: String,
+    /// Backend settings (validated).
+    pub(super) config: BackendConfig,
+    /// Tells the handles where the link is.
+    pub(super) state: watch::Sender<State>,
+    /// Stops the link (shutdown, or the last handle dropped).
+    pub(super) cancel: CancellationToken,
+    /// The client handle, for the sessions given to request handlers; weak,
+    /// so the supervisor stops when the last handle is dropped.
+    pub(super) client: Weak<ClientInner>,
+    /// Where requests the frontend sends go; `None` refuses them.
+    pub(super) inbound: Option<Arc<dyn Inbound>>,
+}
+
+/// Redial delays: doubling from `min` to `max`, each with ±25 % jitter so
+/// that backends that lost a frontend together do not redial together.
+#[derive(Debug)]
+pub(super) struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// The delay before the next attempt; doubles the one after.
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let d = jitter(self.next);
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+
+    /// After a success: start again from `min`.
+    pub(super) fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let factor = rand::thread_rng().gen_range(0.75..1.25);
+    d.mul_f64(factor)
+}
+
+impl Supervisor {
+    pub(super) async fn run(self) {
+        let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
+        let mut failures = 0u32;
+        loop {
+            self.state.send_replace(State::Connecting);
+            let attempt = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                attempt = dial(&self.frontend_id, &self.addr, &self.config) => attempt,
+            };
+            match attempt {
+                Ok((reader, writer)) => {
+                    if failures > 0 {
+                        info!(addr = %self.addr, after_failures = failures, "reconnected to frontend");
+                    } else {
+                        info!(addr = %self.addr, "connected to frontend");
+                    }
+                    failures = 0;
+                    backoff.reset();
+                    let cause = self.serve(reader, writer).await;
+                    if self.cancel.is_cancelled() {
+                        return;
+                    }
+                    warn!(cause = %cause, "connection to frontend lost");
+                    // Redial after a short pause, not in a tight loop, in
+                    // case the frontend accepts and drops again at once.
+                    if self.pause(self.config.backoff_min).await {
+                        return;
+                    }
+                }
+                Err(cause) => {
+                    failures += 1;
+                    if failures == 1 {
+                        warn!(addr = %self.addr, cause = %cause, "cannot reach frontend; retrying with backoff");
+                    } else {
+                        debug!(addr = %self.addr, cause = %cause, failures, "frontend still unreachable");
+                    }
+                    self.state.send_replace(State::Down(Arc::new(cause)));
+                    if self.pause(backoff.next_delay()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps; returns true when the link was stopped meanwhile.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+        }
+    }
+
+    /// Runs a connection until it dies; returns why.
+    async fn serve(&self, mut reader: Reader, writer: Writer) -> Arc<LinkError> {
+        let (tx, rx) = mpsc::channel(self.config.queue);
+        let conn = Arc::new(Conn {
+            tx: tx.clone(),
+            inflight: InFlight::new(self.config.max_in_flight),
+        });
+        self.state.send_replace(State::Up(conn.clone()));
+        // When the last frame arrived, in ms since `epoch`.
+        let epoch = Instant::now();
+        let last_rx = AtomicU64::new(0);
+        let ping = self.config.ping_interval;
+        let pinger = async {
+            loop {
+                tokio::time::sleep(ping).await;
+                let quiet = epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last_rx.load(Ordering::Relaxed)));
+                if quiet < ping {
+                    continue;
+                }
+                let Ok((id, rx)) = conn.inflight.register() else {
+                    return LinkError::Closed;
+                };
+                let request = Message::Request(Request {
+                    id,
+                    deadline_ms: u32::try_from(ping.as_millis()).unwrap_or(u32::MAX),
+                    call: Call::Ping,
+                });
+                if tx.send(request).await.is_err() {
+                    return LinkError::Closed;
+                }
+                if timeout(ping, rx).await.is_err() {
+                    conn.inflight.forget(id);
+                    return LinkError::Silent(ping);
+                }
+            }
+        };
+        let read = async {
+            loop {
+                let frame = reader.next().await;
+                let ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last_rx.store(ms, Ordering::Relaxed);
+                match frame {
+                    None => return LinkError::Closed,
+                    Some(Err(err)) => return LinkError::Corrupt(err),
+                    Some(Ok(Message::Response(resp))) => {
+                        let outcome = match resp.result {
+                            Ok(reply) => Outcome::Reply(reply),
+                            Err(err) => Outcome::Remote(err),
+                        };
+                        if !conn.inflight.complete(resp.id, outcome) {
+                            debug!(id = resp.id, "response to a call nobody waits for");
+                        }
+                    }
+                    Some(Ok(Message::Request(req))) => {
+                        let deadline = Duration::from_millis(u64::from(req.deadline_ms));
+                        let reply = Replier {
+                            id: req.id,
+                            tx: tx.clone(),
+                        };
+                        self.incoming(req.call, deadline, Some(reply));
+                    }
+                    Some(Ok(Message::Notify(call))) => {
+                        self.incoming(call, self.config.deadline, None);
+                    }
+                    Some(Ok(_)) => {
+                        return LinkError::Protocol("handshake frame after the handshake")
+                    }
+                }
+            }
+        };
+        let cause = tokio::select! {
+            _ = self.cancel.cancelled() => LinkError::Stopped,
+            cause = write_loop(writer, rx) => cause,
+            cause = read => cause,
+            cause = pinger => cause,
+        };
+        let cause = Arc::new(cause);
+        // No new call may pick this connection up, then fail the pending ones.
+        self.state.send_replace(State::Connecting);
+        conn.inflight.close(|| Outcome::Lost(cause.clone()));
+        cause
+    }
+
+    /// A call the frontend sent: pings are answered here, anything else goes
+    /// to the inbound side (refused when there is none, or when every
+    /// handle is gone).
+    fn incoming(&self, call: Call, deadline: Duration, reply: Option<Replier>) {
+        if matches!(call, Call::Ping) {
+            if let Some(reply) = reply {
+                reply.now(Ok(Reply::Done));
+            }
+            return;
+        }
+        let Some(inbound) = &self.inbound else {
+            return refuse(
+                reply,
+                ErrorCode::Unsupported,
+                "this backend serves no forwarded requests",
+            );
+        };
+        let Some(inner) = self.client.upgrade() else {
+            return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
+        };
+        inbound.call(FrontendClient { inner }, call, deadline, reply);
+    }
+}
+
+/// Writes queued frames, flushing once per batch of whatever is queued.
+async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Message>) -> LinkError {
+    let write = |source| LinkError::Send {
+        what: "a frame",
+        source,
+    };
+    loop {
+        let Some(msg) = rx.recv().await else {
+            return LinkError::Stopped;
+        };
+        if let Err(err) = writer.feed(msg).await {
+            return write(err);
+        }
+        // Twice: once now, and once after the other ready tasks (handlers
+        // finishing in the same round) had a turn, so their answers leave
+        // in this write instead of one write each.
+        for turn in 0..2 {
+            if turn == 1 {
+                tokio::task::yield_now().await;
+            }
+            while let Ok(msg) = rx.try_recv() {
+                if let Err(err) = writer.feed(msg).await {
+                    return write(err);
+                }
+            }
+        }
+        if let Err(err) = writer.flush().await {
+            return write(err);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_bounded_jitter_and_resets() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_millis(700);
+        let mut b = Backoff::new(min, max);
+        let mut nominal = min;
+        for _ in 0..8 {
+            let d = b.next_delay();
+            assert!(
+                d >= nominal.mul_f64(0.75) && d <= nominal.mul_f64(1.25),
+                "{d:?} for {nominal:?}"
+            );
+            nominal = (nominal * 2).min(max);
+        }
+        b.reset();
+        let d = b.next_delay();
+        assert!(d <= min.mul_f64(1.25), "{d:?} after a reset");
+    }
+}

@@ -1,0 +1,227 @@
+//! The link against a scripted frontend on a real loopback socket: redial,
+//! pings both ways, silence detection, pending calls failed on a dead link,
+//! and dial errors that keep their cause.
+
+use super::*;
+use futures::{SinkExt, StreamExt};
+use session_proxy_protocol::{HelloReply, MessageCodec, SessionId, PROTOCOL_VERSION};
+use std::error::Error as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+
+type Peer = Framed<TcpStream, MessageCodec>;
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = l.local_addr().expect("addr").to_string();
+    (l, addr)
+}
+
+/// Accepts one connection and answers its hello as frontend `me`.
+async fn accept(l: &TcpListener, me: &str) -> Peer {
+    let (stream, _) = l.accept().await.expect("accept");
+    let mut peer = Framed::new(stream, MessageCodec::new(1 << 20));
+    match peer.next().await {
+        Some(Ok(Message::Hello(_))) => {}
+        other => panic!("expected a hello, got {other:?}"),
+    }
+    peer.send(Message::HelloReply(HelloReply::Accepted {
+        version: PROTOCOL_VERSION,
+        node_id: me.to_string(),
+    }))
+    .await
+    .expect("answer the hello");
+    peer
+}
+
+/// The next request the backend sent.
+async fn next_request(peer: &mut Peer) -> Request {
+    loop {
+        match peer.next().await {
+            Some(Ok(Message::Request(r))) => return r,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+}
+
+fn config() -> BackendConfig {
+    let mut c = BackendConfig::new("backend-test");
+    c.deadline = Duration::from_secs(30);
+    c.backoff_min = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(100);
+    c
+}
+
+fn get(n: u64) -> Call {
+    Call::GetSession {
+        sid: SessionId::from_raw(n),
+    }
+}
+
+#[tokio::test]
+async fn every_pending_call_fails_at_once_when_the_link_dies() {
+    let (l, addr) = listener().await;
+    let client = FrontendClient::connect("f-1", addr, config()).expect("valid");
+    let frontend = async {
+        let mut peer = accept(&l, "f-1").await;
+        for _ in 0..3 {
+            next_request(&mut peer).await;
+        }
+        drop(peer); // the frontend dies with three calls unanswered
+    };
+    let started = Instant::now();
+    let calls = async {
+        let mut pending = Vec::new();
+        for n in 0..3 {
+            pending.push(client.send(get(n)).await.expect("queued"));
+        }
+        futures::future::join_all(pending.into_iter().map(PendingCall::response)).await
+    };
+    let ((), outcomes) = tokio::join!(frontend, calls);
+    for outcome in outcomes {
+        match outcome {
+            Err(Error::ConnectionLost { source, .. }) => {
+                assert!(matches!(*source, LinkError::Closed), "{source}")
+            }
+            other => panic!("expected ConnectionLost, got {other:?}"),
+        }
+    }
+    // Failed by the link's end, not by their 30 s deadline.
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn a_silent_frontend_is_found_by_ping_and_the_link_redials() {
+    let (l, addr) = listener().await;
+    let mut c = config();
+    c.ping_interval = Duration::from_millis(100);
+    let client = FrontendClient::connect("f-1", addr, c).expect("valid");
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(get(1)).await }
+    });
+    let mut first = accept(&l, "f-1").await;
+    // The call arrives and is never answered; after a quiet ping interval
+    // the backend pings, which is never answered either.
+    assert!(matches!(
+        next_request(&mut first).await.call,
+        Call::GetSession { .. }
+    ));
+    assert!(matches!(next_request(&mut first).await.call, Call::Ping));
+    match call.await.expect("no panic") {
+        Err(Error::ConnectionLost { source, .. }) => {
+            assert!(matches!(*source, LinkError::Silent(_)), "{source}")
+        }
+        other => panic!("expected ConnectionLost(Silent), got {other:?}"),
+    }
+    // The link redials; the new connection works, and the backend answers
+    // the frontend's own pings.
+    let mut second = accept(&l, "f-1").await;
+    client
+        .connected(Duration::from_secs(5))
+        .await
+        .expect("reconnected");
+    second
+        .send(Message::Request(Request {
+            id: 7,
+            deadline_ms: 1000,
+            call: Call::Ping,
+        }))
+        .await
+        .expect("ping the backend");
+    loop {
+        match second.next().await {
+            Some(Ok(Message::Response(r))) => {
+                assert_eq!(r.id, 7);
+                assert!(matches!(r.result, Ok(Reply::Done)));
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected the ping's answer, got {other:?}"),
+        }
+    }
+    let answered = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(get(2)).await }
+    });
+    let req = next_request(&mut second).await;
+    second
+        .send(Message::Response(Response {
+            id: req.id,
+            result: Ok(Reply::Session(None)),
+        }))
+        .await
+        .expect("answer");
+    assert!(matches!(
+        answered.await.expect("no panic"),
+        Ok(Reply::Session(None))
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_frontend_fails_fast_and_keeps_the_io_cause() {
+    // A port that was just free: nothing listens there.
+    let addr = {
+        let (l, addr) = listener().await;
+        drop(l);
+        addr
+    };
+    let client = FrontendClient::connect("f-1", addr, config()).expect("valid");
+    let err = client
+        .connected(Duration::from_millis(300))
+        .await
+        .expect_err("nobody listens");
+    let Error::Unavailable { source, .. } = &err else {
+        panic!("expected Unavailable, got {err:?}");
+    };
+    let LinkError::Connect { source: io, .. } = &**source else {
+        panic!("expected a connect error, got {source}");
+    };
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+    // The chain is walkable: Error -> LinkError -> io::Error.
+    let link = err.source().expect("a source");
+    assert!(link.source().is_some(), "the I/O cause is kept");
+    // A call made now fails at once, not at its 30 s deadline.
+    let started = Instant::now();
+    assert!(matches!(
+        client.call(get(1)).await,
+        Err(Error::Unavailable { .. })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn another_node_at_the_address_is_refused_by_name() {
+    let (l, addr) = listener().await;
+    let client = FrontendClient::connect("f-1", addr, config()).expect("valid");
+    let _impostor = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(accept(&l, "f-2").await);
+        }
+    });
+    let err = client
+        .connected(Duration::from_secs(1))
+        .await
+        .expect_err("wrong node");
+    let Error::Unavailable { source, .. } = err else {
+        panic!("expected Unavailable");
+    };
+    assert!(
+        matches!(&*source, LinkError::WrongFrontend { expected, reached } if expected == "f-1" && reached == "f-2"),
+        "{source}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_with_the_field_named() {
+    let mut c = config();
+    c.queue = 0;
+    match FrontendClient::connect("f-1", "127.0.0.1:1".into(), c) {
+        Err(Error::Config(e)) => assert_eq!(e.field, "queue"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}

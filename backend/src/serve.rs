@@ -1,0 +1,77 @@
+//! Serving the client requests frontends forward to this backend: each
+//! goes to its route's handler on a task of its own (handlers may be slow),
+//! under the service's [`TaskTracker`], so shutdown waits for them.
+
+use crate::handler::SharedHandlers;
+use crate::link::{refuse, Inbound, Replier};
+use crate::{BackendSession, FrontendClient};
+use futures::FutureExt;
+use session_proxy_protocol::{Call, ErrorCode, Reply, RpcError};
+use std::time::Duration;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+/// Runs forwarded requests: the [`Inbound`] side of every link of one
+/// backend service.
+pub(crate) struct Dispatcher {
+    /// The route table, shared with the service (replaced by `serve`).
+    pub(crate) handlers: SharedHandlers,
+    /// Every handler task; shutdown waits on it.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled when the service starts draining: new requests are refused.
+    pub(crate) draining: CancellationToken,
+}
+
+impl Inbound for Dispatcher {
+    fn call(&self, link: FrontendClient, call: Call, deadline: Duration, reply: Option<Replier>) {
+        let Call::Handle {
+            route,
+            session,
+            body,
+        } = call
+        else {
+            return refuse(
+                reply,
+                ErrorCode::Unsupported,
+                "backends handle only forwarded requests",
+            );
+        };
+        if self.draining.is_cancelled() {
+            return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
+        }
+        let handler = self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&route);
+        let Some(handler) = handler else {
+            debug!(route = %route, "no handler for forwarded route");
+            return refuse(
+                reply,
+                ErrorCode::UnknownRoute,
+                &format!("no handler for route {route}"),
+            );
+        };
+        self.tasks.spawn(async move {
+            let session = BackendSession::from_snapshot(link, session);
+            let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
+            let result = match timeout(deadline, run).await {
+                Ok(Ok(Ok(body))) => Ok(Reply::Handled(body)),
+                Ok(Ok(Err(app_error))) => Ok(Reply::Handled(app_error.to_body())),
+                Ok(Err(_panic)) => {
+                    warn!(route = %route, "request handler panicked");
+                    Err(RpcError::new(ErrorCode::Internal, "handler panicked"))
+                }
+                Err(_) => Err(RpcError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("handler for {route} ran past its deadline"),
+                )),
+            };
+            if let Some(reply) = reply {
+                reply.send(result).await;
+            }
+        });
+    }
+}
