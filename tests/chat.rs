@@ -56,8 +56,7 @@ fn spread_names(cluster: &ChatCluster) -> Vec<String> {
             .map(|i| format!("connector-{i}"))
             .collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let c = session_proxy::frontend::backends::pick_by_key(name.as_bytes(), &refs)
-            .expect("a connector");
+        let c = session_proxy::frontend::pick_by_key(name.as_bytes(), &refs).expect("a connector");
         by_connector[c].push(name);
     }
     vec![

@@ -1,7 +1,42 @@
-//! Frontend configuration.
+//! Every setting of the frontend, in one place: sessions, the RPC server
+//! backends call, the client gateway, the session store. Each config is
+//! checked once when the node starts ([`RpcServer::bind`](crate::RpcServer::bind),
+//! [`Gateway::bind`](crate::Gateway::bind)); a field that cannot work is
+//! refused with a [`ConfigError`] that names it.
 
 use session_proxy_protocol::{Secret, DEFAULT_MAX_FRAME};
 use std::time::Duration;
+
+/// A configuration field that cannot work.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{config}.{field}: {problem}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The config (`SessionConfig`, `RpcConfig`, `GatewayConfig`, …).
+    pub config: &'static str,
+    /// The field.
+    pub field: &'static str,
+    /// What is wrong with its value.
+    pub problem: &'static str,
+}
+
+/// Checks a list of `(field, ok)` pairs; the first that fails is the error.
+fn check(
+    config: &'static str,
+    rules: &[(&'static str, bool, &'static str)],
+) -> Result<(), ConfigError> {
+    match rules.iter().find(|(_, ok, _)| !ok) {
+        Some(&(field, _, problem)) => Err(ConfigError {
+            config,
+            field,
+            problem,
+        }),
+        None => Ok(()),
+    }
+}
+
+const POSITIVE: &str = "must be more than zero";
+const AT_LEAST_ONE: &str = "must be at least 1";
 
 /// What happens when a uid that already has a session on this frontend binds
 /// another one.
@@ -102,14 +137,16 @@ pub struct RpcConfig {
     /// Default: 4096.
     pub queue: usize,
     /// The cluster secret: when set, a backend must prove it knows it (HMAC
-    /// challenge–response) before any call. Default: `None`, or the
-    /// `SESSION_PROXY_SECRET` environment variable when set.
+    /// challenge–response) before any call. Default: `None`. (The
+    /// `session-proxy` command reads it from `SESSION_PROXY_SECRET`; the
+    /// library never reads the environment.)
     pub secret: Option<Secret>,
     /// A backend connection with no traffic for this long is closed as
     /// dead (backends ping every `BackendConfig::ping_interval`, 10 s by
     /// default, when they have nothing else to send). Default: 45 s.
     pub idle_timeout: Duration,
     /// Serve backends over TLS with this certificate. Default: `None`.
+    #[cfg(feature = "tls")]
     pub tls: Option<crate::ServerTls>,
     /// A push to clients (by sid, by uid, or broadcast) is answered once
     /// every connection it reached has written it to its socket, or after
@@ -128,10 +165,350 @@ impl Default for RpcConfig {
             max_connections: 1024,
             max_in_flight: 65_536,
             queue: 4096,
-            secret: Secret::from_env("SESSION_PROXY_SECRET"),
+            secret: None,
             idle_timeout: Duration::from_secs(45),
+            #[cfg(feature = "tls")]
             tls: None,
             push_write_wait: Duration::from_secs(1),
         }
+    }
+}
+
+impl SessionConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            "SessionConfig",
+            &[
+                (
+                    "frontend_id",
+                    !self.frontend_id.is_empty(),
+                    "must not be empty",
+                ),
+                ("owner_queue", self.owner_queue > 0, AT_LEAST_ONE),
+                ("max_sessions", self.max_sessions > 0, AT_LEAST_ONE),
+                ("max_settings", self.max_settings > 0, AT_LEAST_ONE),
+                (
+                    "max_settings_bytes",
+                    self.max_settings_bytes > 0,
+                    AT_LEAST_ONE,
+                ),
+                (
+                    "idle_timeout",
+                    self.idle_timeout != Some(Duration::ZERO),
+                    POSITIVE,
+                ),
+                ("lifetime", self.lifetime != Some(Duration::ZERO), POSITIVE),
+                ("event_capacity", self.event_capacity > 0, AT_LEAST_ONE),
+            ],
+        )
+    }
+}
+
+/// The smallest frame limit that still fits a hello and a snapshot header.
+const MIN_FRAME: usize = 1024;
+
+impl RpcConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            "RpcConfig",
+            &[
+                (
+                    "max_frame",
+                    self.max_frame >= MIN_FRAME,
+                    "must be at least 1024 bytes",
+                ),
+                (
+                    "handshake_timeout",
+                    !self.handshake_timeout.is_zero(),
+                    POSITIVE,
+                ),
+                ("max_connections", self.max_connections > 0, AT_LEAST_ONE),
+                ("max_in_flight", self.max_in_flight > 0, AT_LEAST_ONE),
+                ("queue", self.queue > 0, AT_LEAST_ONE),
+                ("idle_timeout", !self.idle_timeout.is_zero(), POSITIVE),
+            ],
+        )
+    }
+}
+
+/// Settings of a [`Gateway`](crate::Gateway).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// This frontend's server type: routes starting with it run here, all
+    /// others are forwarded. Default: `"connector"`.
+    pub server_type: String,
+    /// The heartbeat interval told to clients (whole seconds, at least 1).
+    /// Default: 10 s.
+    pub heartbeat: Duration,
+    /// A client silent for this long (no package at all, heartbeats
+    /// included) is closed. Default: `None`, twice `heartbeat`, as Pomelo
+    /// clients expect.
+    pub heartbeat_timeout: Option<Duration>,
+    /// How long a client may take from connecting to its handshake ack.
+    /// Default: 5 s.
+    pub handshake_timeout: Duration,
+    /// The largest package body accepted from a client. Default: 64 KiB.
+    pub max_package: usize,
+    /// Requests of one client being handled at once. A client that sends
+    /// more (pipelining) is not refused: its connection stops reading until
+    /// answers go out, so TCP slows it down. Default: 64.
+    pub max_pending_requests: usize,
+    /// The deadline of a forwarded request. Default: 5 s.
+    pub request_deadline: Duration,
+    /// How long one write to a client may block before the client is
+    /// dropped as dead. Default: 10 s.
+    pub write_timeout: Duration,
+    /// The most client connections at once; more wait in the backlog.
+    /// Default: 100 000.
+    pub max_connections: usize,
+    /// The most connections from one client IP address at once; more are
+    /// closed on accept (players behind one NAT share an address, so keep
+    /// this generous). Default: 256.
+    pub max_connections_per_ip: usize,
+    /// How long a session waits for its client to come back with its resume
+    /// token after the connection drops (the token is sent in the handshake
+    /// reply's `user.resumeToken`). Zero: no resume, a drop closes the
+    /// session at once. Default: 30 s.
+    pub resume_grace: Duration,
+    /// Serve TLS (raw packages over TLS, and `wss`) on the same port, told
+    /// apart from plain connections by their first byte. Default: `None`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::ServerTls>,
+    /// The route dictionary: when not empty, routes are numbered from 1 in
+    /// this order, sent in the handshake, and compressed on the wire.
+    /// Default: empty.
+    pub dictionary: Vec<String>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            server_type: "connector".into(),
+            heartbeat: Duration::from_secs(10),
+            heartbeat_timeout: None,
+            handshake_timeout: Duration::from_secs(5),
+            max_package: 64 * 1024,
+            max_pending_requests: 64,
+            request_deadline: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_connections_per_ip: 256,
+            resume_grace: Duration::from_secs(30),
+            #[cfg(feature = "tls")]
+            tls: None,
+            dictionary: Vec::new(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Defaults, with the given server type.
+    pub fn new(server_type: impl Into<String>) -> Self {
+        GatewayConfig {
+            server_type: server_type.into(),
+            ..GatewayConfig::default()
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            "GatewayConfig",
+            &[
+                (
+                    "server_type",
+                    !self.server_type.is_empty(),
+                    "must not be empty",
+                ),
+                (
+                    "heartbeat",
+                    self.heartbeat >= Duration::from_secs(1),
+                    "must be at least 1 s",
+                ),
+                (
+                    "heartbeat_timeout",
+                    self.heartbeat_timeout.is_none_or(|t| t > self.heartbeat),
+                    "must be longer than heartbeat",
+                ),
+                (
+                    "handshake_timeout",
+                    !self.handshake_timeout.is_zero(),
+                    POSITIVE,
+                ),
+                (
+                    "max_package",
+                    self.max_package >= 64,
+                    "must be at least 64 bytes",
+                ),
+                (
+                    "max_pending_requests",
+                    self.max_pending_requests > 0,
+                    AT_LEAST_ONE,
+                ),
+                (
+                    "request_deadline",
+                    !self.request_deadline.is_zero(),
+                    POSITIVE,
+                ),
+                ("write_timeout", !self.write_timeout.is_zero(), POSITIVE),
+                ("max_connections", self.max_connections > 0, AT_LEAST_ONE),
+                (
+                    "max_connections_per_ip",
+                    self.max_connections_per_ip > 0,
+                    AT_LEAST_ONE,
+                ),
+            ],
+        )
+    }
+
+    /// How long a client may stay silent: `heartbeat_timeout`, else twice
+    /// the heartbeat (in the whole seconds clients are told).
+    pub(crate) fn silence_limit(&self) -> Duration {
+        self.heartbeat_timeout
+            .unwrap_or_else(|| self.heartbeat_whole_secs() * 2)
+    }
+
+    /// The heartbeat in the whole seconds the handshake tells clients.
+    pub(crate) fn heartbeat_whole_secs(&self) -> Duration {
+        Duration::from_secs(self.heartbeat.as_secs_f64().round().max(1.0) as u64)
+    }
+}
+
+/// How a [`SessionService`](crate::SessionService) uses its store.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// How long a stored session outlives its last write or refresh (a
+    /// frontend that dies stops refreshing). Default: 10 min.
+    pub ttl: Duration,
+    /// How often changes not yet acknowledged to anyone are written
+    /// (coalesced: a session changed many times is written once).
+    /// Default: 50 ms.
+    pub flush_interval: Duration,
+    /// How long a session restored after a restart waits for its client to
+    /// resume. Default: 60 s.
+    pub restore_grace: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            ttl: Duration::from_secs(600),
+            flush_interval: Duration::from_millis(50),
+            restore_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            "StoreOptions",
+            &[
+                (
+                    "ttl",
+                    self.ttl >= Duration::from_secs(1),
+                    "must be at least 1 s",
+                ),
+                ("flush_interval", !self.flush_interval.is_zero(), POSITIVE),
+                ("restore_grace", !self.restore_grace.is_zero(), POSITIVE),
+            ],
+        )
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Settings of a [`RedisStore`](crate::RedisStore).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RedisStoreConfig {
+    /// The server, e.g. `redis://127.0.0.1:6379/0`. Default: that.
+    pub url: String,
+    /// Prefix of every key, so several clusters can share a server.
+    /// Default: `"sp:"`.
+    pub prefix: String,
+    /// How often to sweep index entries whose session is gone.
+    /// Default: 60 s.
+    pub sweep_interval: Duration,
+}
+
+#[cfg(feature = "redis")]
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        RedisStoreConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "sp:".into(),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisStoreConfig {
+    /// Defaults, with the given server URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisStoreConfig {
+            url: url.into(),
+            ..RedisStoreConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        SessionConfig::default()
+            .validate()
+            .expect("session defaults");
+        RpcConfig::default().validate().expect("rpc defaults");
+        GatewayConfig::default()
+            .validate()
+            .expect("gateway defaults");
+        StoreOptions::default().validate().expect("store defaults");
+    }
+
+    #[test]
+    fn a_bad_field_is_named() {
+        let s = SessionConfig {
+            owner_queue: 0,
+            ..SessionConfig::default()
+        };
+        let err = s.validate().expect_err("zero queue");
+        assert_eq!((err.config, err.field), ("SessionConfig", "owner_queue"));
+        assert_eq!(
+            err.to_string(),
+            "SessionConfig.owner_queue: must be at least 1"
+        );
+
+        let r = RpcConfig {
+            queue: 0,
+            ..RpcConfig::default()
+        };
+        assert_eq!(r.validate().expect_err("zero").field, "queue");
+
+        let mut g = GatewayConfig {
+            heartbeat_timeout: Some(Duration::from_secs(5)),
+            ..GatewayConfig::default()
+        };
+        assert_eq!(
+            g.validate().expect_err("shorter than heartbeat").field,
+            "heartbeat_timeout"
+        );
+        g.heartbeat_timeout = None;
+        assert_eq!(g.silence_limit(), Duration::from_secs(20));
+        g.max_pending_requests = 0;
+        assert_eq!(
+            g.validate().expect_err("zero").field,
+            "max_pending_requests"
+        );
     }
 }

@@ -50,9 +50,21 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// The RPC listener could not be set up.
-    #[error("cannot listen for backends")]
-    Listen(#[source] std::io::Error),
+    /// A listener (for backends or for clients) could not be set up.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration field cannot work; nothing was started.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// The session store failed.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 impl Error {
@@ -67,7 +79,8 @@ impl Error {
             Error::OwnerGone(_) => ErrorCode::PeerClosed,
             Error::OwnerQueueFull(_) => ErrorCode::Overloaded,
             Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
-            Error::Listen(_) => ErrorCode::Internal,
+            Error::Listen { .. } | Error::Config(_) => ErrorCode::Internal,
+            Error::Store(_) => ErrorCode::Unavailable,
         }
     }
 }

@@ -7,15 +7,18 @@
 //!   versioned settings stored as opaque MessagePack bytes, the
 //!   single-session policy, [`SessionEvent`]s, and the [`SessionOwner`]
 //!   handle through which a client connection learns of kicks and pushes.
-//! - [`server`]: [`RpcServer`], which accepts backend connections, checks the
-//!   version handshake, and applies each connection's calls in arrival order.
-//! - [`backends`]: [`BackendRegistry`], the backends connected to this
-//!   frontend by server type, the [`Router`] that picks one per request,
-//!   and forwarding over the backend's own connection.
+//! - [`rpc`]: [`RpcServer`], the inbound side of the cluster links: it
+//!   accepts backend connections, checks the version handshake, and applies
+//!   each connection's calls in arrival order.
+//! - [`forward`]: the outbound side: [`BackendRegistry`], the backends
+//!   connected to this frontend by server type, the [`Router`] that picks
+//!   one per request, and forwarding over the backend's own connection.
 //! - [`gateway`]: [`Gateway`], the Pomelo/Pinus client connector (raw TCP
 //!   and WebSocket on one port): handshake, heartbeats, forwarding, pushes,
 //!   kicks.
-//! - [`config`]: [`SessionConfig`], [`RpcConfig`], [`SingleSessionPolicy`].
+//! - [`config`]: every setting in one place: [`SessionConfig`],
+//!   [`RpcConfig`], [`GatewayConfig`], [`StoreOptions`], checked once at
+//!   start ([`ConfigError`] names the bad field).
 //! - [`error`]: [`Error`], one variant per thing that can fail.
 //!
 //! # Example
@@ -41,30 +44,33 @@
 //!
 //! [`SessionId`]: session_proxy_protocol::SessionId
 
-pub mod backends;
 pub mod config;
 mod delivery;
 pub mod error;
+pub mod forward;
 pub mod gateway;
 mod listener;
 mod owner;
-pub mod server;
+pub mod rpc;
 pub mod service;
 pub mod store;
+#[cfg(feature = "tls")]
 pub mod tls;
 
-pub use backends::{BackendRegistry, HashRouter, Router};
-pub use config::{RpcConfig, SessionConfig, SingleSessionPolicy};
-pub use error::Error;
-pub use gateway::{
-    CloseContext, Gateway, GatewayConfig, GatewayServer, LocalContext, LocalHandlers,
+#[cfg(feature = "redis")]
+pub use config::RedisStoreConfig;
+pub use config::{
+    ConfigError, GatewayConfig, RpcConfig, SessionConfig, SingleSessionPolicy, StoreOptions,
 };
-pub use server::RpcServer;
+pub use error::Error;
+pub use forward::{pick_by_key, BackendRegistry, HashRouter, Router};
+pub use gateway::{CloseContext, Gateway, GatewayServer, LocalContext, LocalHandlers};
+pub use rpc::RpcServer;
 pub use service::{
     ClosedHook, ConnectInfo, Outbound, ResumeError, SessionEvent, SessionOwner, SessionService,
 };
-pub use store::{
-    MemoryStore, RedisStore, RedisStoreConfig, SessionStore, StoreError, StoreOptions,
-    StoredSession,
-};
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+pub use store::{MemoryStore, SessionStore, StoreError, StoredSession};
+#[cfg(feature = "tls")]
 pub use tls::{ServerTls, TlsError};

@@ -3,12 +3,12 @@
 //! requests in.
 //!
 //! A [`FrontendClient`] is a cheap, cloneable handle. Behind it, one
-//! supervisor task ([`supervisor`]) dials the frontend ([`dial`]), runs the
+//! supervisor task (`supervisor`) dials the frontend (`dial`), runs the
 //! version handshake, and keeps the connection up, redialling with jittered
 //! exponential backoff when it drops. While a connection is up, a writer
 //! owns its write half (fed by a bounded queue, flushing once per batch) and
 //! a reader matches responses to pending calls by id; requests the frontend
-//! sends are handed to an [`Inbound`] (the backend's `serve` module), so this
+//! sends are handed to an `Inbound` (the backend's `serve` module), so this
 //! module never runs handlers itself.
 //!
 //! Every call has a deadline. A call registers its id *before* its request

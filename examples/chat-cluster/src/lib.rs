@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use session_proxy_backend::{BackendConfig, BackendSession, BackendSessionService};
 use session_proxy_backend::{ChannelService, HandlerError, Handlers};
-use session_proxy_frontend::backends::pick_by_key;
+use session_proxy_frontend::pick_by_key;
 use session_proxy_frontend::{Gateway, GatewayConfig, GatewayServer, HashRouter, Router};
 use session_proxy_frontend::{
     RpcConfig, RpcServer, SessionConfig, SessionService, SingleSessionPolicy,

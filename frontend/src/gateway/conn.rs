@@ -1,7 +1,7 @@
 //! One client connection: handshake, heartbeats, requests, pushes, kicks.
 
-use super::transport::{Rewind, Transport};
-use super::{LocalContext, Shared};
+use super::transport::{tls_configured, upgrade, Transport};
+use super::{GatewayContext, LocalContext};
 use crate::delivery::Ticket;
 use crate::{ConnectInfo, Outbound, SessionOwner};
 use bytes::{Bytes, BytesMut};
@@ -11,20 +11,18 @@ use pin_project_lite::pin_project;
 use serde_json::{json, Value};
 use session_proxy_protocol::client::handshake::{CODE_OK, CODE_OLD_CLIENT, CODE_USER_ERROR};
 use session_proxy_protocol::client::{
-    encode_parts, ClientMessage, HandlerError, HandshakeRequest, MessageType, Package,
-    PackageCodec, PackageType, Route, MAX_PACKAGE_BODY,
+    encode_parts, server_type_of, ClientMessage, HandlerError, HandshakeRequest, MessageType,
+    Package, PackageCodec, PackageType, Route, MAX_PACKAGE_BODY,
 };
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, ReadBuf};
+use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant, Sleep};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
@@ -78,7 +76,7 @@ enum Stage {
 /// Gives back the connection's per-IP count and listener permit however the
 /// task ends (finished or aborted).
 struct Slot {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayContext>,
     peer: SocketAddr,
     _permit: OwnedSemaphorePermit,
 }
@@ -113,7 +111,7 @@ impl Connection {
     pub(crate) fn new(
         stream: TcpStream,
         peer: SocketAddr,
-        shared: Arc<Shared>,
+        shared: Arc<GatewayContext>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let handshake_deadline = Instant::now() + shared.config.handshake_timeout;
@@ -163,13 +161,13 @@ impl Future for Connection {
                     }
                     let shared = &this.slot.shared;
                     // 0x16: a TLS ClientHello; an HTTP method: a WebSocket upgrade.
-                    let tls = first[0] == 0x16 && shared.config.tls.is_some();
+                    let tls = first[0] == 0x16 && tls_configured(&shared.config);
                     if let Stage::Sniffing(stream) = std::mem::replace(this.stage, Stage::Done) {
                         *this.stage = if tls || first[0].is_ascii_alphabetic() {
                             let shared = shared.clone();
-                            Stage::Opening(Box::pin(
-                                async move { upgrade(stream, &shared, tls).await },
-                            ))
+                            Stage::Opening(Box::pin(async move {
+                                upgrade(stream, &shared.config, tls).await
+                            }))
                         } else {
                             Stage::Running(Client::new(
                                 Transport::Tcp(stream),
@@ -248,48 +246,6 @@ fn opening_ends(
     }
 }
 
-/// Opens a TLS connection (`tls_hello`: the peeked first byte was a TLS
-/// ClientHello and TLS is configured) or a WebSocket one (it was a letter:
-/// an HTTP upgrade). Also returns bytes already read past the handshake
-/// (TLS only).
-async fn upgrade(
-    stream: TcpStream,
-    shared: &Shared,
-    tls_hello: bool,
-) -> Result<(Transport, BytesMut), String> {
-    let max = shared.config.max_package + 4;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    match &shared.config.tls {
-        Some(tls) if tls_hello => {
-            let mut tls = tls
-                .accept(stream)
-                .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            // Sniff again inside TLS: an HTTP method means `wss`.
-            let mut head = BytesMut::with_capacity(512);
-            if tls.read_buf(&mut head).await.map_err(|e| e.to_string())? == 0 {
-                return Err("closed after the TLS handshake".into());
-            }
-            if !head[0].is_ascii_alphabetic() {
-                return Ok((Transport::Tls(Box::new(tls)), head));
-            }
-            let rewound = Rewind::new(head.freeze(), tls);
-            tokio_tungstenite::accept_async_with_config(rewound, Some(ws_config))
-                .await
-                .map(|ws| (Transport::Wss(Box::new(ws)), BytesMut::new()))
-                .map_err(|e| format!("websocket upgrade failed: {e}"))
-        }
-        _ => tokio_tungstenite::accept_async_with_config(stream, Some(ws_config))
-            .await
-            .map(|ws| (Transport::Ws(Box::new(ws)), BytesMut::new()))
-            .map_err(|e| format!("websocket upgrade failed: {e}")),
-    }
-}
-
 struct Client {
     /// The socket.
     transport: Transport,
@@ -320,11 +276,16 @@ struct Client {
     /// Set when the connection must end once `out` is written.
     closing: Option<Box<str>>,
     /// Gateway-wide state.
-    shared: Arc<Shared>,
+    shared: Arc<GatewayContext>,
 }
 
 impl Client {
-    fn new(transport: Transport, head: BytesMut, shared: Arc<Shared>, deadline: Instant) -> Self {
+    fn new(
+        transport: Transport,
+        head: BytesMut,
+        shared: Arc<GatewayContext>,
+        deadline: Instant,
+    ) -> Self {
         Client {
             transport,
             rbuf: head,
@@ -575,13 +536,9 @@ impl Client {
     }
 
     fn arm_heartbeat(&mut self) {
-        self.alive_until = Instant::now() + self.heartbeat() * 2;
+        self.alive_until = Instant::now() + self.shared.config.silence_limit();
         self.rearm = true;
         let _ = out_codec().encode_to(PackageType::Heartbeat, &[], &mut self.out);
-    }
-
-    fn heartbeat(&self) -> Duration {
-        Duration::from_secs(self.shared.config.heartbeat.as_secs_f64().round().max(1.0) as u64)
     }
 
     /// Decodes and handles what was read (`peer`: the client's address).
@@ -675,7 +632,8 @@ impl Client {
             }
         };
         self.owner = Some(owner);
-        let mut sys_reply = json!({ "heartbeat": self.heartbeat().as_secs() });
+        let mut sys_reply =
+            json!({ "heartbeat": self.shared.config.heartbeat_whole_secs().as_secs() });
         if let Some(dict) = &self.shared.dictionary {
             let held = sys.dict_version.as_ref().and_then(|v| v.as_str());
             if held != Some(dict.version.as_str()) {
@@ -761,16 +719,8 @@ impl Client {
         {
             return Err(HandlerError::new("too many requests in flight"));
         }
-        // `serverType.handler.method`: three non-empty parts.
-        let mut parts = route.split('.');
-        let server_type = match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(t), Some(h), Some(m), None)
-                if !t.is_empty() && !h.is_empty() && !m.is_empty() =>
-            {
-                t
-            }
-            _ => return Err(HandlerError::new(format!("invalid route {route:?}"))),
-        };
+        let server_type = server_type_of(&route)
+            .ok_or_else(|| HandlerError::new(format!("invalid route {route:?}")))?;
         let deadline = self.shared.config.request_deadline;
         let sid = self
             .owner
@@ -824,7 +774,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let _c = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let (stream, peer) = listener.accept().await.expect("accept");
-        let shared = std::sync::Arc::new(super::super::Shared {
+        let shared = std::sync::Arc::new(super::super::GatewayContext {
             config: Default::default(),
             sessions: crate::SessionService::new(Default::default()),
             backends: Default::default(),

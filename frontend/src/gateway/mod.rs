@@ -14,7 +14,7 @@ mod transport;
 pub use local::{LocalContext, LocalFuture, LocalHandler, LocalHandlers};
 
 use crate::listener::{bind_reusable, Acceptor, Running};
-use crate::{BackendRegistry, SessionService};
+use crate::{BackendRegistry, GatewayConfig, SessionService};
 use serde_json::Value;
 use session_proxy_protocol::client::HandshakeRequest;
 use session_proxy_protocol::SessionSnapshot;
@@ -26,79 +26,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
-
-/// Settings of a [`Gateway`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct GatewayConfig {
-    /// This frontend's server type: routes starting with it run here, all
-    /// others are forwarded. Default: `"connector"`.
-    pub server_type: String,
-    /// The heartbeat interval told to clients (whole seconds, at least 1); a
-    /// client silent for twice this is closed. Default: 10 s.
-    pub heartbeat: Duration,
-    /// How long a client may take from connecting to its handshake ack.
-    /// Default: 5 s.
-    pub handshake_timeout: Duration,
-    /// The largest package body accepted from a client. Default: 64 KiB.
-    pub max_package: usize,
-    /// Requests of one client being handled at once; more get an error
-    /// response at once. Default: 64.
-    pub max_pending_requests: usize,
-    /// The deadline of a forwarded request. Default: 5 s.
-    pub request_deadline: Duration,
-    /// How long one write to a client may block before the client is
-    /// dropped as dead. Default: 10 s.
-    pub write_timeout: Duration,
-    /// The most client connections at once; more wait in the backlog.
-    /// Default: 100 000.
-    pub max_connections: usize,
-    /// The most connections from one client IP address at once; more are
-    /// closed on accept (players behind one NAT share an address, so keep
-    /// this generous). Default: 256.
-    pub max_connections_per_ip: usize,
-    /// How long a session waits for its client to come back with its resume
-    /// token after the connection drops (the token is sent in the handshake
-    /// reply's `user.resumeToken`). Zero: no resume, a drop closes the
-    /// session at once. Default: 30 s.
-    pub resume_grace: Duration,
-    /// Serve TLS (raw packages over TLS, and `wss`) on the same port, told
-    /// apart from plain connections by their first byte. Default: `None`.
-    pub tls: Option<crate::ServerTls>,
-    /// The route dictionary: when not empty, routes are numbered from 1 in
-    /// this order, sent in the handshake, and compressed on the wire.
-    /// Default: empty.
-    pub dictionary: Vec<String>,
-}
-
-impl Default for GatewayConfig {
-    fn default() -> Self {
-        GatewayConfig {
-            server_type: "connector".into(),
-            heartbeat: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(5),
-            max_package: 64 * 1024,
-            max_pending_requests: 64,
-            request_deadline: Duration::from_secs(5),
-            write_timeout: Duration::from_secs(10),
-            max_connections: 100_000,
-            max_connections_per_ip: 256,
-            resume_grace: Duration::from_secs(30),
-            tls: None,
-            dictionary: Vec::new(),
-        }
-    }
-}
-
-impl GatewayConfig {
-    /// Defaults, with the given server type.
-    pub fn new(server_type: impl Into<String>) -> Self {
-        GatewayConfig {
-            server_type: server_type.into(),
-            ..GatewayConfig::default()
-        }
-    }
-}
 
 /// What a close hook learns about a session that closed: its client left
 /// (and did not resume in time), was kicked, or expired.
@@ -154,7 +81,7 @@ impl Dictionary {
 }
 
 /// Everything a client connection task needs, shared.
-pub(crate) struct Shared {
+pub(crate) struct GatewayContext {
     pub(crate) config: GatewayConfig,
     pub(crate) sessions: SessionService,
     pub(crate) backends: BackendRegistry,
@@ -237,12 +164,19 @@ impl Gateway {
     }
 
     /// Listens on `addr` (with `SO_REUSEADDR`) and serves clients.
-    pub async fn bind(self, addr: SocketAddr) -> std::io::Result<GatewayServer> {
-        Ok(self.serve(bind_reusable(addr, 4096)?))
+    pub async fn bind(self, addr: SocketAddr) -> Result<GatewayServer, crate::Error> {
+        self.config.validate()?;
+        self.sessions.config().validate()?;
+        let listener =
+            bind_reusable(addr, 4096).map_err(|source| crate::Error::Listen { addr, source })?;
+        self.serve(listener)
     }
 
-    /// Serves clients on an already bound listener.
-    pub fn serve(self, listener: TcpListener) -> GatewayServer {
+    /// Serves clients on an already bound listener. Fails only on a
+    /// configuration field that cannot work.
+    pub fn serve(self, listener: TcpListener) -> Result<GatewayServer, crate::Error> {
+        self.config.validate()?;
+        self.sessions.config().validate()?;
         if let Some(hook) = self.on_close {
             let backends = self.backends.clone();
             let registered = self.sessions.on_closed(Arc::new(
@@ -266,7 +200,7 @@ impl Gateway {
             self.config.max_connections,
             running.cancel.clone(),
         );
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(GatewayContext {
             dictionary: Dictionary::new(&self.config.dictionary),
             config: self.config,
             sessions: self.sessions,
@@ -282,7 +216,7 @@ impl Gateway {
             accept_loop(acceptor, shared, running.tracker.clone())
                 .instrument(tracing::info_span!("gateway", %local_addr)),
         );
-        GatewayServer { running }
+        Ok(GatewayServer { running })
     }
 }
 
@@ -307,7 +241,7 @@ impl GatewayServer {
     }
 }
 
-async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>, tracker: TaskTracker) {
+async fn accept_loop(acceptor: Acceptor, shared: Arc<GatewayContext>, tracker: TaskTracker) {
     info!(server_type = %shared.config.server_type, "accepting clients");
     while let Some((stream, peer, permit)) = acceptor.next().await {
         let ip = peer.ip();
@@ -327,7 +261,7 @@ async fn accept_loop(acceptor: Acceptor, shared: Arc<Shared>, tracker: TaskTrack
     }
 }
 
-fn release_ip(shared: &Shared, ip: std::net::IpAddr) {
+fn release_ip(shared: &GatewayContext, ip: std::net::IpAddr) {
     if let dashmap::mapref::entry::Entry::Occupied(mut n) = shared.per_ip.entry(ip) {
         *n.get_mut() -= 1;
         if *n.get() == 0 {

@@ -1,14 +1,23 @@
 //! Raw TCP or WebSocket under one interface: bytes in, packages out.
 
+use crate::GatewayConfig;
 use bytes::{Buf, Bytes, BytesMut};
+#[cfg(feature = "websocket")]
 use futures::{SinkExt, StreamExt};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+#[cfg(feature = "tls")]
+use tokio::io::AsyncReadExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+#[cfg(feature = "tls")]
 use tokio_rustls::server::TlsStream;
+#[cfg(feature = "websocket")]
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+#[cfg(feature = "websocket")]
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+#[cfg(feature = "websocket")]
 use tokio_tungstenite::WebSocketStream;
 
 /// A client connection's transport. Over TCP, packages are framed by their
@@ -17,21 +26,26 @@ pub(crate) enum Transport {
     /// Raw TCP.
     Tcp(TcpStream),
     /// WebSocket (boxed: its state is much larger than a TcpStream).
+    #[cfg(feature = "websocket")]
     Ws(Box<WebSocketStream<TcpStream>>),
     /// Raw packages over TLS.
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream<TcpStream>>),
     /// WebSocket over TLS (`wss`).
+    #[cfg(all(feature = "tls", feature = "websocket"))]
     Wss(Box<WebSocketStream<Rewind<TlsStream<TcpStream>>>>),
 }
 
 /// A stream whose first bytes were already read (to sniff them): serves
 /// those again, then the rest.
+#[cfg_attr(not(all(feature = "tls", feature = "websocket")), allow(dead_code))]
 pub(crate) struct Rewind<S> {
     head: Bytes,
     inner: S,
 }
 
 impl<S> Rewind<S> {
+    #[cfg_attr(not(all(feature = "tls", feature = "websocket")), allow(dead_code))]
     pub(crate) fn new(head: Bytes, inner: S) -> Self {
         Rewind { head, inner }
     }
@@ -74,8 +88,11 @@ impl Transport {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Transport::Tcp(_) => "tcp",
+            #[cfg(feature = "websocket")]
             Transport::Ws(_) => "ws",
+            #[cfg(feature = "tls")]
             Transport::Tls(_) => "tls",
+            #[cfg(all(feature = "tls", feature = "websocket"))]
             Transport::Wss(_) => "wss",
         }
     }
@@ -100,8 +117,11 @@ impl Transport {
         // fail with EAGAIN (one wasted syscall per request otherwise).
         let polled = match self {
             Transport::Tcp(stream) => Pin::new(stream).poll_read(cx, &mut read),
+            #[cfg(feature = "tls")]
             Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, &mut read),
+            #[cfg(all(feature = "tls", feature = "websocket"))]
             Transport::Wss(ws) => return poll_ws_read(ws.as_mut(), cx, buf),
+            #[cfg(feature = "websocket")]
             Transport::Ws(ws) => return poll_ws_read(ws.as_mut(), cx, buf),
         };
         ready!(polled).map_err(|e| format!("read failed: {e}"))?;
@@ -116,6 +136,10 @@ impl Transport {
     /// flush), over WebSocket as one binary message. `flushing` carries a
     /// started flush across calls; call again while `out` is not empty or
     /// `flushing` is set.
+    #[cfg_attr(
+        not(any(feature = "tls", feature = "websocket")),
+        allow(unused_variables)
+    )]
     pub(crate) fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
@@ -124,6 +148,7 @@ impl Transport {
     ) -> Poll<Result<(), String>> {
         match self {
             Transport::Tcp(stream) => poll_write_all(Pin::new(stream), cx, out),
+            #[cfg(feature = "tls")]
             Transport::Tls(stream) => {
                 if !out.is_empty() {
                     *flushing = true;
@@ -136,7 +161,9 @@ impl Transport {
                 }
                 Poll::Ready(Ok(()))
             }
+            #[cfg(feature = "websocket")]
             Transport::Ws(ws) => poll_ws_send(ws.as_mut(), cx, out, flushing),
+            #[cfg(all(feature = "tls", feature = "websocket"))]
             Transport::Wss(ws) => poll_ws_send(ws.as_mut(), cx, out, flushing),
         }
     }
@@ -161,6 +188,7 @@ fn poll_write_all<W: AsyncWrite>(
     Poll::Ready(Ok(()))
 }
 
+#[cfg(feature = "websocket")]
 fn poll_ws_read<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     cx: &mut Context<'_>,
@@ -185,6 +213,7 @@ fn poll_ws_read<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+#[cfg(feature = "websocket")]
 fn poll_ws_send<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     cx: &mut Context<'_>,
@@ -212,15 +241,90 @@ impl Transport {
             Transport::Tcp(stream) => {
                 let _ = stream.shutdown().await;
             }
+            #[cfg(feature = "websocket")]
             Transport::Ws(ws) => {
                 let _ = SinkExt::close(ws).await;
             }
+            #[cfg(feature = "tls")]
             Transport::Tls(stream) => {
                 let _ = stream.shutdown().await;
             }
+            #[cfg(all(feature = "tls", feature = "websocket"))]
             Transport::Wss(ws) => {
                 let _ = SinkExt::close(ws).await;
             }
         }
     }
+}
+
+/// Whether the gateway serves TLS.
+pub(crate) fn tls_configured(config: &GatewayConfig) -> bool {
+    #[cfg(feature = "tls")]
+    return config.tls.is_some();
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = config;
+        false
+    }
+}
+
+/// Opens a TLS connection (`tls_hello`: the peeked first byte was a TLS
+/// ClientHello and TLS is configured) or a WebSocket one (it was a letter:
+/// an HTTP upgrade). Also returns bytes already read past the handshake
+/// (TLS only).
+#[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+pub(crate) async fn upgrade(
+    stream: TcpStream,
+    config: &GatewayConfig,
+    tls_hello: bool,
+) -> Result<(Transport, BytesMut), String> {
+    #[cfg(feature = "tls")]
+    if let (Some(tls), true) = (&config.tls, tls_hello) {
+        let mut tls = tls
+            .accept(stream)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        // Sniff again inside TLS: an HTTP method means `wss`.
+        let mut head = BytesMut::with_capacity(512);
+        if tls.read_buf(&mut head).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed after the TLS handshake".into());
+        }
+        if !head[0].is_ascii_alphabetic() {
+            return Ok((Transport::Tls(Box::new(tls)), head));
+        }
+        #[cfg(feature = "websocket")]
+        return tokio_tungstenite::accept_async_with_config(
+            Rewind::new(head.freeze(), tls),
+            Some(ws_config(config)),
+        )
+        .await
+        .map(|ws| (Transport::Wss(Box::new(ws)), BytesMut::new()))
+        .map_err(|e| format!("websocket upgrade failed: {e}"));
+        #[cfg(not(feature = "websocket"))]
+        return Err(NO_WEBSOCKET.into());
+    }
+    #[cfg(feature = "websocket")]
+    return tokio_tungstenite::accept_async_with_config(stream, Some(ws_config(config)))
+        .await
+        .map(|ws| (Transport::Ws(Box::new(ws)), BytesMut::new()))
+        .map_err(|e| format!("websocket upgrade failed: {e}"));
+    #[cfg(not(feature = "websocket"))]
+    {
+        drop(stream);
+        Err(NO_WEBSOCKET.into())
+    }
+}
+
+#[cfg(not(feature = "websocket"))]
+const NO_WEBSOCKET: &str = "a WebSocket upgrade, and this build has no WebSocket support";
+
+/// WebSocket limits: messages no bigger than a package, small buffers.
+#[cfg(feature = "websocket")]
+fn ws_config(config: &GatewayConfig) -> WebSocketConfig {
+    let max = config.max_package + 4;
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }

@@ -6,10 +6,15 @@
 //! asked across frontends. Values stay opaque MessagePack bytes.
 
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 
 pub use self::memory::MemoryStore;
-pub use self::redis::{RedisStore, RedisStoreConfig};
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
+#[cfg(feature = "redis")]
+pub use crate::config::RedisStoreConfig;
+pub use crate::config::StoreOptions;
 
 use serde::{Deserialize, Serialize};
 use session_proxy_protocol::{SessionId, SessionInfo, Setting};
@@ -33,19 +38,35 @@ pub struct StoredSession {
     pub previous_token: Option<([u8; 32], u64)>,
 }
 
-/// What failed in a store.
+/// What failed in a store. Says what failed, not which store: each
+/// [`SessionStore`] maps its own errors into it and keeps them as the
+/// source.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The Redis server failed or could not be reached.
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    /// The backing service failed or could not be reached; nothing says the
+    /// operation was applied.
+    #[error("session store unavailable: {source}")]
+    Unavailable {
+        /// What the store's client said.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A session could not be encoded.
     #[error("cannot encode a session")]
     Encode(#[source] rmp_serde::encode::Error),
     /// A stored session could not be decoded (written by another version?).
     #[error("cannot decode a stored session")]
     Decode(#[source] rmp_serde::decode::Error),
+}
+
+impl StoreError {
+    /// The backing service failed with `source`.
+    pub fn unavailable(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Unavailable {
+            source: Box::new(source),
+        }
+    }
 }
 
 /// The future a store method returns.
@@ -72,30 +93,4 @@ pub trait SessionStore: Send + Sync + 'static {
     fn clear(&self) -> StoreFuture<'_, ()>;
     /// Restarts the time to live of sessions that are still alive.
     fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, ()>;
-}
-
-/// How a [`SessionService`](crate::SessionService) uses its store.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct StoreOptions {
-    /// How long a stored session outlives its last write or refresh (a
-    /// frontend that dies stops refreshing). Default: 10 min.
-    pub ttl: Duration,
-    /// How often changes not yet acknowledged to anyone are written
-    /// (coalesced: a session changed many times is written once).
-    /// Default: 50 ms.
-    pub flush_interval: Duration,
-    /// How long a session restored after a restart waits for its client to
-    /// resume. Default: 60 s.
-    pub restore_grace: Duration,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            ttl: Duration::from_secs(600),
-            flush_interval: Duration::from_millis(50),
-            restore_grace: Duration::from_secs(60),
-        }
-    }
 }

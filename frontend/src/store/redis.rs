@@ -12,6 +12,7 @@
 //! was listening.
 
 use super::{SessionStore, StoreError, StoreFuture, StoredSession};
+use crate::config::RedisStoreConfig;
 use ::redis::aio::ConnectionManager;
 use ::redis::{AsyncCommands, Client, Script};
 use futures::StreamExt;
@@ -46,40 +47,6 @@ if uid then redis.call('SREM', ARGV[2] .. 'u:' .. uid, ARGV[1]) end
 redis.call('HDEL', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
 "#;
-
-/// Settings of a [`RedisStore`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RedisStoreConfig {
-    /// The server, e.g. `redis://127.0.0.1:6379/0`. Default: that.
-    pub url: String,
-    /// Prefix of every key, so several clusters can share a server.
-    /// Default: `"sp:"`.
-    pub prefix: String,
-    /// How often to sweep index entries whose session is gone.
-    /// Default: 60 s.
-    pub sweep_interval: Duration,
-}
-
-impl Default for RedisStoreConfig {
-    fn default() -> Self {
-        RedisStoreConfig {
-            url: "redis://127.0.0.1:6379/0".into(),
-            prefix: "sp:".into(),
-            sweep_interval: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RedisStoreConfig {
-    /// Defaults, with the given server URL.
-    pub fn new(url: impl Into<String>) -> Self {
-        RedisStoreConfig {
-            url: url.into(),
-            ..RedisStoreConfig::default()
-        }
-    }
-}
 
 /// Keys of one store.
 #[derive(Clone)]
@@ -132,6 +99,12 @@ impl Drop for RedisStore {
 
 fn parse_sid(hex: &str) -> Option<SessionId> {
     u64::from_str_radix(hex, 16).ok().map(SessionId::from_raw)
+}
+
+impl From<::redis::RedisError> for StoreError {
+    fn from(err: ::redis::RedisError) -> Self {
+        StoreError::unavailable(err)
+    }
 }
 
 fn encode(s: &StoredSession) -> Result<Vec<u8>, StoreError> {

@@ -102,6 +102,25 @@ impl HandlerError {
     }
 }
 
+/// The server type of a route `serverType.handler.method` (three non-empty
+/// parts), or `None` when the route does not have that shape.
+///
+/// ```
+/// use session_proxy_protocol::client::server_type_of;
+/// assert_eq!(server_type_of("chat.chatHandler.send"), Some("chat"));
+/// assert_eq!(server_type_of("chat.send"), None);
+/// assert_eq!(server_type_of("chat..send"), None);
+/// ```
+pub fn server_type_of(route: &str) -> Option<&str> {
+    let mut parts = route.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(t), Some(h), Some(m), None) if !t.is_empty() && !h.is_empty() && !m.is_empty() => {
+            Some(t)
+        }
+        _ => None,
+    }
+}
+
 /// Decodes a client's JSON body into `T` (an empty body reads as `null`);
 /// a body that does not fit is a code-400 [`HandlerError`].
 pub fn decode_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HandlerError> {

@@ -1,98 +1,33 @@
-//! The backends connected to this frontend, and forwarding to them.
+//! The outgoing side of the cluster links: the backends connected to this
+//! frontend, and forwarding client requests to them.
 //!
 //! Backends dial frontends (they need the connection anyway, for session
 //! calls); a backend that announces a server type in its hello is
 //! registered here, and client requests for that type are forwarded over the
-//! same connection, so one TCP connection carries calls both ways.
+//! same connection, so one TCP connection carries calls both ways. The
+//! [`rpc`](crate::rpc) module serves the calls that come in on it; this one
+//! owns the calls that go out (`BackendLink`: its outbox and its
+//! in-flight table). [`router`] picks the node.
+
+pub mod router;
+
+pub use router::{pick_by_key, HashRouter, Router};
 
 use bytes::Bytes;
+use futures::SinkExt;
+use session_proxy_protocol::client::server_type_of;
 use session_proxy_protocol::{
-    Call, ErrorCode, InFlight, Message, RegisterError, Reply, Request, RpcError, SessionSnapshot,
+    Call, CodecError, ErrorCode, InFlight, Message, MessageCodec, RegisterError, Reply, Request,
+    Response, RpcError, SessionSnapshot,
 };
 use std::collections::HashMap;
-use std::hash::Hasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-
-/// Picks the backend node for a forwarded request.
-pub trait Router: Send + Sync + 'static {
-    /// Returns the index into `backends` (the node ids of the route's server
-    /// type, sorted) of the node to use, or `None` to refuse the request.
-    fn route(&self, session: &SessionSnapshot, route: &str, backends: &[String]) -> Option<usize>;
-}
-
-impl<F> Router for F
-where
-    F: Fn(&SessionSnapshot, &str, &[String]) -> Option<usize> + Send + Sync + 'static,
-{
-    fn route(&self, session: &SessionSnapshot, route: &str, backends: &[String]) -> Option<usize> {
-        self(session, route, backends)
-    }
-}
-
-/// The default router: rendezvous hashing of the uid, or of the session id
-/// when the session is unbound. A user sticks to one node while the set of
-/// nodes is stable, adding a node moves only the users it wins, and unbound
-/// sessions spread evenly (Pinus hashes the empty string for them and piles
-/// them all on one node).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HashRouter;
-
-impl Router for HashRouter {
-    fn route(&self, session: &SessionSnapshot, _route: &str, backends: &[String]) -> Option<usize> {
-        let key = match &session.uid {
-            Some(uid) => uid.clone(),
-            None => session.sid.as_u64().to_string(),
-        };
-        pick_by_key(key.as_bytes(), backends)
-    }
-}
-
-/// Rendezvous (highest-random-weight) choice of one of `nodes` for `key`.
-pub fn pick_by_key<S: AsRef<str>>(key: &[u8], nodes: &[S]) -> Option<usize> {
-    nodes
-        .iter()
-        .enumerate()
-        .max_by_key(|(_, node)| {
-            let mut h = Fnv64::default();
-            h.write(key);
-            h.write(&[0xff]);
-            h.write(node.as_ref().as_bytes());
-            mix(h.finish())
-        })
-        .map(|(i, _)| i)
-}
-
-/// FNV-1a: stable across processes and builds, unlike std's `DefaultHasher`.
-struct Fnv64(u64);
-
-impl Default for Fnv64 {
-    fn default() -> Self {
-        Fnv64(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv64 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
+use tokio_util::codec::Framed;
+use tracing::debug;
 
 /// One connected backend that serves a server type.
 #[derive(Debug)]
@@ -105,6 +40,49 @@ pub(crate) struct BackendLink {
     pub(crate) tx: mpsc::Sender<Message>,
     /// Forwarded calls awaiting responses.
     pub(crate) inflight: InFlight<Result<Reply, RpcError>>,
+}
+
+impl BackendLink {
+    /// Hands a backend's answer to the forwarded request waiting for it.
+    pub(crate) fn complete(&self, resp: Response) {
+        if !self.inflight.complete(resp.id, resp.result) {
+            debug!(
+                id = resp.id,
+                "response to a forwarded request nobody waits for"
+            );
+        }
+    }
+
+    /// Fails every forwarded request still waiting: the link is gone.
+    pub(crate) fn close(&self) {
+        self.inflight.close(|| {
+            Err(RpcError::new(
+                ErrorCode::PeerClosed,
+                "backend connection closed",
+            ))
+        });
+    }
+}
+
+/// Writes the forwarded requests queued for one backend, as many as are
+/// queued, in one flush.
+pub(crate) async fn send_queued<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    framed: &mut Framed<S, MessageCodec>,
+    first: Message,
+    outbox: &mut mpsc::Receiver<Message>,
+) -> Result<(), CodecError> {
+    framed.feed(first).await?;
+    while let Ok(out) = outbox.try_recv() {
+        framed.feed(out).await?;
+    }
+    // Let the other tasks that are ready now (client connections with
+    // requests read in the same I/O round) queue theirs, so they leave
+    // in this write instead of one write each.
+    tokio::task::yield_now().await;
+    while let Ok(out) = outbox.try_recv() {
+        framed.feed(out).await?;
+    }
+    framed.flush().await
 }
 
 /// The connected backends of one server type, sorted by node id, with their
@@ -132,6 +110,8 @@ struct Inner {
     routers: RwLock<HashMap<String, Arc<dyn Router>>>,
     /// Connection ids.
     next_conn: AtomicU64,
+    /// Woken on every membership change.
+    changed: tokio::sync::Notify,
 }
 
 /// The backends connected to this frontend, by server type. Cheap to clone.
@@ -181,6 +161,31 @@ impl BackendRegistry {
         out
     }
 
+    /// How many backends of `server_type` are connected now.
+    pub fn count(&self, server_type: &str) -> usize {
+        let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
+        links.get(server_type).map_or(0, |c| c.links.len())
+    }
+
+    /// Waits until at least `count` backends of `server_type` are connected,
+    /// for at most `within`; returns whether they are. Await it before
+    /// serving clients, so the first requests do not get "no backend".
+    pub async fn wait_for(&self, server_type: &str, count: usize, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so no change is missed between.
+            changed.as_mut().enable();
+            if self.count(server_type) >= count {
+                return true;
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     pub(crate) fn register(
         &self,
         server_type: &str,
@@ -205,6 +210,8 @@ impl BackendRegistry {
             .collect();
         list.push(link.clone());
         *entry = Arc::new(Candidates::from_links(list));
+        drop(links);
+        self.inner.changed.notify_waiters();
         link
     }
 
@@ -223,10 +230,14 @@ impl BackendRegistry {
                 *entry = Arc::new(Candidates::from_links(list));
             }
         }
+        drop(links);
+        self.inner.changed.notify_waiters();
     }
 
     fn pick(&self, route: &str, session: &SessionSnapshot) -> Result<Arc<BackendLink>, RpcError> {
-        let server_type = route.split('.').next().unwrap_or_default();
+        let server_type = server_type_of(route).ok_or_else(|| {
+            RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
+        })?;
         let candidates = {
             let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
             links.get(server_type).cloned().unwrap_or_default()
@@ -326,54 +337,5 @@ impl BackendRegistry {
             }))
             .await
             .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use session_proxy_protocol::SessionId;
-
-    fn session(uid: Option<&str>, sid: u64) -> SessionSnapshot {
-        SessionSnapshot {
-            sid: SessionId::from_raw(sid),
-            frontend_id: "f".into(),
-            uid: uid.map(str::to_string),
-            settings: Default::default(),
-        }
-    }
-
-    #[test]
-    fn hash_router_is_stable_and_spreads_unbound_sessions() {
-        let nodes: Vec<String> = ["chat-1", "chat-2", "chat-3"].map(String::from).to_vec();
-        let a = HashRouter.route(&session(Some("alice"), 1), "chat.x.y", &nodes);
-        assert_eq!(
-            a,
-            HashRouter.route(&session(Some("alice"), 2), "chat.x.y", &nodes)
-        );
-        let mut counts = [0; 3];
-        for sid in 0..3000 {
-            counts[HashRouter
-                .route(&session(None, sid), "chat.x.y", &nodes)
-                .expect("a node")] += 1;
-        }
-        for c in counts {
-            assert!((700..1300).contains(&c), "uneven spread {counts:?}");
-        }
-    }
-
-    #[test]
-    fn adding_a_node_moves_only_the_keys_it_wins() {
-        let three = ["a", "b", "c"];
-        let four = ["a", "b", "c", "d"];
-        for k in 0..500u32 {
-            let key = k.to_string();
-            let before = pick_by_key(key.as_bytes(), &three).expect("node");
-            let after = pick_by_key(key.as_bytes(), &four).expect("node");
-            assert!(
-                after == before || after == 3,
-                "key {k} moved between old nodes"
-            );
-        }
     }
 }

@@ -1,0 +1,118 @@
+//! One session call from a backend, applied to the [`SessionService`].
+
+use super::link::BackendConn;
+use crate::delivery::{Receipt, Ticket};
+use session_proxy_protocol::{Call, ErrorCode, Message, Reply, Response, RpcError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+/// Whether a call pushes to clients (and is answered once written).
+pub(super) fn pushes_to_clients(call: &Call) -> bool {
+    matches!(
+        call,
+        Call::PushToSids { .. } | Call::PushToUids { .. } | Call::Broadcast { .. }
+    )
+}
+
+/// Whether a call changes session state (and so must be durable before it
+/// is acknowledged, when a store is attached).
+pub(super) fn mutates(call: &Call) -> bool {
+    matches!(
+        call,
+        Call::Bind { .. }
+            | Call::Unbind { .. }
+            | Call::Push { .. }
+            | Call::KickBySid { .. }
+            | Call::KickByUid { .. }
+            | Call::RevokeUid { .. }
+    )
+}
+
+/// Answers a push call once every copy is written (or after `wait`),
+/// through the link's outgoing queue, on a task of the server's tracker.
+pub(super) fn answer_when_written(
+    tasks: &TaskTracker,
+    id: u64,
+    reply: Reply,
+    (receipt, issuer): (Arc<Receipt>, Ticket),
+    wait: Duration,
+    late_answers: mpsc::Sender<Message>,
+) {
+    tasks.spawn(async move {
+        if tokio::time::timeout(wait, receipt.written(issuer))
+            .await
+            .is_err()
+        {
+            debug!(id, ?wait, "answering a push before every client wrote it");
+        }
+        let answer = Message::Response(Response {
+            id,
+            result: Ok(reply),
+        });
+        // Fails only if the link is gone, and its caller with it.
+        let _ = late_answers.send(answer).await;
+    });
+}
+
+impl BackendConn {
+    /// Applies one session call to the service. Pushes to clients are
+    /// counted on `receipt` when there is one.
+    pub(super) async fn apply(
+        &self,
+        call: Call,
+        receipt: Option<&Arc<Receipt>>,
+    ) -> Result<Reply, RpcError> {
+        let s = &self.service;
+        let reply = match call {
+            Call::Ping => Reply::Done,
+            Call::GetSession { sid } => Reply::Session(s.get(sid)),
+            Call::GetByUid { uid } => Reply::Sessions(s.get_by_uid(&uid)),
+            Call::Bind { sid, uid } => s.bind(sid, &uid).map(|()| Reply::Done)?,
+            Call::Unbind { sid, uid } => s.unbind(sid, &uid).map(|()| Reply::Done)?,
+            Call::Push { sid, writes } => Reply::Pushed(s.apply_push(sid, writes)?),
+            Call::KickBySid { sid, reason } => {
+                Reply::Kicked(u32::from(s.kick_by_sid(sid, &reason)))
+            }
+            Call::KickByUid { uid, reason } => {
+                Reply::Kicked(u32::try_from(s.kick_by_uid(&uid, &reason)).unwrap_or(u32::MAX))
+            }
+            Call::PushToSids { route, body, sids } => Reply::PushedToSids(
+                sids.into_iter()
+                    .filter(|sid| {
+                        s.push_to_client_tracked(*sid, &route, body.clone(), receipt)
+                            .is_err()
+                    })
+                    .collect(),
+            ),
+            Call::PushToUids { route, body, uids } => {
+                Reply::PushedToUids(s.push_to_uids_tracked(&uids, &route, &body, receipt))
+            }
+            Call::Broadcast {
+                route,
+                body,
+                bound_only,
+            } => Reply::Broadcast(
+                u32::try_from(s.broadcast_tracked(&route, &body, bound_only, receipt))
+                    .unwrap_or(u32::MAX),
+            ),
+            Call::UserSessions { uid } => {
+                Reply::UserSessions(s.user_sessions(&uid).await.map_err(crate::Error::from)?)
+            }
+            Call::RevokeUid { uid, reason } => Reply::Ended(
+                s.revoke_uid(&uid, &reason)
+                    .await
+                    .map_err(crate::Error::from)?,
+            ),
+            Call::Handle { .. } => {
+                return Err(RpcError::new(
+                    ErrorCode::Unsupported,
+                    "frontends do not handle forwarded requests",
+                ))
+            }
+        };
+        Ok(reply)
+    }
+}

@@ -1,0 +1,240 @@
+//! One backend connection: the loop that reads its frames, applies its
+//! session calls in arrival order, commits them to the store once per batch,
+//! and writes the forwarded requests queued for it.
+
+use super::apply::{answer_when_written, mutates, pushes_to_clients};
+use crate::delivery::Receipt;
+use crate::forward::BackendLink;
+use crate::{BackendRegistry, RpcConfig, SessionService};
+use futures::{FutureExt, SinkExt, StreamExt};
+use session_proxy_protocol::{
+    CodecError, ErrorCode, Message, MessageCodec, Reply, Response, RpcError,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// One backend connection.
+pub(super) struct BackendConn {
+    /// The sessions this frontend owns.
+    pub(super) service: SessionService,
+    /// Where a backend that serves a server type is registered.
+    pub(super) backends: BackendRegistry,
+    /// Server settings.
+    pub(super) config: Arc<RpcConfig>,
+    /// Cancelled when the server shuts down.
+    pub(super) cancel: CancellationToken,
+    /// The server's tasks: late push answers run here, so shutdown waits
+    /// for them.
+    pub(super) tasks: TaskTracker,
+    /// The backend's address, for logs.
+    pub(super) peer: SocketAddr,
+}
+
+/// Why a connection ended, for the log line.
+enum End {
+    PeerClosed,
+    Shutdown,
+    Corrupt(CodecError),
+    Protocol(&'static str),
+}
+
+impl BackendConn {
+    pub(super) async fn run(self, stream: TcpStream) {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.config.tls.clone() {
+            match tokio::time::timeout(self.config.handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(stream)) => self.run_on(stream).await,
+                Ok(Err(err)) => warn!(peer = %self.peer, cause = %err, "TLS handshake failed"),
+                Err(_) => warn!(peer = %self.peer, "no TLS handshake before the deadline"),
+            }
+            return;
+        }
+        self.run_on(stream).await
+    }
+
+    async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send>(self, stream: S) {
+        let mut framed = Framed::new(stream, MessageCodec::new(self.config.max_frame));
+        let hello = match self.handshake(&mut framed).await {
+            Ok(hello) => hello,
+            Err(reason) => {
+                warn!(peer = %self.peer, reason, "backend refused");
+                return;
+            }
+        };
+        let backend = hello.node_id;
+        let (tx, mut rx) = mpsc::channel(self.config.queue);
+        // Answers that wait for pushes to be written leave through the same
+        // queue as forwarded requests.
+        let late_answers = tx.clone();
+        let link = hello.server_type.map(|server_type| {
+            let link =
+                self.backends
+                    .register(&server_type, &backend, tx, self.config.max_in_flight);
+            (server_type, link)
+        });
+        // Accepted only once registered: a backend that sees the answer can
+        // count on this frontend forwarding to it.
+        let end = match self.accept(&mut framed).await {
+            Err(err) => End::Corrupt(err),
+            Ok(()) => {
+                info!(backend = %backend, serves = ?link.as_ref().map(|(t, _)| t), "backend connected");
+                self.serve(
+                    &mut framed,
+                    link.as_ref().map(|(_, l)| &**l),
+                    &mut rx,
+                    &late_answers,
+                )
+                .await
+            }
+        };
+        if let Some((server_type, link)) = &link {
+            self.backends.unregister(server_type, link);
+            link.close();
+        }
+        match end {
+            End::PeerClosed => info!(backend = %backend, "backend disconnected"),
+            End::Shutdown => debug!(backend = %backend, "connection closed for shutdown"),
+            End::Corrupt(err) => {
+                warn!(backend = %backend, cause = %err, code = %err.code(), "closing connection: corrupt stream")
+            }
+            End::Protocol(what) => {
+                warn!(backend = %backend, cause = what, "closing connection: protocol violation")
+            }
+        }
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        framed: &mut Framed<S, MessageCodec>,
+        link: Option<&BackendLink>,
+        outbox: &mut mpsc::Receiver<Message>,
+        late_answers: &mpsc::Sender<Message>,
+    ) -> End {
+        // Answers of the current batch, held until the batch is durable.
+        let mut answers: Vec<(u64, Result<Reply, RpcError>, bool)> = Vec::new();
+        // One cancellation future and one silence timer for the link's life:
+        // made afresh every turn they cost a waiter registration and a timer
+        // insertion per batch of frames.
+        let cancelled = self.cancel.cancelled();
+        tokio::pin!(cancelled);
+        let idle_timeout = self.config.idle_timeout;
+        let mut last_heard = tokio::time::Instant::now();
+        let silence = tokio::time::sleep_until(last_heard + idle_timeout);
+        tokio::pin!(silence);
+        loop {
+            // Wait for a frame (or a forwarded request to send).
+            let first = tokio::select! {
+                _ = &mut cancelled => return End::Shutdown,
+                frame = framed.next() => {
+                    last_heard = tokio::time::Instant::now();
+                    frame
+                }
+                _ = &mut silence => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        // Backends ping when idle; silence this long means
+                        // the peer is gone without closing (half-open).
+                        return End::Protocol("no traffic from the backend within the idle timeout");
+                    }
+                    // Heard from since the timer was set: move it on.
+                    silence.as_mut().reset(last_heard + idle_timeout);
+                    continue;
+                }
+                Some(out) = outbox.recv() => {
+                    if let Err(err) = crate::forward::send_queued(framed, out, outbox).await {
+                        return End::Corrupt(err);
+                    }
+                    continue;
+                }
+            };
+            // Then take every frame already buffered, in arrival order.
+            let mut next = Some(first);
+            while let Some(frame) = next.take() {
+                let msg = match frame {
+                    None => return End::PeerClosed,
+                    Some(Err(err)) => return End::Corrupt(err),
+                    Some(Ok(msg)) => msg,
+                };
+                match msg {
+                    Message::Request(req) => {
+                        let mutates = mutates(&req.call);
+                        let wait = self
+                            .config
+                            .push_write_wait
+                            .min(Duration::from_millis(u64::from(req.deadline_ms) / 2));
+                        if pushes_to_clients(&req.call) && !wait.is_zero() {
+                            let (receipt, issuer) = Receipt::new();
+                            let result = self.apply(req.call, Some(&receipt)).await;
+                            match result {
+                                Ok(reply) if receipt.is_pending() => answer_when_written(
+                                    &self.tasks,
+                                    req.id,
+                                    reply,
+                                    (receipt, issuer),
+                                    wait,
+                                    late_answers.clone(),
+                                ),
+                                result => answers.push((req.id, result, mutates)),
+                            }
+                        } else {
+                            let result = self.apply(req.call, None).await;
+                            answers.push((req.id, result, mutates));
+                        }
+                    }
+                    Message::Notify(call) => {
+                        if let Err(err) = self.apply(call, None).await {
+                            debug!(cause = %err, "notify failed");
+                        }
+                    }
+                    Message::Response(resp) => match link {
+                        Some(link) => link.complete(resp),
+                        None => debug!(id = resp.id, "ignoring a response to no request"),
+                    },
+                    Message::Hello(_) | Message::HelloReply(_) | Message::Proof(_) => {
+                        return End::Protocol("handshake frame after the handshake")
+                    }
+                }
+                if answers.len() < 1024 {
+                    next = framed.next().now_or_never();
+                }
+            }
+            // Group commit: what we acknowledge is in the store first.
+            if answers.iter().any(|(_, r, m)| *m && r.is_ok()) {
+                if let Err(err) = self.service.flush().await {
+                    warn!(cause = %err, "session store write failed; failing this batch's changes");
+                    for (_, result, mutates) in answers.iter_mut() {
+                        if *mutates && result.is_ok() {
+                            *result = Err(RpcError::new(
+                                ErrorCode::Unavailable,
+                                format!("applied but not yet persisted (will retry): {err}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            for (id, result, _) in answers.drain(..) {
+                // `feed` only buffers; it writes when the buffer is past its
+                // high-water mark, which is our backpressure.
+                if let Err(err) = framed
+                    .feed(Message::Response(Response { id, result }))
+                    .await
+                {
+                    return End::Corrupt(err);
+                }
+            }
+            if let Err(err) = framed.flush().await {
+                return End::Corrupt(err);
+            }
+            if self.cancel.is_cancelled() {
+                return End::Shutdown;
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The RPC server that backends connect to: the inbound side of the
+//! cluster links.
+//!
+//! One task per backend connection owns its socket. It reads frames, applies
+//! each session call *inline*, in arrival order (they are short map
+//! operations), and writes the response. Responses are buffered and flushed
+//! only when no further frame is already waiting, so a busy connection sends
+//! many responses per syscall and an idle one pays no added latency.
+//!
+//! - this file: [`RpcServer`], the listener and its accept loop;
+//! - `handshake`: the hello, its checks and the cluster secret's
+//!   challenge–response;
+//! - `link`: one backend connection's loop: batching, group commit, and the
+//!   forwarded requests going out on the same socket
+//!   ([`forward`](crate::forward) owns those);
+//! - `apply`: one session call applied to the [`SessionService`].
+
+mod apply;
+mod handshake;
+mod link;
+
+use link::BackendConn;
+
+use crate::listener::{bind_reusable, Acceptor, Running};
+use crate::{BackendRegistry, RpcConfig, SessionService};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, Instrument};
+
+/// A running RPC server. Stop it with [`RpcServer::shutdown`]; dropping it
+/// stops it too, without waiting.
+#[derive(Debug)]
+#[must_use = "dropping the server stops it"]
+pub struct RpcServer {
+    /// Address, stop signal and tasks.
+    running: Running,
+    /// The backends connected through this server that serve a server type.
+    backends: BackendRegistry,
+}
+
+impl RpcServer {
+    /// Listens on `addr` and serves backends until shut down.
+    ///
+    /// The socket is bound with `SO_REUSEADDR`, so a restarted frontend can
+    /// take its port back at once.
+    pub async fn bind(
+        addr: SocketAddr,
+        service: SessionService,
+        config: RpcConfig,
+    ) -> Result<RpcServer, crate::Error> {
+        config.validate()?;
+        service.config().validate()?;
+        let listener =
+            bind_reusable(addr, 1024).map_err(|source| crate::Error::Listen { addr, source })?;
+        Self::serve(listener, service, config)
+    }
+
+    /// Serves backends on an already bound listener. Fails only on a
+    /// configuration field that cannot work.
+    pub fn serve(
+        listener: TcpListener,
+        service: SessionService,
+        config: RpcConfig,
+    ) -> Result<RpcServer, crate::Error> {
+        config.validate()?;
+        service.config().validate()?;
+        let running = Running::new(&listener);
+        let backends = BackendRegistry::new();
+        let acceptor = Acceptor::new(listener, config.max_connections, running.cancel.clone());
+        let shared = ServerContext {
+            service,
+            backends: backends.clone(),
+            config: Arc::new(config),
+        };
+        let accept = accept_loop(
+            acceptor,
+            shared,
+            running.cancel.clone(),
+            running.tracker.clone(),
+        );
+        let local_addr = running.local_addr;
+        running
+            .tracker
+            .spawn(accept.instrument(tracing::info_span!("rpc_server", %local_addr)));
+        Ok(RpcServer { running, backends })
+    }
+
+    /// The backends connected to this server that serve client requests;
+    /// hand it to a [`Gateway`](crate::Gateway) to forward requests to them.
+    pub fn backends(&self) -> BackendRegistry {
+        self.backends.clone()
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.running.local_addr
+    }
+
+    /// Stops accepting, closes every connection after the frame it is
+    /// handling, and waits up to `drain` for the tasks to finish. Returns
+    /// whether they all finished in time.
+    pub async fn shutdown(self, drain: Duration) -> bool {
+        self.running.shutdown(drain).await
+    }
+}
+
+/// What every connection task of a server shares.
+#[derive(Clone)]
+struct ServerContext {
+    /// The sessions this frontend owns.
+    service: SessionService,
+    /// Backends that serve forwarded requests.
+    backends: BackendRegistry,
+    /// Server settings.
+    config: Arc<RpcConfig>,
+}
+
+async fn accept_loop(
+    acceptor: Acceptor,
+    shared: ServerContext,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    info!(
+        frontend = shared.service.frontend_id(),
+        "listening for backends"
+    );
+    while let Some((stream, peer, permit)) = acceptor.next().await {
+        let conn = BackendConn {
+            service: shared.service.clone(),
+            backends: shared.backends.clone(),
+            config: shared.config.clone(),
+            cancel: cancel.child_token(),
+            tasks: tracker.clone(),
+            peer,
+        };
+        tracker.spawn(
+            async move {
+                conn.run(stream).await;
+                drop(permit);
+            }
+            .instrument(tracing::info_span!("backend_conn", %peer)),
+        );
+    }
+}
