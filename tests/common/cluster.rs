@@ -38,6 +38,11 @@ pub async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) ->
         });
     gateway
         .handlers()
+        .add("connector.entry.echo", |_ctx, body: Value| async move {
+            Ok(body)
+        });
+    gateway
+        .handlers()
         .add("connector.entry.kickme", |ctx, _body: Value| async move {
             ctx.sessions.kick_by_sid(ctx.sid, "bye");
             Ok(json!({}))

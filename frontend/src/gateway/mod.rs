@@ -90,6 +90,9 @@ pub(crate) struct GatewayContext {
     pub(crate) on_handshake: Option<HandshakeHook>,
     pub(crate) check_client: Option<ClientCheck>,
     pub(crate) cancel: CancellationToken,
+    /// The gateway's tasks (connections, forwarded notifies); shutdown
+    /// waits for them.
+    pub(crate) tasks: TaskTracker,
     /// Open connections per client IP.
     pub(crate) per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
 }
@@ -209,6 +212,7 @@ impl Gateway {
             on_handshake: self.on_handshake,
             check_client: self.check_client,
             cancel: running.cancel.clone(),
+            tasks: running.tracker.clone(),
             per_ip: dashmap::DashMap::new(),
         });
         let local_addr = running.local_addr;
@@ -257,7 +261,7 @@ async fn accept_loop(acceptor: Acceptor, shared: Arc<GatewayContext>, tracker: T
             drop(stream);
             continue;
         }
-        tracker.spawn(conn::Connection::new(stream, peer, shared, permit));
+        tracker.spawn(conn::ClientTask::new(stream, peer, shared, permit));
     }
 }
 

@@ -51,11 +51,7 @@ impl SessionService {
         lifetime: Option<Duration>,
     ) -> Result<(), Error> {
         let due = {
-            let mut entry = self
-                .inner
-                .sessions
-                .get_mut(&sid)
-                .ok_or(Error::SessionNotFound(sid))?;
+            let mut entry = self.entry_mut(sid)?;
             entry.idle_timeout = idle;
             entry.lifetime = lifetime;
             due(&entry, self.inner.epoch)

@@ -81,11 +81,7 @@ impl SessionService {
     /// once) and returns it. Only its hash is kept.
     pub fn issue_token(&self, sid: SessionId) -> Result<String, Error> {
         let token = new_token(sid);
-        let mut entry = self
-            .inner
-            .sessions
-            .get_mut(&sid)
-            .ok_or(Error::SessionNotFound(sid))?;
+        let mut entry = self.entry_mut(sid)?;
         entry.tokens = Tokens {
             current: Some(hash(&token)),
             previous: None,

@@ -1,0 +1,163 @@
+//! Packages in; requests and notifies routed to a local handler or
+//! forwarded to a backend, up to the connection's in-flight cap.
+
+use super::super::LocalContext;
+use crate::SessionOwner;
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use session_proxy_protocol::client::{
+    server_type_of, ClientMessage, HandlerError, MessageType, Package, PackageCodec, PackageType,
+    Route,
+};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use tokio_util::codec::Decoder;
+use tracing::debug;
+
+use super::*;
+
+impl ClientConn {
+    /// Whether as many requests are being handled as the connection may
+    /// have; then no more packages are decoded or read.
+    pub(super) fn at_capacity(&self) -> bool {
+        self.pending.as_ref().map_or(0, FuturesUnordered::len)
+            >= self.shared.config.max_pending_requests
+    }
+
+    /// Decodes and handles what was read (`peer`: the client's address), up
+    /// to the in-flight cap; the rest stays in `rbuf` until answers go out.
+    pub(super) fn on_bytes(&mut self, peer: SocketAddr) -> Result<(), String> {
+        loop {
+            if self.at_capacity() {
+                return Ok(());
+            }
+            // The client's packages, up to the configured maximum.
+            let mut codec = PackageCodec::new(self.shared.config.max_package);
+            match codec.decode(&mut self.rbuf) {
+                Ok(Some(package)) => self.on_package(package, peer)?,
+                Ok(None) => return Ok(()),
+                Err(err) => return Err(format!("bad package: {err}")),
+            }
+            if self.closing.is_some() {
+                return Ok(());
+            }
+        }
+    }
+
+    pub(super) fn on_package(&mut self, package: Package, peer: SocketAddr) -> Result<(), String> {
+        match (package.kind, self.phase) {
+            (PackageType::Handshake, Phase::Inited) => self.on_handshake(&package.body, peer),
+            (PackageType::HandshakeAck, Phase::WaitAck) => {
+                self.phase = Phase::Working;
+                self.arm_heartbeat();
+            }
+            (PackageType::Heartbeat, Phase::Working) => self.arm_heartbeat(),
+            (PackageType::Data, Phase::Working) => return self.on_message(package.body),
+            (PackageType::Kick, _) => return Err("client sent a kick package".into()),
+            // Out of phase (data before the ack, a second handshake …): ignored.
+            (kind, phase) => debug!(?kind, ?phase, "package ignored"),
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_message(&mut self, body: Bytes) -> Result<(), String> {
+        let msg = ClientMessage::decode(body).map_err(|e| format!("bad message: {e}"))?;
+        if let Some(owner) = &self.owner {
+            self.shared.sessions.touch(owner.sid());
+        }
+        let route = match &msg.route {
+            Route::Name(name) => Ok(name.clone()),
+            Route::Code(code) => self
+                .shared
+                .dictionary
+                .as_ref()
+                .and_then(|d| d.route_of.get(code).cloned())
+                .ok_or_else(|| format!("unknown route code {code}")),
+            Route::None => Err("message without a route".to_string()),
+        };
+        match msg.kind {
+            MessageType::Request => {
+                let answer = self.start(route, msg.body, msg.gzip);
+                let id = msg.id;
+                match answer {
+                    Ok(fut) => self
+                        .pending
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(Box::pin(async move { (id, fut.await) })),
+                    Err(err) => {
+                        self.write_message(MessageType::Response, id, &Route::None, &err.to_body())
+                    }
+                }
+            }
+            MessageType::Notify => match self.start(route, msg.body, msg.gzip) {
+                Ok(fut) => {
+                    // No answer to wait for: on the gateway's tracker, so
+                    // shutdown still waits for it (bounded by the deadline).
+                    self.shared.tasks.spawn(fut);
+                }
+                Err(err) => debug!(cause = %err, "notify dropped"),
+            },
+            MessageType::Response | MessageType::Push => {
+                return Err("client sent a server-only message type".into())
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts handling a request or notify; returns the future of its JSON
+    /// answer, or the error answer when it cannot even start.
+    pub(super) fn start(
+        &self,
+        route: Result<String, String>,
+        body: Bytes,
+        gzip: bool,
+    ) -> Result<Pin<Box<dyn Future<Output = Bytes> + Send>>, HandlerError> {
+        let route = route.map_err(HandlerError::new)?;
+        if gzip {
+            return Err(HandlerError::new("gzip bodies are not supported"));
+        }
+        let server_type = server_type_of(&route)
+            .ok_or_else(|| HandlerError::new(format!("invalid route {route:?}")))?;
+        let deadline = self.shared.config.request_deadline;
+        let sid = self
+            .owner
+            .as_ref()
+            .map(SessionOwner::sid)
+            .ok_or_else(|| HandlerError::new("no session"))?;
+        if server_type == self.shared.config.server_type {
+            let handler = self
+                .shared
+                .handlers
+                .get(&route)
+                .ok_or_else(|| HandlerError::new(format!("unknown route {route}")))?;
+            let ctx = LocalContext {
+                sid,
+                sessions: self.shared.sessions.clone(),
+                backends: self.shared.backends.clone(),
+                deadline,
+            };
+            return Ok(Box::pin(async move {
+                match handler(ctx, body).await {
+                    Ok(answer) => answer,
+                    Err(err) => err.to_body(),
+                }
+            }));
+        }
+        let session = self
+            .shared
+            .sessions
+            .get(sid)
+            .ok_or_else(|| HandlerError::new("session closed"))?;
+        let backends = self.shared.backends.clone();
+        Ok(Box::pin(async move {
+            match backends.forward(&route, session, body, deadline).await {
+                Ok(answer) => answer,
+                Err(err) => {
+                    debug!(route = %route, cause = %err, "forwarded request failed");
+                    HandlerError::new(err.to_string()).to_body()
+                }
+            }
+        }))
+    }
+}

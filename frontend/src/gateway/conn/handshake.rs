@@ -1,0 +1,100 @@
+//! The Pomelo handshake: client checks, a new or resumed session, the
+//! reply with heartbeat, dictionary and resume token.
+
+use crate::ConnectInfo;
+use serde_json::{json, Value};
+use session_proxy_protocol::client::handshake::{CODE_OK, CODE_OLD_CLIENT, CODE_USER_ERROR};
+use session_proxy_protocol::client::{HandshakeRequest, PackageType};
+use std::net::SocketAddr;
+use tracing::debug;
+
+use super::*;
+
+impl ClientConn {
+    pub(super) fn on_handshake(&mut self, body: &[u8], peer: SocketAddr) {
+        let refuse = |this: &mut ClientConn, code: u16, why: &str| {
+            let reply = json!({ "code": code, "error": why }).to_string();
+            let _ = out_codec().encode_to(PackageType::Handshake, reply.as_bytes(), &mut this.out);
+            this.closing = Some(format!("handshake refused ({code}): {why}").into());
+        };
+        let Some(request) = HandshakeRequest::parse(body) else {
+            return refuse(self, CODE_USER_ERROR, "handshake is not JSON");
+        };
+        let Some(sys) = &request.sys else {
+            return refuse(self, CODE_USER_ERROR, "handshake without sys");
+        };
+        let client_type = sys.client_type.clone().unwrap_or_default();
+        let version = sys.version.clone().unwrap_or_default();
+        if let Some(check) = &self.shared.check_client {
+            if !check(&client_type, &version) {
+                return refuse(self, CODE_OLD_CLIENT, "client type or version refused");
+            }
+        }
+        let user = match &self.shared.on_handshake {
+            Some(hook) => match hook(&request, peer) {
+                Ok(user) => user,
+                Err(why) => return refuse(self, CODE_USER_ERROR, &why),
+            },
+            None => None,
+        };
+        // A new session, or the one the client's resume token names.
+        let resume_enabled = !self.shared.config.resume_grace.is_zero();
+        let presented = request.user.get("resumeToken").and_then(Value::as_str);
+        let (owner, token, resumed) = match presented {
+            Some(token) if resume_enabled => match self.shared.sessions.resume(token) {
+                Ok((owner, next)) => (owner, Some(next), true),
+                Err(err) => {
+                    debug!(cause = %err, "resume refused");
+                    return refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
+                }
+            },
+            _ => {
+                let mut info = ConnectInfo::from_addr(peer);
+                info.metadata
+                    .insert("transport".into(), self.transport.kind().into());
+                info.metadata.insert("clientType".into(), client_type);
+                info.metadata.insert("clientVersion".into(), version);
+                if let Some(device) = request.user.get("device").and_then(Value::as_str) {
+                    info.metadata.insert("device".into(), device.to_string());
+                }
+                let owner = match self.shared.sessions.try_create(info) {
+                    Ok(owner) => owner,
+                    Err(err) => return refuse(self, CODE_USER_ERROR, &err.to_string()),
+                };
+                let token = if resume_enabled {
+                    self.shared.sessions.issue_token(owner.sid()).ok()
+                } else {
+                    None
+                };
+                (owner, token, false)
+            }
+        };
+        self.owner = Some(owner);
+        let mut sys_reply =
+            json!({ "heartbeat": self.shared.config.heartbeat_whole_secs().as_secs() });
+        if let Some(dict) = &self.shared.dictionary {
+            let held = sys.dict_version.as_ref().and_then(|v| v.as_str());
+            if held != Some(dict.version.as_str()) {
+                sys_reply["dict"] = json!(dict.code_of);
+                sys_reply["dictVersion"] = json!(dict.version);
+            }
+            sys_reply["useDict"] = json!(true);
+        }
+        let mut reply = json!({ "code": CODE_OK, "sys": sys_reply });
+        let mut user = user.unwrap_or(Value::Null);
+        if let Some(token) = token {
+            if !user.is_object() {
+                user = json!({});
+            }
+            user["resumeToken"] = json!(token);
+            user["resumed"] = json!(resumed);
+            user["resumeGrace"] = json!(self.shared.config.resume_grace.as_secs());
+        }
+        if !user.is_null() {
+            reply["user"] = user;
+        }
+        let reply = reply.to_string();
+        let _ = out_codec().encode_to(PackageType::Handshake, reply.as_bytes(), &mut self.out);
+        self.phase = Phase::WaitAck;
+    }
+}

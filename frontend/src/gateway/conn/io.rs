@@ -1,0 +1,218 @@
+//! The connection's loop: write what is encoded, take pushes and answers,
+//! read; its deadlines; and how a connection ends.
+
+use crate::SessionOwner;
+use bytes::BytesMut;
+use futures::StreamExt;
+use session_proxy_protocol::client::{MessageType, Route};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+use tracing::debug;
+
+use super::*;
+
+impl ClientConn {
+    /// Runs the connection until it must end; returns why.
+    ///
+    /// Each turn: write what is encoded (nothing else happens while the
+    /// client does not take it, up to the write timeout), then take queued
+    /// pushes, then finished requests (after the pushes the backend sent
+    /// before them), and read only when neither had anything.
+    pub(super) fn poll_run(
+        &mut self,
+        cx: &mut Context<'_>,
+        peer: SocketAddr,
+        mut timer: Pin<&mut Sleep>,
+        mut cancelled: Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Poll<String> {
+        if !self.started {
+            self.started = true;
+            // Bytes read while sniffing the transport (TLS) are packages too.
+            if !self.rbuf.is_empty() {
+                if let Err(reason) = self.on_bytes(peer) {
+                    return Poll::Ready(reason);
+                }
+            }
+        }
+        for _ in 0..TURNS_PER_POLL {
+            if !self.out.is_empty() || self.flushing {
+                match self
+                    .transport
+                    .poll_send(cx, &mut self.out, &mut self.flushing)
+                {
+                    Poll::Ready(Ok(())) => {
+                        if self.write_until.take().is_some() {
+                            self.rearm = true;
+                        }
+                        // Pushes whose senders wait for the write: written.
+                        self.written = None;
+                        if self.pending.as_ref().is_some_and(|p| !p.is_empty()) {
+                            // Busy: keep the buffer for the next answers.
+                            self.out.clear();
+                        } else {
+                            self.out = BytesMut::new();
+                        }
+                    }
+                    Poll::Ready(Err(err)) => return Poll::Ready(err),
+                    Poll::Pending => {
+                        if self.write_until.is_none() {
+                            self.write_until =
+                                Some(Instant::now() + self.shared.config.write_timeout);
+                            self.rearm = true;
+                        }
+                        return self.poll_stop(cx, timer, cancelled);
+                    }
+                }
+            }
+            if let Some(reason) = self.closing.take() {
+                return Poll::Ready(reason.into());
+            }
+            if let Poll::Ready(reason) = self.poll_stop(cx, timer.as_mut(), cancelled.as_mut()) {
+                return Poll::Ready(reason);
+            }
+            let mut busy = false;
+            // Pushes wait in the queue until the client has acked the
+            // handshake (a resumed session may have some already). Taking
+            // all that are queued sends a burst in one write.
+            if self.phase == Phase::Working {
+                while self.closing.is_none() {
+                    match self.owner.as_mut().map(|o| o.poll_recv_ticketed(cx)) {
+                        Some(Poll::Ready(event)) => {
+                            self.on_ticketed(event);
+                            busy = true;
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            while self.closing.is_none() {
+                let answer = match self.pending.as_mut() {
+                    Some(pending) if !pending.is_empty() => pending.poll_next_unpin(cx),
+                    _ => Poll::Pending,
+                };
+                let Poll::Ready(Some((id, body))) = answer else {
+                    break;
+                };
+                busy = true;
+                // Pushes the backend sent before this answer are already
+                // queued: write them first, so they arrive in order.
+                while let Some(Ok(Some(event))) =
+                    self.owner.as_mut().map(SessionOwner::try_recv_ticketed)
+                {
+                    self.on_ticketed(Some(event));
+                }
+                // After a kick nothing more goes out.
+                if self.closing.is_none() {
+                    self.write_message(MessageType::Response, id, &Route::None, &body);
+                }
+            }
+            if busy {
+                continue;
+            }
+            if !self.rbuf.is_empty() && !self.at_capacity() {
+                // Packages left undecoded while the connection was at its
+                // in-flight cap: there is room again.
+                let before = self.rbuf.len();
+                if let Err(reason) = self.on_bytes(peer) {
+                    return Poll::Ready(reason);
+                }
+                if self.rbuf.len() != before {
+                    continue;
+                }
+            }
+            if self.at_capacity() {
+                // Full: read nothing more until answers go out, so a
+                // pipelining client is slowed by TCP, not refused. The
+                // pending answers wake this task.
+                return self.poll_stop(cx, timer, cancelled);
+            }
+            match self.transport.poll_read(cx, &mut self.rbuf) {
+                Poll::Ready(Ok(true)) => {
+                    if let Err(reason) = self.on_bytes(peer) {
+                        return Poll::Ready(reason);
+                    }
+                    if self.rbuf.is_empty() {
+                        // Everything read was decoded: drop the buffer
+                        // until the client sends again.
+                        self.rbuf = BytesMut::new();
+                    }
+                }
+                Poll::Ready(Ok(false)) => {
+                    return Poll::Ready("client closed the connection".into())
+                }
+                Poll::Ready(Err(err)) => return Poll::Ready(err),
+                Poll::Pending => {
+                    if self.out.is_empty() && self.closing.is_none() {
+                        // Nothing to do until something wakes us; the
+                        // deadline may have moved while handling input.
+                        return self.poll_stop(cx, timer, cancelled);
+                    }
+                }
+            }
+        }
+        // A whole budget of turns in one poll: let the worker run other
+        // tasks, and come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Ends the connection on server shutdown or a passed deadline; moves
+    /// the timer first if a deadline changed.
+    pub(super) fn poll_stop(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut timer: Pin<&mut Sleep>,
+        cancelled: Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Poll<String> {
+        if cancelled.poll(cx).is_ready() {
+            return Poll::Ready("server shutting down".into());
+        }
+        loop {
+            if self.rearm {
+                self.rearm = false;
+                let at = match self.write_until {
+                    Some(w) => w.min(self.alive_until),
+                    None => self.alive_until,
+                };
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            if self.write_until.is_some_and(|w| w <= now) {
+                return Poll::Ready("client stopped reading (write timed out)".into());
+            }
+            if self.alive_until <= now {
+                return Poll::Ready(match self.phase {
+                    Phase::Working => "heartbeat timeout".into(),
+                    _ => "handshake timeout".into(),
+                });
+            }
+            // Fired for a deadline that has since moved.
+            self.rearm = true;
+        }
+    }
+
+    pub(super) async fn finish(mut self, reason: String) {
+        debug!(reason, "client connection ends");
+        if let Some(owner) = self.owner.take() {
+            let grace = self.shared.config.resume_grace;
+            if self.closing.is_some() || grace.is_zero() {
+                // Kicked, refused, or no resume: the session ends here.
+                self.shared
+                    .sessions
+                    .close_if_owner(owner.sid(), owner.generation(), &reason);
+                drop(owner);
+            } else {
+                // The client may come back with its token.
+                owner.park(grace);
+            }
+        }
+        self.transport.close().await;
+    }
+}

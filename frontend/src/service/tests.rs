@@ -1,0 +1,207 @@
+//! Unit tests of the session table.
+
+use super::*;
+use crate::{Error, SessionConfig, SingleSessionPolicy};
+use bytes::Bytes;
+use session_proxy_protocol::{KeyWrite, Precondition};
+
+fn service(policy: SingleSessionPolicy) -> SessionService {
+    let mut config = SessionConfig::new("f1");
+    config.single_session = policy;
+    SessionService::new(config)
+}
+
+fn bytes(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+#[test]
+fn bind_unbind_and_index() {
+    let s = service(SingleSessionPolicy::Off);
+    let a = s.create(ConnectInfo::default());
+    let b = s.create(ConnectInfo::default());
+    s.bind(a.sid(), "u").expect("bind a");
+    s.bind(b.sid(), "u").expect("bind b");
+    s.bind(a.sid(), "u")
+        .expect("rebinding the same uid is a no-op");
+    assert_eq!(s.sids_of_uid("u").len(), 2);
+    assert!(matches!(
+        s.bind(a.sid(), "v"),
+        Err(Error::AlreadyBound { .. })
+    ));
+    assert!(matches!(
+        s.unbind(a.sid(), "v"),
+        Err(Error::UidMismatch { .. })
+    ));
+    s.unbind(a.sid(), "u").expect("unbind");
+    assert_eq!(s.sids_of_uid("u"), vec![b.sid()]);
+    drop(b);
+    assert_eq!(s.uid_count(), 0);
+}
+
+#[test]
+fn the_settings_byte_count_stays_in_step() {
+    let s = service(SingleSessionPolicy::Off);
+    let a = s.create(ConnectInfo::default());
+    let sid = a.sid();
+    let check = || {
+        let e = s.inner.sessions.get(&sid).expect("open");
+        let sum: usize = e
+            .settings
+            .iter()
+            .map(|(k, v)| k.len() + v.value.len())
+            .sum();
+        assert_eq!(e.settings_bytes, sum);
+    };
+    s.set(sid, "a", bytes("12345")).expect("set");
+    check();
+    s.set(sid, "a", bytes("1")).expect("replace");
+    check();
+    s.import(
+        sid,
+        [
+            ("b".to_string(), bytes("xy")),
+            ("a".to_string(), bytes("zzz")),
+        ],
+    )
+    .expect("import");
+    check();
+    let writes = vec![
+        KeyWrite {
+            key: "b".into(),
+            value: None,
+            expect: Precondition::Any,
+        },
+        KeyWrite {
+            key: "c".into(),
+            value: Some(bytes("cc")),
+            expect: Precondition::Any,
+        },
+        KeyWrite {
+            key: "c".into(),
+            value: Some(bytes("c")),
+            expect: Precondition::Any,
+        },
+    ];
+    s.apply_push(sid, writes).expect("push");
+    check();
+    assert!(s.remove_key(sid, "a").expect("open"));
+    check();
+}
+
+#[test]
+fn versions_are_never_reused() {
+    let s = service(SingleSessionPolicy::Off);
+    let a = s.create(ConnectInfo::default());
+    let v1 = s.set(a.sid(), "k", bytes("1")).expect("set");
+    assert!(s.remove_key(a.sid(), "k").expect("remove"));
+    let v2 = s.set(a.sid(), "k", bytes("2")).expect("set");
+    assert!(v2 > v1);
+}
+
+#[test]
+fn push_is_all_or_nothing() {
+    let s = service(SingleSessionPolicy::Off);
+    let a = s.create(ConnectInfo::default());
+    let v = s.set(a.sid(), "k", bytes("1")).expect("set");
+    let err = s
+        .apply_push(
+            a.sid(),
+            vec![
+                KeyWrite {
+                    key: "other".into(),
+                    value: Some(bytes("x")),
+                    expect: Precondition::Any,
+                },
+                KeyWrite {
+                    key: "k".into(),
+                    value: Some(bytes("2")),
+                    expect: Precondition::Version(v + 1),
+                },
+            ],
+        )
+        .expect_err("stale version");
+    assert!(matches!(err, Error::Conflict { ref key, .. } if key == "k"));
+    let snap = s.get(a.sid()).expect("open");
+    assert!(!snap.settings.contains_key("other"), "nothing applied");
+    assert_eq!(snap.settings["k"].value, bytes("1"));
+}
+
+#[test]
+fn kick_old_policy_replaces() {
+    let s = service(SingleSessionPolicy::KickOld);
+    let mut a = s.create(ConnectInfo::default());
+    let b = s.create(ConnectInfo::default());
+    s.bind(a.sid(), "u").expect("bind a");
+    s.bind(b.sid(), "u").expect("bind b replaces a");
+    assert_eq!(
+        a.try_recv(),
+        Ok(Some(Outbound::Kick {
+            reason: "replaced".into()
+        }))
+    );
+    assert_eq!(a.try_recv(), Err(()));
+    assert_eq!(s.sids_of_uid("u"), vec![b.sid()]);
+    assert!(s.get(a.sid()).is_none());
+}
+
+#[test]
+fn reject_new_policy_refuses() {
+    let s = service(SingleSessionPolicy::RejectNew);
+    let a = s.create(ConnectInfo::default());
+    let b = s.create(ConnectInfo::default());
+    s.bind(a.sid(), "u").expect("bind a");
+    assert!(matches!(s.bind(b.sid(), "u"), Err(Error::SessionLimit)));
+    assert_eq!(s.get(b.sid()).expect("b stays open").uid, None);
+    assert_eq!(s.sids_of_uid("u"), vec![a.sid()]);
+}
+
+#[test]
+fn events_follow_the_lifecycle() {
+    let s = service(SingleSessionPolicy::Off);
+    let mut events = s.subscribe();
+    let a = s.create(ConnectInfo::default());
+    let sid = a.sid();
+    s.bind(sid, "u").expect("bind");
+    s.unbind(sid, "u").expect("unbind");
+    s.bind(sid, "w").expect("bind");
+    drop(a);
+    let got: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert_eq!(
+        got,
+        vec![
+            SessionEvent::Bound {
+                sid,
+                uid: "u".into()
+            },
+            SessionEvent::Unbound {
+                sid,
+                uid: "u".into()
+            },
+            SessionEvent::Bound {
+                sid,
+                uid: "w".into()
+            },
+            SessionEvent::Closed {
+                sid,
+                uid: Some("w".into()),
+                reason: "disconnected".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_full_push_queue_closes_the_slow_client() {
+    let mut config = SessionConfig::new("f1");
+    config.owner_queue = 1;
+    let s = SessionService::new(config);
+    let mut a = s.create(ConnectInfo::default());
+    s.push_to_client(a.sid(), "onChat", bytes("1"))
+        .expect("room for one");
+    assert!(matches!(
+        s.push_to_client(a.sid(), "onChat", bytes("2")),
+        Err(Error::OwnerQueueFull(_))
+    ));
+    assert!(matches!(a.try_recv(), Ok(Some(Outbound::Push { .. }))));
+}
