@@ -65,3 +65,8 @@ pub use session_proxy_frontend::{
     RpcServer, SessionConfig, SessionEvent, SessionOwner, SessionService, SingleSessionPolicy,
 };
 pub use session_proxy_protocol::{ErrorCode, SessionId};
+
+/// The README's snippets, compiled and run as doc-tests.
+#[cfg(all(doctest, feature = "cli"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

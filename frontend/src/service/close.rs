@@ -12,7 +12,7 @@ impl SessionService {
     }
 
     /// Closes a session if `gen` is still its current owner (see
-    /// [`SessionOwner::generation`]).
+    /// [`SessionOwner::generation`](crate::SessionOwner::generation)).
     pub fn close_if_owner(&self, sid: SessionId, gen: u64, reason: &str) -> bool {
         let current = self.inner.sessions.get(&sid).map(|e| e.owner_gen);
         current == Some(gen) && self.close(sid, reason)
