@@ -321,13 +321,7 @@ async fn logged_in_raw_client(addr: std::net::SocketAddr, uid: &str) -> TcpStrea
     let mut codec = PackageCodec::new(MAX_PACKAGE_BODY);
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut out = BytesMut::new();
-    codec
-        .encode_to(
-            PackageType::Handshake,
-            br#"{"sys":{"type":"test","version":"1"},"user":{}}"#,
-            &mut out,
-        )
-        .expect("encode");
+    common::encode_client_handshake(&mut out);
     s.write_all(&out).await.expect("write");
     let mut buf = BytesMut::new();
     // Handshake reply, then (after the ack and the login) the login answer.

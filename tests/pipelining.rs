@@ -83,13 +83,7 @@ async fn pipeline(addr: SocketAddr, ws: bool, route: &str) -> BTreeMap<u64, Valu
     let codec = PackageCodec::new(MAX_PACKAGE_BODY);
     let mut wire = Wire::open(addr, ws).await;
     let mut out = BytesMut::new();
-    codec
-        .encode_to(
-            PackageType::Handshake,
-            br#"{"sys":{"type":"test","version":"1"},"user":{}}"#,
-            &mut out,
-        )
-        .expect("encode");
+    common::encode_client_handshake(&mut out);
     wire.send(out.split()).await;
     assert_eq!(wire.next().await.0, PackageType::Handshake);
     codec

@@ -149,3 +149,15 @@ pub fn secured_backend(secret: Option<&str>, addr: SocketAddr) -> BackendSession
     config.secret = secret.map(session_proxy::protocol::Secret::new);
     start_backend_with(config, "f1", addr)
 }
+
+/// Appends a Pomelo client's handshake package (raw clients in tests).
+pub fn encode_client_handshake(out: &mut bytes::BytesMut) {
+    use session_proxy::protocol::client::{PackageCodec, PackageType, MAX_PACKAGE_BODY};
+    PackageCodec::new(MAX_PACKAGE_BODY)
+        .encode_to(
+            PackageType::Handshake,
+            br#"{"sys":{"type":"test","version":"1"},"user":{}}"#,
+            out,
+        )
+        .expect("a handshake encodes");
+}

@@ -172,7 +172,7 @@ impl Gateway {
         self.sessions.config().validate()?;
         let listener =
             bind_reusable(addr, 4096).map_err(|source| crate::Error::Listen { addr, source })?;
-        self.serve(listener)
+        Ok(self.start(listener))
     }
 
     /// Serves clients on an already bound listener. Fails only on a
@@ -180,6 +180,11 @@ impl Gateway {
     pub fn serve(self, listener: TcpListener) -> Result<GatewayServer, crate::Error> {
         self.config.validate()?;
         self.sessions.config().validate()?;
+        Ok(self.start(listener))
+    }
+
+    /// Serves on `listener` with configs already checked.
+    fn start(self, listener: TcpListener) -> GatewayServer {
         if let Some(hook) = self.on_close {
             let backends = self.backends.clone();
             let registered = self.sessions.on_closed(Arc::new(
@@ -220,7 +225,7 @@ impl Gateway {
             accept_loop(acceptor, shared, running.tracker.clone())
                 .instrument(tracing::info_span!("gateway", %local_addr)),
         );
-        Ok(GatewayServer { running })
+        GatewayServer { running }
     }
 }
 

@@ -56,7 +56,7 @@ impl RpcServer {
         service.config().validate()?;
         let listener =
             bind_reusable(addr, 1024).map_err(|source| crate::Error::Listen { addr, source })?;
-        Self::serve(listener, service, config)
+        Ok(Self::start(listener, service, config))
     }
 
     /// Serves backends on an already bound listener. Fails only on a
@@ -68,6 +68,11 @@ impl RpcServer {
     ) -> Result<RpcServer, crate::Error> {
         config.validate()?;
         service.config().validate()?;
+        Ok(Self::start(listener, service, config))
+    }
+
+    /// Serves on `listener` with configs already checked.
+    fn start(listener: TcpListener, service: SessionService, config: RpcConfig) -> RpcServer {
         let running = Running::new(&listener);
         let backends = BackendRegistry::new();
         let acceptor = Acceptor::new(listener, config.max_connections, running.cancel.clone());
@@ -86,7 +91,7 @@ impl RpcServer {
         running
             .tracker
             .spawn(accept.instrument(tracing::info_span!("rpc_server", %local_addr)));
-        Ok(RpcServer { running, backends })
+        RpcServer { running, backends }
     }
 
     /// The backends connected to this server that serve client requests;
