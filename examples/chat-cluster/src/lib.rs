@@ -348,23 +348,12 @@ impl ChatCluster {
 
     async fn wait_until_connected(&self, within: Duration) -> anyhow::Result<()> {
         let want = self.chat_servers.len();
-        let until = tokio::time::Instant::now() + within;
-        loop {
-            let ready = self.connectors.iter().all(|c| {
-                c.rpc
-                    .backends()
-                    .nodes()
-                    .iter()
-                    .any(|(t, nodes)| t == "chat" && nodes.len() == want)
-            });
-            if ready {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > until {
+        for c in &self.connectors {
+            if !c.rpc.backends().wait_for("chat", want, within).await {
                 anyhow::bail!("chat servers did not connect to every connector within {within:?}");
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        Ok(())
     }
 
     /// Where clients ask for their connector.
