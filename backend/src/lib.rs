@@ -77,4 +77,4 @@ pub use link::{FrontendClient, PendingCall};
 pub use service::BackendSessionService;
 pub use session::BackendSession;
 #[cfg(feature = "tls")]
-pub use tls::LinkTls;
+pub use tls::{LinkTls, TlsError};

@@ -21,6 +21,7 @@
 //!   both ends of a connection.
 //! - [`client`]: the Pomelo/Pinus client protocol (packages, messages,
 //!   handshake) that client connectors speak.
+//! - `tls` (feature `tls`): PEM reading and the TLS error both ends share.
 //!
 //! # Example
 //! ```
@@ -50,6 +51,8 @@ pub mod error;
 pub mod id;
 pub mod inflight;
 pub mod message;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use auth::Secret;
 pub use codec::{MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
