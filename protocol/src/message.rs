@@ -82,6 +82,41 @@ impl Hello {
             expect_peer,
         }
     }
+
+    /// Why a frontend named `me` refuses this hello before any secret is
+    /// checked, if it does: another protocol, another version, a peer that
+    /// is not a backend, or a backend that meant to reach another frontend.
+    pub fn refusal(&self, me: &str) -> Option<RpcError> {
+        use crate::ErrorCode;
+        if self.magic != MAGIC {
+            return Some(RpcError::new(
+                ErrorCode::VersionMismatch,
+                "not a session-proxy peer",
+            ));
+        }
+        if self.version != PROTOCOL_VERSION {
+            return Some(RpcError::new(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "protocol version {} is not supported (this frontend speaks {PROTOCOL_VERSION})",
+                    self.version
+                ),
+            ));
+        }
+        if self.role != Role::Backend {
+            return Some(RpcError::new(
+                ErrorCode::Unsupported,
+                "only backends may connect here",
+            ));
+        }
+        match self.expect_peer.as_deref() {
+            Some(expected) if expected != me => Some(RpcError::new(
+                ErrorCode::WrongFrontend,
+                format!("this is frontend {me:?}, not {expected:?}"),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// The answer to a [`Hello`].
@@ -333,4 +368,44 @@ pub struct SessionInfo {
     pub metadata: BTreeMap<String, String>,
     /// Whether its client is away (parked, waiting for a resume).
     pub parked: bool,
+}
+
+#[cfg(test)]
+mod hello_tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn a_frontend_refuses_what_is_not_a_backend_of_its_version_meant_for_it() {
+        let ok = Hello::new("b1", Role::Backend, Some("f1".into()));
+        assert_eq!(ok.refusal("f1"), None);
+        assert_eq!(Hello::new("b1", Role::Backend, None).refusal("f1"), None);
+        let code = |h: &Hello| h.refusal("f1").map(|e| e.code);
+        assert_eq!(
+            code(&Hello {
+                magic: 1,
+                ..ok.clone()
+            }),
+            Some(ErrorCode::VersionMismatch)
+        );
+        assert_eq!(
+            code(&Hello {
+                version: 99,
+                ..ok.clone()
+            }),
+            Some(ErrorCode::VersionMismatch)
+        );
+        assert_eq!(
+            code(&Hello {
+                role: Role::Frontend,
+                ..ok.clone()
+            }),
+            Some(ErrorCode::Unsupported)
+        );
+        let elsewhere = Hello {
+            expect_peer: Some("f2".into()),
+            ..ok
+        };
+        assert_eq!(code(&elsewhere), Some(ErrorCode::WrongFrontend));
+    }
 }

@@ -8,7 +8,7 @@ use session_proxy::{
 };
 use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions, Transport};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -105,17 +105,10 @@ pub fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService,
 }
 
 pub async fn wait_for_backends(node: &Node, n: usize) {
-    let until = Instant::now() + WAIT;
-    while !node
-        .rpc
-        .backends()
-        .nodes()
-        .iter()
-        .any(|(t, v)| t == "game" && v.len() == n)
-    {
-        assert!(Instant::now() < until, "backends did not connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        node.rpc.backends().wait_for("game", n, WAIT).await,
+        "backends did not connect"
+    );
 }
 
 pub async fn client(addr: SocketAddr, transport: Transport) -> PomeloClient {

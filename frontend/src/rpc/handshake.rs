@@ -6,7 +6,7 @@ use super::link::BackendConn;
 use futures::{SinkExt, StreamExt};
 use session_proxy_protocol::auth::NONCE_LEN;
 use session_proxy_protocol::{
-    CodecError, ErrorCode, Hello, HelloReply, Message, MessageCodec, Role, RpcError, Secret, MAGIC,
+    CodecError, ErrorCode, Hello, HelloReply, Message, MessageCodec, RpcError, Secret,
     PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,7 +33,7 @@ impl BackendConn {
             Ok(Some(Ok(Message::Hello(hello)))) => hello,
             Ok(Some(Ok(_))) => return Err("first frame is not a hello".into()),
         };
-        let mut refusal = self.check_hello(&hello);
+        let mut refusal = hello.refusal(self.service.frontend_id());
         if refusal.is_none() {
             if let Some(secret) = &self.config.secret {
                 refusal = self.authenticate(framed, secret, &hello).await?;
@@ -106,39 +106,6 @@ impl BackendConn {
                 ErrorCode::Unauthorized,
                 "authentication failed",
             )))
-        }
-    }
-
-    /// Why a hello is refused, if it is.
-    fn check_hello(&self, hello: &Hello) -> Option<RpcError> {
-        let me = self.service.frontend_id();
-        if hello.magic != MAGIC {
-            return Some(RpcError::new(
-                ErrorCode::VersionMismatch,
-                "not a session-proxy peer",
-            ));
-        }
-        if hello.version != PROTOCOL_VERSION {
-            return Some(RpcError::new(
-                ErrorCode::VersionMismatch,
-                format!(
-                    "protocol version {} is not supported (this frontend speaks {PROTOCOL_VERSION})",
-                    hello.version
-                ),
-            ));
-        }
-        if hello.role != Role::Backend {
-            return Some(RpcError::new(
-                ErrorCode::Unsupported,
-                "only backends may connect here",
-            ));
-        }
-        match hello.expect_peer.as_deref() {
-            Some(expected) if expected != me => Some(RpcError::new(
-                ErrorCode::WrongFrontend,
-                format!("this is frontend {me:?}, not {expected:?}"),
-            )),
-            _ => None,
         }
     }
 }
