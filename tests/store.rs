@@ -96,10 +96,14 @@ async fn exercise(store: &dyn SessionStore) {
     );
     assert_eq!(store.delete_uid("alice:eu").await.expect("delete uid"), 1);
     assert!(store.by_uid("alice:eu").await.expect("by uid").is_empty());
-    store
-        .refresh(vec![SessionId::from_raw(2)], ttl)
-        .await
-        .expect("refresh");
+    // A refresh reports what the store no longer holds.
+    assert_eq!(
+        store
+            .refresh(vec![SessionId::from_raw(2), SessionId::from_raw(3)], ttl)
+            .await
+            .expect("refresh"),
+        vec![SessionId::from_raw(3)]
+    );
     assert_eq!(
         store.list().await.expect("list"),
         vec![SessionId::from_raw(2)]
@@ -272,7 +276,7 @@ impl SessionStore for Counting {
         &self,
         sids: Vec<SessionId>,
         ttl: Duration,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, ()> {
+    ) -> session_proxy::frontend::store::StoreFuture<'_, Vec<SessionId>> {
         self.inner.refresh(sids, ttl)
     }
 }

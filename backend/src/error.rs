@@ -21,6 +21,17 @@ pub enum Error {
         #[source]
         source: RpcError,
     },
+    /// The frontend applied the change but could not make it durable yet
+    /// (its session store is failing). Later reads see the change, and the
+    /// frontend writes it once the store is back; a crash of that frontend
+    /// before then loses it. Do not apply it again as if it had failed.
+    #[error("frontend {frontend} applied the change, not yet durable: {message}")]
+    NotDurable {
+        /// The frontend that answered.
+        frontend: String,
+        /// What the frontend said about its store.
+        message: String,
+    },
     /// No response within the call's deadline.
     #[error("call to frontend {frontend} got no response within {after:?}")]
     DeadlineExceeded {
@@ -99,6 +110,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Remote { source, .. } => source.code,
+            Error::NotDurable { .. } => ErrorCode::NotDurable,
             Error::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             Error::ConnectionLost { .. } => ErrorCode::PeerClosed,
             Error::Unavailable { .. } | Error::UnknownFrontend(_) => ErrorCode::Unavailable,

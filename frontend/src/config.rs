@@ -393,6 +393,14 @@ pub struct StoreOptions {
     /// How long a session restored after a restart waits for its client to
     /// resume. Default: 60 s.
     pub restore_grace: Duration,
+    /// The deadline of every store call. A store that does not answer in
+    /// time is taken as down: mutations are answered at once with
+    /// `NotDurable` (applied, not yet written) while a background task
+    /// retries, and nothing else waits on the store. Default: 1 s.
+    pub call_timeout: Duration,
+    /// The longest pause between two retries while the store is down (the
+    /// pause doubles from 50 ms up to this). Default: 1 s.
+    pub retry_max: Duration,
 }
 
 impl Default for StoreOptions {
@@ -401,6 +409,8 @@ impl Default for StoreOptions {
             ttl: Duration::from_secs(600),
             flush_interval: Duration::from_millis(50),
             restore_grace: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
         }
     }
 }
@@ -418,6 +428,8 @@ impl StoreOptions {
                 ),
                 ("flush_interval", !self.flush_interval.is_zero(), POSITIVE),
                 ("restore_grace", !self.restore_grace.is_zero(), POSITIVE),
+                ("call_timeout", !self.call_timeout.is_zero(), POSITIVE),
+                ("retry_max", !self.retry_max.is_zero(), POSITIVE),
             ],
         )
     }
@@ -436,6 +448,11 @@ pub struct RedisStoreConfig {
     /// How often to sweep index entries whose session is gone.
     /// Default: 60 s.
     pub sweep_interval: Duration,
+    /// How long one attempt to connect to the server may take. Default: 1 s.
+    pub connect_timeout: Duration,
+    /// How long the server may take to answer one command (or pipeline);
+    /// past it the command fails and the connection is replaced. Default: 1 s.
+    pub response_timeout: Duration,
 }
 
 #[cfg(feature = "redis")]
@@ -445,6 +462,8 @@ impl Default for RedisStoreConfig {
             url: "redis://127.0.0.1:6379/0".into(),
             prefix: "sp:".into(),
             sweep_interval: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
         }
     }
 }

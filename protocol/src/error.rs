@@ -42,6 +42,11 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The peer could not prove it knows the cluster secret.
     Unauthorized,
+    /// The change was applied on the frontend (later reads see it) but
+    /// could not be written to the session store yet; the frontend keeps
+    /// retrying and writes it once the store answers again. Until then a
+    /// crash of that frontend would lose it.
+    NotDurable,
     /// The peer does not handle this kind of call.
     Unsupported,
     /// No handler is registered for a forwarded route.
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => 23,
             ErrorCode::LimitExceeded => 24,
             ErrorCode::Unauthorized => 25,
+            ErrorCode::NotDurable => 26,
             ErrorCode::Unsupported => 30,
             ErrorCode::UnknownRoute => 31,
             ErrorCode::NoBackend => 32,
@@ -106,6 +112,7 @@ impl From<u16> for ErrorCode {
             23 => ErrorCode::Overloaded,
             24 => ErrorCode::LimitExceeded,
             25 => ErrorCode::Unauthorized,
+            26 => ErrorCode::NotDurable,
             30 => ErrorCode::Unsupported,
             31 => ErrorCode::UnknownRoute,
             32 => ErrorCode::NoBackend,
@@ -133,6 +140,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::LimitExceeded => "limit exceeded",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotDurable => "applied, not yet durable",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::UnknownRoute => "unknown route",
             ErrorCode::NoBackend => "no backend",

@@ -152,7 +152,7 @@ impl RunningFrontend {
         if let Some(gateway) = self.gateway {
             gateway.shutdown(DRAIN).await;
         }
-        if let Err(err) = self.sessions.flush().await {
+        if let Err(err) = self.sessions.flush_within(DRAIN).await {
             tracing::warn!(cause = %err, "last write to the session store failed");
         }
         if !self.rpc.shutdown(DRAIN).await {

@@ -90,3 +90,13 @@ pub async fn sigkill(child: &mut Child) {
         .expect("wait");
     assert!(!status.success(), "killed, not exited");
 }
+
+/// Sends `SIG<name>` to one process, by its PID.
+pub fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
+}

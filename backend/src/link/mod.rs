@@ -399,6 +399,12 @@ impl PendingCall {
         }
         match outcome {
             Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
+            Ok(Ok(Outcome::Remote(source))) if source.code == ErrorCode::NotDurable => {
+                Err(Error::NotDurable {
+                    frontend: self.client.frontend_id().to_string(),
+                    message: source.message,
+                })
+            }
             Ok(Ok(Outcome::Remote(source))) => Err(Error::Remote {
                 frontend: self.client.frontend_id().to_string(),
                 source,

@@ -2,6 +2,7 @@
 
 use super::link::BackendConn;
 use crate::delivery::{Receipt, Ticket};
+use crate::SessionService;
 use session_proxy_protocol::{Call, ErrorCode, Message, Reply, Response, RpcError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,41 @@ pub(super) fn answer_when_written(
         });
         // Fails only if the link is gone, and its caller with it.
         let _ = late_answers.send(answer).await;
+    });
+}
+
+/// Makes a batch's changes durable, then answers them through the link's
+/// outgoing queue, on a task of the server's tracker. A store that fails
+/// turns each answer into [`ErrorCode::NotDurable`]: the change is applied
+/// and stays pending until the store answers again.
+pub(super) fn commit_then_answer(
+    tasks: &TaskTracker,
+    service: SessionService,
+    answers: Vec<(u64, Result<Reply, RpcError>, bool)>,
+    late_answers: mpsc::Sender<Message>,
+) {
+    tasks.spawn(async move {
+        let committed = service.flush().await;
+        if let Err(err) = &committed {
+            debug!(cause = %err, calls = answers.len(), "answering changes as not yet durable");
+        }
+        for (id, result, _) in answers {
+            let result = match &committed {
+                Ok(()) => result,
+                Err(err) => Err(RpcError::new(
+                    ErrorCode::NotDurable,
+                    format!("applied, not yet durable (written once the store answers): {err}"),
+                )),
+            };
+            // Fails only if the link is gone, and its caller with it.
+            if late_answers
+                .send(Message::Response(Response { id, result }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     });
 }
 

@@ -2,14 +2,12 @@
 //! session calls in arrival order, commits them to the store once per batch,
 //! and writes the forwarded requests queued for it.
 
-use super::apply::{answer_when_written, mutates, pushes_to_clients};
+use super::apply::{answer_when_written, commit_then_answer, mutates, pushes_to_clients};
 use crate::delivery::Receipt;
 use crate::forward::BackendLink;
 use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
-use session_proxy_protocol::{
-    CodecError, ErrorCode, Message, MessageCodec, Reply, Response, RpcError,
-};
+use session_proxy_protocol::{CodecError, Message, MessageCodec, Reply, Response, RpcError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,19 +203,19 @@ impl BackendConn {
                     next = framed.next().now_or_never();
                 }
             }
-            // Group commit: what we acknowledge is in the store first.
-            if answers.iter().any(|(_, r, m)| *m && r.is_ok()) {
-                if let Err(err) = self.service.flush().await {
-                    warn!(cause = %err, "session store write failed; failing this batch's changes");
-                    for (_, result, mutates) in answers.iter_mut() {
-                        if *mutates && result.is_ok() {
-                            *result = Err(RpcError::new(
-                                ErrorCode::Unavailable,
-                                format!("applied but not yet persisted (will retry): {err}"),
-                            ));
-                        }
-                    }
-                }
+            // Group commit: what we acknowledge is in the store first. The
+            // store is awaited on a task of its own, so a slow or failing
+            // store never holds up the other calls on this link.
+            if self.service.has_store() && answers.iter().any(|(_, r, m)| *m && r.is_ok()) {
+                let (durable, rest): (Vec<_>, Vec<_>) =
+                    answers.drain(..).partition(|(_, r, m)| *m && r.is_ok());
+                answers = rest;
+                commit_then_answer(
+                    &self.tasks,
+                    self.service.clone(),
+                    durable,
+                    late_answers.clone(),
+                );
             }
             for (id, result, _) in answers.drain(..) {
                 // `feed` only buffers; it writes when the buffer is past its

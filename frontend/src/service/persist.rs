@@ -29,6 +29,115 @@ pub(crate) struct StoreLink {
     /// One flush at a time; a caller that waits finds its changes either
     /// written by the flush it waited for or still dirty for its own.
     flush_lock: tokio::sync::Mutex<()>,
+    /// Since when the store has failed without answering since; `None`
+    /// while it answers. While it is down, callers fail at once and only
+    /// the background task tries the store.
+    down_since: Mutex<Option<Instant>>,
+}
+
+impl StoreLink {
+    /// Runs one store call under the deadline, and keeps the up/down state.
+    async fn call<T>(&self, op: crate::store::StoreFuture<'_, T>) -> Result<T, StoreError> {
+        let after = self.options.call_timeout;
+        let result = match tokio::time::timeout(after, op).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::TimedOut { after }),
+        };
+        match &result {
+            Ok(_) => self.answered(),
+            Err(StoreError::Unavailable { .. } | StoreError::TimedOut { .. }) => {
+                self.failed(result.as_ref().err())
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Fails at once while the store is down.
+    fn check_up(&self) -> Result<(), StoreError> {
+        match *lock(&self.down_since) {
+            Some(since) => Err(StoreError::Down {
+                down_for: since.elapsed(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        lock(&self.down_since).is_some()
+    }
+
+    fn answered(&self) {
+        if let Some(since) = lock(&self.down_since).take() {
+            tracing::info!(down_for = ?since.elapsed(), "session store answers again; writing what waited");
+        }
+    }
+
+    fn failed(&self, err: Option<&StoreError>) {
+        let mut down = lock(&self.down_since);
+        if down.is_none() {
+            *down = Some(Instant::now());
+            // Once per outage; the retries that follow log at debug.
+            tracing::warn!(
+                cause = %err.map(ToString::to_string).unwrap_or_default(),
+                "session store failed; changes are kept in memory and retried, \
+                 mutations are answered NotDurable until it answers"
+            );
+        }
+    }
+
+    /// Writes the dirty and deleted sessions of `service`; on failure they
+    /// stay pending for the next attempt.
+    async fn write(&self, service: &SessionService) -> Result<(), StoreError> {
+        let _one_at_a_time = self.flush_lock.lock().await;
+        let dirty: Vec<SessionId> = lock(&self.dirty).drain().collect();
+        let deleted: Vec<SessionId> = lock(&self.deleted).drain().collect();
+        if dirty.is_empty() && deleted.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<StoredSession> = dirty
+            .iter()
+            .filter_map(|sid| {
+                service
+                    .inner
+                    .sessions
+                    .get(sid)
+                    .map(|e| service.to_stored(*sid, &e))
+            })
+            .collect();
+        let mut written = self.call(self.store.put(records, self.options.ttl)).await;
+        if written.is_ok() && !deleted.is_empty() {
+            written = self
+                .call(self.store.delete(deleted.clone()))
+                .await
+                .map(drop);
+        }
+        if written.is_err() {
+            lock(&self.dirty).extend(dirty);
+            lock(&self.deleted).extend(deleted);
+        }
+        written
+    }
+
+    /// Restarts the TTL of every live session; sessions the store lost (a
+    /// server restarted empty) are marked to be written again.
+    async fn refresh(&self, service: &SessionService) -> Result<(), StoreError> {
+        let missing = self
+            .call(self.store.refresh(service.sids(), self.options.ttl))
+            .await?;
+        let missing: Vec<SessionId> = missing
+            .into_iter()
+            .filter(|sid| service.inner.sessions.contains_key(sid))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(
+                sessions = missing.len(),
+                "the session store lost sessions (restarted empty?); writing them again"
+            );
+            lock(&self.dirty).extend(missing);
+        }
+        Ok(())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -120,14 +229,15 @@ impl SessionService {
         store: Arc<dyn SessionStore>,
         options: StoreOptions,
     ) -> Result<usize, StoreError> {
-        let restored = self.restore(store.as_ref(), options.restore_grace).await?;
         let link = StoreLink {
             store,
             options,
             dirty: Mutex::default(),
             deleted: Mutex::default(),
             flush_lock: tokio::sync::Mutex::new(()),
+            down_since: Mutex::new(None),
         };
+        let restored = self.restore(&link).await?;
         if self.inner.store.set(link).is_err() {
             tracing::warn!("a store is already attached; ignoring the second one");
             return Ok(0);
@@ -136,14 +246,10 @@ impl SessionService {
         Ok(restored)
     }
 
-    async fn restore(
-        &self,
-        store: &dyn SessionStore,
-        grace: Duration,
-    ) -> Result<usize, StoreError> {
+    async fn restore(&self, link: &StoreLink) -> Result<usize, StoreError> {
         let mut restored = 0;
-        for sid in store.list().await? {
-            let Some(record) = store.get(sid).await? else {
+        for sid in link.call(link.store.list()).await? {
+            let Some(record) = link.call(link.store.get(sid)).await? else {
                 continue;
             };
             if record.info.frontend_id != self.frontend_id()
@@ -151,7 +257,7 @@ impl SessionService {
             {
                 continue;
             }
-            self.insert_restored(record, grace);
+            self.insert_restored(record, link.options.restore_grace);
             restored += 1;
         }
         if restored > 0 {
@@ -212,40 +318,32 @@ impl SessionService {
     }
 
     /// Writes every change made so far to the store (no-op without one).
-    /// On failure the changes stay pending and the next flush retries them.
+    /// On failure the changes stay pending and the background task retries
+    /// them. Bounded by [`StoreOptions::call_timeout`]; while the store is
+    /// down it fails at once with [`StoreError::Down`].
     pub async fn flush(&self) -> Result<(), StoreError> {
         let Some(link) = self.inner.store.get() else {
             return Ok(());
         };
-        let _one_at_a_time = link.flush_lock.lock().await;
-        let dirty: Vec<SessionId> = lock(&link.dirty).drain().collect();
-        let deleted: Vec<SessionId> = lock(&link.deleted).drain().collect();
-        if dirty.is_empty() && deleted.is_empty() {
+        link.check_up()?;
+        link.write(self).await
+    }
+
+    /// Tries once more to write every pending change, even while the store
+    /// is down, for at most `within` (for shutdown: the last chance).
+    pub async fn flush_within(&self, within: Duration) -> Result<(), StoreError> {
+        let Some(link) = self.inner.store.get() else {
             return Ok(());
+        };
+        match tokio::time::timeout(within, link.write(self)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::TimedOut { after: within }),
         }
-        let records: Vec<StoredSession> = dirty
-            .iter()
-            .filter_map(|sid| {
-                self.inner
-                    .sessions
-                    .get(sid)
-                    .map(|e| self.to_stored(*sid, &e))
-            })
-            .collect();
-        let written = async {
-            link.store.put(records, link.options.ttl).await?;
-            if !deleted.is_empty() {
-                link.store.delete(deleted.clone()).await?;
-            }
-            Ok::<(), StoreError>(())
-        }
-        .await;
-        if let Err(err) = written {
-            lock(&link.dirty).extend(dirty);
-            lock(&link.deleted).extend(deleted);
-            return Err(err);
-        }
-        Ok(())
+    }
+
+    /// Whether the attached store failed and has not answered since.
+    pub fn store_down(&self) -> bool {
+        self.inner.store.get().is_some_and(StoreLink::is_down)
     }
 
     /// Every session of `uid` on every frontend sharing the store (this
@@ -265,8 +363,9 @@ impl SessionService {
             })
             .collect();
         if let Some(link) = self.inner.store.get() {
+            link.check_up()?;
             let known: HashSet<SessionId> = local.iter().map(|i| i.sid).collect();
-            for record in link.store.by_uid(uid).await? {
+            for record in link.call(link.store.by_uid(uid)).await? {
                 if !known.contains(&record.info.sid) {
                     local.push(record.info);
                 }
@@ -289,13 +388,12 @@ impl SessionService {
         if let Some(link) = self.inner.store.get() {
             self.flush().await?;
             let stored: Vec<SessionId> = link
-                .store
-                .by_uid(uid)
+                .call(link.store.by_uid(uid))
                 .await?
                 .into_iter()
                 .map(|s| s.info.sid)
                 .collect();
-            link.store.delete(stored.clone()).await?;
+            link.call(link.store.delete(stored.clone())).await?;
             ended.extend(stored);
         }
         ended.sort();
@@ -305,31 +403,52 @@ impl SessionService {
 }
 
 /// Flushes coalesced changes and keeps live sessions alive in the store,
-/// until the service is dropped.
+/// until the service is dropped. While the store is down it retries with a
+/// doubling pause (up to [`StoreOptions::retry_max`]); once the store
+/// answers it writes what waited and refreshes at once, so sessions a
+/// restarted-empty server lost are written again.
 async fn background(inner: Weak<super::Inner>) {
-    let (flush_every, ttl) = match inner.upgrade().and_then(|i| {
+    let Some((flush_every, ttl, retry_max)) = inner.upgrade().and_then(|i| {
         i.store
             .get()
-            .map(|l| (l.options.flush_interval, l.options.ttl))
-    }) {
-        Some(x) => x,
-        None => return,
+            .map(|l| (l.options.flush_interval, l.options.ttl, l.options.retry_max))
+    }) else {
+        return;
     };
     let refresh_every = (ttl / 3).max(Duration::from_millis(10));
     let mut next_refresh = Instant::now() + refresh_every;
+    let first_retry = Duration::from_millis(50);
+    let mut retry = first_retry;
     loop {
-        tokio::time::sleep(flush_every.max(Duration::from_millis(1))).await;
+        let down = inner
+            .upgrade()
+            .and_then(|i| i.store.get().map(StoreLink::is_down))
+            .unwrap_or(false);
+        let pause = if down { retry } else { flush_every };
+        tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
         let Some(inner) = inner.upgrade() else { return };
         let service = SessionService { inner };
-        if let Err(err) = service.flush().await {
-            tracing::warn!(cause = %err, "writing sessions to the store failed; will retry");
+        let Some(link) = service.inner.store.get() else {
+            return;
+        };
+        let was_down = link.is_down();
+        match link.write(&service).await {
+            Ok(()) if was_down => {
+                retry = first_retry;
+                // Back after an outage: it may have come back empty.
+                next_refresh = Instant::now();
+            }
+            Ok(()) => {}
+            Err(err) => {
+                tracing::debug!(cause = %err, "writing sessions to the store failed; will retry");
+                retry = (retry * 2).min(retry_max);
+                continue;
+            }
         }
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + refresh_every;
-            if let Some(link) = service.inner.store.get() {
-                if let Err(err) = link.store.refresh(service.sids(), ttl).await {
-                    tracing::warn!(cause = %err, "refreshing session TTLs failed");
-                }
+            if let Err(err) = link.refresh(&service).await {
+                tracing::debug!(cause = %err, "refreshing session TTLs failed; will retry");
             }
         }
     }

@@ -143,15 +143,20 @@ impl SessionStore for MemoryStore {
         ready(())
     }
 
-    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, ()> {
-        self.with(|m| {
-            let until = Instant::now() + ttl;
-            for sid in sids {
-                if let Some((_, t)) = m.sessions.get_mut(&sid) {
-                    *t = until;
-                }
-            }
+    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, Vec<SessionId>> {
+        let missing = self.with(|m| {
+            let now = Instant::now();
+            let until = now + ttl;
+            sids.into_iter()
+                .filter(|sid| match m.sessions.get_mut(sid) {
+                    Some((_, t)) if *t > now => {
+                        *t = until;
+                        false
+                    }
+                    _ => true,
+                })
+                .collect()
         });
-        ready(())
+        ready(missing)
     }
 }

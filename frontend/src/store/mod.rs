@@ -52,6 +52,22 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The store did not answer within its deadline
+    /// ([`StoreOptions::call_timeout`]); the operation may or may not have
+    /// been applied there.
+    #[error("session store did not answer within {after:?}")]
+    TimedOut {
+        /// The deadline.
+        after: Duration,
+    },
+    /// An earlier call failed and the store has not answered since; the
+    /// frontend retries in the background and fails calls at once until
+    /// then, instead of making each one wait for a deadline.
+    #[error("session store down for {down_for:?}; retrying in the background")]
+    Down {
+        /// How long since the store last answered.
+        down_for: Duration,
+    },
     /// A session could not be encoded.
     #[error("cannot encode a session")]
     Encode(#[source] rmp_serde::encode::Error),
@@ -91,6 +107,8 @@ pub trait SessionStore: Send + Sync + 'static {
     fn list(&self) -> StoreFuture<'_, Vec<SessionId>>;
     /// Deletes everything this store holds.
     fn clear(&self) -> StoreFuture<'_, ()>;
-    /// Restarts the time to live of sessions that are still alive.
-    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, ()>;
+    /// Restarts the time to live of sessions that are still alive. Returns
+    /// the sessions the store no longer holds (it restarted empty, or
+    /// evicted them), so the caller writes them again.
+    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, Vec<SessionId>>;
 }

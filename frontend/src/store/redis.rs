@@ -13,11 +13,13 @@
 
 use super::{SessionStore, StoreError, StoreFuture, StoredSession};
 use crate::config::RedisStoreConfig;
-use ::redis::aio::ConnectionManager;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands, Client, Script};
 use futures::StreamExt;
 use session_proxy_protocol::SessionId;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -72,10 +74,63 @@ impl Keys {
     }
 }
 
+/// The store's connection to the server, replaced when it stops answering.
+///
+/// The `redis` connection manager redials by itself when a connection is
+/// closed or reset, but a server that stops answering (stopped, or behind a
+/// dead network path) leaves it waiting on a socket that never fails. Each
+/// command has a response timeout; after one, a fresh connection is dialled
+/// in the background and swapped in once it answers, while the old one keeps
+/// serving whatever it still can.
+struct Conn {
+    current: RwLock<ConnectionManager>,
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// How long dialling and the first answer may take together.
+    dial_timeout: Duration,
+    redialing: AtomicBool,
+}
+
+impl Conn {
+    fn get(&self) -> ConnectionManager {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Dials a replacement after `err`, if it says the server stopped
+    /// answering; one redial at a time.
+    fn failed(self: &Arc<Self>, err: &::redis::RedisError) {
+        if !err.is_timeout() || self.redialing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let conn = self.clone();
+        tokio::spawn(async move {
+            let dial = conn
+                .client
+                .get_connection_manager_with_config(conn.config.clone());
+            match tokio::time::timeout(conn.dial_timeout, dial).await {
+                Ok(Ok(fresh)) => {
+                    *conn.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    debug!("store connection replaced after a timeout");
+                }
+                Ok(Err(err)) => debug!(cause = %err, "store redial failed; next timeout retries"),
+                Err(_) => debug!("store redial timed out; next timeout retries"),
+            }
+            conn.redialing.store(false, Ordering::Release);
+        });
+    }
+}
+
 /// Sessions in a real Redis server, shared by every frontend that points
 /// at it.
+///
+/// Every command has a response timeout and every connection attempt a
+/// connect timeout ([`RedisStoreConfig`]), so a failing or stalled server
+/// makes calls fail with [`StoreError::Unavailable`] instead of hanging.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Arc<Conn>,
     keys: Keys,
     put: Script,
     delete: Script,
@@ -123,7 +178,21 @@ impl RedisStore {
     pub async fn connect(config: RedisStoreConfig) -> Result<RedisStore, StoreError> {
         let client = Client::open(config.url.as_str())?;
         let db = client.get_connection_info().redis.db;
-        let mut conn = client.get_connection_manager().await?;
+        let timeout_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(config.connect_timeout)
+            .set_response_timeout(config.response_timeout)
+            // A few quick redials per failure; the session service retries
+            // on its own schedule beyond that.
+            .set_number_of_retries(2)
+            .set_max_delay(timeout_ms(config.connect_timeout).max(1));
+        let dial_timeout = config.connect_timeout + config.response_timeout;
+        let dial = client.get_connection_manager_with_config(manager_config.clone());
+        let mut conn = tokio::time::timeout(dial_timeout, dial)
+            .await
+            .map_err(|_| StoreError::TimedOut {
+                after: dial_timeout,
+            })??;
         let enabled: Result<(), _> = ::redis::cmd("CONFIG")
             .arg("SET")
             .arg("notify-keyspace-events")
@@ -138,7 +207,13 @@ impl RedisStore {
         put.prepare_invoke().load_async(&mut conn).await?;
         delete.prepare_invoke().load_async(&mut conn).await?;
         let store = RedisStore {
-            conn,
+            conn: Arc::new(Conn {
+                current: RwLock::new(conn),
+                client: client.clone(),
+                config: manager_config,
+                dial_timeout,
+                redialing: AtomicBool::new(false),
+            }),
             keys: Keys {
                 prefix: config.prefix.clone(),
             },
@@ -164,9 +239,24 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// Runs one store operation; a timeout starts a redial.
+    async fn guard<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let result = op.await;
+        if let Err(StoreError::Unavailable { source }) = &result {
+            if let Some(err) = source.downcast_ref::<::redis::RedisError>() {
+                self.conn.failed(err);
+            }
+        }
+        result
+    }
+
     /// Removes index entries whose session key is gone; returns how many.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        sweep(&mut self.conn.clone(), &self.keys, &self.delete).await
+        self.guard(sweep(&mut self.conn.get(), &self.keys, &self.delete))
+            .await
     }
 
     /// Loads the scripts again after the server forgot them (a restart):
@@ -182,14 +272,14 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = sids.iter().map(|s| self.keys.session(*s)).collect();
-        let blobs: Vec<Option<Vec<u8>>> = self.conn.clone().mget(keys).await?;
+        let blobs: Vec<Option<Vec<u8>>> = self.conn.get().mget(keys).await?;
         blobs.into_iter().flatten().map(|b| decode(&b)).collect()
     }
 }
 
 impl SessionStore for RedisStore {
     fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
+        Box::pin(self.guard(async move {
             if sessions.is_empty() {
                 return Ok(());
             }
@@ -208,7 +298,7 @@ impl SessionStore for RedisStore {
                     .arg(&self.keys.prefix)
                     .ignore();
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             match pipe.query_async::<()>(&mut conn).await {
                 Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
                     self.reload_scripts(&mut conn).await?;
@@ -217,26 +307,26 @@ impl SessionStore for RedisStore {
                 }
                 other => Ok(other?),
             }
-        })
+        }))
     }
 
     fn get(&self, sid: SessionId) -> StoreFuture<'_, Option<StoredSession>> {
-        Box::pin(async move {
-            let blob: Option<Vec<u8>> = self.conn.clone().get(self.keys.session(sid)).await?;
+        Box::pin(self.guard(async move {
+            let blob: Option<Vec<u8>> = self.conn.get().get(self.keys.session(sid)).await?;
             blob.map(|b| decode(&b)).transpose()
-        })
+        }))
     }
 
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>> {
-        Box::pin(async move {
-            let members: Vec<String> = self.conn.clone().smembers(self.keys.uid(uid)).await?;
+        Box::pin(self.guard(async move {
+            let members: Vec<String> = self.conn.get().smembers(self.keys.uid(uid)).await?;
             let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
             self.read_many(&sids).await
-        })
+        }))
     }
 
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize> {
-        Box::pin(async move {
+        Box::pin(self.guard(async move {
             if sids.is_empty() {
                 return Ok(0);
             }
@@ -252,7 +342,7 @@ impl SessionStore for RedisStore {
                     .arg(&self.keys.prefix)
                     .arg("0");
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn.get();
             let deleted: Vec<i64> = match pipe.query_async(&mut conn).await {
                 Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
                     self.reload_scripts(&mut conn).await?;
@@ -261,52 +351,61 @@ impl SessionStore for RedisStore {
                 other => other?,
             };
             Ok(deleted.into_iter().filter(|n| *n > 0).count())
-        })
+        }))
     }
 
     fn delete_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, usize> {
-        Box::pin(async move {
-            let members: Vec<String> = self.conn.clone().smembers(self.keys.uid(uid)).await?;
+        Box::pin(self.guard(async move {
+            let members: Vec<String> = self.conn.get().smembers(self.keys.uid(uid)).await?;
             let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
             self.delete(sids).await
-        })
+        }))
     }
 
     fn list(&self) -> StoreFuture<'_, Vec<SessionId>> {
-        Box::pin(async move {
+        Box::pin(self.guard(async move {
             let pattern = format!("{}s:*", self.keys.prefix);
-            let keys = scan(&mut self.conn.clone(), &pattern).await?;
+            let keys = scan(&mut self.conn.get(), &pattern).await?;
             Ok(keys
                 .iter()
                 .filter_map(|k| self.keys.sid_of(k))
                 .filter_map(|h| parse_sid(&h))
                 .collect())
-        })
+        }))
     }
 
     fn clear(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
-            let mut conn = self.conn.clone();
+        Box::pin(self.guard(async move {
+            let mut conn = self.conn.get();
             let keys = scan(&mut conn, &format!("{}*", self.keys.prefix)).await?;
             for chunk in keys.chunks(500) {
                 let _: () = conn.del(chunk).await?;
             }
             Ok(())
-        })
+        }))
     }
 
-    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, ()> {
-        Box::pin(async move {
+    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, Vec<SessionId>> {
+        Box::pin(self.guard(async move {
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+            let mut missing = Vec::new();
             for chunk in sids.chunks(1000) {
                 let mut pipe = ::redis::pipe();
                 for sid in chunk {
-                    pipe.pexpire(self.keys.session(*sid), ttl_ms).ignore();
+                    pipe.pexpire(self.keys.session(*sid), ttl_ms);
                 }
-                let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+                // PEXPIRE answers 0 for a key that is not there.
+                let found: Vec<bool> = pipe.query_async(&mut self.conn.get()).await?;
+                missing.extend(
+                    chunk
+                        .iter()
+                        .zip(found)
+                        .filter(|(_, found)| !found)
+                        .map(|(sid, _)| *sid),
+                );
             }
-            Ok(())
-        })
+            Ok(missing)
+        }))
     }
 }
 
@@ -389,7 +488,7 @@ async fn sweep(
 
 async fn sweep_every(
     every: Duration,
-    mut conn: ConnectionManager,
+    conn: Arc<Conn>,
     keys: Keys,
     delete: Script,
     stop: CancellationToken,
@@ -399,7 +498,7 @@ async fn sweep_every(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match sweep(&mut conn, &keys, &delete).await {
+        match sweep(&mut conn.get(), &keys, &delete).await {
             Ok(0) => {}
             Ok(n) => debug!(cleaned = n, "swept stale session index entries"),
             Err(err) => warn!(cause = %err, "session index sweep failed"),
@@ -411,7 +510,7 @@ async fn sweep_every(
 async fn listen(
     client: Client,
     db: i64,
-    mut conn: ConnectionManager,
+    conn: Arc<Conn>,
     keys: Keys,
     delete: Script,
     stop: CancellationToken,
@@ -432,7 +531,7 @@ async fn listen(
                     Err(_) => continue,
                 };
                 if let Some(sid_hex) = keys.sid_of(&key) {
-                    if let Err(err) = clean(&mut conn, &keys, &delete, &sid_hex).await {
+                    if let Err(err) = clean(&mut conn.get(), &keys, &delete, &sid_hex).await {
                         warn!(cause = %err, "cleaning a gone session's index failed");
                     }
                 }
