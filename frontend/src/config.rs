@@ -125,11 +125,23 @@ pub struct RpcConfig {
     /// The largest frame accepted from or sent to a backend, in bytes.
     /// Default: 1 MiB.
     pub max_frame: usize,
-    /// How long a new connection may take to send its hello. Default: 5 s.
+    /// How long a new connection may take to authenticate: TLS, hello and
+    /// proof together. Default: 2 s.
     pub handshake_timeout: Duration,
-    /// The most backend connections served at once; more wait to be accepted.
+    /// The most authenticated backend connections served at once; a backend
+    /// past it is refused with `Overloaded`. Strangers never take these
+    /// slots: they only count once a peer has passed the handshake.
     /// Default: 1024.
     pub max_connections: usize,
+    /// The most connections still in their handshake at once; more are
+    /// closed as soon as they are accepted. Default: 128.
+    pub max_unauthenticated: usize,
+    /// The most connections in their handshake from one IP address; more
+    /// from it are closed as soon as they are accepted. Default: 16.
+    pub max_unauthenticated_per_ip: usize,
+    /// The largest frame a peer may send before it is authenticated (the
+    /// hello and the proof are well under 1 KiB). Default: 4 KiB.
+    pub hello_max_frame: usize,
     /// The most forwarded requests waiting on one backend connection; more
     /// get an `Overloaded` error at once. Default: 65 536.
     pub max_in_flight: usize,
@@ -161,8 +173,11 @@ impl Default for RpcConfig {
     fn default() -> Self {
         RpcConfig {
             max_frame: DEFAULT_MAX_FRAME,
-            handshake_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(2),
             max_connections: 1024,
+            max_unauthenticated: 128,
+            max_unauthenticated_per_ip: 16,
+            hello_max_frame: 4096,
             max_in_flight: 65_536,
             queue: 4096,
             secret: None,
@@ -225,6 +240,21 @@ impl RpcConfig {
                     POSITIVE,
                 ),
                 ("max_connections", self.max_connections > 0, AT_LEAST_ONE),
+                (
+                    "max_unauthenticated",
+                    self.max_unauthenticated > 0,
+                    AT_LEAST_ONE,
+                ),
+                (
+                    "max_unauthenticated_per_ip",
+                    self.max_unauthenticated_per_ip > 0,
+                    AT_LEAST_ONE,
+                ),
+                (
+                    "hello_max_frame",
+                    (256..=self.max_frame).contains(&self.hello_max_frame),
+                    "must be between 256 bytes and max_frame",
+                ),
                 ("max_in_flight", self.max_in_flight > 0, AT_LEAST_ONE),
                 ("queue", self.queue > 0, AT_LEAST_ONE),
                 ("idle_timeout", !self.idle_timeout.is_zero(), POSITIVE),

@@ -50,6 +50,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 mod listener;
+mod logs;
 mod owner;
 pub mod rpc;
 pub mod service;

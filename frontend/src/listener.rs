@@ -1,14 +1,16 @@
 //! What the RPC server and the client gateway share: binding a reusable
 //! port, accepting under a connection limit, and stopping with a drain.
 
-use std::net::SocketAddr;
+use crate::logs::warn_throttled;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
 
 /// Listens on `addr` with `SO_REUSEADDR`, so a restarted node takes its
 /// port back at once.
@@ -47,22 +49,81 @@ impl Acceptor {
             _ = self.cancel.cancelled() => return None,
             permit = self.limit.clone().acquire_owned() => permit.ok()?,
         };
-        loop {
-            let accepted = tokio::select! {
-                _ = self.cancel.cancelled() => return None,
-                accepted = self.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Some((stream, peer, permit));
+        let (stream, peer) = accept(&self.listener, &self.cancel).await?;
+        Some((stream, peer, permit))
+    }
+}
+
+/// The next connection on `listener`; `None` once cancelled. Accept errors
+/// (out of file descriptors and the like) pause briefly instead of
+/// spinning, and are logged at most once a second.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    cancel: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(err) => {
+                warn_throttled!(cause = %err, "accept failed; pausing 50 ms");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
-                Err(err) => {
-                    // Out of file descriptors and the like: back off briefly
-                    // instead of spinning.
-                    warn!(cause = %err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            }
+        }
+    }
+}
+
+/// Connections counted per IP address, up to a limit each.
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    counts: DashMap<IpAddr, usize>,
+    limit: usize,
+}
+
+impl PerIp {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(PerIp {
+            counts: DashMap::new(),
+            limit,
+        })
+    }
+
+    /// Counts one more connection from `ip`, unless it has `limit` already.
+    pub(crate) fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        let mut n = self.counts.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            per_ip: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection counted in a [`PerIp`]; uncounted on drop.
+#[derive(Debug)]
+pub(crate) struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Entry::Occupied(mut n) = self.per_ip.counts.entry(self.ip) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
             }
         }
     }

@@ -21,6 +21,7 @@
 //!   both ends of a connection.
 //! - [`client`]: the Pomelo/Pinus client protocol (packages, messages,
 //!   handshake) that client connectors speak.
+//! - [`text`]: [`text::log_safe`], peer-chosen strings made safe to log.
 //! - `tls` (feature `tls`): PEM reading and the TLS error both ends share.
 //!
 //! # Example
@@ -51,6 +52,7 @@ pub mod error;
 pub mod id;
 pub mod inflight;
 pub mod message;
+pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;
 

@@ -1,51 +1,85 @@
 //! The hello of a backend connection: its checks (magic, version, role,
 //! the frontend it meant to reach) and, with a cluster secret, the HMAC
 //! challenge–response both ways.
+//!
+//! Everything here happens before the peer is known: the frames are small
+//! (`RpcConfig::hello_max_frame`), the whole exchange has one deadline, and
+//! each refusal is logged once, rate-limited, with the peer's strings made
+//! safe ([`log_safe`]).
 
 use super::link::BackendConn;
+use crate::logs::warn_throttled;
 use futures::{SinkExt, StreamExt};
 use session_proxy_protocol::auth::NONCE_LEN;
+use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
     CodecError, ErrorCode, Hello, HelloReply, Message, MessageCodec, RpcError, Secret,
     PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{timeout_at, Instant};
 use tokio_util::codec::Framed;
-use tracing::warn;
+use tracing::debug;
+
+/// The handshake did not let the peer in; it was logged and, where the peer
+/// can still hear, answered.
+pub(super) struct Refused;
 
 impl BackendConn {
     /// Reads the hello, checks it, and runs the challenge–response when a
-    /// secret is set. A refused hello is answered here; an accepted one is
-    /// returned unanswered, for [`accept`](Self::accept) once the backend is
-    /// registered.
+    /// secret is set, all before `deadline`. A refused hello is answered
+    /// here; an accepted one is returned unanswered, for
+    /// [`accept`](Self::accept) once the backend is registered.
     pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
         framed: &mut Framed<S, MessageCodec>,
-    ) -> Result<Hello, String> {
+        deadline: Instant,
+    ) -> Result<Hello, Refused> {
+        let peer = self.peer;
         let first = tokio::select! {
-            _ = self.cancel.cancelled() => return Err("shutting down".into()),
-            first = tokio::time::timeout(self.config.handshake_timeout, framed.next()) => first,
+            _ = self.cancel.cancelled() => {
+                debug!(%peer, "shutting down during a handshake");
+                return Err(Refused);
+            }
+            first = timeout_at(deadline, framed.next()) => first,
         };
         let hello: Hello = match first {
-            Err(_) => return Err("no hello before the handshake deadline".into()),
-            Ok(None) => return Err("closed before the hello".into()),
-            Ok(Some(Err(err))) => return Err(format!("unreadable hello: {err}")),
             Ok(Some(Ok(Message::Hello(hello)))) => hello,
-            Ok(Some(Ok(_))) => return Err("first frame is not a hello".into()),
-        };
-        let mut refusal = hello.refusal(self.service.frontend_id());
-        if refusal.is_none() {
-            if let Some(secret) = &self.config.secret {
-                refusal = self.authenticate(framed, secret, &hello).await?;
+            Err(_) => {
+                warn_throttled!(%peer, "no hello before the handshake deadline");
+                return Err(Refused);
             }
-        }
+            Ok(None) => {
+                debug!(%peer, "closed before the hello");
+                return Err(Refused);
+            }
+            Ok(Some(Err(err))) => {
+                warn_throttled!(%peer, cause = %err, "unreadable hello");
+                return Err(Refused);
+            }
+            Ok(Some(Ok(_))) => {
+                warn_throttled!(%peer, "first frame is not a hello");
+                return Err(Refused);
+            }
+        };
+        let refusal = match hello.refusal(self.service.frontend_id()) {
+            Some(err) => {
+                warn_throttled!(%peer, node = %log_safe(&hello.node_id), reason = %err, "backend refused");
+                Some(err)
+            }
+            None => match &self.config.secret {
+                Some(secret) => self.authenticate(framed, secret, &hello, deadline).await?,
+                None => None,
+            },
+        };
         match refusal {
             Some(err) => {
-                framed
-                    .send(Message::HelloReply(HelloReply::Refused(err.clone())))
-                    .await
-                    .map_err(|e| format!("cannot answer the hello: {e}"))?;
-                Err(format!("{} ({})", err, hello.node_id))
+                let _ = timeout_at(
+                    deadline,
+                    framed.send(Message::HelloReply(HelloReply::Refused(err))),
+                )
+                .await;
+                Err(Refused)
             }
             None => Ok(hello),
         }
@@ -71,9 +105,11 @@ impl BackendConn {
         framed: &mut Framed<S, MessageCodec>,
         secret: &Secret,
         hello: &Hello,
-    ) -> Result<Option<RpcError>, String> {
+        deadline: Instant,
+    ) -> Result<Option<RpcError>, Refused> {
+        let (peer, node) = (self.peer, log_safe(&hello.node_id));
         if hello.nonce.len() != NONCE_LEN {
-            warn!(peer = %self.peer, node = %hello.node_id, "peer did not authenticate (no cluster secret?)");
+            warn_throttled!(%peer, %node, "peer did not authenticate (no cluster secret?)");
             return Ok(Some(RpcError::new(
                 ErrorCode::Unauthorized,
                 "this frontend requires the cluster secret",
@@ -86,22 +122,30 @@ impl BackendConn {
             proof: secret.server_proof(&hello.nonce, &nonce, me),
             nonce: nonce.clone(),
         };
-        framed
-            .send(Message::HelloReply(challenge))
-            .await
-            .map_err(|e| format!("cannot send the challenge: {e}"))?;
-        let answer = tokio::time::timeout(self.config.handshake_timeout, framed.next()).await;
-        let proof = match answer {
+        let sent = timeout_at(deadline, framed.send(Message::HelloReply(challenge))).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            debug!(%peer, %node, "cannot send the challenge");
+            return Err(Refused);
+        }
+        let proof = match timeout_at(deadline, framed.next()).await {
             Ok(Some(Ok(Message::Proof(p)))) => p,
-            Ok(Some(Ok(_))) => return Err("expected a proof".into()),
-            Ok(Some(Err(err))) => return Err(format!("unreadable proof: {err}")),
-            Ok(None) => return Err("closed during authentication".into()),
-            Err(_) => return Err("no proof before the handshake deadline".into()),
+            Ok(None) => {
+                debug!(%peer, %node, "closed during authentication");
+                return Err(Refused);
+            }
+            Ok(Some(Ok(_) | Err(_))) => {
+                warn_throttled!(%peer, %node, "expected a proof; closing");
+                return Err(Refused);
+            }
+            Err(_) => {
+                warn_throttled!(%peer, %node, "no proof before the handshake deadline");
+                return Err(Refused);
+            }
         };
         if secret.verify_client(&proof, &nonce, &hello.nonce, &hello.node_id) {
             Ok(None)
         } else {
-            warn!(peer = %self.peer, node = %hello.node_id, "peer failed authentication (wrong cluster secret or a replay)");
+            warn_throttled!(%peer, %node, "peer failed authentication (wrong cluster secret or a replay)");
             Ok(Some(RpcError::new(
                 ErrorCode::Unauthorized,
                 "authentication failed",

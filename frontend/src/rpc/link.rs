@@ -3,11 +3,16 @@
 //! and writes the forwarded requests queued for it.
 
 use super::apply::{answer_when_written, commit_then_answer, mutates, pushes_to_clients};
+use super::Unauthenticated;
 use crate::delivery::Receipt;
 use crate::forward::BackendLink;
+use crate::logs::warn_throttled;
 use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
-use session_proxy_protocol::{CodecError, Message, MessageCodec, Reply, Response, RpcError};
+use session_proxy_protocol::text::log_safe;
+use session_proxy_protocol::{
+    CodecError, ErrorCode, HelloReply, Message, MessageCodec, Reply, Response, RpcError,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +30,8 @@ pub(super) struct BackendConn {
     pub(super) service: SessionService,
     /// Where a backend that serves a server type is registered.
     pub(super) backends: BackendRegistry,
+    /// One per authenticated backend connection.
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
     /// Server settings.
     pub(super) config: Arc<RpcConfig>,
     /// Cancelled when the server shuts down.
@@ -45,29 +52,53 @@ enum End {
 }
 
 impl BackendConn {
-    pub(super) async fn run(self, stream: TcpStream) {
+    pub(super) async fn run(self, stream: TcpStream, pre_auth: Unauthenticated) {
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
         #[cfg(feature = "tls")]
         if let Some(tls) = self.config.tls.clone() {
-            match tokio::time::timeout(self.config.handshake_timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => self.run_on(stream).await,
-                Ok(Err(err)) => warn!(peer = %self.peer, cause = %err, "TLS handshake failed"),
-                Err(_) => warn!(peer = %self.peer, "no TLS handshake before the deadline"),
+            match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
+                Ok(Ok(stream)) => self.run_on(stream, pre_auth, deadline).await,
+                Ok(Err(err)) => {
+                    warn_throttled!(peer = %self.peer, cause = %err, "TLS handshake failed")
+                }
+                Err(_) => {
+                    warn_throttled!(peer = %self.peer, "no TLS handshake before the deadline")
+                }
             }
             return;
         }
-        self.run_on(stream).await
+        self.run_on(stream, pre_auth, deadline).await
     }
 
-    async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send>(self, stream: S) {
-        let mut framed = Framed::new(stream, MessageCodec::new(self.config.max_frame));
-        let hello = match self.handshake(&mut framed).await {
-            Ok(hello) => hello,
-            Err(reason) => {
-                warn!(peer = %self.peer, reason, "backend refused");
-                return;
-            }
+    async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        self,
+        stream: S,
+        pre_auth: Unauthenticated,
+        deadline: tokio::time::Instant,
+    ) {
+        // Small frames until the peer is known.
+        let mut framed = Framed::new(stream, MessageCodec::new(self.config.hello_max_frame));
+        let Ok(hello) = self.handshake(&mut framed, deadline).await else {
+            return;
         };
-        let backend = hello.node_id;
+        drop(pre_auth);
+        let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
+            let limit = self.config.max_connections;
+            warn_throttled!(peer = %self.peer, limit, "backend refused: this frontend serves its maximum of backend connections");
+            let full = RpcError::new(
+                ErrorCode::Overloaded,
+                format!("this frontend serves its maximum of {limit} backend connections"),
+            );
+            let _ = tokio::time::timeout(
+                self.config.handshake_timeout,
+                framed.send(Message::HelloReply(HelloReply::Refused(full))),
+            )
+            .await;
+            return;
+        };
+        *framed.codec_mut() = MessageCodec::new(self.config.max_frame);
+        // Authenticated (or no secret is set); still the peer's own words.
+        let backend = log_safe(&hello.node_id);
         let (tx, mut rx) = mpsc::channel(self.config.queue);
         // Answers that wait for pushes to be written leave through the same
         // queue as forwarded requests.
@@ -75,7 +106,7 @@ impl BackendConn {
         let link = hello.server_type.map(|server_type| {
             let link =
                 self.backends
-                    .register(&server_type, &backend, tx, self.config.max_in_flight);
+                    .register(&server_type, &hello.node_id, tx, self.config.max_in_flight);
             (server_type, link)
         });
         // Accepted only once registered: a backend that sees the answer can
@@ -83,7 +114,8 @@ impl BackendConn {
         let end = match self.accept(&mut framed).await {
             Err(err) => End::Corrupt(err),
             Ok(()) => {
-                info!(backend = %backend, serves = ?link.as_ref().map(|(t, _)| t), "backend connected");
+                let serves = link.as_ref().map(|(t, _)| log_safe(t));
+                info!(backend = %backend, serves = ?serves, "backend connected");
                 self.serve(
                     &mut framed,
                     link.as_ref().map(|(_, l)| &**l),

@@ -21,12 +21,14 @@ mod link;
 
 use link::BackendConn;
 
-use crate::listener::{bind_reusable, Acceptor, Running};
+use crate::listener::{accept, bind_reusable, IpSlot, PerIp, Running};
+use crate::logs::warn_throttled;
 use crate::{BackendRegistry, RpcConfig, SessionService};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
@@ -75,14 +77,14 @@ impl RpcServer {
     fn start(listener: TcpListener, service: SessionService, config: RpcConfig) -> RpcServer {
         let running = Running::new(&listener);
         let backends = BackendRegistry::new();
-        let acceptor = Acceptor::new(listener, config.max_connections, running.cancel.clone());
         let shared = ServerContext {
             service,
             backends: backends.clone(),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
             config: Arc::new(config),
         };
         let accept = accept_loop(
-            acceptor,
+            listener,
             shared,
             running.cancel.clone(),
             running.tracker.clone(),
@@ -120,12 +122,21 @@ struct ServerContext {
     service: SessionService,
     /// Backends that serve forwarded requests.
     backends: BackendRegistry,
+    /// One per authenticated backend connection.
+    slots: Arc<Semaphore>,
     /// Server settings.
     config: Arc<RpcConfig>,
 }
 
+/// What a connection holds until it has authenticated: one of the few
+/// handshake places, and one of its address's. A stranger can take no more.
+pub(super) struct Unauthenticated {
+    _place: OwnedSemaphorePermit,
+    _ip: IpSlot,
+}
+
 async fn accept_loop(
-    acceptor: Acceptor,
+    listener: TcpListener,
     shared: ServerContext,
     cancel: CancellationToken,
     tracker: TaskTracker,
@@ -134,21 +145,36 @@ async fn accept_loop(
         frontend = shared.service.frontend_id(),
         "listening for backends"
     );
-    while let Some((stream, peer, permit)) = acceptor.next().await {
+    let handshakes = Arc::new(Semaphore::new(shared.config.max_unauthenticated));
+    let per_ip = PerIp::new(shared.config.max_unauthenticated_per_ip);
+    while let Some((stream, peer)) = accept(&listener, &cancel).await {
+        // Admission before authentication is cheap to refuse: the socket
+        // is closed at once, and no place an authenticated backend needs
+        // is taken.
+        let Some(ip) = per_ip.enter(peer.ip()) else {
+            warn_throttled!(%peer, limit = shared.config.max_unauthenticated_per_ip, "too many handshakes from one address; closing the new connection");
+            continue;
+        };
+        let Ok(place) = handshakes.clone().try_acquire_owned() else {
+            warn_throttled!(%peer, limit = shared.config.max_unauthenticated, "too many connections in their handshake; closing the new one");
+            continue;
+        };
         let conn = BackendConn {
             service: shared.service.clone(),
             backends: shared.backends.clone(),
+            slots: shared.slots.clone(),
             config: shared.config.clone(),
             cancel: cancel.child_token(),
             tasks: tracker.clone(),
             peer,
         };
+        let pre_auth = Unauthenticated {
+            _place: place,
+            _ip: ip,
+        };
         tracker.spawn(
-            async move {
-                conn.run(stream).await;
-                drop(permit);
-            }
-            .instrument(tracing::info_span!("backend_conn", %peer)),
+            conn.run(stream, pre_auth)
+                .instrument(tracing::info_span!("backend_conn", %peer)),
         );
     }
 }
