@@ -286,6 +286,14 @@ pub struct GatewayConfig {
     /// more (pipelining) is not refused: its connection stops reading until
     /// answers go out, so TCP slows it down. Default: 64.
     pub max_pending_requests: usize,
+    /// The most bytes waiting to be written to one client. Past it the
+    /// connection takes no more answers or pushes into its buffer and reads
+    /// no more requests until the client has taken what is written; the
+    /// requests it may have in flight also shrink as its answers grow (at
+    /// most this many bytes' worth, by the running average answer size).
+    /// A connection's memory is then about this plus one answer per
+    /// request still in flight. Default: 256 KiB.
+    pub max_outgoing_bytes: usize,
     /// The deadline of a forwarded request. Default: 5 s.
     pub request_deadline: Duration,
     /// How long one write to a client may block before the client is
@@ -322,6 +330,7 @@ impl Default for GatewayConfig {
             handshake_timeout: Duration::from_secs(5),
             max_package: 64 * 1024,
             max_pending_requests: 64,
+            max_outgoing_bytes: 256 * 1024,
             request_deadline: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             max_connections: 100_000,
@@ -374,6 +383,11 @@ impl GatewayConfig {
                     "max_package",
                     self.max_package >= 64,
                     "must be at least 64 bytes",
+                ),
+                (
+                    "max_outgoing_bytes",
+                    self.max_outgoing_bytes >= 1024,
+                    "must be at least 1024 bytes",
                 ),
                 (
                     "max_pending_requests",

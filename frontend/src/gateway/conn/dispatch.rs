@@ -19,10 +19,19 @@ use super::*;
 
 impl ClientConn {
     /// Whether as many requests are being handled as the connection may
-    /// have; then no more packages are decoded or read.
+    /// have, or as many bytes wait for the client as it may have; then no
+    /// more packages are decoded or read.
     pub(super) fn at_capacity(&self) -> bool {
-        self.pending.as_ref().map_or(0, FuturesUnordered::len)
-            >= self.shared.config.max_pending_requests
+        let config = &self.shared.config;
+        let pending = self.pending.as_ref().map_or(0, FuturesUnordered::len);
+        pending >= config.max_pending_requests
+            || self.out_full()
+            || pending.saturating_mul(self.answer_size as usize) >= config.max_outgoing_bytes
+    }
+
+    /// Whether the outgoing buffer is at its byte cap.
+    pub(super) fn out_full(&self) -> bool {
+        self.out.len() >= self.shared.config.max_outgoing_bytes
     }
 
     /// Decodes and handles what was read (`peer`: the client's address), up

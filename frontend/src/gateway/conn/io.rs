@@ -79,7 +79,7 @@ impl ClientConn {
             // handshake (a resumed session may have some already). Taking
             // all that are queued sends a burst in one write.
             if self.phase == Phase::Working {
-                while self.closing.is_none() {
+                while self.closing.is_none() && !self.out_full() {
                     match self.owner.as_mut().map(|o| o.poll_recv_ticketed(cx)) {
                         Some(Poll::Ready(event)) => {
                             self.on_ticketed(event);
@@ -89,7 +89,9 @@ impl ClientConn {
                     }
                 }
             }
-            while self.closing.is_none() {
+            // Answers past the byte cap wait (unpolled, so a local handler
+            // has not even run) until the buffer is written.
+            while self.closing.is_none() && !self.out_full() {
                 let answer = match self.pending.as_mut() {
                     Some(pending) if !pending.is_empty() => pending.poll_next_unpin(cx),
                     _ => Poll::Pending,
@@ -98,6 +100,8 @@ impl ClientConn {
                     break;
                 };
                 busy = true;
+                let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
+                self.answer_size = self.answer_size - self.answer_size / 8 + size / 8;
                 // Pushes the backend sent before this answer are already
                 // queued: write them first, so they arrive in order.
                 while let Some(Ok(Some(event))) =

@@ -274,6 +274,9 @@ struct ClientConn {
     /// Requests being handled, answered in the order they finish.
     /// Made on the first request: an idle client pays nothing for it.
     pending: Option<FuturesUnordered<PendingResponse>>,
+    /// Running average of this client's answer sizes, in bytes: big
+    /// answers leave room for fewer requests in flight.
+    answer_size: u32,
     /// Handshake deadline until the ack, then heartbeat deadline.
     alive_until: Instant,
     /// Set while a write waits on a client that does not read.
@@ -303,6 +306,7 @@ impl ClientConn {
             phase: Phase::Inited,
             owner: None,
             pending: None,
+            answer_size: 0,
             alive_until: deadline,
             write_until: None,
             rearm: false,
