@@ -95,6 +95,17 @@ pub(crate) struct GatewayContext {
     pub(crate) tasks: TaskTracker,
     /// Open connections per client IP.
     pub(crate) per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
+    /// When the gateway started: connections keep times as `u32`
+    /// milliseconds since then, which is smaller than an `Instant`.
+    pub(crate) started: tokio::time::Instant,
+}
+
+impl GatewayContext {
+    /// Milliseconds since the gateway started, wrapping after 49 days
+    /// (compare with `wrapping_sub`).
+    pub(crate) fn now_ms(&self) -> u32 {
+        self.started.elapsed().as_millis() as u32
+    }
 }
 
 /// A client gateway under construction: register frontend handlers and
@@ -219,6 +230,7 @@ impl Gateway {
             cancel: running.cancel.clone(),
             tasks: running.tracker.clone(),
             per_ip: dashmap::DashMap::new(),
+            started: tokio::time::Instant::now(),
         });
         let local_addr = running.local_addr;
         running.tracker.spawn(

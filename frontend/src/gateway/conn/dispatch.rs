@@ -61,7 +61,7 @@ impl ClientConn {
                 self.phase = Phase::Working;
                 self.arm_heartbeat();
             }
-            (PackageType::Heartbeat, Phase::Working) => self.arm_heartbeat(),
+            (PackageType::Heartbeat, Phase::Working) => self.on_heartbeat()?,
             (PackageType::Data, Phase::Working) => return self.on_message(package.body),
             (PackageType::Kick, _) => return Err("client sent a kick package".into()),
             // Out of phase (data before the ack, a second handshake …): ignored.

@@ -70,6 +70,7 @@ impl ClientConn {
             }
         };
         self.owner = Some(owner);
+        self.resumed = resumed;
         let mut sys_reply =
             json!({ "heartbeat": self.shared.config.heartbeat_whole_secs().as_secs() });
         if let Some(dict) = &self.shared.dictionary {

@@ -69,7 +69,7 @@ impl ClientConn {
                 }
             }
             if let Some(reason) = self.closing.take() {
-                return Poll::Ready(reason.into());
+                return Poll::Ready(*reason);
             }
             if let Poll::Ready(reason) = self.poll_stop(cx, timer.as_mut(), cancelled.as_mut()) {
                 return Poll::Ready(reason);
@@ -206,8 +206,10 @@ impl ClientConn {
         debug!(reason, "client connection ends");
         if let Some(owner) = self.owner.take() {
             let grace = self.shared.config.resume_grace;
-            if self.closing.is_some() || grace.is_zero() {
-                // Kicked, refused, or no resume: the session ends here.
+            let never_acked = self.phase != Phase::Working && !self.resumed;
+            if self.closing.is_some() || grace.is_zero() || never_acked {
+                // Kicked, refused, no resume, or a client that never acked
+                // its handshake (nobody to resume it): the session ends here.
                 self.shared
                     .sessions
                     .close_if_owner(owner.sid(), owner.generation(), &reason);

@@ -277,6 +277,13 @@ struct ClientConn {
     /// Running average of this client's answer sizes, in bytes: big
     /// answers leave room for fewer requests in flight.
     answer_size: u32,
+    /// When the last heartbeat went to the client (`GatewayContext::now_ms`).
+    heartbeat_sent_ms: u32,
+    /// Client heartbeats in a row that came too early to be answered.
+    early_heartbeats: u16,
+    /// Whether the handshake resumed an existing session (which goes back
+    /// to parked, not closed, if the client leaves before its ack).
+    resumed: bool,
     /// Handshake deadline until the ack, then heartbeat deadline.
     alive_until: Instant,
     /// Set while a write waits on a client that does not read.
@@ -284,7 +291,10 @@ struct ClientConn {
     /// The timer must be moved to the earlier of the two deadlines.
     rearm: bool,
     /// Set when the connection must end once `out` is written.
-    closing: Option<Box<str>>,
+    /// (A boxed `String` is one pointer wide, a `Box<str>` two: every
+    /// connection pays for this field, and it is set once, at the end.)
+    #[allow(clippy::box_collection)]
+    closing: Option<Box<String>>,
     /// Gateway-wide state.
     shared: Arc<GatewayContext>,
 }
@@ -307,6 +317,9 @@ impl ClientConn {
             owner: None,
             pending: None,
             answer_size: 0,
+            heartbeat_sent_ms: 0,
+            early_heartbeats: 0,
+            resumed: false,
             alive_until: deadline,
             write_until: None,
             rearm: false,
@@ -337,6 +350,7 @@ mod tests {
             cancel: Default::default(),
             tasks: Default::default(),
             per_ip: Default::default(),
+            started: tokio::time::Instant::now(),
         });
         let permit = std::sync::Arc::new(tokio::sync::Semaphore::new(1))
             .acquire_owned()

@@ -9,6 +9,10 @@ use tokio::time::Instant;
 
 use super::*;
 
+/// Client heartbeats in a row, each within half an interval of the last
+/// server heartbeat, before the client is closed as flooding.
+const MAX_EARLY_HEARTBEATS: u16 = 64;
+
 impl ClientConn {
     /// A queued event; its delivery ticket is held until `out` is written.
     pub(super) fn on_ticketed(&mut self, event: Option<(Outbound, Option<Ticket>)>) {
@@ -25,7 +29,7 @@ impl ClientConn {
 
     pub(super) fn on_outbound(&mut self, event: Option<Outbound>) {
         match event {
-            None => self.closing = Some("session closed".into()),
+            None => self.closing = Some(Box::new("session closed".into())),
             Some(Outbound::Kick { reason }) => {
                 let body = json!({ "reason": reason }).to_string();
                 let _ = out_codec().encode_to(PackageType::Kick, body.as_bytes(), &mut self.out);
@@ -58,9 +62,41 @@ impl ClientConn {
         }
     }
 
+    /// Starts the heartbeat deadline and sends the first heartbeat (on the
+    /// handshake ack). It is not an answer: the client's first heartbeat is
+    /// answered however soon it comes.
     pub(super) fn arm_heartbeat(&mut self) {
         self.alive_until = Instant::now() + self.shared.config.silence_limit();
         self.rearm = true;
         let _ = out_codec().encode_to(PackageType::Heartbeat, &[], &mut self.out);
+        let half = self.shared.config.heartbeat_whole_secs() / 2;
+        self.heartbeat_sent_ms = self
+            .shared
+            .now_ms()
+            .wrapping_sub(u32::try_from(half.as_millis()).unwrap_or(u32::MAX));
+    }
+
+    /// A heartbeat from the client: it is alive. It is answered (as Pinus
+    /// does), but at most once per half heartbeat interval, so a client that answers every server
+    /// heartbeat at once (seen from browsers) does not start a ping-pong;
+    /// one that keeps sending far too often is closed.
+    pub(super) fn on_heartbeat(&mut self) -> Result<(), String> {
+        self.alive_until = Instant::now() + self.shared.config.silence_limit();
+        self.rearm = true;
+        let half = self.shared.config.heartbeat_whole_secs() / 2;
+        let since = self.shared.now_ms().wrapping_sub(self.heartbeat_sent_ms);
+        if u128::from(since) >= half.as_millis() {
+            self.early_heartbeats = 0;
+            self.heartbeat_sent_ms = self.shared.now_ms();
+            let _ = out_codec().encode_to(PackageType::Heartbeat, &[], &mut self.out);
+        } else {
+            self.early_heartbeats = self.early_heartbeats.saturating_add(1);
+            if self.early_heartbeats > MAX_EARLY_HEARTBEATS {
+                return Err(format!(
+                    "heartbeat flood: {MAX_EARLY_HEARTBEATS} heartbeats within half an interval"
+                ));
+            }
+        }
+        Ok(())
     }
 }

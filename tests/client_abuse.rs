@@ -1,0 +1,129 @@
+//! Clients that misuse the protocol without breaking it: handshakes that
+//! are never acked, and heartbeats sent back as fast as they arrive.
+
+mod common;
+
+use bytes::BytesMut;
+use common::cluster::start_frontend;
+use session_proxy::protocol::client::{PackageCodec, PackageType, MAX_PACKAGE_BODY};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+/// A raw client: handshake sent, reply read.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    codec: PackageCodec,
+}
+
+impl Raw {
+    async fn handshake(addr: std::net::SocketAddr) -> Raw {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut out = BytesMut::new();
+        common::encode_client_handshake(&mut out);
+        stream.write_all(&out).await.expect("write");
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+            codec: PackageCodec::new(MAX_PACKAGE_BODY),
+        };
+        assert_eq!(
+            raw.next(Duration::from_secs(5)).await,
+            Some(PackageType::Handshake)
+        );
+        raw
+    }
+
+    async fn send(&mut self, kind: PackageType) {
+        let mut out = BytesMut::new();
+        self.codec.encode_to(kind, &[], &mut out).expect("encode");
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// The next package's type; `None` when closed or nothing came in time.
+    async fn next(&mut self, within: Duration) -> Option<PackageType> {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(p) = self.codec.decode(&mut self.buf).expect("valid package") {
+                return Some(p.kind);
+            }
+            match tokio::time::timeout_at(until, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_never_acked_leave_no_sessions_behind() {
+    let f = start_frontend("f1", |c| c.resume_grace = Duration::from_secs(30)).await;
+    let addr = f.gateway.local_addr();
+    for _ in 0..200 {
+        let raw = Raw::handshake(addr).await;
+        drop(raw);
+    }
+    let until = Instant::now() + Duration::from_secs(5);
+    while f.sessions.count() > 0 {
+        assert!(
+            Instant::now() < until,
+            "{} sessions of clients that never acked are still held",
+            f.sessions.count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An acked session that drops is parked for its resume grace, as before.
+    let mut acked = Raw::handshake(addr).await;
+    acked.send(PackageType::HandshakeAck).await;
+    assert_eq!(
+        acked.next(Duration::from_secs(5)).await,
+        Some(PackageType::Heartbeat)
+    );
+    drop(acked);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(f.sessions.count(), 1, "the acked session is parked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_echoing_heartbeats_gets_no_ping_pong_and_a_flood_is_closed() {
+    // Heartbeat 2 s: at most one answer per second.
+    let f = start_frontend("f1", |c| c.heartbeat = Duration::from_secs(2)).await;
+    let mut c = Raw::handshake(f.gateway.local_addr()).await;
+    c.send(PackageType::HandshakeAck).await;
+    assert_eq!(
+        c.next(Duration::from_secs(5)).await,
+        Some(PackageType::Heartbeat)
+    );
+    // Answer every server heartbeat at once, for 1.5 s.
+    let mut answered = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+    c.send(PackageType::Heartbeat).await;
+    while tokio::time::Instant::now() < until {
+        match c.next(until - tokio::time::Instant::now()).await {
+            Some(PackageType::Heartbeat) => {
+                answered += 1;
+                c.send(PackageType::Heartbeat).await;
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break,
+        }
+    }
+    assert!(answered <= 2, "{answered} heartbeats in 1.5 s: a ping-pong");
+
+    // A client that keeps sending heartbeats far too often is closed.
+    let mut flood = Raw::handshake(f.gateway.local_addr()).await;
+    flood.send(PackageType::HandshakeAck).await;
+    for _ in 0..200 {
+        flood.send(PackageType::Heartbeat).await;
+    }
+    let mut closed = false;
+    for _ in 0..10 {
+        if flood.next(Duration::from_secs(2)).await.is_none() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "a heartbeat flood is closed");
+}
