@@ -194,13 +194,7 @@ async fn a_stalled_frontend_fails_calls_at_their_deadline() {
         let (stream, _) = listener.accept().await.expect("accept");
         let mut framed = Framed::new(stream, MessageCodec::default());
         let _hello = framed.next().await;
-        framed
-            .send(Message::HelloReply(HelloReply::Accepted {
-                version: PROTOCOL_VERSION,
-                node_id: "f1".into(),
-            }))
-            .await
-            .expect("reply");
+        framed.send(common::accepted("f1")).await.expect("reply");
         let mut requests = 0;
         while let Some(Ok(_)) = framed.next().await {
             requests += 1;
@@ -379,12 +373,7 @@ async fn a_backend_redials_a_frontend_that_went_silent_without_closing() {
             counted.fetch_add(1, Ordering::SeqCst);
             let mut framed = Framed::new(s, MessageCodec::default());
             let _ = framed.next().await;
-            let _ = framed
-                .send(Message::HelloReply(HelloReply::Accepted {
-                    version: PROTOCOL_VERSION,
-                    node_id: "f1".into(),
-                }))
-                .await;
+            let _ = framed.send(common::accepted("f1")).await;
             held.push(framed); // silent from now on, never closed
         }
     });

@@ -7,9 +7,7 @@ use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
-use session_proxy::protocol::{
-    Call, HelloReply, KeyWrite, Message, MessageCodec, Precondition, PROTOCOL_VERSION,
-};
+use session_proxy::protocol::{Call, KeyWrite, MessageCodec, Precondition};
 use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, RpcServer, SessionConfig, SessionService};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::time::Duration;
@@ -145,12 +143,7 @@ async fn in_flight_calls_per_cluster_connection() {
         let (s, _) = listener.accept().await.expect("accept");
         let mut framed = Framed::new(s, MessageCodec::default());
         let _ = framed.next().await;
-        let _ = framed
-            .send(Message::HelloReply(HelloReply::Accepted {
-                version: PROTOCOL_VERSION,
-                node_id: "f1".into(),
-            }))
-            .await;
+        let _ = framed.send(common::accepted("f1")).await;
         while let Some(Ok(_)) = framed.next().await {}
     });
     let mut config = quick_client("b", Duration::from_secs(2));

@@ -3,7 +3,7 @@
 //! under the service's [`TaskTracker`], so shutdown waits for them.
 
 use crate::handler::SharedHandlers;
-use crate::link::{refuse, Inbound, Replier};
+use crate::link::{refuse, Inbound, Replier, REQUEST_DEADLINE};
 use crate::{BackendSession, FrontendClient};
 use futures::FutureExt;
 use session_proxy_protocol::{Call, ErrorCode, Reply, RpcError};
@@ -57,6 +57,7 @@ impl Inbound for Dispatcher {
         self.tasks.spawn(async move {
             let session = BackendSession::from_snapshot(link, session);
             let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
+            let run = REQUEST_DEADLINE.scope(tokio::time::Instant::now() + deadline, run);
             let result = match timeout(deadline, run).await {
                 Ok(Ok(Ok(body))) => Ok(Reply::Handled(body)),
                 Ok(Ok(Err(app_error))) => Ok(Reply::Handled(app_error.to_body())),

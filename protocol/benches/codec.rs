@@ -15,6 +15,7 @@ fn push_request() -> Message {
     Message::Request(Request {
         id: 123_456,
         deadline_ms: 5000,
+        sent_ms: 1_764_000_000_000,
         call: Call::Push {
             sid: SessionId::from_raw(0xdead_beef),
             writes: vec![KeyWrite {

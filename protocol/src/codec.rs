@@ -236,6 +236,7 @@ mod tests {
             Message::HelloReply(HelloReply::Accepted {
                 version: 1,
                 node_id: "f1".into(),
+                clock_ms: 1_764_000_000_000,
             }),
             Message::HelloReply(HelloReply::Refused(RpcError::new(
                 ErrorCode::VersionMismatch,
@@ -248,6 +249,7 @@ mod tests {
                 id: i as u64 * 1_000_003,
                 deadline_ms: 1234,
                 call,
+                sent_ms: 1_764_000_000_000 + i as u64,
             }));
         }
         for (i, result) in replies.into_iter().enumerate() {

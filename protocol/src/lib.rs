@@ -28,14 +28,15 @@
 //! ```
 //! use bytes::BytesMut;
 //! use session_proxy_protocol::{Call, Message, MessageCodec, Request, SessionId};
+//! use std::time::Duration;
 //! use tokio_util::codec::Decoder;
 //!
 //! let mut codec = MessageCodec::new(64 * 1024);
-//! let msg = Message::Request(Request {
-//!     id: 7,
-//!     deadline_ms: 5_000,
-//!     call: Call::Bind { sid: SessionId::from_raw(42), uid: "alice".into() },
-//! });
+//! let msg = Message::Request(Request::new(
+//!     7,
+//!     Duration::from_secs(5),
+//!     Call::Bind { sid: SessionId::from_raw(42), uid: "alice".into() },
+//! ));
 //! let mut buf = BytesMut::new();
 //! codec.encode_to(&msg, &mut buf).expect("a small message encodes");
 //! // Half a frame is not an error: the decoder asks for more bytes.
@@ -62,6 +63,6 @@ pub use error::{CodecError, ErrorCode, RpcError};
 pub use id::SessionId;
 pub use inflight::{InFlight, RegisterError};
 pub use message::{
-    Call, Hello, HelloReply, KeyWrite, Message, Precondition, Reply, Request, Response, Role,
-    SessionInfo, SessionSnapshot, Setting, MAGIC, PROTOCOL_VERSION,
+    unix_ms, Call, ClockOffset, Hello, HelloReply, KeyWrite, Message, Precondition, Reply, Request,
+    Response, Role, SessionInfo, SessionSnapshot, Setting, MAGIC, PROTOCOL_VERSION,
 };

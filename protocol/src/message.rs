@@ -67,6 +67,9 @@ pub struct Hello {
     /// is someone else (a stale address in a config, a restarted node on a
     /// reused port).
     pub expect_peer: Option<String>,
+    /// The sender's clock ([`unix_ms`]) when it sent the hello.
+    #[serde(default)]
+    pub clock_ms: u64,
 }
 
 impl Hello {
@@ -80,6 +83,7 @@ impl Hello {
             server_type: None,
             nonce: Vec::new(),
             expect_peer,
+            clock_ms: unix_ms(),
         }
     }
 
@@ -128,6 +132,9 @@ pub enum HelloReply {
         version: u16,
         /// The accepting side's node id.
         node_id: String,
+        /// The accepting side's clock ([`unix_ms`]) when it answered.
+        #[serde(default)]
+        clock_ms: u64,
     },
     /// The connection is refused and will be closed.
     Refused(RpcError),
@@ -146,11 +153,80 @@ pub enum HelloReply {
 pub struct Request {
     /// Chosen by the caller, unique among its pending calls on this connection.
     pub id: u64,
-    /// How long the caller will wait, relative to when it sent the request
-    /// (relative, so clocks of different machines never need to agree).
+    /// How long the caller will wait, relative to when it sent the request.
     pub deadline_ms: u32,
     /// What to do.
     pub call: Call,
+    /// The sender's clock ([`unix_ms`]) when it sent the request; 0 when
+    /// unknown. With the clock offset both ends measured at the handshake
+    /// ([`ClockOffset`]), the receiver tells how long the request waited on
+    /// the way (a stopped process, a full socket) and drops one whose
+    /// deadline passed before it could start: its caller has been told it
+    /// failed, so it must not take effect.
+    #[serde(default)]
+    pub sent_ms: u64,
+}
+
+impl Request {
+    /// A request sent now.
+    pub fn new(id: u64, deadline: std::time::Duration, call: Call) -> Self {
+        Request {
+            id,
+            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
+            call,
+            sent_ms: unix_ms(),
+        }
+    }
+
+    /// How much of the deadline is left, as seen through `offset` (the
+    /// sender's clock against ours); the whole deadline when the sending
+    /// time or the offset is unknown.
+    pub fn remaining(&self, offset: ClockOffset) -> std::time::Duration {
+        let deadline = std::time::Duration::from_millis(u64::from(self.deadline_ms));
+        match offset.age_of(self.sent_ms) {
+            Some(age) => deadline.saturating_sub(age),
+            None => deadline,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch on this machine's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How far a peer's clock is ahead of ours, measured once at the handshake
+/// from the clock it sent (an error of at most the round trip): clocks of
+/// different machines never need to agree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockOffset(Option<i64>);
+
+impl ClockOffset {
+    /// From the peer's clock reading `peer_ms` received just now (0: the
+    /// peer did not send one, and ages stay unknown).
+    pub fn measure(peer_ms: u64) -> Self {
+        if peer_ms == 0 {
+            return ClockOffset(None);
+        }
+        let ours = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
+        ClockOffset(Some(i64::try_from(peer_ms).unwrap_or(i64::MAX) - ours))
+    }
+
+    /// How long ago the peer's clock read `sent_ms`; `None` when unknown.
+    pub fn age_of(self, sent_ms: u64) -> Option<std::time::Duration> {
+        let offset = self.0?;
+        if sent_ms == 0 {
+            return None;
+        }
+        let peer_now = i64::try_from(unix_ms()).unwrap_or(i64::MAX) + offset;
+        let age = peer_now - i64::try_from(sent_ms).unwrap_or(i64::MAX);
+        Some(std::time::Duration::from_millis(
+            u64::try_from(age).unwrap_or(0),
+        ))
+    }
 }
 
 /// The one answer to a [`Request`].
@@ -407,5 +483,28 @@ mod hello_tests {
             ..ok
         };
         assert_eq!(code(&elsewhere), Some(ErrorCode::WrongFrontend));
+    }
+
+    #[test]
+    fn ages_are_read_through_the_peers_clock_offset() {
+        // A peer whose clock is an hour ahead of ours.
+        let hour = 3_600_000;
+        let offset = ClockOffset::measure(unix_ms() + hour);
+        let call = |sent_ms| Request {
+            id: 1,
+            deadline_ms: 5_000,
+            call: Call::Ping,
+            sent_ms,
+        };
+        let fresh = call(unix_ms() + hour).remaining(offset);
+        assert!(fresh > std::time::Duration::from_millis(4_000), "{fresh:?}");
+        assert!(call(unix_ms() + hour - 6_000).remaining(offset).is_zero());
+        // Unknown sending time or unknown clock: the whole deadline.
+        assert_eq!(call(0).remaining(offset).as_millis(), 5_000);
+        let unknown = ClockOffset::measure(0);
+        assert_eq!(
+            call(unix_ms() - 60_000).remaining(unknown).as_millis(),
+            5_000
+        );
     }
 }

@@ -161,3 +161,13 @@ pub fn encode_client_handshake(out: &mut bytes::BytesMut) {
         )
         .expect("a handshake encodes");
 }
+
+/// What a frontend answers an accepted hello (fake frontends in tests).
+pub fn accepted(node_id: &str) -> session_proxy::protocol::Message {
+    use session_proxy::protocol::{unix_ms, HelloReply, Message, PROTOCOL_VERSION};
+    Message::HelloReply(HelloReply::Accepted {
+        version: PROTOCOL_VERSION,
+        node_id: node_id.into(),
+        clock_ms: unix_ms(),
+    })
+}

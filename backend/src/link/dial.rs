@@ -5,7 +5,9 @@ use crate::error::LinkError;
 use crate::BackendConfig;
 use futures::{SinkExt, StreamExt};
 use session_proxy_protocol::auth::NONCE_LEN;
-use session_proxy_protocol::{Hello, HelloReply, Message, MessageCodec, Role, PROTOCOL_VERSION};
+use session_proxy_protocol::{
+    ClockOffset, Hello, HelloReply, Message, MessageCodec, Role, PROTOCOL_VERSION,
+};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -15,12 +17,15 @@ pub(super) type Reader = FramedRead<Box<dyn tokio::io::AsyncRead + Send + Unpin>
 /// The write half of a link, plain or TLS.
 pub(super) type Writer = FramedWrite<Box<dyn tokio::io::AsyncWrite + Send + Unpin>, MessageCodec>;
 
+/// An open link: its halves, and how far the frontend's clock is ahead.
+pub(super) type Opened = (Reader, Writer, ClockOffset);
+
 /// Dials `addr` and runs the handshake with frontend `frontend_id`.
 pub(super) async fn dial(
     frontend_id: &str,
     addr: &str,
     config: &BackendConfig,
-) -> Result<(Reader, Writer), LinkError> {
+) -> Result<Opened, LinkError> {
     let stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
         Err(_) => {
             return Err(LinkError::ConnectTimeout {
@@ -49,7 +54,7 @@ pub(super) async fn dial(
     {
         Err(_) => Err(LinkError::HandshakeTimeout),
         Ok(Err(cause)) => Err(cause),
-        Ok(Ok(())) => Ok((reader, writer)),
+        Ok(Ok(offset)) => Ok((reader, writer, offset)),
     }
 }
 
@@ -87,7 +92,7 @@ async fn hello(
     writer: &mut Writer,
     frontend_id: &str,
     config: &BackendConfig,
-) -> Result<(), LinkError> {
+) -> Result<ClockOffset, LinkError> {
     let mut hello = Hello::new(
         config.node_id.clone(),
         Role::Backend,
@@ -136,7 +141,11 @@ async fn hello(
     match reply {
         None => Err(LinkError::Closed),
         Some(Err(err)) => Err(LinkError::Corrupt(err)),
-        Some(Ok(Message::HelloReply(HelloReply::Accepted { version, node_id }))) => {
+        Some(Ok(Message::HelloReply(HelloReply::Accepted {
+            version,
+            node_id,
+            clock_ms,
+        }))) => {
             if version != PROTOCOL_VERSION {
                 Err(LinkError::Version(version))
             } else if node_id != frontend_id {
@@ -145,7 +154,7 @@ async fn hello(
                     reached: node_id,
                 })
             } else {
-                Ok(())
+                Ok(ClockOffset::measure(clock_ms))
             }
         }
         Some(Ok(Message::HelloReply(HelloReply::Refused(err)))) => Err(LinkError::Refused(err)),

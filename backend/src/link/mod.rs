@@ -76,6 +76,14 @@ pub(crate) struct Replier {
     tx: mpsc::Sender<Message>,
 }
 
+tokio::task_local! {
+    /// When the forwarded request a handler serves expires: the calls the
+    /// handler makes to frontends wait no longer than that, so work for a
+    /// caller that has already been told "deadline exceeded" does not take
+    /// effect later.
+    pub(crate) static REQUEST_DEADLINE: Instant;
+}
+
 /// Refuses a request with an error answer (a notify gets none).
 pub(crate) fn refuse(reply: Option<Replier>, code: ErrorCode, message: &str) {
     if let Some(reply) = reply {
@@ -258,7 +266,13 @@ impl FrontendClient {
         call: Call,
         deadline: Duration,
     ) -> Result<PendingCall, Error> {
-        let deadline_at = Instant::now() + deadline;
+        let now = Instant::now();
+        let deadline = match REQUEST_DEADLINE.try_with(|at| at.saturating_duration_since(now)) {
+            Ok(left) if left.is_zero() => return Err(self.deadline_error(deadline)),
+            Ok(left) => deadline.min(left),
+            Err(_) => deadline,
+        };
+        let deadline_at = now + deadline;
         let conn = self.connection(deadline_at, deadline).await?;
         let (id, rx) = match conn.inflight.register() {
             Ok(pair) => pair,
@@ -280,11 +294,7 @@ impl FrontendClient {
             deadline,
             client: self.clone(),
         };
-        let msg = Message::Request(Request {
-            id,
-            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
-            call,
-        });
+        let msg = Message::Request(Request::new(id, deadline, call));
         // Room in the queue (the usual case): no timer needed.
         let msg = match conn.tx.try_send(msg) {
             Ok(()) => return Ok(pending),

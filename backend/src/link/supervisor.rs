@@ -8,7 +8,7 @@ use crate::error::LinkError;
 use crate::BackendConfig;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
-use session_proxy_protocol::{Call, ErrorCode, InFlight, Message, Reply, Request};
+use session_proxy_protocol::{Call, ClockOffset, ErrorCode, InFlight, Message, Reply, Request};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -83,7 +83,7 @@ impl Supervisor {
                 attempt = dial(&self.frontend_id, &self.addr, &self.config) => attempt,
             };
             match attempt {
-                Ok((reader, writer)) => {
+                Ok((reader, writer, offset)) => {
                     if failures > 0 {
                         info!(addr = %self.addr, after_failures = failures, "reconnected to frontend");
                     } else {
@@ -91,7 +91,7 @@ impl Supervisor {
                     }
                     failures = 0;
                     backoff.reset();
-                    let cause = self.serve(reader, writer).await;
+                    let cause = self.serve(reader, writer, offset).await;
                     if self.cancel.is_cancelled() {
                         return;
                     }
@@ -127,7 +127,12 @@ impl Supervisor {
     }
 
     /// Runs a connection until it dies; returns why.
-    async fn serve(&self, mut reader: Reader, writer: Writer) -> Arc<LinkError> {
+    async fn serve(
+        &self,
+        mut reader: Reader,
+        writer: Writer,
+        clock: ClockOffset,
+    ) -> Arc<LinkError> {
         let (tx, rx) = mpsc::channel(self.config.queue);
         let conn = Arc::new(Conn {
             tx: tx.clone(),
@@ -150,11 +155,7 @@ impl Supervisor {
                 let Ok((id, rx)) = conn.inflight.register() else {
                     return LinkError::Closed;
                 };
-                let request = Message::Request(Request {
-                    id,
-                    deadline_ms: u32::try_from(ping.as_millis()).unwrap_or(u32::MAX),
-                    call: Call::Ping,
-                });
+                let request = Message::Request(Request::new(id, ping, Call::Ping));
                 if tx.send(request).await.is_err() {
                     return LinkError::Closed;
                 }
@@ -182,12 +183,23 @@ impl Supervisor {
                         }
                     }
                     Some(Ok(Message::Request(req))) => {
-                        let deadline = Duration::from_millis(u64::from(req.deadline_ms));
+                        // What is left of the caller's deadline after the
+                        // way here (a stopped process, a full socket).
+                        let deadline = req.remaining(clock);
                         let reply = Replier {
                             id: req.id,
                             tx: tx.clone(),
                         };
-                        self.incoming(req.call, deadline, Some(reply));
+                        if deadline.is_zero() {
+                            debug!(id = req.id, "request arrived after its deadline; not run");
+                            refuse(
+                                Some(reply),
+                                ErrorCode::DeadlineExceeded,
+                                "arrived after its deadline; not run",
+                            );
+                        } else {
+                            self.incoming(req.call, deadline, Some(reply));
+                        }
                     }
                     Some(Ok(Message::Notify(call))) => {
                         self.incoming(call, self.config.deadline, None);

@@ -30,6 +30,7 @@ async fn accept(l: &TcpListener, me: &str) -> Peer {
     peer.send(Message::HelloReply(HelloReply::Accepted {
         version: PROTOCOL_VERSION,
         node_id: me.to_string(),
+        clock_ms: session_proxy_protocol::unix_ms(),
     }))
     .await
     .expect("answer the hello");
@@ -129,6 +130,7 @@ async fn a_silent_frontend_is_found_by_ping_and_the_link_redials() {
             id: 7,
             deadline_ms: 1000,
             call: Call::Ping,
+            sent_ms: 0,
         }))
         .await
         .expect("ping the backend");

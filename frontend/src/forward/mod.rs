@@ -285,15 +285,15 @@ impl BackendRegistry {
             }
         })?;
         let _forget = Forget(&link, id);
-        let request = Message::Request(Request {
+        let request = Message::Request(Request::new(
             id,
-            deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
-            call: Call::Handle {
+            deadline,
+            Call::Handle {
                 route: route.to_string(),
                 session,
                 body,
             },
-        });
+        ));
         let exchange = async {
             link.tx
                 .send(request)

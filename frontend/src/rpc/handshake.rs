@@ -94,6 +94,7 @@ impl BackendConn {
             .send(Message::HelloReply(HelloReply::Accepted {
                 version: PROTOCOL_VERSION,
                 node_id: self.service.frontend_id().to_string(),
+                clock_ms: session_proxy_protocol::unix_ms(),
             }))
             .await
     }

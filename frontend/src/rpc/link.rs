@@ -11,7 +11,8 @@ use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
-    CodecError, ErrorCode, HelloReply, Message, MessageCodec, Reply, Response, RpcError,
+    ClockOffset, CodecError, ErrorCode, HelloReply, Message, MessageCodec, Reply, Response,
+    RpcError,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,7 @@ impl BackendConn {
         let Ok(hello) = self.handshake(&mut framed, deadline).await else {
             return;
         };
+        let clock = ClockOffset::measure(hello.clock_ms);
         drop(pre_auth);
         let Ok(_slot) = self.slots.clone().try_acquire_owned() else {
             let limit = self.config.max_connections;
@@ -119,8 +121,8 @@ impl BackendConn {
                 self.serve(
                     &mut framed,
                     link.as_ref().map(|(_, l)| &**l),
-                    &mut rx,
-                    &late_answers,
+                    (&mut rx, &late_answers),
+                    clock,
                 )
                 .await
             }
@@ -145,8 +147,8 @@ impl BackendConn {
         &self,
         framed: &mut Framed<S, MessageCodec>,
         link: Option<&BackendLink>,
-        outbox: &mut mpsc::Receiver<Message>,
-        late_answers: &mpsc::Sender<Message>,
+        (outbox, late_answers): (&mut mpsc::Receiver<Message>, &mpsc::Sender<Message>),
+        clock: ClockOffset,
     ) -> End {
         // Answers of the current batch, held until the batch is durable.
         let mut answers: Vec<(u64, Result<Reply, RpcError>, bool)> = Vec::new();
@@ -193,6 +195,19 @@ impl BackendConn {
                     Some(Ok(msg)) => msg,
                 };
                 match msg {
+                    Message::Request(req) if req.remaining(clock).is_zero() => {
+                        // Its caller has been told it failed: it must not
+                        // take effect now.
+                        debug!(id = req.id, "call arrived after its deadline; not applied");
+                        answers.push((
+                            req.id,
+                            Err(RpcError::new(
+                                ErrorCode::DeadlineExceeded,
+                                "arrived after its deadline; not applied",
+                            )),
+                            false,
+                        ));
+                    }
                     Message::Request(req) => {
                         let mutates = mutates(&req.call);
                         let wait = self
