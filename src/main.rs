@@ -35,8 +35,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = builder.build().context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Run { node, .. } => match &cluster {
-                Some(config) => run_node(config, &node).await,
+            Command::Run { node, insecure, .. } => match &cluster {
+                Some(config) => run_node(config, &node, insecure).await,
                 None => anyhow::bail!("no cluster config"),
             },
             Command::Bench { mode } => cli::bench::run_bench(mode).await,
@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
                 client_addr,
                 redis,
                 resume_grace,
+                insecure,
             } => {
                 let mut gateway = GatewayConfig::new(server_type.clone());
                 gateway.resume_grace = Duration::from_secs(resume_grace);
@@ -69,6 +70,7 @@ fn main() -> anyhow::Result<()> {
                     gateway,
                     tls: None,
                     open_sessions,
+                    insecure,
                 };
                 let running = node.start().await?;
                 if redis.is_some() {

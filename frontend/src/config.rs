@@ -153,6 +153,12 @@ pub struct RpcConfig {
     /// `session-proxy` command reads it from `SESSION_PROXY_SECRET`; the
     /// library never reads the environment.)
     pub secret: Option<Secret>,
+    /// Serve without a cluster secret on an address other than loopback.
+    /// Without a secret any peer that reaches the port acts as a backend: it
+    /// reads sessions, and pushes and broadcasts to every client. Off by
+    /// default: [`RpcServer::bind`](crate::RpcServer::bind) refuses such an
+    /// address (and warns on loopback). Default: `false`.
+    pub insecure: bool,
     /// A backend connection with no traffic for this long is closed as
     /// dead (backends ping every `BackendConfig::ping_interval`, 10 s by
     /// default, when they have nothing else to send). Default: 45 s.
@@ -181,6 +187,7 @@ impl Default for RpcConfig {
             max_in_flight: 65_536,
             queue: 4096,
             secret: None,
+            insecure: false,
             idle_timeout: Duration::from_secs(45),
             #[cfg(feature = "tls")]
             tls: None,
@@ -311,6 +318,12 @@ pub struct GatewayConfig {
     /// reply's `user.resumeToken`). Zero: no resume, a drop closes the
     /// session at once. Default: 30 s.
     pub resume_grace: Duration,
+    /// On shutdown, how long a connection waits for the answers to its
+    /// requests in flight (they are written to it) before it is kicked with
+    /// reason "server shutting down" and closed. Keep it under the drain
+    /// given to [`GatewayServer::shutdown`](crate::GatewayServer::shutdown).
+    /// Default: 1 s.
+    pub shutdown_grace: Duration,
     /// Serve TLS (raw packages over TLS, and `wss`) on the same port, told
     /// apart from plain connections by their first byte. Default: `None`.
     #[cfg(feature = "tls")]
@@ -336,6 +349,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             max_connections_per_ip: 256,
             resume_grace: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
             #[cfg(feature = "tls")]
             tls: None,
             dictionary: Vec::new(),

@@ -30,6 +30,11 @@ pub enum Command {
         /// The id of the node to run.
         #[arg(long)]
         node: String,
+        /// Let a frontend listen for backends beyond loopback without a
+        /// cluster secret (SESSION_PROXY_SECRET). Any peer could then act
+        /// as a backend; refused without this flag.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Load-test any Pomelo/Pinus-compatible server (this one or Pinus).
     Bench {
@@ -72,6 +77,10 @@ pub enum Command {
         /// How long a dropped client may resume its session, in seconds.
         #[arg(long, default_value_t = 30)]
         resume_grace: u64,
+        /// Listen for backends beyond loopback without a cluster secret
+        /// (SESSION_PROXY_SECRET); refused without this flag.
+        #[arg(long)]
+        insecure: bool,
     },
 }
 

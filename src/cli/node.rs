@@ -47,6 +47,8 @@ pub struct FrontendNode {
     /// Sessions to open at start, bound to `user-0` … (stand-ins for
     /// clients, to try the RPC without a connector).
     pub open_sessions: usize,
+    /// Listen beyond loopback without a cluster secret (`--insecure`).
+    pub insecure: bool,
 }
 
 /// A frontend node that is serving.
@@ -90,6 +92,7 @@ impl FrontendNode {
             gateway,
             tls,
             open_sessions: 0,
+            insecure: false,
         })
     }
 
@@ -110,6 +113,7 @@ impl FrontendNode {
         let mut rpc_config = RpcConfig::default();
         rpc_config.tls = self.tls;
         rpc_config.secret = secret_from_env();
+        rpc_config.insecure = self.insecure;
         let rpc = RpcServer::bind(self.rpc_addr, sessions.clone(), rpc_config)
             .await
             .with_context(|| format!("listening for backends on {}", self.rpc_addr))?;
@@ -164,11 +168,13 @@ impl RunningFrontend {
 
 /// Runs node `id` of a cluster file until SIGINT/SIGTERM. Prints
 /// `ready <node id>` once it serves.
-pub async fn run_node(config: &ClusterConfig, id: &str) -> anyhow::Result<()> {
+pub async fn run_node(config: &ClusterConfig, id: &str, insecure: bool) -> anyhow::Result<()> {
     let node = config.node(id)?;
     match node.role {
         NodeRole::Frontend => {
-            let running = FrontendNode::from_cluster(config, node)?.start().await?;
+            let mut frontend = FrontendNode::from_cluster(config, node)?;
+            frontend.insecure = insecure;
+            let running = frontend.start().await?;
             println!("ready {}", node.id);
             running.serve_until_signal().await
         }
@@ -188,6 +194,11 @@ async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resul
             .unwrap_or("localhost");
         client.tls = Some(LinkTls::from_ca_file(ca, name).context("loading the TLS CA")?);
     }
+    if client.secret.is_none() {
+        tracing::warn!(
+            "no cluster secret (SESSION_PROXY_SECRET): links to frontends are not authenticated"
+        );
+    }
     let service = BackendSessionService::new(client)?;
     service.serve(app::backend_handlers(&node.server_type, &service));
     for f in config.frontends() {
@@ -197,7 +208,11 @@ async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resul
     }
     println!("ready {}", node.id);
     wait_for_signal().await?;
-    service.close();
+    // Requests already running finish and are answered; new ones are
+    // refused; then the links close.
+    if !service.shutdown(DRAIN).await {
+        tracing::warn!("handlers still running after {DRAIN:?}; exiting anyway");
+    }
     Ok(())
 }
 

@@ -56,6 +56,7 @@ impl RpcServer {
     ) -> Result<RpcServer, crate::Error> {
         config.validate()?;
         service.config().validate()?;
+        check_secret(&config, addr)?;
         let listener =
             bind_reusable(addr, 1024).map_err(|source| crate::Error::Listen { addr, source })?;
         Ok(Self::start(listener, service, config))
@@ -70,6 +71,9 @@ impl RpcServer {
     ) -> Result<RpcServer, crate::Error> {
         config.validate()?;
         service.config().validate()?;
+        if let Ok(addr) = listener.local_addr() {
+            check_secret(&config, addr)?;
+        }
         Ok(Self::start(listener, service, config))
     }
 
@@ -113,6 +117,30 @@ impl RpcServer {
     pub async fn shutdown(self, drain: Duration) -> bool {
         self.running.shutdown(drain).await
     }
+}
+
+/// Refuses to serve without a secret beyond loopback (unless `insecure`),
+/// and says loudly what serving without one means.
+fn check_secret(config: &RpcConfig, addr: SocketAddr) -> Result<(), crate::Error> {
+    if config.secret.is_some() {
+        return Ok(());
+    }
+    if !addr.ip().is_loopback() && !config.insecure {
+        return Err(crate::config::ConfigError {
+            config: "RpcConfig",
+            field: "secret",
+            problem: "no cluster secret on an address that is not loopback: any peer that \
+                      reaches it could read sessions and push to every client (set a secret, \
+                      or `insecure`)",
+        }
+        .into());
+    }
+    tracing::warn!(
+        %addr,
+        "NO CLUSTER SECRET: any peer that reaches this RPC port can act as a backend \
+         (read sessions, push and broadcast to every client); set one in production"
+    );
+    Ok(())
 }
 
 /// What every connection task of a server shares.

@@ -4,7 +4,7 @@
 use crate::SessionOwner;
 use bytes::BytesMut;
 use futures::StreamExt;
-use session_proxy_protocol::client::{MessageType, Route};
+use session_proxy_protocol::client::{MessageType, PackageType, Route};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -173,7 +173,7 @@ impl ClientConn {
         cancelled: Pin<&mut WaitForCancellationFutureOwned>,
     ) -> Poll<String> {
         if cancelled.poll(cx).is_ready() {
-            return Poll::Ready("server shutting down".into());
+            return Poll::Ready(SHUTTING_DOWN.into());
         }
         loop {
             if self.rearm {
@@ -204,6 +204,9 @@ impl ClientConn {
 
     pub(super) async fn finish(mut self, reason: String) {
         debug!(reason, "client connection ends");
+        if reason == SHUTTING_DOWN {
+            self.answer_and_kick().await;
+        }
         if let Some(owner) = self.owner.take() {
             let grace = self.shared.config.resume_grace;
             let never_acked = self.phase != Phase::Working && !self.resumed;
@@ -220,5 +223,44 @@ impl ClientConn {
             }
         }
         self.transport.close().await;
+    }
+}
+
+/// Why a connection ends when its gateway shuts down.
+const SHUTTING_DOWN: &str = "server shutting down";
+
+impl ClientConn {
+    /// On shutdown: writes the answers of the requests in flight that come
+    /// within `shutdown_grace`, then a kick with the reason, so the client
+    /// knows why it is closed (and may come back elsewhere with its token).
+    async fn answer_and_kick(&mut self) {
+        let until = Instant::now() + self.shared.config.shutdown_grace;
+        if self.phase == Phase::Working {
+            while let Some(pending) = self.pending.as_mut().filter(|p| !p.is_empty()) {
+                match tokio::time::timeout_at(until, pending.next()).await {
+                    Ok(Some((id, body))) => {
+                        self.write_message(MessageType::Response, id, &Route::None, &body)
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if self.closing.is_none() {
+            // A kick package, but the session stays parked: with a shared
+            // store the client resumes on a restarted or another frontend.
+            let body = serde_json::json!({ "reason": SHUTTING_DOWN }).to_string();
+            let _ = out_codec().encode_to(PackageType::Kick, body.as_bytes(), &mut self.out);
+        }
+        let written = tokio::time::timeout_at(
+            until.max(Instant::now() + std::time::Duration::from_millis(100)),
+            std::future::poll_fn(|cx| {
+                self.transport
+                    .poll_send(cx, &mut self.out, &mut self.flushing)
+            }),
+        )
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            debug!("the client did not take its last answers before the shutdown deadline");
+        }
     }
 }
