@@ -273,7 +273,7 @@ async fn accept_loop(acceptor: Acceptor, shared: Arc<GatewayContext>, tracker: T
         };
         let shared = shared.clone();
         if over {
-            tracing::warn!(%ip, limit = shared.config.max_connections_per_ip, "too many connections from one address; closing the new one");
+            crate::logs::warn_throttled!(%ip, limit = shared.config.max_connections_per_ip, "too many connections from one address; closing the new one");
             release_ip(&shared, ip);
             drop(stream);
             continue;

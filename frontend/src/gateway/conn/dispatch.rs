@@ -16,6 +16,7 @@ use tokio_util::codec::Decoder;
 use tracing::debug;
 
 use super::*;
+use crate::logs::warn_throttled;
 
 impl ClientConn {
     /// Whether as many requests are being handled as the connection may
@@ -37,6 +38,16 @@ impl ClientConn {
     /// Decodes and handles what was read (`peer`: the client's address), up
     /// to the in-flight cap; the rest stays in `rbuf` until answers go out.
     pub(super) fn on_bytes(&mut self, peer: SocketAddr) -> Result<(), String> {
+        let handled = self.decode_packages(peer);
+        if let Err(reason) = &handled {
+            // Seen at the default level, at most once a second.
+            let reason = session_proxy_protocol::text::log_safe(reason);
+            warn_throttled!(%peer, %reason, "closing a client for bad input");
+        }
+        handled
+    }
+
+    fn decode_packages(&mut self, peer: SocketAddr) -> Result<(), String> {
         loop {
             if self.at_capacity() {
                 return Ok(());
