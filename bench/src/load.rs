@@ -65,6 +65,8 @@ pub(crate) struct Conn {
     next_id: u64,
     heartbeat: Option<Duration>,
     next_beat: Instant,
+    /// The resume token of the handshake reply, if the server gave one.
+    token: Option<String>,
 }
 
 impl Conn {
@@ -85,7 +87,15 @@ impl Conn {
             next_id: 1,
             heartbeat,
             next_beat: Instant::now() + heartbeat.unwrap_or(Duration::from_secs(3600)),
+            token: handshake["user"]["resumeToken"]
+                .as_str()
+                .map(str::to_string),
         })
+    }
+
+    /// The token that resumes this connection's session elsewhere or later.
+    pub(crate) fn resume_token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     fn encode(&mut self, route: &str, body: &[u8]) -> anyhow::Result<(u64, Bytes)> {

@@ -24,22 +24,50 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             clients,
             minutes,
             kill_every,
+            redis_server,
+            redis_every,
+            redis_down,
+            json,
         } => {
-            let binary = std::env::current_exe().context("finding this binary")?;
-            let r = bench::soak::soak(
-                &binary,
-                &config,
+            let options = bench::soak::SoakOptions {
+                binary: std::env::current_exe().context("finding this binary")?,
+                config,
                 target,
                 clients,
-                Duration::from_secs_f64(minutes * 60.0),
-                Duration::from_secs(kill_every),
-            )
-            .await?;
-            println!(
-                "soak: {} ok, {} error responses, {} reconnects, {} backend kills, {} acknowledged writes checked",
-                r.ok, r.error_responses, r.reconnects, r.kills, r.acknowledged_writes_checked
-            );
-            println!("connector RSS (s, KiB): {:?}", r.memory);
+                duration: Duration::from_secs_f64(minutes * 60.0),
+                kill_every: Duration::from_secs(kill_every),
+                redis: redis_server.map(|binary| bench::soak::RedisFaults {
+                    binary,
+                    every: Duration::from_secs(redis_every),
+                    down: Duration::from_secs(redis_down),
+                }),
+            };
+            let r = bench::soak::soak(options).await?;
+            if json {
+                println!("{}", bench::soak::to_json(&r));
+            } else {
+                println!(
+                    "soak: {} ok, {} error responses, {} unanswered, {} reconnects, {} backend kills, \
+                     {} store kills (recovered in {:?}), {} acknowledged writes checked, {} lost",
+                    r.ok,
+                    r.error_responses,
+                    r.unanswered,
+                    r.reconnects,
+                    r.kills,
+                    r.store_kills,
+                    r.store_recovery,
+                    r.acknowledged_writes_checked,
+                    r.acknowledged_writes_lost
+                );
+                println!("connector RSS (s, KiB): {:?}", r.memory);
+            }
+            if r.unanswered > 0 || r.acknowledged_writes_lost > 0 {
+                anyhow::bail!(
+                    "{} requests unanswered, {} acknowledged writes lost",
+                    r.unanswered,
+                    r.acknowledged_writes_lost
+                );
+            }
             return Ok(());
         }
         BenchMode::Floor { addr } => {

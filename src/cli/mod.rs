@@ -204,6 +204,20 @@ pub enum BenchMode {
         /// Seconds between backend kills.
         #[arg(long, default_value_t = 20)]
         kill_every: u64,
+        /// Also keep the connector's sessions in a redis-server that the
+        /// soak starts (this binary) on a free loopback port and SIGKILLs
+        /// on a schedule, restarting it empty.
+        #[arg(long)]
+        redis_server: Option<std::path::PathBuf>,
+        /// Seconds between store kills.
+        #[arg(long, default_value_t = 45)]
+        redis_every: u64,
+        /// Seconds the store stays down each time.
+        #[arg(long, default_value_t = 5)]
+        redis_down: u64,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Pipelined backend -> frontend pushes on one RPC connection (both
     /// sides in this process, each on its own thread and core).
