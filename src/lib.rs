@@ -3,7 +3,7 @@
 //! Frontend nodes own the authoritative client sessions; backend nodes work
 //! on them through [`BackendSession`] proxies that send changes back over a
 //! MessagePack TCP RPC, last write wins per key. This crate is a facade: it
-//! re-exports the three member crates, and the cluster file's types. The
+//! re-exports the member crates, and the cluster file's types. The
 //! `session-proxy` command (feature `cli`) runs demos, nodes and benchmarks.
 //!
 //! # Layout
@@ -13,11 +13,13 @@
 //! - [`backend`]: [`BackendSessionService`], [`BackendSession`],
 //!   [`Handlers`] for forwarded client requests, and the RPC link to each
 //!   frontend.
+//! - [`registry`]: cluster membership: node records under leases (a static
+//!   list, or Redis), and backends that follow the frontends in it.
 //! - [`cluster`] (feature `cluster`): a cluster described in one TOML file,
 //!   one node per process.
 //!
 //! # Features
-//! All on by default: `redis` (the Redis session store), `websocket`
+//! All on by default: `redis` (the Redis session store and membership), `websocket`
 //! (WebSocket clients on the gateway), `tls` (rustls on cluster links and
 //! client connections), `cluster` (the cluster file), `cli` (the
 //! `session-proxy` command and what only it needs).
@@ -55,6 +57,7 @@ pub mod cluster;
 pub use session_proxy_backend as backend;
 pub use session_proxy_frontend as frontend;
 pub use session_proxy_protocol as protocol;
+pub use session_proxy_registry as registry;
 
 pub use session_proxy_backend::{
     BackendConfig, BackendSession, BackendSessionService, ChannelService, FrontendClient,

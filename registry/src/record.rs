@@ -1,0 +1,132 @@
+//! What the registry knows of one node, and of all of them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A node's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Owns client sessions; backends dial its RPC address.
+    Frontend,
+    /// Runs handlers; dials every frontend.
+    Backend,
+}
+
+/// Whether a node takes new work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Takes new clients and requests.
+    #[default]
+    Active,
+    /// Finishing what it has; gates and routers send it nothing new.
+    Draining,
+}
+
+/// One node, as every other node sees it. Stored as JSON, so an operator
+/// can read it with `redis-cli GET`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Unique in the cluster, e.g. `connector-7`.
+    pub id: String,
+    /// Frontend or backend.
+    pub role: NodeRole,
+    /// Its server type, e.g. `connector` or `chat`.
+    pub server_type: String,
+    /// Where backends reach its RPC server (frontends).
+    #[serde(default)]
+    pub rpc_addr: Option<String>,
+    /// Where clients should dial it, as they can reach it (frontends with a
+    /// gateway; behind NAT or a load balancer this is the public address).
+    #[serde(default)]
+    pub client_addr: Option<String>,
+    /// Active or draining.
+    #[serde(default)]
+    pub state: NodeState,
+    /// Connected clients, refreshed with the lease.
+    #[serde(default)]
+    pub clients: u64,
+    /// The node's build version.
+    #[serde(default)]
+    pub version: String,
+    /// When it started, Unix milliseconds.
+    #[serde(default)]
+    pub started_unix_ms: u64,
+}
+
+impl NodeRecord {
+    /// An active node of this build, started now, with no addresses yet.
+    pub fn new(id: impl Into<String>, role: NodeRole, server_type: impl Into<String>) -> Self {
+        NodeRecord {
+            id: id.into(),
+            role,
+            server_type: server_type.into(),
+            rpc_addr: None,
+            client_addr: None,
+            state: NodeState::Active,
+            clients: 0,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+        }
+    }
+
+    /// With the address backends dial.
+    pub fn with_rpc_addr(mut self, addr: impl Into<String>) -> Self {
+        self.rpc_addr = Some(addr.into());
+        self
+    }
+
+    /// With the address clients dial.
+    pub fn with_client_addr(mut self, addr: impl Into<String>) -> Self {
+        self.client_addr = Some(addr.into());
+        self
+    }
+}
+
+/// Every node the registry knows, by id. Cheap to clone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Members(Arc<BTreeMap<String, NodeRecord>>);
+
+impl Members {
+    /// From records; a later record with the same id wins.
+    pub fn from_records(records: impl IntoIterator<Item = NodeRecord>) -> Self {
+        Members(Arc::new(
+            records.into_iter().map(|r| (r.id.clone(), r)).collect(),
+        ))
+    }
+
+    /// One node.
+    pub fn get(&self, id: &str) -> Option<&NodeRecord> {
+        self.0.get(id)
+    }
+
+    /// Every node, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.0.values()
+    }
+
+    /// The frontends.
+    pub fn frontends(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.iter().filter(|r| r.role == NodeRole::Frontend)
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.iter().filter(|r| r.role == NodeRole::Backend)
+    }
+
+    /// How many nodes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
