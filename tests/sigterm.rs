@@ -115,3 +115,59 @@ async fn no_secret_beyond_loopback_is_refused_without_insecure() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_backend_gets_no_new_requests_and_finishes_its_own() {
+    use common::cluster::{client, start_backend, start_frontend, wait_for_backends};
+    use session_proxy_bench::pomelo::Transport;
+    let f = start_frontend("f1", |_| {}).await;
+    let (a, _) = start_backend("game-a", &[&f]);
+    let (b, _) = start_backend("game-b", &[&f]);
+    wait_for_backends(&f, 2).await;
+    let c = std::sync::Arc::new(client(f.gateway.local_addr(), Transport::Tcp).await);
+    // Requests of this session are routed to one backend; find which.
+    let slow = {
+        let c = c.clone();
+        tokio::spawn(async move { c.request("game.h.slow", &json!({ "ms": 400 })).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (draining, other) = if a.requests_running() > 0 {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(
+        draining.requests_running(),
+        1,
+        "the slow request runs somewhere"
+    );
+    let drain = {
+        let draining = draining.clone();
+        tokio::spawn(async move { draining.shutdown(Duration::from_secs(3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New requests, on the same session, go to the other backend: none fails.
+    for i in 0..50 {
+        let answer = c
+            .request("game.h.echo", &json!({ "i": i }))
+            .await
+            .expect("answered");
+        assert_eq!(
+            answer,
+            json!({ "i": i }),
+            "request {i} while a backend drains"
+        );
+    }
+    assert_eq!(
+        slow.await.expect("task").expect("answered"),
+        json!({ "slept": 400 }),
+        "the running request completed on the draining backend"
+    );
+    assert!(drain.await.expect("task"), "the drain finished in time");
+    assert_eq!(
+        f.rpc.backends().count("game"),
+        1,
+        "only the other backend is picked"
+    );
+    other.shutdown(Duration::from_secs(1)).await;
+}

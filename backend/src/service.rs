@@ -137,12 +137,35 @@ impl BackendSessionService {
         futures::future::try_join_all(waits).await.map(|_| ())
     }
 
-    /// Stops within `drain`: forwarded requests that arrive from now on are
-    /// refused, the running ones get the rest of `drain` to finish and
+    /// How many forwarded requests this backend's handlers are running now.
+    pub fn requests_running(&self) -> usize {
+        self.inner.dispatcher.tasks.len()
+    }
+
+    /// Stops within `drain`: every frontend is told this backend drains
+    /// (it forwards no new requests here and routes them to its peers), the
+    /// requests already running get the rest of `drain` to finish and
     /// answer, then every link closes. Returns whether everything ended in
     /// time. Also breaks the cycle of handlers that hold this service.
     pub async fn shutdown(&self, drain: Duration) -> bool {
         let until = Instant::now() + drain;
+        // Frontends stop picking this backend first, so nothing they send
+        // from now on has to be refused.
+        let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
+        let tell = (drain / 4).min(Duration::from_secs(1));
+        let told = clients
+            .iter()
+            .map(|c| c.call_with_deadline(session_proxy_protocol::Call::Drain, tell));
+        for result in futures::future::join_all(told).await {
+            if let Err(err) = result {
+                tracing::debug!(cause = %err, "a frontend did not hear of the drain");
+            }
+        }
+        if !clients.is_empty() {
+            // A request a frontend picked just before it heard is still on
+            // the wire: let it in before new ones are refused.
+            tokio::time::sleep((drain / 20).min(Duration::from_millis(50))).await;
+        }
         let d = &self.inner.dispatcher;
         d.draining.cancel();
         d.tasks.close();

@@ -338,6 +338,11 @@ pub enum Call {
     /// Are you there? Replies [`Reply::Done`]. Sent on an idle connection to
     /// find a peer that vanished without closing it (half-open).
     Ping,
+    /// The calling backend is draining: forward it no new client requests
+    /// (route them to its peers); its connection stays open for the requests
+    /// already running and its own session calls. Replies [`Reply::Done`]
+    /// once the frontend has stopped picking it.
+    Drain,
     /// A client request (or notify) forwarded by a frontend to a backend:
     /// run the handler of `route` on this session. Replies
     /// [`Reply::Handled`].

@@ -211,8 +211,9 @@ impl Supervisor {
             }
         };
         let cause = tokio::select! {
-            _ = self.cancel.cancelled() => LinkError::Stopped,
-            cause = write_loop(writer, rx) => cause,
+            // Stopping ends the writer, after it wrote what is queued (the
+            // last answers of a drain).
+            cause = write_loop(writer, rx, &self.cancel) => cause,
             cause = read => cause,
             cause = pinger => cause,
         };
@@ -248,13 +249,35 @@ impl Supervisor {
 }
 
 /// Writes queued frames, flushing once per batch of whatever is queued.
-async fn write_loop(mut writer: Writer, mut rx: mpsc::Receiver<Message>) -> LinkError {
+/// How long a stopping link may take to write what is queued.
+const LAST_WRITE: Duration = Duration::from_secs(1);
+
+async fn write_loop(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Message>,
+    stop: &CancellationToken,
+) -> LinkError {
     let write = |source| LinkError::Send {
         what: "a frame",
         source,
     };
     loop {
-        let Some(msg) = rx.recv().await else {
+        let msg = tokio::select! {
+            msg = rx.recv() => msg,
+            _ = stop.cancelled() => {
+                // What is queued leaves before the link closes, within a
+                // bound (a peer that does not read gets no more).
+                let last = async {
+                    while let Ok(msg) = rx.try_recv() {
+                        writer.feed(msg).await?;
+                    }
+                    writer.flush().await
+                };
+                let _ = tokio::time::timeout(LAST_WRITE, last).await;
+                return LinkError::Stopped;
+            }
+        };
+        let Some(msg) = msg else {
             return LinkError::Stopped;
         };
         if let Err(err) = writer.feed(msg).await {

@@ -103,7 +103,9 @@ impl BackendConn {
     ) -> Result<Reply, RpcError> {
         let s = &self.service;
         let reply = match call {
-            Call::Ping => Reply::Done,
+            // (A draining backend's Drain is handled by its link; without a
+            // server type it was never picked anyway.)
+            Call::Ping | Call::Drain => Reply::Done,
             Call::GetSession { sid } => Reply::Session(s.get(sid)),
             Call::GetByUid { uid } => Reply::Sessions(s.get_by_uid(&uid)),
             Call::Bind { sid, uid } => s.bind(sid, &uid).map(|()| Reply::Done)?,

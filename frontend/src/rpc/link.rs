@@ -11,7 +11,7 @@ use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
-    ClockOffset, CodecError, ErrorCode, HelloReply, Message, MessageCodec, Reply, Response,
+    Call, ClockOffset, CodecError, ErrorCode, HelloReply, Message, MessageCodec, Reply, Response,
     RpcError,
 };
 use std::net::SocketAddr;
@@ -120,7 +120,7 @@ impl BackendConn {
                 info!(backend = %backend, serves = ?serves, "backend connected");
                 self.serve(
                     &mut framed,
-                    link.as_ref().map(|(_, l)| &**l),
+                    link.as_ref().map(|(t, l)| (t.as_str(), &**l)),
                     (&mut rx, &late_answers),
                     clock,
                 )
@@ -146,7 +146,7 @@ impl BackendConn {
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
         framed: &mut Framed<S, MessageCodec>,
-        link: Option<&BackendLink>,
+        link: Option<(&str, &BackendLink)>,
         (outbox, late_answers): (&mut mpsc::Receiver<Message>, &mpsc::Sender<Message>),
         clock: ClockOffset,
     ) -> End {
@@ -208,6 +208,14 @@ impl BackendConn {
                             false,
                         ));
                     }
+                    Message::Request(req) if matches!(req.call, Call::Drain) => {
+                        if let Some((server_type, link)) = link {
+                            // No new picks; what runs on it completes.
+                            self.backends.unregister(server_type, link);
+                            info!(backend = %log_safe(&link.node_id), "backend draining; forwarding no new requests to it");
+                        }
+                        answers.push((req.id, Ok(Reply::Done), false));
+                    }
                     Message::Request(req) => {
                         let mutates = mutates(&req.call);
                         let wait = self
@@ -239,7 +247,7 @@ impl BackendConn {
                         }
                     }
                     Message::Response(resp) => match link {
-                        Some(link) => link.complete(resp),
+                        Some((_, link)) => link.complete(resp),
                         None => debug!(id = resp.id, "ignoring a response to no request"),
                     },
                     Message::Hello(_) | Message::HelloReply(_) | Message::Proof(_) => {
