@@ -22,12 +22,21 @@ fn main() -> anyhow::Result<()> {
         .init();
     // A node's config is read first: it may set the runtime's threads.
     let cluster = match &cli.command {
-        Command::Run { config, .. } => Some(ClusterConfig::load(config)?),
+        Command::Run {
+            config: Some(config),
+            ..
+        } => Some(ClusterConfig::load(config)?),
         _ => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let (Some(cluster), Command::Run { node, .. }) = (&cluster, &cli.command) {
+    if let (
+        Some(cluster),
+        Command::Run {
+            node: Some(node), ..
+        },
+    ) = (&cluster, &cli.command)
+    {
         if let Some(n) = cluster.worker_threads(node) {
             builder.worker_threads(n);
         }
@@ -35,9 +44,14 @@ fn main() -> anyhow::Result<()> {
     let runtime = builder.build().context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Run { node, insecure, .. } => match &cluster {
-                Some(config) => run_node(config, &node, insecure).await,
-                None => anyhow::bail!("no cluster config"),
+            Command::Run {
+                node,
+                flags,
+                insecure,
+                ..
+            } => match (&cluster, node) {
+                (Some(config), Some(node)) => run_node(config, &node, insecure).await,
+                _ => cli::elastic::run_elastic(flags, insecure).await,
             },
             Command::Bench { mode } => cli::bench::run_bench(mode).await,
             Command::Demo { config, json } => {

@@ -18,7 +18,7 @@ use tracing::{info, warn};
 ///
 /// [`deregister`]: Registration::deregister
 pub struct Registration {
-    record: watch::Sender<NodeRecord>,
+    record: Arc<watch::Sender<NodeRecord>>,
     registry: Arc<dyn Membership>,
     renewer: JoinHandle<()>,
 }
@@ -75,7 +75,7 @@ impl Registration {
             }
         });
         Registration {
-            record: tx,
+            record: Arc::new(tx),
             registry,
             renewer,
         }
@@ -89,6 +89,14 @@ impl Registration {
     /// Changes the record (and writes it at once).
     pub fn update(&self, change: impl FnOnce(&mut NodeRecord)) {
         self.record.send_modify(change);
+    }
+
+    /// A handle that updates the record's client count, for a task of its
+    /// own; it stops working when the registration ends.
+    pub fn counter(&self) -> ClientCounter {
+        ClientCounter {
+            record: Arc::downgrade(&self.record),
+        }
     }
 
     /// Marks the node draining: gates and routers send it nothing new.
@@ -107,6 +115,29 @@ impl Registration {
             }
             Err(_) => warn!(node = %id, "deregistering timed out; the lease will lapse"),
         }
+    }
+}
+
+/// Updates a [`Registration`]'s client count (see
+/// [`Registration::counter`]).
+#[derive(Clone, Debug)]
+pub struct ClientCounter {
+    record: std::sync::Weak<watch::Sender<NodeRecord>>,
+}
+
+impl ClientCounter {
+    /// Sets the count (written with the next renewal, or at once when it
+    /// changed). Returns `false` once the registration has ended.
+    pub fn set_clients(&self, clients: u64) -> bool {
+        let Some(record) = self.record.upgrade() else {
+            return false;
+        };
+        record.send_if_modified(|r| {
+            let changed = r.clients != clients;
+            r.clients = clients;
+            changed
+        });
+        true
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod elastic;
 pub mod node;
 
 use clap::{Parser, Subcommand};
@@ -22,18 +23,23 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run one node of a cluster described in a TOML file.
+    /// Run one node: of a cluster described in a TOML file (--config and
+    /// --node), or described by flags and registered in a registry (--role,
+    /// --id, --type, --registry, …; each also read from SESSION_PROXY_<FLAG>).
     Run {
         /// The cluster file.
-        #[arg(long)]
-        config: std::path::PathBuf,
-        /// The id of the node to run.
-        #[arg(long)]
-        node: String,
+        #[arg(long, env = "SESSION_PROXY_CONFIG", requires = "node")]
+        config: Option<std::path::PathBuf>,
+        /// The id of the node to run, in the cluster file.
+        #[arg(long, env = "SESSION_PROXY_NODE", requires = "config")]
+        node: Option<String>,
+        /// The node, without a cluster file.
+        #[command(flatten)]
+        flags: elastic::NodeFlags,
         /// Let a frontend listen for backends beyond loopback without a
         /// cluster secret (SESSION_PROXY_SECRET). Any peer could then act
         /// as a backend; refused without this flag.
-        #[arg(long)]
+        #[arg(long, env = "SESSION_PROXY_INSECURE")]
         insecure: bool,
     },
     /// Load-test any Pomelo/Pinus-compatible server (this one or Pinus).

@@ -7,6 +7,7 @@ use session_proxy::backend::LinkTls;
 use session_proxy::cluster::{ClusterConfig, NodeConfig, NodeRole};
 use session_proxy::frontend::{RedisStore, RedisStoreConfig, ServerTls, StoreOptions};
 use session_proxy::protocol::Secret;
+use session_proxy::registry::Registration;
 use session_proxy::{
     BackendConfig, BackendSessionService, ConnectInfo, Gateway, GatewayConfig, GatewayServer,
     RpcConfig, RpcServer, SessionConfig, SessionOwner, SessionService,
@@ -148,10 +149,25 @@ impl FrontendNode {
 }
 
 impl RunningFrontend {
+    /// The sessions it serves.
+    pub fn sessions(&self) -> &SessionService {
+        &self.sessions
+    }
+
     /// Serves until SIGINT/SIGTERM, then stops clients, writes the last
     /// changes to the store and closes backend links, each within a bound.
     pub async fn serve_until_signal(self) -> anyhow::Result<()> {
+        self.serve_registered(None).await
+    }
+
+    /// Like [`serve_until_signal`](Self::serve_until_signal), for a node in
+    /// a registry: marked draining first (gates stop handing it out), and
+    /// deregistered last.
+    pub async fn serve_registered(self, registration: Option<Registration>) -> anyhow::Result<()> {
         wait_for_signal().await?;
+        if let Some(r) = &registration {
+            r.set_draining();
+        }
         drop(self.owners);
         if let Some(gateway) = self.gateway {
             gateway.shutdown(DRAIN).await;
@@ -161,6 +177,9 @@ impl RunningFrontend {
         }
         if !self.rpc.shutdown(DRAIN).await {
             tracing::warn!("backend connections still open after {DRAIN:?}; exiting anyway");
+        }
+        if let Some(r) = registration {
+            r.deregister(DRAIN).await;
         }
         Ok(())
     }
@@ -183,35 +202,63 @@ pub async fn run_node(config: &ClusterConfig, id: &str, insecure: bool) -> anyho
 }
 
 async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<()> {
-    let mut client = BackendConfig::new(node.id.clone());
-    client.server_type = Some(node.server_type.clone());
-    client.secret = secret_from_env();
-    if let Some(ca) = &config.cluster.tls_ca {
-        let name = config
-            .cluster
-            .tls_server_name
-            .as_deref()
-            .unwrap_or("localhost");
-        client.tls = Some(LinkTls::from_ca_file(ca, name).context("loading the TLS CA")?);
-    }
-    if client.secret.is_none() {
-        tracing::warn!(
-            "no cluster secret (SESSION_PROXY_SECRET): links to frontends are not authenticated"
-        );
-    }
-    let service = BackendSessionService::new(client)?;
-    service.serve(app::backend_handlers(&node.server_type, &service));
+    let tls = match &config.cluster.tls_ca {
+        Some(ca) => {
+            let name = config
+                .cluster
+                .tls_server_name
+                .as_deref()
+                .unwrap_or("localhost");
+            Some(LinkTls::from_ca_file(ca, name).context("loading the TLS CA")?)
+        }
+        None => None,
+    };
+    let service = backend_service(&node.id, &node.server_type, tls)?;
     for f in config.frontends() {
         if let Some(rpc) = f.rpc {
             service.add_frontend_of_type(&f.id, &f.server_type, rpc.to_string());
         }
     }
     println!("ready {}", node.id);
+    serve_backend(service, None).await
+}
+
+/// A backend node serving the bench app's routes of `server_type`.
+pub fn backend_service(
+    id: &str,
+    server_type: &str,
+    tls: Option<LinkTls>,
+) -> anyhow::Result<BackendSessionService> {
+    let mut client = BackendConfig::new(id);
+    client.server_type = Some(server_type.to_string());
+    client.secret = secret_from_env();
+    client.tls = tls;
+    if client.secret.is_none() {
+        tracing::warn!(
+            "no cluster secret (SESSION_PROXY_SECRET): links to frontends are not authenticated"
+        );
+    }
+    let service = BackendSessionService::new(client)?;
+    service.serve(app::backend_handlers(server_type, &service));
+    Ok(service)
+}
+
+/// Serves until SIGINT/SIGTERM, then drains: marked draining in the
+/// registry, frontends told to send nothing new, running requests finished
+/// and answered, links closed, record removed; each within a bound.
+pub async fn serve_backend(
+    service: BackendSessionService,
+    registration: Option<Registration>,
+) -> anyhow::Result<()> {
     wait_for_signal().await?;
-    // Requests already running finish and are answered; new ones are
-    // refused; then the links close.
+    if let Some(r) = &registration {
+        r.set_draining();
+    }
     if !service.shutdown(DRAIN).await {
         tracing::warn!("handlers still running after {DRAIN:?}; exiting anyway");
+    }
+    if let Some(r) = registration {
+        r.deregister(DRAIN).await;
     }
     Ok(())
 }

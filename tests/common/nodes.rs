@@ -44,8 +44,18 @@ pub fn write_cluster(name: &str) -> (PathBuf, u16) {
 /// Runs the `session-proxy` binary with `args` and returns it, with the
 /// lines it printed, once a line contains `until` (its "I serve" line).
 pub async fn spawn_session_proxy<S: AsRef<OsStr>>(args: &[S], until: &str) -> (Child, Vec<String>) {
+    spawn_session_proxy_env(args, &[], until).await
+}
+
+/// Like [`spawn_session_proxy`], with environment variables set.
+pub async fn spawn_session_proxy_env<S: AsRef<OsStr>>(
+    args: &[S],
+    env: &[(&str, &str)],
+    until: &str,
+) -> (Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)

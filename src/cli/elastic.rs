@@ -1,0 +1,137 @@
+//! `session-proxy run` without a cluster file: one node described by flags
+//! (or their environment variables, so an orchestrator can start N
+//! identical replicas), registered in a registry under a lease. Backends
+//! follow the frontends registered there.
+
+use super::node::{backend_service, serve_backend, FrontendNode};
+use anyhow::{bail, Context};
+use session_proxy::registry::{
+    follow_frontends, Membership, NodeRecord, NodeRole, RedisMembership, RedisMembershipConfig,
+    Registration,
+};
+use session_proxy::GatewayConfig;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A node's role, on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Owns client sessions.
+    Frontend,
+    /// Runs handlers.
+    Backend,
+}
+
+/// One node, by flags; each flag also reads `SESSION_PROXY_<NAME>`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct NodeFlags {
+    /// The node's role (without --config).
+    #[arg(long, env = "SESSION_PROXY_ROLE", value_enum)]
+    pub role: Option<RoleArg>,
+    /// The node's id, unique in the cluster (e.g. connector-7).
+    #[arg(long, env = "SESSION_PROXY_ID")]
+    pub id: Option<String>,
+    /// The node's server type (e.g. connector, chat).
+    #[arg(long = "type", env = "SESSION_PROXY_TYPE")]
+    pub server_type: Option<String>,
+    /// Where a frontend listens for backends.
+    #[arg(long, env = "SESSION_PROXY_RPC_ADDR")]
+    pub rpc_addr: Option<SocketAddr>,
+    /// Where a frontend listens for clients.
+    #[arg(long, env = "SESSION_PROXY_CLIENT_ADDR")]
+    pub client_addr: Option<SocketAddr>,
+    /// The client address as clients should dial it (behind NAT or a load
+    /// balancer); default: --client-addr.
+    #[arg(long, env = "SESSION_PROXY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The RPC address as backends should dial it; default: --rpc-addr.
+    #[arg(long, env = "SESSION_PROXY_ADVERTISE_RPC")]
+    pub advertise_rpc: Option<String>,
+    /// The registry: redis://host:port/db.
+    #[arg(long, env = "SESSION_PROXY_REGISTRY")]
+    pub registry: Option<String>,
+    /// Keep a frontend's sessions in this Redis (redis://…).
+    #[arg(long, env = "SESSION_PROXY_REDIS")]
+    pub redis: Option<String>,
+    /// The lease of this node's record, in seconds (renewed every third).
+    #[arg(long, env = "SESSION_PROXY_LEASE_SECS", default_value_t = 10)]
+    pub lease_secs: u64,
+}
+
+fn required<'a, T>(value: &'a Option<T>, flag: &str) -> anyhow::Result<&'a T> {
+    value
+        .as_ref()
+        .with_context(|| format!("without --config, {flag} is required"))
+}
+
+async fn connect(url: &str) -> anyhow::Result<Arc<dyn Membership>> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let membership = RedisMembership::connect(RedisMembershipConfig::new(url))
+            .await
+            .with_context(|| format!("connecting to the registry at {url}"))?;
+        return Ok(Arc::new(membership));
+    }
+    bail!("unsupported registry {url:?}: use redis://host:port/db")
+}
+
+/// Runs one node described by `flags` until SIGINT/SIGTERM, registered in
+/// its registry. Prints `ready <id>` once it serves.
+pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()> {
+    let role = *required(&flags.role, "--role")?;
+    let id = required(&flags.id, "--id")?.clone();
+    let server_type = required(&flags.server_type, "--type")?.clone();
+    let registry = connect(required(&flags.registry, "--registry")?).await?;
+    let lease = Duration::from_secs(flags.lease_secs.max(1));
+    match role {
+        RoleArg::Frontend => {
+            let rpc_addr = *required(&flags.rpc_addr, "--rpc-addr")?;
+            let node = FrontendNode {
+                id: id.clone(),
+                server_type: server_type.clone(),
+                rpc_addr,
+                client_addr: flags.client_addr,
+                redis: flags.redis.clone(),
+                gateway: GatewayConfig::new(server_type.clone()),
+                tls: None,
+                open_sessions: 0,
+                insecure,
+            };
+            let running = node.start().await?;
+            let mut record = NodeRecord::new(&id, NodeRole::Frontend, &server_type).with_rpc_addr(
+                flags
+                    .advertise_rpc
+                    .unwrap_or_else(|| running.rpc_addr.to_string()),
+            );
+            if let Some(addr) = flags
+                .advertise
+                .or(running.client_addr.map(|a| a.to_string()))
+            {
+                record = record.with_client_addr(addr);
+            }
+            let registration = Registration::register(registry, record, lease).await;
+            let sessions = running.sessions().clone();
+            let counting = registration.counter();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    if !counting.set_clients(sessions.count() as u64) {
+                        return;
+                    }
+                }
+            });
+            println!("ready {id}");
+            running.serve_registered(Some(registration)).await
+        }
+        RoleArg::Backend => {
+            let service = backend_service(&id, &server_type, None)?;
+            let following = follow_frontends(registry.watch(), service.clone());
+            let record = NodeRecord::new(&id, NodeRole::Backend, &server_type);
+            let registration = Registration::register(registry, record, lease).await;
+            println!("ready {id}");
+            let served = serve_backend(service, Some(registration)).await;
+            drop(following);
+            served
+        }
+    }
+}
