@@ -66,7 +66,11 @@ async fn a_frontend_answers_what_is_in_flight_then_kicks_with_a_reason() {
             PomeloEvent::Push { .. } => {}
         }
     }
-    assert_eq!(kicked.as_deref(), Some("server shutting down"));
+    assert_eq!(
+        kicked.as_deref(),
+        Some("reconnect"),
+        "a reason a client can act on"
+    );
     sigkill(&mut back).await;
 }
 
@@ -170,4 +174,35 @@ async fn a_draining_backend_gets_no_new_requests_and_finishes_its_own() {
         "only the other backend is picked"
     );
     other.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let (config, port) = write_cluster("sigterm-twice");
+    let mut front = run_node(&config, "connector-1").await;
+    let mut back = run_node(&config, "chat-1").await;
+    let client = std::sync::Arc::new(serving(port).await);
+    // A request the drain would wait for (up to 3 s).
+    let slow = client.clone();
+    let _waiting = tokio::spawn(async move {
+        slow.request("chat.benchHandler.sleep", &json!({ "ms": 5_000 }))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let pid = back.id().expect("pid");
+    signal(pid, "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    signal(pid, "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), back.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(130), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    sigkill(&mut front).await;
 }

@@ -320,10 +320,16 @@ pub struct GatewayConfig {
     pub resume_grace: Duration,
     /// On shutdown, how long a connection waits for the answers to its
     /// requests in flight (they are written to it) before it is kicked with
-    /// reason "server shutting down" and closed. Keep it under the drain
-    /// given to [`GatewayServer::shutdown`](crate::GatewayServer::shutdown).
+    /// [`shutdown_kick_reason`](Self::shutdown_kick_reason) and closed. Keep
+    /// it under the drain given to
+    /// [`GatewayServer::shutdown`](crate::GatewayServer::shutdown).
     /// Default: 1 s.
     pub shutdown_grace: Duration,
+    /// The reason of the kick a client gets when its frontend shuts down or
+    /// drains: a word its code can act on. Its session stays parked, so the
+    /// client reconnects (through the gate) and resumes with its token.
+    /// Default: `"reconnect"`.
+    pub shutdown_kick_reason: String,
     /// Serve TLS (raw packages over TLS, and `wss`) on the same port, told
     /// apart from plain connections by their first byte. Default: `None`.
     #[cfg(feature = "tls")]
@@ -350,6 +356,7 @@ impl Default for GatewayConfig {
             max_connections_per_ip: 256,
             resume_grace: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(1),
+            shutdown_kick_reason: "reconnect".into(),
             #[cfg(feature = "tls")]
             tls: None,
             dictionary: Vec::new(),

@@ -263,6 +263,8 @@ pub async fn serve_backend(
     Ok(())
 }
 
+/// Waits for SIGINT or SIGTERM; from then on a second one ends the process
+/// at once (exit status 130), skipping the drain.
 async fn wait_for_signal() -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
@@ -270,5 +272,13 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("second signal: exiting without finishing the drain");
+        std::process::exit(130);
+    });
     Ok(())
 }

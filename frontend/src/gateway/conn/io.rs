@@ -231,8 +231,8 @@ const SHUTTING_DOWN: &str = "server shutting down";
 
 impl ClientConn {
     /// On shutdown: writes the answers of the requests in flight that come
-    /// within `shutdown_grace`, then a kick with the reason, so the client
-    /// knows why it is closed (and may come back elsewhere with its token).
+    /// within `shutdown_grace`, then a kick with `shutdown_kick_reason`, so
+    /// the client knows to come back (elsewhere) with its token.
     async fn answer_and_kick(&mut self) {
         let until = Instant::now() + self.shared.config.shutdown_grace;
         if self.phase == Phase::Working {
@@ -248,7 +248,8 @@ impl ClientConn {
         if self.closing.is_none() {
             // A kick package, but the session stays parked: with a shared
             // store the client resumes on a restarted or another frontend.
-            let body = serde_json::json!({ "reason": SHUTTING_DOWN }).to_string();
+            let reason = &self.shared.config.shutdown_kick_reason;
+            let body = serde_json::json!({ "reason": reason }).to_string();
             let _ = out_codec().encode_to(PackageType::Kick, body.as_bytes(), &mut self.out);
         }
         let written = tokio::time::timeout_at(
