@@ -524,3 +524,37 @@ async fn ten_thousand_create_bind_close_cycles_leak_nothing() {
     assert_eq!(f.sessions.count(), 0);
     assert_eq!(f.sessions.uid_count(), 0, "uid index leaked entries");
 }
+
+#[tokio::test]
+async fn a_user_is_located_and_kicked_on_every_frontend() {
+    let f1 = start_frontend("f1").await;
+    let f2 = start_frontend("f2").await;
+    let backend = start_backend("b1", "f1", f1.addr);
+    backend.add_frontend("f2", f2.addr.to_string());
+    let mut owners = Vec::new();
+    for f in [&f1, &f2, &f2] {
+        let owner = f.sessions.create(ConnectInfo::default());
+        f.sessions.bind(owner.sid(), "alice").expect("bind");
+        owners.push((f.sessions.frontend_id().to_string(), owner));
+    }
+    let other = f1.sessions.create(ConnectInfo::default());
+    f1.sessions.bind(other.sid(), "bob").expect("bind");
+
+    let mut expected: Vec<(String, SessionId)> =
+        owners.iter().map(|(f, o)| (f.clone(), o.sid())).collect();
+    expected.sort();
+    assert_eq!(backend.locate("alice").await.expect("locate"), expected);
+    assert_eq!(
+        backend
+            .kick_user_everywhere("alice", "banned")
+            .await
+            .expect("kick"),
+        3
+    );
+    assert!(backend.locate("alice").await.expect("locate").is_empty());
+    assert_eq!(
+        backend.locate("bob").await.expect("locate"),
+        vec![("f1".to_string(), other.sid())],
+        "nobody else was touched"
+    );
+}

@@ -61,6 +61,7 @@
 pub mod channel;
 pub mod config;
 pub mod error;
+mod everywhere;
 pub mod handler;
 pub mod link;
 mod serve;

@@ -216,7 +216,7 @@ impl BackendSessionService {
             .ok_or_else(|| Error::UnknownFrontend(frontend_id.to_string()))
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FrontendClient>> {
+    pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FrontendClient>> {
         // Every write is a single insert or remove: a poisoned map is whole.
         self.inner
             .frontends
@@ -432,43 +432,6 @@ impl BackendSessionService {
             _ => Err(unexpected(frontend_id, "user_sessions")),
         }
     }
-
-    /// Ends every session of `uid` everywhere: each known frontend kicks its
-    /// connected sessions and closes its parked ones, and the shared store
-    /// forgets all of them (parked sessions of frontends this backend does
-    /// not know included). Returns the sessions that ended; fails if any
-    /// frontend could not be reached (the others are still revoked).
-    pub async fn revoke_user(&self, uid: &str, reason: &str) -> Result<Vec<SessionId>, Error> {
-        let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
-        let calls = clients.into_iter().map(|client| {
-            let call = Call::RevokeUid {
-                uid: uid.to_string(),
-                reason: reason.to_string(),
-            };
-            async move {
-                match client.call(call).await? {
-                    Reply::Ended(sids) => Ok(sids),
-                    _ => Err(unexpected(client.frontend_id(), "revoke_user")),
-                }
-            }
-        });
-        let mut ended = Vec::new();
-        let mut first_error = None;
-        for result in futures::future::join_all(calls).await {
-            match result {
-                Ok(sids) => ended.extend(sids),
-                Err(err) => {
-                    first_error.get_or_insert(err);
-                }
-            }
-        }
-        ended.sort();
-        ended.dedup();
-        match first_error {
-            Some(err) => Err(err),
-            None => Ok(ended),
-        }
-    }
 }
 
 pub(crate) fn json_body<T: Serialize + ?Sized>(msg: &T) -> Result<Bytes, Error> {
@@ -477,7 +440,7 @@ pub(crate) fn json_body<T: Serialize + ?Sized>(msg: &T) -> Result<Bytes, Error> 
         .map_err(Error::EncodeJson)
 }
 
-fn unexpected(frontend_id: &str, call: &'static str) -> Error {
+pub(crate) fn unexpected(frontend_id: &str, call: &'static str) -> Error {
     Error::UnexpectedReply {
         frontend: frontend_id.to_string(),
         call,
