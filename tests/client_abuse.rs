@@ -127,3 +127,34 @@ async fn a_client_echoing_heartbeats_gets_no_ping_pong_and_a_flood_is_closed() {
     }
     assert!(closed, "a heartbeat flood is closed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_token_copied_to_another_device_is_refused_when_asked() {
+    use serde_json::json;
+    use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions};
+    let f = start_frontend("f1", |c| c.resume_same_client = true).await;
+    let addr = f.gateway.local_addr();
+    let open = |user: serde_json::Value| {
+        let mut options = PomeloOptions::default();
+        options.user = user;
+        PomeloClient::connect_with(addr, options)
+    };
+    let first = open(json!({ "device": "phone-1" })).await.expect("connect");
+    let token = first.handshake()["user"]["resumeToken"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    first.close();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let elsewhere = open(json!({ "device": "laptop-9", "resumeToken": token })).await;
+    let err = elsewhere.expect_err("another device is refused");
+    assert!(
+        err.to_string().contains("different client type or device"),
+        "{err}"
+    );
+    // The device it was issued to still resumes.
+    let back = open(json!({ "device": "phone-1", "resumeToken": token }))
+        .await
+        .expect("the same device resumes");
+    assert_eq!(back.handshake()["user"]["resumed"], true);
+}

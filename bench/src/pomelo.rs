@@ -443,7 +443,11 @@ pub(crate) async fn open(
     }
     let handshake: Value = serde_json::from_slice(&reply.body)?;
     if handshake["code"] != 200 {
-        bail!("handshake refused with code {}", handshake["code"]);
+        bail!(
+            "handshake refused with code {}: {}",
+            handshake["code"],
+            handshake["error"].as_str().unwrap_or("")
+        );
     }
     io.write(package(PackageType::HandshakeAck, &[])).await?;
     Ok((io, codec, buf, handshake))

@@ -318,6 +318,10 @@ pub struct GatewayConfig {
     /// reply's `user.resumeToken`). Zero: no resume, a drop closes the
     /// session at once. Default: 30 s.
     pub resume_grace: Duration,
+    /// Refuse a resume token presented by a client whose type
+    /// (`sys.type`) or device (`user.device`) differs from the client the
+    /// session was created for. Default: `false`.
+    pub resume_same_client: bool,
     /// On shutdown, how long a connection waits for the answers to its
     /// requests in flight (they are written to it) before it is kicked with
     /// [`shutdown_kick_reason`](Self::shutdown_kick_reason) and closed. Keep
@@ -355,6 +359,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             max_connections_per_ip: 256,
             resume_grace: Duration::from_secs(30),
+            resume_same_client: false,
             shutdown_grace: Duration::from_secs(1),
             shutdown_kick_reason: "reconnect".into(),
             #[cfg(feature = "tls")]

@@ -51,6 +51,10 @@ pub enum ResumeError {
     /// A previous token, presented after its overlap ended.
     #[error("resume token was rotated out")]
     RotatedOut,
+    /// The token was issued to another kind of client: its metadata (client
+    /// type, device) differs from what the resuming client says.
+    #[error("resume token presented by a different client type or device")]
+    OtherClient,
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -138,6 +142,19 @@ impl SessionService {
     /// connection, which is told `"resumed elsewhere"`. Returns the new
     /// owner and the rotated token.
     pub fn resume(&self, token: &str) -> Result<(SessionOwner, String), ResumeError> {
+        self.resume_as(token, &[])
+    }
+
+    /// Like [`resume`](Self::resume), refused with
+    /// [`ResumeError::OtherClient`] when the session's metadata has one of
+    /// the `client` keys (e.g. `clientType`, `device`) with another value
+    /// than the resuming client presents: a token copied to another device
+    /// does not work there.
+    pub fn resume_as(
+        &self,
+        token: &str,
+        client: &[(&str, &str)],
+    ) -> Result<(SessionOwner, String), ResumeError> {
         let sid = parse_sid(token)?;
         let presented = hash(token);
         let now = Instant::now();
@@ -164,6 +181,15 @@ impl SessionService {
                 (false, Some((_, until))) if until > now => {}
                 (false, Some(_)) => return Err(ResumeError::RotatedOut),
                 (false, None) => return Err(ResumeError::Invalid),
+            }
+            let other_client = client.iter().any(|(key, presented)| {
+                entry
+                    .info
+                    .metadata()
+                    .any(|(k, v)| k == *key && v != *presented)
+            });
+            if other_client {
+                return Err(ResumeError::OtherClient);
             }
             // Rotate: the token just used stays valid for the overlap.
             entry.tokens = Tokens {

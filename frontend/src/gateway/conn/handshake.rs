@@ -40,8 +40,14 @@ impl ClientConn {
         // A new session, or the one the client's resume token names.
         let resume_enabled = !self.shared.config.resume_grace.is_zero();
         let presented = request.user.get("resumeToken").and_then(Value::as_str);
+        let device = request.user.get("device").and_then(Value::as_str);
+        let mut client: Vec<(&str, &str)> = Vec::new();
+        if self.shared.config.resume_same_client {
+            client.push(("clientType", client_type.as_str()));
+            client.extend(device.map(|d| ("device", d)));
+        }
         let (owner, token, resumed) = match presented {
-            Some(token) if resume_enabled => match self.shared.sessions.resume(token) {
+            Some(token) if resume_enabled => match self.shared.sessions.resume_as(token, &client) {
                 Ok((owner, next)) => (owner, Some(next), true),
                 Err(err) => {
                     debug!(cause = %err, "resume refused");
@@ -54,7 +60,7 @@ impl ClientConn {
                     .insert("transport".into(), self.transport.kind().into());
                 info.metadata.insert("clientType".into(), client_type);
                 info.metadata.insert("clientVersion".into(), version);
-                if let Some(device) = request.user.get("device").and_then(Value::as_str) {
+                if let Some(device) = device {
                     info.metadata.insert("device".into(), device.to_string());
                 }
                 let owner = match self.shared.sessions.try_create(info) {
