@@ -120,6 +120,19 @@ impl Members {
         self.iter().filter(|r| r.role == NodeRole::Backend)
     }
 
+    /// The frontend a gate should hand a new client: an active frontend of
+    /// `server_type` with a client address, the one with the fewest clients
+    /// (then the smallest id). Draining frontends are never handed out.
+    pub fn pick_frontend(&self, server_type: &str) -> Option<&NodeRecord> {
+        self.frontends()
+            .filter(|r| {
+                r.server_type == server_type
+                    && r.state == NodeState::Active
+                    && r.client_addr.is_some()
+            })
+            .min_by(|a, b| a.clients.cmp(&b.clients).then_with(|| a.id.cmp(&b.id)))
+    }
+
     /// How many nodes.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -128,5 +141,35 @@ impl Members {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(id: &str, clients: u64, state: NodeState) -> NodeRecord {
+        let mut r = NodeRecord::new(id, NodeRole::Frontend, "connector")
+            .with_client_addr(format!("{id}.example:3010"));
+        r.clients = clients;
+        r.state = state;
+        r
+    }
+
+    #[test]
+    fn a_gate_hands_out_the_least_loaded_active_connector() {
+        let members = Members::from_records([
+            connector("c1", 30, NodeState::Active),
+            connector("c2", 10, NodeState::Draining),
+            connector("c3", 20, NodeState::Active),
+            connector("c4", 20, NodeState::Active),
+            NodeRecord::new("chat-1", NodeRole::Backend, "chat"),
+            NodeRecord::new("c5", NodeRole::Frontend, "connector"),
+        ]);
+        let picked = members.pick_frontend("connector").map(|r| r.id.as_str());
+        assert_eq!(picked, Some("c3"), "fewest clients, then the smallest id");
+        assert!(members.pick_frontend("gate").is_none());
+        let all_draining = Members::from_records([connector("c2", 0, NodeState::Draining)]);
+        assert!(all_draining.pick_frontend("connector").is_none());
     }
 }
