@@ -19,11 +19,15 @@
 //! - [`floor`]: the raw floor: a minimal Rust server that answers the
 //!   protocol's handshake and echoes requests, to compare against.
 //! - [`report`]: the comparison section of `docs/BENCHMARKS.md`.
-//! - [`soak`]: load plus backend kills, checking every acknowledged write.
+//! - [`soak`]: load plus backend kills (and store kills), checking every
+//!   acknowledged write.
+//! - [`ccu`]: players at a fixed per-player rate, ramped in steps: the
+//!   largest step within a p99 target.
 //!
 //! Every mode prints a human summary and, with `--json`, one JSON object.
 
 pub mod app;
+pub mod ccu;
 pub mod floor;
 pub mod idle;
 pub mod load;

@@ -70,6 +70,42 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        BenchMode::Ccu {
+            target,
+            steps,
+            rate_per_client,
+            hold,
+            ramp,
+            route,
+            body,
+            p99_ms,
+            sources,
+            server_pid,
+            json,
+        } => {
+            let report = bench::ccu::ccu(bench::ccu::CcuOptions {
+                target,
+                steps,
+                rate_per_client,
+                hold: Duration::from_secs_f64(hold),
+                ramp_per_sec: ramp,
+                route,
+                body,
+                p99_target: Duration::from_secs_f64(p99_ms / 1000.0),
+                sources,
+                server_pid,
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "ccu: {} players within p99 {p99_ms} ms at {rate_per_client} req/s each",
+                    report.ccu
+                );
+            }
+            return Ok(());
+        }
         BenchMode::Floor { addr } => {
             bench::floor::serve(addr).await?;
             return Ok(());

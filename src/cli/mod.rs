@@ -141,6 +141,44 @@ pub enum BenchMode {
         #[arg(long)]
         login: bool,
     },
+    /// Players per node: clients at a fixed per-client rate (open loop per
+    /// client, jittered), ramped in steps; reports the largest step whose
+    /// p99 stays within the target with no errors.
+    Ccu {
+        /// The server's client address (raw TCP).
+        #[arg(long)]
+        target: SocketAddr,
+        /// Connected clients at each step, ascending.
+        #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000,10000")]
+        steps: Vec<usize>,
+        /// Requests per second of each client.
+        #[arg(long, default_value_t = 1.0)]
+        rate_per_client: f64,
+        /// Seconds each step is measured.
+        #[arg(long, default_value_t = 10.0)]
+        hold: f64,
+        /// New connections per second while ramping up.
+        #[arg(long, default_value_t = 2000)]
+        ramp: usize,
+        /// The route of each request.
+        #[arg(long, default_value = "chat.benchHandler.echo")]
+        route: String,
+        /// The JSON body of each request.
+        #[arg(long, default_value = r#"{"msg":"hello"}"#)]
+        body: String,
+        /// The p99 a step must stay within, in ms.
+        #[arg(long, default_value_t = 50.0)]
+        p99_ms: f64,
+        /// Spread clients over this many loopback source addresses.
+        #[arg(long, default_value_t = 1)]
+        sources: u8,
+        /// The server's PID, to report its RSS at each step.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Hold N connected clients and report the server's RSS growth.
     Idle {
         #[command(flatten)]
