@@ -9,35 +9,12 @@ mod common;
 
 use common::*;
 use session_proxy::{ConnectInfo, ErrorCode};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 const SECRET: &str = "the-cluster-secret-7f3a9c";
 
-/// Log lines written while a test runs (current-thread runtime: every
-/// task logs on this thread).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn only_peers_with_the_secret_get_in_and_refusals_are_logged_without_it() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::logs::Captured::install();
 
     let (sessions, server) = secured_frontend(Some(SECRET)).await;
     let owner = sessions.create(ConnectInfo::default());
@@ -76,7 +53,7 @@ async fn only_peers_with_the_secret_get_in_and_refusals_are_logged_without_it() 
     let now = sessions.get(sid).expect("still open");
     assert_eq!(now.uid.as_deref(), Some("alice"));
 
-    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf8");
+    let text = logs.text();
     assert!(text.contains("failed authentication"), "{text}");
     assert!(text.contains("did not authenticate"), "{text}");
     assert!(

@@ -11,24 +11,9 @@ use bytes::BytesMut;
 use common::rpc_on_loopback;
 use session_proxy::protocol::{Hello, Message, MessageCodec, Role};
 use session_proxy::{RpcConfig, SessionConfig, SessionService};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 const FORGED: &str = "2026-12-02T03:00:00.000000Z ERROR forged: fake line";
 
@@ -50,20 +35,14 @@ async fn refused_hello(addr: std::net::SocketAddr, node_id: &str) {
 
 #[tokio::test]
 async fn a_hostile_node_id_is_logged_once_escaped_and_cut() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::logs::Captured::install();
 
     let sessions = SessionService::new(SessionConfig::new("f1"));
     let rpc = rpc_on_loopback(&sessions, RpcConfig::default()).await;
     let evil = format!("evil\n{FORGED}\u{1b}[2J{}", "A".repeat(3000));
     refused_hello(rpc.local_addr(), &evil).await;
 
-    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf8");
+    let text = logs.text();
     let refusals: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("backend refused"))
@@ -85,7 +64,7 @@ async fn a_hostile_node_id_is_logged_once_escaped_and_cut() {
     for i in 0..20 {
         refused_hello(rpc.local_addr(), &format!("flood-{i}")).await;
     }
-    let text = String::from_utf8(logs.0.lock().expect("logs").clone()).expect("utf8");
+    let text = logs.text();
     let refusals = text
         .lines()
         .filter(|l| l.contains("backend refused"))
