@@ -432,18 +432,25 @@ async fn background(inner: Weak<super::Inner>) {
             return;
         };
         let was_down = link.is_down();
-        match link.write(&service).await {
-            Ok(()) if was_down => {
-                retry = first_retry;
-                // Back after an outage: it may have come back empty.
-                next_refresh = Instant::now();
+        if let Err(err) = link.write(&service).await {
+            tracing::debug!(cause = %err, "writing sessions to the store failed; will retry");
+            retry = (retry * 2).min(retry_max);
+            continue;
+        }
+        if was_down {
+            if link.is_down() {
+                // Nothing was waiting to be written, so nothing asked the
+                // store: the refresh is the probe.
+                if let Err(err) = link.refresh(&service).await {
+                    tracing::debug!(cause = %err, "the session store is still down");
+                    retry = (retry * 2).min(retry_max);
+                    continue;
+                }
             }
-            Ok(()) => {}
-            Err(err) => {
-                tracing::debug!(cause = %err, "writing sessions to the store failed; will retry");
-                retry = (retry * 2).min(retry_max);
-                continue;
-            }
+            // Back after an outage: it may have come back empty, so
+            // refresh (which finds what it lost) at once.
+            retry = first_retry;
+            next_refresh = Instant::now();
         }
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + refresh_every;
