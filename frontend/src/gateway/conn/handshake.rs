@@ -82,7 +82,12 @@ impl ClientConn {
         if let Some(dict) = &self.shared.dictionary {
             let held = sys.dict_version.as_ref().and_then(|v| v.as_str());
             if held != Some(dict.version.as_str()) {
+                // `dict` for Pinus's clients; libpomelo2 (C, Unity, Java,
+                // Python) asserts that `routeToCode`, `codeToRoute` and
+                // `dictVersion` come together, so both kinds work.
                 sys_reply["dict"] = json!(dict.code_of);
+                sys_reply["routeToCode"] = json!(dict.code_of);
+                sys_reply["codeToRoute"] = json!(dict.route_of);
                 sys_reply["dictVersion"] = json!(dict.version);
             }
             sys_reply["useDict"] = json!(true);

@@ -1,5 +1,6 @@
-//! Clients that misuse the protocol without breaking it: handshakes that
-//! are never acked, and heartbeats sent back as fast as they arrive.
+//! Clients at the edges of the protocol: handshakes that are never acked,
+//! heartbeats sent back as fast as they arrive, a resume token copied to
+//! another device, and the dictionary reply every kind of client expects.
 
 mod common;
 
@@ -157,4 +158,61 @@ async fn a_resume_token_copied_to_another_device_is_refused_when_asked() {
         .await
         .expect("the same device resumes");
     assert_eq!(back.handshake()["user"]["resumed"], true);
+}
+
+/// The handshake reply's `sys` for a client that sends `sys`.
+async fn handshake_sys(addr: std::net::SocketAddr, sys: serde_json::Value) -> serde_json::Value {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let codec = PackageCodec::new(MAX_PACKAGE_BODY);
+    let mut out = BytesMut::new();
+    let body = serde_json::json!({ "sys": sys, "user": {} }).to_string();
+    codec
+        .encode_to(PackageType::Handshake, body.as_bytes(), &mut out)
+        .expect("encode");
+    stream.write_all(&out).await.expect("write");
+    let mut raw = Raw {
+        stream,
+        buf: BytesMut::new(),
+        codec,
+    };
+    loop {
+        if let Some(p) = raw.codec.decode(&mut raw.buf).expect("valid package") {
+            assert_eq!(p.kind, PackageType::Handshake);
+            let reply: serde_json::Value = serde_json::from_slice(&p.body).expect("JSON");
+            return reply["sys"].clone();
+        }
+        assert!(
+            raw.stream.read_buf(&mut raw.buf).await.expect("read") > 0,
+            "closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_dictionary_reply_suits_pinus_and_libpomelo2_clients() {
+    use serde_json::json;
+    let f = start_frontend("f1", |c| {
+        c.dictionary = vec!["game.h.echo".into(), "onStep".into()];
+    })
+    .await;
+    let addr = f.gateway.local_addr();
+    let sys = handshake_sys(addr, json!({ "type": "c", "version": "1" })).await;
+    assert_eq!(sys["useDict"], true);
+    assert_eq!(sys["dict"], json!({ "game.h.echo": 1, "onStep": 2 }));
+    assert_eq!(sys["routeToCode"], sys["dict"]);
+    assert_eq!(
+        sys["codeToRoute"],
+        json!({ "1": "game.h.echo", "2": "onStep" })
+    );
+    let version = sys["dictVersion"].as_str().expect("a version").to_string();
+    // A client that holds this version gets none of them again.
+    let again = handshake_sys(
+        addr,
+        json!({ "type": "c", "version": "1", "dictVersion": version }),
+    )
+    .await;
+    assert_eq!(again["useDict"], true);
+    for field in ["dict", "routeToCode", "codeToRoute", "dictVersion"] {
+        assert!(again.get(field).is_none(), "{field} sent again: {again}");
+    }
 }
