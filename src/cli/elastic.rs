@@ -54,6 +54,10 @@ pub struct NodeFlags {
     /// Keep a frontend's sessions in this Redis (redis://…).
     #[arg(long, env = "SESSION_PROXY_REDIS")]
     pub redis: Option<String>,
+    /// The most client connections from one IP address (a load generator
+    /// on one machine needs many).
+    #[arg(long, env = "SESSION_PROXY_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
     /// The lease of this node's record, in seconds (renewed every third).
     #[arg(long, env = "SESSION_PROXY_LEASE_SECS", default_value_t = 10)]
     pub lease_secs: u64,
@@ -86,13 +90,15 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
     match role {
         RoleArg::Frontend => {
             let rpc_addr = *required(&flags.rpc_addr, "--rpc-addr")?;
+            let mut gateway = GatewayConfig::new(server_type.clone());
+            gateway.max_connections_per_ip = flags.max_connections_per_ip;
             let node = FrontendNode {
                 id: id.clone(),
                 server_type: server_type.clone(),
                 rpc_addr,
                 client_addr: flags.client_addr,
                 redis: flags.redis.clone(),
-                gateway: GatewayConfig::new(server_type.clone()),
+                gateway,
                 tls: None,
                 open_sessions: 0,
                 insecure,

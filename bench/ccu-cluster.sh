@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Players per cluster at 1 req/s: N frontend processes and B backends on
+# this machine, found through a registry (a redis-server started here on a
+# free loopback port), and one `session-proxy bench ccu` generator process
+# per frontend, each spreading its sockets over loopback source addresses.
+# Every process is stopped by its PID.
+#   bench/ccu-cluster.sh [frontends] [backends] [steps per frontend] [hold s]
+# Loopback only; needs `ulimit -n` above the clients per process.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+frontends=${1:-3}
+backends=${2:-2}
+steps=${3:-5000,10000,15000}
+hold=${4:-10}
+bin=./target/release/session-proxy
+cargo build --release --quiet --bin session-proxy
+ulimit -n 20000
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+pids+=($!)
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break; sleep 0.1; done
+registry="redis://127.0.0.1:$redis_port/0"
+
+client_ports=()
+for i in $(seq "$frontends"); do
+  rpc=$(free_port); client=$(free_port)
+  "$bin" run --role frontend --id "connector-$i" --type connector --rpc-addr "127.0.0.1:$rpc" \
+    --client-addr "127.0.0.1:$client" --registry "$registry" --max-connections-per-ip 100000 \
+    >/dev/null 2>&1 &
+  pids+=($!)
+  client_ports+=("$client")
+done
+for i in $(seq "$backends"); do
+  "$bin" run --role backend --id "chat-$i" --type chat --registry "$registry" >/dev/null 2>&1 &
+  pids+=($!)
+done
+sleep 3
+echo "machine: $(nproc) cores; $frontends frontends, $backends backends, steps $steps per frontend"
+outs=()
+for i in $(seq "$frontends"); do
+  out=$(mktemp)
+  outs+=("$out")
+  # Frontend i's generator uses source addresses 127.0.0.1 … 127.0.0.4.
+  "$bin" bench ccu --target "127.0.0.1:${client_ports[$((i-1))]}" --steps "$steps" --hold "$hold" \
+    --sources 4 --json >"$out" 2>/dev/null &
+  pids+=($!)
+done
+wait "${pids[@]: -$frontends}" || true
+python3 - "${outs[@]}" <<'PY'
+import json, sys
+reports = [json.load(open(p)) for p in sys.argv[1:]]
+steps = max(len(r["steps"]) for r in reports)
+for k in range(steps):
+    rows = [r["steps"][k] for r in reports if len(r["steps"]) > k]
+    clients = sum(s["clients"] for s in rows)
+    print(f"cluster {clients:>7} players: {sum(s['req_per_sec'] for s in rows):>8.0f} req/s  "
+          f"worst p99 {max(s['p99_ms'] for s in rows):7.2f} ms  errors {sum(s['errors'] for s in rows)}  "
+          f"generators {sum(s['generator_cpu'] for s in rows):.2f} cores")
+print("CCU per frontend:", [r["ccu"] for r in reports], " cluster:", sum(r["ccu"] for r in reports))
+PY
+rm -f "${outs[@]}"
