@@ -56,7 +56,11 @@ pub struct NodeFlags {
     pub redis: Option<String>,
     /// The most client connections from one IP address (a load generator
     /// on one machine needs many).
-    #[arg(long, env = "SESSION_PROXY_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "SESSION_PROXY_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256
+    )]
     pub max_connections_per_ip: usize,
     /// The lease of this node's record, in seconds (renewed every third).
     #[arg(long, env = "SESSION_PROXY_LEASE_SECS", default_value_t = 10)]

@@ -10,19 +10,26 @@
 //! Keyspace notifications (`expired`, `evicted`, `del`) trigger that
 //! clean-up at once; a periodic sweep catches what happened while no node
 //! was listening.
+//!
+//! - this file: [`RedisStore`], its scripts and the [`SessionStore`] calls;
+//! - `conn`: the connection, with its timeouts, replaced when it stalls;
+//! - `index`: the uid-set clean-up (keyspace listener and sweep).
 
+mod conn;
+mod index;
+
+use self::conn::Conn;
+use self::index::{listen, scan, sweep, sweep_every};
 use super::{SessionStore, StoreError, StoreFuture, StoredSession};
 use crate::config::RedisStoreConfig;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands, Client, Script};
-use futures::StreamExt;
 use session_proxy_protocol::SessionId;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// Writes a session and keeps its uid set and owner entry in step.
 /// KEYS: session key, owner hash. ARGV: sid, blob, ttl ms, uid ('' if
@@ -71,55 +78,6 @@ impl Keys {
         key.strip_prefix(&self.prefix)?
             .strip_prefix("s:")
             .map(str::to_string)
-    }
-}
-
-/// The store's connection to the server, replaced when it stops answering.
-///
-/// The `redis` connection manager redials by itself when a connection is
-/// closed or reset, but a server that stops answering (stopped, or behind a
-/// dead network path) leaves it waiting on a socket that never fails. Each
-/// command has a response timeout; after one, a fresh connection is dialled
-/// in the background and swapped in once it answers, while the old one keeps
-/// serving whatever it still can.
-struct Conn {
-    current: RwLock<ConnectionManager>,
-    client: Client,
-    config: ConnectionManagerConfig,
-    /// How long dialling and the first answer may take together.
-    dial_timeout: Duration,
-    redialing: AtomicBool,
-}
-
-impl Conn {
-    fn get(&self) -> ConnectionManager {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Dials a replacement after `err`, if it says the server stopped
-    /// answering; one redial at a time.
-    fn failed(self: &Arc<Self>, err: &::redis::RedisError) {
-        if !err.is_timeout() || self.redialing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let conn = self.clone();
-        tokio::spawn(async move {
-            let dial = conn
-                .client
-                .get_connection_manager_with_config(conn.config.clone());
-            match tokio::time::timeout(conn.dial_timeout, dial).await {
-                Ok(Ok(fresh)) => {
-                    *conn.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-                    debug!("store connection replaced after a timeout");
-                }
-                Ok(Err(err)) => debug!(cause = %err, "store redial failed; next timeout retries"),
-                Err(_) => debug!("store redial timed out; next timeout retries"),
-            }
-            conn.redialing.store(false, Ordering::Release);
-        });
     }
 }
 
@@ -406,150 +364,5 @@ impl SessionStore for RedisStore {
             }
             Ok(missing)
         }))
-    }
-}
-
-async fn scan(conn: &mut ConnectionManager, pattern: &str) -> Result<Vec<String>, StoreError> {
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        out.extend(batch);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
-}
-
-/// Cleans the index of one session whose key is gone (no-op if it exists).
-async fn clean(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    delete: &Script,
-    sid_hex: &str,
-) -> Result<(), StoreError> {
-    let Some(sid) = parse_sid(sid_hex) else {
-        return Ok(());
-    };
-    let _: i64 = delete
-        .key(keys.session(sid))
-        .key(keys.owners())
-        .arg(sid_hex)
-        .arg(&keys.prefix)
-        .arg("1")
-        .invoke_async(conn)
-        .await?;
-    Ok(())
-}
-
-async fn sweep(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    delete: &Script,
-) -> Result<usize, StoreError> {
-    let mut cleaned = 0;
-    // Owner entries whose session key is gone.
-    let owners: HashMap<String, String> = conn.hgetall(keys.owners()).await?;
-    for sid_hex in owners.keys() {
-        let Some(sid) = parse_sid(sid_hex) else {
-            continue;
-        };
-        let exists: bool = conn.exists(keys.session(sid)).await?;
-        if !exists {
-            clean(conn, keys, delete, sid_hex).await?;
-            cleaned += 1;
-        }
-    }
-    // Uid set members with no session key and no owner entry.
-    for set in scan(conn, &format!("{}u:*", keys.prefix)).await? {
-        let members: Vec<String> = conn.smembers(&set).await?;
-        for sid_hex in members {
-            let Some(sid) = parse_sid(&sid_hex) else {
-                let _: () = conn.srem(&set, &sid_hex).await?;
-                continue;
-            };
-            let exists: bool = conn.exists(keys.session(sid)).await?;
-            if !exists {
-                let _: () = conn.srem(&set, &sid_hex).await?;
-                cleaned += 1;
-            }
-        }
-    }
-    Ok(cleaned)
-}
-
-async fn sweep_every(
-    every: Duration,
-    conn: Arc<Conn>,
-    keys: Keys,
-    delete: Script,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        match sweep(&mut conn.get(), &keys, &delete).await {
-            Ok(0) => {}
-            Ok(n) => debug!(cleaned = n, "swept stale session index entries"),
-            Err(err) => warn!(cause = %err, "session index sweep failed"),
-        }
-    }
-}
-
-/// Follows expired/evicted/deleted keys and cleans their index entries.
-async fn listen(
-    client: Client,
-    db: i64,
-    conn: Arc<Conn>,
-    keys: Keys,
-    delete: Script,
-    stop: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let run = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            for event in ["expired", "evicted", "del"] {
-                pubsub
-                    .subscribe(format!("__keyevent@{db}__:{event}"))
-                    .await?;
-            }
-            let mut messages = pubsub.on_message();
-            while let Some(msg) = messages.next().await {
-                let key: String = match msg.get_payload() {
-                    Ok(k) => k,
-                    Err(_) => continue,
-                };
-                if let Some(sid_hex) = keys.sid_of(&key) {
-                    if let Err(err) = clean(&mut conn.get(), &keys, &delete, &sid_hex).await {
-                        warn!(cause = %err, "cleaning a gone session's index failed");
-                    }
-                }
-            }
-            Ok::<(), StoreError>(())
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            result = run => {
-                if let Err(err) = result {
-                    warn!(cause = %err, "keyspace listener lost; reconnecting");
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
