@@ -1,0 +1,105 @@
+//! How a frontend keeps its sessions in a store: [`StoreOptions`] for any
+//! store, [`RedisStoreConfig`] for Redis.
+
+use super::{check, ConfigError, POSITIVE};
+use std::time::Duration;
+
+/// How a [`SessionService`](crate::SessionService) uses its store.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// How long a stored session outlives its last write or refresh (a
+    /// frontend that dies stops refreshing). Default: 10 min.
+    pub ttl: Duration,
+    /// How often changes not yet acknowledged to anyone are written
+    /// (coalesced: a session changed many times is written once).
+    /// Default: 50 ms.
+    pub flush_interval: Duration,
+    /// How long a session restored after a restart waits for its client to
+    /// resume. Default: 60 s.
+    pub restore_grace: Duration,
+    /// The deadline of every store call. A store that does not answer in
+    /// time is taken as down: mutations are answered at once with
+    /// `NotDurable` (applied, not yet written) while a background task
+    /// retries, and nothing else waits on the store. Default: 1 s.
+    pub call_timeout: Duration,
+    /// The longest pause between two retries while the store is down (the
+    /// pause doubles from 50 ms up to this). Default: 1 s.
+    pub retry_max: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            ttl: Duration::from_secs(600),
+            flush_interval: Duration::from_millis(50),
+            restore_grace: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(1),
+            retry_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            "StoreOptions",
+            &[
+                (
+                    "ttl",
+                    self.ttl >= Duration::from_secs(1),
+                    "must be at least 1 s",
+                ),
+                ("flush_interval", !self.flush_interval.is_zero(), POSITIVE),
+                ("restore_grace", !self.restore_grace.is_zero(), POSITIVE),
+                ("call_timeout", !self.call_timeout.is_zero(), POSITIVE),
+                ("retry_max", !self.retry_max.is_zero(), POSITIVE),
+            ],
+        )
+    }
+}
+
+#[cfg(feature = "redis")]
+/// Settings of a [`RedisStore`](crate::RedisStore).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RedisStoreConfig {
+    /// The server, e.g. `redis://127.0.0.1:6379/0`. Default: that.
+    pub url: String,
+    /// Prefix of every key, so several clusters can share a server.
+    /// Default: `"sp:"`.
+    pub prefix: String,
+    /// How often to sweep index entries whose session is gone.
+    /// Default: 60 s.
+    pub sweep_interval: Duration,
+    /// How long one attempt to connect to the server may take. Default: 1 s.
+    pub connect_timeout: Duration,
+    /// How long the server may take to answer one command (or pipeline);
+    /// past it the command fails and the connection is replaced. Default: 1 s.
+    pub response_timeout: Duration,
+}
+
+#[cfg(feature = "redis")]
+impl Default for RedisStoreConfig {
+    fn default() -> Self {
+        RedisStoreConfig {
+            url: "redis://127.0.0.1:6379/0".into(),
+            prefix: "sp:".into(),
+            sweep_interval: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl RedisStoreConfig {
+    /// Defaults, with the given server URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisStoreConfig {
+            url: url.into(),
+            ..RedisStoreConfig::default()
+        }
+    }
+}
