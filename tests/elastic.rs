@@ -82,6 +82,17 @@ async fn nodes_without_a_file_find_each_other_through_the_registry() {
     config.resync = Duration::from_millis(200);
     let members = RedisMembership::connect(config).await.expect("registry");
     let mut watch = members.watch();
+    // Registered as starting, active once its backend connected.
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        watch.wait_for(|m| {
+            m.get("connector-2").map(|r| r.state)
+                == Some(session_proxy::registry::NodeState::Active)
+        }),
+    )
+    .await
+    .expect("the new frontend goes active")
+    .expect("registry running");
     let seen = watch.borrow().clone();
     assert_eq!(seen.frontends().count(), 2, "{seen:?}");
     assert_eq!(seen.backends().count(), 1, "{seen:?}");
@@ -106,4 +117,167 @@ async fn nodes_without_a_file_find_each_other_through_the_registry() {
     echo_within(port1, Duration::from_secs(3)).await;
     sigkill(&mut chat).await;
     sigkill(&mut c1).await;
+}
+
+/// A frontend registered in `registry`, in this process.
+async fn frontend_in_process(
+    id: &str,
+    registry: &std::sync::Arc<RedisMembership>,
+) -> (
+    session_proxy::RpcServer,
+    session_proxy::GatewayServer,
+    session_proxy::registry::Registration,
+) {
+    use session_proxy::registry::{NodeRecord, NodeRole, Registration};
+    use session_proxy::{Gateway, GatewayConfig, RpcConfig, SessionConfig, SessionService};
+    let sessions = SessionService::new(SessionConfig::new(id));
+    let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
+    let gateway = Gateway::new(sessions, rpc.backends(), GatewayConfig::new("connector"))
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("gateway");
+    let record = NodeRecord::new(id, NodeRole::Frontend, "connector")
+        .with_rpc_addr(rpc.local_addr().to_string())
+        .with_client_addr(gateway.local_addr().to_string());
+    let lease = Registration::register(registry.clone(), record, Duration::from_secs(3)).await;
+    (rpc, gateway, lease)
+}
+
+/// A chat backend that says who answered, following `registry`.
+fn backend_in_process(
+    id: &'static str,
+    registry: &std::sync::Arc<RedisMembership>,
+) -> (
+    session_proxy::BackendSessionService,
+    session_proxy::registry::Following,
+) {
+    use session_proxy::{BackendConfig, BackendSession, BackendSessionService, Handlers};
+    let mut handlers = Handlers::new();
+    handlers.add("chat.h.who", move |_s: BackendSession, _b: serde_json::Value| async move {
+        Ok(json!({ "backend": id }))
+    });
+    let mut config = BackendConfig::new(id);
+    config.server_type = Some("chat".into());
+    let backend = BackendSessionService::serving(config, handlers).expect("config");
+    let following = session_proxy::registry::follow_frontends(registry.watch(), backend.clone());
+    (backend, following)
+}
+
+/// Clients of `addr` asking who answers until `stop`; returns (answers by
+/// backend, errors).
+async fn players(
+    addr: std::net::SocketAddr,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::collections::BTreeMap<String, u64>, u64) {
+    use std::sync::atomic::Ordering;
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = std::collections::BTreeMap::<String, u64>::new();
+            let mut errors = 0u64;
+            let client = PomeloClient::connect(addr).await.expect("connect");
+            while !stop.load(Ordering::Relaxed) {
+                match client.request("chat.h.who", &json!({})).await {
+                    Ok(v) if v["backend"].is_string() => {
+                        *seen
+                            .entry(v["backend"].as_str().unwrap_or("").to_string())
+                            .or_default() += 1;
+                    }
+                    _ => errors += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (seen, errors)
+        }));
+    }
+    let mut all = std::collections::BTreeMap::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (seen, e) = t.await.expect("player");
+        for (k, v) in seen {
+            *all.entry(k).or_default() += v;
+        }
+        errors += e;
+    }
+    (all, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_out_under_load_fails_nothing_and_the_new_nodes_take_work() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut config = RedisMembershipConfig::new(redis.url());
+    config.prefix = format!("so{}:", free_port());
+    config.resync = Duration::from_millis(300);
+    let registry = std::sync::Arc::new(RedisMembership::connect(config).await.expect("registry"));
+    let (_rpc1, gate1, _lease1) = frontend_in_process("connector-1", &registry).await;
+    let (b1, _f1) = backend_in_process("chat-1", &registry);
+    echo_who(gate1.local_addr()).await;
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let on_first = tokio::spawn(players(gate1.local_addr(), 40, stop.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Scale out: a second frontend and a second backend join under load.
+    let (rpc2, gate2, _lease2) = frontend_in_process("connector-2", &registry).await;
+    let (b2, _f2) = backend_in_process("chat-2", &registry);
+    // Both backends dial the new frontend within a second of its
+    // registration; clients come once it serves (as a gate hands it out).
+    let started = Instant::now();
+    assert!(
+        rpc2.backends()
+            .wait_for("chat", 2, Duration::from_secs(3))
+            .await,
+        "the backends did not dial the new frontend"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let on_second = tokio::spawn(players(gate2.local_addr(), 20, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (first, first_errors) = on_first.await.expect("players");
+    let (second, second_errors) = on_second.await.expect("players");
+    assert_eq!(
+        first_errors, 0,
+        "requests failed on the first frontend: {first:?}"
+    );
+    assert_eq!(
+        second_errors, 0,
+        "requests failed on the new frontend: {second:?}"
+    );
+    assert!(
+        first.get("chat-2").copied().unwrap_or(0) > 0,
+        "the new backend took none of the first frontend's requests: {first:?}"
+    );
+    assert!(
+        second.get("chat-1").copied().unwrap_or(0) > 0,
+        "the old backend never dialled the new frontend: {second:?}"
+    );
+    b1.shutdown(Duration::from_secs(1)).await;
+    b2.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Waits until a client of `addr` is answered by a backend.
+async fn echo_who(addr: std::net::SocketAddr) {
+    let client = PomeloClient::connect(addr).await.expect("connect");
+    let started = Instant::now();
+    while client
+        .request("chat.h.who", &json!({}))
+        .await
+        .ok()
+        .and_then(|v| v["backend"].as_str().map(str::to_string))
+        .is_none()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no backend reached {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

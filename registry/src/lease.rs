@@ -91,10 +91,10 @@ impl Registration {
         self.record.send_modify(change);
     }
 
-    /// A handle that updates the record's client count, for a task of its
-    /// own; it stops working when the registration ends.
-    pub fn counter(&self) -> ClientCounter {
-        ClientCounter {
+    /// A handle that updates the record from a task of its own (client
+    /// counts, readiness); it stops working when the registration ends.
+    pub fn handle(&self) -> RecordHandle {
+        RecordHandle {
             record: Arc::downgrade(&self.record),
         }
     }
@@ -118,14 +118,23 @@ impl Registration {
     }
 }
 
-/// Updates a [`Registration`]'s client count (see
-/// [`Registration::counter`]).
+/// Updates a [`Registration`]'s record (see [`Registration::handle`]).
 #[derive(Clone, Debug)]
-pub struct ClientCounter {
+pub struct RecordHandle {
     record: std::sync::Weak<watch::Sender<NodeRecord>>,
 }
 
-impl ClientCounter {
+impl RecordHandle {
+    /// Changes the record (written at once). Returns `false` once the
+    /// registration has ended.
+    pub fn update(&self, change: impl FnOnce(&mut NodeRecord)) -> bool {
+        let Some(record) = self.record.upgrade() else {
+            return false;
+        };
+        record.send_modify(change);
+        true
+    }
+
     /// Sets the count (written with the next renewal, or at once when it
     /// changed). Returns `false` once the registration has ended.
     pub fn set_clients(&self, clients: u64) -> bool {

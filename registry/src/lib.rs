@@ -37,7 +37,7 @@ mod record;
 mod redis;
 
 pub use follow::{follow_frontends, Following};
-pub use lease::{ClientCounter, Registration};
+pub use lease::{RecordHandle, Registration};
 pub use record::{Members, NodeRecord, NodeRole, NodeState};
 #[cfg(feature = "redis")]
 pub use redis::{RedisMembership, RedisMembershipConfig};

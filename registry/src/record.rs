@@ -18,6 +18,10 @@ pub enum NodeRole {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
+    /// Registered so that its peers connect (backends dial it), not yet
+    /// handed out to clients: a frontend whose backends have not connected
+    /// would answer its first clients "no backend".
+    Starting,
     /// Takes new clients and requests.
     #[default]
     Active,
@@ -161,6 +165,7 @@ mod tests {
         let members = Members::from_records([
             connector("c1", 30, NodeState::Active),
             connector("c2", 10, NodeState::Draining),
+            connector("c0", 0, NodeState::Starting),
             connector("c3", 20, NodeState::Active),
             connector("c4", 20, NodeState::Active),
             NodeRecord::new("chat-1", NodeRole::Backend, "chat"),

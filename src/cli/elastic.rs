@@ -6,13 +6,16 @@
 use super::node::{backend_service, serve_backend, FrontendNode};
 use anyhow::{bail, Context};
 use session_proxy::registry::{
-    follow_frontends, Membership, NodeRecord, NodeRole, RedisMembership, RedisMembershipConfig,
-    Registration,
+    follow_frontends, Membership, NodeRecord, NodeRole, NodeState, RedisMembership,
+    RedisMembershipConfig, Registration,
 };
 use session_proxy::GatewayConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a new frontend stays `starting` waiting for a backend.
+const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// A node's role, on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -108,6 +111,8 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
                 insecure,
             };
             let running = node.start().await?;
+            // Starting until a backend has connected: gates do not hand it
+            // out before it can forward.
             let mut record = NodeRecord::new(&id, NodeRole::Frontend, &server_type).with_rpc_addr(
                 flags
                     .advertise_rpc
@@ -119,9 +124,27 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
             {
                 record = record.with_client_addr(addr);
             }
+            record.state = NodeState::Starting;
             let registration = Registration::register(registry, record, lease).await;
+            let backends = running.backends();
+            let readiness = registration.handle();
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + READY_WAIT;
+                while backends.nodes().is_empty() && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if backends.nodes().is_empty() {
+                    tracing::warn!(within = ?READY_WAIT, "no backend connected yet; handed out anyway");
+                }
+                readiness.update(|r| {
+                    // (A SIGTERM meanwhile made it draining: it stays so.)
+                    if r.state == NodeState::Starting {
+                        r.state = NodeState::Active;
+                    }
+                });
+            });
             let sessions = running.sessions().clone();
-            let counting = registration.counter();
+            let counting = registration.handle();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;

@@ -154,6 +154,11 @@ impl RunningFrontend {
         &self.sessions
     }
 
+    /// The backends connected to it.
+    pub fn backends(&self) -> session_proxy::BackendRegistry {
+        self.rpc.backends()
+    }
+
     /// Serves until SIGINT/SIGTERM, then stops clients, writes the last
     /// changes to the store and closes backend links, each within a bound.
     pub async fn serve_until_signal(self) -> anyhow::Result<()> {
