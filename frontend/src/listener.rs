@@ -82,7 +82,8 @@ pub(crate) async fn accept(
     }
 }
 
-/// Connections counted per IP address, up to a limit each.
+/// Connections counted per IP address, up to a limit each: the gateway's
+/// clients, and the RPC server's connections still in their handshake.
 #[derive(Debug)]
 pub(crate) struct PerIp {
     counts: DashMap<IpAddr, usize>,
@@ -90,21 +91,43 @@ pub(crate) struct PerIp {
 }
 
 impl PerIp {
-    pub(crate) fn new(limit: usize) -> Arc<Self> {
-        Arc::new(PerIp {
+    pub(crate) fn new(limit: usize) -> Self {
+        PerIp {
             counts: DashMap::new(),
             limit,
-        })
+        }
     }
 
     /// Counts one more connection from `ip`, unless it has `limit` already.
-    pub(crate) fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+    /// Each `true` is matched by one [`leave`](Self::leave).
+    pub(crate) fn try_enter(&self, ip: IpAddr) -> bool {
         let mut n = self.counts.entry(ip).or_insert(0);
         if *n >= self.limit {
-            return None;
+            return false;
         }
         *n += 1;
-        Some(IpSlot {
+        true
+    }
+
+    /// Uncounts one connection from `ip`.
+    pub(crate) fn leave(&self, ip: IpAddr) {
+        if let Entry::Occupied(mut n) = self.counts.entry(ip) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+    }
+
+    /// Whether no connection is counted.
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Like [`try_enter`](Self::try_enter), as a guard that leaves on drop.
+    pub(crate) fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
+        self.try_enter(ip).then(|| IpSlot {
             per_ip: self.clone(),
             ip,
         })
@@ -120,12 +143,7 @@ pub(crate) struct IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        if let Entry::Occupied(mut n) = self.per_ip.counts.entry(self.ip) {
-            *n.get_mut() -= 1;
-            if *n.get() == 0 {
-                n.remove();
-            }
-        }
+        self.per_ip.leave(self.ip);
     }
 }
 

@@ -13,7 +13,7 @@ mod transport;
 
 pub use local::{LocalContext, LocalFuture, LocalHandler, LocalHandlers};
 
-use crate::listener::{bind_reusable, Acceptor, Running};
+use crate::listener::{bind_reusable, Acceptor, PerIp, Running};
 use crate::{BackendRegistry, GatewayConfig, SessionService};
 use serde_json::Value;
 use session_proxy_protocol::client::HandshakeRequest;
@@ -94,7 +94,7 @@ pub(crate) struct GatewayContext {
     /// waits for them.
     pub(crate) tasks: TaskTracker,
     /// Open connections per client IP.
-    pub(crate) per_ip: dashmap::DashMap<std::net::IpAddr, usize>,
+    pub(crate) per_ip: PerIp,
     /// When the gateway started: connections keep times as `u32`
     /// milliseconds since then, which is smaller than an `Instant`.
     pub(crate) started: tokio::time::Instant,
@@ -219,6 +219,7 @@ impl Gateway {
             self.config.max_connections,
             running.cancel.clone(),
         );
+        let per_ip = PerIp::new(self.config.max_connections_per_ip);
         let shared = Arc::new(GatewayContext {
             dictionary: Dictionary::new(&self.config.dictionary),
             config: self.config,
@@ -229,7 +230,7 @@ impl Gateway {
             check_client: self.check_client,
             cancel: running.cancel.clone(),
             tasks: running.tracker.clone(),
-            per_ip: dashmap::DashMap::new(),
+            per_ip,
             started: tokio::time::Instant::now(),
         });
         let local_addr = running.local_addr;
@@ -266,27 +267,12 @@ async fn accept_loop(acceptor: Acceptor, shared: Arc<GatewayContext>, tracker: T
     info!(server_type = %shared.config.server_type, "accepting clients");
     while let Some((stream, peer, permit)) = acceptor.next().await {
         let ip = peer.ip();
-        let over = {
-            let mut n = shared.per_ip.entry(ip).or_insert(0);
-            *n += 1;
-            *n > shared.config.max_connections_per_ip
-        };
-        let shared = shared.clone();
-        if over {
+        // Counted here, uncounted when the connection's task ends.
+        if !shared.per_ip.try_enter(ip) {
             crate::logs::warn_throttled!(%ip, limit = shared.config.max_connections_per_ip, "too many connections from one address; closing the new one");
-            release_ip(&shared, ip);
             drop(stream);
             continue;
         }
-        tracker.spawn(conn::ClientTask::new(stream, peer, shared, permit));
-    }
-}
-
-fn release_ip(shared: &GatewayContext, ip: std::net::IpAddr) {
-    if let dashmap::mapref::entry::Entry::Occupied(mut n) = shared.per_ip.entry(ip) {
-        *n.get_mut() -= 1;
-        if *n.get() == 0 {
-            n.remove();
-        }
+        tracker.spawn(conn::ClientTask::new(stream, peer, shared.clone(), permit));
     }
 }

@@ -174,7 +174,7 @@ async fn accept_loop(
         "listening for backends"
     );
     let handshakes = Arc::new(Semaphore::new(shared.config.max_unauthenticated));
-    let per_ip = PerIp::new(shared.config.max_unauthenticated_per_ip);
+    let per_ip = Arc::new(PerIp::new(shared.config.max_unauthenticated_per_ip));
     while let Some((stream, peer)) = accept(&listener, &cancel).await {
         // Admission before authentication is cheap to refuse: the socket
         // is closed at once, and no place an authenticated backend needs

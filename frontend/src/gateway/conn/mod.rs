@@ -90,7 +90,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        super::release_ip(&self.shared, self.peer.ip());
+        self.shared.per_ip.leave(self.peer.ip());
     }
 }
 
@@ -349,14 +349,14 @@ mod tests {
             check_client: None,
             cancel: Default::default(),
             tasks: Default::default(),
-            per_ip: Default::default(),
+            per_ip: crate::listener::PerIp::new(1),
             started: tokio::time::Instant::now(),
         });
         let permit = std::sync::Arc::new(tokio::sync::Semaphore::new(1))
             .acquire_owned()
             .await
             .expect("permit");
-        shared.per_ip.insert(peer.ip(), 1);
+        assert!(shared.per_ip.try_enter(peer.ip()));
         let conn = super::ClientTask::new(stream, peer, shared.clone(), permit);
         let size = std::mem::size_of_val(&conn);
         eprintln!("connection task: {size} bytes");
