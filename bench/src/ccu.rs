@@ -11,6 +11,7 @@
 //! Clients can spread over several loopback source addresses (127.0.0.1,
 //! 127.0.0.2, …) so that ephemeral ports never run out.
 
+use crate::pomelo::package;
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
@@ -196,12 +197,6 @@ async fn next_package(
             return Ok(None);
         }
     }
-}
-
-fn package(kind: PackageType, body: &[u8]) -> BytesMut {
-    let mut out = BytesMut::new();
-    let _ = PackageCodec::new(MAX_PACKAGE_BODY).encode_to(kind, body, &mut out);
-    out
 }
 
 /// One player: handshake, then one request per period on its own

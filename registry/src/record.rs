@@ -72,10 +72,7 @@ impl NodeRecord {
             state: NodeState::Active,
             clients: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            started_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
+            started_unix_ms: session_proxy_protocol::unix_ms(),
         }
     }
 

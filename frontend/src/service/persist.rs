@@ -341,11 +341,6 @@ impl SessionService {
         }
     }
 
-    /// Whether the attached store failed and has not answered since.
-    pub fn store_down(&self) -> bool {
-        self.inner.store.get().is_some_and(StoreLink::is_down)
-    }
-
     /// Every session of `uid` on every frontend sharing the store (this
     /// frontend's own, from memory, when there is no store).
     pub async fn user_sessions(&self, uid: &str) -> Result<Vec<SessionInfo>, StoreError> {
