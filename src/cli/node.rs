@@ -7,7 +7,10 @@ use session_proxy::backend::LinkTls;
 use session_proxy::cluster::{ClusterConfig, NodeConfig, NodeRole};
 use session_proxy::frontend::{RedisStore, RedisStoreConfig, ServerTls, StoreOptions};
 use session_proxy::protocol::Secret;
-use session_proxy::registry::Registration;
+use session_proxy::registry::{
+    follow_frontends, Membership, NodeRecord, NodeRole as RegistryRole, Registration,
+    StaticMembership,
+};
 use session_proxy::{
     BackendConfig, BackendSessionService, ConnectInfo, Gateway, GatewayConfig, GatewayServer,
     RpcConfig, RpcServer, SessionConfig, SessionOwner, SessionService,
@@ -219,13 +222,20 @@ async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resul
         None => None,
     };
     let service = backend_service(&node.id, &node.server_type, tls)?;
-    for f in config.frontends() {
-        if let Some(rpc) = f.rpc {
-            service.add_frontend_of_type(&f.id, &f.server_type, rpc.to_string());
-        }
-    }
+    // The file's frontends are a static registry, followed like any other.
+    let frontends = config.frontends().filter_map(|f| {
+        let rpc = f.rpc?;
+        Some(
+            NodeRecord::new(&f.id, RegistryRole::Frontend, &f.server_type)
+                .with_rpc_addr(rpc.to_string()),
+        )
+    });
+    let members = StaticMembership::new(frontends.collect());
+    let following = follow_frontends(members.watch(), service.clone());
     println!("ready {}", node.id);
-    serve_backend(service, None).await
+    let served = serve_backend(service, None).await;
+    drop((following, members));
+    served
 }
 
 /// A backend node serving the bench app's routes of `server_type`.
