@@ -7,7 +7,8 @@ mod common;
 use bytes::Bytes;
 use common::redis::RedisServer;
 use session_proxy::frontend::{
-    MemoryStore, RedisStore, RedisStoreConfig, SessionStore, StoreOptions, StoredSession,
+    Fenced, MemoryStore, RedisStore, RedisStoreConfig, Refreshed, SessionStore, StoreOptions,
+    StoredSession,
 };
 use session_proxy::protocol::{SessionInfo, Setting};
 use session_proxy::{ConnectInfo, SessionConfig, SessionId, SessionService};
@@ -40,6 +41,8 @@ fn record(sid: u64, frontend: &str, uid: Option<&str>) -> StoredSession {
         last_version: 3,
         token: Some([7; 32]),
         previous_token: None,
+        epoch: 0,
+        pushes: Vec::new(),
     }
 }
 
@@ -96,20 +99,108 @@ async fn exercise(store: &dyn SessionStore) {
     );
     assert_eq!(store.delete_uid("alice:eu").await.expect("delete uid"), 1);
     assert!(store.by_uid("alice:eu").await.expect("by uid").is_empty());
-    // A refresh reports what the store no longer holds.
+    // A refresh reports what the store no longer holds, and what was
+    // ended for every holder (3, deleted above).
+    let (two, three, nine) = (
+        SessionId::from_raw(2),
+        SessionId::from_raw(3),
+        SessionId::from_raw(9),
+    );
     assert_eq!(
         store
-            .refresh(vec![SessionId::from_raw(2), SessionId::from_raw(3)], ttl)
+            .refresh(vec![(two, 0), (three, 0), (nine, 0)], ttl)
             .await
             .expect("refresh"),
-        vec![SessionId::from_raw(3)]
+        Refreshed {
+            missing: vec![nine],
+            fenced: vec![Fenced {
+                sid: three,
+                owner: String::new()
+            }],
+        }
     );
-    assert_eq!(
-        store.list().await.expect("list"),
-        vec![SessionId::from_raw(2)]
-    );
+    assert_eq!(store.list().await.expect("list"), vec![two]);
+    fencing(store, ttl).await;
     store.clear().await.expect("clear");
     assert!(store.list().await.expect("list").is_empty());
+}
+
+/// Ownership moves by a claim, atomically, and the old owner's writes are
+/// refused from then on (session 2: `f2`, epoch 0).
+async fn fencing(store: &dyn SessionStore, ttl: Duration) {
+    let sid = SessionId::from_raw(2);
+    let held = store.get(sid).await.expect("get").expect("held");
+    assert_eq!((held.epoch, held.info.frontend_id.as_str()), (0, "f2"));
+    assert_eq!(store.claim(sid, 0, "f3").await.expect("claim"), Some(1));
+    assert_eq!(
+        store.claim(sid, 0, "f4").await.expect("claim"),
+        None,
+        "a second claim of the same epoch loses"
+    );
+    let moved = store.get(sid).await.expect("get").expect("held");
+    assert_eq!((moved.epoch, moved.info.frontend_id.as_str()), (1, "f3"));
+    let by_f3 = |sid| Fenced {
+        sid,
+        owner: "f3".into(),
+    };
+    // The old owner is refused everywhere, and told who holds it.
+    let stale = record(2, "f2", Some("bob"));
+    assert_eq!(
+        store.put(vec![stale], ttl).await.expect("put"),
+        vec![by_f3(sid)]
+    );
+    assert_eq!(
+        store.refresh(vec![(sid, 0)], ttl).await.expect("refresh"),
+        Refreshed {
+            missing: vec![],
+            fenced: vec![by_f3(sid)],
+        }
+    );
+    assert_eq!(
+        store.release(vec![(sid, 0)]).await.expect("release"),
+        vec![by_f3(sid)]
+    );
+    let kept = store.get(sid).await.expect("get").expect("still held");
+    assert_eq!(
+        kept.info.frontend_id, "f3",
+        "the refused writes changed nothing"
+    );
+    // The new owner writes, refreshes and releases.
+    let mut fresh = record(2, "f3", Some("bob"));
+    fresh.epoch = 1;
+    fresh.last_version = 4;
+    assert!(store
+        .put(vec![fresh.clone()], ttl)
+        .await
+        .expect("put")
+        .is_empty());
+    assert_eq!(
+        store.get(sid).await.expect("get").map(|s| s.last_version),
+        Some(4)
+    );
+    assert_eq!(
+        store.refresh(vec![(sid, 1)], ttl).await.expect("refresh"),
+        Refreshed::default()
+    );
+    assert!(store
+        .release(vec![(sid, 1)])
+        .await
+        .expect("release")
+        .is_empty());
+    assert_eq!(store.get(sid).await.expect("get"), None);
+    assert!(store.list().await.expect("list").is_empty());
+    assert!(store.by_uid("bob").await.expect("by uid").is_empty());
+    // Released stays fenced: nobody writes or claims it back.
+    assert_eq!(
+        store.put(vec![fresh], ttl).await.expect("put"),
+        vec![Fenced {
+            sid,
+            owner: String::new()
+        }]
+    );
+    assert_eq!(store.get(sid).await.expect("get"), None);
+    assert_eq!(store.claim(sid, 1, "f5").await.expect("claim"), None);
+    assert_eq!(store.claim(sid, 2, "f5").await.expect("claim"), None);
 }
 
 #[tokio::test]
@@ -237,7 +328,7 @@ impl SessionStore for Counting {
         &self,
         s: Vec<StoredSession>,
         ttl: Duration,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, ()> {
+    ) -> session_proxy::frontend::store::StoreFuture<'_, Vec<Fenced>> {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(s.len(), Ordering::Relaxed);
         self.inner.put(s, ttl)
@@ -274,10 +365,24 @@ impl SessionStore for Counting {
     }
     fn refresh(
         &self,
-        sids: Vec<SessionId>,
+        sids: Vec<(SessionId, u64)>,
         ttl: Duration,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, Vec<SessionId>> {
+    ) -> session_proxy::frontend::store::StoreFuture<'_, Refreshed> {
         self.inner.refresh(sids, ttl)
+    }
+    fn release(
+        &self,
+        sids: Vec<(SessionId, u64)>,
+    ) -> session_proxy::frontend::store::StoreFuture<'_, Vec<Fenced>> {
+        self.inner.release(sids)
+    }
+    fn claim<'a>(
+        &'a self,
+        sid: SessionId,
+        seen: u64,
+        frontend: &'a str,
+    ) -> session_proxy::frontend::store::StoreFuture<'a, Option<u64>> {
+        self.inner.claim(sid, seen, frontend)
     }
 }
 

@@ -33,13 +33,27 @@ impl SessionService {
     }
 
     pub(super) fn remove(&self, sid: SessionId, reason: &str, kick: bool) -> bool {
+        self.remove_as(sid, reason, kick, true)
+    }
+
+    /// Removes a session; `from_store` deletes it from the store too (not
+    /// for a session the store says another frontend holds now).
+    pub(super) fn remove_as(
+        &self,
+        sid: SessionId,
+        reason: &str,
+        kick: bool,
+        from_store: bool,
+    ) -> bool {
         let Some((_, entry)) = self.inner.sessions.remove(&sid) else {
             return false;
         };
         if let Some(uid) = &entry.uid {
             self.unindex(uid, sid);
         }
-        self.mark_deleted(sid);
+        if from_store {
+            self.mark_deleted(sid, entry.store_epoch);
+        }
         if kick {
             // Best effort: if the queue is full, closing it below still
             // ends the connection's session.

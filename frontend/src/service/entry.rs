@@ -40,6 +40,10 @@ pub(super) struct SessionEntry {
     /// Which owner handle is current; an older handle (a connection that was
     /// taken over) can no longer close or park the session.
     pub(super) owner_gen: u64,
+    /// The ownership epoch the store holds this session under (0 until
+    /// another frontend first claims it); writes of an older one are
+    /// refused there.
+    pub(super) store_epoch: u64,
     /// Hashes of the resume tokens.
     pub(super) tokens: resume::Tokens,
     /// The queue to the connection that owns this session; closed when the

@@ -184,6 +184,7 @@ impl SessionService {
             lifetime: config.lifetime,
             parked: None,
             owner_gen: 0,
+            store_epoch: 0,
             tokens: resume::Tokens::default(),
             owner: tx,
         }));

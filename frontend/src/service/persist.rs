@@ -10,22 +10,30 @@
 use super::resume::{Parked, Tokens};
 use super::{SessionEntry, SessionService};
 use crate::owner;
-use crate::store::{SessionStore, StoreError, StoreOptions, StoredSession};
+use crate::store::{Fenced, SessionStore, StoreError, StoreOptions, StoredSession};
 use session_proxy_protocol::{SessionId, SessionInfo};
-use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 /// A service's link to its store.
 pub(crate) struct StoreLink {
-    store: Arc<dyn SessionStore>,
+    pub(super) store: Arc<dyn SessionStore>,
     options: StoreOptions,
     /// Sessions changed since the last flush.
     dirty: Mutex<HashSet<SessionId>>,
-    /// Sessions closed since the last flush.
-    deleted: Mutex<HashSet<SessionId>>,
+    /// Sessions closed since the last flush, with the epoch they were
+    /// held under.
+    deleted: Mutex<HashMap<SessionId, u64>>,
+    /// Sessions the store said another frontend holds now (their local
+    /// copy is closed), and since when: backends that still address this
+    /// frontend are told where they went. Pruned after [`MOVED_MEMORY`].
+    moved: Mutex<HashMap<SessionId, (String, Instant)>>,
+    /// Set once this frontend hands its sessions over (a drain): records
+    /// are written with no owner, for any frontend to claim.
+    handed_over: AtomicBool,
     /// One flush at a time; a caller that waits finds its changes either
     /// written by the flush it waited for or still dirty for its own.
     flush_lock: tokio::sync::Mutex<()>,
@@ -37,7 +45,10 @@ pub(crate) struct StoreLink {
 
 impl StoreLink {
     /// Runs one store call under the deadline, and keeps the up/down state.
-    async fn call<T>(&self, op: crate::store::StoreFuture<'_, T>) -> Result<T, StoreError> {
+    pub(super) async fn call<T>(
+        &self,
+        op: crate::store::StoreFuture<'_, T>,
+    ) -> Result<T, StoreError> {
         let after = self.options.call_timeout;
         let result = match tokio::time::timeout(after, op).await {
             Ok(result) => result,
@@ -54,7 +65,7 @@ impl StoreLink {
     }
 
     /// Fails at once while the store is down.
-    fn check_up(&self) -> Result<(), StoreError> {
+    pub(super) fn check_up(&self) -> Result<(), StoreError> {
         match *lock(&self.down_since) {
             Some(since) => Err(StoreError::Down {
                 down_for: since.elapsed(),
@@ -87,11 +98,12 @@ impl StoreLink {
     }
 
     /// Writes the dirty and deleted sessions of `service`; on failure they
-    /// stay pending for the next attempt.
+    /// stay pending for the next attempt. Sessions the store refuses
+    /// (another frontend claimed them) are closed here, not deleted there.
     async fn write(&self, service: &SessionService) -> Result<(), StoreError> {
         let _one_at_a_time = self.flush_lock.lock().await;
         let dirty: Vec<SessionId> = lock(&self.dirty).drain().collect();
-        let deleted: Vec<SessionId> = lock(&self.deleted).drain().collect();
+        let deleted: Vec<(SessionId, u64)> = lock(&self.deleted).drain().collect();
         if dirty.is_empty() && deleted.is_empty() {
             return Ok(());
         }
@@ -106,26 +118,41 @@ impl StoreLink {
             })
             .collect();
         let mut written = self.call(self.store.put(records, self.options.ttl)).await;
-        if written.is_ok() && !deleted.is_empty() {
-            written = self
-                .call(self.store.delete(deleted.clone()))
-                .await
-                .map(drop);
+        if let Ok(fenced) = &written {
+            service.lost(fenced);
+            if !deleted.is_empty() {
+                written = self.call(self.store.release(deleted.clone())).await;
+                if let Ok(fenced) = &written {
+                    // Closed here, held elsewhere: theirs stays.
+                    tracing::debug!(
+                        sessions = fenced.len(),
+                        "closed sessions another frontend holds"
+                    );
+                }
+            }
         }
         if written.is_err() {
             lock(&self.dirty).extend(dirty);
             lock(&self.deleted).extend(deleted);
         }
-        written
+        written.map(drop)
     }
 
     /// Restarts the TTL of every live session; sessions the store lost (a
     /// server restarted empty) are marked to be written again.
     async fn refresh(&self, service: &SessionService) -> Result<(), StoreError> {
-        let missing = self
-            .call(self.store.refresh(service.sids(), self.options.ttl))
+        let held: Vec<(SessionId, u64)> = service
+            .inner
+            .sessions
+            .iter()
+            .map(|e| (*e.key(), e.store_epoch))
+            .collect();
+        let report = self
+            .call(self.store.refresh(held, self.options.ttl))
             .await?;
-        let missing: Vec<SessionId> = missing
+        service.lost(&report.fenced);
+        let missing: Vec<SessionId> = report
+            .missing
             .into_iter()
             .filter(|sid| service.inner.sessions.contains_key(sid))
             .collect();
@@ -139,6 +166,9 @@ impl StoreLink {
         Ok(())
     }
 }
+
+/// How long a frontend remembers where a session it lost went.
+const MOVED_MEMORY: Duration = Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Set insertions and swaps only: a poisoned lock still guards a whole set.
@@ -163,11 +193,64 @@ impl SessionService {
         }
     }
 
-    pub(super) fn mark_deleted(&self, sid: SessionId) {
-        if let Some(link) = self.inner.store.get() {
+    pub(super) fn mark_deleted(&self, sid: SessionId, epoch: u64) {
+        if let Some(link) = self
+            .inner
+            .store
+            .get()
+            .filter(|l| !l.handed_over.load(Ordering::Acquire))
+        {
             lock(&link.dirty).remove(&sid);
-            lock(&link.deleted).insert(sid);
+            lock(&link.deleted).insert(sid, epoch);
         }
+    }
+
+    /// Closes the local copies of sessions the store says another
+    /// frontend holds now (or that were ended for every holder), without
+    /// deleting them there, and remembers where they went.
+    fn lost(&self, fenced: &[Fenced]) {
+        let Some(link) = self.inner.store.get() else {
+            return;
+        };
+        if fenced.is_empty() {
+            return;
+        }
+        {
+            let mut moved = lock(&link.moved);
+            moved.retain(|_, (_, since)| since.elapsed() < MOVED_MEMORY);
+            for f in fenced {
+                moved.insert(f.sid, (f.owner.clone(), Instant::now()));
+            }
+        }
+        for f in fenced {
+            if self.remove_as(f.sid, "resumed elsewhere", true, false) {
+                tracing::info!(
+                    sid = %f.sid.redacted(),
+                    owner = %f.owner,
+                    "another frontend holds this session now; closed the local copy"
+                );
+            }
+        }
+    }
+
+    /// Where a session this frontend lost went, if it knows: the frontend
+    /// the store says holds it now. Asks the store when the session is not
+    /// among those this frontend closed recently; `None` for a session
+    /// nobody holds, or without a store.
+    pub async fn moved_to(&self, sid: SessionId) -> Option<String> {
+        let link = self.inner.store.get()?;
+        if self.inner.sessions.contains_key(&sid) {
+            return None;
+        }
+        let known = lock(&link.moved).get(&sid).map(|(owner, _)| owner.clone());
+        let owner = match known {
+            Some(owner) => owner,
+            None => {
+                link.check_up().ok()?;
+                link.call(link.store.get(sid)).await.ok()??.info.frontend_id
+            }
+        };
+        (!owner.is_empty() && owner != self.frontend_id()).then_some(owner)
     }
 
     /// A session's record for the store.
@@ -184,8 +267,17 @@ impl SessionService {
                 now_unix.saturating_sub(u64::try_from((now - t).as_millis()).unwrap_or(u64::MAX))
             }
         };
+        let mut info = self.info_of(sid, e, now_unix.saturating_sub(idle_ms));
+        if self
+            .inner
+            .store
+            .get()
+            .is_some_and(|l| l.handed_over.load(Ordering::Acquire))
+        {
+            info.frontend_id.clear();
+        }
         StoredSession {
-            info: self.info_of(sid, e, now_unix.saturating_sub(idle_ms)),
+            info,
             settings: e.settings.to_map(),
             last_version: e.last_version,
             token: e.tokens.current,
@@ -194,6 +286,8 @@ impl SessionService {
                 .previous
                 .as_deref()
                 .map(|&(h, until)| (h, instant_to_unix(until))),
+            epoch: e.store_epoch,
+            pushes: Vec::new(),
         }
     }
 
@@ -234,6 +328,8 @@ impl SessionService {
             options,
             dirty: Mutex::default(),
             deleted: Mutex::default(),
+            moved: Mutex::default(),
+            handed_over: AtomicBool::new(false),
             flush_lock: tokio::sync::Mutex::new(()),
             down_since: Mutex::new(None),
         };
@@ -266,11 +362,18 @@ impl SessionService {
         Ok(restored)
     }
 
-    fn insert_restored(&self, record: StoredSession, grace: Duration) {
+    pub(super) fn insert_restored(&self, record: StoredSession, grace: Duration) {
         let sid = record.info.sid;
         let now_unix = unix_ms(SystemTime::now());
         let (tx, rx) = owner::queue(self.inner.config.owner_queue);
         tx.set_parked(true);
+        for push in record.pushes {
+            // Fits: the frontend that handed it over kept at most as many.
+            let _ = tx.try_send(crate::Outbound::Push {
+                route: push.route,
+                body: push.body,
+            });
+        }
         let until = Instant::now() + grace;
         let previous = record.previous_token.and_then(|(h, until_unix)| {
             (until_unix > now_unix).then(|| {
@@ -304,6 +407,7 @@ impl SessionService {
             lifetime: self.inner.config.lifetime,
             parked: Some(Parked { until, rx }),
             owner_gen: 0,
+            store_epoch: record.epoch,
             tokens: Tokens {
                 current: record.token,
                 previous,
@@ -339,6 +443,49 @@ impl SessionService {
             Ok(result) => result,
             Err(_) => Err(StoreError::TimedOut { after: within }),
         }
+    }
+
+    /// Hands every session over for another frontend to resume (the last
+    /// step of a drain): writes each one with no owner, the pushes that
+    /// wait for parked clients included, within `within`. From then on this
+    /// frontend deletes nothing from the store: a session it closes is left
+    /// for its client to resume elsewhere. Returns how many were written;
+    /// sessions another frontend already claimed are closed here.
+    pub async fn hand_over(&self, within: Duration) -> Result<usize, StoreError> {
+        let Some(link) = self.inner.store.get() else {
+            return Ok(0);
+        };
+        link.handed_over.store(true, Ordering::Release);
+        let _one_at_a_time = tokio::time::timeout(within, link.flush_lock.lock())
+            .await
+            .map_err(|_| StoreError::TimedOut { after: within })?;
+        lock(&link.dirty).clear();
+        lock(&link.deleted).clear();
+        let mut records = Vec::with_capacity(self.inner.sessions.len());
+        for mut entry in self.inner.sessions.iter_mut() {
+            let sid = *entry.key();
+            let mut record = self.to_stored(sid, &entry);
+            if let Some(parked) = entry.parked.as_mut() {
+                while let Ok(Some(event)) = parked.rx.try_recv() {
+                    if let crate::Outbound::Push { route, body } = event {
+                        record.pushes.push(crate::store::QueuedPush { route, body });
+                    }
+                }
+            }
+            records.push(record);
+        }
+        let count = records.len();
+        let put = link.store.put(records, link.options.ttl);
+        let fenced = match tokio::time::timeout(within, put).await {
+            Ok(result) => result?,
+            Err(_) => return Err(StoreError::TimedOut { after: within }),
+        };
+        self.lost(&fenced);
+        tracing::info!(
+            sessions = count - fenced.len(),
+            "sessions handed over for other frontends to resume"
+        );
+        Ok(count - fenced.len())
     }
 
     /// Every session of `uid` on every frontend sharing the store (this

@@ -55,6 +55,39 @@ pub enum ResumeError {
     /// type, device) differs from what the resuming client says.
     #[error("resume token presented by a different client type or device")]
     OtherClient,
+    /// The session lives in the shared store, which did not answer; the
+    /// client may try again.
+    #[error("session store unavailable; try again")]
+    StoreUnavailable,
+    /// Another frontend took the session over while this one was resuming
+    /// it; the client may try again.
+    #[error("the session moved while resuming; try again")]
+    Raced,
+}
+
+/// Checks a presented token's hash against a session's current token and
+/// its previous one (`Some(still valid)` when there is one that matches).
+fn check_token(
+    current: Option<[u8; 32]>,
+    previous: Option<([u8; 32], bool)>,
+    presented: &[u8; 32],
+) -> Result<(), ResumeError> {
+    if current.is_some_and(|h| bool::from(h.ct_eq(presented))) {
+        return Ok(());
+    }
+    match previous.filter(|(h, _)| bool::from(h.ct_eq(presented))) {
+        Some((_, true)) => Ok(()),
+        Some((_, false)) => Err(ResumeError::RotatedOut),
+        None => Err(ResumeError::Invalid),
+    }
+}
+
+/// Whether a session's metadata (`value_of` a key) names another client
+/// than `client` says.
+fn other_client<'a>(value_of: impl Fn(&str) -> Option<&'a str>, client: &[(&str, &str)]) -> bool {
+    client
+        .iter()
+        .any(|(key, presented)| value_of(key).is_some_and(|v| v != *presented))
 }
 
 fn hash(token: &str) -> [u8; 32] {
@@ -166,29 +199,15 @@ impl SessionService {
                 .sessions
                 .get_mut(&sid)
                 .ok_or(ResumeError::UnknownSession)?;
-            let current_ok = entry
-                .tokens
-                .current
-                .is_some_and(|h| bool::from(h.ct_eq(&presented)));
             let previous = entry
                 .tokens
                 .previous
                 .as_deref()
-                .copied()
-                .filter(|(h, _)| bool::from(h.ct_eq(&presented)));
-            match (current_ok, previous) {
-                (true, _) => {}
-                (false, Some((_, until))) if until > now => {}
-                (false, Some(_)) => return Err(ResumeError::RotatedOut),
-                (false, None) => return Err(ResumeError::Invalid),
-            }
-            let other_client = client.iter().any(|(key, presented)| {
-                entry
-                    .info
-                    .metadata()
-                    .any(|(k, v)| k == *key && v != *presented)
-            });
-            if other_client {
+                .map(|&(h, until)| (h, until > now));
+            check_token(entry.tokens.current, previous, &presented)?;
+            let info = &entry.info;
+            let value_of = |key: &str| info.metadata().find(|(k, _)| *k == key).map(|(_, v)| v);
+            if other_client(value_of, client) {
                 return Err(ResumeError::OtherClient);
             }
             // Rotate: the token just used stays valid for the overlap.
@@ -230,6 +249,77 @@ impl SessionService {
             },
             next,
         ))
+    }
+}
+
+impl SessionService {
+    /// Like [`resume_as`](Self::resume_as), for a session this frontend may
+    /// not hold: one it does not know is looked up in the shared store
+    /// (another frontend's, drained, crashed, paused or partitioned). The
+    /// token is checked against the stored record, then the session is
+    /// claimed there atomically (its epoch goes up, so the frontend that
+    /// held it has every later write refused and closes its copy), brought
+    /// in with its settings, versions and the pushes that waited for it,
+    /// and resumed. Returns once the new token is written to the store.
+    pub async fn resume_anywhere(
+        &self,
+        token: &str,
+        client: &[(&str, &str)],
+    ) -> Result<(SessionOwner, String), ResumeError> {
+        match self.resume_as(token, client) {
+            Err(ResumeError::UnknownSession) => {}
+            other => return other,
+        }
+        let Some(link) = self.inner.store.get() else {
+            return Err(ResumeError::UnknownSession);
+        };
+        let sid = parse_sid(token)?;
+        let presented = hash(token);
+        if link.check_up().is_err() {
+            return Err(ResumeError::StoreUnavailable);
+        }
+        let unavailable = |err: crate::StoreError| {
+            tracing::debug!(cause = %err, "cannot resume from the store");
+            ResumeError::StoreUnavailable
+        };
+        let mut record = link
+            .call(link.store.get(sid))
+            .await
+            .map_err(unavailable)?
+            .ok_or(ResumeError::UnknownSession)?;
+        let now_unix = session_proxy_protocol::unix_ms();
+        let previous = record
+            .previous_token
+            .map(|(h, until)| (h, until > now_unix));
+        check_token(record.token, previous, &presented)?;
+        let metadata = &record.info.metadata;
+        if other_client(|key| metadata.get(key).map(String::as_str), client) {
+            return Err(ResumeError::OtherClient);
+        }
+        let from = std::mem::take(&mut record.info.frontend_id);
+        let epoch = link
+            .call(link.store.claim(sid, record.epoch, self.frontend_id()))
+            .await
+            .map_err(unavailable)?
+            .ok_or(ResumeError::Raced)?;
+        record.epoch = epoch;
+        record.info.frontend_id = self.frontend_id().to_string();
+        if !self.inner.sessions.contains_key(&sid) {
+            self.insert_restored(record, self.inner.config.token_overlap);
+        }
+        let resumed = self.resume_as(token, client)?;
+        tracing::info!(
+            sid = %sid.redacted(),
+            from = %if from.is_empty() { "(handed over)" } else { from.as_str() },
+            epoch,
+            "session moved here from another frontend"
+        );
+        // The rotated token and the new owner must be in the store before
+        // the client hears them: it may move again.
+        if let Err(err) = self.flush().await {
+            tracing::debug!(cause = %err, "the moved session is not written yet; retrying in the background");
+        }
+        Ok(resumed)
     }
 }
 

@@ -1,15 +1,24 @@
 //! The embedded default store: a map in this process.
 
-use super::{SessionStore, StoreError, StoreFuture, StoredSession};
+use super::{Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession};
 use session_proxy_protocol::SessionId;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// One stored session, or what is left of a deleted one: its epoch, so a
+/// stale holder cannot write it back, until the TTL runs out.
+struct Slot {
+    epoch: u64,
+    /// `None` once deleted.
+    record: Option<StoredSession>,
+    until: Instant,
+}
+
 #[derive(Default)]
 struct Maps {
-    sessions: HashMap<SessionId, (StoredSession, Instant)>,
+    sessions: HashMap<SessionId, Slot>,
     uids: HashMap<String, BTreeSet<SessionId>>,
 }
 
@@ -25,25 +34,52 @@ impl Maps {
         }
     }
 
-    fn remove(&mut self, sid: SessionId) -> bool {
-        match self.sessions.remove(&sid) {
-            Some((s, _)) => {
-                self.unindex(sid, s.info.uid.as_deref());
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn live(&mut self, sid: SessionId) -> Option<&StoredSession> {
+    /// The slot of `sid`, if its TTL has not run out.
+    fn slot(&mut self, sid: SessionId) -> Option<&mut Slot> {
         let expired = self
             .sessions
             .get(&sid)
-            .is_some_and(|(_, t)| *t <= Instant::now());
+            .is_some_and(|s| s.until <= Instant::now());
         if expired {
-            self.remove(sid);
+            if let Some(slot) = self.sessions.remove(&sid) {
+                let uid = slot.record.and_then(|r| r.info.uid);
+                self.unindex(sid, uid.as_deref());
+            }
         }
-        self.sessions.get(&sid).map(|(s, _)| s)
+        self.sessions.get_mut(&sid)
+    }
+
+    fn live(&mut self, sid: SessionId) -> Option<StoredSession> {
+        let slot = self.slot(sid)?;
+        let mut record = slot.record.clone()?;
+        record.epoch = slot.epoch;
+        Some(record)
+    }
+
+    /// The owner that fences a writer at `epoch`, if one does.
+    fn fence(&mut self, sid: SessionId, epoch: u64) -> Option<Fenced> {
+        let slot = self.slot(sid)?;
+        (slot.epoch > epoch).then(|| Fenced {
+            sid,
+            owner: slot
+                .record
+                .as_ref()
+                .map(|r| r.info.frontend_id.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Deletes a session, leaving its epoch one up; whether it existed.
+    fn end(&mut self, sid: SessionId) -> bool {
+        let Some(slot) = self.slot(sid) else {
+            return false;
+        };
+        let Some(record) = slot.record.take() else {
+            return false;
+        };
+        slot.epoch += 1;
+        self.unindex(sid, record.info.uid.as_deref());
+        true
     }
 }
 
@@ -79,26 +115,42 @@ fn ready<'a, T: Send + 'a>(value: T) -> StoreFuture<'a, T> {
 }
 
 impl SessionStore for MemoryStore {
-    fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, ()> {
-        self.with(|m| {
+    fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, Vec<Fenced>> {
+        ready(self.with(|m| {
             let until = Instant::now() + ttl;
+            let mut fenced = Vec::new();
             for s in sessions {
                 let sid = s.info.sid;
-                let old_uid = m.sessions.get(&sid).and_then(|(o, _)| o.info.uid.clone());
+                if let Some(f) = m.fence(sid, s.epoch) {
+                    fenced.push(f);
+                    continue;
+                }
+                let old_uid = m
+                    .slot(sid)
+                    .and_then(|o| o.record.as_ref())
+                    .and_then(|o| o.info.uid.clone());
                 if old_uid != s.info.uid {
                     m.unindex(sid, old_uid.as_deref());
                 }
                 if let Some(uid) = &s.info.uid {
                     m.uids.entry(uid.clone()).or_default().insert(sid);
                 }
-                m.sessions.insert(sid, (s, until));
+                let epoch = s.epoch;
+                m.sessions.insert(
+                    sid,
+                    Slot {
+                        epoch,
+                        record: Some(s),
+                        until,
+                    },
+                );
             }
-        });
-        ready(())
+            fenced
+        }))
     }
 
     fn get(&self, sid: SessionId) -> StoreFuture<'_, Option<StoredSession>> {
-        ready(self.with(|m| m.live(sid).cloned()))
+        ready(self.with(|m| m.live(sid)))
     }
 
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>> {
@@ -108,14 +160,42 @@ impl SessionStore for MemoryStore {
                 .get(uid)
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default();
-            sids.into_iter()
-                .filter_map(|sid| m.live(sid).cloned())
-                .collect()
+            sids.into_iter().filter_map(|sid| m.live(sid)).collect()
         }))
     }
 
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize> {
-        ready(self.with(|m| sids.into_iter().filter(|sid| m.remove(*sid)).count()))
+        ready(self.with(|m| sids.into_iter().filter(|sid| m.end(*sid)).count()))
+    }
+
+    fn release(&self, sessions: Vec<(SessionId, u64)>) -> StoreFuture<'_, Vec<Fenced>> {
+        ready(self.with(|m| {
+            let mut fenced = Vec::new();
+            for (sid, epoch) in sessions {
+                match m.fence(sid, epoch) {
+                    Some(f) => fenced.push(f),
+                    None => {
+                        m.end(sid);
+                    }
+                }
+            }
+            fenced
+        }))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        sid: SessionId,
+        seen: u64,
+        frontend: &'a str,
+    ) -> StoreFuture<'a, Option<u64>> {
+        ready(self.with(|m| {
+            let slot = m.slot(sid)?;
+            let record = slot.record.as_mut().filter(|_| slot.epoch == seen)?;
+            record.info.frontend_id = frontend.to_string();
+            slot.epoch += 1;
+            Some(slot.epoch)
+        }))
     }
 
     fn delete_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, usize> {
@@ -125,7 +205,7 @@ impl SessionStore for MemoryStore {
                 .get(uid)
                 .map(|s| s.iter().copied().collect())
                 .unwrap_or_default();
-            sids.into_iter().filter(|sid| m.remove(*sid)).count()
+            sids.into_iter().filter(|sid| m.end(*sid)).count()
         }))
     }
 
@@ -143,20 +223,25 @@ impl SessionStore for MemoryStore {
         ready(())
     }
 
-    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, Vec<SessionId>> {
-        let missing = self.with(|m| {
-            let now = Instant::now();
-            let until = now + ttl;
-            sids.into_iter()
-                .filter(|sid| match m.sessions.get_mut(sid) {
-                    Some((_, t)) if *t > now => {
-                        *t = until;
-                        false
-                    }
-                    _ => true,
-                })
-                .collect()
-        });
-        ready(missing)
+    fn refresh(
+        &self,
+        sessions: Vec<(SessionId, u64)>,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Refreshed> {
+        ready(self.with(|m| {
+            let until = Instant::now() + ttl;
+            let mut report = Refreshed::default();
+            for (sid, epoch) in sessions {
+                if let Some(f) = m.fence(sid, epoch) {
+                    report.fenced.push(f);
+                    continue;
+                }
+                match m.slot(sid) {
+                    Some(slot) if slot.record.is_some() => slot.until = until,
+                    _ => report.missing.push(sid),
+                }
+            }
+            report
+        }))
     }
 }

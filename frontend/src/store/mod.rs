@@ -36,6 +36,45 @@ pub struct StoredSession {
     pub token: Option<[u8; 32]>,
     /// SHA-256 of the previous token, and until when (Unix ms) it works.
     pub previous_token: Option<([u8; 32], u64)>,
+    /// The ownership epoch the writer holds the session under (see
+    /// [`SessionStore::claim`]). A store reports the one it holds.
+    #[serde(default)]
+    pub epoch: u64,
+    /// Pushes that waited for a parked client when its frontend handed the
+    /// session over, delivered by the frontend that resumes it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pushes: Vec<QueuedPush>,
+}
+
+/// A push to a client that had not been delivered yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedPush {
+    /// The push route (`onChat`, …).
+    pub route: String,
+    /// The body, as the backend sent it.
+    pub body: bytes::Bytes,
+}
+
+/// A write a store refused because another frontend claimed the session
+/// (a newer epoch), or it was ended for every holder
+/// ([`SessionStore::delete`]). The writer must stop applying changes to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fenced {
+    /// The session.
+    pub sid: SessionId,
+    /// The frontend that holds it now; empty when nobody does (ended, or
+    /// handed over by a drained frontend and not resumed yet).
+    pub owner: String,
+}
+
+/// What a [`SessionStore::refresh`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Sessions the store no longer holds (it restarted empty, or evicted
+    /// them): the caller writes them again.
+    pub missing: Vec<SessionId>,
+    /// Sessions another frontend holds now: the caller closes its copy.
+    pub fenced: Vec<Fenced>,
 }
 
 /// What failed in a store. Says what failed, not which store: each
@@ -92,23 +131,50 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 ///
 /// Every method is one round trip (or one pipeline) to the backing service.
 /// Records expire on their own after their TTL unless written or refreshed.
+///
+/// **Ownership is fenced by an epoch.** Each stored session has an epoch
+/// and an owner (`info.frontend_id`). A frontend that resumes a session it
+/// does not hold [`claim`](Self::claim)s it: the epoch goes up by one,
+/// atomically, and from then on every write of an older epoch
+/// ([`put`](Self::put), [`release`](Self::release),
+/// [`refresh`](Self::refresh)) is refused and reported as [`Fenced`], so two
+/// frontends never both apply changes to one session. Deleting leaves the
+/// epoch behind (for the TTL), so a stale holder cannot write a deleted
+/// session back either.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Inserts or replaces sessions, each with a time to live.
-    fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, ()>;
-    /// Reads one session.
+    /// Inserts or replaces sessions, each with a time to live, unless the
+    /// store holds one under a newer epoch than the record's; returns
+    /// those refused.
+    fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, Vec<Fenced>>;
+    /// Reads one session, with the epoch and owner the store holds.
     fn get(&self, sid: SessionId) -> StoreFuture<'_, Option<StoredSession>>;
     /// Reads every session of a uid, whichever frontend owns it.
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>>;
-    /// Deletes sessions; returns how many existed.
+    /// Ends sessions for whoever holds them (an operator's revoke): later
+    /// writes of their current epochs are refused. Returns how many existed.
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize>;
+    /// Deletes sessions their owner closed, each only if still held at the
+    /// given epoch; returns those refused.
+    fn release(&self, sessions: Vec<(SessionId, u64)>) -> StoreFuture<'_, Vec<Fenced>>;
+    /// Takes a session over for `frontend`, if the store still holds it at
+    /// `seen` (the epoch of the record the caller checked the token
+    /// against). Returns the new epoch, or `None` when the session is gone
+    /// or someone else moved it first.
+    fn claim<'a>(
+        &'a self,
+        sid: SessionId,
+        seen: u64,
+        frontend: &'a str,
+    ) -> StoreFuture<'a, Option<u64>>;
     /// Deletes every session of a uid; returns how many existed.
     fn delete_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, usize>;
     /// The ids of every stored session.
     fn list(&self) -> StoreFuture<'_, Vec<SessionId>>;
     /// Deletes everything this store holds.
     fn clear(&self) -> StoreFuture<'_, ()>;
-    /// Restarts the time to live of sessions that are still alive. Returns
-    /// the sessions the store no longer holds (it restarted empty, or
-    /// evicted them), so the caller writes them again.
-    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, Vec<SessionId>>;
+    /// Restarts the time to live of sessions still held at the given
+    /// epochs. Reports the ones the store no longer holds and the ones
+    /// another frontend holds now.
+    fn refresh(&self, sessions: Vec<(SessionId, u64)>, ttl: Duration)
+        -> StoreFuture<'_, Refreshed>;
 }

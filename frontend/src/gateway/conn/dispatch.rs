@@ -37,9 +37,9 @@ impl ClientConn {
 
     /// Decodes and handles what was read (`peer`: the client's address), up
     /// to the in-flight cap; the rest stays in `rbuf` until answers go out.
-    pub(super) fn on_bytes(&mut self, peer: SocketAddr) -> Result<(), String> {
+    pub(super) fn on_bytes(&mut self, peer: SocketAddr) -> Result<(), Stop> {
         let handled = self.decode_packages(peer);
-        if let Err(reason) = &handled {
+        if let Err(Stop::End(reason)) = &handled {
             // Seen at the default level, at most once a second.
             let reason = session_proxy_protocol::text::log_safe(reason);
             warn_throttled!(%peer, %reason, "closing a client for bad input");
@@ -47,7 +47,7 @@ impl ClientConn {
         handled
     }
 
-    fn decode_packages(&mut self, peer: SocketAddr) -> Result<(), String> {
+    fn decode_packages(&mut self, peer: SocketAddr) -> Result<(), Stop> {
         loop {
             if self.at_capacity() {
                 return Ok(());
@@ -57,7 +57,7 @@ impl ClientConn {
             match codec.decode(&mut self.rbuf) {
                 Ok(Some(package)) => self.on_package(package, peer)?,
                 Ok(None) => return Ok(()),
-                Err(err) => return Err(format!("bad package: {err}")),
+                Err(err) => return Err(Stop::End(format!("bad package: {err}"))),
             }
             if self.closing.is_some() {
                 return Ok(());
@@ -65,16 +65,20 @@ impl ClientConn {
         }
     }
 
-    pub(super) fn on_package(&mut self, package: Package, peer: SocketAddr) -> Result<(), String> {
+    pub(super) fn on_package(&mut self, package: Package, peer: SocketAddr) -> Result<(), Stop> {
         match (package.kind, self.phase) {
-            (PackageType::Handshake, Phase::Inited) => self.on_handshake(&package.body, peer),
+            (PackageType::Handshake, Phase::Inited) => {
+                if let Some(claim) = self.on_handshake(&package.body, peer) {
+                    return Err(Stop::Claim(claim));
+                }
+            }
             (PackageType::HandshakeAck, Phase::WaitAck) => {
                 self.phase = Phase::Working;
                 self.arm_heartbeat();
             }
             (PackageType::Heartbeat, Phase::Working) => self.on_heartbeat()?,
-            (PackageType::Data, Phase::Working) => return self.on_message(package.body),
-            (PackageType::Kick, _) => return Err("client sent a kick package".into()),
+            (PackageType::Data, Phase::Working) => return Ok(self.on_message(package.body)?),
+            (PackageType::Kick, _) => return Err(Stop::End("client sent a kick package".into())),
             // Out of phase (data before the ack, a second handshake …): ignored.
             (kind, phase) => debug!(?kind, ?phase, "package ignored"),
         }

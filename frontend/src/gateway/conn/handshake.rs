@@ -1,7 +1,7 @@
 //! The Pomelo handshake: client checks, a new or resumed session, the
 //! reply with heartbeat, dictionary and resume token.
 
-use crate::ConnectInfo;
+use crate::{ConnectInfo, ResumeError, SessionOwner};
 use serde_json::{json, Value};
 use session_proxy_protocol::client::handshake::{CODE_OK, CODE_OLD_CLIENT, CODE_USER_ERROR};
 use session_proxy_protocol::client::{HandshakeRequest, PackageType};
@@ -10,30 +10,51 @@ use tracing::debug;
 
 use super::*;
 
+/// A resume this frontend cannot answer from memory: the session may be in
+/// the shared store (another frontend's). The connection waits for it in a
+/// stage of its own ([`Stop::Claim`]), then answers the handshake.
+pub(super) struct Claim {
+    token: String,
+    /// The client's type and device, when the gateway checks them.
+    client: Vec<(String, String)>,
+    /// What the user hook answered.
+    user: Option<Value>,
+    /// The dictionary version the client holds.
+    dict_version: Option<String>,
+}
+
+fn refuse(this: &mut ClientConn, code: u16, why: &str) {
+    let reply = json!({ "code": code, "error": why }).to_string();
+    let _ = out_codec().encode_to(PackageType::Handshake, reply.as_bytes(), &mut this.out);
+    this.closing = Some(format!("handshake refused ({code}): {why}").into());
+}
+
 impl ClientConn {
-    pub(super) fn on_handshake(&mut self, body: &[u8], peer: SocketAddr) {
-        let refuse = |this: &mut ClientConn, code: u16, why: &str| {
-            let reply = json!({ "code": code, "error": why }).to_string();
-            let _ = out_codec().encode_to(PackageType::Handshake, reply.as_bytes(), &mut this.out);
-            this.closing = Some(format!("handshake refused ({code}): {why}").into());
-        };
+    /// Answers a handshake, or returns the resume to look up in the store.
+    pub(super) fn on_handshake(&mut self, body: &[u8], peer: SocketAddr) -> Option<Box<Claim>> {
         let Some(request) = HandshakeRequest::parse(body) else {
-            return refuse(self, CODE_USER_ERROR, "handshake is not JSON");
+            refuse(self, CODE_USER_ERROR, "handshake is not JSON");
+            return None;
         };
         let Some(sys) = &request.sys else {
-            return refuse(self, CODE_USER_ERROR, "handshake without sys");
+            refuse(self, CODE_USER_ERROR, "handshake without sys");
+            return None;
         };
         let client_type = sys.client_type.clone().unwrap_or_default();
         let version = sys.version.clone().unwrap_or_default();
         if let Some(check) = &self.shared.check_client {
             if !check(&client_type, &version) {
-                return refuse(self, CODE_OLD_CLIENT, "client type or version refused");
+                refuse(self, CODE_OLD_CLIENT, "client type or version refused");
+                return None;
             }
         }
         let user = match &self.shared.on_handshake {
             Some(hook) => match hook(&request, peer) {
                 Ok(user) => user,
-                Err(why) => return refuse(self, CODE_USER_ERROR, &why),
+                Err(why) => {
+                    refuse(self, CODE_USER_ERROR, &why);
+                    return None;
+                }
             },
             None => None,
         };
@@ -46,12 +67,27 @@ impl ClientConn {
             client.push(("clientType", client_type.as_str()));
             client.extend(device.map(|d| ("device", d)));
         }
+        let dict_version = sys
+            .dict_version
+            .as_ref()
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         let (owner, token, resumed) = match presented {
             Some(token) if resume_enabled => match self.shared.sessions.resume_as(token, &client) {
                 Ok((owner, next)) => (owner, Some(next), true),
+                Err(ResumeError::UnknownSession) if self.shared.sessions.has_store() => {
+                    let own = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
+                    return Some(Box::new(Claim {
+                        token: token.to_string(),
+                        client: client.iter().map(own).collect(),
+                        user,
+                        dict_version,
+                    }));
+                }
                 Err(err) => {
                     debug!(cause = %err, "resume refused");
-                    return refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
+                    refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
+                    return None;
                 }
             },
             _ => {
@@ -65,7 +101,10 @@ impl ClientConn {
                 }
                 let owner = match self.shared.sessions.try_create(info) {
                     Ok(owner) => owner,
-                    Err(err) => return refuse(self, CODE_USER_ERROR, &err.to_string()),
+                    Err(err) => {
+                        refuse(self, CODE_USER_ERROR, &err.to_string());
+                        return None;
+                    }
                 };
                 let token = if resume_enabled {
                     self.shared.sessions.issue_token(owner.sid()).ok()
@@ -75,13 +114,50 @@ impl ClientConn {
                 (owner, token, false)
             }
         };
+        self.accept(owner, token, resumed, user, dict_version.as_deref());
+        None
+    }
+
+    /// Looks a resume up in the shared store (the session may have lived
+    /// on another frontend), then answers the handshake. Bounded by the
+    /// store's call deadline.
+    pub(super) async fn claim(&mut self, claim: Box<Claim>) {
+        let Claim {
+            token,
+            client,
+            user,
+            dict_version,
+        } = *claim;
+        let client: Vec<(&str, &str)> = client
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match self.shared.sessions.resume_anywhere(&token, &client).await {
+            Ok((owner, next)) => {
+                self.accept(owner, Some(next), true, user, dict_version.as_deref())
+            }
+            Err(err) => {
+                debug!(cause = %err, "resume refused");
+                refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
+            }
+        }
+    }
+
+    /// Takes the session and writes the handshake reply.
+    fn accept(
+        &mut self,
+        owner: SessionOwner,
+        token: Option<String>,
+        resumed: bool,
+        user: Option<Value>,
+        dict_version: Option<&str>,
+    ) {
         self.owner = Some(owner);
         self.resumed = resumed;
         let mut sys_reply =
             json!({ "heartbeat": self.shared.config.heartbeat_whole_secs().as_secs() });
         if let Some(dict) = &self.shared.dictionary {
-            let held = sys.dict_version.as_ref().and_then(|v| v.as_str());
-            if held != Some(dict.version.as_str()) {
+            if dict_version != Some(dict.version.as_str()) {
                 // `dict` for Pinus's clients; libpomelo2 (C, Unity, Java,
                 // Python) asserts that `routeToCode`, `codeToRoute` and
                 // `dictVersion` come together, so both kinds work.

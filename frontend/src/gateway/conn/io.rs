@@ -28,7 +28,7 @@ impl ClientConn {
         peer: SocketAddr,
         mut timer: Pin<&mut Sleep>,
         mut cancelled: Pin<&mut WaitForCancellationFutureOwned>,
-    ) -> Poll<String> {
+    ) -> Poll<Stop> {
         if !self.started {
             self.started = true;
             // Bytes read while sniffing the transport (TLS) are packages too.
@@ -57,22 +57,22 @@ impl ClientConn {
                             self.out = BytesMut::new();
                         }
                     }
-                    Poll::Ready(Err(err)) => return Poll::Ready(err),
+                    Poll::Ready(Err(err)) => return Poll::Ready(Stop::End(err)),
                     Poll::Pending => {
                         if self.write_until.is_none() {
                             self.write_until =
                                 Some(Instant::now() + self.shared.config.write_timeout);
                             self.rearm = true;
                         }
-                        return self.poll_stop(cx, timer, cancelled);
+                        return self.poll_stop(cx, timer, cancelled).map(Stop::End);
                     }
                 }
             }
             if let Some(reason) = self.closing.take() {
-                return Poll::Ready(*reason);
+                return Poll::Ready(Stop::End(*reason));
             }
             if let Poll::Ready(reason) = self.poll_stop(cx, timer.as_mut(), cancelled.as_mut()) {
-                return Poll::Ready(reason);
+                return Poll::Ready(Stop::End(reason));
             }
             let mut busy = false;
             // Pushes wait in the queue until the client has acked the
@@ -132,7 +132,7 @@ impl ClientConn {
                 // Full: read nothing more until answers go out, so a
                 // pipelining client is slowed by TCP, not refused. The
                 // pending answers wake this task.
-                return self.poll_stop(cx, timer, cancelled);
+                return self.poll_stop(cx, timer, cancelled).map(Stop::End);
             }
             match self.transport.poll_read(cx, &mut self.rbuf) {
                 Poll::Ready(Ok(true)) => {
@@ -146,14 +146,14 @@ impl ClientConn {
                     }
                 }
                 Poll::Ready(Ok(false)) => {
-                    return Poll::Ready("client closed the connection".into())
+                    return Poll::Ready(Stop::End("client closed the connection".into()))
                 }
-                Poll::Ready(Err(err)) => return Poll::Ready(err),
+                Poll::Ready(Err(err)) => return Poll::Ready(Stop::End(err)),
                 Poll::Pending => {
                     if self.out.is_empty() && self.closing.is_none() {
                         // Nothing to do until something wakes us; the
                         // deadline may have moved while handling input.
-                        return self.poll_stop(cx, timer, cancelled);
+                        return self.poll_stop(cx, timer, cancelled).map(Stop::End);
                     }
                 }
             }

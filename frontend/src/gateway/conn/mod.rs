@@ -45,6 +45,20 @@ enum Phase {
     Working,
 }
 
+/// Why the running loop stopped.
+enum Stop {
+    /// The connection ends, for this reason.
+    End(String),
+    /// A resume must be looked up in the shared store first.
+    Claim(Box<handshake::Claim>),
+}
+
+impl From<String> for Stop {
+    fn from(reason: String) -> Self {
+        Stop::End(reason)
+    }
+}
+
 /// A request being handled: resolves to its id and JSON response body.
 type PendingResponse = Pin<Box<dyn Future<Output = (u64, Bytes)> + Send>>;
 
@@ -74,6 +88,9 @@ enum Stage {
     Opening(Opening),
     /// Handshake, requests, pushes, heartbeats.
     Running(ClientConn),
+    /// A resume looked up in the shared store (boxed: needed once, by a
+    /// client that moved here from another frontend).
+    Claiming(Pin<Box<dyn Future<Output = ClientConn> + Send>>),
     /// Closing politely (boxed: needed once).
     Finishing(Pin<Box<dyn Future<Output = ()> + Send>>),
     /// Over.
@@ -217,15 +234,25 @@ impl Future for ClientTask {
                     }
                 }
                 Stage::Running(client) => {
-                    let reason = ready!(client.poll_run(
+                    let stop = ready!(client.poll_run(
                         cx,
                         this.slot.peer,
                         this.timer.as_mut(),
                         this.cancelled.as_mut()
                     ));
-                    if let Stage::Running(client) = std::mem::replace(this.stage, Stage::Done) {
-                        *this.stage = Stage::Finishing(Box::pin(client.finish(reason)));
+                    if let Stage::Running(mut client) = std::mem::replace(this.stage, Stage::Done) {
+                        *this.stage = match stop {
+                            Stop::End(reason) => Stage::Finishing(Box::pin(client.finish(reason))),
+                            Stop::Claim(claim) => Stage::Claiming(Box::pin(async move {
+                                client.claim(claim).await;
+                                client
+                            })),
+                        };
                     }
+                }
+                Stage::Claiming(claiming) => {
+                    let client = ready!(claiming.as_mut().poll(cx));
+                    *this.stage = Stage::Running(client);
                 }
                 Stage::Finishing(finishing) => {
                     ready!(finishing.as_mut().poll(cx));

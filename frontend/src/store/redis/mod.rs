@@ -1,15 +1,20 @@
-//! Sessions in Redis: a key per session, a set per uid, TTLs in Redis.
+//! Sessions in Redis: a hash per session, a set per uid, TTLs in Redis.
 //!
 //! Layout under a prefix (default `sp:`):
-//! - `sp:s:<sid hex>`: the session, MessagePack, with a TTL;
+//! - `sp:s:<sid hex>`: the session, a hash with `d` (the record,
+//!   MessagePack), `e` (its ownership epoch) and `f` (the frontend that
+//!   owns it), with a TTL. A deleted session keeps `e` (one up) and `f`
+//!   (empty) until the TTL ends, so a frontend that lost it cannot write
+//!   it back;
 //! - `sp:u:<uid>`: the set of that uid's session ids (the uid is used as
 //!   is, so uids with `:` are fine: nothing parses these keys);
 //! - `sp:o`: a hash `sid -> uid`, so a session key that expires or is
 //!   evicted can be taken out of its uid's set after it is gone.
 //!
-//! Keyspace notifications (`expired`, `evicted`, `del`) trigger that
-//! clean-up at once; a periodic sweep catches what happened while no node
-//! was listening.
+//! Every write that depends on the epoch is one Lua script, so the check
+//! and the write are atomic. Keyspace notifications (`expired`, `evicted`,
+//! `del`) clean the uid sets at once; a periodic sweep catches what
+//! happened while no node was listening.
 //!
 //! - this file: [`RedisStore`], its scripts and the [`SessionStore`] calls;
 //! - `conn`: the connection, with its timeouts, replaced when it stalls;
@@ -20,10 +25,10 @@ mod index;
 
 use self::conn::Conn;
 use self::index::{listen, scan, sweep, sweep_every};
-use super::{SessionStore, StoreError, StoreFuture, StoredSession};
+use super::{Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession};
 use crate::config::RedisStoreConfig;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{AsyncCommands, Client, Script};
+use ::redis::{AsyncCommands, Client, FromRedisValue, Pipeline, Script, Value};
 use session_proxy_protocol::SessionId;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
@@ -31,31 +36,122 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Writes a session and keeps its uid set and owner entry in step.
-/// KEYS: session key, owner hash. ARGV: sid, blob, ttl ms, uid ('' if
-/// none), prefix.
-const PUT: &str = r#"
+// Script pieces. Every script that touches the index takes KEYS: session
+// key, owner hash; ARGV[1]: sid hex, ARGV[2]: prefix.
+
+/// Answers the current owner (a string, `''` for none) when the session
+/// is held under a newer epoch than ARGV[3].
+macro_rules! fence {
+    () => {
+        "local e = tonumber(redis.call('HGET', KEYS[1], 'e') or '-1')\n\
+         if e > tonumber(ARGV[3]) then return redis.call('HGET', KEYS[1], 'f') or '' end\n"
+    };
+}
+
+/// Deletes the record, leaving the epoch one up and no owner; sets
+/// `ended`. Then takes the session out of its uid set and the owner hash.
+macro_rules! end_session {
+    () => {
+        "local ended = 0\n\
+         if redis.call('HEXISTS', KEYS[1], 'd') == 1 then\n\
+           redis.call('HDEL', KEYS[1], 'd')\n\
+           redis.call('HINCRBY', KEYS[1], 'e', 1)\n\
+           redis.call('HSET', KEYS[1], 'f', '')\n\
+           ended = 1\n\
+         end\n\
+         local uid = redis.call('HGET', KEYS[2], ARGV[1])\n\
+         if uid then redis.call('SREM', ARGV[2] .. 'u:' .. uid, ARGV[1]) end\n\
+         redis.call('HDEL', KEYS[2], ARGV[1])\n"
+    };
+}
+
+/// Writes a session unless fenced, and keeps its uid set and owner entry
+/// in step. ARGV[3..]: epoch, owner, record, ttl ms, uid ('' if none).
+/// Returns nil when written, the current owner when fenced.
+const PUT: &str = concat!(
+    fence!(),
+    r#"
 local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old and old ~= ARGV[4] then redis.call('SREM', ARGV[5] .. 'u:' .. old, ARGV[1]) end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('SADD', ARGV[5] .. 'u:' .. ARGV[4], ARGV[1])
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+if old and old ~= ARGV[7] then redis.call('SREM', ARGV[2] .. 'u:' .. old, ARGV[1]) end
+redis.call('HSET', KEYS[1], 'e', ARGV[3], 'f', ARGV[4], 'd', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('SADD', ARGV[2] .. 'u:' .. ARGV[7], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[7])
 else
   redis.call('HDEL', KEYS[2], ARGV[1])
 end
+return false
+"#
+);
+
+/// Ends a session for whoever holds it; returns 1 if it existed. With
+/// ARGV[3] = '1' it only cleans the index of a key that is gone.
+const DELETE: &str = concat!(
+    "if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n",
+    end_session!(),
+    "return ended\n"
+);
+
+/// Deletes a session its owner closed, unless fenced. ARGV[3]: epoch.
+/// Returns nil when done, the current owner when fenced.
+const RELEASE: &str = concat!(fence!(), end_session!(), "return false\n");
+
+/// Moves a session to ARGV[2] if it is still held at epoch ARGV[1]; the
+/// new epoch, or nil. KEYS: session key.
+const CLAIM: &str = r#"
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 then return false end
+if tonumber(redis.call('HGET', KEYS[1], 'e') or '0') ~= tonumber(ARGV[1]) then return false end
+redis.call('HSET', KEYS[1], 'f', ARGV[2])
+return redis.call('HINCRBY', KEYS[1], 'e', 1)
+"#;
+
+/// Restarts a session's TTL (ARGV[2] ms) if held at epoch ARGV[1]: 1 if
+/// done, 0 if gone, the current owner if fenced. KEYS: session key.
+const REFRESH: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then return 0 end
+if tonumber(e) > tonumber(ARGV[1]) then return redis.call('HGET', KEYS[1], 'f') or '' end
+if redis.call('HEXISTS', KEYS[1], 'd') == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// Deletes a session with its index entries; returns 1 if it existed.
-/// KEYS: session key, owner hash. ARGV: sid, prefix, only-if-gone flag.
-const DELETE: &str = r#"
-if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local uid = redis.call('HGET', KEYS[2], ARGV[1])
-if uid then redis.call('SREM', ARGV[2] .. 'u:' .. uid, ARGV[1]) end
-redis.call('HDEL', KEYS[2], ARGV[1])
-return redis.call('DEL', KEYS[1])
-"#;
+/// The store's scripts, loaded on connect and again after a server
+/// restart (pipelined EVALSHA calls then fail with NOSCRIPT).
+#[derive(Clone)]
+struct Scripts {
+    put: Script,
+    delete: Script,
+    release: Script,
+    claim: Script,
+    refresh: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            put: Script::new(PUT),
+            delete: Script::new(DELETE),
+            release: Script::new(RELEASE),
+            claim: Script::new(CLAIM),
+            refresh: Script::new(REFRESH),
+        }
+    }
+
+    async fn load(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
+        for script in [
+            &self.put,
+            &self.delete,
+            &self.release,
+            &self.claim,
+            &self.refresh,
+        ] {
+            script.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+}
 
 /// Keys of one store.
 #[derive(Clone)]
@@ -87,11 +183,15 @@ impl Keys {
 /// Every command has a response timeout and every connection attempt a
 /// connect timeout ([`RedisStoreConfig`]), so a failing or stalled server
 /// makes calls fail with [`StoreError::Unavailable`] instead of hanging.
+///
+/// The key layout is the one described in this module's source; a store
+/// written by a version before ownership epochs (session keys as plain
+/// strings) is not read: give the new version its own
+/// [`RedisStoreConfig::prefix`].
 pub struct RedisStore {
     conn: Arc<Conn>,
     keys: Keys,
-    put: Script,
-    delete: Script,
+    scripts: Scripts,
     /// Stops the keyspace listener and the sweeper.
     stop: CancellationToken,
 }
@@ -114,6 +214,10 @@ fn parse_sid(hex: &str) -> Option<SessionId> {
     u64::from_str_radix(hex, 16).ok().map(SessionId::from_raw)
 }
 
+fn sid_hex(sid: SessionId) -> String {
+    format!("{:016x}", sid.as_u64())
+}
+
 impl From<::redis::RedisError> for StoreError {
     fn from(err: ::redis::RedisError) -> Self {
         StoreError::unavailable(err)
@@ -124,8 +228,25 @@ fn encode(s: &StoredSession) -> Result<Vec<u8>, StoreError> {
     rmp_serde::to_vec_named(s).map_err(StoreError::Encode)
 }
 
-fn decode(b: &[u8]) -> Result<StoredSession, StoreError> {
-    rmp_serde::from_slice(b).map_err(StoreError::Decode)
+/// A session from its hash fields `e`, `f`, `d`: the record, with the
+/// epoch and owner the store holds. `None` for a deleted one.
+fn decode(
+    (epoch, owner, record): (Option<u64>, Option<String>, Option<Vec<u8>>),
+) -> Result<Option<StoredSession>, StoreError> {
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    let mut s: StoredSession = rmp_serde::from_slice(&record).map_err(StoreError::Decode)?;
+    s.epoch = epoch.unwrap_or(0);
+    if let Some(owner) = owner {
+        s.info.frontend_id = owner;
+    }
+    Ok(Some(s))
+}
+
+/// A fenced write's answer: nil when applied, the current owner when not.
+fn fenced(sid: SessionId, answer: Option<String>) -> Option<Fenced> {
+    answer.map(|owner| Fenced { sid, owner })
 }
 
 impl RedisStore {
@@ -160,10 +281,8 @@ impl RedisStore {
         if let Err(err) = enabled {
             warn!(cause = %err, "cannot enable keyspace notifications; relying on the sweep");
         }
-        let put = Script::new(PUT);
-        let delete = Script::new(DELETE);
-        put.prepare_invoke().load_async(&mut conn).await?;
-        delete.prepare_invoke().load_async(&mut conn).await?;
+        let scripts = Scripts::new();
+        scripts.load(&mut conn).await?;
         let store = RedisStore {
             conn: Arc::new(Conn {
                 current: RwLock::new(conn),
@@ -175,8 +294,7 @@ impl RedisStore {
             keys: Keys {
                 prefix: config.prefix.clone(),
             },
-            put,
-            delete,
+            scripts,
             stop: CancellationToken::new(),
         };
         tokio::spawn(listen(
@@ -184,14 +302,14 @@ impl RedisStore {
             db,
             store.conn.clone(),
             store.keys.clone(),
-            store.delete.clone(),
+            store.scripts.delete.clone(),
             store.stop.clone(),
         ));
         tokio::spawn(sweep_every(
             config.sweep_interval,
             store.conn.clone(),
             store.keys.clone(),
-            store.delete.clone(),
+            store.scripts.delete.clone(),
             store.stop.clone(),
         ));
         Ok(store)
@@ -213,66 +331,107 @@ impl RedisStore {
 
     /// Removes index entries whose session key is gone; returns how many.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        self.guard(sweep(&mut self.conn.get(), &self.keys, &self.delete))
-            .await
+        self.guard(sweep(
+            &mut self.conn.get(),
+            &self.keys,
+            &self.scripts.delete,
+        ))
+        .await
     }
 
-    /// Loads the scripts again after the server forgot them (a restart):
-    /// pipelined EVALSHA calls then fail with NOSCRIPT and are retried once.
-    async fn reload_scripts(&self, conn: &mut ConnectionManager) -> Result<(), StoreError> {
-        self.put.prepare_invoke().load_async(conn).await?;
-        self.delete.prepare_invoke().load_async(conn).await?;
-        Ok(())
+    /// Runs a pipeline of script calls; after a server restart (NOSCRIPT)
+    /// loads the scripts again and runs it once more.
+    async fn run<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
+        let mut conn = self.conn.get();
+        match pipe.query_async(&mut conn).await {
+            Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
+                self.scripts.load(&mut conn).await?;
+                Ok(pipe.query_async(&mut conn).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// One EVALSHA of `script` on a session's keys (session key, owner
+    /// hash, then sid hex and prefix as the first arguments).
+    fn eval_indexed<'p>(
+        &self,
+        pipe: &'p mut Pipeline,
+        script: &Script,
+        sid: SessionId,
+    ) -> &'p mut Pipeline {
+        pipe.cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(2)
+            .arg(self.keys.session(sid))
+            .arg(self.keys.owners())
+            .arg(sid_hex(sid))
+            .arg(&self.keys.prefix)
     }
 
     async fn read_many(&self, sids: &[SessionId]) -> Result<Vec<StoredSession>, StoreError> {
         if sids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = sids.iter().map(|s| self.keys.session(*s)).collect();
-        let blobs: Vec<Option<Vec<u8>>> = self.conn.get().mget(keys).await?;
-        blobs.into_iter().flatten().map(|b| decode(&b)).collect()
+        let mut pipe = ::redis::pipe();
+        for sid in sids {
+            pipe.cmd("HMGET")
+                .arg(self.keys.session(*sid))
+                .arg("e")
+                .arg("f")
+                .arg("d");
+        }
+        type Fields = (Option<u64>, Option<String>, Option<Vec<u8>>);
+        let found: Vec<Fields> = pipe.query_async(&mut self.conn.get()).await?;
+        let mut out = Vec::with_capacity(found.len());
+        for fields in found {
+            out.extend(decode(fields)?);
+        }
+        Ok(out)
+    }
+
+    async fn delete_now(&self, sids: Vec<SessionId>) -> Result<usize, StoreError> {
+        if sids.is_empty() {
+            return Ok(0);
+        }
+        // One pipeline for the whole batch, as `put` does.
+        let mut pipe = ::redis::pipe();
+        for sid in &sids {
+            self.eval_indexed(&mut pipe, &self.scripts.delete, *sid)
+                .arg("0");
+        }
+        let deleted: Vec<i64> = self.run(&pipe).await?;
+        Ok(deleted.into_iter().filter(|n| *n > 0).count())
     }
 }
 
 impl SessionStore for RedisStore {
-    fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, ()> {
+    fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, Vec<Fenced>> {
         Box::pin(self.guard(async move {
             if sessions.is_empty() {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
             let mut pipe = ::redis::pipe();
             for s in &sessions {
-                pipe.cmd("EVALSHA")
-                    .arg(self.put.get_hash())
-                    .arg(2)
-                    .arg(self.keys.session(s.info.sid))
-                    .arg(self.keys.owners())
-                    .arg(format!("{:016x}", s.info.sid.as_u64()))
+                self.eval_indexed(&mut pipe, &self.scripts.put, s.info.sid)
+                    .arg(s.epoch)
+                    .arg(&s.info.frontend_id)
                     .arg(encode(s)?)
                     .arg(ttl_ms)
-                    .arg(s.info.uid.as_deref().unwrap_or(""))
-                    .arg(&self.keys.prefix)
-                    .ignore();
+                    .arg(s.info.uid.as_deref().unwrap_or(""));
             }
-            let mut conn = self.conn.get();
-            match pipe.query_async::<()>(&mut conn).await {
-                Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
-                    self.reload_scripts(&mut conn).await?;
-                    pipe.query_async::<()>(&mut conn).await?;
-                    Ok(())
-                }
-                other => Ok(other?),
-            }
+            let answers: Vec<Option<String>> = self.run(&pipe).await?;
+            Ok(sessions
+                .iter()
+                .zip(answers)
+                .filter_map(|(s, a)| fenced(s.info.sid, a))
+                .collect())
         }))
     }
 
     fn get(&self, sid: SessionId) -> StoreFuture<'_, Option<StoredSession>> {
-        Box::pin(self.guard(async move {
-            let blob: Option<Vec<u8>> = self.conn.get().get(self.keys.session(sid)).await?;
-            blob.map(|b| decode(&b)).transpose()
-        }))
+        Box::pin(self.guard(async move { Ok(self.read_many(&[sid]).await?.pop()) }))
     }
 
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>> {
@@ -284,31 +443,44 @@ impl SessionStore for RedisStore {
     }
 
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize> {
+        Box::pin(self.guard(self.delete_now(sids)))
+    }
+
+    fn release(&self, sessions: Vec<(SessionId, u64)>) -> StoreFuture<'_, Vec<Fenced>> {
         Box::pin(self.guard(async move {
-            if sids.is_empty() {
-                return Ok(0);
+            if sessions.is_empty() {
+                return Ok(Vec::new());
             }
-            // One pipeline for the whole batch, as `put` does.
             let mut pipe = ::redis::pipe();
-            for sid in &sids {
-                pipe.cmd("EVALSHA")
-                    .arg(self.delete.get_hash())
-                    .arg(2)
-                    .arg(self.keys.session(*sid))
-                    .arg(self.keys.owners())
-                    .arg(format!("{:016x}", sid.as_u64()))
-                    .arg(&self.keys.prefix)
-                    .arg("0");
+            for (sid, epoch) in &sessions {
+                self.eval_indexed(&mut pipe, &self.scripts.release, *sid)
+                    .arg(*epoch);
             }
-            let mut conn = self.conn.get();
-            let deleted: Vec<i64> = match pipe.query_async(&mut conn).await {
-                Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
-                    self.reload_scripts(&mut conn).await?;
-                    pipe.query_async(&mut conn).await?
-                }
-                other => other?,
-            };
-            Ok(deleted.into_iter().filter(|n| *n > 0).count())
+            let answers: Vec<Option<String>> = self.run(&pipe).await?;
+            Ok(sessions
+                .iter()
+                .zip(answers)
+                .filter_map(|((sid, _), a)| fenced(*sid, a))
+                .collect())
+        }))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        sid: SessionId,
+        seen: u64,
+        frontend: &'a str,
+    ) -> StoreFuture<'a, Option<u64>> {
+        Box::pin(self.guard(async move {
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.claim.get_hash())
+                .arg(1)
+                .arg(self.keys.session(sid))
+                .arg(seen)
+                .arg(frontend);
+            let (epoch,): (Option<u64>,) = self.run(&pipe).await?;
+            Ok(epoch)
         }))
     }
 
@@ -316,19 +488,34 @@ impl SessionStore for RedisStore {
         Box::pin(self.guard(async move {
             let members: Vec<String> = self.conn.get().smembers(self.keys.uid(uid)).await?;
             let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
-            self.delete(sids).await
+            self.delete_now(sids).await
         }))
     }
 
     fn list(&self) -> StoreFuture<'_, Vec<SessionId>> {
         Box::pin(self.guard(async move {
             let pattern = format!("{}s:*", self.keys.prefix);
-            let keys = scan(&mut self.conn.get(), &pattern).await?;
-            Ok(keys
-                .iter()
-                .filter_map(|k| self.keys.sid_of(k))
-                .filter_map(|h| parse_sid(&h))
-                .collect())
+            let mut conn = self.conn.get();
+            let keys = scan(&mut conn, &pattern).await?;
+            // Deleted sessions leave their epoch behind for a while: only
+            // keys with a record count.
+            let mut held = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(1000) {
+                let mut pipe = ::redis::pipe();
+                for key in chunk {
+                    pipe.hexists(key, "d");
+                }
+                let found: Vec<bool> = pipe.query_async(&mut conn).await?;
+                held.extend(
+                    chunk
+                        .iter()
+                        .zip(found)
+                        .filter(|(_, found)| *found)
+                        .filter_map(|(k, _)| self.keys.sid_of(k))
+                        .filter_map(|h| parse_sid(&h)),
+                );
+            }
+            Ok(held)
         }))
     }
 
@@ -343,26 +530,37 @@ impl SessionStore for RedisStore {
         }))
     }
 
-    fn refresh(&self, sids: Vec<SessionId>, ttl: Duration) -> StoreFuture<'_, Vec<SessionId>> {
+    fn refresh(
+        &self,
+        sessions: Vec<(SessionId, u64)>,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Refreshed> {
         Box::pin(self.guard(async move {
             let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
-            let mut missing = Vec::new();
-            for chunk in sids.chunks(1000) {
+            let mut report = Refreshed::default();
+            for chunk in sessions.chunks(1000) {
                 let mut pipe = ::redis::pipe();
-                for sid in chunk {
-                    pipe.pexpire(self.keys.session(*sid), ttl_ms);
+                for (sid, epoch) in chunk {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.refresh.get_hash())
+                        .arg(1)
+                        .arg(self.keys.session(*sid))
+                        .arg(*epoch)
+                        .arg(ttl_ms);
                 }
-                // PEXPIRE answers 0 for a key that is not there.
-                let found: Vec<bool> = pipe.query_async(&mut self.conn.get()).await?;
-                missing.extend(
-                    chunk
-                        .iter()
-                        .zip(found)
-                        .filter(|(_, found)| !found)
-                        .map(|(sid, _)| *sid),
-                );
+                let answers: Vec<Value> = self.run(&pipe).await?;
+                for ((sid, _), answer) in chunk.iter().zip(answers) {
+                    match answer {
+                        Value::Int(1) => {}
+                        Value::Int(_) | Value::Nil => report.missing.push(*sid),
+                        owner => report.fenced.push(Fenced {
+                            sid: *sid,
+                            owner: String::from_redis_value(&owner).unwrap_or_default(),
+                        }),
+                    }
+                }
             }
-            Ok(missing)
+            Ok(report)
         }))
     }
 }
