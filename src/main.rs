@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
                     tls: None,
                     open_sessions,
                     insecure,
+                    drain: cli::node::DEFAULT_DRAIN,
                 };
                 let running = node.start().await?;
                 if redis.is_some() {

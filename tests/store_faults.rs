@@ -69,11 +69,13 @@ async fn raw(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
 /// The value of `key` in the session as Redis holds it, if it holds it.
 async fn stored_value(redis: &RedisServer, prefix: &str, sid: SessionId, key: &str) -> Option<u32> {
     let mut conn = raw(redis).await;
-    let blob: Option<Vec<u8>> = redis::cmd("GET")
+    // A session is a hash: its record under `d`, next to its epoch and owner.
+    let blob: Option<Vec<u8>> = redis::cmd("HGET")
         .arg(format!("{prefix}s:{:016x}", sid.as_u64()))
+        .arg("d")
         .query_async(&mut conn)
         .await
-        .expect("GET");
+        .expect("HGET");
     let record: StoredSession = rmp_serde::from_slice(&blob?).expect("a stored session");
     let setting = record.settings.get(key)?;
     Some(rmp_serde::from_slice(&setting.value).expect("a u32"))

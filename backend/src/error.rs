@@ -32,6 +32,16 @@ pub enum Error {
         /// What the frontend said about its store.
         message: String,
     },
+    /// The session's client resumed on another frontend, which holds the
+    /// session now; nothing was applied. Address `to` (read the session
+    /// there again before a conditional write: this snapshot is stale).
+    #[error("the session moved from frontend {frontend} to {to}")]
+    SessionMoved {
+        /// The frontend called (the session's old owner).
+        frontend: String,
+        /// The frontend that holds the session now.
+        to: String,
+    },
     /// No response within the call's deadline.
     #[error("call to frontend {frontend} got no response within {after:?}")]
     DeadlineExceeded {
@@ -111,6 +121,7 @@ impl Error {
         match self {
             Error::Remote { source, .. } => source.code,
             Error::NotDurable { .. } => ErrorCode::NotDurable,
+            Error::SessionMoved { .. } => ErrorCode::SessionMoved,
             Error::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
             Error::ConnectionLost { .. } => ErrorCode::PeerClosed,
             Error::Unavailable { .. } | Error::UnknownFrontend(_) => ErrorCode::Unavailable,

@@ -23,6 +23,10 @@ pub enum ErrorCode {
     SessionLimit,
     /// The call reached a frontend other than the one it was addressed to.
     WrongFrontend,
+    /// The session moved to another frontend (its client resumed there);
+    /// the message is the id of the frontend that holds it now. Nothing
+    /// was applied here: address the new owner.
+    SessionMoved,
     /// A frame was larger than the receiver's maximum.
     FrameTooLarge,
     /// Bytes that are not a valid frame or message.
@@ -69,6 +73,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 4,
             ErrorCode::SessionLimit => 5,
             ErrorCode::WrongFrontend => 6,
+            ErrorCode::SessionMoved => 7,
             ErrorCode::FrameTooLarge => 10,
             ErrorCode::Malformed => 11,
             ErrorCode::VersionMismatch => 12,
@@ -103,6 +108,7 @@ impl From<u16> for ErrorCode {
             4 => ErrorCode::Conflict,
             5 => ErrorCode::SessionLimit,
             6 => ErrorCode::WrongFrontend,
+            7 => ErrorCode::SessionMoved,
             10 => ErrorCode::FrameTooLarge,
             11 => ErrorCode::Malformed,
             12 => ErrorCode::VersionMismatch,
@@ -131,6 +137,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::SessionLimit => "session limit",
             ErrorCode::WrongFrontend => "wrong frontend",
+            ErrorCode::SessionMoved => "session moved",
             ErrorCode::FrameTooLarge => "frame too large",
             ErrorCode::Malformed => "malformed",
             ErrorCode::VersionMismatch => "version mismatch",

@@ -356,6 +356,20 @@ pub enum Call {
     },
 }
 
+impl Call {
+    /// The one session a call addresses, for calls that address one.
+    pub fn sid(&self) -> Option<SessionId> {
+        match self {
+            Call::GetSession { sid }
+            | Call::Bind { sid, .. }
+            | Call::Unbind { sid, .. }
+            | Call::Push { sid, .. }
+            | Call::KickBySid { sid, .. } => Some(*sid),
+            _ => None,
+        }
+    }
+}
+
 /// One key of a [`Call::Push`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyWrite {

@@ -65,6 +65,14 @@ pub struct NodeFlags {
         default_value_t = 256
     )]
     pub max_connections_per_ip: usize,
+    /// How long the drain on SIGTERM may take, in seconds, all stages
+    /// together (a second SIGTERM ends at once).
+    #[arg(long, env = "SESSION_PROXY_DRAIN_SECS", default_value_t = 10)]
+    pub drain_secs: u64,
+    /// How long a parked session waits for its client to resume, in
+    /// seconds (0: no resume).
+    #[arg(long, env = "SESSION_PROXY_RESUME_GRACE_SECS", default_value_t = 30)]
+    pub resume_grace_secs: u64,
     /// The lease of this node's record, in seconds (renewed every third).
     #[arg(long, env = "SESSION_PROXY_LEASE_SECS", default_value_t = 10)]
     pub lease_secs: u64,
@@ -94,11 +102,13 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
     let server_type = required(&flags.server_type, "--type")?.clone();
     let registry = connect(required(&flags.registry, "--registry")?).await?;
     let lease = Duration::from_secs(flags.lease_secs.max(1));
+    let drain = Duration::from_secs(flags.drain_secs);
     match role {
         RoleArg::Frontend => {
             let rpc_addr = *required(&flags.rpc_addr, "--rpc-addr")?;
             let mut gateway = GatewayConfig::new(server_type.clone());
             gateway.max_connections_per_ip = flags.max_connections_per_ip;
+            gateway.resume_grace = Duration::from_secs(flags.resume_grace_secs);
             let node = FrontendNode {
                 id: id.clone(),
                 server_type: server_type.clone(),
@@ -109,6 +119,7 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
                 tls: None,
                 open_sessions: 0,
                 insecure,
+                drain,
             };
             let running = node.start().await?;
             // Starting until a backend has connected: gates do not hand it
@@ -162,7 +173,7 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
             let record = NodeRecord::new(&id, NodeRole::Backend, &server_type);
             let registration = Registration::register(registry, record, lease).await;
             println!("ready {id}");
-            let served = serve_backend(service, Some(registration)).await;
+            let served = serve_backend(service, Some(registration), drain).await;
             drop(following);
             served
         }

@@ -24,8 +24,16 @@ use std::time::Duration;
 /// binary reads it; library configs take the secret as a value.
 pub const SECRET_VAR: &str = "SESSION_PROXY_SECRET";
 
-/// How long each stage of a node's shutdown may take.
-const DRAIN: Duration = Duration::from_secs(3);
+/// How long a node's whole drain may take unless told otherwise.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
+/// The time left of a drain that must end by `until`; each stage gets what
+/// the earlier ones left, and at least a moment to try.
+fn left(until: tokio::time::Instant) -> Duration {
+    until
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_millis(100))
+}
 
 /// The cluster secret from the environment, if set.
 pub fn secret_from_env() -> Option<Secret> {
@@ -53,6 +61,8 @@ pub struct FrontendNode {
     pub open_sessions: usize,
     /// Listen beyond loopback without a cluster secret (`--insecure`).
     pub insecure: bool,
+    /// How long the drain on SIGTERM may take, all stages together.
+    pub drain: Duration,
 }
 
 /// A frontend node that is serving.
@@ -67,6 +77,7 @@ pub struct RunningFrontend {
     rpc: RpcServer,
     gateway: Option<GatewayServer>,
     owners: Vec<SessionOwner>,
+    drain: Duration,
 }
 
 impl FrontendNode {
@@ -97,6 +108,7 @@ impl FrontendNode {
             tls,
             open_sessions: 0,
             insecure: false,
+            drain: DEFAULT_DRAIN,
         })
     }
 
@@ -147,6 +159,7 @@ impl FrontendNode {
             rpc,
             gateway,
             owners,
+            drain: self.drain,
         })
     }
 }
@@ -162,33 +175,50 @@ impl RunningFrontend {
         self.rpc.backends()
     }
 
-    /// Serves until SIGINT/SIGTERM, then stops clients, writes the last
-    /// changes to the store and closes backend links, each within a bound.
+    /// Serves until SIGINT/SIGTERM, then drains (see
+    /// [`serve_registered`](Self::serve_registered)).
     pub async fn serve_until_signal(self) -> anyhow::Result<()> {
         self.serve_registered(None).await
     }
 
-    /// Like [`serve_until_signal`](Self::serve_until_signal), for a node in
-    /// a registry: marked draining first (gates stop handing it out), and
-    /// deregistered last.
+    /// Serves until SIGINT/SIGTERM, then drains within the node's drain
+    /// limit: marked draining in the registry (gates stop handing it out),
+    /// no new clients, each client kicked with `"reconnect"` after the
+    /// answers in flight (its session parks), every change written to the
+    /// store, backend links closed once their calls are answered, every
+    /// session handed over in the store for any frontend to resume, and the
+    /// record removed.
     pub async fn serve_registered(self, registration: Option<Registration>) -> anyhow::Result<()> {
         wait_for_signal().await?;
+        let until = tokio::time::Instant::now() + self.drain;
+        tracing::info!(limit = ?self.drain, "draining");
         if let Some(r) = &registration {
             r.set_draining();
         }
         drop(self.owners);
         if let Some(gateway) = self.gateway {
-            gateway.shutdown(DRAIN).await;
+            if !gateway.shutdown(left(until)).await {
+                tracing::warn!("client connections still open at the drain limit");
+            }
         }
-        if let Err(err) = self.sessions.flush_within(DRAIN).await {
+        if let Err(err) = self.sessions.flush_within(left(until)).await {
             tracing::warn!(cause = %err, "last write to the session store failed");
         }
-        if !self.rpc.shutdown(DRAIN).await {
-            tracing::warn!("backend connections still open after {DRAIN:?}; exiting anyway");
+        if !self.rpc.shutdown(left(until)).await {
+            tracing::warn!("backend connections still open at the drain limit; exiting anyway");
+        }
+        if self.sessions.has_store() {
+            match self.sessions.hand_over(left(until)).await {
+                Ok(n) => tracing::info!(sessions = n, "sessions handed over"),
+                Err(err) => {
+                    tracing::warn!(cause = %err, "handing sessions over failed; their clients resume once this node's sessions expire or it restarts")
+                }
+            }
         }
         if let Some(r) = registration {
-            r.deregister(DRAIN).await;
+            r.deregister(left(until)).await;
         }
+        tracing::info!("drained");
         Ok(())
     }
 }
@@ -233,7 +263,7 @@ async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resul
     let members = StaticMembership::new(frontends.collect());
     let following = follow_frontends(members.watch(), service.clone());
     println!("ready {}", node.id);
-    let served = serve_backend(service, None).await;
+    let served = serve_backend(service, None, DEFAULT_DRAIN).await;
     drop((following, members));
     served
 }
@@ -258,23 +288,27 @@ pub fn backend_service(
     Ok(service)
 }
 
-/// Serves until SIGINT/SIGTERM, then drains: marked draining in the
-/// registry, frontends told to send nothing new, running requests finished
-/// and answered, links closed, record removed; each within a bound.
+/// Serves until SIGINT/SIGTERM, then drains within `drain`: marked
+/// draining in the registry, frontends told to send nothing new, running
+/// requests finished and answered, links closed, record removed.
 pub async fn serve_backend(
     service: BackendSessionService,
     registration: Option<Registration>,
+    drain: Duration,
 ) -> anyhow::Result<()> {
     wait_for_signal().await?;
+    let until = tokio::time::Instant::now() + drain;
+    tracing::info!(limit = ?drain, "draining");
     if let Some(r) = &registration {
         r.set_draining();
     }
-    if !service.shutdown(DRAIN).await {
-        tracing::warn!("handlers still running after {DRAIN:?}; exiting anyway");
+    if !service.shutdown(left(until)).await {
+        tracing::warn!("handlers still running at the drain limit; exiting anyway");
     }
     if let Some(r) = registration {
-        r.deregister(DRAIN).await;
+        r.deregister(left(until)).await;
     }
+    tracing::info!("drained");
     Ok(())
 }
 

@@ -415,6 +415,12 @@ impl PendingCall {
                     message: source.message,
                 })
             }
+            Ok(Ok(Outcome::Remote(source))) if source.code == ErrorCode::SessionMoved => {
+                Err(Error::SessionMoved {
+                    frontend: self.client.frontend_id().to_string(),
+                    to: source.message,
+                })
+            }
             Ok(Ok(Outcome::Remote(source))) => Err(Error::Remote {
                 frontend: self.client.frontend_id().to_string(),
                 source,

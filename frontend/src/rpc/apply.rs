@@ -3,7 +3,7 @@
 use super::link::BackendConn;
 use crate::delivery::{Receipt, Ticket};
 use crate::SessionService;
-use session_proxy_protocol::{Call, ErrorCode, Message, Reply, Response, RpcError};
+use session_proxy_protocol::{Call, ErrorCode, Message, Reply, Response, RpcError, SessionId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,6 +30,65 @@ pub(super) fn mutates(call: &Call) -> bool {
             | Call::KickByUid { .. }
             | Call::RevokeUid { .. }
     )
+}
+
+/// One answer of a batch, held until the batch is durable.
+pub(super) struct Answer {
+    /// The call's id.
+    pub(super) id: u64,
+    /// What it did.
+    pub(super) result: Result<Reply, RpcError>,
+    /// A change that must be in the store before it is acknowledged.
+    pub(super) durable: bool,
+    /// The one session the call addressed, if any.
+    pub(super) sid: Option<SessionId>,
+}
+
+impl Answer {
+    /// An answer to a call on `sid`, or to a call on no single session.
+    pub(super) fn new(
+        id: u64,
+        result: Result<Reply, RpcError>,
+        durable: bool,
+        sid: Option<SessionId>,
+    ) -> Self {
+        Answer {
+            id,
+            result,
+            durable,
+            sid,
+        }
+    }
+
+    /// Whether the store must have the change before the backend hears of it.
+    pub(super) fn waits_for_store(&self) -> bool {
+        self.durable && self.result.is_ok()
+    }
+}
+
+/// A call on a session that is no longer here because its client resumed
+/// on another frontend is answered [`ErrorCode::SessionMoved`], naming
+/// that frontend: the backend addresses the new owner itself. (A transparent
+/// redirect would apply a change computed from a snapshot of the old
+/// owner's copy; the backend is better placed to read again and retry.)
+/// `settled` says the call already ran against the store (after a group
+/// commit), so any result may hide a lost race; otherwise only the answers
+/// of a session that is not here are looked at.
+pub(super) fn redirect(service: &SessionService, answer: &mut Answer, settled: bool) {
+    let Some(sid) = answer.sid else { return };
+    let not_here = matches!(
+        &answer.result,
+        Err(RpcError {
+            code: ErrorCode::SessionNotFound,
+            ..
+        }) | Ok(Reply::Session(None) | Reply::Kicked(0))
+    );
+    if !(settled || not_here) {
+        return;
+    }
+    if let Some(owner) = service.moved_to(sid) {
+        answer.result = Err(RpcError::new(ErrorCode::SessionMoved, owner));
+    }
 }
 
 /// Answers a push call once every copy is written (or after `wait`),
@@ -65,7 +124,7 @@ pub(super) fn answer_when_written(
 pub(super) fn commit_then_answer(
     tasks: &TaskTracker,
     service: SessionService,
-    answers: Vec<(u64, Result<Reply, RpcError>, bool)>,
+    answers: Vec<Answer>,
     late_answers: mpsc::Sender<Message>,
 ) {
     tasks.spawn(async move {
@@ -73,14 +132,18 @@ pub(super) fn commit_then_answer(
         if let Err(err) = &committed {
             debug!(cause = %err, calls = answers.len(), "answering changes as not yet durable");
         }
-        for (id, result, _) in answers {
-            let result = match &committed {
-                Ok(()) => result,
-                Err(err) => Err(RpcError::new(
-                    ErrorCode::NotDurable,
-                    format!("applied, not yet durable (written once the store answers): {err}"),
-                )),
-            };
+        for mut answer in answers {
+            match &committed {
+                // The store may have refused the write: the session moved.
+                Ok(()) => redirect(&service, &mut answer, true),
+                Err(err) => {
+                    answer.result = Err(RpcError::new(
+                        ErrorCode::NotDurable,
+                        format!("applied, not yet durable (written once the store answers): {err}"),
+                    ))
+                }
+            }
+            let Answer { id, result, .. } = answer;
             // Fails only if the link is gone, and its caller with it.
             if late_answers
                 .send(Message::Response(Response { id, result }))

@@ -2,7 +2,9 @@
 //! session calls in arrival order, commits them to the store once per batch,
 //! and writes the forwarded requests queued for it.
 
-use super::apply::{answer_when_written, commit_then_answer, mutates, pushes_to_clients};
+use super::apply::{
+    answer_when_written, commit_then_answer, mutates, pushes_to_clients, redirect, Answer,
+};
 use super::Unauthenticated;
 use crate::delivery::Receipt;
 use crate::forward::BackendLink;
@@ -151,7 +153,7 @@ impl BackendConn {
         clock: ClockOffset,
     ) -> End {
         // Answers of the current batch, held until the batch is durable.
-        let mut answers: Vec<(u64, Result<Reply, RpcError>, bool)> = Vec::new();
+        let mut answers: Vec<Answer> = Vec::new();
         // One cancellation future and one silence timer for the link's life:
         // made afresh every turn they cost a waiter registration and a timer
         // insertion per batch of frames.
@@ -199,13 +201,14 @@ impl BackendConn {
                         // Its caller has been told it failed: it must not
                         // take effect now.
                         debug!(id = req.id, "call arrived after its deadline; not applied");
-                        answers.push((
+                        answers.push(Answer::new(
                             req.id,
                             Err(RpcError::new(
                                 ErrorCode::DeadlineExceeded,
                                 "arrived after its deadline; not applied",
                             )),
                             false,
+                            None,
                         ));
                     }
                     Message::Request(req) if matches!(req.call, Call::Drain) => {
@@ -214,10 +217,11 @@ impl BackendConn {
                             self.backends.unregister(server_type, link);
                             info!(backend = %log_safe(&link.node_id), "backend draining; forwarding no new requests to it");
                         }
-                        answers.push((req.id, Ok(Reply::Done), false));
+                        answers.push(Answer::new(req.id, Ok(Reply::Done), false, None));
                     }
                     Message::Request(req) => {
                         let mutates = mutates(&req.call);
+                        let sid = req.call.sid();
                         let wait = self
                             .config
                             .push_write_wait
@@ -234,11 +238,14 @@ impl BackendConn {
                                     wait,
                                     late_answers.clone(),
                                 ),
-                                result => answers.push((req.id, result, mutates)),
+                                result => answers.push(Answer::new(req.id, result, mutates, sid)),
                             }
                         } else {
                             let result = self.apply(req.call, None).await;
-                            answers.push((req.id, result, mutates));
+                            answers.push(Answer::new(req.id, result, mutates, sid));
+                        }
+                        if let Some(answer) = answers.last_mut().filter(|a| a.id == req.id) {
+                            redirect(&self.service, answer, false);
                         }
                     }
                     Message::Notify(call) => {
@@ -261,9 +268,9 @@ impl BackendConn {
             // Group commit: what we acknowledge is in the store first. The
             // store is awaited on a task of its own, so a slow or failing
             // store never holds up the other calls on this link.
-            if self.service.has_store() && answers.iter().any(|(_, r, m)| *m && r.is_ok()) {
+            if self.service.has_store() && answers.iter().any(Answer::waits_for_store) {
                 let (durable, rest): (Vec<_>, Vec<_>) =
-                    answers.drain(..).partition(|(_, r, m)| *m && r.is_ok());
+                    answers.drain(..).partition(Answer::waits_for_store);
                 answers = rest;
                 commit_then_answer(
                     &self.tasks,
@@ -272,7 +279,7 @@ impl BackendConn {
                     late_answers.clone(),
                 );
             }
-            for (id, result, _) in answers.drain(..) {
+            for Answer { id, result, .. } in answers.drain(..) {
                 // `feed` only buffers; it writes when the buffer is past its
                 // high-water mark, which is our backpressure.
                 if let Err(err) = framed

@@ -233,24 +233,18 @@ impl SessionService {
         }
     }
 
-    /// Where a session this frontend lost went, if it knows: the frontend
-    /// the store says holds it now. Asks the store when the session is not
-    /// among those this frontend closed recently; `None` for a session
-    /// nobody holds, or without a store.
-    pub async fn moved_to(&self, sid: SessionId) -> Option<String> {
+    /// Where a session this frontend lost went: the frontend the store
+    /// named when it refused this frontend's write (its client resumed
+    /// there), remembered for a minute. `None` for a session this frontend
+    /// still holds, one that closed, or one it never held.
+    pub fn moved_to(&self, sid: SessionId) -> Option<String> {
         let link = self.inner.store.get()?;
         if self.inner.sessions.contains_key(&sid) {
             return None;
         }
-        let known = lock(&link.moved).get(&sid).map(|(owner, _)| owner.clone());
-        let owner = match known {
-            Some(owner) => owner,
-            None => {
-                link.check_up().ok()?;
-                link.call(link.store.get(sid)).await.ok()??.info.frontend_id
-            }
-        };
-        (!owner.is_empty() && owner != self.frontend_id()).then_some(owner)
+        let moved = lock(&link.moved);
+        let (owner, since) = moved.get(&sid)?;
+        (since.elapsed() < MOVED_MEMORY && !owner.is_empty()).then(|| owner.clone())
     }
 
     /// A session's record for the store.
