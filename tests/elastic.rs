@@ -1,13 +1,17 @@
-//! Node processes without a cluster file: each registers in a real Redis,
-//! backends dial frontends as they register, and a frontend started later
-//! serves clients through a backend that never heard of it by config.
+//! Node processes without a cluster file: each registers in a real Redis
+//! (or etcd), backends dial frontends as they register, and a frontend
+//! started later serves clients through a backend that never heard of it by
+//! config.
 
 mod common;
 
+use common::etcd::EtcdServer;
 use common::nodes::{free_port, sigkill, signal, spawn_session_proxy_env};
 use common::redis::RedisServer;
 use serde_json::json;
-use session_proxy::registry::{Membership, RedisMembership, RedisMembershipConfig};
+use session_proxy::registry::{
+    EtcdMembership, EtcdMembershipConfig, Membership, RedisMembership, RedisMembershipConfig,
+};
 use session_proxy_bench::pomelo::PomeloClient;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
@@ -56,11 +60,30 @@ async fn echo_within(port: u16, within: Duration) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_without_a_file_find_each_other_through_the_registry() {
+async fn nodes_without_a_file_find_each_other_through_redis() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let url = redis.url();
+    let mut config = RedisMembershipConfig::new(redis.url());
+    config.resync = Duration::from_millis(200);
+    let members = RedisMembership::connect(config).await.expect("registry");
+    find_each_other(redis.url(), &members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_without_a_file_find_each_other_through_etcd() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    let members = EtcdMembership::connect(EtcdMembershipConfig::new(etcd.url()))
+        .await
+        .expect("registry");
+    find_each_other(etcd.url(), &members).await;
+}
+
+/// Two frontend processes and a backend process started with `--registry
+/// url`; `members` reads the same registry.
+async fn find_each_other(url: String, members: &dyn Membership) {
     let (mut c1, port1) = frontend("connector-1", &url).await;
     // The backend, configured by environment variables alone.
     let env = [
@@ -78,9 +101,6 @@ async fn nodes_without_a_file_find_each_other_through_the_registry() {
     let took = echo_within(port2, Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(3), "served after {took:?}");
 
-    let mut config = RedisMembershipConfig::new(url.clone());
-    config.resync = Duration::from_millis(200);
-    let members = RedisMembership::connect(config).await.expect("registry");
     let mut watch = members.watch();
     // Registered as starting, active once its backend connected.
     tokio::time::timeout(

@@ -1,15 +1,16 @@
-//! Membership in a real redis-server: frontends register under leases, a
-//! backend dials each as it registers and stops when it leaves, a lapsed
-//! lease disappears, and a registry restarted empty gets every live node
-//! back.
+//! Membership in a real redis-server and a real etcd, through one trait:
+//! frontends register under leases, a backend dials each as it registers
+//! and stops when it leaves, a lapsed lease disappears, and a registry
+//! restarted (empty, for Redis) has every live node back.
 
 mod common;
 
+use common::etcd::EtcdServer;
 use common::nodes::free_port;
 use common::redis::RedisServer;
 use session_proxy::registry::{
-    follow_frontends, Members, Membership, NodeRecord, NodeRole, NodeState, RedisMembership,
-    RedisMembershipConfig, Registration,
+    follow_frontends, EtcdMembership, EtcdMembershipConfig, Members, Membership, NodeRecord,
+    NodeRole, NodeState, RedisMembership, RedisMembershipConfig, Registration,
 };
 use session_proxy::{
     BackendConfig, BackendSessionService, ConnectInfo, RpcConfig, RpcServer, SessionConfig,
@@ -24,6 +25,14 @@ async fn membership(redis: &RedisServer, prefix: &str) -> Arc<RedisMembership> {
     config.prefix = prefix.to_string();
     config.resync = Duration::from_millis(300);
     Arc::new(RedisMembership::connect(config).await.expect("membership"))
+}
+
+/// An etcd registry; the resync is slow, so what the tests see in time
+/// came through the watch.
+async fn etcd_membership(etcd: &EtcdServer) -> Arc<EtcdMembership> {
+    let mut config = EtcdMembershipConfig::new(etcd.url());
+    config.resync = Duration::from_secs(30);
+    Arc::new(EtcdMembership::connect(config).await.expect("membership"))
 }
 
 struct Frontend {
@@ -77,12 +86,23 @@ async fn reaches(backend: &BackendSessionService, f: &Frontend, within: Duration
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backends_dial_frontends_as_they_register_and_forget_those_that_leave() {
+async fn backends_dial_frontends_as_they_register_in_redis_and_forget_those_that_leave() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
     let prefix = format!("reg{}:", free_port());
-    let registry = membership(&redis, &prefix).await;
+    joins_and_leaves(membership(&redis, &prefix).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_dial_frontends_as_they_register_in_etcd_and_forget_those_that_leave() {
+    let Some(etcd) = EtcdServer::start() else {
+        return;
+    };
+    joins_and_leaves(etcd_membership(&etcd).await).await;
+}
+
+async fn joins_and_leaves(registry: Arc<dyn Membership>) {
     let ttl = Duration::from_secs(3);
     let a = frontend("connector-1").await;
     let _lease_a = Registration::register(registry.clone(), a.record.clone(), ttl).await;
@@ -122,15 +142,14 @@ async fn backends_dial_frontends_as_they_register_and_forget_those_that_leave() 
     backend.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lapsed_lease_is_gone_and_a_registry_restarted_empty_gets_live_nodes_back() {
-    let Some(mut redis) = RedisServer::start() else {
-        return;
-    };
-    let prefix = format!("reg{}:", free_port());
-    let registry = membership(&redis, &prefix).await;
-    let mut members = registry.watch();
-    let ttl = Duration::from_secs(1);
+/// A node that stops renewing (SIGKILLed) is gone within TTL plus one
+/// renewal (and one re-read); a live one stays. Returns the live one.
+async fn a_lapsed_lease_goes(
+    registry: Arc<dyn Membership>,
+    members: &mut watch::Receiver<Members>,
+) -> Registration {
+    // 2 s: etcd's shortest lease.
+    let ttl = Duration::from_secs(2);
     let live = Registration::register(
         registry.clone(),
         NodeRecord::new("connector-1", NodeRole::Frontend, "connector"),
@@ -143,12 +162,9 @@ async fn a_lapsed_lease_is_gone_and_a_registry_restarted_empty_gets_live_nodes_b
         ttl,
     )
     .await;
-    until(&mut members, Duration::from_secs(3), |m| m.len() == 2).await;
-
-    // A node that stops renewing (SIGKILLed) is gone within TTL plus one
-    // renewal (and one re-read).
+    until(members, Duration::from_secs(3), |m| m.len() == 2).await;
     drop(dying);
-    let gone = until(&mut members, Duration::from_secs(5), |m| {
+    let gone = until(members, Duration::from_secs(5), |m| {
         m.get("chat-1").is_none()
     })
     .await;
@@ -160,23 +176,65 @@ async fn a_lapsed_lease_is_gone_and_a_registry_restarted_empty_gets_live_nodes_b
         members.borrow().get("connector-1").is_some(),
         "the live lease held"
     );
+    live
+}
 
-    // The registry restarts empty: the live node is back by its next renewal.
-    // (A fresh reader, so the test sees what Redis holds, not a last view.)
-    redis.kill();
-    redis.start_again();
+/// Waits until a fresh reader of the registry (made by `fresh`) sees the
+/// live node: the test sees what the registry holds, not a last view.
+async fn back_within<F, Fut>(within: Duration, fresh: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Members>,
+{
     let started = Instant::now();
-    loop {
-        let fresh = membership(&redis, &prefix).await.watch().borrow().clone();
-        if fresh.get("connector-1").is_some() {
-            break;
-        }
+    while fresh().await.get("connector-1").is_none() {
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < within,
             "the live node did not re-register"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_redis_lease_is_gone_and_a_redis_restarted_empty_gets_live_nodes_back() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let prefix = format!("reg{}:", free_port());
+    let registry = membership(&redis, &prefix).await;
+    let mut members = registry.watch();
+    let live = a_lapsed_lease_goes(registry.clone(), &mut members).await;
+
+    // The registry restarts empty: the live node is back by its next renewal.
+    redis.kill();
+    redis.start_again();
+    back_within(Duration::from_secs(5), || async {
+        membership(&redis, &prefix).await.watch().borrow().clone()
+    })
+    .await;
     live.deregister(Duration::from_secs(1)).await;
     until(&mut members, Duration::from_secs(3), Members::is_empty).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_etcd_lease_is_gone_and_nodes_ride_out_an_etcd_restart() {
+    let Some(mut etcd) = EtcdServer::start() else {
+        return;
+    };
+    let registry = etcd_membership(&etcd).await;
+    let mut members = registry.watch();
+    let live = a_lapsed_lease_goes(registry.clone(), &mut members).await;
+
+    // etcd restarts (killed, its data kept): the live node renews on, and
+    // the watch is opened again and sees it leave.
+    etcd.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    etcd.start_again();
+    back_within(Duration::from_secs(8), || async {
+        etcd_membership(&etcd).await.watch().borrow().clone()
+    })
+    .await;
+    live.deregister(Duration::from_secs(1)).await;
+    until(&mut members, Duration::from_secs(5), Members::is_empty).await;
 }

@@ -10,11 +10,13 @@
 //! [`follow`](follow_frontends)s the frontends in it, dialling new ones and
 //! dropping those that left.
 //!
-//! Two kinds of registry sit behind one trait, [`Membership`]:
+//! Three kinds of registry sit behind one trait, [`Membership`]:
 //! - [`StaticMembership`]: a fixed list (the cluster file), the default;
 //! - `RedisMembership` (feature `redis`): records under `PX` TTLs in the
 //!   same Redis as the session store, changes announced on a channel, and a
-//!   full re-read every few seconds for whatever a subscriber missed.
+//!   full re-read every few seconds for whatever a subscriber missed;
+//! - `EtcdMembership` (feature `etcd`): each record a key on a lease of its
+//!   own in etcd v3, a watch on the prefix, and the same periodic re-read.
 //!
 //! # Example
 //! ```
@@ -30,12 +32,16 @@
 //! # }
 //! ```
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod follow;
 mod lease;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdMembership, EtcdMembershipConfig};
 pub use follow::{follow_frontends, Following};
 pub use lease::{RecordHandle, Registration};
 pub use record::{Members, NodeRecord, NodeRole, NodeState};

@@ -6,8 +6,8 @@
 use super::node::{backend_service, serve_backend, FrontendNode};
 use anyhow::{bail, Context};
 use session_proxy::registry::{
-    follow_frontends, Membership, NodeRecord, NodeRole, NodeState, RedisMembership,
-    RedisMembershipConfig, Registration,
+    follow_frontends, EtcdMembership, EtcdMembershipConfig, Membership, NodeRecord, NodeRole,
+    NodeState, RedisMembership, RedisMembershipConfig, Registration,
 };
 use session_proxy::GatewayConfig;
 use std::net::SocketAddr;
@@ -51,7 +51,7 @@ pub struct NodeFlags {
     /// The RPC address as backends should dial it; default: --rpc-addr.
     #[arg(long, env = "SESSION_PROXY_ADVERTISE_RPC")]
     pub advertise_rpc: Option<String>,
-    /// The registry: redis://host:port/db.
+    /// The registry: redis://host:port/db or etcd://host:port.
     #[arg(long, env = "SESSION_PROXY_REGISTRY")]
     pub registry: Option<String>,
     /// Keep a frontend's sessions in this Redis (redis://…).
@@ -91,7 +91,13 @@ async fn connect(url: &str) -> anyhow::Result<Arc<dyn Membership>> {
             .with_context(|| format!("connecting to the registry at {url}"))?;
         return Ok(Arc::new(membership));
     }
-    bail!("unsupported registry {url:?}: use redis://host:port/db")
+    if url.starts_with("etcd://") || url.starts_with("http://") {
+        let membership = EtcdMembership::connect(EtcdMembershipConfig::new(url))
+            .await
+            .with_context(|| format!("connecting to the registry at {url}"))?;
+        return Ok(Arc::new(membership));
+    }
+    bail!("unsupported registry {url:?}: use redis://host:port/db or etcd://host:port")
 }
 
 /// Runs one node described by `flags` until SIGINT/SIGTERM, registered in
