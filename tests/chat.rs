@@ -1,6 +1,8 @@
 //! The chat example end to end: gate, two connectors, two chat servers,
 //! clients speaking the Pomelo protocol over TCP and WebSocket.
 
+mod common;
+
 use serde_json::{json, Value};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use session_proxy_chat::{ChatCluster, ChatConfig};
@@ -222,4 +224,61 @@ async fn kicks_arrive_as_kick_packages() {
     );
     assert_eq!(a.next_event(WAIT).await, Some(PomeloEvent::Closed));
     cluster.shutdown(Duration::from_secs(2)).await;
+}
+
+/// The connector the gate hands `uid`.
+async fn query_entry(cluster: &ChatCluster, uid: &str) -> Value {
+    let gate = PomeloClient::connect(cluster.gate_addr())
+        .await
+        .expect("gate");
+    gate.request("gate.gateHandler.queryEntry", &json!({ "uid": uid }))
+        .await
+        .expect("queryEntry")
+}
+
+/// Waits until the gate hands out connector `want` (its client address).
+async fn gate_hands_out(cluster: &ChatCluster, want: SocketAddr) {
+    let started = std::time::Instant::now();
+    loop {
+        let entry = query_entry(cluster, "anyone").await;
+        if entry["port"] == want.port() {
+            return;
+        }
+        assert!(started.elapsed() < WAIT, "the gate still answers {entry}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_registry_the_gate_hands_out_the_least_loaded_connector_never_a_draining_one() {
+    use session_proxy::registry::{RedisMembership, RedisMembershipConfig};
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let mut registry = RedisMembershipConfig::new(redis.url());
+    registry.resync = Duration::from_millis(200);
+    let registry = RedisMembership::connect(registry).await.expect("registry");
+    let mut config = ChatConfig::ephemeral();
+    config.registry = Some(std::sync::Arc::new(registry));
+    let cluster = ChatCluster::start(config).await.expect("cluster");
+    let [first, second] = [0, 1].map(|i| cluster.connector_addrs()[i]);
+    // Both empty: the smallest id. One player there, and the other is
+    // handed out.
+    gate_hands_out(&cluster, first).await;
+    let (_ann, _) = enter(&cluster, "ann", "lobby", Transport::Tcp).await;
+    gate_hands_out(&cluster, second).await;
+    let (_bob, _) = enter(&cluster, "bob", "lobby", Transport::Tcp).await;
+    // One each: the smallest id again, once the counts are in.
+    gate_hands_out(&cluster, first).await;
+    let (_cat, _) = enter(&cluster, "cat", "lobby", Transport::Tcp).await;
+    assert_eq!(cluster.sessions(0).expect("c1").count(), 2, "ann and cat");
+    assert_eq!(cluster.sessions(1).expect("c2").count(), 1, "bob");
+    // The less loaded one drains: the gate sends everyone to the other.
+    gate_hands_out(&cluster, second).await;
+    assert!(cluster.set_draining(1));
+    gate_hands_out(&cluster, first).await;
+    for uid in ["dan", "eve", "fay"] {
+        assert_eq!(query_entry(&cluster, uid).await["port"], first.port());
+    }
+    cluster.shutdown(Duration::from_secs(1)).await;
 }

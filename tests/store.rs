@@ -7,8 +7,8 @@ mod common;
 use bytes::Bytes;
 use common::redis::RedisServer;
 use session_proxy::frontend::{
-    Fenced, MemoryStore, RedisStore, RedisStoreConfig, Refreshed, SessionStore, StoreOptions,
-    StoredSession,
+    Admission, Evicted, Fenced, MemoryStore, RedisStore, RedisStoreConfig, Refreshed, SessionStore,
+    StoreOptions, StoredSession,
 };
 use session_proxy::protocol::{SessionInfo, Setting};
 use session_proxy::{ConnectInfo, SessionConfig, SessionId, SessionService};
@@ -121,8 +121,78 @@ async fn exercise(store: &dyn SessionStore) {
     );
     assert_eq!(store.list().await.expect("list"), vec![two]);
     fencing(store, ttl).await;
+    admission(store, ttl).await;
     store.clear().await.expect("clear");
     assert!(store.list().await.expect("list").is_empty());
+}
+
+/// A per-uid limit across frontends: refused at the limit, or the oldest
+/// ended (and announced) to make room; unbound sessions leave the count.
+async fn admission(store: &dyn SessionStore, ttl: Duration) {
+    let sid = SessionId::from_raw;
+    let admitted = |evicted: Vec<Fenced>| Admission::Admitted { evicted };
+    let admit =
+        |n: u64, limit: usize, evict: bool| store.admit("carol", sid(n), limit, evict, "replaced");
+    assert_eq!(admit(20, 1, false).await.expect("admit"), admitted(vec![]));
+    store
+        .put(vec![record(20, "f1", Some("carol"))], ttl)
+        .await
+        .expect("put");
+    assert_eq!(
+        admit(21, 1, false).await.expect("admit"),
+        Admission::Refused
+    );
+    assert_eq!(
+        admit(20, 1, false).await.expect("admit"),
+        admitted(vec![]),
+        "admitted already"
+    );
+    // The newer login wins: the older one ends, and its holder hears it.
+    let mut evictions = store.evictions();
+    assert_eq!(
+        admit(21, 1, true).await.expect("admit"),
+        admitted(vec![Fenced {
+            sid: sid(20),
+            owner: "f1".into()
+        }])
+    );
+    let heard = tokio::time::timeout(Duration::from_secs(2), evictions.recv())
+        .await
+        .expect("announced")
+        .expect("channel open");
+    assert_eq!(
+        heard,
+        Evicted {
+            sid: sid(20),
+            reason: "replaced".into()
+        }
+    );
+    assert_eq!(store.get(sid(20)).await.expect("get"), None);
+    let stale = store
+        .put(vec![record(20, "f1", Some("carol"))], ttl)
+        .await
+        .expect("put");
+    assert_eq!(stale.len(), 1, "the evicted session's holder is fenced");
+    // At most two: 21 and 22 (not written yet) fill the uid.
+    store
+        .put(vec![record(21, "f2", Some("carol"))], ttl)
+        .await
+        .expect("put");
+    assert_eq!(admit(22, 2, false).await.expect("admit"), admitted(vec![]));
+    assert_eq!(
+        admit(23, 2, false).await.expect("admit"),
+        Admission::Refused
+    );
+    // 21 is unbound: it no longer counts.
+    store
+        .put(vec![record(21, "f2", None)], ttl)
+        .await
+        .expect("put");
+    assert_eq!(admit(23, 2, false).await.expect("admit"), admitted(vec![]));
+    assert_eq!(
+        admit(24, 2, false).await.expect("admit"),
+        Admission::Refused
+    );
 }
 
 /// Ownership moves by a claim, atomically, and the old owner's writes are
@@ -383,6 +453,19 @@ impl SessionStore for Counting {
         frontend: &'a str,
     ) -> session_proxy::frontend::store::StoreFuture<'a, Option<u64>> {
         self.inner.claim(sid, seen, frontend)
+    }
+    fn admit<'a>(
+        &'a self,
+        uid: &'a str,
+        sid: SessionId,
+        limit: usize,
+        evict_oldest: bool,
+        reason: &'a str,
+    ) -> session_proxy::frontend::store::StoreFuture<'a, Admission> {
+        self.inner.admit(uid, sid, limit, evict_oldest, reason)
+    }
+    fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted> {
+        self.inner.evictions()
     }
 }
 

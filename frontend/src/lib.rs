@@ -73,7 +73,8 @@ pub use service::{
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{
-    Fenced, MemoryStore, QueuedPush, Refreshed, SessionStore, StoreError, StoredSession,
+    Admission, Evicted, Fenced, MemoryStore, QueuedPush, Refreshed, SessionStore, StoreError,
+    StoredSession,
 };
 #[cfg(feature = "tls")]
 pub use tls::{ServerTls, TlsError};

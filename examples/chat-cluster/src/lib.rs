@@ -5,6 +5,11 @@
 //! Routes: `gate.gateHandler.queryEntry {uid}`, `connector.entryHandler.enter
 //! {username, rid}`, `chat.chatHandler.send {content, from, target}`; pushes:
 //! `onAdd`, `onChat`, `onLeave`. Any Pomelo/Pinus client can join.
+//!
+//! With a registry ([`ChatConfig::registry`]) the connectors register in it
+//! with their client counts, and the gate hands out the active connector
+//! with the fewest clients, never a draining one; without one it hashes the
+//! uid over the connectors, as chatofpomelo does.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -18,11 +23,13 @@ use session_proxy_frontend::{
     RpcConfig, RpcServer, SessionConfig, SessionService, SingleSessionPolicy,
 };
 use session_proxy_protocol::SessionSnapshot;
+use session_proxy_registry::{Membership, NodeRecord, NodeRole, Registration};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How to lay out the chat cluster.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct ChatConfig {
     /// Connectors (frontends). Default: 2.
@@ -43,6 +50,23 @@ pub struct ChatConfig {
     pub resume_grace: Duration,
     /// Connections one client IP may hold on a connector. Default: 256.
     pub max_connections_per_ip: usize,
+    /// Where the connectors register (under a lease of `lease`) and where
+    /// the gate picks them from. Default: `None` (the gate hashes uids).
+    pub registry: Option<Arc<dyn Membership>>,
+    /// The connectors' lease in the registry. Default: 10 s.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for ChatConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatConfig")
+            .field("connectors", &self.connectors)
+            .field("chat_servers", &self.chat_servers)
+            .field("gate_port", &self.gate_port)
+            .field("connector_port", &self.connector_port)
+            .field("registry", &self.registry.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ChatConfig {
@@ -56,6 +80,8 @@ impl Default for ChatConfig {
             heartbeat: Duration::from_secs(10),
             resume_grace: Duration::ZERO,
             max_connections_per_ip: 256,
+            registry: None,
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -71,11 +97,13 @@ impl ChatConfig {
     }
 }
 
-/// One connector: sessions, the RPC server chat servers dial, the gateway.
+/// One connector: sessions, the RPC server chat servers dial, the gateway,
+/// and its record in the registry, if there is one.
 struct Connector {
     sessions: SessionService,
     rpc: RpcServer,
     gateway: GatewayServer,
+    registration: Option<Registration>,
 }
 
 /// A running chat cluster.
@@ -287,10 +315,17 @@ impl ChatCluster {
                 .bind(SocketAddr::new(config.host, port))
                 .await
                 .with_context(|| format!("{id}: client listener on port {port}"))?;
+            let registration = match &config.registry {
+                Some(registry) => {
+                    Some(register(registry, &id, &rpc, &gateway, &sessions, config.lease).await)
+                }
+                None => None,
+            };
             connectors.push(Connector {
                 sessions,
                 rpc,
                 gateway,
+                registration,
             });
         }
 
@@ -318,9 +353,23 @@ impl ChatCluster {
             session_proxy_frontend::BackendRegistry::new(),
             GatewayConfig::new("gate"),
         );
+        let members = config.registry.as_ref().map(|r| r.watch());
         gate.handlers().add("gate.gateHandler.queryEntry", move |_ctx, body: QueryEntry| {
             let addrs = connector_addrs.clone();
+            // The least loaded active connector, as the registry has it.
+            let picked = members.as_ref().map(|m| {
+                m.borrow()
+                    .pick_frontend("connector")
+                    .and_then(|r| r.client_addr.as_deref()?.parse::<SocketAddr>().ok())
+            });
             async move {
+                match picked {
+                    Some(Some(addr)) => {
+                        return Ok(json!({ "code": 200, "host": addr.ip().to_string(), "port": addr.port() }))
+                    }
+                    Some(None) => return Ok(json!({ "code": 500, "error": "no connector available" })),
+                    None => {}
+                }
                 let Some(uid) = body.uid else {
                     return Ok(json!({ "code": 500 }));
                 };
@@ -369,6 +418,18 @@ impl ChatCluster {
             .collect()
     }
 
+    /// Marks connector `i` (0-based) draining in the registry: the gate
+    /// hands it out no more. Returns `false` without a registry.
+    pub fn set_draining(&self, i: usize) -> bool {
+        match self.connectors.get(i).and_then(|c| c.registration.as_ref()) {
+            Some(r) => {
+                r.set_draining();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The sessions of connector `i` (0-based).
     pub fn sessions(&self, i: usize) -> Option<&SessionService> {
         self.connectors.get(i).map(|c| &c.sessions)
@@ -387,7 +448,13 @@ impl ChatCluster {
         self.gate.shutdown(drain).await;
         let mut rpcs = Vec::new();
         for c in self.connectors {
+            if let Some(r) = &c.registration {
+                r.set_draining();
+            }
             c.gateway.shutdown(drain).await;
+            if let Some(r) = c.registration {
+                r.deregister(drain).await;
+            }
             rpcs.push(c.rpc);
         }
         // Let the last leave notices run before the chat servers go.
@@ -399,4 +466,28 @@ impl ChatCluster {
             rpc.shutdown(drain).await;
         }
     }
+}
+
+/// Registers a connector and keeps its client count current (written at
+/// once when it changes, checked every 200 ms).
+async fn register(
+    registry: &Arc<dyn Membership>,
+    id: &str,
+    rpc: &RpcServer,
+    gateway: &GatewayServer,
+    sessions: &SessionService,
+    lease: Duration,
+) -> Registration {
+    let record = NodeRecord::new(id, NodeRole::Frontend, "connector")
+        .with_rpc_addr(rpc.local_addr().to_string())
+        .with_client_addr(gateway.local_addr().to_string());
+    let registration = Registration::register(registry.clone(), record, lease).await;
+    let counting = registration.handle();
+    let sessions = sessions.clone();
+    tokio::spawn(async move {
+        while counting.set_clients(sessions.count() as u64) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    registration
 }

@@ -44,16 +44,19 @@ fn check(
 const POSITIVE: &str = "must be more than zero";
 const AT_LEAST_ONE: &str = "must be at least 1";
 
-/// What happens when a uid that already has a session on this frontend binds
-/// another one.
+/// What happens when a uid that already holds its limit of sessions
+/// ([`SessionConfig::sessions_per_uid`], one by default) binds another one.
+/// With a shared store the limit holds across every frontend sharing it,
+/// made atomic in the store (`SessionService::bind_everywhere`, which the
+/// RPC server uses for backends' binds).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SingleSessionPolicy {
     /// A uid may have any number of sessions (the default, as in Pinus).
     #[default]
     Off,
-    /// The new bind wins: older sessions of the uid are kicked with reason
-    /// `"replaced"`.
+    /// The new bind wins: the uid's oldest sessions are kicked with reason
+    /// `"replaced"`, wherever they are.
     KickOld,
     /// The old session wins: the new bind fails with
     /// [`Error::SessionLimit`](crate::Error::SessionLimit).
@@ -68,6 +71,9 @@ pub struct SessionConfig {
     pub frontend_id: String,
     /// The single-session policy. Default: [`SingleSessionPolicy::Off`].
     pub single_session: SingleSessionPolicy,
+    /// How many sessions one uid may have under the policy (cluster-wide
+    /// with a shared store). Default: 1.
+    pub sessions_per_uid: usize,
     /// Capacity of each session's owner queue (kicks and pushes on their way
     /// to the client connection); a client that lets it fill up is closed as
     /// too slow. Default: 1024.
@@ -112,6 +118,7 @@ impl Default for SessionConfig {
         SessionConfig {
             frontend_id: "frontend-1".into(),
             single_session: SingleSessionPolicy::Off,
+            sessions_per_uid: 1,
             owner_queue: 1024,
             max_sessions: 1_000_000,
             max_settings: 256,
@@ -214,6 +221,7 @@ impl SessionConfig {
                     "must not be empty",
                 ),
                 ("owner_queue", self.owner_queue > 0, AT_LEAST_ONE),
+                ("sessions_per_uid", self.sessions_per_uid > 0, AT_LEAST_ONE),
                 ("max_sessions", self.max_sessions > 0, AT_LEAST_ONE),
                 ("max_settings", self.max_settings > 0, AT_LEAST_ONE),
                 (

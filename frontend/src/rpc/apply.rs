@@ -171,7 +171,7 @@ impl BackendConn {
             Call::Ping | Call::Drain => Reply::Done,
             Call::GetSession { sid } => Reply::Session(s.get(sid)),
             Call::GetByUid { uid } => Reply::Sessions(s.get_by_uid(&uid)),
-            Call::Bind { sid, uid } => s.bind(sid, &uid).map(|()| Reply::Done)?,
+            Call::Bind { sid, uid } => s.bind_everywhere(sid, &uid).await.map(|()| Reply::Done)?,
             Call::Unbind { sid, uid } => s.unbind(sid, &uid).map(|()| Reply::Done)?,
             Call::Push { sid, writes } => Reply::Pushed(s.apply_push(sid, writes)?),
             Call::KickBySid { sid, reason } => {

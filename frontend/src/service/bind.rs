@@ -1,6 +1,10 @@
 //! Binding a session to a uid, unbinding it, and the single-session policy.
 use super::SessionEvent;
+use crate::store::Admission;
 use crate::{Error, SingleSessionPolicy};
+
+/// The kick reason of a session the single-session policy replaced.
+const REPLACED: &str = "replaced";
 use dashmap::mapref::entry::Entry;
 use session_proxy_protocol::SessionId;
 
@@ -8,7 +12,57 @@ use super::SessionService;
 
 impl SessionService {
     /// Binds a session to a uid. Binding to the uid it already has is a no-op.
+    /// The single-session policy counts this frontend's sessions only; see
+    /// [`bind_everywhere`](Self::bind_everywhere) for every frontend's.
     pub fn bind(&self, sid: SessionId, uid: &str) -> Result<(), Error> {
+        self.bind_under(sid, uid, self.inner.config.single_session)
+    }
+
+    /// Like [`bind`](Self::bind), with the single-session policy held
+    /// across every frontend sharing the store: the store admits the
+    /// session atomically (of two logins of one uid racing on two
+    /// frontends, one is refused or kicks the other), and sessions it ends
+    /// to make room are closed with reason `"replaced"` by the frontend
+    /// that holds them. Without a store, or with the policy off, it is
+    /// [`bind`](Self::bind). Fails with [`Error::Store`] when the store does
+    /// not answer: nothing is bound then.
+    pub async fn bind_everywhere(&self, sid: SessionId, uid: &str) -> Result<(), Error> {
+        let policy = self.inner.config.single_session;
+        let Some(link) = self.inner.store.get() else {
+            return self.bind(sid, uid);
+        };
+        if policy == SingleSessionPolicy::Off {
+            return self.bind(sid, uid);
+        }
+        match &self.entry_mut(sid)?.uid {
+            Some(current) if current == uid => return Ok(()),
+            Some(_) => return Err(Error::AlreadyBound { sid }),
+            None => {}
+        }
+        link.check_up()?;
+        let limit = self.inner.config.sessions_per_uid;
+        let kick = policy == SingleSessionPolicy::KickOld;
+        let admitted = link
+            .call(link.store.admit(uid, sid, limit, kick, REPLACED))
+            .await?;
+        let Admission::Admitted { evicted } = admitted else {
+            return Err(Error::SessionLimit);
+        };
+        for e in evicted {
+            // Ended in the store already: only the local copy goes.
+            self.remove_as(e.sid, REPLACED, true, false);
+        }
+        // The store counted every frontend's sessions, this one's included.
+        self.bind_under(sid, uid, SingleSessionPolicy::Off)
+    }
+
+    fn bind_under(
+        &self,
+        sid: SessionId,
+        uid: &str,
+        policy: SingleSessionPolicy,
+    ) -> Result<(), Error> {
+        let limit = self.inner.config.sessions_per_uid.max(1);
         let replaced = {
             let mut entry = self.entry_mut(sid)?;
             match &entry.uid {
@@ -18,11 +72,13 @@ impl SessionService {
             }
             // Lock order: sessions guard first, then the uid index.
             let mut sids = self.inner.uids.entry(uid.to_string()).or_default();
-            let replaced = match self.inner.config.single_session {
-                SingleSessionPolicy::RejectNew if !sids.is_empty() => {
+            let excess = (sids.len() + 1).saturating_sub(limit);
+            let replaced = match policy {
+                SingleSessionPolicy::RejectNew if excess > 0 => {
                     return Err(Error::SessionLimit);
                 }
-                SingleSessionPolicy::KickOld => std::mem::take(&mut *sids),
+                // Oldest first: the index keeps binding order.
+                SingleSessionPolicy::KickOld => sids.drain(..excess).collect(),
                 _ => Vec::new(),
             };
             sids.push(sid);
@@ -35,7 +91,7 @@ impl SessionService {
             uid: uid.to_string(),
         });
         for old in replaced {
-            self.kick_by_sid(old, "replaced");
+            self.kick_by_sid(old, REPLACED);
         }
         Ok(())
     }

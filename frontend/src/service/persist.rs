@@ -332,7 +332,11 @@ impl SessionService {
             tracing::warn!("a store is already attached; ignoring the second one");
             return Ok(0);
         }
+        let evictions = self.inner.store.get().map(|l| l.store.evictions());
         tokio::spawn(background(Arc::downgrade(&self.inner)));
+        if let Some(evictions) = evictions {
+            tokio::spawn(follow_evictions(Arc::downgrade(&self.inner), evictions));
+        }
         Ok(restored)
     }
 
@@ -535,6 +539,39 @@ impl SessionService {
         ended.sort();
         ended.dedup();
         Ok(ended)
+    }
+}
+
+/// Closes the sessions another frontend's admission ended (the uid's
+/// session limit), as the store announces them, until the service or the
+/// store is dropped. One this frontend does not hold is none of its
+/// business; one it misses is fenced at its next write.
+async fn follow_evictions(
+    inner: Weak<super::Inner>,
+    mut evictions: tokio::sync::broadcast::Receiver<crate::store::Evicted>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let evicted = match evictions.recv().await {
+            Ok(evicted) => evicted,
+            Err(RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "missed session evictions; their writes will be fenced"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let service = SessionService { inner };
+        if service.remove_as(evicted.sid, &evicted.reason, true, false) {
+            tracing::info!(
+                sid = %evicted.sid.redacted(),
+                reason = %evicted.reason,
+                "session ended by another frontend's login (session limit)"
+            );
+        }
     }
 }
 

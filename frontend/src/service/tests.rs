@@ -157,6 +157,31 @@ fn reject_new_policy_refuses() {
 }
 
 #[test]
+fn a_limit_of_two_keeps_the_two_newest_or_refuses_a_third() {
+    for policy in [SingleSessionPolicy::KickOld, SingleSessionPolicy::RejectNew] {
+        let mut config = SessionConfig::new("f1");
+        config.single_session = policy;
+        config.sessions_per_uid = 2;
+        let s = SessionService::new(config);
+        let owners: Vec<_> = (0..3).map(|_| s.create(ConnectInfo::default())).collect();
+        let [a, b, c] = [0, 1, 2].map(|i| owners[i].sid());
+        s.bind(a, "u").expect("first");
+        s.bind(b, "u").expect("second");
+        match policy {
+            SingleSessionPolicy::KickOld => {
+                s.bind(c, "u").expect("third replaces the oldest");
+                assert_eq!(s.sids_of_uid("u"), vec![b, c]);
+                assert!(s.get(a).is_none());
+            }
+            _ => {
+                assert!(matches!(s.bind(c, "u"), Err(Error::SessionLimit)));
+                assert_eq!(s.sids_of_uid("u"), vec![a, b]);
+            }
+        }
+    }
+}
+
+#[test]
 fn events_follow_the_lifecycle() {
     let s = service(SingleSessionPolicy::Off);
     let mut events = s.subscribe();

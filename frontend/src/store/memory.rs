@@ -1,6 +1,9 @@
 //! The embedded default store: a map in this process.
 
-use super::{Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession};
+use super::{
+    Admission, Evicted, Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession,
+    ADMISSION_GRACE,
+};
 use session_proxy_protocol::SessionId;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -20,11 +23,19 @@ struct Slot {
 struct Maps {
     sessions: HashMap<SessionId, Slot>,
     uids: HashMap<String, BTreeSet<SessionId>>,
+    /// The sessions admitted per uid, oldest first, with when.
+    admitted: HashMap<String, Vec<(SessionId, Instant)>>,
 }
 
 impl Maps {
     fn unindex(&mut self, sid: SessionId, uid: Option<&str>) {
         if let Some(uid) = uid {
+            if let Some(list) = self.admitted.get_mut(uid) {
+                list.retain(|(s, _)| *s != sid);
+                if list.is_empty() {
+                    self.admitted.remove(uid);
+                }
+            }
             if let Some(set) = self.uids.get_mut(uid) {
                 set.remove(&sid);
                 if set.is_empty() {
@@ -85,9 +96,18 @@ impl Maps {
 
 /// Sessions kept in this process: survives nothing, needs nothing. The
 /// default, and the reference the Redis store is tested against.
-#[derive(Default)]
 pub struct MemoryStore {
     maps: Mutex<Maps>,
+    evictions: tokio::sync::broadcast::Sender<Evicted>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            maps: Mutex::default(),
+            evictions: tokio::sync::broadcast::Sender::new(1024),
+        }
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -129,7 +149,7 @@ impl SessionStore for MemoryStore {
                     .slot(sid)
                     .and_then(|o| o.record.as_ref())
                     .and_then(|o| o.info.uid.clone());
-                if old_uid != s.info.uid {
+                if old_uid.is_some() && old_uid != s.info.uid {
                     m.unindex(sid, old_uid.as_deref());
                 }
                 if let Some(uid) = &s.info.uid {
@@ -243,5 +263,81 @@ impl SessionStore for MemoryStore {
             }
             report
         }))
+    }
+
+    fn admit<'a>(
+        &'a self,
+        uid: &'a str,
+        sid: SessionId,
+        limit: usize,
+        evict_oldest: bool,
+        reason: &'a str,
+    ) -> StoreFuture<'a, Admission> {
+        let admission = self.with(|m| {
+            let mut list = m.admitted.remove(uid).unwrap_or_default();
+            // Gone: ended, expired, or never written within the grace.
+            list.retain(|(s, at)| match m.slot(*s) {
+                Some(slot) => slot.record.is_some(),
+                None => at.elapsed() < ADMISSION_GRACE,
+            });
+            let admission = if list.iter().any(|(s, _)| *s == sid) {
+                Admission::Admitted {
+                    evicted: Vec::new(),
+                }
+            } else if list.len() < limit.max(1) {
+                list.push((sid, Instant::now()));
+                Admission::Admitted {
+                    evicted: Vec::new(),
+                }
+            } else if !evict_oldest {
+                Admission::Refused
+            } else {
+                let excess = list.len() + 1 - limit.max(1);
+                let oldest: Vec<SessionId> = list.drain(..excess).map(|(s, _)| s).collect();
+                list.push((sid, Instant::now()));
+                let evicted = oldest
+                    .into_iter()
+                    .map(|s| {
+                        let owner = m
+                            .slot(s)
+                            .and_then(|slot| slot.record.as_ref())
+                            .map(|r| r.info.frontend_id.clone())
+                            .unwrap_or_default();
+                        if !m.end(s) && m.slot(s).is_none() {
+                            // Not written yet: a tombstone fences its
+                            // first write.
+                            m.sessions.insert(
+                                s,
+                                Slot {
+                                    epoch: 1,
+                                    record: None,
+                                    until: Instant::now() + ADMISSION_GRACE,
+                                },
+                            );
+                        }
+                        Fenced { sid: s, owner }
+                    })
+                    .collect();
+                Admission::Admitted { evicted }
+            };
+            if !list.is_empty() {
+                m.admitted.insert(uid.to_string(), list);
+            }
+            admission
+        });
+        if let Admission::Admitted { evicted } = &admission {
+            for e in evicted {
+                // Nobody listening is fine: the holder's writes are fenced.
+                let _ = self.evictions.send(Evicted {
+                    sid: e.sid,
+                    reason: reason.to_string(),
+                });
+            }
+        }
+        ready(admission)
+    }
+
+    fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted> {
+        self.evictions.subscribe()
     }
 }

@@ -67,6 +67,35 @@ pub struct Fenced {
     pub owner: String,
 }
 
+/// What [`SessionStore::admit`] decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// The session may be bound. `evicted` lists the uid's oldest sessions
+    /// that were ended to make room, each with the frontend that held it
+    /// (empty when it had not been written yet).
+    Admitted {
+        /// Sessions ended to make room.
+        evicted: Vec<Fenced>,
+    },
+    /// The uid holds its limit of sessions already.
+    Refused,
+}
+
+/// A session ended by another frontend's [`SessionStore::admit`]; the
+/// frontend that holds it closes it with `reason`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evicted {
+    /// The session.
+    pub sid: SessionId,
+    /// Why (the kick reason its client gets).
+    pub reason: String,
+}
+
+/// How long an admitted session may go unwritten before an admission
+/// takes it for gone (its frontend died between admitting and writing).
+pub const ADMISSION_GRACE: Duration = Duration::from_secs(30);
+
 /// What a [`SessionStore::refresh`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Refreshed {
@@ -177,4 +206,22 @@ pub trait SessionStore: Send + Sync + 'static {
     /// another frontend holds now.
     fn refresh(&self, sessions: Vec<(SessionId, u64)>, ttl: Duration)
         -> StoreFuture<'_, Refreshed>;
+    /// Admits `sid` as one of `uid`'s sessions, for a cluster-wide limit of
+    /// `limit` per uid. Atomic: of two admissions racing on two frontends,
+    /// the second sees the first. When the uid is at its limit it is
+    /// refused, or with `evict_oldest` the oldest sessions are ended (as by
+    /// [`delete`](Self::delete), so their holders' writes are fenced) and
+    /// announced on [`evictions`](Self::evictions) with `reason`. A session
+    /// leaves its uid's count when it is unbound, ended or expires.
+    fn admit<'a>(
+        &'a self,
+        uid: &'a str,
+        sid: SessionId,
+        limit: usize,
+        evict_oldest: bool,
+        reason: &'a str,
+    ) -> StoreFuture<'a, Admission>;
+    /// Sessions ended by an admission (on any frontend sharing the store),
+    /// as the store announces them.
+    fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted>;
 }

@@ -1,10 +1,11 @@
-//! Keeping each uid's set of sessions clean: a session key that expires,
+//! The keyspace listener and the sweep. Keeping each uid's set of sessions
+//! clean: a session key that expires,
 //! is evicted or deleted leaves its uid set and the owner hash, at once
 //! through keyspace notifications and later through a periodic sweep.
 
 use super::conn::Conn;
 use super::{parse_sid, Keys};
-use crate::store::StoreError;
+use crate::store::{Evicted, StoreError};
 use ::redis::aio::ConnectionManager;
 use ::redis::{AsyncCommands, Client, Script};
 use futures::StreamExt;
@@ -121,9 +122,11 @@ pub(super) async fn listen(
     conn: Arc<Conn>,
     keys: Keys,
     delete: Script,
+    evictions: tokio::sync::broadcast::Sender<Evicted>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
+    let evictions_channel = keys.evictions();
     loop {
         let run = async {
             let mut pubsub = client.get_async_pubsub().await?;
@@ -132,12 +135,25 @@ pub(super) async fn listen(
                     .subscribe(format!("__keyevent@{db}__:{event}"))
                     .await?;
             }
+            pubsub.subscribe(&evictions_channel).await?;
             let mut messages = pubsub.on_message();
             while let Some(msg) = messages.next().await {
                 let key: String = match msg.get_payload() {
                     Ok(k) => k,
                     Err(_) => continue,
                 };
+                if msg.get_channel_name() == evictions_channel {
+                    // "<sid hex> <reason>", from an admission.
+                    let (hex, reason) = key.split_once(' ').unwrap_or((key.as_str(), ""));
+                    if let Some(sid) = parse_sid(hex) {
+                        // Nobody listening is fine: the holder is fenced.
+                        let _ = evictions.send(Evicted {
+                            sid,
+                            reason: reason.to_string(),
+                        });
+                    }
+                    continue;
+                }
                 if let Some(sid_hex) = keys.sid_of(&key) {
                     if let Err(err) = clean(&mut conn.get(), &keys, &delete, &sid_hex).await {
                         warn!(cause = %err, "cleaning a gone session's index failed");

@@ -25,7 +25,10 @@ mod index;
 
 use self::conn::Conn;
 use self::index::{listen, scan, sweep, sweep_every};
-use super::{Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession};
+use super::{
+    Admission, Evicted, Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession,
+    ADMISSION_GRACE,
+};
 use crate::config::RedisStoreConfig;
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands, Client, FromRedisValue, Pipeline, Script, Value};
@@ -60,7 +63,10 @@ macro_rules! end_session {
            ended = 1\n\
          end\n\
          local uid = redis.call('HGET', KEYS[2], ARGV[1])\n\
-         if uid then redis.call('SREM', ARGV[2] .. 'u:' .. uid, ARGV[1]) end\n\
+         if uid then\n\
+           redis.call('SREM', ARGV[2] .. 'u:' .. uid, ARGV[1])\n\
+           redis.call('ZREM', ARGV[2] .. 'l:' .. uid, ARGV[1])\n\
+         end\n\
          redis.call('HDEL', KEYS[2], ARGV[1])\n"
     };
 }
@@ -72,7 +78,10 @@ const PUT: &str = concat!(
     fence!(),
     r#"
 local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old and old ~= ARGV[7] then redis.call('SREM', ARGV[2] .. 'u:' .. old, ARGV[1]) end
+if old and old ~= ARGV[7] then
+  redis.call('SREM', ARGV[2] .. 'u:' .. old, ARGV[1])
+  redis.call('ZREM', ARGV[2] .. 'l:' .. old, ARGV[1])
+end
 redis.call('HSET', KEYS[1], 'e', ARGV[3], 'f', ARGV[4], 'd', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 if ARGV[7] ~= '' then
@@ -117,6 +126,55 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 "#;
 
+/// Admits session ARGV[1] to the uid whose admission set is KEYS[1]
+/// (KEYS[2]: owner hash; ARGV[2]: prefix, [3] limit, [4] '1' to evict the
+/// oldest, [5] tombstone ttl ms, [6] reason, [7] grace ms). Members whose
+/// session ended, or that were never written within the grace, are
+/// dropped first. Returns {1, evicted sid, its owner, …} or {0}.
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  local m, at = members[i], tonumber(members[i + 1])
+  if m ~= ARGV[1] then
+    local k = ARGV[2] .. 's:' .. m
+    local gone
+    if redis.call('EXISTS', k) == 0 then
+      gone = now - at > tonumber(ARGV[7])
+    else
+      gone = redis.call('HEXISTS', k, 'd') == 0
+    end
+    if gone then redis.call('ZREM', KEYS[1], m) end
+  end
+end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'1'} end
+local n = redis.call('ZCARD', KEYS[1])
+local limit = tonumber(ARGV[3])
+if n < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[1])
+  return {'1'}
+end
+if ARGV[4] ~= '1' then return {'0'} end
+local out = {'1'}
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, n - limit)) do
+  local k = ARGV[2] .. 's:' .. m
+  table.insert(out, m)
+  table.insert(out, redis.call('HGET', k, 'f') or '')
+  redis.call('HDEL', k, 'd')
+  redis.call('HINCRBY', k, 'e', 1)
+  redis.call('HSET', k, 'f', '')
+  if redis.call('PTTL', k) < 0 then redis.call('PEXPIRE', k, ARGV[5]) end
+  local u = redis.call('HGET', KEYS[2], m)
+  if u then redis.call('SREM', ARGV[2] .. 'u:' .. u, m) end
+  redis.call('HDEL', KEYS[2], m)
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('PUBLISH', ARGV[2] .. 'evicted', m .. ' ' .. ARGV[6])
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+return out
+"#;
+
 /// The store's scripts, loaded on connect and again after a server
 /// restart (pipelined EVALSHA calls then fail with NOSCRIPT).
 #[derive(Clone)]
@@ -126,6 +184,7 @@ struct Scripts {
     release: Script,
     claim: Script,
     refresh: Script,
+    admit: Script,
 }
 
 impl Scripts {
@@ -136,6 +195,7 @@ impl Scripts {
             release: Script::new(RELEASE),
             claim: Script::new(CLAIM),
             refresh: Script::new(REFRESH),
+            admit: Script::new(ADMIT),
         }
     }
 
@@ -146,6 +206,7 @@ impl Scripts {
             &self.release,
             &self.claim,
             &self.refresh,
+            &self.admit,
         ] {
             script.prepare_invoke().load_async(conn).await?;
         }
@@ -168,6 +229,13 @@ impl Keys {
     }
     fn owners(&self) -> String {
         format!("{}o", self.prefix)
+    }
+    fn admitted(&self, uid: &str) -> String {
+        format!("{}l:{uid}", self.prefix)
+    }
+    /// The channel admissions announce evicted sessions on.
+    fn evictions(&self) -> String {
+        format!("{}evicted", self.prefix)
     }
     /// The sid of a session key, if it is one of ours.
     fn sid_of(&self, key: &str) -> Option<String> {
@@ -192,6 +260,8 @@ pub struct RedisStore {
     conn: Arc<Conn>,
     keys: Keys,
     scripts: Scripts,
+    /// What the keyspace listener hears on the evictions channel.
+    evictions: tokio::sync::broadcast::Sender<Evicted>,
     /// Stops the keyspace listener and the sweeper.
     stop: CancellationToken,
 }
@@ -295,6 +365,7 @@ impl RedisStore {
                 prefix: config.prefix.clone(),
             },
             scripts,
+            evictions: tokio::sync::broadcast::Sender::new(1024),
             stop: CancellationToken::new(),
         };
         tokio::spawn(listen(
@@ -303,6 +374,7 @@ impl RedisStore {
             store.conn.clone(),
             store.keys.clone(),
             store.scripts.delete.clone(),
+            store.evictions.clone(),
             store.stop.clone(),
         ));
         tokio::spawn(sweep_every(
@@ -562,5 +634,45 @@ impl SessionStore for RedisStore {
             }
             Ok(report)
         }))
+    }
+
+    fn admit<'a>(
+        &'a self,
+        uid: &'a str,
+        sid: SessionId,
+        limit: usize,
+        evict_oldest: bool,
+        reason: &'a str,
+    ) -> StoreFuture<'a, Admission> {
+        Box::pin(self.guard(async move {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("EVALSHA")
+                .arg(self.scripts.admit.get_hash())
+                .arg(2)
+                .arg(self.keys.admitted(uid))
+                .arg(self.keys.owners())
+                .arg(sid_hex(sid))
+                .arg(&self.keys.prefix)
+                .arg(limit.max(1))
+                .arg(if evict_oldest { "1" } else { "0" })
+                .arg(ms(ADMISSION_GRACE * 20))
+                .arg(reason)
+                .arg(ms(ADMISSION_GRACE));
+            let (answer,): (Vec<String>,) = self.run(&pipe).await?;
+            let mut answer = answer.into_iter();
+            if answer.next().as_deref() != Some("1") {
+                return Ok(Admission::Refused);
+            }
+            let mut evicted = Vec::new();
+            while let (Some(sid), Some(owner)) = (answer.next(), answer.next()) {
+                evicted.extend(parse_sid(&sid).map(|sid| Fenced { sid, owner }));
+            }
+            Ok(Admission::Admitted { evicted })
+        }))
+    }
+
+    fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted> {
+        self.evictions.subscribe()
     }
 }
