@@ -28,6 +28,7 @@
 
 pub mod app;
 pub mod ccu;
+pub mod elastic;
 pub mod floor;
 pub mod idle;
 pub mod load;

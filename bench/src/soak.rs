@@ -91,13 +91,13 @@ fn spawn(binary: &Path, config: &Path, node: &str) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {node}"))
 }
 
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
 
 /// A redis-server without persistence on `port`, once it accepts.
-async fn start_redis(binary: &Path, port: u16) -> anyhow::Result<Child> {
+pub(crate) async fn start_redis(binary: &Path, port: u16) -> anyhow::Result<Child> {
     let mut child = Command::new(binary)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -142,7 +142,7 @@ fn with_store(config: &Path, port: u16) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

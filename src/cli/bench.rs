@@ -106,6 +106,60 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        BenchMode::Elastic {
+            clients,
+            minutes,
+            every,
+            drain_secs,
+            pace_ms,
+            redis_server,
+            json,
+        } => {
+            let r = bench::elastic::elastic(bench::elastic::ElasticOptions {
+                binary: std::env::current_exe().context("finding this binary")?,
+                redis_server,
+                clients,
+                duration: Duration::from_secs_f64(minutes * 60.0),
+                every: Duration::from_secs(every),
+                drain: Duration::from_secs(drain_secs),
+                pace: Duration::from_millis(pace_ms),
+            })
+            .await?;
+            if json {
+                println!("{}", bench::elastic::to_json(&r));
+            } else {
+                for event in &r.events {
+                    println!("{event}");
+                }
+                println!(
+                    "elastic: {} ok, {} error responses, {} unanswered, {} interrupted by a drain; \
+                     resumes {} ok, {} failed; acknowledged writes {} checked, {} lost; \
+                     reconnect to resumed p50 {} ms, p99 {} ms, max {} ms; SIGTERM to exit {:?} ms, {} bad exits",
+                    r.ok,
+                    r.error_responses,
+                    r.unanswered,
+                    r.interrupted,
+                    r.resumes_ok,
+                    r.resumes_failed,
+                    r.writes_checked,
+                    r.writes_lost,
+                    r.reconnect_ms.0,
+                    r.reconnect_ms.1,
+                    r.reconnect_ms.2,
+                    r.sigterm_to_exit_ms,
+                    r.bad_exits,
+                );
+            }
+            if r.unanswered > 0 || r.writes_lost > 0 || r.bad_exits > 0 {
+                anyhow::bail!(
+                    "{} requests unanswered, {} acknowledged writes lost, {} bad exits",
+                    r.unanswered,
+                    r.writes_lost,
+                    r.bad_exits
+                );
+            }
+            return Ok(());
+        }
         BenchMode::Floor { addr } => {
             bench::floor::serve(addr).await?;
             return Ok(());

@@ -263,6 +263,35 @@ pub enum BenchMode {
         #[arg(long)]
         json: bool,
     },
+    /// An elastic cluster under load: frontend and backend processes
+    /// registered in a redis-server (started here on a free loopback port,
+    /// also the session store) are added and drained on a schedule while
+    /// clients write and resume. Reports answers, resumes, lost writes,
+    /// reconnect time and SIGTERM-to-exit time.
+    Elastic {
+        /// Load clients.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Minutes to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seconds between scaling events (add frontend, add backend,
+        /// drain a frontend, drain a backend, again).
+        #[arg(long, default_value_t = 15)]
+        every: u64,
+        /// Each node's drain limit, in seconds.
+        #[arg(long, default_value_t = 10)]
+        drain_secs: u64,
+        /// Milliseconds between two writes of one client.
+        #[arg(long, default_value_t = 100)]
+        pace_ms: u64,
+        /// The redis-server binary.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: std::path::PathBuf,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pipelined backend -> frontend pushes on one RPC connection (both
     /// sides in this process, each on its own thread and core).
     Pushes {
