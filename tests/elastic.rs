@@ -301,3 +301,52 @@ async fn echo_who(addr: std::net::SocketAddr) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_restarted_empty_gets_every_node_back_and_nobody_exits() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut c1, port1) = frontend("connector-1", &url).await;
+    let env = [
+        ("SESSION_PROXY_ROLE", "backend"),
+        ("SESSION_PROXY_ID", "chat-1"),
+        ("SESSION_PROXY_TYPE", "chat"),
+        ("SESSION_PROXY_REGISTRY", url.as_str()),
+        ("SESSION_PROXY_LEASE_SECS", "3"),
+    ];
+    let (mut chat, _) = spawn_session_proxy_env(&["run"], &env, "ready chat-1").await;
+    echo_within(port1, Duration::from_secs(5)).await;
+
+    // Down: the nodes keep serving on what they know.
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    echo_within(port1, Duration::from_secs(3)).await;
+    // Back, empty: every node is registered again by its next renewal, and
+    // traffic goes on.
+    redis.start_again();
+    let started = Instant::now();
+    loop {
+        let members = RedisMembership::connect(RedisMembershipConfig::new(url.clone()))
+            .await
+            .expect("registry")
+            .watch()
+            .borrow()
+            .clone();
+        if members.get("connector-1").is_some() && members.get("chat-1").is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not re-registered: {members:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    echo_within(port1, Duration::from_secs(5)).await;
+    for node in [&mut c1, &mut chat] {
+        assert!(node.try_wait().expect("wait").is_none(), "a node exited");
+    }
+    sigkill(&mut chat).await;
+    sigkill(&mut c1).await;
+}
