@@ -220,12 +220,15 @@ impl FrontendClient {
     pub async fn connected(&self, within: Duration) -> Result<(), Error> {
         let until = Instant::now() + within;
         let mut state = self.inner.state.clone();
+        // The last failure seen, kept while a redial is under way: a
+        // deadline that passes mid-redial still reports why it failed.
+        let mut last = None;
         loop {
-            let last = match &*state.borrow_and_update() {
+            match &*state.borrow_and_update() {
                 State::Up(_) => return Ok(()),
-                State::Down(cause) => Some(cause.clone()),
-                State::Connecting => None,
-            };
+                State::Down(cause) => last = Some(cause.clone()),
+                State::Connecting => {}
+            }
             match timeout_at(until, state.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(self.unavailable(Arc::new(LinkError::Stopped))),

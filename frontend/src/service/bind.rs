@@ -1,14 +1,13 @@
 //! Binding a session to a uid, unbinding it, and the single-session policy.
 use super::SessionEvent;
+use super::SessionService;
 use crate::store::Admission;
 use crate::{Error, SingleSessionPolicy};
-
-/// The kick reason of a session the single-session policy replaced.
-const REPLACED: &str = "replaced";
 use dashmap::mapref::entry::Entry;
 use session_proxy_protocol::SessionId;
 
-use super::SessionService;
+/// The kick reason of a session the single-session policy replaced.
+const REPLACED: &str = "replaced";
 
 impl SessionService {
     /// Binds a session to a uid. Binding to the uid it already has is a no-op.
