@@ -51,6 +51,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "admin")]
+pub mod admin;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 

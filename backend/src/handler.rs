@@ -13,7 +13,23 @@ pub type BoxedHandler = RouteHandler<BackendSession>;
 
 /// A handler table shared by a backend service and all its links, so it can
 /// be set (or replaced) after the links are open.
-pub(crate) type SharedHandlers = Arc<std::sync::RwLock<Handlers>>;
+pub(crate) type SharedHandlers = Arc<std::sync::RwLock<Served>>;
+
+/// The handlers being served, with each route's metrics.
+#[derive(Default)]
+pub(crate) struct Served {
+    pub(crate) table: Handlers,
+    pub(crate) metrics: std::collections::HashMap<String, crate::metrics::HandlerMetrics>,
+}
+
+impl Served {
+    pub(crate) fn new(table: Handlers) -> Self {
+        Served {
+            metrics: crate::metrics::for_routes(table.routes()),
+            table,
+        }
+    }
+}
 
 /// Routes (`serverType.handler.method`) to handlers that get the request's
 /// [`BackendSession`] and its typed JSON body.

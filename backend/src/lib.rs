@@ -64,6 +64,7 @@ pub mod error;
 mod everywhere;
 pub mod handler;
 pub mod link;
+pub mod metrics;
 mod serve;
 pub mod service;
 pub mod session;

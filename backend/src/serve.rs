@@ -41,11 +41,13 @@ impl Inbound for Dispatcher {
         if self.draining.is_cancelled() {
             return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
         }
-        let handler = self
-            .handlers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&route);
+        let (handler, metrics) = {
+            let served = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+            (
+                served.table.get(&route),
+                served.metrics.get(&route).cloned(),
+            )
+        };
         let Some(handler) = handler else {
             debug!(route = %route, "no handler for forwarded route");
             return refuse(
@@ -54,22 +56,35 @@ impl Inbound for Dispatcher {
                 &format!("no handler for route {route}"),
             );
         };
+        let started = std::time::Instant::now();
         self.tasks.spawn(async move {
+            use crate::metrics::Outcome;
             let session = BackendSession::from_snapshot(link, session);
             let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
             let run = REQUEST_DEADLINE.scope(tokio::time::Instant::now() + deadline, run);
-            let result = match timeout(deadline, run).await {
-                Ok(Ok(Ok(body))) => Ok(Reply::Handled(body)),
-                Ok(Ok(Err(app_error))) => Ok(Reply::Handled(app_error.to_body())),
+            let (result, outcome) = match timeout(deadline, run).await {
+                Ok(Ok(Ok(body))) => (Ok(Reply::Handled(body)), Outcome::Ok),
+                Ok(Ok(Err(app_error))) => {
+                    (Ok(Reply::Handled(app_error.to_body())), Outcome::AppError)
+                }
                 Ok(Err(_panic)) => {
                     warn!(route = %route, "request handler panicked");
-                    Err(RpcError::new(ErrorCode::Internal, "handler panicked"))
+                    (
+                        Err(RpcError::new(ErrorCode::Internal, "handler panicked")),
+                        Outcome::Failed,
+                    )
                 }
-                Err(_) => Err(RpcError::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!("handler for {route} ran past its deadline"),
-                )),
+                Err(_) => (
+                    Err(RpcError::new(
+                        ErrorCode::DeadlineExceeded,
+                        format!("handler for {route} ran past its deadline"),
+                    )),
+                    Outcome::Failed,
+                ),
             };
+            if let Some(m) = metrics {
+                m.record(started, outcome);
+            }
             if let Some(reply) = reply {
                 reply.send(result).await;
             }

@@ -93,7 +93,7 @@ impl BackendSessionService {
             .inner
             .handlers
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = handlers;
+            .unwrap_or_else(|e| e.into_inner()) = crate::handler::Served::new(handlers);
     }
 
     /// Adds (or re-points) a frontend. The link is opened in the background;
@@ -189,7 +189,7 @@ impl BackendSessionService {
             .inner
             .handlers
             .write()
-            .unwrap_or_else(|e| e.into_inner()) = Handlers::new();
+            .unwrap_or_else(|e| e.into_inner()) = crate::handler::Served::default();
         self.write().clear();
     }
 

@@ -51,6 +51,7 @@ pub mod forward;
 pub mod gateway;
 mod listener;
 mod logs;
+pub mod metrics;
 mod owner;
 pub mod rpc;
 pub mod service;

@@ -42,7 +42,9 @@ impl Registration {
         ttl: Duration,
     ) -> Self {
         let ttl = ttl.max(Duration::from_millis(300));
-        match registry.put(&record, ttl).await {
+        let written = registry.put(&record, ttl).await;
+        count(&written);
+        match written {
             Ok(()) => info!(node = %record.id, ?ttl, "registered"),
             Err(err) => warn!(node = %record.id, cause = %err, "cannot register yet; retrying"),
         }
@@ -61,7 +63,9 @@ impl Registration {
                     _ = tokio::time::sleep(every) => {}
                 }
                 let record = rx.borrow_and_update().clone();
-                match renewing.put(&record, ttl).await {
+                let renewed = renewing.put(&record, ttl).await;
+                count(&renewed);
+                match renewed {
                     Ok(()) if failures > 0 => {
                         info!(node = %record.id, after_failures = failures, "lease renewed again");
                         failures = 0;
@@ -116,6 +120,12 @@ impl Registration {
             Err(_) => warn!(node = %id, "deregistering timed out; the lease will lapse"),
         }
     }
+}
+
+/// Counts a write of the record under [`RENEWALS`](crate::RENEWALS).
+fn count<E>(written: &Result<(), E>) {
+    let result = if written.is_ok() { "ok" } else { "failed" };
+    metrics::counter!(crate::RENEWALS, "result" => result).increment(1);
 }
 
 /// Updates a [`Registration`]'s record (see [`Registration::handle`]).

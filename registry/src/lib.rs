@@ -53,6 +53,20 @@ use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// Lease renewals of this node's record, by result (`ok`, `failed`).
+pub const RENEWALS: &str = "session_proxy_registry_renewals_total";
+
+/// Every metric this crate exports, with its kind.
+pub const EXPORTED: &[(&str, &str)] = &[(RENEWALS, "counter")];
+
+/// Describes this crate's metrics to the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(RENEWALS, "Lease renewals of this node's record, by result.");
+    for result in ["ok", "failed"] {
+        metrics::counter!(RENEWALS, "result" => result).increment(0);
+    }
+}
+
 /// What failed in a registry.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

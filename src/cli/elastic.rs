@@ -3,7 +3,7 @@
 //! identical replicas), registered in a registry under a lease. Backends
 //! follow the frontends registered there.
 
-use super::node::{backend_service, serve_backend, FrontendNode};
+use super::node::{backend_admin, backend_service, serve_backend, FrontendNode};
 use anyhow::{bail, Context};
 use session_proxy::registry::{
     follow_frontends, EtcdMembership, EtcdMembershipConfig, Membership, NodeRecord, NodeRole,
@@ -73,6 +73,10 @@ pub struct NodeFlags {
     /// seconds (0: no resume).
     #[arg(long, env = "SESSION_PROXY_RESUME_GRACE_SECS", default_value_t = 30)]
     pub resume_grace_secs: u64,
+    /// Serve Prometheus metrics (`/metrics`) and health probes (`/healthz`,
+    /// `/readyz`) on this address. Off by default.
+    #[arg(long, env = "SESSION_PROXY_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
     /// The lease of this node's record, in seconds (renewed every third).
     #[arg(long, env = "SESSION_PROXY_LEASE_SECS", default_value_t = 10)]
     pub lease_secs: u64,
@@ -107,6 +111,11 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
     let id = required(&flags.id, "--id")?.clone();
     let server_type = required(&flags.server_type, "--type")?.clone();
     let registry = connect(required(&flags.registry, "--registry")?).await?;
+    // Before any service exists: handles made earlier would record nothing.
+    let metrics = match flags.admin_addr {
+        Some(_) => Some(session_proxy::admin::install_metrics()?),
+        None => None,
+    };
     let lease = Duration::from_secs(flags.lease_secs.max(1));
     let drain = Duration::from_secs(flags.drain_secs);
     match role {
@@ -170,17 +179,33 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
                     }
                 }
             });
+            let admin = match flags.admin_addr {
+                Some(addr) => Some(running.serve_admin(addr, metrics).await?),
+                None => None,
+            };
             println!("ready {id}");
-            running.serve_registered(Some(registration)).await
+            let served = running.serve_registered(Some(registration)).await;
+            if let Some(admin) = admin {
+                admin.shutdown(Duration::from_secs(1)).await;
+            }
+            served
         }
         RoleArg::Backend => {
             let service = backend_service(&id, &server_type, None)?;
             let following = follow_frontends(registry.watch(), service.clone());
             let record = NodeRecord::new(&id, NodeRole::Backend, &server_type);
             let registration = Registration::register(registry, record, lease).await;
+            let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let admin = match flags.admin_addr {
+                Some(addr) => Some(backend_admin(addr, metrics, draining.clone()).await?),
+                None => None,
+            };
             println!("ready {id}");
-            let served = serve_backend(service, Some(registration), drain).await;
+            let served = serve_backend(service, Some(registration), drain, draining).await;
             drop(following);
+            if let Some(admin) = admin {
+                admin.shutdown(Duration::from_secs(1)).await;
+            }
             served
         }
     }

@@ -3,6 +3,7 @@
 //! SIGTERM and then draining within a bound.
 
 use anyhow::Context;
+use session_proxy::admin;
 use session_proxy::backend::LinkTls;
 use session_proxy::cluster::{ClusterConfig, NodeConfig, NodeRole};
 use session_proxy::frontend::{RedisStore, RedisStoreConfig, ServerTls, StoreOptions};
@@ -17,12 +18,37 @@ use session_proxy::{
 };
 use session_proxy_bench::app;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The environment variable the cluster secret is read from. Only this
 /// binary reads it; library configs take the secret as a value.
 pub const SECRET_VAR: &str = "SESSION_PROXY_SECRET";
+
+/// How long a readiness probe waits for the session store.
+const STORE_PROBE: Duration = Duration::from_millis(500);
+
+/// Serves a backend's `/metrics`, `/healthz` and `/readyz` on `addr`:
+/// ready while not draining.
+pub async fn backend_admin(
+    addr: SocketAddr,
+    metrics: Option<admin::Metrics>,
+    draining: Arc<AtomicBool>,
+) -> anyhow::Result<admin::AdminServer> {
+    let ready: admin::Readiness = Arc::new(move || {
+        let draining = draining.load(Ordering::Acquire);
+        Box::pin(async move {
+            match draining {
+                true => Err("draining".to_string()),
+                false => Ok(()),
+            }
+        })
+    });
+    admin::AdminServer::bind(addr, metrics, Arc::new(|| {}), ready)
+        .await
+        .with_context(|| format!("admin listener on {addr}"))
+}
 
 /// How long a node's whole drain may take unless told otherwise.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
@@ -78,6 +104,7 @@ pub struct RunningFrontend {
     gateway: Option<GatewayServer>,
     owners: Vec<SessionOwner>,
     drain: Duration,
+    draining: Arc<AtomicBool>,
 }
 
 impl FrontendNode {
@@ -160,6 +187,7 @@ impl FrontendNode {
             gateway,
             owners,
             drain: self.drain,
+            draining: Arc::default(),
         })
     }
 }
@@ -173,6 +201,34 @@ impl RunningFrontend {
     /// The backends connected to it.
     pub fn backends(&self) -> session_proxy::BackendRegistry {
         self.rpc.backends()
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`: ready while
+    /// not draining and its store (if any) answers.
+    pub async fn serve_admin(
+        &self,
+        addr: SocketAddr,
+        metrics: Option<admin::Metrics>,
+    ) -> anyhow::Result<admin::AdminServer> {
+        let (sessions, backends) = (self.sessions.clone(), self.rpc.backends());
+        let sample: admin::Sample =
+            Arc::new(move || session_proxy::frontend::metrics::sample(&sessions, &backends));
+        let (sessions, draining) = (self.sessions.clone(), self.draining.clone());
+        let ready: admin::Readiness = Arc::new(move || {
+            let (sessions, draining) = (sessions.clone(), draining.clone());
+            Box::pin(async move {
+                if draining.load(Ordering::Acquire) {
+                    return Err("draining".to_string());
+                }
+                if !sessions.store_answers(STORE_PROBE).await {
+                    return Err("the session store does not answer".to_string());
+                }
+                Ok(())
+            })
+        });
+        admin::AdminServer::bind(addr, metrics, sample, ready)
+            .await
+            .with_context(|| format!("admin listener on {addr}"))
     }
 
     /// Serves until SIGINT/SIGTERM, then drains (see
@@ -190,6 +246,7 @@ impl RunningFrontend {
     /// record removed.
     pub async fn serve_registered(self, registration: Option<Registration>) -> anyhow::Result<()> {
         wait_for_signal().await?;
+        self.draining.store(true, Ordering::Release);
         let until = tokio::time::Instant::now() + self.drain;
         tracing::info!(limit = ?self.drain, "draining");
         if let Some(r) = &registration {
@@ -263,7 +320,7 @@ async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resul
     let members = StaticMembership::new(frontends.collect());
     let following = follow_frontends(members.watch(), service.clone());
     println!("ready {}", node.id);
-    let served = serve_backend(service, None, DEFAULT_DRAIN).await;
+    let served = serve_backend(service, None, DEFAULT_DRAIN, Arc::default()).await;
     drop((following, members));
     served
 }
@@ -295,8 +352,10 @@ pub async fn serve_backend(
     service: BackendSessionService,
     registration: Option<Registration>,
     drain: Duration,
+    draining: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
     wait_for_signal().await?;
+    draining.store(true, Ordering::Release);
     let until = tokio::time::Instant::now() + drain;
     tracing::info!(limit = ?drain, "draining");
     if let Some(r) = &registration {

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod etcd;
+pub mod http;
 pub mod logs;
 pub mod nodes;
 pub mod redis;

@@ -92,13 +92,19 @@ pub(crate) async fn send_queued<S: AsyncRead + AsyncWrite + Unpin + Send>(
 struct Candidates {
     links: Vec<Arc<BackendLink>>,
     ids: Vec<String>,
+    /// Request metrics of the server type (its forwarded routes).
+    metrics: Option<crate::metrics::RouteMetrics>,
 }
 
 impl Candidates {
-    fn from_links(mut links: Vec<Arc<BackendLink>>) -> Self {
+    fn from_links(server_type: &str, mut links: Vec<Arc<BackendLink>>) -> Self {
         links.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         let ids = links.iter().map(|l| l.node_id.clone()).collect();
-        Candidates { links, ids }
+        Candidates {
+            links,
+            ids,
+            metrics: Some(crate::metrics::RouteMetrics::new(server_type)),
+        }
     }
 }
 
@@ -161,6 +167,16 @@ impl BackendRegistry {
         out
     }
 
+    /// Requests waiting on each connected backend now, by node id.
+    pub fn in_flight(&self) -> Vec<(String, usize)> {
+        let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .flat_map(|c| c.links.iter())
+            .map(|l| (l.node_id.clone(), l.inflight.len()))
+            .collect()
+    }
+
     /// How many backends of `server_type` are connected now.
     pub fn count(&self, server_type: &str) -> usize {
         let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
@@ -209,7 +225,7 @@ impl BackendRegistry {
             .cloned()
             .collect();
         list.push(link.clone());
-        *entry = Arc::new(Candidates::from_links(list));
+        *entry = Arc::new(Candidates::from_links(server_type, list));
         drop(links);
         self.inner.changed.notify_waiters();
         link
@@ -227,7 +243,7 @@ impl BackendRegistry {
             if list.is_empty() {
                 links.remove(server_type);
             } else {
-                *entry = Arc::new(Candidates::from_links(list));
+                *entry = Arc::new(Candidates::from_links(server_type, list));
             }
         }
         drop(links);
@@ -235,6 +251,15 @@ impl BackendRegistry {
     }
 
     fn pick(&self, route: &str, session: &SessionSnapshot) -> Result<Arc<BackendLink>, RpcError> {
+        self.pick_with(route, session).map(|(link, _)| link)
+    }
+
+    /// The backend for a route, and the candidates it was picked from.
+    fn pick_with(
+        &self,
+        route: &str,
+        session: &SessionSnapshot,
+    ) -> Result<(Arc<BackendLink>, Arc<Candidates>), RpcError> {
         let server_type = server_type_of(route).ok_or_else(|| {
             RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
         })?;
@@ -259,9 +284,10 @@ impl BackendRegistry {
             Some(r) => r.route(session, route, &candidates.ids),
             None => HashRouter.route(session, route, &candidates.ids),
         };
-        index
+        let link = index
             .and_then(|i| candidates.links.get(i).cloned())
-            .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "the router chose no server"))
+            .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "the router chose no server"))?;
+        Ok((link, candidates))
     }
 
     /// Forwards a client request to a backend of the route's server type and
@@ -274,7 +300,25 @@ impl BackendRegistry {
         body: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
-        let link = self.pick(route, &session)?;
+        let started = std::time::Instant::now();
+        let (link, candidates) = self.pick_with(route, &session).inspect_err(|_| {
+            crate::metrics::UNROUTED.record(started, false);
+        })?;
+        let result = self.exchange(&link, route, session, body, deadline).await;
+        if let Some(m) = &candidates.metrics {
+            m.record(started, result.is_ok());
+        }
+        result
+    }
+
+    async fn exchange(
+        &self,
+        link: &Arc<BackendLink>,
+        route: &str,
+        session: SessionSnapshot,
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<Bytes, RpcError> {
         let (id, rx) = link.inflight.register().map_err(|e| match e {
             RegisterError::Full => RpcError::new(
                 ErrorCode::Overloaded,
@@ -284,7 +328,7 @@ impl BackendRegistry {
                 RpcError::new(ErrorCode::PeerClosed, "backend connection closed")
             }
         })?;
-        let _forget = Forget(&link, id);
+        let _forget = Forget(link, id);
         let request = Message::Request(Request::new(
             id,
             deadline,

@@ -86,6 +86,8 @@ pub(crate) struct GatewayContext {
     pub(crate) sessions: SessionService,
     pub(crate) backends: BackendRegistry,
     pub(crate) handlers: LocalHandlers,
+    /// Request metrics of each local route, made once at bind.
+    pub(crate) route_metrics: std::collections::HashMap<String, crate::metrics::RouteMetrics>,
     pub(crate) dictionary: Option<Dictionary>,
     pub(crate) on_handshake: Option<HandshakeHook>,
     pub(crate) check_client: Option<ClientCheck>,
@@ -225,6 +227,11 @@ impl Gateway {
             config: self.config,
             sessions: self.sessions,
             backends: self.backends,
+            route_metrics: self
+                .handlers
+                .routes()
+                .map(|r| (r.to_string(), crate::metrics::RouteMetrics::new(r)))
+                .collect(),
             handlers: self.handlers,
             on_handshake: self.on_handshake,
             check_client: self.check_client,

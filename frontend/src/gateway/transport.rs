@@ -129,6 +129,7 @@ impl Transport {
             return Poll::Ready(Ok(false));
         }
         buf.extend_from_slice(read.filled());
+        crate::metrics::BYTES_IN.increment(read.filled().len() as u64);
         Poll::Ready(Ok(true))
     }
 
@@ -184,6 +185,7 @@ fn poll_write_all<W: AsyncWrite>(
             return Poll::Ready(Err("write failed: the socket accepts no more bytes".into()));
         }
         out.advance(n);
+        crate::metrics::BYTES_OUT.increment(n as u64);
     }
     Poll::Ready(Ok(()))
 }
@@ -200,6 +202,7 @@ fn poll_ws_read<S: AsyncRead + AsyncWrite + Unpin>(
             Some(Err(err)) => return Poll::Ready(Err(format!("websocket error: {err}"))),
             Some(Ok(WsMessage::Binary(data))) => {
                 buf.extend_from_slice(&data);
+                crate::metrics::BYTES_IN.increment(data.len() as u64);
                 return Poll::Ready(Ok(true));
             }
             Some(Ok(WsMessage::Text(_))) => {
@@ -223,6 +226,7 @@ fn poll_ws_send<S: AsyncRead + AsyncWrite + Unpin>(
     let failed = |e| format!("websocket write failed: {e}");
     if !out.is_empty() {
         ready!(ws.poll_ready_unpin(cx)).map_err(failed)?;
+        crate::metrics::BYTES_OUT.increment(out.len() as u64);
         ws.start_send_unpin(WsMessage::Binary(out.split().freeze()))
             .map_err(failed)?;
         *flushing = true;

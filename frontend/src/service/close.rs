@@ -55,6 +55,7 @@ impl SessionService {
             self.mark_deleted(sid, entry.store_epoch);
         }
         if kick {
+            crate::metrics::kicked(reason);
             // Best effort: if the queue is full, closing it below still
             // ends the connection's session.
             let _ = entry.owner.try_send(Outbound::Kick {

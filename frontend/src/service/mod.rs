@@ -255,6 +255,17 @@ impl SessionService {
         self.inner.sessions.len()
     }
 
+    /// How many sessions are bound to a uid, and how many are parked (a
+    /// walk over every session: for a scrape, not a request path).
+    pub fn bound_and_parked(&self) -> (usize, usize) {
+        self.inner.sessions.iter().fold((0, 0), |(b, p), e| {
+            (
+                b + usize::from(e.uid.is_some()),
+                p + usize::from(e.parked.is_some()),
+            )
+        })
+    }
+
     /// How many uids have at least one session (the size of the uid index).
     pub fn uid_count(&self) -> usize {
         self.inner.uids.len()

@@ -57,6 +57,7 @@ impl StoreLink {
         match &result {
             Ok(_) => self.answered(),
             Err(StoreError::Unavailable { .. } | StoreError::TimedOut { .. }) => {
+                crate::metrics::STORE_FAILED.increment(1);
                 self.failed(result.as_ref().err())
             }
             Err(_) => {}
@@ -117,6 +118,8 @@ impl StoreLink {
                     .map(|e| service.to_stored(*sid, &e))
             })
             .collect();
+        let started = Instant::now();
+        crate::metrics::FLUSH_SESSIONS.record(records.len() as f64);
         let mut written = self.call(self.store.put(records, self.options.ttl)).await;
         if let Ok(fenced) = &written {
             service.lost(fenced);
@@ -131,6 +134,7 @@ impl StoreLink {
                 }
             }
         }
+        crate::metrics::FLUSH_SECONDS.record(started.elapsed().as_secs_f64());
         if written.is_err() {
             lock(&self.dirty).extend(dirty);
             lock(&self.deleted).extend(deleted);
@@ -185,6 +189,16 @@ impl SessionService {
     /// Whether a store is attached.
     pub fn has_store(&self) -> bool {
         self.inner.store.get().is_some()
+    }
+
+    /// Whether the store answers a read within `within` (always, without a
+    /// store): for a readiness probe.
+    pub async fn store_answers(&self, within: Duration) -> bool {
+        let Some(link) = self.inner.store.get() else {
+            return true;
+        };
+        let probe = link.store.get(SessionId::from_raw(0));
+        matches!(tokio::time::timeout(within, probe).await, Ok(Ok(_)))
     }
 
     pub(super) fn mark_dirty(&self, sid: SessionId) {

@@ -54,18 +54,27 @@ impl SessionService {
             body,
         };
         let ticket = receipt.filter(|_| !owner.is_parked()).map(Receipt::ticket);
+        use crate::metrics::{PUSH_CLIENT_GONE, PUSH_DELIVERED, PUSH_QUEUE_FULL};
         match owner.try_send_ticketed(push, ticket) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                PUSH_DELIVERED.increment(1);
+                Ok(())
+            }
             Err(SendError::Full) if owner.is_parked() => {
                 // Its client is away: keep the session, drop this push.
+                PUSH_QUEUE_FULL.increment(1);
                 Err(Error::OwnerQueueFull(sid))
             }
             Err(SendError::Full) => {
+                PUSH_QUEUE_FULL.increment(1);
                 tracing::warn!(sid = %sid.redacted(), "client too slow for its pushes; closing");
                 self.kick_by_sid(sid, "slow client");
                 Err(Error::OwnerQueueFull(sid))
             }
-            Err(SendError::Closed) => Err(Error::OwnerGone(sid)),
+            Err(SendError::Closed) => {
+                PUSH_CLIENT_GONE.increment(1);
+                Err(Error::OwnerGone(sid))
+            }
         }
     }
 

@@ -161,8 +161,14 @@ impl ClientConn {
                 backends: self.shared.backends.clone(),
                 deadline,
             };
+            let metrics = self.shared.route_metrics.get(&route).cloned();
+            let started = std::time::Instant::now();
             return Ok(Box::pin(async move {
-                match handler(ctx, body).await {
+                let answer = handler(ctx, body).await;
+                if let Some(m) = metrics {
+                    m.record(started, answer.is_ok());
+                }
+                match answer {
                     Ok(answer) => answer,
                     Err(err) => err.to_body(),
                 }

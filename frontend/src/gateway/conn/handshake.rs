@@ -24,6 +24,7 @@ pub(super) struct Claim {
 }
 
 fn refuse(this: &mut ClientConn, code: u16, why: &str) {
+    crate::metrics::HANDSHAKE_REFUSED.increment(1);
     let reply = json!({ "code": code, "error": why }).to_string();
     let _ = out_codec().encode_to(PackageType::Handshake, reply.as_bytes(), &mut this.out);
     this.closing = Some(format!("handshake refused ({code}): {why}").into());
@@ -85,6 +86,7 @@ impl ClientConn {
                     }));
                 }
                 Err(err) => {
+                    crate::metrics::RESUME_REFUSED.increment(1);
                     debug!(cause = %err, "resume refused");
                     refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
                     return None;
@@ -137,6 +139,7 @@ impl ClientConn {
                 self.accept(owner, Some(next), true, user, dict_version.as_deref())
             }
             Err(err) => {
+                crate::metrics::RESUME_REFUSED.increment(1);
                 debug!(cause = %err, "resume refused");
                 refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
             }
@@ -152,6 +155,12 @@ impl ClientConn {
         user: Option<Value>,
         dict_version: Option<&str>,
     ) {
+        if resumed {
+            crate::metrics::RESUME_OK.increment(1);
+            crate::metrics::HANDSHAKE_RESUMED.increment(1);
+        } else {
+            crate::metrics::HANDSHAKE_NEW.increment(1);
+        }
         self.owner = Some(owner);
         self.resumed = resumed;
         let mut sys_reply =

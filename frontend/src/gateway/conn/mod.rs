@@ -326,6 +326,14 @@ struct ClientConn {
     shared: Arc<GatewayContext>,
 }
 
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        if let Some(g) = crate::metrics::connected(self.transport.kind()) {
+            g.decrement(1.0);
+        }
+    }
+}
+
 impl ClientConn {
     fn new(
         transport: Transport,
@@ -333,6 +341,9 @@ impl ClientConn {
         shared: Arc<GatewayContext>,
         deadline: Instant,
     ) -> Self {
+        if let Some(g) = crate::metrics::connected(transport.kind()) {
+            g.increment(1.0);
+        }
         ClientConn {
             transport,
             rbuf: head,
@@ -371,6 +382,7 @@ mod tests {
             sessions: crate::SessionService::new(Default::default()),
             backends: Default::default(),
             handlers: Default::default(),
+            route_metrics: Default::default(),
             dictionary: None,
             on_handshake: None,
             check_client: None,

@@ -1,0 +1,390 @@
+//! The admin address of real node processes: every documented metric is
+//! exported with its type (read with a Prometheus text parser), a real
+//! Prometheus scrapes two nodes and sees the clients and requests the test
+//! made, and `/readyz` turns unready on a lost store and on a drain.
+
+mod common;
+
+use common::http::get;
+use common::nodes::{free_port, sigkill, signal, spawn_session_proxy};
+use common::redis::RedisServer;
+use serde_json::json;
+use session_proxy_bench::pomelo::PomeloClient;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Node {
+    child: Child,
+    admin: SocketAddr,
+    clients: Option<SocketAddr>,
+}
+
+/// `session-proxy run` with an admin address, registered in `redis`.
+async fn node(role: &str, id: &str, redis: &str) -> Node {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let admin_arg = admin.to_string();
+    let mut args = vec![
+        "run".to_string(),
+        "--role".into(),
+        role.into(),
+        "--id".into(),
+        id.into(),
+        "--registry".into(),
+        redis.into(),
+        "--admin-addr".into(),
+        admin_arg,
+        "--lease-secs".into(),
+        "3".into(),
+    ];
+    let mut clients = None;
+    if role == "frontend" {
+        let client_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        clients = Some(client_addr);
+        args.extend(
+            [
+                "--type",
+                "connector",
+                "--rpc-addr",
+                &format!("127.0.0.1:{}", free_port()),
+                "--client-addr",
+                &client_addr.to_string(),
+                "--redis",
+                redis,
+            ]
+            .map(str::to_string),
+        );
+    } else {
+        args.extend(["--type", "chat"].map(str::to_string));
+    }
+    let (child, _) = spawn_session_proxy(&args, &format!("ready {id}")).await;
+    Node {
+        child,
+        admin,
+        clients,
+    }
+}
+
+/// A frontend and a backend registered in a fresh Redis.
+async fn cluster() -> Option<(RedisServer, Node, Node)> {
+    let redis = RedisServer::start()?;
+    let front = node("frontend", "connector-1", &redis.url()).await;
+    let back = node("backend", "chat-1", &redis.url()).await;
+    Some((redis, front, back))
+}
+
+/// A client of the frontend that has had `n` echoes answered.
+async fn client_with_echoes(front: &Node, n: usize) -> PomeloClient {
+    let client = PomeloClient::connect(front.clients.expect("a frontend"))
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut answered = 0;
+    while answered < n {
+        let answer = client
+            .request("chat.benchHandler.echo", &json!({ "n": answered }))
+            .await;
+        if answer.ok() == Some(json!({ "n": answered })) {
+            answered += 1;
+        } else {
+            assert!(started.elapsed() < WAIT, "no backend serves the frontend");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    client
+}
+
+/// The metrics a node exports, parsed.
+async fn scrape(node: &Node) -> prometheus_parse::Scrape {
+    let (status, body) = get(node.admin, "/metrics").await.expect("scrape");
+    assert_eq!(status, 200);
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
+}
+
+/// The kind prometheus-parse read for each metric name.
+fn kinds(scrape: &prometheus_parse::Scrape) -> HashMap<String, &'static str> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .map(|s| {
+            let kind = match s.value {
+                Value::Counter(_) => "counter",
+                Value::Gauge(_) => "gauge",
+                Value::Histogram(_) => "histogram",
+                Value::Summary(_) => "summary",
+                Value::Untyped(_) => "untyped",
+            };
+            (s.metric.clone(), kind)
+        })
+        .collect()
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_metric_is_exported_with_its_type() {
+    let Some((_redis, mut front, mut back)) = cluster().await else {
+        return;
+    };
+    let _client = client_with_echoes(&front, 5).await;
+    let front_scrape = scrape(&front).await;
+    let back_scrape = scrape(&back).await;
+    let (front_kinds, back_kinds) = (kinds(&front_scrape), kinds(&back_scrape));
+    use session_proxy::{backend, frontend, registry};
+    for (name, kind) in frontend::metrics::EXPORTED.iter().chain(registry::EXPORTED) {
+        assert_eq!(front_kinds.get(*name), Some(kind), "frontend {name}");
+    }
+    for (name, kind) in backend::metrics::EXPORTED.iter().chain(registry::EXPORTED) {
+        assert_eq!(back_kinds.get(*name), Some(kind), "backend {name}");
+    }
+    for kinds in [&front_kinds, &back_kinds] {
+        assert_eq!(kinds.get("process_resident_memory_bytes"), Some(&"gauge"));
+        assert_eq!(kinds.get("process_open_fds"), Some(&"gauge"));
+    }
+    // The values say what happened.
+    let connected = value(
+        &front_scrape,
+        frontend::metrics::CLIENTS_CONNECTED,
+        &[("transport", "tcp")],
+    );
+    assert_eq!(connected, Some(1.0));
+    let ok = value(
+        &front_scrape,
+        frontend::metrics::REQUESTS,
+        &[("route", "chat"), ("status", "ok")],
+    );
+    assert!(ok.is_some_and(|n| n >= 5.0), "{ok:?}");
+    let handled = value(
+        &back_scrape,
+        backend::metrics::HANDLED,
+        &[("route", "chat.benchHandler.echo"), ("status", "ok")],
+    );
+    assert!(handled.is_some_and(|n| n >= 5.0), "{handled:?}");
+    // No uid or sid ever becomes a label.
+    for s in front_scrape.samples.iter().chain(&back_scrape.samples) {
+        for (k, _) in s.labels.iter() {
+            assert!(
+                [
+                    "route",
+                    "status",
+                    "result",
+                    "reason",
+                    "state",
+                    "transport",
+                    "direction",
+                    "backend"
+                ]
+                .contains(&k.as_str()),
+                "{} has label {k}",
+                s.metric
+            );
+        }
+    }
+    sigkill(&mut back.child).await;
+    sigkill(&mut front.child).await;
+}
+
+#[test]
+fn the_readme_documents_exactly_the_exported_metrics() {
+    let readme = include_str!("../README.md");
+    let documented: std::collections::BTreeSet<&str> = readme
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("session_proxy_") && w.len() > "session_proxy_".len())
+        .collect();
+    let exported: std::collections::BTreeSet<&str> = session_proxy::admin::exported()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(documented, exported);
+}
+
+/// Waits until `/readyz` of `node` answers `want`.
+async fn readyz_becomes(node: &Node, want: u16, why: &str) {
+    let started = Instant::now();
+    loop {
+        if let Ok((status, _)) = get(node.admin, "/readyz").await {
+            if status == want {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "/readyz never answered {want} ({why})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_unready_on_a_lost_store_and_on_a_drain() {
+    let Some((mut redis, mut front, mut back)) = cluster().await else {
+        return;
+    };
+    let client = client_with_echoes(&front, 1).await;
+    assert_eq!(get(front.admin, "/healthz").await.expect("healthz").0, 200);
+    readyz_becomes(&front, 200, "serving").await;
+    redis.kill();
+    readyz_becomes(&front, 503, "the store is gone").await;
+    assert_eq!(get(front.admin, "/healthz").await.expect("healthz").0, 200);
+    redis.start_again();
+    readyz_becomes(&front, 200, "the store is back").await;
+
+    // A request in flight keeps the drain going for a while: unready all
+    // through it, and alive.
+    let slow = tokio::spawn(async move {
+        client
+            .request("chat.benchHandler.sleep", &json!({ "ms": 2500 }))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(front.child.id().expect("pid"), "TERM");
+    readyz_becomes(&front, 503, "draining").await;
+    assert!(
+        front.child.try_wait().expect("wait").is_none(),
+        "still draining"
+    );
+    let _ = slow.await;
+    let status = tokio::time::timeout(WAIT, front.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    // The backend is ready while it serves.
+    readyz_becomes(&back, 200, "backend serving").await;
+    sigkill(&mut back.child).await;
+}
+
+/// A real Prometheus on a free loopback port scraping `targets` every
+/// second, stopped by its PID on drop.
+struct Prometheus {
+    child: std::process::Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(targets: &[SocketAddr]) -> Option<Prometheus> {
+        let binary = std::env::var("PROMETHEUS").unwrap_or_else(|_| "prometheus".into());
+        if std::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            if std::env::var_os("CI").is_some() {
+                panic!("prometheus is required in CI (.ci/run installs it)");
+            }
+            eprintln!("SKIPPED: {binary} is not installed; install prometheus to run this test");
+            return None;
+        }
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sp-prom-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: session-proxy\n    \
+             static_configs:\n      - targets: [{}]\n",
+            targets.join(", ")
+        );
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).expect("config");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = std::process::Command::new(&binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        Some(Prometheus { child, addr, dir })
+    }
+
+    /// The value of an instant query's single result, if it has one.
+    async fn query(&self, promql: &str) -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = get(self.addr, &format!("/api/v1/query?query={encoded}"))
+            .await
+            .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_both_nodes_and_sees_clients_and_requests() {
+    let Some((_redis, mut front, mut back)) = cluster().await else {
+        return;
+    };
+    let Some(prometheus) = Prometheus::start(&[front.admin, back.admin]) else {
+        sigkill(&mut back.child).await;
+        sigkill(&mut front.child).await;
+        return;
+    };
+    let _a = client_with_echoes(&front, 10).await;
+    let _b = client_with_echoes(&front, 10).await;
+    let started = Instant::now();
+    let wanted = [
+        ("count(up == 1)", 2.0),
+        ("sum(session_proxy_clients_connected)", 2.0),
+        (
+            "sum(session_proxy_requests_total{route=\"chat\",status=\"ok\"})",
+            20.0,
+        ),
+        (
+            "sum(session_proxy_backend_requests_total{route=\"chat.benchHandler.echo\",status=\"ok\"})",
+            20.0,
+        ),
+    ];
+    for (promql, want) in wanted {
+        loop {
+            let got = prometheus.query(promql).await;
+            if got.is_some_and(|v| v >= want) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{promql}: {got:?}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    drop(prometheus);
+    sigkill(&mut back.child).await;
+    sigkill(&mut front.child).await;
+}
