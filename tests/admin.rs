@@ -388,3 +388,61 @@ async fn a_real_prometheus_scrapes_both_nodes_and_sees_clients_and_requests() {
     sigkill(&mut back.child).await;
     sigkill(&mut front.child).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_the_same_fields_and_hashed_sids() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let (rpc, clients) = (free_port(), free_port());
+    let client_addr: SocketAddr = format!("127.0.0.1:{clients}").parse().expect("addr");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["--log-format", "json", "frontend", "--id", "f-json"])
+        .args(["--rpc-addr", &format!("127.0.0.1:{rpc}")])
+        .args(["--client-addr", &client_addr.to_string()])
+        .env("RUST_LOG", "session_proxy_frontend=debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    // A client comes and goes: its session is logged by tag, not by id.
+    let started = Instant::now();
+    let client = loop {
+        match PomeloClient::connect(client_addr).await {
+            Ok(c) => break c,
+            Err(_) if started.elapsed() < WAIT => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(err) => panic!("the frontend never served: {err}"),
+        }
+    };
+    let token = client.handshake()["user"]["resumeToken"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let raw_sid = token[..16].to_string();
+    client.close();
+    let mut seen = Vec::new();
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_millis(1500), lines.next_line()).await
+    {
+        let object: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            object["level"].is_string() && object["target"].is_string(),
+            "{line}"
+        );
+        assert!(
+            !line.contains(&raw_sid),
+            "a raw session id was logged: {line}"
+        );
+        assert!(!line.contains(&token[16..]), "a token was logged: {line}");
+        seen.push(object);
+    }
+    let parked = seen
+        .iter()
+        .find(|o| o["fields"]["message"] == "session parked")
+        .expect("the park was logged");
+    assert!(parked["fields"]["sid"].is_string(), "{parked}");
+    sigkill(&mut child).await;
+}

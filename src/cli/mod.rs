@@ -17,8 +17,21 @@ use std::net::SocketAddr;
     about = "The session layer of a clustered realtime or game server"
 )]
 pub struct Cli {
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object per line, the same fields) for log shippers.
+    #[arg(long, global = true, env = "SESSION_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
