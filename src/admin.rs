@@ -12,7 +12,8 @@
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use session_proxy::admin::{install_metrics, AdminServer};
-//! let metrics = install_metrics()?;
+//! use session_proxy::registry::NodeRole;
+//! let metrics = install_metrics(NodeRole::Frontend)?;
 //! let admin = AdminServer::bind(
 //!     "127.0.0.1:9100".parse()?,
 //!     Some(metrics),
@@ -73,11 +74,12 @@ impl Metrics {
     }
 }
 
-/// Installs the process-wide Prometheus recorder and describes every
-/// metric of the frontend, backend and registry crates. Call once, before
-/// building services. Must be called within a tokio runtime (a task drains
-/// the histograms every 5 s).
-pub fn install_metrics() -> Result<Metrics, MetricsError> {
+/// Installs the process-wide Prometheus recorder and describes the metrics
+/// of a node of `role` (a frontend's or a backend's, and the registry's),
+/// exported from the start at zero. Call once, before building services.
+/// Must be called within a tokio runtime (a task drains the histograms
+/// every 5 s).
+pub fn install_metrics(role: crate::registry::NodeRole) -> Result<Metrics, MetricsError> {
     let mut builder = PrometheusBuilder::new();
     for name in [
         crate::frontend::metrics::REQUEST_SECONDS,
@@ -97,8 +99,10 @@ pub fn install_metrics() -> Result<Metrics, MetricsError> {
     let handle = builder
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
-    crate::frontend::metrics::describe();
-    crate::backend::metrics::describe();
+    match role {
+        crate::registry::NodeRole::Frontend => crate::frontend::metrics::describe(),
+        crate::registry::NodeRole::Backend => crate::backend::metrics::describe(),
+    }
     crate::registry::describe_metrics();
     let process = metrics_process::Collector::default();
     process.describe();

@@ -211,6 +211,39 @@ fn the_readme_documents_exactly_the_exported_metrics() {
     assert_eq!(documented, exported);
 }
 
+/// Every query of the Grafana dashboard.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana/session-proxy.json"))
+            .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_nodes_export() {
+    let exported: std::collections::BTreeSet<&str> = session_proxy::admin::exported()
+        .map(|(name, _)| name)
+        .collect();
+    for expr in dashboard_queries() {
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("session_proxy_"));
+        for name in names {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(exported.contains(base), "{expr}: no node exports {name}");
+        }
+    }
+}
+
 /// Waits until `/readyz` of `node` answers `want`.
 async fn readyz_becomes(node: &Node, want: u16, why: &str) {
     let started = Instant::now();
@@ -315,8 +348,8 @@ impl Prometheus {
         Some(Prometheus { child, addr, dir })
     }
 
-    /// The value of an instant query's single result, if it has one.
-    async fn query(&self, promql: &str) -> Option<f64> {
+    /// An instant query's answer, if Prometheus accepted it.
+    async fn answer(&self, promql: &str) -> Option<serde_json::Value> {
         let encoded: String = promql
             .bytes()
             .map(|b| match b {
@@ -331,6 +364,12 @@ impl Prometheus {
             return None;
         }
         let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (answer["status"] == "success").then_some(answer)
+    }
+
+    /// The value of an instant query's single result, if it has one.
+    async fn query(&self, promql: &str) -> Option<f64> {
+        let answer = self.answer(promql).await?;
         answer["data"]["result"][0]["value"][1]
             .as_str()?
             .parse()
@@ -384,6 +423,16 @@ async fn a_real_prometheus_scrapes_both_nodes_and_sees_clients_and_requests() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+    // Every dashboard query runs, and finds series.
+    for expr in dashboard_queries() {
+        let answer = prometheus.answer(&expr).await;
+        assert!(answer.is_some(), "Prometheus refused {expr}");
+    }
+    let found = prometheus
+        .answer("sum by (instance) (session_proxy_clients_connected)")
+        .await
+        .expect("answered");
+    assert_eq!(found["data"]["result"].as_array().map(Vec::len), Some(1));
     drop(prometheus);
     sigkill(&mut back.child).await;
     sigkill(&mut front.child).await;

@@ -105,6 +105,7 @@ impl Registration {
 
     /// Marks the node draining: gates and routers send it nothing new.
     pub fn set_draining(&self) {
+        metrics::gauge!(crate::DRAINING).set(1.0);
         self.update(|r| r.state = NodeState::Draining);
     }
 

@@ -56,15 +56,20 @@ use tokio::sync::watch;
 /// Lease renewals of this node's record, by result (`ok`, `failed`).
 pub const RENEWALS: &str = "session_proxy_registry_renewals_total";
 
+/// 1 while this node is draining, else 0.
+pub const DRAINING: &str = "session_proxy_draining";
+
 /// Every metric this crate exports, with its kind.
-pub const EXPORTED: &[(&str, &str)] = &[(RENEWALS, "counter")];
+pub const EXPORTED: &[(&str, &str)] = &[(RENEWALS, "counter"), (DRAINING, "gauge")];
 
 /// Describes this crate's metrics to the installed recorder.
 pub fn describe_metrics() {
     metrics::describe_counter!(RENEWALS, "Lease renewals of this node's record, by result.");
+    metrics::describe_gauge!(DRAINING, "1 while this node is draining, else 0.");
     for result in ["ok", "failed"] {
         metrics::counter!(RENEWALS, "result" => result).increment(0);
     }
+    metrics::gauge!(DRAINING).set(0.0);
 }
 
 /// What failed in a registry.

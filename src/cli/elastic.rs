@@ -113,7 +113,10 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
     let registry = connect(required(&flags.registry, "--registry")?).await?;
     // Before any service exists: handles made earlier would record nothing.
     let metrics = match flags.admin_addr {
-        Some(_) => Some(session_proxy::admin::install_metrics()?),
+        Some(_) => Some(session_proxy::admin::install_metrics(match role {
+            RoleArg::Frontend => NodeRole::Frontend,
+            RoleArg::Backend => NodeRole::Backend,
+        })?),
         None => None,
     };
     let lease = Duration::from_secs(flags.lease_secs.max(1));
