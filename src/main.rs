@@ -52,7 +52,9 @@ fn main() -> anyhow::Result<()> {
                 insecure,
                 ..
             } => match (&cluster, node) {
-                (Some(config), Some(node)) => run_node(config, &node, insecure).await,
+                (Some(config), Some(node)) => {
+                    run_node(config, &node, insecure, flags.admin_addr).await
+                }
                 _ => cli::elastic::run_elastic(flags, insecure).await,
             },
             Command::Bench { mode } => cli::bench::run_bench(mode).await,

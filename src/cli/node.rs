@@ -280,23 +280,60 @@ impl RunningFrontend {
     }
 }
 
-/// Runs node `id` of a cluster file until SIGINT/SIGTERM. Prints
-/// `ready <node id>` once it serves.
-pub async fn run_node(config: &ClusterConfig, id: &str, insecure: bool) -> anyhow::Result<()> {
+/// Runs node `id` of a cluster file until SIGINT/SIGTERM, with metrics and
+/// health probes on `admin` if given. Prints `ready <node id>` once it
+/// serves.
+pub async fn run_node(
+    config: &ClusterConfig,
+    id: &str,
+    insecure: bool,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let node = config.node(id)?;
+    // Before any service exists: handles made earlier would record nothing.
+    let metrics = match admin {
+        Some(_) => Some(admin::install_metrics(match node.role {
+            NodeRole::Frontend => RegistryRole::Frontend,
+            NodeRole::Backend => RegistryRole::Backend,
+        })?),
+        None => None,
+    };
     match node.role {
         NodeRole::Frontend => {
             let mut frontend = FrontendNode::from_cluster(config, node)?;
             frontend.insecure = insecure;
             let running = frontend.start().await?;
+            let admin = match admin {
+                Some(addr) => Some(running.serve_admin(addr, metrics).await?),
+                None => None,
+            };
             println!("ready {}", node.id);
-            running.serve_until_signal().await
+            let served = running.serve_until_signal().await;
+            if let Some(admin) = admin {
+                admin.shutdown(Duration::from_secs(1)).await;
+            }
+            served
         }
-        NodeRole::Backend => run_backend(config, node).await,
+        NodeRole::Backend => {
+            let draining = Arc::new(AtomicBool::new(false));
+            let admin = match admin {
+                Some(addr) => Some(backend_admin(addr, metrics, draining.clone()).await?),
+                None => None,
+            };
+            let served = run_backend(config, node, draining).await;
+            if let Some(admin) = admin {
+                admin.shutdown(Duration::from_secs(1)).await;
+            }
+            served
+        }
     }
 }
 
-async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Result<()> {
+async fn run_backend(
+    config: &ClusterConfig,
+    node: &NodeConfig,
+    draining: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
     let tls = match &config.cluster.tls_ca {
         Some(ca) => {
             let name = config
@@ -320,7 +357,7 @@ async fn run_backend(config: &ClusterConfig, node: &NodeConfig) -> anyhow::Resul
     let members = StaticMembership::new(frontends.collect());
     let following = follow_frontends(members.watch(), service.clone());
     println!("ready {}", node.id);
-    let served = serve_backend(service, None, DEFAULT_DRAIN, Arc::default()).await;
+    let served = serve_backend(service, None, DEFAULT_DRAIN, draining).await;
     drop((following, members));
     served
 }
