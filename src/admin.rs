@@ -1,6 +1,11 @@
 //! A node's admin address: Prometheus metrics (`/metrics`), liveness
-//! (`/healthz`) and readiness (`/readyz`). Off unless a node is given an
-//! address; meant for a private network or loopback.
+//! (`/healthz`), readiness (`/readyz`), and admin actions under `/admin/`
+//! (node info, a uid's sessions, kick a uid, drain). Off unless a node is
+//! given an address; meant for a private network or loopback. The probes
+//! and metrics are open and reveal nothing beyond up or down and counts;
+//! every admin action needs `Authorization: Bearer <token>`, the token
+//! derived from the cluster secret ([`Secret::admin_token`]), and a node
+//! without a secret refuses them all.
 //!
 //! Metrics are recorded by the libraries through the `metrics` facade and
 //! exported by `metrics-exporter-prometheus`: counters and gauges are
@@ -16,9 +21,12 @@
 //! let metrics = install_metrics(NodeRole::Frontend)?;
 //! let admin = AdminServer::bind(
 //!     "127.0.0.1:9100".parse()?,
-//!     Some(metrics),
-//!     std::sync::Arc::new(|| {}),
-//!     std::sync::Arc::new(|| Box::pin(async { Ok(()) })),
+//!     session_proxy::admin::Admin {
+//!         metrics: Some(metrics),
+//!         sample: std::sync::Arc::new(|| {}),
+//!         ready: std::sync::Arc::new(|| Box::pin(async { Ok(()) })),
+//!         actions: None,
+//!     },
 //! )
 //! .await?;
 //! println!("metrics on http://{}/metrics", admin.local_addr());
@@ -136,6 +144,46 @@ pub type Sample = Arc<dyn Fn() + Send + Sync>;
 pub type Readiness =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
+/// The future of an admin action: a JSON answer, or why it failed.
+pub type ActionFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + 'a>>;
+
+/// What a node does for the admin actions.
+pub trait AdminActions: Send + Sync + 'static {
+    /// Id, role, type, version, uptime, clients, sessions, RSS.
+    fn info(&self) -> serde_json::Value;
+    /// Every session of `uid` (a frontend: on every frontend sharing its
+    /// store).
+    fn sessions<'a>(&'a self, uid: &'a str) -> ActionFuture<'a>;
+    /// Ends this node's sessions of `uid`, kicking their clients with
+    /// `reason`; answers how many.
+    fn kick<'a>(&'a self, uid: &'a str, reason: &'a str) -> ActionFuture<'a>;
+    /// Starts the node's drain, as a SIGTERM would.
+    fn drain(&self);
+}
+
+/// What an admin address serves.
+pub struct Admin {
+    /// The recorder to render on `/metrics`; `None` answers 404 there.
+    pub metrics: Option<Metrics>,
+    /// Sets the gauges read at scrape time.
+    pub sample: Sample,
+    /// `/readyz`.
+    pub ready: Readiness,
+    /// The admin actions, with the cluster secret their token comes from;
+    /// `None` refuses every action.
+    pub actions: Option<(crate::protocol::Secret, Arc<dyn AdminActions>)>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("metrics", &self.metrics.is_some())
+            .field("actions", &self.actions.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A running admin listener.
 #[derive(Debug)]
 pub struct AdminServer {
@@ -144,30 +192,14 @@ pub struct AdminServer {
     tasks: TaskTracker,
 }
 
-struct State {
-    metrics: Option<Metrics>,
-    sample: Sample,
-    ready: Readiness,
-}
-
 impl AdminServer {
-    /// Listens on `addr` and serves `/metrics` (when `metrics` is given),
-    /// `/healthz` and `/readyz`.
-    pub async fn bind(
-        addr: SocketAddr,
-        metrics: Option<Metrics>,
-        sample: Sample,
-        ready: Readiness,
-    ) -> std::io::Result<AdminServer> {
+    /// Listens on `addr` and serves what `admin` holds.
+    pub async fn bind(addr: SocketAddr, admin: Admin) -> std::io::Result<AdminServer> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let state = Arc::new(State {
-            metrics,
-            sample,
-            ready,
-        });
+        let state = Arc::new(admin);
         tasks.spawn(accept(listener, state, cancel.clone(), tasks.clone()));
         Ok(AdminServer {
             local_addr,
@@ -191,7 +223,7 @@ impl AdminServer {
 
 async fn accept(
     listener: TcpListener,
-    state: Arc<State>,
+    state: Arc<Admin>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -227,6 +259,105 @@ async fn accept(
     }
 }
 
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = text(status, format!("{body}\n"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A query parameter, percent-decoded.
+fn param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| decode(v))
+    })
+}
+
+fn decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = v
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs an admin action if the request carries the right token.
+async fn action(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let Some((secret, actions)) = &admin.actions else {
+        return text(
+            StatusCode::FORBIDDEN,
+            "admin actions need a cluster secret on this node\n",
+        );
+    };
+    let presented = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|t| secret.verify_admin_token(t)) {
+        tracing::warn!(path = %req.uri().path(), "admin action refused: no valid token");
+        return text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    }
+    let query = req.uri().query().unwrap_or("");
+    let write = req.method() == Method::POST;
+    let answer = match (req.uri().path(), write) {
+        ("/admin/info", false) => Ok(actions.info()),
+        ("/admin/sessions", false) => match param(query, "uid") {
+            Some(uid) => actions.sessions(&uid).await,
+            None => Err("uid is required".to_string()),
+        },
+        ("/admin/kick", true) => match param(query, "uid") {
+            Some(uid) => {
+                let reason = param(query, "reason").unwrap_or_else(|| "kicked".to_string());
+                actions.kick(&uid, &reason).await
+            }
+            None => Err("uid is required".to_string()),
+        },
+        ("/admin/drain", true) => {
+            tracing::info!("drain requested through the admin address");
+            actions.drain();
+            Ok(serde_json::json!({ "draining": true }))
+        }
+        _ => return text(StatusCode::NOT_FOUND, "no such admin action\n"),
+    };
+    match answer {
+        Ok(body) => json(StatusCode::OK, &body),
+        Err(why) => json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "error": why }),
+        ),
+    }
+}
+
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
@@ -237,7 +368,10 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     response
 }
 
-async fn answer(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn answer(state: &Admin, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path().starts_with("/admin/") {
+        return action(state, &req).await;
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }

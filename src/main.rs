@@ -58,6 +58,11 @@ fn main() -> anyhow::Result<()> {
                 _ => cli::elastic::run_elastic(flags, insecure).await,
             },
             Command::Bench { mode } => cli::bench::run_bench(mode).await,
+            Command::Admin {
+                registry,
+                json,
+                action,
+            } => cli::admin::run(&registry, json, action).await,
             Command::Demo { config, json } => {
                 let report = cli::demo::run(config).await.context("demo failed")?;
                 if json {

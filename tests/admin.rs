@@ -6,9 +6,9 @@
 mod common;
 
 use common::http::get;
-use common::nodes::{free_port, sigkill, signal, spawn_session_proxy};
+use common::nodes::{free_port, sigkill, signal, spawn_session_proxy_env};
 use common::redis::RedisServer;
-use serde_json::json;
+use serde_json::{json, Value};
 use session_proxy_bench::pomelo::PomeloClient;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +25,11 @@ struct Node {
 
 /// `session-proxy run` with an admin address, registered in `redis`.
 async fn node(role: &str, id: &str, redis: &str) -> Node {
+    node_env(role, id, redis, &[]).await
+}
+
+/// Like [`node`], with environment variables set.
+async fn node_env(role: &str, id: &str, redis: &str, env: &[(&str, &str)]) -> Node {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let admin_arg = admin.to_string();
     let mut args = vec![
@@ -60,7 +65,7 @@ async fn node(role: &str, id: &str, redis: &str) -> Node {
     } else {
         args.extend(["--type", "chat"].map(str::to_string));
     }
-    let (child, _) = spawn_session_proxy(&args, &format!("ready {id}")).await;
+    let (child, _) = spawn_session_proxy_env(&args, env, &format!("ready {id}")).await;
     Node {
         child,
         admin,
@@ -494,4 +499,117 @@ async fn json_logs_are_one_object_a_line_with_the_same_fields_and_hashed_sids() 
         .expect("the park was logged");
     assert!(parked["fields"]["sid"].is_string(), "{parked}");
     sigkill(&mut child).await;
+}
+
+const SECRET: &str = "an-admin-test-secret";
+
+/// `session-proxy admin --registry … --json <args>` with `secret`: its
+/// exit status and what it printed.
+async fn admin_cli(redis: &str, secret: Option<&str>, args: &[&str]) -> (bool, Value) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"));
+    command
+        .args(["admin", "--registry", redis, "--json"])
+        .args(args)
+        .env_remove("SESSION_PROXY_SECRET")
+        .kill_on_drop(true);
+    if let Some(s) = secret {
+        command.env("SESSION_PROXY_SECRET", s);
+    }
+    let out = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("the admin command ends")
+        .expect("runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.success(),
+        serde_json::from_str(printed.trim()).unwrap_or(Value::Null),
+    )
+}
+
+async fn login(front: &Node, uid: &str) -> PomeloClient {
+    let client = client_with_echoes(front, 1).await;
+    let answer = client
+        .request("chat.benchHandler.login", &json!({ "uid": uid }))
+        .await
+        .expect("login");
+    assert_eq!(answer["code"], 200);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_cli_lists_kicks_and_drains_and_refuses_callers_without_the_secret() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("SESSION_PROXY_SECRET", SECRET)];
+    let a = node_env("frontend", "connector-a", &url, &env).await;
+    let mut b = node_env("frontend", "connector-b", &url, &env).await;
+    let mut back = node_env("backend", "chat-1", &url, &env).await;
+    let mut ann_a = login(&a, "ann").await;
+    let mut ann_b = login(&b, "ann").await;
+    let _bob = login(&a, "bob").await;
+
+    // status: every node, with its clients.
+    let (ok, status) = admin_cli(&url, Some(SECRET), &["status"]).await;
+    assert!(ok, "{status}");
+    let rows = status.as_array().expect("rows");
+    assert_eq!(rows.len(), 3, "{status}");
+    let clients = |id: &str| {
+        rows.iter()
+            .find(|r| r["id"] == id)
+            .map(|r| r["clients"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(clients("connector-a"), json!(2), "{status}");
+    assert_eq!(clients("connector-b"), json!(1), "{status}");
+    assert!(rows.iter().all(|r| r["uptime_secs"].is_u64()), "{status}");
+
+    // sessions and kick, across both frontends.
+    let (ok, sessions) = admin_cli(&url, Some(SECRET), &["sessions", "--uid", "ann"]).await;
+    assert!(ok);
+    assert_eq!(sessions.as_array().map(Vec::len), Some(2), "{sessions}");
+    let (ok, kicked) = admin_cli(
+        &url,
+        Some(SECRET),
+        &["kick", "--uid", "ann", "--reason", "banned"],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(kicked["kicked"], json!(2), "{kicked}");
+    for client in [&mut ann_a, &mut ann_b] {
+        let event = client.next_event(WAIT).await;
+        assert!(
+            matches!(&event, Some(session_proxy_bench::pomelo::PomeloEvent::Kick { reason }) if reason == "banned"),
+            "{event:?}"
+        );
+    }
+    let (_, left) = admin_cli(&url, Some(SECRET), &["sessions", "--uid", "bob"]).await;
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "bob stays: {left}");
+
+    // Without the secret, or with another, nothing is done.
+    let (ok, _) = admin_cli(&url, None, &["kick", "--uid", "bob"]).await;
+    assert!(!ok, "ran without a secret");
+    let (ok, _) = admin_cli(&url, Some("not-the-secret"), &["kick", "--uid", "bob"]).await;
+    assert!(!ok, "ran with a wrong secret");
+    let (status, _) = get(a.admin, "/admin/info").await.expect("answers");
+    assert_eq!(status, 401);
+    let (_, left) = admin_cli(&url, Some(SECRET), &["sessions", "--uid", "bob"]).await;
+    assert_eq!(
+        left.as_array().map(Vec::len),
+        Some(1),
+        "bob still there: {left}"
+    );
+
+    // drain: the node drains as on SIGTERM and exits 0.
+    let (ok, drained) = admin_cli(&url, Some(SECRET), &["drain", "connector-b"]).await;
+    assert!(ok, "{drained}");
+    let exit = tokio::time::timeout(WAIT + WAIT, b.child.wait())
+        .await
+        .expect("the drained node exits")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    sigkill(&mut back.child).await;
+    let mut a = a;
+    sigkill(&mut a.child).await;
 }

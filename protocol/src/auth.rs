@@ -92,6 +92,28 @@ impl Secret {
             .is_ok()
     }
 
+    /// The bearer token of a node's admin actions: an HMAC of a fixed label
+    /// under the secret, as hex. Anyone with the secret can compute it;
+    /// nobody without it can.
+    pub fn admin_token(&self) -> String {
+        let tag = self.mac(b"sp-admin", b"", b"", "").finalize().into_bytes();
+        tag.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Checks a presented admin bearer token, in constant time.
+    pub fn verify_admin_token(&self, presented: &str) -> bool {
+        let Some(bytes) = (0..presented.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(presented.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+        else {
+            return false;
+        };
+        self.mac(b"sp-admin", b"", b"", "")
+            .verify_slice(&bytes)
+            .is_ok()
+    }
+
     /// Checks a dialler's proof, in constant time.
     pub fn verify_client(
         &self,

@@ -58,6 +58,9 @@ pub struct NodeRecord {
     /// When it started, Unix milliseconds.
     #[serde(default)]
     pub started_unix_ms: u64,
+    /// Its admin address (metrics, health, admin actions), if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_addr: Option<String>,
 }
 
 impl NodeRecord {
@@ -73,7 +76,14 @@ impl NodeRecord {
             clients: 0,
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_unix_ms: session_proxy_protocol::unix_ms(),
+            admin_addr: None,
         }
+    }
+
+    /// With its admin address.
+    pub fn with_admin_addr(mut self, addr: impl Into<String>) -> Self {
+        self.admin_addr = Some(addr.into());
+        self
     }
 
     /// With the address backends dial.

@@ -3,7 +3,8 @@
 //! identical replicas), registered in a registry under a lease. Backends
 //! follow the frontends registered there.
 
-use super::node::{backend_admin, backend_service, serve_backend, FrontendNode};
+use super::node::{backend_service, secret_from_env, serve_backend, FrontendNode};
+use super::node_admin::{self, Control};
 use anyhow::{bail, Context};
 use session_proxy::registry::{
     follow_frontends, EtcdMembership, EtcdMembershipConfig, Membership, NodeRecord, NodeRole,
@@ -88,7 +89,8 @@ fn required<'a, T>(value: &'a Option<T>, flag: &str) -> anyhow::Result<&'a T> {
         .with_context(|| format!("without --config, {flag} is required"))
 }
 
-async fn connect(url: &str) -> anyhow::Result<Arc<dyn Membership>> {
+/// The registry at `url` (`redis://…` or `etcd://…`).
+pub(crate) async fn connect(url: &str) -> anyhow::Result<Arc<dyn Membership>> {
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         let membership = RedisMembership::connect(RedisMembershipConfig::new(url))
             .await
@@ -140,6 +142,10 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
                 drain,
             };
             let running = node.start().await?;
+            let admin = match flags.admin_addr {
+                Some(addr) => Some(running.serve_admin(addr, metrics).await?),
+                None => None,
+            };
             // Starting until a backend has connected: gates do not hand it
             // out before it can forward.
             let mut record = NodeRecord::new(&id, NodeRole::Frontend, &server_type).with_rpc_addr(
@@ -152,6 +158,9 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
                 .or(running.client_addr.map(|a| a.to_string()))
             {
                 record = record.with_client_addr(addr);
+            }
+            if let Some(admin) = &admin {
+                record = record.with_admin_addr(admin.local_addr().to_string());
             }
             record.state = NodeState::Starting;
             let registration = Registration::register(registry, record, lease).await;
@@ -182,10 +191,6 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
                     }
                 }
             });
-            let admin = match flags.admin_addr {
-                Some(addr) => Some(running.serve_admin(addr, metrics).await?),
-                None => None,
-            };
             println!("ready {id}");
             let served = running.serve_registered(Some(registration)).await;
             if let Some(admin) = admin {
@@ -196,15 +201,27 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
         RoleArg::Backend => {
             let service = backend_service(&id, &server_type, None)?;
             let following = follow_frontends(registry.watch(), service.clone());
-            let record = NodeRecord::new(&id, NodeRole::Backend, &server_type);
-            let registration = Registration::register(registry, record, lease).await;
-            let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let control = Control::default();
             let admin = match flags.admin_addr {
-                Some(addr) => Some(backend_admin(addr, metrics, draining.clone()).await?),
+                Some(addr) => Some(
+                    node_admin::backend(
+                        addr,
+                        metrics,
+                        (&id, &server_type),
+                        &control,
+                        secret_from_env(),
+                    )
+                    .await?,
+                ),
                 None => None,
             };
+            let mut record = NodeRecord::new(&id, NodeRole::Backend, &server_type);
+            if let Some(admin) = &admin {
+                record = record.with_admin_addr(admin.local_addr().to_string());
+            }
+            let registration = Registration::register(registry, record, lease).await;
             println!("ready {id}");
-            let served = serve_backend(service, Some(registration), drain, draining).await;
+            let served = serve_backend(service, Some(registration), drain, control).await;
             drop(following);
             if let Some(admin) = admin {
                 admin.shutdown(Duration::from_secs(1)).await;

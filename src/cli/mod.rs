@@ -1,10 +1,12 @@
 //! The `session-proxy` command's own modules (binary only, not the library):
 //! its arguments, the node runners, the demo and the benchmark dispatch.
 
+pub mod admin;
 pub mod bench;
 pub mod demo;
 pub mod elastic;
 pub mod node;
+pub mod node_admin;
 
 use clap::{Parser, Subcommand};
 use session_proxy_bench::pomelo::Transport;
@@ -54,6 +56,19 @@ pub enum Command {
         /// as a backend; refused without this flag.
         #[arg(long, env = "SESSION_PROXY_INSECURE")]
         insecure: bool,
+    },
+    /// Look at and steer a running cluster through the registry and each
+    /// node's admin address (`SESSION_PROXY_SECRET` must be the cluster's).
+    Admin {
+        /// The registry: redis://host:port/db or etcd://host:port.
+        #[arg(long, env = "SESSION_PROXY_REGISTRY")]
+        registry: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// What to do.
+        #[command(subcommand)]
+        action: admin::AdminAction,
     },
     /// Load-test any Pomelo/Pinus-compatible server (this one or Pinus).
     Bench {

@@ -2,6 +2,7 @@
 //! one frontend runner and one backend runner, each serving until SIGINT or
 //! SIGTERM and then draining within a bound.
 
+use super::node_admin::{self, Control};
 use anyhow::Context;
 use session_proxy::admin;
 use session_proxy::backend::LinkTls;
@@ -18,37 +19,12 @@ use session_proxy::{
 };
 use session_proxy_bench::app;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The environment variable the cluster secret is read from. Only this
 /// binary reads it; library configs take the secret as a value.
 pub const SECRET_VAR: &str = "SESSION_PROXY_SECRET";
-
-/// How long a readiness probe waits for the session store.
-const STORE_PROBE: Duration = Duration::from_millis(500);
-
-/// Serves a backend's `/metrics`, `/healthz` and `/readyz` on `addr`:
-/// ready while not draining.
-pub async fn backend_admin(
-    addr: SocketAddr,
-    metrics: Option<admin::Metrics>,
-    draining: Arc<AtomicBool>,
-) -> anyhow::Result<admin::AdminServer> {
-    let ready: admin::Readiness = Arc::new(move || {
-        let draining = draining.load(Ordering::Acquire);
-        Box::pin(async move {
-            match draining {
-                true => Err("draining".to_string()),
-                false => Ok(()),
-            }
-        })
-    });
-    admin::AdminServer::bind(addr, metrics, Arc::new(|| {}), ready)
-        .await
-        .with_context(|| format!("admin listener on {addr}"))
-}
 
 /// How long a node's whole drain may take unless told otherwise.
 pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
@@ -104,7 +80,9 @@ pub struct RunningFrontend {
     gateway: Option<GatewayServer>,
     owners: Vec<SessionOwner>,
     drain: Duration,
-    draining: Arc<AtomicBool>,
+    control: Control,
+    id: String,
+    server_type: String,
 }
 
 impl FrontendNode {
@@ -187,7 +165,9 @@ impl FrontendNode {
             gateway,
             owners,
             drain: self.drain,
-            draining: Arc::default(),
+            control: Control::default(),
+            id: self.id,
+            server_type: self.server_type,
         })
     }
 }
@@ -203,32 +183,22 @@ impl RunningFrontend {
         self.rpc.backends()
     }
 
-    /// Serves `/metrics`, `/healthz` and `/readyz` on `addr`: ready while
-    /// not draining and its store (if any) answers.
+    /// Serves `/metrics`, `/healthz`, `/readyz` and the admin actions on
+    /// `addr`.
     pub async fn serve_admin(
         &self,
         addr: SocketAddr,
         metrics: Option<admin::Metrics>,
     ) -> anyhow::Result<admin::AdminServer> {
-        let (sessions, backends) = (self.sessions.clone(), self.rpc.backends());
-        let sample: admin::Sample =
-            Arc::new(move || session_proxy::frontend::metrics::sample(&sessions, &backends));
-        let (sessions, draining) = (self.sessions.clone(), self.draining.clone());
-        let ready: admin::Readiness = Arc::new(move || {
-            let (sessions, draining) = (sessions.clone(), draining.clone());
-            Box::pin(async move {
-                if draining.load(Ordering::Acquire) {
-                    return Err("draining".to_string());
-                }
-                if !sessions.store_answers(STORE_PROBE).await {
-                    return Err("the session store does not answer".to_string());
-                }
-                Ok(())
-            })
-        });
-        admin::AdminServer::bind(addr, metrics, sample, ready)
-            .await
-            .with_context(|| format!("admin listener on {addr}"))
+        node_admin::frontend(
+            addr,
+            metrics,
+            (&self.id, &self.server_type),
+            (&self.sessions, self.rpc.backends()),
+            &self.control,
+            secret_from_env(),
+        )
+        .await
     }
 
     /// Serves until SIGINT/SIGTERM, then drains (see
@@ -245,8 +215,8 @@ impl RunningFrontend {
     /// session handed over in the store for any frontend to resume, and the
     /// record removed.
     pub async fn serve_registered(self, registration: Option<Registration>) -> anyhow::Result<()> {
-        wait_for_signal().await?;
-        self.draining.store(true, Ordering::Release);
+        wait_for_signal(&self.control).await?;
+        self.control.start_draining();
         let until = tokio::time::Instant::now() + self.drain;
         tracing::info!(limit = ?self.drain, "draining");
         if let Some(r) = &registration {
@@ -315,12 +285,21 @@ pub async fn run_node(
             served
         }
         NodeRole::Backend => {
-            let draining = Arc::new(AtomicBool::new(false));
+            let control = Control::default();
             let admin = match admin {
-                Some(addr) => Some(backend_admin(addr, metrics, draining.clone()).await?),
+                Some(addr) => Some(
+                    node_admin::backend(
+                        addr,
+                        metrics,
+                        (&node.id, &node.server_type),
+                        &control,
+                        secret_from_env(),
+                    )
+                    .await?,
+                ),
                 None => None,
             };
-            let served = run_backend(config, node, draining).await;
+            let served = run_backend(config, node, control).await;
             if let Some(admin) = admin {
                 admin.shutdown(Duration::from_secs(1)).await;
             }
@@ -332,7 +311,7 @@ pub async fn run_node(
 async fn run_backend(
     config: &ClusterConfig,
     node: &NodeConfig,
-    draining: Arc<AtomicBool>,
+    control: Control,
 ) -> anyhow::Result<()> {
     let tls = match &config.cluster.tls_ca {
         Some(ca) => {
@@ -357,7 +336,7 @@ async fn run_backend(
     let members = StaticMembership::new(frontends.collect());
     let following = follow_frontends(members.watch(), service.clone());
     println!("ready {}", node.id);
-    let served = serve_backend(service, None, DEFAULT_DRAIN, draining).await;
+    let served = serve_backend(service, None, DEFAULT_DRAIN, control).await;
     drop((following, members));
     served
 }
@@ -389,10 +368,10 @@ pub async fn serve_backend(
     service: BackendSessionService,
     registration: Option<Registration>,
     drain: Duration,
-    draining: Arc<AtomicBool>,
+    control: Control,
 ) -> anyhow::Result<()> {
-    wait_for_signal().await?;
-    draining.store(true, Ordering::Release);
+    wait_for_signal(&control).await?;
+    control.start_draining();
     let until = tokio::time::Instant::now() + drain;
     tracing::info!(limit = ?drain, "draining");
     if let Some(r) = &registration {
@@ -408,14 +387,16 @@ pub async fn serve_backend(
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; from then on a second one ends the process
-/// at once (exit status 130), skipping the drain.
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT, SIGTERM or a drain asked for through the admin
+/// address; from then on a second signal ends the process at once (exit
+/// status 130), skipping the drain.
+async fn wait_for_signal(control: &Control) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = control.drain_requested() => {}
     }
     tokio::spawn(async move {
         tokio::select! {
