@@ -4,7 +4,8 @@
 //! given an address; meant for a private network or loopback. The probes
 //! and metrics are open and reveal nothing beyond up or down and counts;
 //! every admin action needs `Authorization: Bearer <token>`, the token
-//! derived from the cluster secret ([`Secret::admin_token`]), and a node
+//! derived from the cluster secret
+//! ([`Secret::admin_token`](crate::protocol::Secret::admin_token)), and a node
 //! without a secret refuses them all.
 //!
 //! Metrics are recorded by the libraries through the `metrics` facade and
