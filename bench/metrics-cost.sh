@@ -31,6 +31,10 @@ wait_port() {
   return 1
 }
 
+cpu_ticks() { # pid: utime + stime, in clock ticks
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
 start() { # on|off
   local front_admin=() back_admin=()
   if [ "$1" = on ]; then
@@ -70,9 +74,13 @@ for r in $(seq "$rounds"); do
   for mode in off on; do
     start "$mode"
     for clients in 50 1000; do
+      f0=$(cpu_ticks "$front"); b0=$(cpu_ticks "$back")
       line=$("$bin" bench rr --target 127.0.0.1:4700 --clients "$clients" --duration "$duration" --json 2>/dev/null)
-      echo "{\"round\":$r,\"metrics\":\"$mode\",\"workload\":\"echo-$clients\",\"result\":$line}" >>"$out"
-      echo "round $r metrics $mode echo-$clients: $(echo "$line" | cut -c1-120)"
+      f1=$(cpu_ticks "$front"); b1=$(cpu_ticks "$back")
+      # CPU the two nodes spent (clock ticks, 1/100 s): steadier than req/s
+      # on a machine whose cores the load generator shares.
+      echo "{\"round\":$r,\"metrics\":\"$mode\",\"workload\":\"echo-$clients\",\"frontend_cpu_ticks\":$((f1 - f0)),\"backend_cpu_ticks\":$((b1 - b0)),\"result\":$line}" >>"$out"
+      echo "round $r metrics $mode echo-$clients: cpu ticks front $((f1 - f0)) back $((b1 - b0)); $(echo "$line" | cut -c1-100)"
     done
     stop
   done

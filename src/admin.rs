@@ -286,6 +286,7 @@ fn decode(v: &str) -> String {
             b'%' => {
                 let hex = v
                     .get(i + 1..i + 3)
+                    .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(b) => {
@@ -393,5 +394,34 @@ async fn answer(state: &Admin, req: Request<hyper::body::Incoming>) -> Response<
             None => text(StatusCode::NOT_FOUND, "metrics are off\n"),
         },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_percent_decoded_and_bad_escapes_kept() {
+        assert_eq!(
+            param("uid=ann%3Aeu&reason=no+cheating", "uid").as_deref(),
+            Some("ann:eu")
+        );
+        assert_eq!(
+            param("uid=ann&reason=no+cheating", "reason").as_deref(),
+            Some("no cheating")
+        );
+        assert_eq!(param("uid=a%+5b%", "uid").as_deref(), Some("a% 5b%"));
+        assert_eq!(param("uid=a", "reason"), None);
+    }
+
+    #[test]
+    fn the_admin_token_is_checked_against_the_secret() {
+        let secret = crate::protocol::Secret::new("cluster-secret");
+        let token = secret.admin_token();
+        assert!(secret.verify_admin_token(&token));
+        assert!(!crate::protocol::Secret::new("another").verify_admin_token(&token));
+        assert!(!secret.verify_admin_token("zz"));
+        assert!(!secret.verify_admin_token(""));
     }
 }
