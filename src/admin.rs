@@ -94,6 +94,7 @@ pub fn install_metrics(role: crate::registry::NodeRole) -> Result<Metrics, Metri
         crate::frontend::metrics::REQUEST_SECONDS,
         crate::frontend::metrics::STORE_FLUSH_SECONDS,
         crate::backend::metrics::HANDLER_SECONDS,
+        crate::backend::metrics::CALL_SECONDS,
     ] {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.to_string()), SECONDS)

@@ -179,6 +179,12 @@ async fn every_documented_metric_is_exported_with_its_type() {
         &[("route", "chat.benchHandler.echo"), ("status", "ok")],
     );
     assert!(handled.is_some_and(|n| n >= 5.0), "{handled:?}");
+    // The backend's calls to the frontend, by kind: the echo backend only
+    // pings (its link is idle), so at least the series exist.
+    assert!(
+        value(&back_scrape, backend::metrics::CALLS, &[("kind", "bind")]).is_some(),
+        "no per-kind call series"
+    );
     // No uid or sid ever becomes a label.
     for s in front_scrape.samples.iter().chain(&back_scrape.samples) {
         for (k, _) in s.labels.iter() {
@@ -191,7 +197,8 @@ async fn every_documented_metric_is_exported_with_its_type() {
                     "state",
                     "transport",
                     "direction",
-                    "backend"
+                    "backend",
+                    "kind"
                 ]
                 .contains(&k.as_str()),
                 "{} has label {k}",

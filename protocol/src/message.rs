@@ -357,6 +357,52 @@ pub enum Call {
 }
 
 impl Call {
+    /// Every call's [`kind`](Self::kind), in declaration order.
+    pub const KINDS: [&'static str; 15] = [
+        "get_session",
+        "get_by_uid",
+        "bind",
+        "unbind",
+        "push",
+        "kick_by_sid",
+        "kick_by_uid",
+        "push_to_sids",
+        "push_to_uids",
+        "broadcast",
+        "user_sessions",
+        "revoke_uid",
+        "ping",
+        "drain",
+        "handle",
+    ];
+
+    /// The call's kind as a short name (a bounded metric label), the index
+    /// of [`KINDS`](Self::KINDS).
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Call::GetSession { .. } => 0,
+            Call::GetByUid { .. } => 1,
+            Call::Bind { .. } => 2,
+            Call::Unbind { .. } => 3,
+            Call::Push { .. } => 4,
+            Call::KickBySid { .. } => 5,
+            Call::KickByUid { .. } => 6,
+            Call::PushToSids { .. } => 7,
+            Call::PushToUids { .. } => 8,
+            Call::Broadcast { .. } => 9,
+            Call::UserSessions { .. } => 10,
+            Call::RevokeUid { .. } => 11,
+            Call::Ping => 12,
+            Call::Drain => 13,
+            Call::Handle { .. } => 14,
+        }
+    }
+
+    /// The call's kind as a short name.
+    pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
     /// The one session a call addresses, for calls that address one.
     pub fn sid(&self) -> Option<SessionId> {
         match self {

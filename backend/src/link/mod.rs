@@ -280,15 +280,17 @@ impl FrontendClient {
         let (id, rx) = match conn.inflight.register() {
             Ok(pair) => pair,
             Err(RegisterError::Full) => {
+                crate::metrics::OVERLOADED.increment(1);
                 return Err(Error::Overloaded {
                     frontend: self.frontend_id().to_string(),
                     limit: self.inner.config.max_in_flight,
-                })
+                });
             }
             Err(RegisterError::Closed) => return Err(self.connection_closed()),
         };
         // The guard exists before the request is queued: however this future
         // ends from here on, the id is forgotten.
+        crate::metrics::IN_FLIGHT.increment(1.0);
         let pending = PendingCall {
             id,
             conn: conn.clone(),
@@ -296,6 +298,8 @@ impl FrontendClient {
             deadline_at,
             deadline,
             client: self.clone(),
+            kind: call.kind_index(),
+            started: now,
         };
         let msg = Message::Request(Request::new(id, deadline, call));
         // Room in the queue (the usual case): no timer needed.
@@ -387,6 +391,10 @@ pub struct PendingCall {
     deadline: Duration,
     /// For building errors.
     client: FrontendClient,
+    /// The call's kind (`Call::kind_index`), for its metrics.
+    kind: usize,
+    /// When it was sent.
+    started: Instant,
 }
 
 impl std::fmt::Debug for PendingCall {
@@ -437,6 +445,8 @@ impl PendingCall {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
+        crate::metrics::IN_FLIGHT.decrement(1.0);
+        crate::metrics::call_ended(self.kind, self.started.into_std());
         if self.id != 0 {
             self.conn.inflight.forget(self.id);
         }

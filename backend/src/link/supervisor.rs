@@ -76,7 +76,11 @@ impl Supervisor {
     pub(super) async fn run(self) {
         let mut backoff = Backoff::new(self.config.backoff_min, self.config.backoff_max);
         let mut failures = 0u32;
+        let mut first = true;
         loop {
+            if !std::mem::take(&mut first) {
+                crate::metrics::REDIALED.increment(1);
+            }
             self.state.send_replace(State::Connecting);
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => return,
