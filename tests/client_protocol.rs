@@ -162,10 +162,22 @@ async fn a_resume_token_copied_to_another_device_is_refused_when_asked() {
 
 /// The handshake reply's `sys` for a client that sends `sys`.
 async fn handshake_sys(addr: std::net::SocketAddr, sys: serde_json::Value) -> serde_json::Value {
+    handshake_reply(addr, serde_json::json!({ "sys": sys, "user": {} }))
+        .await
+        .get("sys")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The whole handshake reply to `handshake`.
+async fn handshake_reply(
+    addr: std::net::SocketAddr,
+    handshake: serde_json::Value,
+) -> serde_json::Value {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let codec = PackageCodec::new(MAX_PACKAGE_BODY);
     let mut out = BytesMut::new();
-    let body = serde_json::json!({ "sys": sys, "user": {} }).to_string();
+    let body = handshake.to_string();
     codec
         .encode_to(PackageType::Handshake, body.as_bytes(), &mut out)
         .expect("encode");
@@ -178,8 +190,7 @@ async fn handshake_sys(addr: std::net::SocketAddr, sys: serde_json::Value) -> se
     loop {
         if let Some(p) = raw.codec.decode(&mut raw.buf).expect("valid package") {
             assert_eq!(p.kind, PackageType::Handshake);
-            let reply: serde_json::Value = serde_json::from_slice(&p.body).expect("JSON");
-            return reply["sys"].clone();
+            return serde_json::from_slice(&p.body).expect("JSON");
         }
         assert!(
             raw.stream.read_buf(&mut raw.buf).await.expect("read") > 0,
@@ -215,4 +226,55 @@ async fn the_dictionary_reply_suits_pinus_and_libpomelo2_clients() {
     for field in ["dict", "routeToCode", "codeToRoute", "dictVersion"] {
         assert!(again.get(field).is_none(), "{field} sent again: {again}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_hooks_refuse_old_clients_and_bad_users_and_a_panic_refuses_only_its_client() {
+    use serde_json::json;
+    use session_proxy::{Gateway, GatewayConfig, RpcConfig, SessionConfig, SessionService};
+    use std::sync::Arc;
+    let sessions = SessionService::new(SessionConfig::new("f-hooks"));
+    let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
+    let mut gateway = Gateway::new(
+        sessions.clone(),
+        rpc.backends(),
+        GatewayConfig::new("connector"),
+    );
+    // Pomelo's checkClient: version 0.1 is too old; a client type the
+    // check cannot handle makes it panic.
+    gateway.check_client(Arc::new(|client_type: &str, version: &str| {
+        assert!(client_type != "crash", "a bug in the check");
+        version != "0.1"
+    }));
+    gateway.on_handshake(Arc::new(|request, _peer| {
+        match request.user.get("token").and_then(|t| t.as_str()) {
+            Some("good") => Ok(Some(json!({ "welcome": true }))),
+            Some("panic") => panic!("a bug in the hook"),
+            _ => Err("invalid auth token".to_string()),
+        }
+    }));
+    let gateway = gateway
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("gateway");
+    let addr = gateway.local_addr();
+    let hello = |client_type: &str, version: &str, token: &str| json!({ "sys": { "type": client_type, "version": version }, "user": { "token": token } });
+    let old = handshake_reply(addr, hello("js", "0.1", "good")).await;
+    assert_eq!(old["code"], 501, "{old}");
+    let bad = handshake_reply(addr, hello("js", "1.0", "stolen")).await;
+    assert_eq!(bad["code"], 500, "{bad}");
+    assert_eq!(bad["error"], "invalid auth token");
+    let hook_bug = handshake_reply(addr, hello("js", "1.0", "panic")).await;
+    assert_eq!(hook_bug["code"], 500, "{hook_bug}");
+    let check_bug = handshake_reply(addr, hello("crash", "1.0", "good")).await;
+    assert_eq!(check_bug["code"], 500, "{check_bug}");
+    // Nobody else is hurt: the next client is let in, with the hook's word.
+    let good = handshake_reply(addr, hello("js", "1.0", "good")).await;
+    assert_eq!(good["code"], 200, "{good}");
+    assert_eq!(good["user"]["welcome"], true, "{good}");
+    assert_eq!(
+        sessions.count(),
+        1,
+        "only the accepted client has a session"
+    );
 }

@@ -40,11 +40,13 @@ pub struct CloseContext {
 }
 
 /// Decides on a client's handshake: `Ok(user part of the reply)` accepts
-/// (code 200), `Err` refuses (code 500).
+/// (code 200), `Err` refuses (code 500). A hook that panics refuses that
+/// client (code 500), and only that one.
 pub type HandshakeHook =
     Arc<dyn Fn(&HandshakeRequest, SocketAddr) -> Result<Option<Value>, String> + Send + Sync>;
 
-/// Decides whether a client type and version may connect (else code 501).
+/// Decides whether a client type and version may connect (else code 501,
+/// Pomelo's `checkClient`). A check that panics refuses that client (500).
 pub type ClientCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 
 /// Runs when a session closes, with its final state.

@@ -43,17 +43,33 @@ impl ClientConn {
         };
         let client_type = sys.client_type.clone().unwrap_or_default();
         let version = sys.version.clone().unwrap_or_default();
+        // A hook that panics refuses this client only; the panic is
+        // contained here, so the connection answers instead of vanishing.
+        use std::panic::{catch_unwind, AssertUnwindSafe};
         if let Some(check) = &self.shared.check_client {
-            if !check(&client_type, &version) {
-                refuse(self, CODE_OLD_CLIENT, "client type or version refused");
-                return None;
+            match catch_unwind(AssertUnwindSafe(|| check(&client_type, &version))) {
+                Ok(true) => {}
+                Ok(false) => {
+                    refuse(self, CODE_OLD_CLIENT, "client type or version refused");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::warn!("the client check panicked; refusing that client");
+                    refuse(self, CODE_USER_ERROR, "handshake check failed");
+                    return None;
+                }
             }
         }
         let user = match &self.shared.on_handshake {
-            Some(hook) => match hook(&request, peer) {
-                Ok(user) => user,
-                Err(why) => {
+            Some(hook) => match catch_unwind(AssertUnwindSafe(|| hook(&request, peer))) {
+                Ok(Ok(user)) => user,
+                Ok(Err(why)) => {
                     refuse(self, CODE_USER_ERROR, &why);
+                    return None;
+                }
+                Err(_) => {
+                    tracing::warn!("the handshake hook panicked; refusing that client");
+                    refuse(self, CODE_USER_ERROR, "handshake hook failed");
                     return None;
                 }
             },
