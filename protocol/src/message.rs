@@ -376,8 +376,8 @@ impl Call {
         "handle",
     ];
 
-    /// The call's kind as a short name (a bounded metric label), the index
-    /// of [`KINDS`](Self::KINDS).
+    /// The call's kind (a bounded metric label), as an index of
+    /// [`KINDS`](Self::KINDS).
     pub fn kind_index(&self) -> usize {
         match self {
             Call::GetSession { .. } => 0,
@@ -396,11 +396,6 @@ impl Call {
             Call::Drain => 13,
             Call::Handle { .. } => 14,
         }
-    }
-
-    /// The call's kind as a short name.
-    pub fn kind(&self) -> &'static str {
-        Self::KINDS[self.kind_index()]
     }
 
     /// The one session a call addresses, for calls that address one.

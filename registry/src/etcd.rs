@@ -368,13 +368,7 @@ async fn follow(
             events = None;
         }
         match list(&api, &config.prefix).await {
-            Ok(now) => {
-                members.send_if_modified(|old| {
-                    let changed = *old != now;
-                    *old = now;
-                    changed
-                });
-            }
+            Ok(now) => Members::publish(&members, now),
             Err(err) => {
                 debug!(cause = %err, "re-reading the members failed; keeping the last view")
             }

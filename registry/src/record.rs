@@ -104,6 +104,16 @@ impl NodeRecord {
 pub struct Members(Arc<BTreeMap<String, NodeRecord>>);
 
 impl Members {
+    /// Replaces the members `watch` holds with `now`, waking its
+    /// receivers only when something changed (a registry's re-read).
+    pub(crate) fn publish(watch: &tokio::sync::watch::Sender<Members>, now: Members) {
+        watch.send_if_modified(|old| {
+            let changed = *old != now;
+            *old = now;
+            changed
+        });
+    }
+
     /// From records; a later record with the same id wins.
     pub fn from_records(records: impl IntoIterator<Item = NodeRecord>) -> Self {
         Members(Arc::new(

@@ -248,13 +248,7 @@ async fn follow(
             messages = None;
         }
         match bounded(config.timeout, list(&mut conn, &config.prefix)).await {
-            Ok(now) => {
-                members.send_if_modified(|old| {
-                    let changed = *old != now;
-                    *old = now;
-                    changed
-                });
-            }
+            Ok(now) => Members::publish(&members, now),
             Err(err) => {
                 debug!(cause = %err, "re-reading the members failed; keeping the last view")
             }

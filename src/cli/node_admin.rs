@@ -63,18 +63,9 @@ impl Identity {
             "uptime_secs": self.started.elapsed().as_secs(),
             "clients": clients,
             "sessions": sessions,
-            "rss_bytes": rss_bytes(),
+            "rss_bytes": session_proxy_bench::idle::rss_kib(std::process::id()).unwrap_or(0) * 1024,
         })
     }
-}
-
-/// This process's resident memory, from `/proc/self/statm`.
-fn rss_bytes() -> u64 {
-    let pages = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 struct FrontendActions {

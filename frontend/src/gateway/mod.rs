@@ -89,7 +89,7 @@ pub(crate) struct GatewayContext {
     pub(crate) backends: BackendRegistry,
     pub(crate) handlers: LocalHandlers,
     /// Request metrics of each local route, made once at bind.
-    pub(crate) route_metrics: std::collections::HashMap<String, crate::metrics::RouteMetrics>,
+    pub(crate) route_metrics: std::collections::HashMap<String, Arc<crate::metrics::RouteMetrics>>,
     pub(crate) dictionary: Option<Dictionary>,
     pub(crate) on_handshake: Option<HandshakeHook>,
     pub(crate) check_client: Option<ClientCheck>,
@@ -232,7 +232,12 @@ impl Gateway {
             route_metrics: self
                 .handlers
                 .routes()
-                .map(|r| (r.to_string(), crate::metrics::RouteMetrics::new(r)))
+                .map(|r| {
+                    (
+                        r.to_string(),
+                        Arc::new(crate::metrics::RouteMetrics::new(r)),
+                    )
+                })
                 .collect(),
             handlers: self.handlers,
             on_handshake: self.on_handshake,
