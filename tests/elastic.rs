@@ -6,7 +6,7 @@
 mod common;
 
 use common::etcd::EtcdServer;
-use common::nodes::{free_port, sigkill, signal, spawn_session_proxy_env};
+use common::nodes::{free_port, registered_frontend, sigkill, signal, spawn_session_proxy_env};
 use common::redis::RedisServer;
 use serde_json::json;
 use session_proxy::registry::{
@@ -18,27 +18,23 @@ use tokio::process::Child;
 
 /// Starts a frontend registered in `registry`; returns it and its client port.
 async fn frontend(id: &str, registry: &str) -> (Child, u16) {
-    let (rpc, clients) = (free_port(), free_port());
-    let (rpc, client_addr) = (format!("127.0.0.1:{rpc}"), format!("127.0.0.1:{clients}"));
-    let args = [
-        "run",
-        "--role",
-        "frontend",
-        "--id",
-        id,
-        "--type",
-        "connector",
-        "--rpc-addr",
-        &rpc,
-        "--client-addr",
-        &client_addr,
-        "--registry",
-        registry,
-        "--lease-secs",
-        "3",
+    let (child, addr) = registered_frontend(id, registry, &["--lease-secs", "3"]).await;
+    (child, addr.port())
+}
+
+/// A chat backend process configured by environment variables alone,
+/// registered in `registry`.
+async fn backend(registry: &str) -> Child {
+    let env = [
+        ("SESSION_PROXY_ROLE", "backend"),
+        ("SESSION_PROXY_ID", "chat-1"),
+        ("SESSION_PROXY_TYPE", "chat"),
+        ("SESSION_PROXY_REGISTRY", registry),
+        ("SESSION_PROXY_LEASE_SECS", "3"),
     ];
-    let (child, _) = spawn_session_proxy_env(&args, &[], &format!("ready {id}")).await;
-    (child, clients)
+    spawn_session_proxy_env(&["run"], &env, "ready chat-1")
+        .await
+        .0
 }
 
 /// Waits until a client of the frontend on `port` is served by a backend.
@@ -85,15 +81,7 @@ async fn nodes_without_a_file_find_each_other_through_etcd() {
 /// url`; `members` reads the same registry.
 async fn find_each_other(url: String, members: &dyn Membership) {
     let (mut c1, port1) = frontend("connector-1", &url).await;
-    // The backend, configured by environment variables alone.
-    let env = [
-        ("SESSION_PROXY_ROLE", "backend"),
-        ("SESSION_PROXY_ID", "chat-1"),
-        ("SESSION_PROXY_TYPE", "chat"),
-        ("SESSION_PROXY_REGISTRY", url.as_str()),
-        ("SESSION_PROXY_LEASE_SECS", "3"),
-    ];
-    let (mut chat, _) = spawn_session_proxy_env(&["run"], &env, "ready chat-1").await;
+    let mut chat = backend(&url).await;
     echo_within(port1, Duration::from_secs(5)).await;
 
     // A frontend that joins later is dialled by the running backend.
@@ -309,14 +297,7 @@ async fn a_registry_restarted_empty_gets_every_node_back_and_nobody_exits() {
     };
     let url = redis.url();
     let (mut c1, port1) = frontend("connector-1", &url).await;
-    let env = [
-        ("SESSION_PROXY_ROLE", "backend"),
-        ("SESSION_PROXY_ID", "chat-1"),
-        ("SESSION_PROXY_TYPE", "chat"),
-        ("SESSION_PROXY_REGISTRY", url.as_str()),
-        ("SESSION_PROXY_LEASE_SECS", "3"),
-    ];
-    let (mut chat, _) = spawn_session_proxy_env(&["run"], &env, "ready chat-1").await;
+    let mut chat = backend(&url).await;
     echo_within(port1, Duration::from_secs(5)).await;
 
     // Down: the nodes keep serving on what they know.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::nodes::{free_port, sigkill, signal, spawn_session_proxy};
+use common::nodes::{registered_frontend, sigkill, signal};
 use common::redis::RedisServer;
 use serde_json::{json, Value};
 use session_proxy::registry::{
@@ -21,23 +21,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A frontend process keeping its sessions in `redis`, registered there.
 async fn frontend(id: &str, redis: &str, lease_secs: u64) -> (Child, SocketAddr) {
-    let (rpc, clients) = (free_port(), free_port());
-    let (rpc, client_addr) = (format!("127.0.0.1:{rpc}"), format!("127.0.0.1:{clients}"));
     let lease = lease_secs.to_string();
-    let args = [
-        "run",
-        "--role",
-        "frontend",
-        "--id",
-        id,
-        "--type",
-        "connector",
-        "--rpc-addr",
-        &rpc,
-        "--client-addr",
-        &client_addr,
-        "--registry",
-        redis,
+    let extra = [
         "--redis",
         redis,
         "--lease-secs",
@@ -45,8 +30,7 @@ async fn frontend(id: &str, redis: &str, lease_secs: u64) -> (Child, SocketAddr)
         "--drain-secs",
         "8",
     ];
-    let (child, _) = spawn_session_proxy(&args, &format!("ready {id}")).await;
-    (child, client_addr.parse().expect("addr"))
+    registered_frontend(id, redis, &extra).await
 }
 
 /// The bench app's chat backend, in this process, following the registry.

@@ -110,3 +110,35 @@ pub fn signal(pid: u32, name: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill -{name} {pid}");
 }
+
+/// `session-proxy run --role frontend --type connector`, registered in
+/// `registry`, with `extra` flags; returns once it is ready, with its
+/// client address.
+pub async fn registered_frontend(
+    id: &str,
+    registry: &str,
+    extra: &[&str],
+) -> (Child, std::net::SocketAddr) {
+    let (rpc, client_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let mut args = vec![
+        "run",
+        "--role",
+        "frontend",
+        "--id",
+        id,
+        "--type",
+        "connector",
+        "--rpc-addr",
+        &rpc,
+        "--client-addr",
+        &client_addr,
+        "--registry",
+        registry,
+    ];
+    args.extend_from_slice(extra);
+    let (child, _) = spawn_session_proxy(&args, &format!("ready {id}")).await;
+    (child, client_addr.parse().expect("addr"))
+}
