@@ -106,6 +106,7 @@ pub struct Members(Arc<BTreeMap<String, NodeRecord>>);
 impl Members {
     /// Replaces the members `watch` holds with `now`, waking its
     /// receivers only when something changed (a registry's re-read).
+    #[cfg(any(feature = "redis", feature = "etcd"))]
     pub(crate) fn publish(watch: &tokio::sync::watch::Sender<Members>, now: Members) {
         watch.send_if_modified(|old| {
             let changed = *old != now;
