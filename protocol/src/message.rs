@@ -357,7 +357,7 @@ pub enum Call {
 }
 
 impl Call {
-    /// Every call's [`kind`](Self::kind), in declaration order.
+    /// Every call's kind name, by [`kind_index`](Self::kind_index).
     pub const KINDS: [&'static str; 15] = [
         "get_session",
         "get_by_uid",
