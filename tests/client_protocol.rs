@@ -229,30 +229,40 @@ async fn the_dictionary_reply_suits_pinus_and_libpomelo2_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handshake_hooks_refuse_old_clients_and_bad_users_and_a_panic_refuses_only_its_client() {
+async fn handshake_hooks_refuse_old_clients_bad_users_slow_hooks_and_a_panic_refuses_only_its_client(
+) {
     use serde_json::json;
     use session_proxy::{Gateway, GatewayConfig, RpcConfig, SessionConfig, SessionService};
-    use std::sync::Arc;
+    use std::time::Duration;
     let sessions = SessionService::new(SessionConfig::new("f-hooks"));
     let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
-    let mut gateway = Gateway::new(
-        sessions.clone(),
-        rpc.backends(),
-        GatewayConfig::new("connector"),
-    );
+    let mut config = GatewayConfig::new("connector");
+    config.hook_timeout = Duration::from_millis(300);
+    let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), config);
     // Pomelo's checkClient: version 0.1 is too old; a client type the
-    // check cannot handle makes it panic.
-    gateway.check_client(Arc::new(|client_type: &str, version: &str| {
+    // check cannot handle makes it panic, inside its future.
+    gateway.check_client(|client_type: String, version: String| async move {
         assert!(client_type != "crash", "a bug in the check");
+        tokio::task::yield_now().await;
         version != "0.1"
-    }));
-    gateway.on_handshake(Arc::new(|request, _peer| {
-        match request.user.get("token").and_then(|t| t.as_str()) {
+    });
+    // A user hook that looks the auth token up somewhere slow.
+    gateway.on_handshake(|request, _peer| async move {
+        let token = request
+            .user
+            .get("token")
+            .and_then(|t| t.as_str())
+            .map(str::to_string);
+        match token.as_deref() {
             Some("good") => Ok(Some(json!({ "welcome": true }))),
+            Some("slow") => {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok(None)
+            }
             Some("panic") => panic!("a bug in the hook"),
             _ => Err("invalid auth token".to_string()),
         }
-    }));
+    });
     let gateway = gateway
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await
@@ -266,8 +276,20 @@ async fn handshake_hooks_refuse_old_clients_and_bad_users_and_a_panic_refuses_on
     assert_eq!(bad["error"], "invalid auth token");
     let hook_bug = handshake_reply(addr, hello("js", "1.0", "panic")).await;
     assert_eq!(hook_bug["code"], 500, "{hook_bug}");
+    assert_eq!(hook_bug["error"], "handshake hook failed");
     let check_bug = handshake_reply(addr, hello("crash", "1.0", "good")).await;
     assert_eq!(check_bug["code"], 500, "{check_bug}");
+    assert_eq!(check_bug["error"], "client check failed");
+    // A hook past its timeout is answered when the timeout ends, not
+    // when the hook would have.
+    let started = std::time::Instant::now();
+    let slow = handshake_reply(addr, hello("js", "1.0", "slow")).await;
+    assert_eq!(slow["code"], 500, "{slow}");
+    assert_eq!(slow["error"], "handshake hook timed out");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited for the hook"
+    );
     // Nobody else is hurt: the next client is let in, with the hook's word.
     let good = handshake_reply(addr, hello("js", "1.0", "good")).await;
     assert_eq!(good["code"], 200, "{good}");

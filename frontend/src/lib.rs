@@ -66,7 +66,10 @@ pub use config::{
 };
 pub use error::Error;
 pub use forward::{pick_by_key, BackendRegistry, HashRouter, Router};
-pub use gateway::{CloseContext, Gateway, GatewayServer, LocalContext, LocalHandlers};
+pub use gateway::{
+    ClientCheck, CloseContext, Gateway, GatewayServer, HandshakeHook, HookFuture, LocalContext,
+    LocalHandlers,
+};
 pub use rpc::RpcServer;
 pub use service::{
     ClosedHook, ConnectInfo, Outbound, ResumeError, SessionEvent, SessionOwner, SessionService,

@@ -301,6 +301,13 @@ pub struct GatewayConfig {
     /// How long a client may take from connecting to its handshake ack.
     /// Default: 5 s.
     pub handshake_timeout: Duration,
+    /// How long the handshake hooks ([`Gateway::check_client`] and
+    /// [`Gateway::on_handshake`]) may take, together, for one client; past
+    /// it the client is refused with code 500. Default: 3 s.
+    ///
+    /// [`Gateway::check_client`]: crate::Gateway::check_client
+    /// [`Gateway::on_handshake`]: crate::Gateway::on_handshake
+    pub hook_timeout: Duration,
     /// The largest package body accepted from a client. Default: 64 KiB.
     pub max_package: usize,
     /// Requests of one client being handled at once. A client that sends
@@ -365,6 +372,7 @@ impl Default for GatewayConfig {
             heartbeat: Duration::from_secs(10),
             heartbeat_timeout: None,
             handshake_timeout: Duration::from_secs(5),
+            hook_timeout: Duration::from_secs(3),
             max_package: 64 * 1024,
             max_pending_requests: 64,
             max_outgoing_bytes: 256 * 1024,
@@ -419,6 +427,7 @@ impl GatewayConfig {
                     !self.handshake_timeout.is_zero(),
                     POSITIVE,
                 ),
+                ("hook_timeout", !self.hook_timeout.is_zero(), POSITIVE),
                 (
                     "max_package",
                     self.max_package >= 64,

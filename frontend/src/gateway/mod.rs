@@ -39,15 +39,24 @@ pub struct CloseContext {
     pub backends: BackendRegistry,
 }
 
+/// A boxed future, as the handshake hooks return it.
+pub type HookFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 /// Decides on a client's handshake: `Ok(user part of the reply)` accepts
-/// (code 200), `Err` refuses (code 500). A hook that panics refuses that
-/// client (code 500), and only that one.
-pub type HandshakeHook =
-    Arc<dyn Fn(&HandshakeRequest, SocketAddr) -> Result<Option<Value>, String> + Send + Sync>;
+/// (code 200), `Err` refuses (code 500 with that reason). It may await (a
+/// token check against an auth service); past
+/// [`GatewayConfig::hook_timeout`] the client is refused (500). A hook that
+/// panics refuses that client (500), and only that one. Set it with
+/// [`Gateway::on_handshake`].
+pub type HandshakeHook = Arc<
+    dyn Fn(HandshakeRequest, SocketAddr) -> HookFuture<Result<Option<Value>, String>> + Send + Sync,
+>;
 
 /// Decides whether a client type and version may connect (else code 501,
-/// Pomelo's `checkClient`). A check that panics refuses that client (500).
-pub type ClientCheck = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+/// Pomelo's `checkClient`). It may await, within
+/// [`GatewayConfig::hook_timeout`]; a check that panics or times out
+/// refuses that client (500). Set it with [`Gateway::check_client`].
+pub type ClientCheck = Arc<dyn Fn(String, String) -> HookFuture<bool> + Send + Sync>;
 
 /// Runs when a session closes, with its final state.
 pub type CloseHook = Arc<dyn Fn(CloseContext) + Send + Sync>;
@@ -161,15 +170,46 @@ impl Gateway {
         &mut self.handlers
     }
 
-    /// Sets the user handshake hook.
-    pub fn on_handshake(&mut self, hook: HandshakeHook) -> &mut Self {
-        self.on_handshake = Some(hook);
+    /// Sets the user handshake hook, which sees the client's whole
+    /// handshake (its `user` part: an auth token, say) and its address. See
+    /// [`HandshakeHook`] for its answers.
+    ///
+    /// ```
+    /// # use session_proxy_frontend::{Gateway, GatewayConfig, BackendRegistry, SessionConfig, SessionService};
+    /// # let mut gateway = Gateway::new(SessionService::new(SessionConfig::new("c-1")), BackendRegistry::default(), GatewayConfig::default());
+    /// gateway.on_handshake(|request, _peer| async move {
+    ///     match request.user.get("token").and_then(|t| t.as_str()) {
+    ///         Some(token) if token.len() == 32 => Ok(Some(serde_json::json!({ "welcome": true }))),
+    ///         _ => Err("invalid auth token".to_string()),
+    ///     }
+    /// });
+    /// ```
+    pub fn on_handshake<F, Fut>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(HandshakeRequest, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Option<Value>, String>> + Send + 'static,
+    {
+        self.on_handshake = Some(Arc::new(move |request, peer| Box::pin(hook(request, peer))));
         self
     }
 
-    /// Sets the client type/version check.
-    pub fn check_client(&mut self, check: ClientCheck) -> &mut Self {
-        self.check_client = Some(check);
+    /// Sets the client type/version check (Pomelo's `checkClient`): `false`
+    /// refuses the client with code 501, which Pomelo clients take as "update
+    /// the game".
+    ///
+    /// ```
+    /// # use session_proxy_frontend::{Gateway, GatewayConfig, BackendRegistry, SessionConfig, SessionService};
+    /// # let mut gateway = Gateway::new(SessionService::new(SessionConfig::new("c-1")), BackendRegistry::default(), GatewayConfig::default());
+    /// gateway.check_client(|_client_type, version| async move { version.as_str() >= "1.2.0" });
+    /// ```
+    pub fn check_client<F, Fut>(&mut self, check: F) -> &mut Self
+    where
+        F: Fn(String, String) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        self.check_client = Some(Arc::new(move |client_type, version| {
+            Box::pin(check(client_type, version))
+        }));
         self
     }
 

@@ -68,8 +68,8 @@ impl ClientConn {
     pub(super) fn on_package(&mut self, package: Package, peer: SocketAddr) -> Result<(), Stop> {
         match (package.kind, self.phase) {
             (PackageType::Handshake, Phase::Inited) => {
-                if let Some(claim) = self.on_handshake(&package.body, peer) {
-                    return Err(Stop::Claim(claim));
+                if let Some(later) = self.on_handshake(&package.body, peer) {
+                    return Err(Stop::Later(later));
                 }
             }
             (PackageType::HandshakeAck, Phase::WaitAck) => {

@@ -10,9 +10,18 @@ use tracing::debug;
 
 use super::*;
 
-/// A resume this frontend cannot answer from memory: the session may be in
-/// the shared store (another frontend's). The connection waits for it in a
-/// stage of its own ([`Stop::Claim`]), then answers the handshake.
+/// A handshake that must wait before it is answered, in a stage of the
+/// connection's own ([`Stop::Later`]): for the hooks, or for a resume this
+/// frontend cannot answer from memory (the session may be in the shared
+/// store, another frontend's).
+pub(super) enum Later {
+    /// The client check and the user hook run first.
+    Hooks(HandshakeRequest),
+    /// The resume is looked up in the store.
+    Claim(Claim),
+}
+
+/// A resume to look up in the store.
 pub(super) struct Claim {
     token: String,
     /// The client's type and device, when the gateway checks them.
@@ -30,51 +39,117 @@ fn refuse(this: &mut ClientConn, code: u16, why: &str) {
     this.closing = Some(format!("handshake refused ({code}): {why}").into());
 }
 
+/// Runs one hook: its call and its future, bounded by `within`, with a
+/// panic contained. `Err` is why the client is refused.
+async fn run_hook<T>(
+    name: &str,
+    within: std::time::Duration,
+    call: impl FnOnce() -> crate::HookFuture<T>,
+) -> Result<T, String> {
+    use futures::FutureExt;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let outcome = match catch_unwind(AssertUnwindSafe(call)) {
+        Ok(future) => tokio::time::timeout(within, AssertUnwindSafe(future).catch_unwind()).await,
+        Err(panic) => Ok(Err(panic)),
+    };
+    match outcome {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => {
+            tracing::warn!("the {name} panicked; refusing that client");
+            Err(format!("{name} failed"))
+        }
+        Err(_) => {
+            crate::logs::warn_throttled!(
+                timeout_ms = within.as_millis() as u64,
+                "the {name} took too long; refusing that client"
+            );
+            Err(format!("{name} timed out"))
+        }
+    }
+}
+
 impl ClientConn {
-    /// Answers a handshake, or returns the resume to look up in the store.
-    pub(super) fn on_handshake(&mut self, body: &[u8], peer: SocketAddr) -> Option<Box<Claim>> {
+    /// Answers a handshake, or returns what it must wait for first.
+    pub(super) fn on_handshake(&mut self, body: &[u8], peer: SocketAddr) -> Option<Box<Later>> {
         let Some(request) = HandshakeRequest::parse(body) else {
             refuse(self, CODE_USER_ERROR, "handshake is not JSON");
             return None;
         };
-        let Some(sys) = &request.sys else {
+        if request.sys.is_none() {
             refuse(self, CODE_USER_ERROR, "handshake without sys");
             return None;
-        };
-        let client_type = sys.client_type.clone().unwrap_or_default();
-        let version = sys.version.clone().unwrap_or_default();
-        // A hook that panics refuses this client only; the panic is
-        // contained here, so the connection answers instead of vanishing.
-        use std::panic::{catch_unwind, AssertUnwindSafe};
-        if let Some(check) = &self.shared.check_client {
-            match catch_unwind(AssertUnwindSafe(|| check(&client_type, &version))) {
+        }
+        if self.shared.check_client.is_some() || self.shared.on_handshake.is_some() {
+            return Some(Box::new(Later::Hooks(request)));
+        }
+        self.open(&request, None, peer)
+            .map(|c| Box::new(Later::Claim(c)))
+    }
+
+    /// Finishes a handshake that had to wait.
+    pub(super) async fn later(&mut self, later: Box<Later>, peer: SocketAddr) {
+        match *later {
+            Later::Hooks(request) => {
+                let Some(user) = self.hooks(&request, peer).await else {
+                    return;
+                };
+                if let Some(claim) = self.open(&request, user, peer) {
+                    self.claim(claim).await;
+                }
+            }
+            Later::Claim(claim) => self.claim(claim).await,
+        }
+    }
+
+    /// Runs the client check and the user hook, within the hook timeout
+    /// together. `None`: the client was refused.
+    async fn hooks(
+        &mut self,
+        request: &HandshakeRequest,
+        peer: SocketAddr,
+    ) -> Option<Option<Value>> {
+        let shared = self.shared.clone();
+        let deadline = tokio::time::Instant::now() + shared.config.hook_timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(check) = &shared.check_client {
+            let sys = request.sys.as_ref();
+            let client_type = sys.and_then(|s| s.client_type.clone()).unwrap_or_default();
+            let version = sys.and_then(|s| s.version.clone()).unwrap_or_default();
+            match run_hook("client check", left(), || check(client_type, version)).await {
                 Ok(true) => {}
                 Ok(false) => {
                     refuse(self, CODE_OLD_CLIENT, "client type or version refused");
                     return None;
                 }
-                Err(_) => {
-                    tracing::warn!("the client check panicked; refusing that client");
-                    refuse(self, CODE_USER_ERROR, "handshake check failed");
+                Err(why) => {
+                    refuse(self, CODE_USER_ERROR, &why);
                     return None;
                 }
             }
         }
-        let user = match &self.shared.on_handshake {
-            Some(hook) => match catch_unwind(AssertUnwindSafe(|| hook(&request, peer))) {
-                Ok(Ok(user)) => user,
-                Ok(Err(why)) => {
-                    refuse(self, CODE_USER_ERROR, &why);
-                    return None;
-                }
-                Err(_) => {
-                    tracing::warn!("the handshake hook panicked; refusing that client");
-                    refuse(self, CODE_USER_ERROR, "handshake hook failed");
-                    return None;
-                }
-            },
-            None => None,
+        let Some(hook) = &shared.on_handshake else {
+            return Some(None);
         };
+        match run_hook("handshake hook", left(), || hook(request.clone(), peer)).await {
+            Ok(Ok(user)) => Some(user),
+            Ok(Err(why)) | Err(why) => {
+                refuse(self, CODE_USER_ERROR, &why);
+                None
+            }
+        }
+    }
+
+    /// Opens the client's session, new or resumed, and answers; or returns
+    /// the resume to look up in the store.
+    fn open(
+        &mut self,
+        request: &HandshakeRequest,
+        user: Option<Value>,
+        peer: SocketAddr,
+    ) -> Option<Claim> {
+        let sys = request.sys.as_ref();
+        let client_type = sys.and_then(|s| s.client_type.clone()).unwrap_or_default();
+        let version = sys.and_then(|s| s.version.clone()).unwrap_or_default();
         // A new session, or the one the client's resume token names.
         let resume_enabled = !self.shared.config.resume_grace.is_zero();
         let presented = request.user.get("resumeToken").and_then(Value::as_str);
@@ -85,8 +160,7 @@ impl ClientConn {
             client.extend(device.map(|d| ("device", d)));
         }
         let dict_version = sys
-            .dict_version
-            .as_ref()
+            .and_then(|s| s.dict_version.as_ref())
             .and_then(|v| v.as_str())
             .map(str::to_string);
         let (owner, token, resumed) = match presented {
@@ -94,12 +168,12 @@ impl ClientConn {
                 Ok((owner, next)) => (owner, Some(next), true),
                 Err(ResumeError::UnknownSession) if self.shared.sessions.has_store() => {
                     let own = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
-                    return Some(Box::new(Claim {
+                    return Some(Claim {
                         token: token.to_string(),
                         client: client.iter().map(own).collect(),
                         user,
                         dict_version,
-                    }));
+                    });
                 }
                 Err(err) => {
                     crate::metrics::RESUME_REFUSED.increment(1);
@@ -139,13 +213,13 @@ impl ClientConn {
     /// Looks a resume up in the shared store (the session may have lived
     /// on another frontend), then answers the handshake. Bounded by the
     /// store's call deadline.
-    pub(super) async fn claim(&mut self, claim: Box<Claim>) {
+    async fn claim(&mut self, claim: Claim) {
         let Claim {
             token,
             client,
             user,
             dict_version,
-        } = *claim;
+        } = claim;
         let client: Vec<(&str, &str)> = client
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))

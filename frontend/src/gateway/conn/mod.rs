@@ -49,8 +49,8 @@ enum Phase {
 enum Stop {
     /// The connection ends, for this reason.
     End(String),
-    /// A resume must be looked up in the shared store first.
-    Claim(Box<handshake::Claim>),
+    /// The handshake waits for its hooks or a resume from the shared store.
+    Later(Box<handshake::Later>),
 }
 
 impl From<String> for Stop {
@@ -88,9 +88,9 @@ enum Stage {
     Opening(Opening),
     /// Handshake, requests, pushes, heartbeats.
     Running(ClientConn),
-    /// A resume looked up in the shared store (boxed: needed once, by a
-    /// client that moved here from another frontend).
-    Claiming(Pin<Box<dyn Future<Output = ClientConn> + Send>>),
+    /// A handshake waiting for its hooks, or for a resume looked up in the
+    /// shared store (boxed: needed once).
+    Waiting(Pin<Box<dyn Future<Output = ClientConn> + Send>>),
     /// Closing politely (boxed: needed once).
     Finishing(Pin<Box<dyn Future<Output = ()> + Send>>),
     /// Over.
@@ -243,15 +243,18 @@ impl Future for ClientTask {
                     if let Stage::Running(mut client) = std::mem::replace(this.stage, Stage::Done) {
                         *this.stage = match stop {
                             Stop::End(reason) => Stage::Finishing(Box::pin(client.finish(reason))),
-                            Stop::Claim(claim) => Stage::Claiming(Box::pin(async move {
-                                client.claim(claim).await;
-                                client
-                            })),
+                            Stop::Later(later) => {
+                                let peer = this.slot.peer;
+                                Stage::Waiting(Box::pin(async move {
+                                    client.later(later, peer).await;
+                                    client
+                                }))
+                            }
                         };
                     }
                 }
-                Stage::Claiming(claiming) => {
-                    let client = ready!(claiming.as_mut().poll(cx));
+                Stage::Waiting(waiting) => {
+                    let client = ready!(waiting.as_mut().poll(cx));
                     *this.stage = Stage::Running(client);
                 }
                 Stage::Finishing(finishing) => {
