@@ -6,6 +6,7 @@
 pub mod handshake;
 pub mod message;
 pub mod package;
+pub mod protobuf;
 pub mod routes;
 
 pub use handshake::{HandshakeRequest, HandshakeSys};
