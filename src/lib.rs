@@ -69,6 +69,7 @@ pub use session_proxy_frontend::{
     BackendRegistry, ConnectInfo, Gateway, GatewayConfig, GatewayServer, Outbound, RpcConfig,
     RpcServer, SessionConfig, SessionEvent, SessionOwner, SessionService, SingleSessionPolicy,
 };
+pub use session_proxy_protocol::client::protobuf::Protos;
 pub use session_proxy_protocol::{ErrorCode, SessionId};
 
 /// The README's snippets, compiled and run as doc-tests.

@@ -1,6 +1,7 @@
 //! Clients at the edges of the protocol: handshakes that are never acked,
 //! heartbeats sent back as fast as they arrive, a resume token copied to
-//! another device, and the dictionary reply every kind of client expects.
+//! another device, the dictionary reply every kind of client expects, the
+//! protos reply, and the handshake hooks.
 
 mod common;
 
@@ -226,6 +227,47 @@ async fn the_dictionary_reply_suits_pinus_and_libpomelo2_clients() {
     for field in ["dict", "routeToCode", "codeToRoute", "dictVersion"] {
         assert!(again.get(field).is_none(), "{field} sent again: {again}");
     }
+}
+
+#[tokio::test]
+async fn protos_go_to_protobuf_clients_that_do_not_hold_them_and_to_no_one_else() {
+    use serde_json::json;
+    let protos = session_proxy_chat::chat_protos().expect("the chat's protos");
+    let version = protos.version().to_string();
+    let f = start_frontend("f1", |c| c.protos = Some(protos)).await;
+    let addr = f.gateway.local_addr();
+    // Pomelo's protobuf clients send protoVersion 0 when they hold none.
+    let fresh = handshake_sys(
+        addr,
+        json!({ "type": "js", "version": "1", "protoVersion": 0 }),
+    )
+    .await;
+    assert_eq!(fresh["useProto"], true);
+    assert_eq!(fresh["protos"]["version"], version.as_str());
+    assert_eq!(
+        fresh["protos"]["server"]["onAdd"],
+        json!({ "user": { "option": "required", "type": "string", "tag": 1 }, "__messages": {}, "__tags": { "1": "user" } })
+    );
+    assert!(fresh["protos"]["client"]["chat.chatHandler.send"].is_object());
+    // Holding an old version: the protos again.
+    let stale = handshake_sys(
+        addr,
+        json!({ "type": "js", "version": "1", "protoVersion": "old" }),
+    )
+    .await;
+    assert_eq!(stale["protos"]["version"], version.as_str());
+    // Holding the current one: none.
+    let current = handshake_sys(
+        addr,
+        json!({ "type": "js", "version": "1", "protoVersion": version }),
+    )
+    .await;
+    assert_eq!(current["useProto"], true);
+    assert!(current.get("protos").is_none(), "{current}");
+    // A client that does not speak protobuf keeps JSON everywhere.
+    let json_client = handshake_sys(addr, json!({ "type": "js", "version": "1" })).await;
+    assert!(json_client.get("useProto").is_none(), "{json_client}");
+    assert!(json_client.get("protos").is_none(), "{json_client}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,83 +1,38 @@
-//! The gateway driven by the real npm client packages (`pinus-protocol` for
-//! every byte, `ws` for WebSocket), over WebSocket and raw TCP.
+//! The gateway driven by the real npm client packages: `pinus-protocol`
+//! for every byte and `ws` for WebSocket, over WebSocket and raw TCP; and
+//! `pomelo-protobuf` for protobuf bodies on the chat example.
 
 mod common;
 
 use common::cluster::*;
-use std::path::PathBuf;
-use std::process::Stdio;
+use common::node::{node_ready, run_script};
+use session_proxy_chat::{ChatCluster, ChatConfig};
 use std::time::Duration;
-use tokio::process::Command;
-
-fn node_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("node")
-}
-
-/// Installs the locked npm packages once (`npm ci`), if they are missing.
-async fn ensure_packages() -> bool {
-    let dir = node_dir();
-    if dir.join("node_modules").join("pinus-protocol").exists()
-        && dir.join("node_modules").join("ws").exists()
-    {
-        return true;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .status()
-        .await;
-    matches!(status, Ok(s) if s.success())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinus_protocol_clients_over_websocket_and_tcp() {
-    let has_node = Command::new("node")
-        .arg("--version")
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success());
-    if !has_node || !ensure_packages().await {
-        if std::env::var_os("CI").is_some() {
-            panic!("node and npm are required in CI (.ci/run installs the packages)");
-        }
-        eprintln!("SKIPPED: node/npm or the npm packages are not available here");
+    if !node_ready().await {
         return;
     }
     let f = start_frontend("f1", |_| {}).await;
     let (_backend, _) = start_backend("game-1", &[&f]);
     wait_for_backends(&f, 1).await;
-
-    let child = Command::new("node")
-        .arg(node_dir().join("compat.js"))
-        .arg(f.gateway.local_addr().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts");
-    let pid = child.id();
-    let output = match tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await
-    {
-        Ok(out) => out.expect("node ran"),
-        Err(_) => {
-            if let Some(pid) = pid {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.to_string())
-                    .status();
-            }
-            panic!("the node client did not finish within 60 s");
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "node client failed:\n{stdout}\n{stderr}"
-    );
+    let addr = f.gateway.local_addr().to_string();
+    let stdout = run_script("compat.js", &[addr], Duration::from_secs(60)).await;
     assert!(stdout.contains("node-compat ws: ok"), "{stdout}");
     assert!(stdout.contains("node-compat tcp: ok"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pomelo_protobuf_clients_chat_in_protobuf_byte_for_byte() {
+    if !node_ready().await {
+        return;
+    }
+    let cluster = ChatCluster::start(ChatConfig::ephemeral())
+        .await
+        .expect("chat cluster");
+    let gate = cluster.gate_addr().to_string();
+    let stdout = run_script("protobuf.js", &[gate], Duration::from_secs(60)).await;
+    assert!(stdout.contains("node-protobuf: ok"), "{stdout}");
+    cluster.shutdown(Duration::from_secs(2)).await;
 }

@@ -74,6 +74,7 @@ pub use rpc::RpcServer;
 pub use service::{
     ClosedHook, ConnectInfo, Outbound, ResumeError, SessionEvent, SessionOwner, SessionService,
 };
+pub use session_proxy_protocol::client::protobuf::{ProtoError, Protos};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{

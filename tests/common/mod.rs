@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod etcd;
 pub mod http;
 pub mod logs;
+pub mod node;
 pub mod nodes;
 pub mod redis;
 

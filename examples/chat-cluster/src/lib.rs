@@ -10,6 +10,11 @@
 //! with their client counts, and the gate hands out the active connector
 //! with the fewest clients, never a draining one; without one it hashes the
 //! uid over the connectors, as chatofpomelo does.
+//!
+//! The connectors speak protobuf bodies to Pomelo's protobuf clients (those
+//! that send `sys.protoVersion`), with the protos in `protos/` (built in);
+//! `chat.chatHandler.send` has no answer proto, so its answer stays JSON.
+//! Other clients speak JSON on every route.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -22,6 +27,7 @@ use session_proxy_frontend::{Gateway, GatewayConfig, GatewayServer, HashRouter, 
 use session_proxy_frontend::{
     RpcConfig, RpcServer, SessionConfig, SessionService, SingleSessionPolicy,
 };
+use session_proxy_protocol::client::protobuf::Protos;
 use session_proxy_protocol::SessionSnapshot;
 use session_proxy_registry::{Membership, NodeRecord, NodeRole, Registration};
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +61,19 @@ pub struct ChatConfig {
     pub registry: Option<Arc<dyn Membership>>,
     /// The connectors' lease in the registry. Default: 10 s.
     pub lease: Duration,
+    /// Serve the chat's protos (`protos/serverProtos.json`,
+    /// `protos/clientProtos.json`) to protobuf clients. Default: `true`.
+    pub protobuf: bool,
+}
+
+/// The chat's protos, as pomelo-protobuf describes them.
+pub fn chat_protos() -> anyhow::Result<Arc<Protos>> {
+    let protos = Protos::from_json_text(
+        include_str!("../protos/serverProtos.json"),
+        include_str!("../protos/clientProtos.json"),
+    )
+    .context("the chat's protos")?;
+    Ok(Arc::new(protos))
 }
 
 impl std::fmt::Debug for ChatConfig {
@@ -82,6 +101,7 @@ impl Default for ChatConfig {
             max_connections_per_ip: 256,
             registry: None,
             lease: Duration::from_secs(10),
+            protobuf: true,
         }
     }
 }
@@ -253,6 +273,11 @@ impl ChatCluster {
     /// Starts the gate, the connectors and the chat servers, and waits until
     /// every chat server is connected to every connector.
     pub async fn start(config: ChatConfig) -> anyhow::Result<ChatCluster> {
+        let protos = if config.protobuf {
+            Some(chat_protos()?)
+        } else {
+            None
+        };
         let mut connectors = Vec::new();
         for i in 0..config.connectors.max(1) {
             let id = format!("connector-{}", i + 1);
@@ -273,6 +298,7 @@ impl ChatCluster {
             gateway_config.heartbeat = config.heartbeat;
             gateway_config.resume_grace = config.resume_grace;
             gateway_config.max_connections_per_ip = config.max_connections_per_ip;
+            gateway_config.protos = protos.clone();
             let mut gateway = Gateway::new(sessions.clone(), backends, gateway_config);
             gateway.handlers().add(
                 "connector.entryHandler.enter",

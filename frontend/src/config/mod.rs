@@ -363,6 +363,20 @@ pub struct GatewayConfig {
     /// this order, sent in the handshake, and compressed on the wire.
     /// Default: empty.
     pub dictionary: Vec<String>,
+    /// Protobuf bodies (Pomelo's `useProtobuf`): the server's and the
+    /// clients' protos, loaded with
+    /// [`Protos::from_json_text`](session_proxy_protocol::client::protobuf::Protos::from_json_text)
+    /// from `serverProtos.json` and `clientProtos.json`.
+    ///
+    /// A client that announces `sys.protoVersion` in its handshake (every
+    /// Pomelo protobuf client does, `0` when it holds none) gets the protos
+    /// in its handshake reply unless it holds the current version, and
+    /// then speaks protobuf on every route that has a proto: its requests
+    /// are decoded here and reach handlers and backends as JSON; answers
+    /// (by the request's route) and pushes are encoded here. Routes
+    /// without a proto stay JSON, and so does every route for clients that
+    /// do not announce `protoVersion`. Default: `None`.
+    pub protos: Option<std::sync::Arc<session_proxy_protocol::client::protobuf::Protos>>,
 }
 
 impl Default for GatewayConfig {
@@ -387,6 +401,7 @@ impl Default for GatewayConfig {
             #[cfg(feature = "tls")]
             tls: None,
             dictionary: Vec::new(),
+            protos: None,
         }
     }
 }

@@ -100,21 +100,41 @@ impl ClientConn {
                 .ok_or_else(|| format!("unknown route code {code}")),
             Route::None => Err("message without a route".to_string()),
         };
+        // Answers in protobuf when the client speaks it and the route's
+        // answer has a proto.
+        let encoder = self
+            .protobuf
+            .then(|| {
+                route
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| protobuf::Answer::new(&self.shared, r))
+            })
+            .flatten();
+        let body = self.request_body(&route, msg.body);
         match msg.kind {
             MessageType::Request => {
-                let answer = self.start(route, msg.body, msg.gzip);
+                let answer = body.and_then(|body| self.start(route, body, msg.gzip));
                 let id = msg.id;
-                match answer {
-                    Ok(fut) => self
+                match (answer, encoder) {
+                    (Ok(fut), None) => self
                         .pending
                         .get_or_insert_with(FuturesUnordered::new)
                         .push(Box::pin(async move { (id, fut.await) })),
-                    Err(err) => {
-                        self.write_message(MessageType::Response, id, &Route::None, &err.to_body())
+                    (Ok(fut), Some(encoder)) => self
+                        .pending
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(Box::pin(async move { (id, encoder.encode(fut.await)) })),
+                    (Err(err), encoder) => {
+                        let mut body = err.to_body();
+                        if let Some(encoder) = encoder {
+                            body = encoder.encode(body);
+                        }
+                        self.write_message(MessageType::Response, id, &Route::None, &body)
                     }
                 }
             }
-            MessageType::Notify => match self.start(route, msg.body, msg.gzip) {
+            MessageType::Notify => match body.and_then(|body| self.start(route, body, msg.gzip)) {
                 Ok(fut) => {
                     // No answer to wait for: on the gateway's tracker, so
                     // shutdown still waits for it (bounded by the deadline).
@@ -127,6 +147,24 @@ impl ClientConn {
             }
         }
         Ok(())
+    }
+
+    /// A request's body as JSON: decoded from protobuf when the client
+    /// speaks it and the route has a proto.
+    fn request_body(
+        &self,
+        route: &Result<String, String>,
+        body: Bytes,
+    ) -> Result<Bytes, HandlerError> {
+        let (Ok(route), true) = (route, self.protobuf) else {
+            return Ok(body);
+        };
+        match self.shared.config.protos.as_ref() {
+            Some(protos) if protos.client.has(route) => {
+                protobuf::decode_request(protos, route, &body)
+            }
+            _ => Ok(body),
+        }
     }
 
     /// Starts handling a request or notify; returns the future of its JSON

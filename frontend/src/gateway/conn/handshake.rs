@@ -28,8 +28,30 @@ pub(super) struct Claim {
     client: Vec<(String, String)>,
     /// What the user hook answered.
     user: Option<Value>,
-    /// The dictionary version the client holds.
-    dict_version: Option<String>,
+    held: Held,
+}
+
+/// What the client holds already, from its handshake's `sys`.
+struct Held {
+    /// The dictionary version.
+    dict: Option<String>,
+    /// The protos version; `None`: the client does not speak protobuf
+    /// (it sent no `protoVersion` at all).
+    protos: Option<String>,
+}
+
+impl Held {
+    fn of(request: &HandshakeRequest) -> Held {
+        let sys = request.sys.as_ref();
+        let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        Held {
+            dict: sys
+                .and_then(|s| s.dict_version.as_ref())
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            protos: sys.and_then(|s| s.proto_version.as_ref()).map(text),
+        }
+    }
 }
 
 fn refuse(this: &mut ClientConn, code: u16, why: &str) {
@@ -159,10 +181,7 @@ impl ClientConn {
             client.push(("clientType", client_type.as_str()));
             client.extend(device.map(|d| ("device", d)));
         }
-        let dict_version = sys
-            .and_then(|s| s.dict_version.as_ref())
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
+        let held = Held::of(request);
         let (owner, token, resumed) = match presented {
             Some(token) if resume_enabled => match self.shared.sessions.resume_as(token, &client) {
                 Ok((owner, next)) => (owner, Some(next), true),
@@ -172,7 +191,7 @@ impl ClientConn {
                         token: token.to_string(),
                         client: client.iter().map(own).collect(),
                         user,
-                        dict_version,
+                        held,
                     });
                 }
                 Err(err) => {
@@ -206,7 +225,7 @@ impl ClientConn {
                 (owner, token, false)
             }
         };
-        self.accept(owner, token, resumed, user, dict_version.as_deref());
+        self.accept(owner, token, resumed, user, held);
         None
     }
 
@@ -218,16 +237,14 @@ impl ClientConn {
             token,
             client,
             user,
-            dict_version,
+            held,
         } = claim;
         let client: Vec<(&str, &str)> = client
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         match self.shared.sessions.resume_anywhere(&token, &client).await {
-            Ok((owner, next)) => {
-                self.accept(owner, Some(next), true, user, dict_version.as_deref())
-            }
+            Ok((owner, next)) => self.accept(owner, Some(next), true, user, held),
             Err(err) => {
                 crate::metrics::RESUME_REFUSED.increment(1);
                 debug!(cause = %err, "resume refused");
@@ -243,7 +260,7 @@ impl ClientConn {
         token: Option<String>,
         resumed: bool,
         user: Option<Value>,
-        dict_version: Option<&str>,
+        held: Held,
     ) {
         if resumed {
             crate::metrics::RESUME_OK.increment(1);
@@ -256,7 +273,7 @@ impl ClientConn {
         let mut sys_reply =
             json!({ "heartbeat": self.shared.config.heartbeat_whole_secs().as_secs() });
         if let Some(dict) = &self.shared.dictionary {
-            if dict_version != Some(dict.version.as_str()) {
+            if held.dict.as_deref() != Some(dict.version.as_str()) {
                 // `dict` for Pinus's clients; libpomelo2 (C, Unity, Java,
                 // Python) asserts that `routeToCode`, `codeToRoute` and
                 // `dictVersion` come together, so both kinds work.
@@ -266,6 +283,15 @@ impl ClientConn {
                 sys_reply["dictVersion"] = json!(dict.version);
             }
             sys_reply["useDict"] = json!(true);
+        }
+        if let (Some(protos), Some(version)) = (&self.shared.config.protos, &held.protos) {
+            // As Pomelo and Pinus: the protos unless the client holds
+            // these already.
+            if version != protos.version() {
+                sys_reply["protos"] = protos.handshake_value();
+            }
+            sys_reply["useProto"] = json!(true);
+            self.protobuf = true;
         }
         let mut reply = json!({ "code": CODE_OK, "sys": sys_reply });
         let mut user = user.unwrap_or(Value::Null);

@@ -13,6 +13,7 @@ mod dispatch;
 mod handshake;
 mod io;
 mod outbound;
+mod protobuf;
 
 use super::transport::{tls_configured, upgrade, Transport};
 use super::GatewayContext;
@@ -314,6 +315,9 @@ struct ClientConn {
     /// Whether the handshake resumed an existing session (which goes back
     /// to parked, not closed, if the client leaves before its ack).
     resumed: bool,
+    /// Whether the client speaks protobuf on the routes that have protos
+    /// ([`GatewayConfig::protos`](crate::GatewayConfig::protos)).
+    protobuf: bool,
     /// Handshake deadline until the ack, then heartbeat deadline.
     alive_until: Instant,
     /// Set while a write waits on a client that does not read.
@@ -361,6 +365,7 @@ impl ClientConn {
             heartbeat_sent_ms: 0,
             early_heartbeats: 0,
             resumed: false,
+            protobuf: false,
             alive_until: deadline,
             write_until: None,
             rearm: false,

@@ -39,6 +39,12 @@ impl ClientConn {
                 if self.phase != Phase::Working {
                     return;
                 }
+                let body = match &self.shared.config.protos {
+                    Some(protos) if self.protobuf && protos.server.has(&route) => {
+                        super::protobuf::encode_body(&protos.server, &route, &body)
+                    }
+                    _ => body,
+                };
                 let route = match self
                     .shared
                     .dictionary

@@ -1,0 +1,95 @@
+//! The npm client packages of `tests/node` (locked, installed with `npm ci`)
+//! and node scripts run against a test's nodes, stopped by their PID.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+/// `tests/node`.
+pub fn node_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("node")
+}
+
+/// Whether node and the locked packages are there (installed with `npm ci`
+/// if missing). Without them a test says SKIPPED, and fails in CI.
+pub async fn node_ready() -> bool {
+    let has_node = Command::new("node")
+        .arg("--version")
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success());
+    if has_node && ensure_packages().await {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("node and npm are required in CI (.ci/run installs the packages)");
+    }
+    eprintln!("SKIPPED: node/npm or the npm packages are not available here");
+    false
+}
+
+async fn ensure_packages() -> bool {
+    let dir = node_dir();
+    let modules = dir.join("node_modules");
+    let wanted = ["pinus-protocol", "ws", "pomelo-protobuf", "puppeteer-core"];
+    if wanted.iter().all(|p| modules.join(p).exists()) {
+        return true;
+    }
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .await;
+    matches!(status, Ok(s) if s.success())
+}
+
+/// Runs `node tests/node/<script> <args…>` to its end, within `within`
+/// (then it is killed by its PID); returns its stdout, and fails the test
+/// if it exits non-zero.
+pub async fn run_script(script: &str, args: &[String], within: Duration) -> String {
+    run_script_with(script, args, &[], within).await
+}
+
+/// [`run_script`] with environment variables.
+pub async fn run_script_with(
+    script: &str,
+    args: &[String],
+    env: &[(&str, String)],
+    within: Duration,
+) -> String {
+    let mut command = Command::new("node");
+    command
+        .arg(node_dir().join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command.spawn().expect("node starts");
+    let pid = child.id();
+    let output = match tokio::time::timeout(within, child.wait_with_output()).await {
+        Ok(out) => out.expect("node ran"),
+        Err(_) => {
+            if let Some(pid) = pid {
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            panic!("node {script} did not finish within {within:?}");
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "node {script} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+}
