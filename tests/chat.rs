@@ -70,9 +70,10 @@ fn spread_names(cluster: &ChatCluster) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_clients_on_two_connectors_chat_through_two_chat_servers() {
-    let cluster = ChatCluster::start(ChatConfig::ephemeral())
-        .await
-        .expect("cluster");
+    // chatofpomelo's rule, checked at the end: a drop is a leave.
+    let mut config = ChatConfig::ephemeral();
+    config.resume_grace = Duration::ZERO;
+    let cluster = ChatCluster::start(config).await.expect("cluster");
     let names = spread_names(&cluster);
     let (mut a, users) = enter(&cluster, &names[0], "lobby", Transport::Tcp).await;
     assert_eq!(users["users"], json!([names[0]]));
@@ -281,4 +282,47 @@ async fn with_a_registry_the_gate_hands_out_the_least_loaded_connector_never_a_d
         assert_eq!(query_entry(&cluster, uid).await["port"], first.port());
     }
     cluster.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_command_serves_its_page_until_sigterm() {
+    use common::nodes::{signal, spawn_session_proxy};
+    let args = [
+        "chat",
+        "--web-port",
+        "0",
+        "--gate-port",
+        "0",
+        "--connector-port",
+        "0",
+    ];
+    let (mut child, lines) = spawn_session_proxy(&args, "chat page:").await;
+    let line = lines.last().expect("the page line");
+    let page: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no page address in {line:?}"));
+    let gate_port = line
+        .split("(gate ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ')']).next())
+        .and_then(|addr| addr.parse::<SocketAddr>().ok())
+        .map(|a| a.port())
+        .unwrap_or_else(|| panic!("no gate address in {line:?}"));
+    let (status, body) = common::http::get(page, "/").await.expect("GET /");
+    assert_eq!(status, 200);
+    assert!(body.contains("<title>session-proxy chat</title>"), "{body}");
+    assert!(
+        body.contains(&format!("const GATE_PORT = {gate_port};")),
+        "the gate's port is filled in"
+    );
+    assert_eq!(common::http::get(page, "/nope").await.expect("GET").0, 404);
+    signal(child.id().expect("pid"), "TERM");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("it stops within 10 s of SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "{status}");
 }

@@ -77,10 +77,13 @@ pub async fn run_script_with(
         Ok(out) => out.expect("node ran"),
         Err(_) => {
             if let Some(pid) = pid {
-                let _ = std::process::Command::new("kill")
-                    .arg("-9")
-                    .arg(pid.to_string())
-                    .status();
+                // TERM first: puppeteer closes the browser it started.
+                for (signal, wait) in [("-TERM", 3), ("-KILL", 0)] {
+                    let _ = std::process::Command::new("kill")
+                        .args([signal, &pid.to_string()])
+                        .status();
+                    std::thread::sleep(Duration::from_secs(wait));
+                }
             }
             panic!("node {script} did not finish within {within:?}");
         }
@@ -92,4 +95,26 @@ pub async fn run_script_with(
         "node {script} failed:\n{stdout}\n{stderr}"
     );
     stdout
+}
+
+/// Debian's Chromium (`chromium`, or `$CHROMIUM`), never a downloaded
+/// browser. Without it a test says SKIPPED, and fails in CI.
+pub fn chromium() -> Option<String> {
+    let found = std::env::var("CHROMIUM").ok().or_else(|| {
+        ["chromium", "chromium-browser"].iter().find_map(|name| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {name}")])
+                .output()
+                .ok()?;
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (out.status.success() && !path.is_empty()).then_some(path)
+        })
+    });
+    if found.is_none() {
+        if std::env::var_os("CI").is_some() {
+            panic!("chromium is required in CI (.ci/run installs it)");
+        }
+        eprintln!("SKIPPED: chromium is not installed; install Debian's chromium to run this test");
+    }
+    found
 }

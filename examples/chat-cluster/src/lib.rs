@@ -34,6 +34,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod web;
+
 /// How to lay out the chat cluster.
 #[derive(Clone)]
 #[non_exhaustive]
@@ -52,7 +54,8 @@ pub struct ChatConfig {
     /// The heartbeat interval told to clients. Default: 10 s.
     pub heartbeat: Duration,
     /// How long a dropped player may come back with its resume token before
-    /// it leaves its room. Default: zero (chatofpomelo: a drop is a leave).
+    /// it leaves its room (the chat page comes back so after a reload).
+    /// Zero: a drop is a leave, as in chatofpomelo. Default: 30 s.
     pub resume_grace: Duration,
     /// Connections one client IP may hold on a connector. Default: 256.
     pub max_connections_per_ip: usize,
@@ -61,6 +64,10 @@ pub struct ChatConfig {
     pub registry: Option<Arc<dyn Membership>>,
     /// The connectors' lease in the registry. Default: 10 s.
     pub lease: Duration,
+    /// Serve the chat page over HTTP on this port of `host` (0 = any free
+    /// port); it talks to the gate and a connector over WebSocket.
+    /// Default: `None`.
+    pub web_port: Option<u16>,
     /// Serve the chat's protos (`protos/serverProtos.json`,
     /// `protos/clientProtos.json`) to protobuf clients. Default: `true`.
     pub protobuf: bool,
@@ -97,11 +104,12 @@ impl Default for ChatConfig {
             gate_port: 3014,
             connector_port: 3050,
             heartbeat: Duration::from_secs(10),
-            resume_grace: Duration::ZERO,
+            resume_grace: Duration::from_secs(30),
             max_connections_per_ip: 256,
             registry: None,
             lease: Duration::from_secs(10),
             protobuf: true,
+            web_port: None,
         }
     }
 }
@@ -129,6 +137,7 @@ struct Connector {
 /// A running chat cluster.
 pub struct ChatCluster {
     gate: GatewayServer,
+    web: Option<web::WebServer>,
     connectors: Vec<Connector>,
     chat_servers: Vec<BackendSessionService>,
 }
@@ -374,10 +383,13 @@ impl ChatCluster {
 
         let connector_addrs: Vec<SocketAddr> =
             connectors.iter().map(|c| c.gateway.local_addr()).collect();
+        // The gate only answers where to go: no sessions to resume there.
+        let mut gate_config = GatewayConfig::new("gate");
+        gate_config.resume_grace = Duration::ZERO;
         let mut gate = Gateway::new(
             SessionService::new(SessionConfig::new("gate")),
             session_proxy_frontend::BackendRegistry::new(),
-            GatewayConfig::new("gate"),
+            gate_config,
         );
         let members = config.registry.as_ref().map(|r| r.watch());
         gate.handlers().add("gate.gateHandler.queryEntry", move |_ctx, body: QueryEntry| {
@@ -409,9 +421,18 @@ impl ChatCluster {
             .bind(SocketAddr::new(config.host, config.gate_port))
             .await
             .with_context(|| format!("gate: client listener on port {}", config.gate_port))?;
+        let web = match config.web_port {
+            Some(port) => Some(
+                web::WebServer::bind(SocketAddr::new(config.host, port), gate.local_addr().port())
+                    .await
+                    .with_context(|| format!("chat page: HTTP listener on port {port}"))?,
+            ),
+            None => None,
+        };
 
         let cluster = ChatCluster {
             gate,
+            web,
             connectors,
             chat_servers,
         };
@@ -434,6 +455,11 @@ impl ChatCluster {
     /// Where clients ask for their connector.
     pub fn gate_addr(&self) -> SocketAddr {
         self.gate.local_addr()
+    }
+
+    /// Where the chat page is served (`http://<addr>/`), if it is.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(web::WebServer::local_addr)
     }
 
     /// The connectors' client addresses.
@@ -471,6 +497,7 @@ impl ChatCluster {
     /// Clients first (their leave notices still reach the chat servers),
     /// then the chat servers, then the connectors' RPC listeners.
     pub async fn shutdown(self, drain: Duration) {
+        drop(self.web);
         self.gate.shutdown(drain).await;
         let mut rpcs = Vec::new();
         for c in self.connectors {
