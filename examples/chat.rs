@@ -1,10 +1,12 @@
 //! Pomelo's chatofpomelo on session-proxy: a gate on port 3014, two
-//! connectors on 3050 and 3051, two chat servers, all on 127.0.0.1.
+//! connectors on 3050 and 3051, two chat servers, and the chat page on
+//! <http://127.0.0.1:3001/>, all on 127.0.0.1.
 //!
 //! ```sh
 //! cargo run --release --example chat
 //! ```
-//! Any Pomelo/Pinus client can join: ask the gate
+//! `chat <gate port>` moves the connectors to the next ports and the page to
+//! a free port (printed). Any Pomelo/Pinus client can join: ask the gate
 //! (`gate.gateHandler.queryEntry {uid}`) for a connector, then
 //! `connector.entryHandler.enter {username, rid}` and
 //! `chat.chatHandler.send {content, from, target}`. Stop with Ctrl-C.
@@ -26,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
         let port: u16 = port.parse()?;
         config.gate_port = port;
         config.connector_port = if port == 0 { 0 } else { port + 1 };
+        config.web_port = Some(0);
+    } else {
+        config.web_port = Some(3001);
     }
     if let Some(n) = std::env::var("SESSION_PROXY_MAX_CONNECTIONS_PER_IP")
         .ok()
@@ -40,6 +45,9 @@ async fn main() -> anyhow::Result<()> {
         println!("connector-{} {addr} (TCP and WebSocket)", i + 1);
     }
     println!("chat servers: {}", cluster.chat_servers().len());
+    if let Some(page) = cluster.web_addr() {
+        println!("chat page   http://{page}/");
+    }
     println!("pid {}", std::process::id());
     tokio::signal::ctrl_c().await?;
     cluster.shutdown(Duration::from_secs(3)).await;

@@ -72,12 +72,6 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::Chat {
-                host,
-                web_port,
-                gate_port,
-                connector_port,
-            } => cli::demo::serve_chat(host, web_port, gate_port, connector_port).await,
             Command::Frontend {
                 id,
                 rpc_addr,

@@ -284,45 +284,25 @@ async fn with_a_registry_the_gate_hands_out_the_least_loaded_connector_never_a_d
     cluster.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_chat_command_serves_its_page_until_sigterm() {
-    use common::nodes::{signal, spawn_session_proxy};
-    let args = [
-        "chat",
-        "--web-port",
-        "0",
-        "--gate-port",
-        "0",
-        "--connector-port",
-        "0",
-    ];
-    let (mut child, lines) = spawn_session_proxy(&args, "chat page:").await;
-    let line = lines.last().expect("the page line");
-    let page: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|addr| addr.parse().ok())
-        .unwrap_or_else(|| panic!("no page address in {line:?}"));
-    let gate_port = line
-        .split("(gate ")
-        .nth(1)
-        .and_then(|rest| rest.split([',', ')']).next())
-        .and_then(|addr| addr.parse::<SocketAddr>().ok())
-        .map(|a| a.port())
-        .unwrap_or_else(|| panic!("no gate address in {line:?}"));
+#[tokio::test]
+async fn the_chat_page_is_served_with_the_gates_port_and_nothing_else() {
+    let mut config = ChatConfig::ephemeral();
+    config.web_port = Some(0);
+    let cluster = ChatCluster::start(config).await.expect("cluster");
+    let page = cluster.web_addr().expect("the page is served");
     let (status, body) = common::http::get(page, "/").await.expect("GET /");
     assert_eq!(status, 200);
     assert!(body.contains("<title>session-proxy chat</title>"), "{body}");
+    let gate_port = cluster.gate_addr().port();
     assert!(
         body.contains(&format!("const GATE_PORT = {gate_port};")),
         "the gate's port is filled in"
     );
     assert_eq!(common::http::get(page, "/nope").await.expect("GET").0, 404);
-    signal(child.id().expect("pid"), "TERM");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("it stops within 10 s of SIGTERM")
-        .expect("wait");
-    assert!(status.success(), "{status}");
+    // A peer that never finishes its request head holds up no one else.
+    let mut idle = tokio::net::TcpStream::connect(page).await.expect("connect");
+    use tokio::io::AsyncWriteExt;
+    idle.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    assert_eq!(common::http::get(page, "/").await.expect("GET /").0, 200);
+    cluster.shutdown(Duration::from_secs(2)).await;
 }

@@ -85,5 +85,35 @@ fn client(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cluster, client);
+/// What a protobuf push costs the gateway on top of a JSON one: the
+/// handler's JSON parsed, then encoded with the route's proto; and a
+/// protobuf request decoded to the JSON handlers get.
+fn protobuf(c: &mut Criterion) {
+    use session_proxy_protocol::client::protobuf::Schema;
+    let schema = Schema::from_json(&serde_json::json!({
+        "onChat": { "required string msg": 1, "required string from": 2, "required string target": 3 }
+    }))
+    .expect("valid protos");
+    let json = br#"{"msg":"hello there","from":"alice","target":"*"}"#;
+    let mut g = c.benchmark_group("client_protobuf");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_push_from_json", |b| {
+        b.iter(|| {
+            let value: serde_json::Value = serde_json::from_slice(black_box(json)).expect("JSON");
+            black_box(schema.encode("onChat", &value).expect("fits"))
+        })
+    });
+    let bytes = schema
+        .encode("onChat", &serde_json::from_slice(json).expect("JSON"))
+        .expect("fits");
+    g.bench_function("decode_request_to_json", |b| {
+        b.iter(|| {
+            let value = schema.decode("onChat", black_box(&bytes)).expect("fits");
+            black_box(value.to_string())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, cluster, client, protobuf);
 criterion_main!(benches);

@@ -85,23 +85,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the chat example (Pomelo's chatofpomelo: a gate, two connectors,
-    /// two chat servers) with its web page, until SIGINT/SIGTERM.
-    Chat {
-        /// The address everything listens on.
-        #[arg(long, default_value = "127.0.0.1")]
-        host: std::net::IpAddr,
-        /// The chat page's HTTP port (0: any free port).
-        #[arg(long, default_value_t = 3001)]
-        web_port: u16,
-        /// The gate's port (0: any free port).
-        #[arg(long, default_value_t = 3014)]
-        gate_port: u16,
-        /// The first connector's port; the second takes the next one
-        /// (0: any free ports).
-        #[arg(long, default_value_t = 3050)]
-        connector_port: u16,
-    },
     /// Run a frontend's session RPC server until SIGINT/SIGTERM.
     Frontend {
         /// This frontend's id.

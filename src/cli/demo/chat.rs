@@ -137,33 +137,3 @@ pub(super) async fn run(config: &DemoConfig) -> anyhow::Result<ChatReport> {
         request_latency_us: (all.value_at_quantile(0.5), all.value_at_quantile(0.99)),
     })
 }
-
-/// `session-proxy chat`: the chat cluster and its page, until SIGINT or
-/// SIGTERM; then the players are let go and everything stops within 2 s.
-pub async fn serve_chat(
-    host: std::net::IpAddr,
-    web_port: u16,
-    gate_port: u16,
-    connector_port: u16,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut config = ChatConfig::default();
-    config.host = host;
-    config.web_port = Some(web_port);
-    config.gate_port = gate_port;
-    config.connector_port = connector_port;
-    let cluster = ChatCluster::start(config).await?;
-    let page = cluster.web_addr().context("the chat page is served")?;
-    println!(
-        "chat page: http://{page}/ (gate {}, connectors {:?}); Ctrl-C stops",
-        cluster.gate_addr(),
-        cluster.connector_addrs()
-    );
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    cluster.shutdown(Duration::from_secs(2)).await;
-    Ok(())
-}

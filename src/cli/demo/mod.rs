@@ -7,14 +7,11 @@
 //!   backends, then checks the frontend's final state key by key.
 //! - [`chat`]: the chat cluster, players through the gate, every `onChat`
 //!   push counted.
-//!
-//! `session-proxy chat` ([`serve_chat`]) runs the same chat cluster with its
-//! web page, for people.
 
 mod chat;
 mod sessions;
 
-pub use chat::{serve_chat, ChatReport};
+pub use chat::ChatReport;
 use clap::builder::TypedValueParser as _;
 use serde::Serialize;
 use std::time::Duration;
