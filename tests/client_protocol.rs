@@ -1,7 +1,7 @@
 //! Clients at the edges of the protocol: handshakes that are never acked,
 //! heartbeats sent back as fast as they arrive, a resume token copied to
 //! another device, the dictionary reply every kind of client expects, the
-//! protos reply, and the handshake hooks.
+//! protos reply, the handshake hooks, and WebSocket close codes.
 
 mod common;
 
@@ -341,4 +341,70 @@ async fn handshake_hooks_refuse_old_clients_bad_users_slow_hooks_and_a_panic_ref
         1,
         "only the accepted client has a session"
     );
+}
+
+/// A WebSocket client that has shaken hands and acked.
+async fn ws_client(addr: std::net::SocketAddr) -> tokio_tungstenite::WebSocketStream<TcpStream> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream)
+        .await
+        .expect("upgrade");
+    let mut out = BytesMut::new();
+    common::encode_client_handshake(&mut out);
+    PackageCodec::new(MAX_PACKAGE_BODY)
+        .encode_to(PackageType::HandshakeAck, &[], &mut out)
+        .expect("encode");
+    ws.send(Message::Binary(out.freeze())).await.expect("send");
+    ws
+}
+
+/// The close frame's code and reason, after whatever packages came first.
+async fn close_frame(ws: &mut tokio_tungstenite::WebSocketStream<TcpStream>) -> (u16, String) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a close frame in time");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string())
+            }
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => panic!("closed without a code"),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn browsers_see_why_a_websocket_closed_in_its_close_code() {
+    let f = start_frontend("f1", |_| {}).await;
+    let addr = f.gateway.local_addr();
+    // A kick: 1000 with the reason.
+    let mut kicked = ws_client(addr).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while f.sessions.count() == 0 {
+        assert!(Instant::now() < deadline, "no session");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sid = f.sessions.sids()[0];
+    assert!(f.sessions.kick_by_sid(sid, "banned"));
+    assert_eq!(
+        close_frame(&mut kicked).await,
+        (1000, "kicked: banned".to_string())
+    );
+    // Shutdown: 1001, going away (come back elsewhere).
+    let mut second = ws_client(addr).await;
+    while f.sessions.sids().iter().all(|s| *s == sid) {
+        assert!(Instant::now() < deadline, "no second session");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, _) = tokio::join!(
+        close_frame(&mut second),
+        f.gateway.shutdown(Duration::from_secs(2))
+    )
+    .0;
+    assert_eq!(code, 1001);
 }

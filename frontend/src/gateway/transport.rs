@@ -238,16 +238,46 @@ fn poll_ws_send<S: AsyncRead + AsyncWrite + Unpin>(
     Poll::Ready(Ok(()))
 }
 
+/// How a connection ends, for a WebSocket's close frame (RFC 6455 codes a
+/// browser's `CloseEvent.code` shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// 1000: the session ended (kicked, refused, closed, the client left).
+    Normal,
+    /// 1001: the server is going away (shutdown or drain).
+    GoingAway,
+}
+
 impl Transport {
-    /// Closes the connection politely (best effort).
-    pub(crate) async fn close(&mut self) {
+    /// Closes the connection politely (best effort): over WebSocket with a
+    /// close frame carrying `ending`'s code and `reason` (cut to the 123
+    /// bytes a close frame holds).
+    #[cfg_attr(not(feature = "websocket"), allow(unused_variables))]
+    pub(crate) async fn close(&mut self, ending: Ending, reason: &str) {
+        #[cfg(feature = "websocket")]
+        let frame = || {
+            use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+            use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+            let mut end = reason.len().min(123);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            let code = match ending {
+                Ending::Normal => CloseCode::Normal,
+                Ending::GoingAway => CloseCode::Away,
+            };
+            WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason[..end].to_string().into(),
+            }))
+        };
         match self {
             Transport::Tcp(stream) => {
                 let _ = stream.shutdown().await;
             }
             #[cfg(feature = "websocket")]
             Transport::Ws(ws) => {
-                let _ = SinkExt::close(ws).await;
+                let _ = ws.send(frame()).await;
             }
             #[cfg(feature = "tls")]
             Transport::Tls(stream) => {
@@ -255,7 +285,7 @@ impl Transport {
             }
             #[cfg(all(feature = "tls", feature = "websocket"))]
             Transport::Wss(ws) => {
-                let _ = SinkExt::close(ws).await;
+                let _ = ws.send(frame()).await;
             }
         }
     }

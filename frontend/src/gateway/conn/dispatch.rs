@@ -100,20 +100,15 @@ impl ClientConn {
                 .ok_or_else(|| format!("unknown route code {code}")),
             Route::None => Err("message without a route".to_string()),
         };
-        // Answers in protobuf when the client speaks it and the route's
-        // answer has a proto.
-        let encoder = self
-            .protobuf
-            .then(|| {
-                route
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| protobuf::Answer::new(&self.shared, r))
-            })
-            .flatten();
         let body = self.request_body(&route, msg.body);
         match msg.kind {
             MessageType::Request => {
+                // Answers in protobuf when the client speaks it and the
+                // route's answer has a proto.
+                let encoder = match (&route, self.protobuf) {
+                    (Ok(route), true) => protobuf::Answer::new(&self.shared, route),
+                    _ => None,
+                };
                 let answer = body.and_then(|body| self.start(route, body, msg.gzip));
                 let id = msg.id;
                 match (answer, encoder) {

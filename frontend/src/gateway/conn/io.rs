@@ -13,6 +13,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
+use super::super::transport::Ending;
 use super::*;
 
 impl ClientConn {
@@ -222,7 +223,18 @@ impl ClientConn {
                 owner.park(grace);
             }
         }
-        self.transport.close().await;
+        // Shutdown and drain kicks (come back elsewhere): 1001.
+        let drain_kick = reason
+            .strip_prefix("kicked: ")
+            .is_some_and(|r| r == self.shared.config.shutdown_kick_reason);
+        let ending = if reason == SHUTTING_DOWN || drain_kick {
+            Ending::GoingAway
+        } else {
+            Ending::Normal
+        };
+        // Bounded: a client that reads nothing does not hold the task.
+        let write_timeout = self.shared.config.write_timeout;
+        let _ = tokio::time::timeout(write_timeout, self.transport.close(ending, &reason)).await;
     }
 }
 
