@@ -160,6 +160,15 @@ impl ClusterConfig {
         Ok(config)
     }
 
+    /// The runtime threads of a process running the nodes `ids`: the
+    /// node's own setting for one node, the cluster's for several.
+    pub fn process_threads(&self, ids: &[String]) -> Option<usize> {
+        match ids {
+            [id] => self.worker_threads(id),
+            _ => self.cluster.worker_threads,
+        }
+    }
+
     /// The worker threads node `id` runs with: its own setting, else the
     /// cluster's, else `None` (one per core).
     pub fn worker_threads(&self, id: &str) -> Option<usize> {

@@ -5,7 +5,7 @@ mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::node::{run_node, FrontendNode};
+use cli::node::{run_nodes, FrontendNode};
 use cli::{Cli, Command};
 use session_proxy::cluster::ClusterConfig;
 use session_proxy::GatewayConfig;
@@ -32,14 +32,8 @@ fn main() -> anyhow::Result<()> {
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if let (
-        Some(cluster),
-        Command::Run {
-            node: Some(node), ..
-        },
-    ) = (&cluster, &cli.command)
-    {
-        if let Some(n) = cluster.worker_threads(node) {
+    if let (Some(cluster), Command::Run { node, .. }) = (&cluster, &cli.command) {
+        if let Some(n) = cluster.process_threads(node) {
             builder.worker_threads(n);
         }
     }
@@ -51,10 +45,8 @@ fn main() -> anyhow::Result<()> {
                 flags,
                 insecure,
                 ..
-            } => match (&cluster, node) {
-                (Some(config), Some(node)) => {
-                    run_node(config, &node, insecure, flags.admin_addr).await
-                }
+            } => match (&cluster, node.is_empty()) {
+                (Some(config), false) => run_nodes(config, &node, insecure, flags.admin_addr).await,
                 _ => cli::elastic::run_elastic(flags, insecure).await,
             },
             Command::Bench { mode } => cli::bench::run_bench(mode).await,
@@ -95,6 +87,7 @@ fn main() -> anyhow::Result<()> {
                     open_sessions,
                     insecure,
                     drain: cli::node::DEFAULT_DRAIN,
+                    in_process: false,
                 };
                 let running = node.start().await?;
                 if redis.is_some() {

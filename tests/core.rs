@@ -1,4 +1,6 @@
-//! The core session proxy over real TCP: one frontend, backends on loopback.
+//! The core session proxy: one frontend, backends on loopback TCP; and every
+//! invariant again over the in-process link (`RpcConfig::in_process`),
+//! which must behave exactly as TCP does.
 
 mod common;
 
@@ -9,12 +11,32 @@ use session_proxy::{
 };
 use std::time::Duration;
 
+/// An invariant test twice: `<name>::tcp` and `<name>::in_process`.
+macro_rules! over_both_links {
+    ($(#[$attr:meta])* async fn $name:ident($link:ident) $body:block) => {
+        mod $name {
+            use super::*;
+            $(#[$attr])*
+            async fn tcp() {
+                let $link = Link::Tcp;
+                $body
+            }
+            $(#[$attr])*
+            async fn in_process() {
+                let $link = Link::InProcess;
+                $body
+            }
+        }
+    };
+}
+
+over_both_links! {
 #[tokio::test]
-async fn backend_operations_are_visible_on_the_frontend() {
-    let f = start_frontend("f1").await;
+async fn backend_operations_are_visible_on_the_frontend(link) {
+    let f = start_frontend_on("f1", link).await;
     let mut owner = f.sessions.create(ConnectInfo::default());
     let sid = owner.sid();
-    let backend = start_backend("b1", "f1", f.addr);
+    let backend = start_backend("b1", "f1", &f.dial);
 
     let mut s = backend
         .get("f1", sid)
@@ -120,17 +142,19 @@ async fn backend_operations_are_visible_on_the_frontend() {
     assert_eq!(f.sessions.count(), 0);
     assert!(!backend.kick_by_sid("f1", sid, "again").await.expect("kick"));
 }
+}
 
+over_both_links! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interleaved_pushes_last_applied_wins_per_key() {
-    let f = start_frontend("f1").await;
+async fn interleaved_pushes_last_applied_wins_per_key(link) {
+    let f = start_frontend_on("f1", link).await;
     let owner = f.sessions.create(ConnectInfo::default());
     let sid = owner.sid();
     f.sessions
         .set(sid, "shared", encode("initial"))
         .expect("open");
-    let a = start_backend("a", "f1", f.addr);
-    let b = start_backend("b", "f1", f.addr);
+    let a = start_backend("a", "f1", &f.dial);
+    let b = start_backend("b", "f1", &f.dial);
 
     // Both backends hammer the same key; each remembers the version the
     // frontend gave each of its writes. The winner is the highest version.
@@ -191,14 +215,16 @@ async fn interleaved_pushes_last_applied_wins_per_key() {
         .contains_key("a_only"));
     assert_eq!(frontend_value::<u8>(&f.sessions, sid, "b_only"), Some(3));
 }
+}
 
+over_both_links! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_thousand_pipelined_pushes_are_applied_in_order() {
+async fn ten_thousand_pipelined_pushes_are_applied_in_order(link) {
     const N: u64 = 10_000;
-    let f = start_frontend("f1").await;
+    let f = start_frontend_on("f1", link).await;
     let owner = f.sessions.create(ConnectInfo::default());
     let sid = owner.sid();
-    let backend = start_backend("b", "f1", f.addr);
+    let backend = start_backend("b", "f1", &f.dial);
     let client = backend.client("f1").expect("known frontend");
 
     // An observer on the frontend reads the key as fast as it can; the
@@ -261,15 +287,17 @@ async fn ten_thousand_pipelined_pushes_are_applied_in_order() {
     let distinct = observer.await.expect("observer saw no reordering");
     assert!(distinct >= 1);
 }
+}
 
+over_both_links! {
 #[tokio::test]
-async fn conditional_push_after_a_concurrent_change_conflicts_and_changes_nothing() {
-    let f = start_frontend("f1").await;
+async fn conditional_push_after_a_concurrent_change_conflicts_and_changes_nothing(link) {
+    let f = start_frontend_on("f1", link).await;
     let owner = f.sessions.create(ConnectInfo::default());
     let sid = owner.sid();
     f.sessions.set(sid, "gold", encode(&10u32)).expect("open");
-    let a = start_backend("a", "f1", f.addr);
-    let b = start_backend("b", "f1", f.addr);
+    let a = start_backend("a", "f1", &f.dial);
+    let b = start_backend("b", "f1", &f.dial);
 
     let mut from_a = a.get("f1", sid).await.expect("call").expect("open");
     let mut from_b = b.get("f1", sid).await.expect("call").expect("open");
@@ -319,13 +347,15 @@ async fn conditional_push_after_a_concurrent_change_conflicts_and_changes_nothin
         .expect("fresh snapshot");
     assert_eq!(frontend_value::<u32>(&f.sessions, sid, "gold"), Some(25));
 }
+}
 
+over_both_links! {
 #[tokio::test]
-async fn bad_calls_get_typed_errors() {
-    let f = start_frontend("f1").await;
+async fn bad_calls_get_typed_errors(link) {
+    let f = start_frontend_on("f1", link).await;
     let first = f.sessions.create(ConnectInfo::default());
     let second = f.sessions.create(ConnectInfo::default());
-    let backend = start_backend("b", "f1", f.addr);
+    let backend = start_backend("b", "f1", &f.dial);
     let client = backend.client("f1").expect("known");
 
     // Unknown sid.
@@ -386,7 +416,7 @@ async fn bad_calls_get_typed_errors() {
             .code(),
         ErrorCode::Unavailable
     );
-    backend.add_frontend("f2", f.addr.to_string());
+    backend.add_frontend("f2", f.dial.clone());
     let err = backend
         .get("f2", first.sid())
         .await
@@ -405,15 +435,17 @@ async fn bad_calls_get_typed_errors() {
     s.push("name").await.expect("still serving");
     assert_eq!(f.sessions.count(), 1);
 }
+}
 
+over_both_links! {
 #[tokio::test]
-async fn single_session_policy_kick_old() {
+async fn single_session_policy_kick_old(link) {
     let mut config = SessionConfig::new("f1");
     config.single_session = SingleSessionPolicy::KickOld;
-    let f = start_frontend_with(config, "127.0.0.1:0".parse().expect("addr")).await;
+    let f = start_frontend_with_on(config, link).await;
     let mut old = f.sessions.create(ConnectInfo::default());
     let new = f.sessions.create(ConnectInfo::default());
-    let backend = start_backend("b", "f1", f.addr);
+    let backend = start_backend("b", "f1", &f.dial);
 
     backend
         .get("f1", old.sid())
@@ -445,15 +477,17 @@ async fn single_session_policy_kick_old() {
     );
     assert_eq!(f.sessions.count(), 1);
 }
+}
 
+over_both_links! {
 #[tokio::test]
-async fn single_session_policy_reject_new() {
+async fn single_session_policy_reject_new(link) {
     let mut config = SessionConfig::new("f1");
     config.single_session = SingleSessionPolicy::RejectNew;
-    let f = start_frontend_with(config, "127.0.0.1:0".parse().expect("addr")).await;
+    let f = start_frontend_with_on(config, link).await;
     let old = f.sessions.create(ConnectInfo::default());
     let new = f.sessions.create(ConnectInfo::default());
-    let backend = start_backend("b", "f1", f.addr);
+    let backend = start_backend("b", "f1", &f.dial);
 
     backend
         .get("f1", old.sid())
@@ -479,11 +513,13 @@ async fn single_session_policy_reject_new() {
     drop(old);
     second.bind("alice").await.expect("free now");
 }
+}
 
+over_both_links! {
 #[tokio::test]
-async fn ten_thousand_create_bind_close_cycles_leak_nothing() {
-    let f = start_frontend("f1").await;
-    let backend = start_backend("b", "f1", f.addr);
+async fn ten_thousand_create_bind_close_cycles_leak_nothing(link) {
+    let f = start_frontend_on("f1", link).await;
+    let backend = start_backend("b", "f1", &f.dial);
     let client = backend.client("f1").expect("known");
     let mut events = f.sessions.subscribe();
     for i in 0..10_000u32 {
@@ -524,13 +560,15 @@ async fn ten_thousand_create_bind_close_cycles_leak_nothing() {
     assert_eq!(f.sessions.count(), 0);
     assert_eq!(f.sessions.uid_count(), 0, "uid index leaked entries");
 }
+}
 
+over_both_links! {
 #[tokio::test]
-async fn a_user_is_located_and_kicked_on_every_frontend() {
-    let f1 = start_frontend("f1").await;
-    let f2 = start_frontend("f2").await;
-    let backend = start_backend("b1", "f1", f1.addr);
-    backend.add_frontend("f2", f2.addr.to_string());
+async fn a_user_is_located_and_kicked_on_every_frontend(link) {
+    let f1 = start_frontend_on("f1", link).await;
+    let f2 = start_frontend_on("f2", link).await;
+    let backend = start_backend("b1", "f1", &f1.dial);
+    backend.add_frontend("f2", f2.dial.clone());
     let mut owners = Vec::new();
     for f in [&f1, &f2, &f2] {
         let owner = f.sessions.create(ConnectInfo::default());
@@ -557,4 +595,5 @@ async fn a_user_is_located_and_kicked_on_every_frontend() {
         vec![("f1".to_string(), other.sid())],
         "nobody else was touched"
     );
+}
 }

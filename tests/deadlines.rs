@@ -21,8 +21,28 @@ use tokio_util::codec::Framed;
 async fn a_frontend_does_not_apply_a_call_that_arrives_after_its_deadline() {
     let sessions = SessionService::new(SessionConfig::new("f1"));
     let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
-    let owner = sessions.create(ConnectInfo::default());
     let stream = TcpStream::connect(rpc.local_addr()).await.expect("connect");
+    late_calls_are_not_applied(stream, &sessions).await;
+}
+
+#[tokio::test]
+async fn over_the_in_process_link_too() {
+    let sessions = SessionService::new(SessionConfig::new("f1"));
+    let mut config = RpcConfig::default();
+    config.in_process = Some("deadlines-f1".into());
+    let rpc = common::rpc_on_loopback(&sessions, config).await;
+    let addr = rpc.in_process_addr().expect("in process");
+    let pipe = session_proxy::protocol::inproc::connect(addr).expect("a pipe");
+    late_calls_are_not_applied(pipe, &sessions).await;
+}
+
+/// A bind sent 8 s ago with a 5 s deadline is refused, one sent now is
+/// applied, over `stream` to the frontend of `sessions`.
+async fn late_calls_are_not_applied<S>(stream: S, sessions: &SessionService)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let owner = sessions.create(ConnectInfo::default());
     let mut framed = Framed::new(stream, MessageCodec::new(1 << 20));
     framed
         .send(Message::Hello(Hello::new("b1", Role::Backend, None)))

@@ -59,6 +59,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The in-process listener could not be set up (its name is taken).
+    #[error("{0}")]
+    InProcess(#[from] session_proxy_protocol::inproc::InProcessError),
     /// A configuration field cannot work; nothing was started.
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
@@ -79,7 +82,7 @@ impl Error {
             Error::OwnerGone(_) => ErrorCode::PeerClosed,
             Error::OwnerQueueFull(_) => ErrorCode::Overloaded,
             Error::LimitExceeded { .. } => ErrorCode::LimitExceeded,
-            Error::Listen { .. } | Error::Config(_) => ErrorCode::Internal,
+            Error::Listen { .. } | Error::Config(_) | Error::InProcess(_) => ErrorCode::Internal,
             Error::Store(_) => ErrorCode::Unavailable,
         }
     }

@@ -140,6 +140,7 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
                 open_sessions: 0,
                 insecure,
                 drain,
+                in_process: false,
             };
             let running = node.start().await?;
             let admin = match flags.admin_addr {

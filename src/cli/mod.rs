@@ -41,13 +41,21 @@ pub enum Command {
     /// Run one node: of a cluster described in a TOML file (--config and
     /// --node), or described by flags and registered in a registry (--role,
     /// --id, --type, --registry, …; each also read from SESSION_PROXY_<FLAG>).
+    /// Several --node (or a comma list) run in one process, its backends
+    /// linked to its frontends in process.
     Run {
         /// The cluster file.
         #[arg(long, env = "SESSION_PROXY_CONFIG", requires = "node")]
         config: Option<std::path::PathBuf>,
-        /// The id of the node to run, in the cluster file.
-        #[arg(long, env = "SESSION_PROXY_NODE", requires = "config")]
-        node: Option<String>,
+        /// The id of the node to run, in the cluster file; several run in
+        /// one process.
+        #[arg(
+            long,
+            env = "SESSION_PROXY_NODE",
+            requires = "config",
+            value_delimiter = ','
+        )]
+        node: Vec<String>,
         /// The node, without a cluster file.
         #[command(flatten)]
         flags: elastic::NodeFlags,

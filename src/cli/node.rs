@@ -65,6 +65,8 @@ pub struct FrontendNode {
     pub insecure: bool,
     /// How long the drain on SIGTERM may take, all stages together.
     pub drain: Duration,
+    /// Also take backends of this process in process, at `inproc://<id>`.
+    pub in_process: bool,
 }
 
 /// A frontend node that is serving.
@@ -114,6 +116,7 @@ impl FrontendNode {
             open_sessions: 0,
             insecure: false,
             drain: DEFAULT_DRAIN,
+            in_process: false,
         })
     }
 
@@ -135,6 +138,9 @@ impl FrontendNode {
         rpc_config.tls = self.tls;
         rpc_config.secret = secret_from_env();
         rpc_config.insecure = self.insecure;
+        if self.in_process {
+            rpc_config.in_process = Some(self.id.clone());
+        }
         let rpc = RpcServer::bind(self.rpc_addr, sessions.clone(), rpc_config)
             .await
             .with_context(|| format!("listening for backends on {}", self.rpc_addr))?;
@@ -308,10 +314,74 @@ pub async fn run_node(
     }
 }
 
+/// Runs the nodes `ids` of the cluster file in this one process until
+/// SIGINT/SIGTERM: its backends reach its frontends in process (no TCP hop),
+/// and the other frontends of the file over TCP as usual. One node is
+/// [`run_node`].
+pub async fn run_nodes(
+    config: &ClusterConfig,
+    ids: &[String],
+    insecure: bool,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    if let [id] = ids {
+        return run_node(config, id, insecure, admin).await;
+    }
+    anyhow::ensure!(
+        admin.is_none(),
+        "--admin-addr serves one node: run one node per process to have it"
+    );
+    let nodes = ids
+        .iter()
+        .map(|id| config.node(id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let here: std::collections::HashSet<&str> = nodes
+        .iter()
+        .filter(|n| n.role == NodeRole::Frontend)
+        .map(|n| n.id.as_str())
+        .collect();
+    let mut serving: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>> =
+        Vec::new();
+    for node in nodes.iter().filter(|n| n.role == NodeRole::Frontend) {
+        let mut frontend = FrontendNode::from_cluster(config, node)?;
+        frontend.insecure = insecure;
+        frontend.in_process = true;
+        let running = frontend.start().await?;
+        println!("ready {}", node.id);
+        serving.push(Box::pin(running.serve_until_signal()));
+    }
+    for node in nodes.iter().filter(|n| n.role == NodeRole::Backend) {
+        serving.push(Box::pin(run_backend_with(
+            config,
+            node,
+            Control::default(),
+            &here,
+        )));
+    }
+    let mut failed = None;
+    for served in futures::future::join_all(serving).await {
+        if let Err(err) = served {
+            failed.get_or_insert(err);
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
 async fn run_backend(
     config: &ClusterConfig,
     node: &NodeConfig,
     control: Control,
+) -> anyhow::Result<()> {
+    run_backend_with(config, node, control, &Default::default()).await
+}
+
+/// A backend node; the frontends in `in_process` run in this process and
+/// are reached there.
+async fn run_backend_with(
+    config: &ClusterConfig,
+    node: &NodeConfig,
+    control: Control,
+    in_process: &std::collections::HashSet<&str>,
 ) -> anyhow::Result<()> {
     let tls = match &config.cluster.tls_ca {
         Some(ca) => {
@@ -327,11 +397,11 @@ async fn run_backend(
     let service = backend_service(&node.id, &node.server_type, tls)?;
     // The file's frontends are a static registry, followed like any other.
     let frontends = config.frontends().filter_map(|f| {
-        let rpc = f.rpc?;
-        Some(
-            NodeRecord::new(&f.id, RegistryRole::Frontend, &f.server_type)
-                .with_rpc_addr(rpc.to_string()),
-        )
+        let rpc = match in_process.contains(f.id.as_str()) {
+            true => format!("{}{}", session_proxy::protocol::inproc::SCHEME, f.id),
+            false => f.rpc?.to_string(),
+        };
+        Some(NodeRecord::new(&f.id, RegistryRole::Frontend, &f.server_type).with_rpc_addr(rpc))
     });
     let members = StaticMembership::new(frontends.collect());
     let following = follow_frontends(members.watch(), service.clone());

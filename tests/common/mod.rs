@@ -32,34 +32,74 @@ pub struct Frontend {
     pub sessions: SessionService,
     pub server: RpcServer,
     pub addr: SocketAddr,
+    /// The address its backends dial: `addr`, or its `inproc://` address.
+    pub dial: String,
+}
+
+/// How backends reach a frontend.
+#[derive(Clone, Copy, Debug)]
+pub enum Link {
+    /// Over TCP on loopback.
+    Tcp,
+    /// Through an in-memory pipe, in this process (`RpcConfig::in_process`).
+    InProcess,
 }
 
 pub async fn start_frontend(id: &str) -> Frontend {
-    start_frontend_with(SessionConfig::new(id), "127.0.0.1:0".parse().expect("addr")).await
+    start_frontend_on(id, Link::Tcp).await
+}
+
+/// A frontend that its backends reach over `link`.
+pub async fn start_frontend_on(id: &str, link: Link) -> Frontend {
+    start_frontend_with_on(SessionConfig::new(id), link).await
 }
 
 pub async fn start_frontend_with(config: SessionConfig, addr: SocketAddr) -> Frontend {
+    start_frontend_at(config, addr, Link::Tcp).await
+}
+
+pub async fn start_frontend_with_on(config: SessionConfig, link: Link) -> Frontend {
+    start_frontend_at(config, "127.0.0.1:0".parse().expect("addr"), link).await
+}
+
+async fn start_frontend_at(config: SessionConfig, addr: SocketAddr, link: Link) -> Frontend {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut rpc = RpcConfig::default();
+    if let Link::InProcess = link {
+        // Unique in the test binary: tests run side by side in one process.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rpc.in_process = Some(format!("{}-{n}", config.frontend_id));
+    }
     let sessions = SessionService::new(config);
-    let server = RpcServer::bind(addr, sessions.clone(), RpcConfig::default())
+    let server = RpcServer::bind(addr, sessions.clone(), rpc)
         .await
         .expect("frontend binds a loopback port");
     let addr = server.local_addr();
+    let dial = match server.in_process_addr() {
+        Some(inproc) => inproc.to_string(),
+        None => addr.to_string(),
+    };
     Frontend {
         sessions,
         server,
         addr,
+        dial,
     }
 }
 
-/// A backend that knows one frontend.
-pub fn start_backend(name: &str, frontend_id: &str, addr: SocketAddr) -> BackendSessionService {
+/// A backend that knows one frontend, at `addr` (TCP or `inproc://`).
+pub fn start_backend(
+    name: &str,
+    frontend_id: &str,
+    addr: impl std::fmt::Display,
+) -> BackendSessionService {
     start_backend_with(BackendConfig::new(name), frontend_id, addr)
 }
 
 pub fn start_backend_with(
     config: BackendConfig,
     frontend_id: &str,
-    addr: SocketAddr,
+    addr: impl std::fmt::Display,
 ) -> BackendSessionService {
     let backend = BackendSessionService::new(config).expect("valid config");
     backend.add_frontend(frontend_id, addr.to_string());

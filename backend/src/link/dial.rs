@@ -1,5 +1,7 @@
 //! Opening a link: TCP connect, optional TLS, and the hello exchange (with
-//! the cluster secret's challenge–response when one is configured).
+//! the cluster secret's challenge–response when one is configured). An
+//! `inproc://` address opens an in-memory pipe to a frontend of this process
+//! instead of the TCP connect and TLS; the hello and all after are the same.
 
 use crate::error::LinkError;
 use crate::BackendConfig;
@@ -26,6 +28,35 @@ pub(super) async fn dial(
     addr: &str,
     config: &BackendConfig,
 ) -> Result<Opened, LinkError> {
+    let (r, w) = if session_proxy_protocol::inproc::is_in_process(addr) {
+        let pipe =
+            session_proxy_protocol::inproc::connect(addr).map_err(|e| LinkError::Connect {
+                addr: addr.to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e),
+            })?;
+        let (r, w) = tokio::io::split(pipe);
+        let halves: Halves = (Box::new(r), Box::new(w));
+        halves
+    } else {
+        connect_tcp(addr, config).await?
+    };
+    let codec = MessageCodec::new(config.max_frame);
+    let mut reader = FramedRead::new(r, codec.clone());
+    let mut writer = FramedWrite::new(w, codec);
+    match timeout(
+        config.handshake_timeout,
+        hello(&mut reader, &mut writer, frontend_id, config),
+    )
+    .await
+    {
+        Err(_) => Err(LinkError::HandshakeTimeout),
+        Ok(Err(cause)) => Err(cause),
+        Ok(Ok(offset)) => Ok((reader, writer, offset)),
+    }
+}
+
+/// TCP connect within the connect timeout, then TLS if configured.
+async fn connect_tcp(addr: &str, config: &BackendConfig) -> Result<Halves, LinkError> {
     let stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
         Err(_) => {
             return Err(LinkError::ConnectTimeout {
@@ -42,20 +73,7 @@ pub(super) async fn dial(
     };
     // Latency over batching: the writer batches frames itself.
     let _ = stream.set_nodelay(true);
-    let (r, w) = split(stream, addr, config).await?;
-    let codec = MessageCodec::new(config.max_frame);
-    let mut reader = FramedRead::new(r, codec.clone());
-    let mut writer = FramedWrite::new(w, codec);
-    match timeout(
-        config.handshake_timeout,
-        hello(&mut reader, &mut writer, frontend_id, config),
-    )
-    .await
-    {
-        Err(_) => Err(LinkError::HandshakeTimeout),
-        Ok(Err(cause)) => Err(cause),
-        Ok(Ok(offset)) => Ok((reader, writer, offset)),
-    }
+    split(stream, addr, config).await
 }
 
 type Halves = (

@@ -186,6 +186,17 @@ pub struct RpcConfig {
     /// delivery instead of filling client queues. Zero answers as soon as
     /// the pushes are queued. Default: 1 s.
     pub push_write_wait: Duration,
+    /// Also take backends of this process without TCP, at
+    /// `inproc://<name>` ([`RpcServer::in_process_addr`]): a backend given
+    /// that address as its frontend's (`BackendSessionService::add_frontend`)
+    /// links through an in-memory pipe, with the same frames, hello, secret,
+    /// deadlines and ordering as over TCP. One binary can so hold a frontend
+    /// and its backends, and move a backend into a process of its own by
+    /// giving it the TCP address instead. Names are unique per process.
+    /// Default: `None`.
+    ///
+    /// [`RpcServer::in_process_addr`]: crate::RpcServer::in_process_addr
+    pub in_process: Option<String>,
 }
 
 impl Default for RpcConfig {
@@ -205,6 +216,7 @@ impl Default for RpcConfig {
             #[cfg(feature = "tls")]
             tls: None,
             push_write_wait: Duration::from_secs(1),
+            in_process: None,
         }
     }
 }

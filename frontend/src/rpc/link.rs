@@ -60,7 +60,7 @@ impl BackendConn {
         #[cfg(feature = "tls")]
         if let Some(tls) = self.config.tls.clone() {
             match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-                Ok(Ok(stream)) => self.run_on(stream, pre_auth, deadline).await,
+                Ok(Ok(stream)) => self.run_on(stream, Some(pre_auth), deadline).await,
                 Ok(Err(err)) => {
                     warn_throttled!(peer = %self.peer, cause = %err, "TLS handshake failed")
                 }
@@ -70,13 +70,21 @@ impl BackendConn {
             }
             return;
         }
-        self.run_on(stream, pre_auth, deadline).await
+        self.run_on(stream, Some(pre_auth), deadline).await
+    }
+
+    /// A backend of this process, through an in-memory pipe: no TLS and no
+    /// admission (nobody else can reach it); the hello, the cluster
+    /// secret and everything after are the TCP link's.
+    pub(super) async fn run_in_process(self, pipe: tokio::io::DuplexStream) {
+        let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
+        self.run_on(pipe, None, deadline).await
     }
 
     async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send>(
         self,
         stream: S,
-        pre_auth: Unauthenticated,
+        pre_auth: Option<Unauthenticated>,
         deadline: tokio::time::Instant,
     ) {
         // Small frames until the peer is known.

@@ -24,6 +24,7 @@ use link::BackendConn;
 use crate::listener::{accept, bind_reusable, IpSlot, PerIp, Running};
 use crate::logs::warn_throttled;
 use crate::{BackendRegistry, RpcConfig, SessionService};
+use session_proxy_protocol::inproc::{self, InProcessListener};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct RpcServer {
     running: Running,
     /// The backends connected through this server that serve a server type.
     backends: BackendRegistry,
+    /// `inproc://<name>`, when backends of this process may dial it there.
+    in_process: Option<String>,
 }
 
 impl RpcServer {
@@ -57,9 +60,10 @@ impl RpcServer {
         config.validate()?;
         service.config().validate()?;
         check_secret(&config, addr)?;
+        let in_process = listen_in_process(&config)?;
         let listener =
             bind_reusable(addr, 1024).map_err(|source| crate::Error::Listen { addr, source })?;
-        Ok(Self::start(listener, service, config))
+        Ok(Self::start(listener, in_process, service, config))
     }
 
     /// Serves backends on an already bound listener. Fails only on a
@@ -74,12 +78,20 @@ impl RpcServer {
         if let Ok(addr) = listener.local_addr() {
             check_secret(&config, addr)?;
         }
-        Ok(Self::start(listener, service, config))
+        let in_process = listen_in_process(&config)?;
+        Ok(Self::start(listener, in_process, service, config))
     }
 
-    /// Serves on `listener` with configs already checked.
-    fn start(listener: TcpListener, service: SessionService, config: RpcConfig) -> RpcServer {
+    /// Serves on `listener` (and in process, if asked) with configs already
+    /// checked.
+    fn start(
+        listener: TcpListener,
+        in_process: Option<InProcessListener>,
+        service: SessionService,
+        config: RpcConfig,
+    ) -> RpcServer {
         let running = Running::new(&listener);
+        let in_process_addr = in_process.as_ref().map(InProcessListener::addr);
         let backends = BackendRegistry::new();
         let shared = ServerContext {
             service,
@@ -89,6 +101,7 @@ impl RpcServer {
         };
         let accept = accept_loop(
             listener,
+            in_process,
             shared,
             running.cancel.clone(),
             running.tracker.clone(),
@@ -97,7 +110,18 @@ impl RpcServer {
         running
             .tracker
             .spawn(accept.instrument(tracing::info_span!("rpc_server", %local_addr)));
-        RpcServer { running, backends }
+        RpcServer {
+            running,
+            backends,
+            in_process: in_process_addr,
+        }
+    }
+
+    /// Where backends of this process reach it without TCP
+    /// (`inproc://<name>`, from [`RpcConfig::in_process`]); `None` unless
+    /// configured.
+    pub fn in_process_addr(&self) -> Option<&str> {
+        self.in_process.as_deref()
     }
 
     /// The backends connected to this server that serve client requests;
@@ -163,19 +187,75 @@ pub(super) struct Unauthenticated {
     _ip: IpSlot,
 }
 
+/// The in-process listener `config` asks for, if any.
+fn listen_in_process(config: &RpcConfig) -> Result<Option<InProcessListener>, crate::Error> {
+    match &config.in_process {
+        Some(name) => Ok(Some(inproc::listen(name)?)),
+        None => Ok(None),
+    }
+}
+
+/// What the accept loop takes next.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    InProcess(tokio::io::DuplexStream),
+}
+
+/// The next connection, over TCP or in process; `None` on shutdown.
+async fn next_connection(
+    listener: &TcpListener,
+    in_process: &mut Option<InProcessListener>,
+    cancel: &CancellationToken,
+) -> Option<Accepted> {
+    let pipe = async {
+        match in_process.as_mut() {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        accepted = accept(listener, cancel) => accepted.map(|(s, peer)| Accepted::Tcp(s, peer)),
+        Some(pipe) = pipe => Some(Accepted::InProcess(pipe)),
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    mut in_process: Option<InProcessListener>,
     shared: ServerContext,
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
     info!(
         frontend = shared.service.frontend_id(),
+        in_process = in_process.as_ref().map(InProcessListener::addr),
         "listening for backends"
     );
     let handshakes = Arc::new(Semaphore::new(shared.config.max_unauthenticated));
     let per_ip = Arc::new(PerIp::new(shared.config.max_unauthenticated_per_ip));
-    while let Some((stream, peer)) = accept(&listener, &cancel).await {
+    let conn = |peer| BackendConn {
+        service: shared.service.clone(),
+        backends: shared.backends.clone(),
+        slots: shared.slots.clone(),
+        config: shared.config.clone(),
+        cancel: cancel.child_token(),
+        tasks: tracker.clone(),
+        peer,
+    };
+    while let Some(accepted) = next_connection(&listener, &mut in_process, &cancel).await {
+        let (stream, peer) = match accepted {
+            Accepted::Tcp(stream, peer) => (stream, peer),
+            Accepted::InProcess(pipe) => {
+                // A backend of this process: the peer address is a stand-in.
+                let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+                tracker.spawn(
+                    conn(peer)
+                        .run_in_process(pipe)
+                        .instrument(tracing::info_span!("backend_conn", in_process = true)),
+                );
+                continue;
+            }
+        };
         // Admission before authentication is cheap to refuse: the socket
         // is closed at once, and no place an authenticated backend needs
         // is taken.
@@ -187,21 +267,13 @@ async fn accept_loop(
             warn_throttled!(%peer, limit = shared.config.max_unauthenticated, "too many connections in their handshake; closing the new one");
             continue;
         };
-        let conn = BackendConn {
-            service: shared.service.clone(),
-            backends: shared.backends.clone(),
-            slots: shared.slots.clone(),
-            config: shared.config.clone(),
-            cancel: cancel.child_token(),
-            tasks: tracker.clone(),
-            peer,
-        };
         let pre_auth = Unauthenticated {
             _place: place,
             _ip: ip,
         };
         tracker.spawn(
-            conn.run(stream, pre_auth)
+            conn(peer)
+                .run(stream, pre_auth)
                 .instrument(tracing::info_span!("backend_conn", %peer)),
         );
     }

@@ -1,0 +1,180 @@
+//! In-process links: a frontend's RPC server and backends that run in the
+//! same process meet through an in-memory pipe instead of a TCP socket.
+//!
+//! A frontend that serves in process ([`listen`], done by the frontend's
+//! `RpcServer` when `RpcConfig::in_process` names it) takes pipes under
+//! `inproc://<name>`; a backend given that address as its frontend's
+//! ([`connect`]) gets one. Everything else is the TCP link's: the same
+//! frames, hello, cluster secret, deadlines and ordering, so a game moves a
+//! backend into its own process by changing the address alone.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), session_proxy_protocol::inproc::InProcessError> {
+//! use session_proxy_protocol::inproc;
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! let mut listener = inproc::listen("doc-example")?;
+//! let mut backend_side = inproc::connect("inproc://doc-example")?;
+//! let mut frontend_side = listener.accept().await.expect("a pipe");
+//! backend_side.write_all(b"hello").await.expect("write");
+//! let mut got = [0u8; 5];
+//! frontend_side.read_exact(&mut got).await.expect("read");
+//! assert_eq!(&got, b"hello");
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use tokio::io::DuplexStream;
+use tokio::sync::mpsc;
+
+/// The address prefix of an in-process frontend.
+pub const SCHEME: &str = "inproc://";
+
+/// Bytes buffered in each direction of a pipe before the writer waits for
+/// the reader (as a socket's buffer would).
+const PIPE_BUFFER: usize = 256 * 1024;
+
+/// Pipes waiting for their frontend to take them.
+const BACKLOG: usize = 64;
+
+/// Why an in-process listen or connect failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InProcessError {
+    /// Another frontend of this process listens under the name.
+    #[error("an in-process frontend named {0:?} exists already in this process")]
+    NameTaken(String),
+    /// The address does not start with `inproc://`, or names nothing.
+    #[error("not an in-process address: {0:?}")]
+    NotInProcess(String),
+    /// No frontend of this process listens under the name (yet, or any more).
+    #[error("no in-process frontend named {0:?} in this process")]
+    NoSuchFrontend(String),
+    /// The frontend has 64 pipes it has not taken yet.
+    #[error("in-process frontend {0:?} is not taking connections")]
+    Busy(String),
+}
+
+/// Where `listen`ers wait, by name; the id tells a listener's entry from a
+/// later one's of the same name.
+type Listeners = Mutex<HashMap<String, (u64, mpsc::Sender<DuplexStream>)>>;
+
+fn listeners() -> &'static Listeners {
+    static LISTENERS: OnceLock<Listeners> = OnceLock::new();
+    LISTENERS.get_or_init(Default::default)
+}
+
+/// A frontend's in-process listener; the name is free again once dropped.
+#[derive(Debug)]
+pub struct InProcessListener {
+    name: String,
+    id: u64,
+    pipes: mpsc::Receiver<DuplexStream>,
+}
+
+impl InProcessListener {
+    /// The next backend's end of a pipe; `None` never happens while the
+    /// listener lives (it holds its own sender in the registry).
+    pub async fn accept(&mut self) -> Option<DuplexStream> {
+        self.pipes.recv().await
+    }
+
+    /// The address backends dial: `inproc://<name>`.
+    pub fn addr(&self) -> String {
+        format!("{SCHEME}{}", self.name)
+    }
+}
+
+impl Drop for InProcessListener {
+    fn drop(&mut self) {
+        let mut map = listeners().lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&self.name).is_some_and(|(id, _)| *id == self.id) {
+            map.remove(&self.name);
+        }
+    }
+}
+
+/// Listens under `name` (the address `inproc://<name>`).
+pub fn listen(name: &str) -> Result<InProcessListener, InProcessError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut map = listeners().lock().unwrap_or_else(|e| e.into_inner());
+    if map.contains_key(name) {
+        return Err(InProcessError::NameTaken(name.to_string()));
+    }
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (tx, pipes) = mpsc::channel(BACKLOG);
+    map.insert(name.to_string(), (id, tx));
+    Ok(InProcessListener {
+        name: name.to_string(),
+        id,
+        pipes,
+    })
+}
+
+/// Whether `addr` is an in-process address.
+pub fn is_in_process(addr: &str) -> bool {
+    addr.starts_with(SCHEME)
+}
+
+/// Opens a pipe to the in-process frontend at `addr` (`inproc://<name>`);
+/// returns the backend's end. Never waits.
+pub fn connect(addr: &str) -> Result<DuplexStream, InProcessError> {
+    let name = addr
+        .strip_prefix(SCHEME)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| InProcessError::NotInProcess(addr.to_string()))?;
+    let map = listeners().lock().unwrap_or_else(|e| e.into_inner());
+    let (_, pipes) = map
+        .get(name)
+        .ok_or_else(|| InProcessError::NoSuchFrontend(name.to_string()))?;
+    let (backend, frontend) = tokio::io::duplex(PIPE_BUFFER);
+    pipes.try_send(frontend).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => InProcessError::Busy(name.to_string()),
+        mpsc::error::TrySendError::Closed(_) => InProcessError::NoSuchFrontend(name.to_string()),
+    })?;
+    Ok(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn names_are_taken_once_and_freed_on_drop() {
+        let listener = listen("unit-a").expect("free");
+        assert_eq!(
+            listen("unit-a").map(|_| ()),
+            Err(InProcessError::NameTaken("unit-a".into()))
+        );
+        assert_eq!(listener.addr(), "inproc://unit-a");
+        drop(listener);
+        assert!(matches!(
+            connect("inproc://unit-a"),
+            Err(InProcessError::NoSuchFrontend(_))
+        ));
+        assert!(matches!(
+            connect("127.0.0.1:1"),
+            Err(InProcessError::NotInProcess(_))
+        ));
+        assert!(matches!(
+            connect("inproc://"),
+            Err(InProcessError::NotInProcess(_))
+        ));
+        let _again = listen("unit-a").expect("free again");
+    }
+
+    #[tokio::test]
+    async fn a_frontend_that_takes_nothing_is_busy_not_a_wait() {
+        let _listener = listen("unit-busy").expect("free");
+        let mut kept = Vec::new();
+        for _ in 0..BACKLOG {
+            kept.push(connect("inproc://unit-busy").expect("backlog"));
+        }
+        assert_eq!(
+            connect("inproc://unit-busy").map(|_| ()),
+            Err(InProcessError::Busy("unit-busy".into()))
+        );
+    }
+}
