@@ -22,14 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 cpu_ticks() { # pid: utime + stime, in clock ticks
   awk '{print $14 + $15}' "/proc/$1/stat"

@@ -22,14 +22,8 @@ stop() {
 }
 trap 'stop; rm -rf "$out"' EXIT
 
-wait_port() {
-  for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 measure() { # system port round
   local line
