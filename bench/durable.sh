@@ -19,11 +19,6 @@ rport=${REDIS_PORT:-6391}
 admin=${ADMIN_PORT:-9391}
 pids=()
 redis_pid=
-stop() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
-  pids=()
-}
 trap 'stop; [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
 redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly yes \

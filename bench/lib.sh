@@ -9,3 +9,11 @@ wait_port() {
   echo "nothing listens on port $1" >&2
   return 1
 }
+
+# Stops the processes in the caller's `pids` array, by PID, and waits for
+# them; empties the array.
+stop() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  pids=()
+}

@@ -15,11 +15,6 @@ cargo build --release --quiet --bin session-proxy
 bin=./target/release/session-proxy
 out=$(mktemp -d)
 pids=()
-stop() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
-  pids=()
-}
 trap 'stop; rm -rf "$out"' EXIT
 
 # shellcheck source=bench/lib.sh

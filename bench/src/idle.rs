@@ -70,6 +70,18 @@ pub async fn idle(
     pids: &[u32],
     login: Option<&Login>,
 ) -> anyhow::Result<BenchResult> {
+    Ok(idle_held(targets, transport, clients, pids, login).await?.0)
+}
+
+/// [`idle`], and the clients, still connected (heartbeating at the
+/// server's interval) until they are dropped.
+pub async fn idle_held(
+    targets: &[SocketAddr],
+    transport: Transport,
+    clients: usize,
+    pids: &[u32],
+    login: Option<&Login>,
+) -> anyhow::Result<(BenchResult, Vec<PomeloClient>)> {
     let Some(&first) = targets.first() else {
         anyhow::bail!("no server to connect to");
     };
@@ -128,7 +140,7 @@ pub async fn idle(
         .sum();
     let per_client =
         (!pids.is_empty() && !held.is_empty()).then(|| growth as f64 * 1024.0 / held.len() as f64);
-    Ok(BenchResult {
+    let result = BenchResult {
         mode: "idle".into(),
         target: first.to_string(),
         transport: transport_name(transport),
@@ -145,5 +157,6 @@ pub async fn idle(
             .collect(),
         bytes_per_client: per_client,
         ..BenchResult::default()
-    })
+    };
+    Ok((result, held))
 }

@@ -37,7 +37,7 @@ pub mod pushes;
 pub mod report;
 pub mod soak;
 
-pub use idle::{connectors_of_gate, idle, Login};
+pub use idle::{connectors_of_gate, idle, idle_held, Login};
 pub use load::{fanout, load, LoadOptions};
 
 use hdrhistogram::Histogram;

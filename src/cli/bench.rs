@@ -215,6 +215,7 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             gate,
             login_route,
             login_body,
+            hold,
         } => {
             let targets = if gate {
                 bench::connectors_of_gate(target.target, 64).await?
@@ -228,8 +229,18 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
                 }),
                 None => None,
             };
-            let r =
-                bench::idle(&targets, target.transport(), clients, &pid, login.as_ref()).await?;
+            let (r, held) =
+                bench::idle_held(&targets, target.transport(), clients, &pid, login.as_ref())
+                    .await?;
+            if hold > 0 {
+                // The report first, then the clients stay a while.
+                print_result(&r, target.json)?;
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                tokio::time::sleep(Duration::from_secs(hold)).await;
+                drop(held);
+                return Ok(());
+            }
             (r, target.json)
         }
         BenchMode::Fanout {
@@ -249,8 +260,12 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             target.json,
         ),
     };
+    print_result(&result, json)
+}
+
+fn print_result(result: &bench::BenchResult, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&result)?);
+        println!("{}", serde_json::to_string(result)?);
     } else {
         println!("{result}");
     }

@@ -236,6 +236,10 @@ pub enum BenchMode {
         /// client's number, `{r}` that number modulo 100.
         #[arg(long, default_value = r#"{"uid":"idle{i}"}"#)]
         login_body: String,
+        /// Keep the clients connected this many seconds after the report
+        /// is printed (to measure something else while they sit idle).
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
     },
     /// One channel push to N clients, repeated; delivery latency.
     Fanout {
