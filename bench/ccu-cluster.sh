@@ -5,6 +5,11 @@
 # per frontend, each spreading its sockets over loopback source addresses.
 # Every process is stopped by its PID.
 #   bench/ccu-cluster.sh [frontends] [backends] [steps per frontend] [hold s]
+# RATE sets each player's requests per second (default 1; e.g. 0.05 for
+# mostly idle players), RAMP each generator's new connections per second
+# (default 2000). While the generators run, the kernel's TCP sockets
+# in use, its socket slab and the frontends' RSS are sampled every second;
+# their peaks are printed at the end.
 # Loopback only; needs `ulimit -n` above the clients per process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +17,8 @@ frontends=${1:-3}
 backends=${2:-2}
 steps=${3:-5000,10000,15000}
 hold=${4:-10}
+rate=${RATE:-1}
+ramp=${RAMP:-2000}
 bin=./target/release/session-proxy
 cargo build --release --quiet --bin session-proxy
 ulimit -n 20000
@@ -28,12 +35,14 @@ for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null &&
 registry="redis://127.0.0.1:$redis_port/0"
 
 client_ports=()
+front_pids=()
 for i in $(seq "$frontends"); do
   rpc=$(free_port); client=$(free_port)
   "$bin" run --role frontend --id "connector-$i" --type connector --rpc-addr "127.0.0.1:$rpc" \
     --client-addr "127.0.0.1:$client" --registry "$registry" --max-connections-per-ip 100000 \
     >/dev/null 2>&1 &
   pids+=($!)
+  front_pids+=($!)
   client_ports+=("$client")
 done
 for i in $(seq "$backends"); do
@@ -41,17 +50,39 @@ for i in $(seq "$backends"); do
   pids+=($!)
 done
 sleep 3
-echo "machine: $(nproc) cores; $frontends frontends, $backends backends, steps $steps per frontend"
+echo "machine: $(nproc) cores; $frontends frontends, $backends backends, steps $steps per frontend, $rate req/s per player"
+samples=$(mktemp)
+(
+  while :; do
+    inuse=$(awk '/^TCP:/ { print $3 }' /proc/net/sockstat)
+    slab=$(awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" { k += $2 * $4 / 1024 } END { print int(k) }' /proc/slabinfo 2>/dev/null || echo 0)
+    rss=0
+    for p in "${front_pids[@]}"; do rss=$((rss + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0))); done
+    echo "$inuse $slab $rss" >>"$samples"
+    sleep 1
+  done
+) &
+sampler=$!
+pids+=("$sampler")
 outs=()
 for i in $(seq "$frontends"); do
   out=$(mktemp)
   outs+=("$out")
   # Frontend i's generator uses source addresses 127.0.0.1 … 127.0.0.4.
   "$bin" bench ccu --target "127.0.0.1:${client_ports[$((i-1))]}" --steps "$steps" --hold "$hold" \
-    --sources 4 --json >"$out" 2>/dev/null &
+    --sources 4 --rate-per-client "$rate" --ramp "$ramp" --json >"$out" 2>/dev/null &
   pids+=($!)
 done
 wait "${pids[@]: -$frontends}" || true
+kill "$sampler" 2>/dev/null || true
+python3 - "$samples" <<'PY'
+import sys
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 3]
+if rows:
+    inuse, slab, rss = (max(r[i] for r in rows) for i in range(3))
+    print(f"peak: {inuse} TCP sockets in use, socket slab {slab / 1024:.0f} MiB, frontends' RSS {rss / 1024:.0f} MiB")
+PY
+rm -f "$samples"
 python3 - "${outs[@]}" <<'PY'
 import json, sys
 reports = [json.load(open(p)) for p in sys.argv[1:]]
