@@ -55,10 +55,12 @@ samples=$(mktemp)
 (
   while :; do
     inuse=$(awk '/^TCP:/ { print $3 }' /proc/net/sockstat)
+    # Buffer pages of all TCP sockets (unread data counts here).
+    pages=$(awk '/^TCP:/ { for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat)
     slab=$(awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" { k += $2 * $4 / 1024 } END { print int(k) }' /proc/slabinfo 2>/dev/null || echo 0)
     rss=0
     for p in "${front_pids[@]}"; do rss=$((rss + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0))); done
-    echo "$inuse $slab $rss" >>"$samples"
+    echo "$inuse $slab $rss $pages" >>"$samples"
     sleep 1
   done
 ) &
@@ -77,10 +79,11 @@ wait "${pids[@]: -$frontends}" || true
 kill "$sampler" 2>/dev/null || true
 python3 - "$samples" <<'PY'
 import sys
-rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 3]
+rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 4]
 if rows:
-    inuse, slab, rss = (max(r[i] for r in rows) for i in range(3))
-    print(f"peak: {inuse} TCP sockets in use, socket slab {slab / 1024:.0f} MiB, frontends' RSS {rss / 1024:.0f} MiB")
+    inuse, slab, rss, pages = (max(r[i] for r in rows) for i in range(4))
+    print(f"peak: {inuse} TCP sockets in use, socket slab {slab / 1024:.0f} MiB, "
+          f"TCP buffers {pages * 4 / 1024:.0f} MiB, frontends' RSS {rss / 1024:.0f} MiB")
 PY
 rm -f "$samples"
 python3 - "${outs[@]}" <<'PY'
