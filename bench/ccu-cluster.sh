@@ -7,7 +7,15 @@
 #   bench/ccu-cluster.sh [frontends] [backends] [steps per frontend] [hold s]
 # RATE sets each player's requests per second (default 1; e.g. 0.05 for
 # mostly idle players), RAMP each generator's new connections per second
-# (default 2000). While the generators run, the kernel's TCP sockets
+# (default 2000), SOURCES the loopback source addresses per generator
+# (default: one per 25,000 players of the largest step). Each generator has
+# addresses of its own (generator i starts at 127.0.0.<2 + (i-1)*SOURCES>)
+# and binds its clients' source ports itself (see bench/src/ccu.rs):
+# the kernel picks a connect()'s port by searching the established sockets
+# of its source address, and 100,000 sockets on 127.0.0.1 alone made that
+# search (__inet_check_established) 75 % of the machine's CPU; shared
+# addresses bound without IP_BIND_ADDRESS_NO_PORT had done the same in
+# bind() (inet_bhash2_conflict). While the generators run, the kernel's TCP sockets
 # in use, its socket slab and the frontends' RSS are sampled every second;
 # their peaks are printed at the end.
 # Loopback only; needs `ulimit -n` above the clients per process.
@@ -19,6 +27,8 @@ steps=${3:-5000,10000,15000}
 hold=${4:-10}
 rate=${RATE:-1}
 ramp=${RAMP:-2000}
+largest=$(echo "$steps" | tr ',' '\n' | sort -n | tail -1)
+sources=${SOURCES:-$(( (largest + 24999) / 25000 ))}
 bin=./target/release/session-proxy
 cargo build --release --quiet --bin session-proxy
 ulimit -n 20000
@@ -70,9 +80,9 @@ outs=()
 for i in $(seq "$frontends"); do
   out=$(mktemp)
   outs+=("$out")
-  # Frontend i's generator uses source addresses 127.0.0.1 … 127.0.0.4.
+  # Frontend i's generator: its own source addresses.
   "$bin" bench ccu --target "127.0.0.1:${client_ports[$((i-1))]}" --steps "$steps" --hold "$hold" \
-    --sources 4 --rate-per-client "$rate" --ramp "$ramp" --json >"$out" 2>/dev/null &
+    --sources "$sources" --first-source $((2 + (i - 1) * sources)) --rate-per-client "$rate" --ramp "$ramp" --json >"$out" 2>/dev/null &
   pids+=($!)
 done
 wait "${pids[@]: -$frontends}" || true

@@ -80,6 +80,7 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             body,
             p99_ms,
             sources,
+            first_source,
             server_pid,
             json,
         } => {
@@ -93,6 +94,7 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
                 body,
                 p99_target: Duration::from_secs_f64(p99_ms / 1000.0),
                 sources,
+                first_source,
                 server_pid,
             })
             .await?;

@@ -208,6 +208,10 @@ pub enum BenchMode {
         /// Spread clients over this many loopback source addresses.
         #[arg(long, default_value_t = 1)]
         sources: u8,
+        /// The first source address is 127.0.0.<this> (give generators side
+        /// by side addresses of their own).
+        #[arg(long, default_value_t = 1)]
+        first_source: u8,
         /// The server's PID, to report its RSS at each step.
         #[arg(long)]
         server_pid: Option<u32>,
