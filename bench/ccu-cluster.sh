@@ -21,6 +21,8 @@
 # Loopback only; needs `ulimit -n` above the clients per process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 frontends=${1:-3}
 backends=${2:-2}
 steps=${3:-5000,10000,15000}
@@ -34,14 +36,13 @@ cargo build --release --quiet --bin session-proxy
 ulimit -n 20000
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+trap stop EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
 pids+=($!)
-for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null && break; sleep 0.1; done
+wait_port "$redis_port"
 registry="redis://127.0.0.1:$redis_port/0"
 
 client_ports=()
@@ -65,12 +66,11 @@ samples=$(mktemp)
 (
   while :; do
     inuse=$(awk '/^TCP:/ { print $3 }' /proc/net/sockstat)
-    # Buffer pages of all TCP sockets (unread data counts here).
-    pages=$(awk '/^TCP:/ { for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1) }' /proc/net/sockstat)
-    slab=$(awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" { k += $2 * $4 / 1024 } END { print int(k) }' /proc/slabinfo 2>/dev/null || echo 0)
+    buffers=$(tcp_buffer_kib)
+    slab=$(socket_slab_kib)
     rss=0
     for p in "${front_pids[@]}"; do rss=$((rss + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0))); done
-    echo "$inuse $slab $rss $pages" >>"$samples"
+    echo "$inuse $slab $rss $buffers" >>"$samples"
     sleep 1
   done
 ) &
@@ -91,9 +91,9 @@ python3 - "$samples" <<'PY'
 import sys
 rows = [list(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 4]
 if rows:
-    inuse, slab, rss, pages = (max(r[i] for r in rows) for i in range(4))
+    inuse, slab, rss, buffers = (max(r[i] for r in rows) for i in range(4))
     print(f"peak: {inuse} TCP sockets in use, socket slab {slab / 1024:.0f} MiB, "
-          f"TCP buffers {pages * 4 / 1024:.0f} MiB, frontends' RSS {rss / 1024:.0f} MiB")
+          f"TCP buffers {buffers / 1024:.0f} MiB, frontends' RSS {rss / 1024:.0f} MiB")
 PY
 rm -f "$samples"
 python3 - "${outs[@]}" <<'PY'

@@ -22,20 +22,6 @@ trap 'stop; rm -rf "$work"' EXIT
 sed 's/^heartbeat_secs = .*/heartbeat_secs = 30/' bench/cluster.toml >"$work/cluster.toml"
 grep -q '^heartbeat_secs = 30' "$work/cluster.toml"
 
-cpu() { # CPU seconds of one process
-  python3 -c '
-import os, sys
-f = open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")", 1)[1].split()
-print(sum(int(x) for x in f[11:13]) / os.sysconf("SC_CLK_TCK"))
-' "$1"
-}
-tcp_mem_kib() { awk '/^TCP:/ { for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1) * 4 }' /proc/net/sockstat; }
-# The socket objects themselves (TCP, TCPv6 and socket inodes), from the
-# slab allocator: sockstat's "mem" counts buffer pages only.
-slab_kib() {
-  awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" { kib += $2 * $4 / 1024 } END { print int(kib) }' /proc/slabinfo 2>/dev/null || echo 0
-}
-
 printf '%8s %12s %14s %14s %14s %16s %16s\n' clients "RSS/client" "idle CPU" "TCP buffers" "socket slab" "active p50" "active p99"
 for n in "${counts[@]}"; do
   "$bin" run --config "$work/cluster.toml" --node connector-1 >/dev/null 2>&1 &
@@ -50,8 +36,8 @@ for n in "${counts[@]}"; do
   pids+=($!)
   for _ in $(seq 600); do [ -s "$work/idle.json" ] && break; sleep 0.1; done
   [ -s "$work/idle.json" ] || { echo "the idle clients did not connect" >&2; exit 1; }
-  mem=$(tcp_mem_kib)
-  slab=$(slab_kib)
+  mem=$(tcp_buffer_kib)
+  slab=$(socket_slab_kib)
   c0=$(cpu "$front")
   sleep 30
   c1=$(cpu "$front")

@@ -42,14 +42,6 @@ start() { # cluster file [connector flags...]
   sleep 1
 }
 
-# CPU seconds (user + system) of the processes named by PID.
-cpu() {
-  python3 -c '
-import os, sys
-tick = os.sysconf("SC_CLK_TCK")
-print(" ".join(str(sum(int(x) for x in open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[11:13]) / tick) for p in sys.argv[1:]))
-' "$@"
-}
 commands() { redis info stats | tr -d '\r' | sed -n 's/^total_commands_processed://p'; }
 flushes() { # "sum count" of sessions per store write
   python3 -c '

@@ -17,3 +17,22 @@ stop() {
   for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
   pids=()
 }
+
+# CPU seconds (user + system) of the processes named by PID, one per PID.
+cpu() {
+  python3 -c '
+import os, sys
+tick = os.sysconf("SC_CLK_TCK")
+print(" ".join(str(sum(int(x) for x in open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[11:13]) / tick) for p in sys.argv[1:]))
+' "$@"
+}
+
+# Buffer pages of all TCP sockets, in KiB (/proc/net/sockstat "mem": unread
+# and unsent data; idle sockets hold none).
+tcp_buffer_kib() { awk '/^TCP:/ { for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1) * 4 }' /proc/net/sockstat; }
+
+# The socket objects themselves (TCP, TCPv6 and socket inodes) in the slab
+# allocator, in KiB.
+socket_slab_kib() {
+  awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" { kib += $2 * $4 / 1024 } END { print int(kib) }' /proc/slabinfo 2>/dev/null || echo 0
+}
