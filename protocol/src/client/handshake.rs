@@ -42,6 +42,16 @@ impl HandshakeRequest {
     pub fn parse(body: &[u8]) -> Option<HandshakeRequest> {
         serde_json::from_slice(body).ok()
     }
+
+    /// The client's type and version (`sys.type`, `sys.version`), empty
+    /// where it sent none.
+    pub fn client(&self) -> (String, String) {
+        let sys = self.sys.as_ref();
+        (
+            sys.and_then(|s| s.client_type.clone()).unwrap_or_default(),
+            sys.and_then(|s| s.version.clone()).unwrap_or_default(),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -105,26 +105,17 @@ impl ClientConn {
             MessageType::Request => {
                 // Answers in protobuf when the client speaks it and the
                 // route's answer has a proto.
-                let encoder = match (&route, self.protobuf) {
-                    (Ok(route), true) => protobuf::Answer::new(&self.shared, route),
-                    _ => None,
-                };
+                let speaks = route.as_deref().ok().filter(|_| self.protobuf);
+                let encoder = protobuf::Answer::new(&self.shared, speaks);
                 let answer = body.and_then(|body| self.start(route, body, msg.gzip));
                 let id = msg.id;
-                match (answer, encoder) {
-                    (Ok(fut), None) => self
-                        .pending
-                        .get_or_insert_with(FuturesUnordered::new)
-                        .push(Box::pin(async move { (id, fut.await) })),
-                    (Ok(fut), Some(encoder)) => self
+                match answer {
+                    Ok(fut) => self
                         .pending
                         .get_or_insert_with(FuturesUnordered::new)
                         .push(Box::pin(async move { (id, encoder.encode(fut.await)) })),
-                    (Err(err), encoder) => {
-                        let mut body = err.to_body();
-                        if let Some(encoder) = encoder {
-                            body = encoder.encode(body);
-                        }
+                    Err(err) => {
+                        let body = encoder.encode(err.to_body());
                         self.write_message(MessageType::Response, id, &Route::None, &body)
                     }
                 }

@@ -134,9 +134,7 @@ impl ClientConn {
         let deadline = tokio::time::Instant::now() + shared.config.hook_timeout;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         if let Some(check) = &shared.check_client {
-            let sys = request.sys.as_ref();
-            let client_type = sys.and_then(|s| s.client_type.clone()).unwrap_or_default();
-            let version = sys.and_then(|s| s.version.clone()).unwrap_or_default();
+            let (client_type, version) = request.client();
             match run_hook("client check", left(), || check(client_type, version)).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -169,9 +167,7 @@ impl ClientConn {
         user: Option<Value>,
         peer: SocketAddr,
     ) -> Option<Claim> {
-        let sys = request.sys.as_ref();
-        let client_type = sys.and_then(|s| s.client_type.clone()).unwrap_or_default();
-        let version = sys.and_then(|s| s.version.clone()).unwrap_or_default();
+        let (client_type, version) = request.client();
         // A new session, or the one the client's resume token names.
         let resume_enabled = !self.shared.config.resume_grace.is_zero();
         let presented = request.user.get("resumeToken").and_then(Value::as_str);

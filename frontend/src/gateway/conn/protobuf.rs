@@ -15,25 +15,30 @@ use std::sync::Arc;
 /// The code of the answer to a request whose body does not fit its proto.
 pub(super) const CODE_BAD_BODY: u32 = 400;
 
-/// Encodes the answer of one request, by the request's route.
-pub(super) struct Answer {
-    protos: Arc<Protos>,
-    route: String,
-}
+/// How the answer of one request goes out: encoded with the proto of the
+/// request's route, or as it is (JSON).
+pub(super) struct Answer(Option<(Arc<Protos>, String)>);
 
 impl Answer {
-    /// `None` when the route's answers have no proto (they stay JSON).
-    pub(super) fn new(shared: &GatewayContext, route: &str) -> Option<Answer> {
-        let protos = shared.config.protos.as_ref()?;
-        protos.server.has(route).then(|| Answer {
-            protos: protos.clone(),
-            route: route.to_string(),
-        })
+    /// For a request on `route` (`None`: the client does not speak
+    /// protobuf, or the route is unknown): JSON unless the route's answers
+    /// have a proto.
+    pub(super) fn new(shared: &GatewayContext, route: Option<&str>) -> Answer {
+        Answer(route.and_then(|route| {
+            let protos = shared.config.protos.as_ref()?;
+            protos
+                .server
+                .has(route)
+                .then(|| (protos.clone(), route.to_string()))
+        }))
     }
 
-    /// The JSON answer, encoded.
+    /// The JSON answer, encoded if it must be.
     pub(super) fn encode(&self, json: Bytes) -> Bytes {
-        encode_body(&self.protos.server, &self.route, &json)
+        match &self.0 {
+            Some((protos, route)) => encode_body(&protos.server, route, &json),
+            None => json,
+        }
     }
 }
 
