@@ -4,7 +4,8 @@
 //! ```toml
 //! [cluster]
 //! app = "bench"                       # the built-in app the nodes run
-//! # redis = "redis://127.0.0.1:6379/0"  # optional session store
+//! # redis = "redis://127.0.0.1:6379/0"  # optional session store (or
+//! #                                     # "redis+cluster://h:p,h:p")
 //! # worker_threads = 1                  # runtime threads per node process
 //!
 //! [[node]]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use serde_json::json;
 use session_proxy::frontend::{RedisStore, RedisStoreConfig, StoreOptions};
 use session_proxy::{
@@ -15,8 +15,23 @@ use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The store's server: one, or a Redis Cluster of three masters.
+enum Redis {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    fn url(&self) -> String {
+        match self {
+            Redis::One(r) => r.url(),
+            Redis::Cluster(c) => c.url(),
+        }
+    }
+}
+
 struct Cluster {
-    _redis: RedisServer,
+    _redis: Redis,
     gates: Vec<(GatewayServer, RpcServer)>,
     backend: BackendSessionService,
 }
@@ -24,7 +39,11 @@ struct Cluster {
 impl Cluster {
     /// Two frontends on one store, one chat backend dialling both.
     async fn start(policy: SingleSessionPolicy, per_uid: usize) -> Option<Cluster> {
-        let redis = RedisServer::start()?;
+        Some(Cluster::on(Redis::One(RedisServer::start()?), policy, per_uid).await)
+    }
+
+    /// [`Cluster::start`] on the given store server.
+    async fn on(redis: Redis, policy: SingleSessionPolicy, per_uid: usize) -> Cluster {
         let mut config = BackendConfig::new("chat-1");
         config.server_type = Some("chat".into());
         let backend = BackendSessionService::new(config).expect("config");
@@ -55,11 +74,11 @@ impl Cluster {
             );
             gates.push((gateway, rpc));
         }
-        Some(Cluster {
+        Cluster {
             _redis: redis,
             gates,
             backend,
-        })
+        }
     }
 
     async fn client(&self, frontend: usize) -> PomeloClient {
@@ -140,6 +159,22 @@ async fn a_login_on_another_frontend_with_kick_old_replaces_the_first() {
     let Some(cluster) = Cluster::start(SingleSessionPolicy::KickOld, 1).await else {
         return;
     };
+    kick_old_replaces_the_first(cluster).await;
+}
+
+/// The same on a Redis Cluster: the admission decides on the uid's slot,
+/// the eviction is carried out on the session's, and its announcement
+/// crosses the cluster bus to the other frontend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_login_on_another_frontend_with_kick_old_replaces_the_first() {
+    let Some(redis) = RedisCluster::start() else {
+        return;
+    };
+    let cluster = Cluster::on(Redis::Cluster(redis), SingleSessionPolicy::KickOld, 1).await;
+    kick_old_replaces_the_first(cluster).await;
+}
+
+async fn kick_old_replaces_the_first(cluster: Cluster) {
     let mut first = cluster.client(0).await;
     assert!(login(&first, "kim").await);
     let mut second = cluster.client(1).await;

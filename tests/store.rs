@@ -5,7 +5,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
+use redis::AsyncCommands;
 use session_proxy::frontend::{
     Admission, Evicted, Fenced, MemoryStore, RedisStore, RedisStoreConfig, Refreshed, SessionStore,
     StoreOptions, StoredSession,
@@ -193,6 +194,15 @@ async fn admission(store: &dyn SessionStore, ttl: Duration) {
         admit(24, 2, false).await.expect("admit"),
         Admission::Refused
     );
+    // A session written before it is bound (the usual order: connect,
+    // then log in) counts from its admission on.
+    store
+        .put(vec![record(30, "f1", None)], ttl)
+        .await
+        .expect("put");
+    let admit_dan = |n: u64| store.admit("dan", sid(n), 1, false, "replaced");
+    assert_eq!(admit_dan(30).await.expect("admit"), admitted(vec![]));
+    assert_eq!(admit_dan(31).await.expect("admit"), Admission::Refused);
 }
 
 /// Ownership moves by a claim, atomically, and the old owner's writes are
@@ -289,6 +299,46 @@ async fn redis_store_contract() {
     exercise(&store).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_contract() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
+        .await
+        .expect("connect");
+    exercise(&store).await;
+    // Sessions spread over the masters, and `list` and `clear` reach all.
+    let sessions: Vec<StoredSession> = (1..=12).map(|n| record(n, "f1", None)).collect();
+    store
+        .put(sessions, Duration::from_secs(60))
+        .await
+        .expect("put");
+    assert_eq!(store.list().await.expect("list").len(), 12);
+    assert!(
+        keys_per_node(&cluster)
+            .await
+            .iter()
+            .filter(|n| **n > 0)
+            .count()
+            >= 2
+    );
+    store.clear().await.expect("clear");
+    assert_eq!(keys_per_node(&cluster).await, vec![0, 0, 0]);
+}
+
+async fn keys_per_node(cluster: &RedisCluster) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    for url in cluster.node_urls() {
+        let size: usize = redis::cmd("DBSIZE")
+            .query_async(&mut raw(&url).await)
+            .await
+            .expect("dbsize");
+        sizes.push(size);
+    }
+    sizes
+}
+
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("url")
@@ -297,14 +347,17 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("connect")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_session_key_leaves_its_uid_set() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
+async fn raw_cluster(cluster: &RedisCluster) -> redis::cluster_async::ClusterConnection {
+    redis::cluster::ClusterClient::new(cluster.node_urls())
+        .expect("urls")
+        .get_async_connection()
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+/// Redis expires a session key on its own; the keyspace notification
+/// (from the node that held it) makes the store drop it from its uid set.
+async fn expired_key_leaves_its_uid_set(store: &RedisStore, conn: &mut impl AsyncCommands) {
     store
         .put(
             vec![record(0xabc, "f1", Some("carol:na"))],
@@ -319,18 +372,13 @@ async fn an_expired_session_key_leaves_its_uid_set() {
         )
         .await
         .expect("put");
-    let mut conn = raw(&redis.url()).await;
-    let members: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:carol:na")
-        .await
-        .expect("smembers");
+    let set = "sp:u:{carol:na}";
+    let members: Vec<String> = conn.smembers(set).await.expect("smembers");
     assert_eq!(members.len(), 2);
-    // Redis expires the key on its own; the keyspace notification makes
-    // the store drop it from the uid set (nobody reads the key meanwhile).
+    // Nobody reads the key meanwhile.
     let until = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let members: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:carol:na")
-            .await
-            .expect("smembers");
+        let members: Vec<String> = conn.smembers(set).await.expect("smembers");
         if members == vec!["0000000000000def".to_string()] {
             break;
         }
@@ -340,50 +388,119 @@ async fn an_expired_session_key_leaves_its_uid_set() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let owner: Option<String> = redis::AsyncCommands::hget(&mut conn, "sp:o", "0000000000000abc")
+    let owner: bool = conn
+        .exists("sp:o:{0000000000000abc}")
         .await
-        .expect("hget");
-    assert_eq!(owner, None, "owner entry cleaned too");
+        .expect("exists");
+    assert!(!owner, "owner entry cleaned too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweep_removes_index_entries_whose_session_is_gone() {
+async fn an_expired_session_key_leaves_its_uid_set() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
     let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
         .await
         .expect("connect");
+    expired_key_leaves_its_uid_set(&store, &mut raw(&redis.url()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_an_expired_session_key_leaves_its_uid_set() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
+        .await
+        .expect("connect");
+    expired_key_leaves_its_uid_set(&store, &mut raw_cluster(&cluster).await).await;
+}
+
+/// What a frontend leaves behind when it dies between two steps, or while
+/// no node listened: the sweep mends it.
+async fn sweep_mends_the_index(store: &RedisStore, conn: &mut impl AsyncCommands) {
+    let ttl = Duration::from_secs(60);
     store
-        .put(vec![record(1, "f1", Some("dave"))], Duration::from_secs(60))
+        .put(
+            vec![record(1, "f1", Some("dave")), record(2, "f1", Some("dave"))],
+            ttl,
+        )
         .await
         .expect("put");
-    // Entries left behind while no node was listening: a uid set member
-    // and an owner entry pointing at keys that do not exist.
-    let mut conn = raw(&redis.url()).await;
-    let _: () = redis::AsyncCommands::sadd(&mut conn, "sp:u:dave", "00000000000000ff")
+    // A uid set member and an owner key pointing at sessions that do not
+    // exist, a member whose session moved to another uid, and an eviction
+    // decided but not carried out.
+    let _: () = conn
+        .sadd("sp:u:{dave}", "00000000000000ff")
         .await
         .expect("sadd");
-    let _: () = redis::AsyncCommands::sadd(&mut conn, "sp:u:erin", "00000000000000ee")
+    let _: () = conn
+        .sadd("sp:u:{erin}", &["00000000000000ee", "0000000000000001"])
         .await
         .expect("sadd");
-    let _: () = redis::AsyncCommands::hset(&mut conn, "sp:o", "00000000000000ee", "erin")
+    let _: () = conn
+        .set("sp:o:{00000000000000ee}", "erin")
+        .await
+        .expect("set");
+    let _: () = conn
+        .hset("sp:x:{dave}", "0000000000000002", "replaced")
         .await
         .expect("hset");
-    let cleaned = store.sweep().await.expect("sweep");
-    assert!(cleaned >= 2, "cleaned {cleaned}");
-    let dave: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:dave")
-        .await
-        .expect("smembers");
+    let mut evictions = store.evictions();
+    let mended = store.sweep().await.expect("sweep");
+    assert!(mended >= 4, "mended {mended}");
+    let dave: Vec<String> = conn.smembers("sp:u:{dave}").await.expect("smembers");
     assert_eq!(
         dave,
         vec!["0000000000000001".to_string()],
         "the live entry stays"
     );
-    let erin: Vec<String> = redis::AsyncCommands::smembers(&mut conn, "sp:u:erin")
+    let erin: Vec<String> = conn.smembers("sp:u:{erin}").await.expect("smembers");
+    assert!(erin.is_empty(), "{erin:?}");
+    let pending: bool = conn.exists("sp:x:{dave}").await.expect("exists");
+    assert!(!pending, "the pending eviction is done");
+    assert_eq!(store.get(SessionId::from_raw(2)).await.expect("get"), None);
+    let heard = tokio::time::timeout(Duration::from_secs(2), evictions.recv())
         .await
-        .expect("smembers");
-    assert!(erin.is_empty());
+        .expect("announced")
+        .expect("channel open");
+    assert_eq!(heard.sid, SessionId::from_raw(2));
+    let stale = store
+        .put(vec![record(2, "f1", Some("dave"))], ttl)
+        .await
+        .expect("put");
+    assert_eq!(stale.len(), 1, "the evicted session's holder is fenced");
+    let held: Vec<u64> = store
+        .by_uid("dave")
+        .await
+        .expect("by uid")
+        .iter()
+        .map(|s| s.info.sid.as_u64())
+        .collect();
+    assert_eq!(held, vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_mends_what_a_frontend_left_half_done() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
+        .await
+        .expect("connect");
+    sweep_mends_the_index(&store, &mut raw(&redis.url()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_sweep_mends_what_a_frontend_left_half_done() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
+        .await
+        .expect("connect");
+    sweep_mends_the_index(&store, &mut raw_cluster(&cluster).await).await;
 }
 
 /// A store that counts what it is asked to write.

@@ -71,7 +71,7 @@ async fn stored_value(redis: &RedisServer, prefix: &str, sid: SessionId, key: &s
     let mut conn = raw(redis).await;
     // A session is a hash: its record under `d`, next to its epoch and owner.
     let blob: Option<Vec<u8>> = redis::cmd("HGET")
-        .arg(format!("{prefix}s:{:016x}", sid.as_u64()))
+        .arg(format!("{prefix}s:{{{:016x}}}", sid.as_u64()))
         .arg("d")
         .query_async(&mut conn)
         .await

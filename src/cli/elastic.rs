@@ -55,7 +55,8 @@ pub struct NodeFlags {
     /// The registry: redis://host:port/db or etcd://host:port.
     #[arg(long, env = "SESSION_PROXY_REGISTRY")]
     pub registry: Option<String>,
-    /// Keep a frontend's sessions in this Redis (redis://…).
+    /// Keep a frontend's sessions in this Redis (redis://…) or Redis
+    /// Cluster (redis+cluster://host:port,host:port).
     #[arg(long, env = "SESSION_PROXY_REDIS")]
     pub redis: Option<String>,
     /// The most client connections from one IP address (a load generator

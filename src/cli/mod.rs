@@ -112,8 +112,9 @@ pub enum Command {
         /// Also serve Pomelo/Pinus clients (TCP and WebSocket) here.
         #[arg(long)]
         client_addr: Option<SocketAddr>,
-        /// Keep sessions in this Redis server (e.g. redis://127.0.0.1:6379/0),
-        /// so a restart loses none.
+        /// Keep sessions in this Redis server (e.g. redis://127.0.0.1:6379/0)
+        /// or Redis Cluster (redis+cluster://host:port,host:port), so a
+        /// restart loses none.
         #[arg(long)]
         redis: Option<String>,
         /// How long a dropped client may resume its session, in seconds.

@@ -65,7 +65,10 @@ impl StoreOptions {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RedisStoreConfig {
-    /// The server, e.g. `redis://127.0.0.1:6379/0`. Default: that.
+    /// The server, e.g. `redis://127.0.0.1:6379/0` (the default), or a
+    /// Redis Cluster by some of its nodes:
+    /// `redis+cluster://[user:password@]host:port[,host:port…]`. The store
+    /// finds the other nodes itself; a cluster has only database 0.
     pub url: String,
     /// Prefix of every key, so several clusters can share a server.
     /// Default: `"sp:"`.
@@ -101,5 +104,48 @@ impl RedisStoreConfig {
             url: url.into(),
             ..RedisStoreConfig::default()
         }
+    }
+
+    /// The seed nodes of a `redis+cluster://` URL, each as a `redis://`
+    /// URL with the credentials; `None` for a single server.
+    pub(crate) fn cluster_seeds(&self) -> Option<Vec<String>> {
+        let rest = self.url.strip_prefix("redis+cluster://")?;
+        let rest = rest.trim_end_matches('/');
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((auth, hosts)) => (format!("{auth}@"), hosts),
+            None => (String::new(), rest),
+        };
+        Some(
+            hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{auth}{h}"))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::RedisStoreConfig;
+
+    #[test]
+    fn a_cluster_url_names_its_seeds_with_their_credentials() {
+        let seeds = |url: &str| RedisStoreConfig::new(url).cluster_seeds();
+        assert_eq!(seeds("redis://127.0.0.1:6379/0"), None);
+        assert_eq!(
+            seeds("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/"),
+            Some(vec![
+                "redis://127.0.0.1:7000".to_string(),
+                "redis://127.0.0.1:7001".to_string()
+            ])
+        );
+        assert_eq!(
+            seeds("redis+cluster://app:secret@10.0.0.1:7000,10.0.0.2:7000"),
+            Some(vec![
+                "redis://app:secret@10.0.0.1:7000".to_string(),
+                "redis://app:secret@10.0.0.2:7000".to_string()
+            ])
+        );
     }
 }

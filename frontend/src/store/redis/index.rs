@@ -1,143 +1,162 @@
-//! The keyspace listener and the sweep. Keeping each uid's set of sessions
-//! clean: a session key that expires,
-//! is evicted or deleted leaves its uid set and the owner hash, at once
-//! through keyspace notifications and later through a periodic sweep.
+//! The keyspace listener and the sweep, keeping each uid's set of sessions
+//! clean: a session key that expires, is evicted or deleted leaves its uid
+//! set, at once through keyspace notifications (heard from every master)
+//! and later through a periodic sweep, which also removes entries a
+//! frontend left behind between two steps and finishes evictions it
+//! decided.
 
-use super::conn::Conn;
-use super::{parse_sid, Keys};
+use super::{parse_sid, Inner};
 use crate::store::{Evicted, StoreError};
-use ::redis::aio::ConnectionManager;
-use ::redis::{AsyncCommands, Client, Script};
+use ::redis::aio::ConnectionLike;
+use ::redis::{AsyncCommands, Cmd, Value};
 use futures::StreamExt;
+use session_proxy_protocol::SessionId;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-pub(super) async fn scan(
-    conn: &mut ConnectionManager,
-    pattern: &str,
-) -> Result<Vec<String>, StoreError> {
-    let mut out = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        out.extend(batch);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
-}
-
-/// Cleans the index of one session whose key is gone (no-op if it exists).
-pub(super) async fn clean(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    delete: &Script,
-    sid_hex: &str,
-) -> Result<(), StoreError> {
-    let Some(sid) = parse_sid(sid_hex) else {
-        return Ok(());
-    };
-    let _: i64 = delete
-        .key(keys.session(sid))
-        .key(keys.owners())
-        .arg(sid_hex)
-        .arg(&keys.prefix)
-        .arg("1")
-        .invoke_async(conn)
-        .await?;
-    Ok(())
-}
-
-pub(super) async fn sweep(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    delete: &Script,
-) -> Result<usize, StoreError> {
-    let mut cleaned = 0;
-    // Owner entries whose session key is gone.
-    let owners: HashMap<String, String> = conn.hgetall(keys.owners()).await?;
-    for sid_hex in owners.keys() {
-        let Some(sid) = parse_sid(sid_hex) else {
-            continue;
-        };
-        let exists: bool = conn.exists(keys.session(sid)).await?;
-        if !exists {
-            clean(conn, keys, delete, sid_hex).await?;
-            cleaned += 1;
-        }
-    }
-    // Uid set members with no session key and no owner entry.
-    for set in scan(conn, &format!("{}u:*", keys.prefix)).await? {
-        let members: Vec<String> = conn.smembers(&set).await?;
-        for sid_hex in members {
-            let Some(sid) = parse_sid(&sid_hex) else {
-                let _: () = conn.srem(&set, &sid_hex).await?;
-                continue;
-            };
-            let exists: bool = conn.exists(keys.session(sid)).await?;
-            if !exists {
-                let _: () = conn.srem(&set, &sid_hex).await?;
-                cleaned += 1;
+impl Inner {
+    /// Cleans the index of sessions whose key is gone (a no-op for those
+    /// whose key exists); answers how many it cleaned.
+    async fn clean(&self, sids: &[SessionId]) -> Result<usize, StoreError> {
+        let cmds: Vec<Cmd> = sids
+            .iter()
+            .map(|sid| {
+                let mut cmd = self.on_session(&self.scripts.end, *sid);
+                cmd.arg("clean").arg(0);
+                cmd
+            })
+            .collect();
+        let answers: Vec<(i64, String)> = self.run(&cmds).await?;
+        let mut unindex = Vec::new();
+        for (sid, (_, uid)) in sids.iter().zip(answers) {
+            if !uid.is_empty() {
+                self.unindex(*sid, &uid, &mut unindex);
             }
         }
+        self.run::<Value>(&unindex).await?;
+        Ok(unindex.len() / 2)
     }
-    Ok(cleaned)
+
+    pub(super) async fn sweep(&self) -> Result<usize, StoreError> {
+        let prefix = &self.keys.prefix;
+        let mut link = self.conn.get();
+        // Owner keys whose session key is gone.
+        let owners: Vec<SessionId> = link
+            .scan(&format!("{prefix}o:*"))
+            .await?
+            .iter()
+            .filter_map(|key| self.keys.tag_of("o", key).and_then(parse_sid))
+            .collect();
+        let exists: Vec<Cmd> = owners
+            .iter()
+            .map(|sid| ::redis::cmd("EXISTS").arg(self.keys.session(*sid)).clone())
+            .collect();
+        let exists: Vec<bool> = link.each(&exists).await?;
+        let gone: Vec<SessionId> = owners
+            .into_iter()
+            .zip(exists)
+            .filter(|(_, exists)| !exists)
+            .map(|(sid, _)| sid)
+            .collect();
+        let mut mended = self.clean(&gone).await?;
+        // Uid set members whose session ended, expired or moved to another
+        // uid (a frontend that died between a write and its index update).
+        for set in link.scan(&format!("{prefix}u:*")).await? {
+            let Some(uid) = self.keys.tag_of("u", &set) else {
+                continue;
+            };
+            let members: Vec<String> = link.smembers(&set).await?;
+            let (ours, mut strays): (Vec<&String>, Vec<&String>) =
+                members.iter().partition(|m| parse_sid(m).is_some());
+            let reads: Vec<Cmd> = ours
+                .iter()
+                .filter_map(|m| parse_sid(m))
+                .map(|sid| {
+                    ::redis::cmd("HGET")
+                        .arg(self.keys.session(sid))
+                        .arg("u")
+                        .clone()
+                })
+                .collect();
+            let of: Vec<Option<String>> = link.each(&reads).await?;
+            strays.extend(
+                ours.into_iter()
+                    .zip(of)
+                    .filter(|(_, of)| of.as_deref() != Some(uid))
+                    .map(|(m, _)| m),
+            );
+            if !strays.is_empty() {
+                let _: () = link.srem(&set, &strays).await?;
+                mended += strays.len();
+            }
+        }
+        // Evictions decided and not carried out.
+        for pending in link.scan(&format!("{prefix}x:*")).await? {
+            let Some(uid) = self.keys.tag_of("x", &pending) else {
+                continue;
+            };
+            let decided: HashMap<String, String> = link.hgetall(&pending).await?;
+            mended += decided.len();
+            self.evict(uid, decided.into_iter().collect()).await?;
+        }
+        Ok(mended)
+    }
 }
 
-pub(super) async fn sweep_every(
-    every: Duration,
-    conn: Arc<Conn>,
-    keys: Keys,
-    delete: Script,
-    stop: CancellationToken,
-) {
+pub(super) async fn sweep_every(every: Duration, inner: Arc<Inner>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        match sweep(&mut conn.get(), &keys, &delete).await {
+        match inner.sweep().await {
             Ok(0) => {}
-            Ok(n) => debug!(cleaned = n, "swept stale session index entries"),
+            Ok(n) => debug!(mended = n, "swept stale session index entries"),
             Err(err) => warn!(cause = %err, "session index sweep failed"),
         }
     }
 }
 
-/// Follows expired/evicted/deleted keys and cleans their index entries.
+/// Follows expired/evicted/deleted keys on every node and cleans their
+/// index entries; passes on what admissions announce on the evictions
+/// channel (a cluster carries a publish to every node: it is heard on one).
 pub(super) async fn listen(
-    client: Client,
-    db: i64,
-    conn: Arc<Conn>,
-    keys: Keys,
-    delete: Script,
+    inner: Arc<Inner>,
     evictions: tokio::sync::broadcast::Sender<Evicted>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let evictions_channel = keys.evictions();
+    let evictions_channel = inner.keys.evictions();
     loop {
         let run = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            for event in ["expired", "evicted", "del"] {
-                pubsub
-                    .subscribe(format!("__keyevent@{db}__:{event}"))
-                    .await?;
+            let mut link = inner.conn.get();
+            let db = link.get_db();
+            let nodes = inner.conn.dial.nodes(&mut link).await?;
+            let mut streams = Vec::with_capacity(nodes.len());
+            for (i, node) in nodes.iter().enumerate() {
+                let mut pubsub = node.get_async_pubsub().await?;
+                for event in ["expired", "evicted", "del"] {
+                    pubsub
+                        .subscribe(format!("__keyevent@{db}__:{event}"))
+                        .await?;
+                }
+                if i == 0 {
+                    pubsub.subscribe(&evictions_channel).await?;
+                }
+                // A node's stream that ends (its connection is lost) ends
+                // the whole listen, which then subscribes anew.
+                let messages = pubsub.into_on_message().map(Some);
+                streams.push(
+                    messages
+                        .chain(futures::stream::once(async { None }))
+                        .boxed(),
+                );
             }
-            pubsub.subscribe(&evictions_channel).await?;
-            let mut messages = pubsub.on_message();
-            while let Some(msg) = messages.next().await {
+            let mut messages = futures::stream::select_all(streams);
+            while let Some(Some(msg)) = messages.next().await {
                 let key: String = match msg.get_payload() {
                     Ok(k) => k,
                     Err(_) => continue,
@@ -154,8 +173,8 @@ pub(super) async fn listen(
                     }
                     continue;
                 }
-                if let Some(sid_hex) = keys.sid_of(&key) {
-                    if let Err(err) = clean(&mut conn.get(), &keys, &delete, &sid_hex).await {
+                if let Some(sid) = inner.keys.tag_of("s", &key).and_then(parse_sid) {
+                    if let Err(err) = inner.clean(&[sid]).await {
                         warn!(cause = %err, "cleaning a gone session's index failed");
                     }
                 }

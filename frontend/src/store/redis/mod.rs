@@ -1,43 +1,57 @@
-//! Sessions in Redis: a hash per session, a set per uid, TTLs in Redis.
+//! Sessions in Redis, one server or a Redis Cluster: a hash per session, a
+//! set per uid, TTLs in Redis.
 //!
-//! Layout under a prefix (default `sp:`):
-//! - `sp:s:<sid hex>`: the session, a hash with `d` (the record,
-//!   MessagePack), `e` (its ownership epoch) and `f` (the frontend that
-//!   owns it), with a TTL. A deleted session keeps `e` (one up) and `f`
-//!   (empty) until the TTL ends, so a frontend that lost it cannot write
-//!   it back;
-//! - `sp:u:<uid>`: the set of that uid's session ids (the uid is used as
-//!   is, so uids with `:` are fine: nothing parses these keys);
-//! - `sp:o`: a hash `sid -> uid`, so a session key that expires or is
-//!   evicted can be taken out of its uid's set after it is gone.
+//! Layout under a prefix (default `sp:`). A `{…}` part is a hash tag: on a
+//! cluster, keys with the same tag share a slot, so every script runs on
+//! one node. Per session (tag: the sid in hex):
+//! - `sp:s:{<sid>}`: the session, a hash with `d` (the record,
+//!   MessagePack), `e` (its ownership epoch), `f` (the frontend that owns
+//!   it) and `u` (its uid), with a TTL. An ended session keeps `e` (one
+//!   up) and `f` (empty) until the TTL ends, so a frontend that lost it
+//!   cannot write it back;
+//! - `sp:o:{<sid>}`: its uid, kept after the session key expires or is
+//!   evicted so the session can be taken out of its uid's set.
 //!
-//! Every write that depends on the epoch is one Lua script, so the check
-//! and the write are atomic. Keyspace notifications (`expired`, `evicted`,
-//! `del`) clean the uid sets at once; a periodic sweep catches what
+//! Per uid (tag: the uid, used as is, so uids with `:` are fine: nothing
+//! parses these keys):
+//! - `sp:u:{<uid>}`: the set of that uid's session ids;
+//! - `sp:l:{<uid>}`: the sessions admitted under a per-uid limit, by time;
+//! - `sp:x:{<uid>}`: evictions decided by an admission and not yet carried
+//!   out (sid -> reason).
+//!
+//! Every write that depends on the epoch is one Lua script on the
+//! session's slot, so the check and the write are atomic. The uid set is
+//! written after it by idempotent commands; reads check each member
+//! against the session's own `u`, so an entry left behind by a frontend
+//! that died in between is never served, and the sweep removes it.
+//! Keyspace notifications (`expired`, `evicted`, `del`, heard from every
+//! master) clean the uid sets at once; the periodic sweep catches what
 //! happened while no node was listening.
 //!
 //! - this file: [`RedisStore`] and the [`SessionStore`] calls;
+//! - `admit`: the per-uid admission;
 //! - `scripts`: the Lua scripts;
-//! - `conn`: the connection, with its timeouts, replaced when it stalls;
+//! - `conn`: the connection (one server or a cluster), with its timeouts,
+//!   replaced when it stalls;
 //! - `index`: the uid-set clean-up (keyspace listener and sweep).
 
+mod admit;
 mod conn;
 mod index;
 mod scripts;
 
-use self::conn::Conn;
-use self::index::{listen, scan, sweep, sweep_every};
+use self::conn::{Conn, Dial, DialError};
+use self::index::{listen, sweep_every};
 use self::scripts::Scripts;
 use super::{
     Admission, Evicted, Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession,
-    ADMISSION_GRACE,
 };
 use crate::config::RedisStoreConfig;
 use ::redis::aio::ConnectionManagerConfig;
-use ::redis::{AsyncCommands, Client, FromRedisValue, Pipeline, Script, Value};
+use ::redis::cluster::ClusterClientBuilder;
+use ::redis::{AsyncCommands, Client, Cmd, FromRedisValue, IntoConnectionInfo, Script, Value};
 use session_proxy_protocol::SessionId;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -50,54 +64,63 @@ struct Keys {
 
 impl Keys {
     fn session(&self, sid: SessionId) -> String {
-        format!("{}s:{:016x}", self.prefix, sid.as_u64())
+        format!("{}s:{{{:016x}}}", self.prefix, sid.as_u64())
+    }
+    fn owner(&self, sid: SessionId) -> String {
+        format!("{}o:{{{:016x}}}", self.prefix, sid.as_u64())
     }
     fn uid(&self, uid: &str) -> String {
-        format!("{}u:{uid}", self.prefix)
-    }
-    fn owners(&self) -> String {
-        format!("{}o", self.prefix)
+        format!("{}u:{{{uid}}}", self.prefix)
     }
     fn admitted(&self, uid: &str) -> String {
-        format!("{}l:{uid}", self.prefix)
+        format!("{}l:{{{uid}}}", self.prefix)
+    }
+    fn pending(&self, uid: &str) -> String {
+        format!("{}x:{{{uid}}}", self.prefix)
     }
     /// The channel admissions announce evicted sessions on.
     fn evictions(&self) -> String {
         format!("{}evicted", self.prefix)
     }
-    /// The sid of a session key, if it is one of ours.
-    fn sid_of(&self, key: &str) -> Option<String> {
+    /// What a key of kind `kind` (`s`, `o`, `u`, `x`) is about: the sid hex
+    /// or the uid between its braces, if it is one of ours.
+    fn tag_of<'k>(&self, kind: &str, key: &'k str) -> Option<&'k str> {
         key.strip_prefix(&self.prefix)?
-            .strip_prefix("s:")
-            .map(str::to_string)
+            .strip_prefix(kind)?
+            .strip_prefix(":{")?
+            .strip_suffix('}')
     }
 }
 
-/// Sessions in a real Redis server, shared by every frontend that points
-/// at it.
+/// Sessions in a real Redis server, or a Redis Cluster, shared by every
+/// frontend that points at it.
 ///
 /// Every command has a response timeout and every connection attempt a
 /// connect timeout ([`RedisStoreConfig`]), so a failing or stalled server
 /// makes calls fail with [`StoreError::Unavailable`] instead of hanging.
 ///
 /// The key layout is the one described in this module's source; a store
-/// written by a version before ownership epochs (session keys as plain
-/// strings) is not read: give the new version its own
-/// [`RedisStoreConfig::prefix`].
+/// written by an earlier layout (no hash tags) is not read: give the new
+/// version its own [`RedisStoreConfig::prefix`].
 pub struct RedisStore {
-    conn: Arc<Conn>,
-    keys: Keys,
-    scripts: Scripts,
+    inner: Arc<Inner>,
     /// What the keyspace listener hears on the evictions channel.
     evictions: tokio::sync::broadcast::Sender<Evicted>,
     /// Stops the keyspace listener and the sweeper.
     stop: CancellationToken,
 }
 
+/// What the store's calls and its background tasks share.
+struct Inner {
+    conn: Arc<Conn>,
+    keys: Keys,
+    scripts: Scripts,
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("prefix", &self.keys.prefix)
+            .field("prefix", &self.inner.keys.prefix)
             .finish_non_exhaustive()
     }
 }
@@ -127,7 +150,7 @@ fn encode(s: &StoredSession) -> Result<Vec<u8>, StoreError> {
 }
 
 /// A session from its hash fields `e`, `f`, `d`: the record, with the
-/// epoch and owner the store holds. `None` for a deleted one.
+/// epoch and owner the store holds. `None` for an ended one.
 fn decode(
     (epoch, owner, record): (Option<u64>, Option<String>, Option<Vec<u8>>),
 ) -> Result<Option<StoredSession>, StoreError> {
@@ -142,74 +165,100 @@ fn decode(
     Ok(Some(s))
 }
 
-/// A fenced write's answer: nil when applied, the current owner when not.
-fn fenced(sid: SessionId, answer: Option<String>) -> Option<Fenced> {
-    answer.map(|owner| Fenced { sid, owner })
+/// An EVALSHA of `script` on `keys`; the caller adds the arguments.
+fn eval(script: &Script, keys: &[String]) -> Cmd {
+    let mut cmd = ::redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(key);
+    }
+    cmd
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl RedisStore {
-    /// Connects, turns on keyspace notifications (if the server allows
-    /// `CONFIG SET`; otherwise only the sweep cleans up), and starts the
-    /// keyspace listener and the sweeper. Must be called within a tokio
-    /// runtime.
+    /// Connects (to one server, or to a cluster by the seeds of a
+    /// `redis+cluster://` URL), turns on keyspace notifications (if the
+    /// server allows `CONFIG SET`; otherwise only the sweep cleans up), and
+    /// starts the keyspace listener and the sweeper. Must be called within
+    /// a tokio runtime.
     pub async fn connect(config: RedisStoreConfig) -> Result<RedisStore, StoreError> {
-        let client = Client::open(config.url.as_str())?;
-        let db = client.get_connection_info().redis.db;
-        let timeout_ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.connect_timeout)
-            .set_response_timeout(config.response_timeout)
-            // A few quick redials per failure; the session service retries
-            // on its own schedule beyond that.
-            .set_number_of_retries(2)
-            .set_max_delay(timeout_ms(config.connect_timeout).max(1));
+        let dial = match config.cluster_seeds() {
+            Some(seeds) => {
+                let seed = seeds
+                    .first()
+                    .ok_or_else(|| {
+                        StoreError::unavailable(::redis::RedisError::from((
+                            ::redis::ErrorKind::InvalidClientConfig,
+                            "a redis+cluster:// URL names no node",
+                        )))
+                    })?
+                    .as_str()
+                    .into_connection_info()?;
+                let client = ClusterClientBuilder::new(seeds)
+                    .connection_timeout(config.connect_timeout)
+                    .response_timeout(config.response_timeout)
+                    .retries(2)
+                    .max_retry_wait(millis(config.connect_timeout))
+                    .build()?;
+                Dial::Cluster { client, seed }
+            }
+            None => Dial::One {
+                client: Client::open(config.url.as_str())?,
+                config: ConnectionManagerConfig::new()
+                    .set_connection_timeout(config.connect_timeout)
+                    .set_response_timeout(config.response_timeout)
+                    // A few quick redials per failure; the session service
+                    // retries on its own schedule beyond that.
+                    .set_number_of_retries(2)
+                    .set_max_delay(millis(config.connect_timeout)),
+            },
+        };
         let dial_timeout = config.connect_timeout + config.response_timeout;
-        let dial = client.get_connection_manager_with_config(manager_config.clone());
-        let mut conn = tokio::time::timeout(dial_timeout, dial)
+        let conn = Conn::open(dial, dial_timeout)
             .await
-            .map_err(|_| StoreError::TimedOut {
-                after: dial_timeout,
-            })??;
-        let enabled: Result<(), _> = ::redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("notify-keyspace-events")
-            .arg("Egxe")
-            .query_async(&mut conn)
+            .map_err(|err| match err {
+                DialError::TimedOut => StoreError::TimedOut {
+                    after: dial_timeout,
+                },
+                DialError::Failed(err) => err.into(),
+            })?;
+        let mut link = conn.get();
+        let enabled = link
+            .on_every_master(
+                ::redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("notify-keyspace-events")
+                    .arg("Egxe"),
+            )
             .await;
         if let Err(err) = enabled {
             warn!(cause = %err, "cannot enable keyspace notifications; relying on the sweep");
         }
         let scripts = Scripts::new();
-        scripts.load(&mut conn).await?;
+        scripts.load(&mut link).await?;
         let store = RedisStore {
-            conn: Arc::new(Conn {
-                current: RwLock::new(conn),
-                client: client.clone(),
-                config: manager_config,
-                dial_timeout,
-                redialing: AtomicBool::new(false),
+            inner: Arc::new(Inner {
+                conn: Arc::new(conn),
+                keys: Keys {
+                    prefix: config.prefix.clone(),
+                },
+                scripts,
             }),
-            keys: Keys {
-                prefix: config.prefix.clone(),
-            },
-            scripts,
             evictions: tokio::sync::broadcast::Sender::new(1024),
             stop: CancellationToken::new(),
         };
         tokio::spawn(listen(
-            client,
-            db,
-            store.conn.clone(),
-            store.keys.clone(),
-            store.scripts.delete.clone(),
+            store.inner.clone(),
             store.evictions.clone(),
             store.stop.clone(),
         ));
         tokio::spawn(sweep_every(
             config.sweep_interval,
-            store.conn.clone(),
-            store.keys.clone(),
-            store.scripts.delete.clone(),
+            store.inner.clone(),
             store.stop.clone(),
         ));
         Ok(store)
@@ -223,66 +272,81 @@ impl RedisStore {
         let result = op.await;
         if let Err(StoreError::Unavailable { source }) = &result {
             if let Some(err) = source.downcast_ref::<::redis::RedisError>() {
-                self.conn.failed(err);
+                self.inner.conn.failed(err);
             }
         }
         result
     }
 
-    /// Removes index entries whose session key is gone; returns how many.
+    /// Removes index entries whose session is gone or moved, and carries
+    /// out evictions a frontend decided and did not finish; returns how
+    /// many entries it mended.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        self.guard(sweep(
-            &mut self.conn.get(),
-            &self.keys,
-            &self.scripts.delete,
-        ))
-        .await
+        self.guard(self.inner.sweep()).await
+    }
+}
+
+impl Inner {
+    /// Runs `cmds` (each within one slot) and answers in their order;
+    /// after a server restart (NOSCRIPT) loads the scripts again and runs
+    /// them once more (every script may run twice).
+    async fn run<T: FromRedisValue>(&self, cmds: &[Cmd]) -> Result<Vec<T>, StoreError> {
+        let answers = self.run_then(cmds, &[]).await?;
+        Ok(answers
+            .iter()
+            .map(T::from_redis_value)
+            .collect::<Result<_, _>>()?)
     }
 
-    /// Runs a pipeline of script calls; after a server restart (NOSCRIPT)
-    /// loads the scripts again and runs it once more.
-    async fn run<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T, StoreError> {
-        let mut conn = self.conn.get();
-        match pipe.query_async(&mut conn).await {
+    /// [`Inner::run`] of `first`, then of `then`, which must not start
+    /// before `first` is done; answers `first`'s answers.
+    async fn run_then(&self, first: &[Cmd], then: &[Cmd]) -> Result<Vec<Value>, StoreError> {
+        let mut link = self.conn.get();
+        match link.each_then(first, then).await {
             Err(err) if err.kind() == ::redis::ErrorKind::NoScriptError => {
-                self.scripts.load(&mut conn).await?;
-                Ok(pipe.query_async(&mut conn).await?)
+                self.scripts.load(&mut link).await?;
+                Ok(link.each_then(first, then).await?)
             }
             other => Ok(other?),
         }
     }
 
-    /// One EVALSHA of `script` on a session's keys (session key, owner
-    /// hash, then sid hex and prefix as the first arguments).
-    fn eval_indexed<'p>(
-        &self,
-        pipe: &'p mut Pipeline,
-        script: &Script,
-        sid: SessionId,
-    ) -> &'p mut Pipeline {
-        pipe.cmd("EVALSHA")
-            .arg(script.get_hash())
-            .arg(2)
-            .arg(self.keys.session(sid))
-            .arg(self.keys.owners())
-            .arg(sid_hex(sid))
-            .arg(&self.keys.prefix)
+    /// A script on one session's keys (session hash, owner key).
+    fn on_session(&self, script: &Script, sid: SessionId) -> Cmd {
+        eval(script, &[self.keys.session(sid), self.keys.owner(sid)])
+    }
+
+    /// Takes `sid` out of `uid`'s set and admission set.
+    fn unindex(&self, sid: SessionId, uid: &str, into: &mut Vec<Cmd>) {
+        let hex = sid_hex(sid);
+        into.push(
+            ::redis::cmd("SREM")
+                .arg(self.keys.uid(uid))
+                .arg(&hex)
+                .clone(),
+        );
+        into.push(
+            ::redis::cmd("ZREM")
+                .arg(self.keys.admitted(uid))
+                .arg(&hex)
+                .clone(),
+        );
     }
 
     async fn read_many(&self, sids: &[SessionId]) -> Result<Vec<StoredSession>, StoreError> {
-        if sids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = ::redis::pipe();
-        for sid in sids {
-            pipe.cmd("HMGET")
-                .arg(self.keys.session(*sid))
-                .arg("e")
-                .arg("f")
-                .arg("d");
-        }
+        let cmds: Vec<Cmd> = sids
+            .iter()
+            .map(|sid| {
+                ::redis::cmd("HMGET")
+                    .arg(self.keys.session(*sid))
+                    .arg("e")
+                    .arg("f")
+                    .arg("d")
+                    .clone()
+            })
+            .collect();
         type Fields = (Option<u64>, Option<String>, Option<Vec<u8>>);
-        let found: Vec<Fields> = pipe.query_async(&mut self.conn.get()).await?;
+        let found: Vec<Fields> = self.conn.get().each(&cmds).await?;
         let mut out = Vec::with_capacity(found.len());
         for fields in found {
             out.extend(decode(fields)?);
@@ -290,77 +354,119 @@ impl RedisStore {
         Ok(out)
     }
 
-    async fn delete_now(&self, sids: Vec<SessionId>) -> Result<usize, StoreError> {
-        if sids.is_empty() {
-            return Ok(0);
+    /// The sessions a uid's set names that are held under that uid.
+    async fn by_uid(&self, uid: &str) -> Result<Vec<StoredSession>, StoreError> {
+        let members: Vec<String> = self.conn.get().smembers(self.keys.uid(uid)).await?;
+        let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
+        let mut held = self.read_many(&sids).await?;
+        held.retain(|s| s.info.uid.as_deref() == Some(uid));
+        Ok(held)
+    }
+
+    /// Runs the end script in `mode` (`delete` or `release`, with the
+    /// epoch), then takes each ended session out of its uid's sets.
+    /// Answers each session's `(code, uid or owner)`.
+    async fn end(
+        &self,
+        sessions: &[(SessionId, u64)],
+        mode: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let cmds: Vec<Cmd> = sessions
+            .iter()
+            .map(|(sid, epoch)| {
+                let mut cmd = self.on_session(&self.scripts.end, *sid);
+                cmd.arg(mode).arg(*epoch);
+                cmd
+            })
+            .collect();
+        let answers: Vec<(i64, String)> = self.run(&cmds).await?;
+        let mut unindex = Vec::new();
+        for ((sid, _), (code, uid)) in sessions.iter().zip(&answers) {
+            if *code != 2 && !uid.is_empty() {
+                self.unindex(*sid, uid, &mut unindex);
+            }
         }
-        // One pipeline for the whole batch, as `put` does.
-        let mut pipe = ::redis::pipe();
-        for sid in &sids {
-            self.eval_indexed(&mut pipe, &self.scripts.delete, *sid)
-                .arg("0");
-        }
-        let deleted: Vec<i64> = self.run(&pipe).await?;
-        Ok(deleted.into_iter().filter(|n| *n > 0).count())
+        self.run::<Value>(&unindex).await?;
+        Ok(answers)
+    }
+
+    async fn delete(&self, sids: Vec<SessionId>) -> Result<usize, StoreError> {
+        let sessions: Vec<(SessionId, u64)> = sids.into_iter().map(|sid| (sid, 0)).collect();
+        let answers = self.end(&sessions, "delete").await?;
+        Ok(answers.iter().filter(|(code, _)| *code == 1).count())
     }
 }
 
 impl SessionStore for RedisStore {
     fn put(&self, sessions: Vec<StoredSession>, ttl: Duration) -> StoreFuture<'_, Vec<Fenced>> {
+        let inner = &self.inner;
         Box::pin(self.guard(async move {
-            if sessions.is_empty() {
-                return Ok(Vec::new());
-            }
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            let mut pipe = ::redis::pipe();
+            let ttl_ms = millis(ttl);
+            let mut cmds = Vec::with_capacity(sessions.len());
             for s in &sessions {
-                self.eval_indexed(&mut pipe, &self.scripts.put, s.info.sid)
-                    .arg(s.epoch)
+                let mut cmd = inner.on_session(&inner.scripts.put, s.info.sid);
+                cmd.arg(s.epoch)
                     .arg(&s.info.frontend_id)
                     .arg(encode(s)?)
                     .arg(ttl_ms)
                     .arg(s.info.uid.as_deref().unwrap_or(""));
+                cmds.push(cmd);
             }
-            let answers: Vec<Option<String>> = self.run(&pipe).await?;
-            Ok(sessions
+            // Idempotent, and checked against the session's `u` on every
+            // read, so it goes out even for a write that is fenced; after
+            // the writes, so that whoever sees the entry sees its `u`.
+            let adds: Vec<Cmd> = sessions
                 .iter()
-                .zip(answers)
-                .filter_map(|(s, a)| fenced(s.info.sid, a))
-                .collect())
+                .filter_map(|s| {
+                    let uid = s.info.uid.as_ref()?;
+                    Some(
+                        ::redis::cmd("SADD")
+                            .arg(inner.keys.uid(uid))
+                            .arg(sid_hex(s.info.sid))
+                            .clone(),
+                    )
+                })
+                .collect();
+            let answers = inner.run_then(&cmds, &adds).await?;
+            let mut fenced = Vec::new();
+            let mut moved = Vec::new();
+            for (s, answer) in sessions.iter().zip(answers) {
+                let (written, who) = <(i64, String)>::from_redis_value(&answer)?;
+                if written == 0 {
+                    fenced.push(Fenced {
+                        sid: s.info.sid,
+                        owner: who,
+                    });
+                } else if !who.is_empty() && s.info.uid.as_deref() != Some(who.as_str()) {
+                    // Rebound or unbound: out of the previous uid's sets.
+                    inner.unindex(s.info.sid, &who, &mut moved);
+                }
+            }
+            inner.run::<Value>(&moved).await?;
+            Ok(fenced)
         }))
     }
 
     fn get(&self, sid: SessionId) -> StoreFuture<'_, Option<StoredSession>> {
-        Box::pin(self.guard(async move { Ok(self.read_many(&[sid]).await?.pop()) }))
+        Box::pin(self.guard(async move { Ok(self.inner.read_many(&[sid]).await?.pop()) }))
     }
 
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>> {
-        Box::pin(self.guard(async move {
-            let members: Vec<String> = self.conn.get().smembers(self.keys.uid(uid)).await?;
-            let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
-            self.read_many(&sids).await
-        }))
+        Box::pin(self.guard(self.inner.by_uid(uid)))
     }
 
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize> {
-        Box::pin(self.guard(self.delete_now(sids)))
+        Box::pin(self.guard(self.inner.delete(sids)))
     }
 
     fn release(&self, sessions: Vec<(SessionId, u64)>) -> StoreFuture<'_, Vec<Fenced>> {
         Box::pin(self.guard(async move {
-            if sessions.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut pipe = ::redis::pipe();
-            for (sid, epoch) in &sessions {
-                self.eval_indexed(&mut pipe, &self.scripts.release, *sid)
-                    .arg(*epoch);
-            }
-            let answers: Vec<Option<String>> = self.run(&pipe).await?;
+            let answers = self.inner.end(&sessions, "release").await?;
             Ok(sessions
                 .iter()
                 .zip(answers)
-                .filter_map(|((sid, _), a)| fenced(*sid, a))
+                .filter(|(_, (code, _))| *code == 2)
+                .map(|((sid, _), (_, owner))| Fenced { sid: *sid, owner })
                 .collect())
         }))
     }
@@ -372,60 +478,54 @@ impl SessionStore for RedisStore {
         frontend: &'a str,
     ) -> StoreFuture<'a, Option<u64>> {
         Box::pin(self.guard(async move {
-            let mut pipe = ::redis::pipe();
-            pipe.cmd("EVALSHA")
-                .arg(self.scripts.claim.get_hash())
-                .arg(1)
-                .arg(self.keys.session(sid))
-                .arg(seen)
-                .arg(frontend);
-            let (epoch,): (Option<u64>,) = self.run(&pipe).await?;
-            Ok(epoch)
+            let inner = &self.inner;
+            let mut cmd = eval(&inner.scripts.claim, &[inner.keys.session(sid)]);
+            cmd.arg(seen).arg(frontend);
+            let epoch: Vec<Option<u64>> = inner.run(&[cmd]).await?;
+            Ok(epoch.into_iter().next().flatten())
         }))
     }
 
     fn delete_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, usize> {
         Box::pin(self.guard(async move {
-            let members: Vec<String> = self.conn.get().smembers(self.keys.uid(uid)).await?;
-            let sids: Vec<SessionId> = members.iter().filter_map(|m| parse_sid(m)).collect();
-            self.delete_now(sids).await
+            let held = self.inner.by_uid(uid).await?;
+            self.inner
+                .delete(held.iter().map(|s| s.info.sid).collect())
+                .await
         }))
     }
 
     fn list(&self) -> StoreFuture<'_, Vec<SessionId>> {
         Box::pin(self.guard(async move {
-            let pattern = format!("{}s:*", self.keys.prefix);
-            let mut conn = self.conn.get();
-            let keys = scan(&mut conn, &pattern).await?;
-            // Deleted sessions leave their epoch behind for a while: only
+            let keys = &self.inner.keys;
+            let mut link = self.inner.conn.get();
+            let found = link.scan(&format!("{}s:*", keys.prefix)).await?;
+            // Ended sessions leave their epoch behind for a while: only
             // keys with a record count.
-            let mut held = Vec::with_capacity(keys.len());
-            for chunk in keys.chunks(1000) {
-                let mut pipe = ::redis::pipe();
-                for key in chunk {
-                    pipe.hexists(key, "d");
-                }
-                let found: Vec<bool> = pipe.query_async(&mut conn).await?;
-                held.extend(
-                    chunk
-                        .iter()
-                        .zip(found)
-                        .filter(|(_, found)| *found)
-                        .filter_map(|(k, _)| self.keys.sid_of(k))
-                        .filter_map(|h| parse_sid(&h)),
-                );
-            }
-            Ok(held)
+            let cmds: Vec<Cmd> = found
+                .iter()
+                .map(|key| ::redis::cmd("HEXISTS").arg(key).arg("d").clone())
+                .collect();
+            let held: Vec<bool> = link.each(&cmds).await?;
+            Ok(found
+                .iter()
+                .zip(held)
+                .filter(|(_, held)| *held)
+                .filter_map(|(key, _)| keys.tag_of("s", key))
+                .filter_map(parse_sid)
+                .collect())
         }))
     }
 
     fn clear(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.guard(async move {
-            let mut conn = self.conn.get();
-            let keys = scan(&mut conn, &format!("{}*", self.keys.prefix)).await?;
-            for chunk in keys.chunks(500) {
-                let _: () = conn.del(chunk).await?;
-            }
+            let mut link = self.inner.conn.get();
+            let found = link.scan(&format!("{}*", self.inner.keys.prefix)).await?;
+            let cmds: Vec<Cmd> = found
+                .iter()
+                .map(|key| ::redis::cmd("DEL").arg(key).clone())
+                .collect();
+            link.each::<Value>(&cmds).await?;
             Ok(())
         }))
     }
@@ -436,28 +536,25 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> StoreFuture<'_, Refreshed> {
         Box::pin(self.guard(async move {
-            let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+            let inner = &self.inner;
+            let cmds: Vec<Cmd> = sessions
+                .iter()
+                .map(|(sid, epoch)| {
+                    let mut cmd = eval(&inner.scripts.refresh, &[inner.keys.session(*sid)]);
+                    cmd.arg(*epoch).arg(millis(ttl));
+                    cmd
+                })
+                .collect();
+            let answers: Vec<Value> = inner.run(&cmds).await?;
             let mut report = Refreshed::default();
-            for chunk in sessions.chunks(1000) {
-                let mut pipe = ::redis::pipe();
-                for (sid, epoch) in chunk {
-                    pipe.cmd("EVALSHA")
-                        .arg(self.scripts.refresh.get_hash())
-                        .arg(1)
-                        .arg(self.keys.session(*sid))
-                        .arg(*epoch)
-                        .arg(ttl_ms);
-                }
-                let answers: Vec<Value> = self.run(&pipe).await?;
-                for ((sid, _), answer) in chunk.iter().zip(answers) {
-                    match answer {
-                        Value::Int(1) => {}
-                        Value::Int(_) | Value::Nil => report.missing.push(*sid),
-                        owner => report.fenced.push(Fenced {
-                            sid: *sid,
-                            owner: String::from_redis_value(&owner).unwrap_or_default(),
-                        }),
-                    }
+            for ((sid, _), answer) in sessions.iter().zip(answers) {
+                match answer {
+                    Value::Int(1) => {}
+                    Value::Int(_) | Value::Nil => report.missing.push(*sid),
+                    owner => report.fenced.push(Fenced {
+                        sid: *sid,
+                        owner: String::from_redis_value(&owner).unwrap_or_default(),
+                    }),
                 }
             }
             Ok(report)
@@ -472,32 +569,7 @@ impl SessionStore for RedisStore {
         evict_oldest: bool,
         reason: &'a str,
     ) -> StoreFuture<'a, Admission> {
-        Box::pin(self.guard(async move {
-            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            let mut pipe = ::redis::pipe();
-            pipe.cmd("EVALSHA")
-                .arg(self.scripts.admit.get_hash())
-                .arg(2)
-                .arg(self.keys.admitted(uid))
-                .arg(self.keys.owners())
-                .arg(sid_hex(sid))
-                .arg(&self.keys.prefix)
-                .arg(limit.max(1))
-                .arg(if evict_oldest { "1" } else { "0" })
-                .arg(ms(ADMISSION_GRACE * 20))
-                .arg(reason)
-                .arg(ms(ADMISSION_GRACE));
-            let (answer,): (Vec<String>,) = self.run(&pipe).await?;
-            let mut answer = answer.into_iter();
-            if answer.next().as_deref() != Some("1") {
-                return Ok(Admission::Refused);
-            }
-            let mut evicted = Vec::new();
-            while let (Some(sid), Some(owner)) = (answer.next(), answer.next()) {
-                evicted.extend(parse_sid(&sid).map(|sid| Fenced { sid, owner }));
-            }
-            Ok(Admission::Admitted { evicted })
-        }))
+        Box::pin(self.guard(self.inner.admit(uid, sid, limit, evict_oldest, reason)))
     }
 
     fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted> {
