@@ -170,3 +170,94 @@ fn a_bad_cluster_file_is_refused_with_a_reason() {
     assert_eq!(config.worker_threads("b"), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench store` against a real server and a real 3-master cluster: every
+/// put lands, and the store is left empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_bench_writes_to_one_server_and_to_a_cluster() {
+    let (Some(one), Some(cluster)) = (
+        common::redis::RedisServer::start(),
+        common::redis::RedisCluster::start(),
+    ) else {
+        return;
+    };
+    for url in [one.url(), cluster.url()] {
+        let options = bench::store::StoreOptions {
+            url: url.clone(),
+            writers: 2,
+            batch: 18,
+            sessions: 100,
+            duration: Duration::from_millis(500),
+        };
+        let r = bench::store::store(&options).await.expect("store bench");
+        assert!(
+            r.ops >= 18 && r.ops % 18 == 0 && r.errors == 0,
+            "{url}: {r}"
+        );
+        let store = session_proxy::frontend::RedisStore::connect(
+            session_proxy::frontend::RedisStoreConfig::new(url.clone()),
+        )
+        .await
+        .expect("connect");
+        use session_proxy::frontend::SessionStore;
+        assert!(store.list().await.expect("list").is_empty(), "{url}");
+    }
+}
+
+/// The report writes the rows `bench/compare` gathers beyond the two
+/// systems' workloads: players per node (with its plot), one process, the
+/// Redis store, and their targets.
+#[test]
+fn the_report_writes_players_per_node_one_process_and_durable_rows() {
+    let dir = std::env::temp_dir().join(format!("session-proxy-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let rr = |tput: f64, p99: u64| serde_json::json!({"mode": "rr", "throughput": tput, "p50_us": p99 / 2, "p99_us": p99});
+    let ccu = |held: usize, p99s: &[f64]| {
+        let steps: Vec<_> = p99s
+            .iter()
+            .enumerate()
+            .map(|(i, p99)| serde_json::json!({"clients": 1000 * (i + 1), "p99_ms": p99}))
+            .collect();
+        serde_json::json!({"steps": steps, "ccu": held})
+    };
+    let rows = [
+        ("session-proxy", "echo-50", rr(50_000.0, 2_000)),
+        ("session-proxy one process", "echo-50", rr(60_000.0, 1_500)),
+        ("floor", "echo-50", rr(150_000.0, 600)),
+        ("session-proxy", "set-push-50", rr(40_000.0, 2_000)),
+        (
+            "session-proxy + Redis AOF",
+            "set-push-50",
+            rr(20_000.0, 4_000),
+        ),
+        ("pinus", "ccu-1rps", ccu(2000, &[3.0, 9.0, 400.0])),
+        ("session-proxy", "ccu-1rps", ccu(3000, &[2.0, 2.5, 3.0])),
+    ];
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(system, workload, result)| {
+            serde_json::json!({"system": system, "workload": workload, "round": 1, "result": result})
+                .to_string()
+        })
+        .collect();
+    let input = dir.join("results.jsonl");
+    std::fs::write(&input, lines.join("\n")).expect("write");
+    let (out, plot) = (dir.join("BENCHMARKS.md"), dir.join("bench-latency.svg"));
+    bench::report::report(&input, &out, &plot, "bench/compare 1").expect("report");
+    let md = std::fs::read_to_string(&out).expect("report written");
+    for want in [
+        "| session-proxy | 1 | 3000 | 3.0 ms |",
+        "| pinus | 1 | 2000 | 9.0 ms |",
+        "session-proxy holds 1.5× Pinus's",
+        "| ccu-1rps: ≥ 5× Pinus's players per frontend process | 1.5× | no |",
+        "One process: throughput 0.40× the floor, 1.20× two processes.",
+        "| echo-50, one process: ≥ 0.85× the floor | 0.40× | no |",
+        "With the Redis store: throughput 0.50× no store, p99 2.00×.",
+        "![p99 by players](bench-ccu.svg)",
+    ] {
+        assert!(md.contains(want), "missing {want:?} in:\n{md}");
+    }
+    let svg = std::fs::read_to_string(dir.join("bench-ccu.svg")).expect("plot written");
+    assert_eq!(svg.matches("<polyline").count(), 2, "one line per system");
+    let _ = std::fs::remove_dir_all(&dir);
+}

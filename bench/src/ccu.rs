@@ -21,7 +21,7 @@
 use crate::pomelo::package;
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use session_proxy_protocol::client::{
     encode_parts, ClientMessage, MessageType, PackageCodec, PackageType, Route, MAX_PACKAGE_BODY,
 };
@@ -63,7 +63,8 @@ pub struct CcuOptions {
 }
 
 /// One measured step.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct CcuStep {
     /// Connected clients.
     pub clients: usize,

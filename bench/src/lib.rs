@@ -36,6 +36,7 @@ pub mod pomelo;
 pub mod pushes;
 pub mod report;
 pub mod soak;
+pub mod store;
 
 pub use idle::{connectors_of_gate, idle, idle_held, Login};
 pub use load::{fanout, load, LoadOptions};
@@ -78,6 +79,10 @@ pub struct BenchResult {
     pub rss_kib: Vec<(u32, u64, u64)>,
     /// Server RSS growth per connected client, bytes (idle mode).
     pub bytes_per_client: Option<f64>,
+    /// Players per node (ccu mode): the largest step within its target.
+    pub ccu: Option<usize>,
+    /// The ccu mode's steps.
+    pub steps: Vec<ccu::CcuStep>,
 }
 
 impl BenchResult {

@@ -261,6 +261,23 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             .await?,
             target.json,
         ),
+        BenchMode::Store {
+            redis,
+            writers,
+            batch,
+            sessions,
+            duration,
+            json,
+        } => {
+            let options = bench::store::StoreOptions {
+                url: redis,
+                writers,
+                batch,
+                sessions,
+                duration: Duration::from_secs(duration),
+            };
+            (bench::store::store(&options).await?, json)
+        }
     };
     print_result(&result, json)
 }

@@ -260,6 +260,30 @@ pub enum BenchMode {
         #[arg(long, default_value = "chat")]
         server_type: String,
     },
+    /// The session store alone: writers putting batches of bound sessions
+    /// (a frontend's group commit) into Redis or a Redis Cluster; sessions
+    /// written per second and the latency of each put. Clears the store's
+    /// keys (prefix `sp:`) before and after.
+    Store {
+        /// The store: redis://host:port/db or redis+cluster://host:port,….
+        #[arg(long)]
+        redis: String,
+        /// Writers at once.
+        #[arg(long, default_value_t = 8)]
+        writers: usize,
+        /// Sessions per put.
+        #[arg(long, default_value_t = 18)]
+        batch: usize,
+        /// Sessions each writer cycles through.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Print one JSON object instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the comparison section of docs/BENCHMARKS.md from bench/compare's results.
     Report {
         /// The JSON lines bench/compare wrote.

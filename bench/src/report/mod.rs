@@ -1,6 +1,8 @@
 //! Turns the JSON lines of `bench/compare` into the comparison section of
 //! `docs/BENCHMARKS.md` and a latency-distribution plot (SVG).
 
+mod ccu;
+
 use super::BenchResult;
 use anyhow::Context;
 use serde::Deserialize;
@@ -10,7 +12,11 @@ use std::path::Path;
 
 const BEGIN: &str = "<!-- compare:begin -->";
 const END: &str = "<!-- compare:end -->";
-const SYSTEMS: [&str; 3] = ["session-proxy", "pinus", "floor"];
+const SYSTEMS: [&str; 5] = ["session-proxy", ONE_PROCESS, DURABLE, "pinus", "floor"];
+/// Frontend and backend in one process, linked in process.
+const ONE_PROCESS: &str = "session-proxy one process";
+/// With the Redis store, on a server with `appendonly yes` / `everysec`.
+const DURABLE: &str = "session-proxy + Redis AOF";
 
 #[derive(Deserialize)]
 struct Row {
@@ -106,6 +112,11 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
     let _ = writeln!(md, "Command: `{command}` — machine: {}. Each workload ran once per round, the systems interleaved (Pinus, session-proxy, floor, next round); figures are medians over the rounds, throughput with its min–max. The load generator is `session-proxy bench` on the same machine, so every system shares the 2 cores with its load. Pinus 1.7.4 runs as master + connector + chat processes; session-proxy as a connector process and a chat backend process (`bench/cluster.toml`); the floor is one Rust process that answers the handshake and echoes requests, nothing else. Memory readings (idle) are taken on a freshly started server, one per reading.\n", machine());
     for w in &workloads {
         let _ = writeln!(md, "### {w}\n");
+        if w.starts_with("ccu") {
+            ccu::table(&mut md, &by, w);
+            let _ = writeln!(md);
+            continue;
+        }
         let idle = w.starts_with("idle");
         if idle {
             let _ = writeln!(md, "| system | rounds | clients connected/s | server RSS per client | errors |\n|---|---|---|---|---|");
@@ -154,6 +165,9 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
                     ours.throughput / pinus.throughput,
                     ours.p99 / pinus.p99
                 );
+                if w.starts_with("fanout") {
+                    let _ = write!(md, "; p50 {:.2}× Pinus's", ours.p50 / pinus.p50);
+                }
                 if let Some(floor) = get(w, "floor") {
                     let _ = write!(
                         md,
@@ -163,6 +177,29 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
                 }
                 let _ = writeln!(md, ".");
             }
+        }
+        if let (Some(one), Some(floor)) = (get(w, ONE_PROCESS), get(w, "floor")) {
+            let _ = write!(
+                md,
+                "\nOne process: throughput {:.2}× the floor",
+                one.throughput / floor.throughput
+            );
+            if let Some(two) = get(w, "session-proxy") {
+                let _ = write!(
+                    md,
+                    ", {:.2}× two processes",
+                    one.throughput / two.throughput
+                );
+            }
+            let _ = writeln!(md, ".");
+        }
+        if let (Some(durable), Some(none)) = (get(w, DURABLE), get(w, "session-proxy")) {
+            let _ = writeln!(
+                md,
+                "\nWith the Redis store: throughput {:.2}× no store, p99 {:.2}×.",
+                durable.throughput / none.throughput,
+                durable.p99 / none.p99
+            );
         }
         let _ = writeln!(md);
     }
@@ -232,11 +269,61 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
             per.map(|k| k <= limit),
         );
     }
+    if let Some(w) = workloads.iter().find(|w| w.starts_with("ccu")) {
+        let ratio = ccu::players(&by, w, "session-proxy")
+            .zip(ccu::players(&by, w, "pinus"))
+            .filter(|(_, p)| *p > 0.0)
+            .map(|(a, b)| a / b);
+        target(
+            &format!("{w}: ≥ 5× Pinus's players per frontend process"),
+            ratio.map(|r| format!("{r:.1}×")),
+            ratio.map(|r| r >= 5.0),
+        );
+    }
+    let one = get("echo-50", ONE_PROCESS)
+        .zip(get("echo-50", "floor"))
+        .map(|(a, b)| a.throughput / b.throughput);
+    target(
+        "echo-50, one process: ≥ 0.85× the floor",
+        one.map(|r| format!("{r:.2}×")),
+        one.map(|r| r >= 0.85),
+    );
+    for w in ["set-push-50", "login-50"] {
+        let r = get(w, DURABLE)
+            .zip(get(w, "session-proxy"))
+            .map(|(a, b)| a.throughput / b.throughput);
+        target(
+            &format!("{w} with the Redis store: ≥ 0.8× the throughput without"),
+            r.map(|r| format!("{r:.2}×")),
+            r.map(|r| r >= 0.8),
+        );
+    }
+    if let Some(w) = workloads.iter().find(|w| w.starts_with("fanout")) {
+        let pair = get(w, "session-proxy").zip(get(w, "pinus"));
+        let p50 = pair.as_ref().map(|(a, b)| a.p50 / b.p50);
+        let p99 = pair.as_ref().map(|(a, b)| a.p99 / b.p99);
+        target(
+            &format!("{w}: p50 ≤ 0.5× Pinus's"),
+            p50.map(|r| format!("{r:.2}×")),
+            p50.map(|r| r <= 0.5),
+        );
+        target(
+            &format!("{w}: p99 ≤ 0.25× Pinus's"),
+            p99.map(|r| format!("{r:.2}×")),
+            p99.map(|r| r <= 0.25),
+        );
+    }
     let plot_name = plot
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("bench-latency.svg");
     let _ = writeln!(md, "\n### Latency distribution (echo, 50 clients, closed loop)\n\n![latency by percentile]({plot_name})\n");
+    if let Some(w) = workloads.iter().find(|w| w.starts_with("ccu")) {
+        let ccu_plot = plot.with_file_name("bench-ccu.svg");
+        let _ = writeln!(md, "### p99 against connected players ({w}, first round)\n\n![p99 by players](bench-ccu.svg)\n");
+        std::fs::write(&ccu_plot, ccu::svg(&by, w))
+            .with_context(|| format!("writing {}", ccu_plot.display()))?;
+    }
     let _ = writeln!(md, "{END}");
 
     std::fs::write(plot, svg(&by)).with_context(|| format!("writing {}", plot.display()))?;
