@@ -70,17 +70,24 @@ pub async fn idle(
     pids: &[u32],
     login: Option<&Login>,
 ) -> anyhow::Result<BenchResult> {
-    Ok(idle_held(targets, transport, clients, pids, login).await?.0)
+    Ok(
+        idle_held(targets, transport, clients, pids, login, Duration::ZERO)
+            .await?
+            .0,
+    )
 }
 
 /// [`idle`], and the clients, still connected (heartbeating at the
-/// server's interval) until they are dropped.
+/// server's interval) until they are dropped. With a `spread`, the clients
+/// connect evenly over that time (in waves of 500) instead of at once, so
+/// their heartbeats do not all fall due together.
 pub async fn idle_held(
     targets: &[SocketAddr],
     transport: Transport,
     clients: usize,
     pids: &[u32],
     login: Option<&Login>,
+    spread: Duration,
 ) -> anyhow::Result<(BenchResult, Vec<PomeloClient>)> {
     let Some(&first) = targets.first() else {
         anyhow::bail!("no server to connect to");
@@ -91,7 +98,10 @@ pub async fn idle_held(
     let mut held = Vec::with_capacity(clients);
     let mut errors = 0u64;
     let all: Vec<usize> = (0..clients).collect();
-    for wave in all.chunks(500) {
+    let start = tokio::time::Instant::now();
+    for (n, wave) in all.chunks(500).enumerate() {
+        let due = spread.mul_f64((n * 500) as f64 / clients.max(1) as f64);
+        tokio::time::sleep_until(start + due).await;
         let joins: Vec<_> = wave
             .iter()
             .map(|&i| {

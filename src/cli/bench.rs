@@ -218,6 +218,7 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             login_route,
             login_body,
             hold,
+            spread,
         } => {
             let targets = if gate {
                 bench::connectors_of_gate(target.target, 64).await?
@@ -231,9 +232,15 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
                 }),
                 None => None,
             };
-            let (r, held) =
-                bench::idle_held(&targets, target.transport(), clients, &pid, login.as_ref())
-                    .await?;
+            let (r, held) = bench::idle_held(
+                &targets,
+                target.transport(),
+                clients,
+                &pid,
+                login.as_ref(),
+                Duration::from_secs_f64(spread),
+            )
+            .await?;
             if hold > 0 {
                 // The report first, then the clients stay a while.
                 print_result(&r, target.json)?;

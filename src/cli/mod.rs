@@ -245,6 +245,10 @@ pub enum BenchMode {
         /// is printed (to measure something else while they sit idle).
         #[arg(long, default_value_t = 0)]
         hold: u64,
+        /// Connect the clients evenly over this many seconds instead of at
+        /// once (so their heartbeats are spread over the interval).
+        #[arg(long, default_value_t = 0.0)]
+        spread: f64,
     },
     /// One channel push to N clients, repeated; delivery latency.
     Fanout {

@@ -1,6 +1,7 @@
 //! The store's connection to Redis, a single server or a Redis Cluster,
 //! with its deadlines.
 
+use super::slots::Slots;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
@@ -21,18 +22,19 @@ const CLUSTER_IN_FLIGHT: usize = 64;
 const PIPELINE_MAX: usize = 1000;
 
 /// A connection to the store's server: one server, or a cluster whose
-/// client routes each command to the node that holds its keys' slot.
+/// client routes each command to the node that holds its keys' slot (with
+/// the slot map batches are grouped by).
 #[derive(Clone)]
 pub(super) enum Link {
     One(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterConnection, Arc<Slots>),
 }
 
 impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Link::One(c) => c.req_packed_command(cmd),
-            Link::Cluster(c) => c.req_packed_command(cmd),
+            Link::Cluster(c, _) => c.req_packed_command(cmd),
         }
     }
 
@@ -44,23 +46,24 @@ impl ConnectionLike for Link {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Link::One(c) => c.req_packed_commands(cmd, offset, count),
-            Link::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Link::Cluster(c, _) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Link::One(c) => c.get_db(),
-            Link::Cluster(c) => c.get_db(),
+            Link::Cluster(c, _) => c.get_db(),
         }
     }
 }
 
 impl Link {
     /// Runs `cmds`, each on keys of one slot, and answers in their order.
-    /// One server takes them as pipelines of up to [`PIPELINE_MAX`]; a cluster takes each to the
-    /// node of its slot (a cluster pipeline must stay within one slot),
-    /// [`CLUSTER_IN_FLIGHT`] at a time, multiplexed per node.
+    /// One server takes them as pipelines of up to [`PIPELINE_MAX`]. A
+    /// cluster takes them as one pipeline per master, by its slot map; when
+    /// it has none (or it proved stale), each command goes to its slot's
+    /// node by itself, [`CLUSTER_IN_FLIGHT`] at a time.
     pub(super) async fn each<T: FromRedisValue>(&mut self, cmds: &[Cmd]) -> RedisResult<Vec<T>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
@@ -77,7 +80,12 @@ impl Link {
                 }
                 Ok(out)
             }
-            Link::Cluster(c) => {
+            Link::Cluster(c, slots) => {
+                if cmds.len() > 1 {
+                    if let Some(answers) = slots.run(c, cmds).await? {
+                        return answers.iter().map(T::from_redis_value).collect();
+                    }
+                }
                 let mut out = Vec::with_capacity(cmds.len());
                 for chunk in cmds.chunks(CLUSTER_IN_FLIGHT) {
                     let calls = chunk.iter().map(|cmd| {
@@ -105,7 +113,7 @@ impl Link {
                 answers.truncate(first.len());
                 Ok(answers)
             }
-            Link::Cluster(_) => {
+            Link::Cluster(..) => {
                 let answers = self.each(first).await?;
                 self.each::<Value>(then).await?;
                 Ok(answers)
@@ -123,7 +131,7 @@ impl Link {
                 })
                 .await
             }
-            Link::Cluster(c) => {
+            Link::Cluster(c, _) => {
                 let mut out = Vec::new();
                 for (host, port) in masters(c).await? {
                     let route =
@@ -144,7 +152,7 @@ impl Link {
     pub(super) async fn on_every_master(&mut self, cmd: &Cmd) -> RedisResult<()> {
         match self {
             Link::One(c) => cmd.query_async(c).await,
-            Link::Cluster(c) => {
+            Link::Cluster(c, _) => {
                 for (host, port) in masters(c).await? {
                     let route =
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
@@ -240,7 +248,10 @@ impl Dial {
                     .get_connection_manager_with_config(config.clone())
                     .await?,
             )),
-            Dial::Cluster { client, .. } => Ok(Link::Cluster(client.get_async_connection().await?)),
+            Dial::Cluster { client, .. } => Ok(Link::Cluster(
+                client.get_async_connection().await?,
+                Arc::new(Slots::default()),
+            )),
         }
     }
 
@@ -249,7 +260,7 @@ impl Dial {
     pub(super) async fn nodes(&self, link: &mut Link) -> RedisResult<Vec<Client>> {
         match (self, link) {
             (Dial::One { client, .. }, _) => Ok(vec![client.clone()]),
-            (Dial::Cluster { seed, .. }, Link::Cluster(c)) => masters(c)
+            (Dial::Cluster { seed, .. }, Link::Cluster(c, _)) => masters(c)
                 .await?
                 .into_iter()
                 .map(|(host, port)| {

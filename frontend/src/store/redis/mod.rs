@@ -33,12 +33,14 @@
 //! - `scripts`: the Lua scripts;
 //! - `conn`: the connection (one server or a cluster), with its timeouts,
 //!   replaced when it stalls;
-//! - `index`: the uid-set clean-up (keyspace listener and sweep).
+//! - `index`: the uid-set clean-up (keyspace listener and sweep);
+//! - `slots`: a cluster's batches, one pipeline per master.
 
 mod admit;
 mod conn;
 mod index;
 mod scripts;
+mod slots;
 
 use self::conn::{Conn, Dial, DialError};
 use self::index::{listen, sweep_every};
