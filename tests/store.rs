@@ -631,3 +631,103 @@ async fn a_burst_of_changes_is_written_once_and_closes_are_deleted() {
         "a closed session is deleted"
     );
 }
+
+/// A slot that moves to another master after the store learnt the slot
+/// map: the batch that meets the redirect is written anyway (command by
+/// command, following it), and the next batches use the new map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_batch_follows_a_slot_that_moved() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
+        .await
+        .expect("connect");
+    let ttl = Duration::from_secs(60);
+    // The store learns the slot map with a first batch.
+    store
+        .put(vec![record(1, "f1", None), record(2, "f1", None)], ttl)
+        .await
+        .expect("put");
+    // Session 0x77's slot (empty so far) moves to another master.
+    let urls = cluster.node_urls();
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("sp:s:{0000000000000077}")
+        .query_async(&mut raw(&urls[0]).await)
+        .await
+        .expect("keyslot");
+    let mut ids = Vec::new();
+    let mut owner = None;
+    for (i, url) in urls.iter().enumerate() {
+        let mut node = raw(url).await;
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut node)
+            .await
+            .expect("myid");
+        ids.push(id);
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut node)
+            .await
+            .expect("nodes");
+        let mine = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .expect("myself line")
+            .to_string();
+        let serves = mine.split_whitespace().skip(8).any(|range| {
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            let (a, b): (u16, u16) = (a.parse().unwrap_or(1), b.parse().unwrap_or(0));
+            (a..=b).contains(&slot)
+        });
+        if serves {
+            owner = Some(i);
+        }
+    }
+    let owner = owner.expect("a master serves the slot");
+    let new_owner = (owner + 1) % urls.len();
+    for url in &urls {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&ids[new_owner])
+            .query_async(&mut raw(url).await)
+            .await
+            .expect("setslot");
+    }
+    // The stale map sends 0x77 to its old master, which redirects it.
+    store
+        .put(
+            vec![record(0x77, "f1", Some("mover")), record(3, "f1", None)],
+            ttl,
+        )
+        .await
+        .expect("put across a moved slot");
+    assert_eq!(
+        store
+            .get(SessionId::from_raw(0x77))
+            .await
+            .expect("get")
+            .map(|s| s.info.uid),
+        Some(Some("mover".to_string()))
+    );
+    let held: u64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot)
+        .query_async(&mut raw(&urls[new_owner]).await)
+        .await
+        .expect("count");
+    assert!(held >= 1, "the session is on the slot's new master");
+    // And the batches after it go by the new map.
+    store
+        .put(
+            vec![record(0x77, "f1", Some("mover")), record(4, "f1", None)],
+            ttl,
+        )
+        .await
+        .expect("put");
+    assert_eq!(store.by_uid("mover").await.expect("by uid").len(), 1);
+}
