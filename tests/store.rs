@@ -293,9 +293,7 @@ async fn redis_store_contract() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
-        .await
-        .expect("connect");
+    let store = store_on(redis.url()).await;
     exercise(&store).await;
 }
 
@@ -304,9 +302,7 @@ async fn redis_cluster_store_contract() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
-        .await
-        .expect("connect");
+    let store = store_on(cluster.url()).await;
     exercise(&store).await;
     // Sessions spread over the masters, and `list` and `clear` reach all.
     let sessions: Vec<StoredSession> = (1..=12).map(|n| record(n, "f1", None)).collect();
@@ -337,6 +333,12 @@ async fn keys_per_node(cluster: &RedisCluster) -> Vec<usize> {
         sizes.push(size);
     }
     sizes
+}
+
+async fn store_on(url: String) -> RedisStore {
+    RedisStore::connect(RedisStoreConfig::new(url))
+        .await
+        .expect("connect")
 }
 
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
@@ -400,9 +402,7 @@ async fn an_expired_session_key_leaves_its_uid_set() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
-        .await
-        .expect("connect");
+    let store = store_on(redis.url()).await;
     expired_key_leaves_its_uid_set(&store, &mut raw(&redis.url()).await).await;
 }
 
@@ -411,9 +411,7 @@ async fn on_a_cluster_an_expired_session_key_leaves_its_uid_set() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
-        .await
-        .expect("connect");
+    let store = store_on(cluster.url()).await;
     expired_key_leaves_its_uid_set(&store, &mut raw_cluster(&cluster).await).await;
 }
 
@@ -486,9 +484,7 @@ async fn the_sweep_mends_what_a_frontend_left_half_done() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = RedisStore::connect(RedisStoreConfig::new(redis.url()))
-        .await
-        .expect("connect");
+    let store = store_on(redis.url()).await;
     sweep_mends_the_index(&store, &mut raw(&redis.url()).await).await;
 }
 
@@ -497,9 +493,7 @@ async fn on_a_cluster_the_sweep_mends_what_a_frontend_left_half_done() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
-        .await
-        .expect("connect");
+    let store = store_on(cluster.url()).await;
     sweep_mends_the_index(&store, &mut raw_cluster(&cluster).await).await;
 }
 
@@ -640,9 +634,7 @@ async fn on_a_cluster_a_batch_follows_a_slot_that_moved() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    let store = RedisStore::connect(RedisStoreConfig::new(cluster.url()))
-        .await
-        .expect("connect");
+    let store = store_on(cluster.url()).await;
     let ttl = Duration::from_secs(60);
     // The store learns the slot map with a first batch.
     store

@@ -62,8 +62,8 @@ pub(super) fn table(md: &mut String, by: &Runs, w: &str) {
     }
 }
 
-/// p99 (y, log scale) against connected players (x, log scale), the first
-/// round of workload `w`, one line per system.
+/// p99 (y, log scale) against connected players (x, log scale) in workload
+/// `w`, one line per system: its round that held the median.
 pub(super) fn svg(by: &Runs, w: &str) -> String {
     let (width, h, left, bottom, top, right) = (720.0, 400.0, 70.0, 50.0, 20.0, 150.0);
     let colors = [("session-proxy", "#1b7f3a"), ("pinus", "#c0392b")];
@@ -110,31 +110,25 @@ pub(super) fn svg(by: &Runs, w: &str) -> String {
         h - 10.0
     );
     for (i, (system, color)) in colors.iter().enumerate() {
+        // The round that held the median, so one transient round does not
+        // stand for the system.
+        let held = players(by, w, system);
         let Some(r) = by
             .get(&(w.to_string(), system.to_string()))
-            .and_then(|runs| runs.first())
+            .and_then(|runs| {
+                runs.iter()
+                    .find(|r| r.ccu.map(|n| n as f64) == held)
+                    .or(runs.first())
+            })
         else {
             continue;
         };
-        let points: Vec<String> = r
+        let points = r
             .steps
             .iter()
-            .map(|st| format!("{:.1},{:.1}", x_of(st.clients as f64), y_of(st.p99_ms)))
-            .collect();
-        let _ = write!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        );
-        let ly = top + 20.0 + i as f64 * 20.0;
-        let _ = write!(
-            s,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{system}</text>"#,
-            width - right + 10.0,
-            width - right + 30.0,
-            width - right + 36.0,
-            ly + 4.0
-        );
+            .map(|st| (x_of(st.clients as f64), y_of(st.p99_ms)));
+        let legend = (width - right + 10.0, top + 20.0 + i as f64 * 20.0);
+        super::series(&mut s, points, system, color, legend);
     }
     s.push_str("</svg>\n");
     s

@@ -320,7 +320,7 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
     let _ = writeln!(md, "\n### Latency distribution (echo, 50 clients, closed loop)\n\n![latency by percentile]({plot_name})\n");
     if let Some(w) = workloads.iter().find(|w| w.starts_with("ccu")) {
         let ccu_plot = plot.with_file_name("bench-ccu.svg");
-        let _ = writeln!(md, "### p99 against connected players ({w}, first round)\n\n![p99 by players](bench-ccu.svg)\n");
+        let _ = writeln!(md, "### p99 against connected players ({w}, each system's median round)\n\n![p99 by players](bench-ccu.svg)\n");
         std::fs::write(&ccu_plot, ccu::svg(&by, w))
             .with_context(|| format!("writing {}", ccu_plot.display()))?;
     }
@@ -403,27 +403,42 @@ fn svg(by: &BTreeMap<(String, String), Vec<&BenchResult>>) -> String {
             continue;
         };
         let Some(r) = results.first() else { continue };
-        let points: Vec<String> = r
+        let points = r
             .distribution
             .iter()
             .filter(|(p, _)| *p < 100.0)
-            .map(|(p, us)| format!("{:.1},{:.1}", x_of(*p), y_of(*us as f64)))
-            .collect();
-        let _ = write!(
-            s,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
-            points.join(" ")
-        );
-        let ly = top + 20.0 + i as f64 * 20.0;
-        let _ = write!(
-            s,
-            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{system}</text>"#,
-            w - right + 10.0,
-            w - right + 30.0,
-            w - right + 36.0,
-            ly + 4.0
+            .map(|(p, us)| (x_of(*p), y_of(*us as f64)));
+        series(
+            &mut s,
+            points,
+            system,
+            color,
+            (w - right + 10.0, top + 20.0 + i as f64 * 20.0),
         );
     }
     s.push_str("</svg>\n");
     s
+}
+
+/// One system's line through `points`, and its legend entry at `legend`.
+fn series(
+    s: &mut String,
+    points: impl Iterator<Item = (f64, f64)>,
+    system: &str,
+    color: &str,
+    (lx, ly): (f64, f64),
+) {
+    let points: Vec<String> = points.map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+    let _ = write!(
+        s,
+        r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+        points.join(" ")
+    );
+    let _ = write!(
+        s,
+        r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{system}</text>"#,
+        lx + 20.0,
+        lx + 26.0,
+        ly + 4.0
+    );
 }

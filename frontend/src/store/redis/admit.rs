@@ -10,7 +10,7 @@
 
 use super::{eval, millis, parse_sid, sid_hex, Inner};
 use crate::store::{Admission, Fenced, StoreError, ADMISSION_GRACE};
-use ::redis::{Cmd, Value};
+use ::redis::Value;
 use session_proxy_protocol::SessionId;
 use std::collections::HashMap;
 
@@ -35,17 +35,7 @@ impl Inner {
         // sets it, to '' while not bound yet: that one still counts; an
         // unbind or a rebind takes the session out of this set itself).
         let others: Vec<&String> = members.iter().filter(|m| **m != me).collect();
-        let reads: Vec<Cmd> = others
-            .iter()
-            .filter_map(|m| parse_sid(m))
-            .map(|sid| {
-                ::redis::cmd("HMGET")
-                    .arg(self.keys.session(sid))
-                    .arg("e")
-                    .arg("u")
-                    .clone()
-            })
-            .collect();
+        let reads = self.read_fields(others.iter().filter_map(|m| parse_sid(m)), &["e", "u"]);
         let stands: Vec<(Option<String>, Option<String>)> = self.conn.get().each(&reads).await?;
         let mut cmd = eval(
             &self.scripts.admit,

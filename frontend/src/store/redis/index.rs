@@ -71,21 +71,12 @@ impl Inner {
             let members: Vec<String> = link.smembers(&set).await?;
             let (ours, mut strays): (Vec<&String>, Vec<&String>) =
                 members.iter().partition(|m| parse_sid(m).is_some());
-            let reads: Vec<Cmd> = ours
-                .iter()
-                .filter_map(|m| parse_sid(m))
-                .map(|sid| {
-                    ::redis::cmd("HGET")
-                        .arg(self.keys.session(sid))
-                        .arg("u")
-                        .clone()
-                })
-                .collect();
-            let of: Vec<Option<String>> = link.each(&reads).await?;
+            let reads = self.read_fields(ours.iter().filter_map(|m| parse_sid(m)), &["u"]);
+            let of: Vec<(Option<String>,)> = link.each(&reads).await?;
             strays.extend(
                 ours.into_iter()
                     .zip(of)
-                    .filter(|(_, of)| of.as_deref() != Some(uid))
+                    .filter(|(_, (of,))| of.as_deref() != Some(uid))
                     .map(|(m, _)| m),
             );
             if !strays.is_empty() {

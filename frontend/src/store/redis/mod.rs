@@ -335,18 +335,18 @@ impl Inner {
         );
     }
 
+    /// An HMGET of `fields` of each session.
+    fn read_fields(&self, sids: impl Iterator<Item = SessionId>, fields: &[&str]) -> Vec<Cmd> {
+        sids.map(|sid| {
+            let mut cmd = ::redis::cmd("HMGET");
+            cmd.arg(self.keys.session(sid)).arg(fields);
+            cmd
+        })
+        .collect()
+    }
+
     async fn read_many(&self, sids: &[SessionId]) -> Result<Vec<StoredSession>, StoreError> {
-        let cmds: Vec<Cmd> = sids
-            .iter()
-            .map(|sid| {
-                ::redis::cmd("HMGET")
-                    .arg(self.keys.session(*sid))
-                    .arg("e")
-                    .arg("f")
-                    .arg("d")
-                    .clone()
-            })
-            .collect();
+        let cmds = self.read_fields(sids.iter().copied(), &["e", "f", "d"]);
         type Fields = (Option<u64>, Option<String>, Option<Vec<u8>>);
         let found: Vec<Fields> = self.conn.get().each(&cmds).await?;
         let mut out = Vec::with_capacity(found.len());
