@@ -21,7 +21,9 @@ if e > tonumber(ARGV[1]) then return {0, redis.call('HGET', KEYS[1], 'f') or ''}
 local old = redis.call('GET', KEYS[2]) or ''
 redis.call('HSET', KEYS[1], 'e', ARGV[1], 'f', ARGV[2], 'd', ARGV[3], 'u', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) else redis.call('DEL', KEYS[2]) end
+if ARGV[5] ~= old then
+  if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5]) else redis.call('DEL', KEYS[2]) end
+end
 return {1, old}
 "#;
 
