@@ -8,6 +8,7 @@ pub mod logs;
 pub mod node;
 pub mod nodes;
 pub mod redis;
+pub mod store;
 
 use bytes::Bytes;
 use session_proxy::{
