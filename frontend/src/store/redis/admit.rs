@@ -34,8 +34,12 @@ impl Inner {
         // (admitted, not written yet), `u` absent that it ended (a write
         // sets it, to '' while not bound yet: that one still counts; an
         // unbind or a rebind takes the session out of this set itself).
-        let others: Vec<&String> = members.iter().filter(|m| **m != me).collect();
-        let reads = self.read_fields(others.iter().filter_map(|m| parse_sid(m)), &["e", "u"]);
+        let (ours, strays): (Vec<_>, Vec<_>) = members
+            .iter()
+            .filter(|m| **m != me)
+            .map(|m| (m, parse_sid(m)))
+            .partition(|(_, sid)| sid.is_some());
+        let reads = self.read_fields(ours.iter().filter_map(|(_, sid)| *sid), &["e", "u"]);
         let stands: Vec<(Option<String>, Option<String>)> = self.conn.get().each(&reads).await?;
         let mut cmd = eval(
             &self.scripts.admit,
@@ -46,8 +50,7 @@ impl Inner {
             .arg(if evict_oldest { "1" } else { "0" })
             .arg(millis(ADMISSION_GRACE))
             .arg(reason);
-        let parsed = others.iter().filter(|m| parse_sid(m).is_some());
-        for (member, (epoch, of)) in parsed.zip(stands) {
+        for ((member, _), (epoch, of)) in ours.iter().zip(stands) {
             match (epoch, of) {
                 (None, _) => cmd.arg(member.as_str()).arg("a"),
                 (Some(_), Some(_)) => continue,
@@ -55,7 +58,7 @@ impl Inner {
             };
         }
         // Members that are not ours at all go without asking.
-        for member in others.iter().filter(|m| parse_sid(m).is_none()) {
+        for (member, _) in &strays {
             cmd.arg(member.as_str()).arg("g");
         }
         let answer: Vec<Vec<String>> = self.run(&[cmd]).await?;

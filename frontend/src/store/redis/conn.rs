@@ -2,6 +2,7 @@
 //! with its deadlines.
 
 use super::slots::Slots;
+use crate::store::StoreError;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClient;
 use ::redis::cluster_async::ClusterConnection;
@@ -69,17 +70,7 @@ impl Link {
             return Ok(Vec::new());
         }
         match self {
-            Link::One(c) => {
-                let mut out = Vec::with_capacity(cmds.len());
-                for chunk in cmds.chunks(PIPELINE_MAX) {
-                    let mut pipe = ::redis::pipe();
-                    for cmd in chunk {
-                        pipe.add_command(cmd.clone());
-                    }
-                    out.extend(pipe.query_async::<Vec<T>>(c).await?);
-                }
-                Ok(out)
-            }
+            Link::One(c) => pipelined(c, &[cmds]).await,
             Link::Cluster(c, slots) => {
                 if cmds.len() > 1 {
                     if let Some(answers) = slots.run(c, cmds).await? {
@@ -108,8 +99,8 @@ impl Link {
         then: &[Cmd],
     ) -> RedisResult<Vec<Value>> {
         match self {
-            Link::One(_) => {
-                let mut answers: Vec<Value> = self.each(&[first, then].concat()).await?;
+            Link::One(c) => {
+                let mut answers: Vec<Value> = pipelined(c, &[first, then]).await?;
                 answers.truncate(first.len());
                 Ok(answers)
             }
@@ -162,6 +153,30 @@ impl Link {
             }
         }
     }
+}
+
+/// The commands of `runs`, in order, as pipelines of up to
+/// [`PIPELINE_MAX`] on one server; their answers in the same order.
+async fn pipelined<T: FromRedisValue>(
+    c: &mut ConnectionManager,
+    runs: &[&[Cmd]],
+) -> RedisResult<Vec<T>> {
+    let mut out = Vec::new();
+    let mut pipe = ::redis::pipe();
+    let mut queued = 0;
+    for cmd in runs.iter().flat_map(|run| run.iter()) {
+        pipe.add_command(cmd.clone());
+        queued += 1;
+        if queued == PIPELINE_MAX {
+            out.extend(pipe.query_async::<Vec<T>>(c).await?);
+            pipe = ::redis::pipe();
+            queued = 0;
+        }
+    }
+    if queued > 0 {
+        out.extend(pipe.query_async::<Vec<T>>(c).await?);
+    }
+    Ok(out)
 }
 
 fn from_value<T: FromRedisValue>(v: Value) -> RedisResult<T> {
@@ -293,11 +308,12 @@ pub(super) struct Conn {
 
 impl Conn {
     /// Dials, within `dial_timeout`.
-    pub(super) async fn open(dial: Dial, dial_timeout: Duration) -> Result<Conn, DialError> {
+    pub(super) async fn open(dial: Dial, dial_timeout: Duration) -> Result<Conn, StoreError> {
         let link = tokio::time::timeout(dial_timeout, dial.connect())
             .await
-            .map_err(|_| DialError::TimedOut)?
-            .map_err(DialError::Failed)?;
+            .map_err(|_| StoreError::TimedOut {
+                after: dial_timeout,
+            })??;
         Ok(Conn {
             current: RwLock::new(link),
             dial,
@@ -332,12 +348,6 @@ impl Conn {
             conn.redialing.store(false, Ordering::Release);
         });
     }
-}
-
-/// Why the first dial failed.
-pub(super) enum DialError {
-    TimedOut,
-    Failed(::redis::RedisError),
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ mod inner;
 mod scripts;
 mod slots;
 
-use self::conn::{Conn, Dial, DialError};
+use self::conn::{Conn, Dial};
 use self::index::{listen, sweep_every};
 use self::inner::{encode, eval, millis, parse_sid, sid_hex, Inner};
 use self::scripts::Scripts;
@@ -175,14 +175,7 @@ impl RedisStore {
             },
         };
         let dial_timeout = config.connect_timeout + config.response_timeout;
-        let conn = Conn::open(dial, dial_timeout)
-            .await
-            .map_err(|err| match err {
-                DialError::TimedOut => StoreError::TimedOut {
-                    after: dial_timeout,
-                },
-                DialError::Failed(err) => err.into(),
-            })?;
+        let conn = Conn::open(dial, dial_timeout).await?;
         let mut link = conn.get();
         let enabled = link
             .on_every_master(
