@@ -12,6 +12,30 @@ use session_proxy::frontend::{RedisStore, SessionStore};
 use session_proxy::SessionId;
 use std::time::Duration;
 
+/// Two tests of `$check(&store, &mut connection)`: on a redis-server, and
+/// on a 3-master Redis Cluster.
+macro_rules! on_one_server_and_a_cluster {
+    ($one:ident, $cluster:ident, $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $one() {
+            let Some(redis) = RedisServer::start() else {
+                return;
+            };
+            let store = store_on(redis.url()).await;
+            $check(&store, &mut raw(&redis.url()).await).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $cluster() {
+            let Some(cluster) = RedisCluster::start() else {
+                return;
+            };
+            let store = store_on(cluster.url()).await;
+            $check(&store, &mut raw_cluster(&cluster).await).await;
+        }
+    };
+}
+
 /// Redis expires a session key on its own; the keyspace notification
 /// (from the node that held it) makes the store drop it from its uid set.
 async fn expired_key_leaves_its_uid_set(store: &RedisStore, conn: &mut impl AsyncCommands) {
@@ -52,23 +76,11 @@ async fn expired_key_leaves_its_uid_set(store: &RedisStore, conn: &mut impl Asyn
     assert!(!owner, "owner entry cleaned too");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_session_key_leaves_its_uid_set() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let store = store_on(redis.url()).await;
-    expired_key_leaves_its_uid_set(&store, &mut raw(&redis.url()).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_cluster_an_expired_session_key_leaves_its_uid_set() {
-    let Some(cluster) = RedisCluster::start() else {
-        return;
-    };
-    let store = store_on(cluster.url()).await;
-    expired_key_leaves_its_uid_set(&store, &mut raw_cluster(&cluster).await).await;
-}
+on_one_server_and_a_cluster!(
+    an_expired_session_key_leaves_its_uid_set,
+    on_a_cluster_an_expired_session_key_leaves_its_uid_set,
+    expired_key_leaves_its_uid_set
+);
 
 /// What a frontend leaves behind when it dies between two steps, or while
 /// no node listened: the sweep mends it.
@@ -134,23 +146,11 @@ async fn sweep_mends_the_index(store: &RedisStore, conn: &mut impl AsyncCommands
     assert_eq!(held, vec![1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweep_mends_what_a_frontend_left_half_done() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let store = store_on(redis.url()).await;
-    sweep_mends_the_index(&store, &mut raw(&redis.url()).await).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_cluster_the_sweep_mends_what_a_frontend_left_half_done() {
-    let Some(cluster) = RedisCluster::start() else {
-        return;
-    };
-    let store = store_on(cluster.url()).await;
-    sweep_mends_the_index(&store, &mut raw_cluster(&cluster).await).await;
-}
+on_one_server_and_a_cluster!(
+    the_sweep_mends_what_a_frontend_left_half_done,
+    on_a_cluster_the_sweep_mends_what_a_frontend_left_half_done,
+    sweep_mends_the_index
+);
 
 /// A slot that moves to another master after the store learnt the slot
 /// map: the batch that meets the redirect is written anyway (command by

@@ -17,6 +17,24 @@ use session_proxy::{
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// Whether `binary` runs (`binary --version`). A missing one says SKIPPED
+/// outside CI and fails the test in CI (`CI` set), where `.ci/run`
+/// installs Debian's `package`.
+pub fn installed(binary: &str, package: &str) -> bool {
+    if std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{binary} is required in CI (.ci/run installs {package})");
+    }
+    eprintln!("SKIPPED: {binary} is not installed; install {package} to run this test");
+    false
+}
+
 /// An RPC server for `sessions` with `config`, on a free loopback port.
 pub async fn rpc_on_loopback(sessions: &SessionService, config: RpcConfig) -> RpcServer {
     RpcServer::bind(

@@ -12,12 +12,8 @@ impl RedisServer {
     /// Starts a throwaway server (no persistence). `None` when the binary is
     /// missing outside CI; in CI (`CI` set) a missing binary fails the test.
     pub fn start() -> Option<RedisServer> {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        if Command::new(&binary).arg("--version").output().is_err() {
-            if std::env::var_os("CI").is_some() {
-                panic!("redis-server is required in CI (.ci/run installs it)");
-            }
-            eprintln!("SKIPPED: {binary} is not installed; install redis-server to run this test");
+        let binary = server_binary();
+        if !super::installed(&binary, "redis-server") {
             return None;
         }
         let port = super::nodes::free_port();
@@ -35,7 +31,7 @@ impl RedisServer {
 
     /// Starts a fresh, empty server on the same port (after [`kill`]).
     pub fn start_again(&mut self) {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let binary = server_binary();
         self.child = spawn(&binary, self.port);
     }
 
@@ -75,18 +71,10 @@ impl RedisCluster {
     /// node says `cluster_state:ok`. `None` (SKIPPED) when the binaries are
     /// missing outside CI; in CI a missing binary fails the test.
     pub fn start() -> Option<RedisCluster> {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let binary = server_binary();
         let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
-        for tool in [&binary, &cli] {
-            if Command::new(tool).arg("--version").output().is_err() {
-                if std::env::var_os("CI").is_some() {
-                    panic!("{tool} is required in CI (.ci/run installs redis-server)");
-                }
-                eprintln!(
-                    "SKIPPED: {tool} is not installed; install redis-server to run this test"
-                );
-                return None;
-            }
+        if !super::installed(&binary, "redis-server") || !super::installed(&cli, "redis-server") {
+            return None;
         }
         let ports: Vec<u16> = (0..3).map(|_| cluster_port()).collect();
         let dir = std::env::temp_dir().join(format!(
@@ -166,6 +154,11 @@ impl Drop for RedisCluster {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The redis-server binary: `$REDIS_SERVER`, or `redis-server`.
+fn server_binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
 }
 
 /// A free port whose cluster bus port (+10,000) is free too.
