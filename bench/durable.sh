@@ -21,15 +21,11 @@ pids=()
 redis_pid=
 trap 'stop; [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly yes \
-  --appendfsync everysec --dir "$work" >"$work/redis.log" 2>&1 &
-redis_pid=$!
-redis() { redis-cli -p "$rport" "$@"; }
-for _ in $(seq 50); do redis ping >/dev/null 2>&1 && break; sleep 0.1; done
-sed "s|^\[cluster\]|[cluster]\nredis = \"redis://127.0.0.1:$rport/0\"|" bench/cluster.toml >"$work/durable.toml"
-
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+
+durable_redis "$rport" "$work"
+redis() { redis-cli -p "$rport" "$@"; }
 
 start() { # cluster file [connector flags...]
   local file=$1

@@ -36,3 +36,16 @@ tcp_buffer_kib() { awk '/^TCP:/ { for (i = 1; i < NF; i++) if ($i == "mem") prin
 socket_slab_kib() {
   awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" { kib += $2 * $4 / 1024 } END { print int(kib) }' /proc/slabinfo 2>/dev/null || echo 0
 }
+
+# Starts a redis-server on 127.0.0.1:$1 that persists as a production store
+# would (appendonly yes, appendfsync everysec) into the directory $2, sets
+# `redis_pid`, waits for it, and writes the bench cluster file with that
+# store attached to $2/durable.toml.
+durable_redis() {
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly yes \
+    --appendfsync everysec --dir "$2" >"$2/redis.log" 2>&1 &
+  redis_pid=$!
+  wait_port "$1"
+  sed "s|^\[cluster\]|[cluster]\nredis = \"redis://127.0.0.1:$1/0\"|" bench/cluster.toml \
+    >"$2/durable.toml"
+}
