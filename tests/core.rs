@@ -551,7 +551,7 @@ async fn ten_thousand_create_bind_close_cycles_leak_nothing(link) {
                     })
                     .await
                     .expect("unbind");
-                f.sessions.close(owner.sid(), "cycle");
+                f.sessions.close(owner.sid(), session_proxy::frontend::EndReason::Kicked("cycle".into()));
             }
         }
         // Keep the event channel drained so it never lags.

@@ -48,7 +48,7 @@ async fn idle_timeout_fires_after_inactivity_and_touch_postpones_it() {
         Some(SessionEvent::Closed {
             sid,
             uid: None,
-            reason: "expired".into()
+            reason: session_proxy::frontend::EndReason::Expired
         })
     );
 }
@@ -111,6 +111,16 @@ struct Node {
 }
 
 async fn start(policy: SingleSessionPolicy, grace: Duration, overlap: Duration) -> Node {
+    start_with(policy, grace, overlap, false).await
+}
+
+/// A node whose gateway refuses stale resume tokens when `strict`.
+async fn start_with(
+    policy: SingleSessionPolicy,
+    grace: Duration,
+    overlap: Duration,
+    strict: bool,
+) -> Node {
     let mut config = SessionConfig::new("f1");
     config.single_session = policy;
     config.token_overlap = overlap;
@@ -119,6 +129,7 @@ async fn start(policy: SingleSessionPolicy, grace: Duration, overlap: Duration) 
     let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
     let mut gw = GatewayConfig::new("connector");
     gw.resume_grace = grace;
+    gw.strict_resume = strict;
     let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), gw);
     gateway
         .handlers()
@@ -238,11 +249,58 @@ async fn drop_and_resume_keeps_sid_uid_settings_and_parked_pushes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_expired_and_rotated_out_tokens_are_refused() {
+async fn stale_tokens_get_a_fresh_session_that_says_why() {
     let node = start(
+        SingleSessionPolicy::Off,
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    )
+    .await;
+    let a = connect(&node, None).await.expect("connect");
+    let first = token_of(&a);
+    let old_sid = node.sessions.sids();
+    a.request("connector.entry.login", &json!({ "uid": "alice" }))
+        .await
+        .expect("login");
+    drop(a);
+    // Wait for the parked session to expire: the event, not a sleep.
+    let mut events = node.sessions.subscribe();
+    tokio::time::timeout(WAIT, async {
+        while node.sessions.count() > 0 {
+            let _ = events.recv().await;
+        }
+    })
+    .await
+    .expect("the parked session expired");
+    for (token, why) in [
+        (first.as_str(), "the session is gone"),
+        ("not-a-token", "malformed resume token"),
+    ] {
+        let c = connect(&node, Some(token))
+            .await
+            .expect("a stale token still connects");
+        let user = &c.handshake()["user"];
+        assert_eq!(user["resumed"], false, "{user}");
+        assert_eq!(user["resumeRefused"], why, "{user}");
+        assert!(user["resumeToken"].is_string(), "a token of its own");
+        // A fresh session: nobody's uid, not the old sid.
+        let me = c
+            .request("game.h.whoami", &json!({}))
+            .await
+            .expect("whoami");
+        assert_eq!(me["uid"], Value::Null);
+        let old: Vec<String> = old_sid.iter().map(ToString::to_string).collect();
+        assert!(!old.contains(&me["sid"].as_str().expect("sid").to_string()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_expired_and_rotated_out_tokens_are_refused_when_strict() {
+    let node = start_with(
         SingleSessionPolicy::Off,
         Duration::from_millis(600),
         Duration::from_millis(300),
+        true,
     )
     .await;
     let garbage = connect(&node, Some("not-a-token"))
@@ -318,8 +376,12 @@ async fn single_session_policy_holds_across_resume() {
     b.request("connector.entry.login", &json!({ "uid": "alice" }))
         .await
         .expect("login");
-    assert!(
-        connect(&node, Some(&token)).await.is_err(),
+    let again = connect(&node, Some(&token))
+        .await
+        .expect("a stale token gets a fresh session");
+    assert_eq!(
+        again.handshake()["user"]["resumed"],
+        false,
         "the replaced session cannot be resumed"
     );
     assert_eq!(node.sessions.get_by_uid("alice").len(), 1);

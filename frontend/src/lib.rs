@@ -72,7 +72,8 @@ pub use gateway::{
 };
 pub use rpc::RpcServer;
 pub use service::{
-    ClosedHook, ConnectInfo, Outbound, ResumeError, SessionEvent, SessionOwner, SessionService,
+    ClosedHook, ConnectInfo, EndReason, HookWork, Outbound, ResumeError, SessionEvent,
+    SessionOwner, SessionService,
 };
 pub use session_proxy_protocol::client::protobuf::{ProtoError, Protos};
 #[cfg(feature = "redis")]

@@ -327,20 +327,22 @@ impl ChatCluster {
                     Ok(users)
                 },
             );
-            gateway.on_close(std::sync::Arc::new(|ctx: session_proxy_frontend::CloseContext| {
+            gateway.on_close(|ctx| async move {
                 if ctx.session.uid.is_none() {
                     return;
                 }
-                tokio::spawn(async move {
-                    let left = ctx
-                        .backends
-                        .notify("chat.chatRemote.kick", ctx.session, Bytes::from_static(b"{}"))
-                        .await;
-                    if let Err(err) = left {
-                        tracing::warn!(cause = %err, "could not tell the chat server a user left");
-                    }
-                });
-            }));
+                let left = ctx
+                    .backends
+                    .notify(
+                        "chat.chatRemote.kick",
+                        ctx.session,
+                        Bytes::from_static(b"{}"),
+                    )
+                    .await;
+                if let Err(err) = left {
+                    tracing::warn!(cause = %err, "could not tell the chat server a user left");
+                }
+            });
             let port = if config.connector_port == 0 {
                 0
             } else {

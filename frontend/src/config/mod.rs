@@ -355,6 +355,15 @@ pub struct GatewayConfig {
     /// (`sys.type`) or device (`user.device`) differs from the client the
     /// session was created for. Default: `false`.
     pub resume_same_client: bool,
+    /// Refuse a handshake whose resume token is stale (its session is gone,
+    /// or the token is malformed, rotated out or another client's) with code
+    /// 500, as before 0.1's node API. Off by default: such a client gets a
+    /// fresh session (code 200, `user.resumed: false`, and
+    /// `user.resumeRefused` saying why), which stock Pomelo clients handle,
+    /// where they take a 500 as fatal. A store that does not answer is
+    /// refused either way ("try again"): the session may still exist.
+    /// Default: `false`.
+    pub strict_resume: bool,
     /// On shutdown, how long a connection waits for the answers to its
     /// requests in flight (they are written to it) before it is kicked with
     /// [`shutdown_kick_reason`](Self::shutdown_kick_reason) and closed. Keep
@@ -408,6 +417,7 @@ impl Default for GatewayConfig {
             max_connections_per_ip: 256,
             resume_grace: Duration::from_secs(30),
             resume_same_client: false,
+            strict_resume: false,
             shutdown_grace: Duration::from_secs(1),
             shutdown_kick_reason: "reconnect".into(),
             #[cfg(feature = "tls")]

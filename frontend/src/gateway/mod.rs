@@ -27,14 +27,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
 
-/// What a close hook learns about a session that closed: its client left
-/// (and did not resume in time), was kicked, or expired.
+/// What a close hook learns about a session that ended for good: its client
+/// left (and did not resume in time), was kicked, replaced or expired, or
+/// its frontend shut down with no store to hand it over to. Never a session
+/// that moved to another frontend (see [`SessionEvent::Moved`](crate::SessionEvent::Moved)).
 #[derive(Clone, Debug)]
 pub struct CloseContext {
     /// The session as it was just before it closed.
     pub session: SessionSnapshot,
-    /// Why it closed: `"disconnected"`, `"expired"`, a kick reason, …
-    pub reason: String,
+    /// Why it ended.
+    pub reason: crate::EndReason,
     /// The connected backends, e.g. to tell a game server the player left.
     pub backends: BackendRegistry,
 }
@@ -58,8 +60,11 @@ pub type HandshakeHook = Arc<
 /// refuses that client (500). Set it with [`Gateway::check_client`].
 pub type ClientCheck = Arc<dyn Fn(String, String) -> HookFuture<bool> + Send + Sync>;
 
-/// Runs when a session closes, with its final state.
-pub type CloseHook = Arc<dyn Fn(CloseContext) + Send + Sync>;
+/// Runs once when a session ends for good, with its final state; the future
+/// it returns (telling a game server that the player left, say) runs as a
+/// task that a drain waits for before it closes the backend links. Set it
+/// with [`Gateway::on_close`].
+pub type CloseHook = Arc<dyn Fn(CloseContext) -> HookFuture<()> + Send + Sync>;
 
 /// The route dictionary, both ways.
 #[derive(Debug, Default)]
@@ -213,12 +218,41 @@ impl Gateway {
         self
     }
 
-    /// Sets the hook that runs when a session of this frontend closes (for
-    /// good: a parked session that is resumed has not closed). It is
-    /// installed on the session service when the gateway starts.
-    pub fn on_close(&mut self, hook: CloseHook) -> &mut Self {
-        self.on_close = Some(hook);
+    /// Sets the hook that runs once for every session of this frontend
+    /// that ends for good (see [`CloseContext`]): not for a parked session
+    /// that is resumed, nor for one that moved to another frontend. It is
+    /// installed on the session service when the gateway starts. The future
+    /// it returns runs as a task of the session service, which a drain
+    /// waits for ([`SessionService::hooks_done`]) before it closes the
+    /// backend links, so a "player left" call still reaches its server.
+    ///
+    /// ```
+    /// # use session_proxy_frontend::{Gateway, GatewayConfig, BackendRegistry, SessionConfig, SessionService};
+    /// # let mut gateway = Gateway::new(SessionService::new(SessionConfig::new("c-1")), BackendRegistry::default(), GatewayConfig::default());
+    /// gateway.on_close(|ctx| async move {
+    ///     if ctx.session.uid.is_some() {
+    ///         let body = bytes::Bytes::from_static(b"{}");
+    ///         let _ = ctx.backends.notify("room.roomRemote.leave", ctx.session, body).await;
+    ///     }
+    /// });
+    /// ```
+    pub fn on_close<F, Fut>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(CloseContext) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.on_close = Some(Arc::new(move |ctx| Box::pin(hook(ctx))));
         self
+    }
+
+    /// The sessions this gateway's clients open.
+    pub fn sessions(&self) -> &SessionService {
+        &self.sessions
+    }
+
+    /// The backends it forwards to (to set a router on, say).
+    pub fn backends(&self) -> &BackendRegistry {
+        &self.backends
     }
 
     /// Listens on `addr` (with `SO_REUSEADDR`) and serves clients.
@@ -243,12 +277,12 @@ impl Gateway {
         if let Some(hook) = self.on_close {
             let backends = self.backends.clone();
             let registered = self.sessions.on_closed(Arc::new(
-                move |session: &SessionSnapshot, reason: &str| {
-                    hook(CloseContext {
+                move |session: &SessionSnapshot, reason: &crate::EndReason| {
+                    Some(hook(CloseContext {
                         session: session.clone(),
-                        reason: reason.to_string(),
+                        reason: reason.clone(),
                         backends: backends.clone(),
-                    })
+                    }))
                 },
             ));
             if !registered {

@@ -49,7 +49,8 @@ impl SessionService {
         };
         for e in evicted {
             // Ended in the store already: only the local copy goes.
-            self.remove_as(e.sid, REPLACED, true, false);
+            let replaced = super::close::Ending::Ended(super::EndReason::Replaced);
+            self.remove_as(e.sid, replaced, true, false);
         }
         // The store counted every frontend's sessions, this one's included.
         self.bind_under(sid, uid, SingleSessionPolicy::Off)
@@ -90,7 +91,7 @@ impl SessionService {
             uid: uid.to_string(),
         });
         for old in replaced {
-            self.kick_by_sid(old, REPLACED);
+            self.end(old, super::EndReason::Replaced, true);
         }
         Ok(())
     }

@@ -1,27 +1,29 @@
-//! Closing sessions: by the owner, by a kick (by sid or uid), on expiry.
-use super::{Outbound, SessionEvent};
+//! Closing sessions: by the owner, by a kick (by sid or uid), on expiry,
+//! at a shutdown; and reporting the ones that moved to another frontend.
+use super::{EndReason, Outbound, SessionEvent};
 use session_proxy_protocol::SessionId;
 
 use super::SessionService;
 
 impl SessionService {
-    /// Closes a session: removes it, unindexes its uid, fires
-    /// [`SessionEvent::Closed`]. Returns whether it existed.
-    pub fn close(&self, sid: SessionId, reason: &str) -> bool {
-        self.remove(sid, reason, false)
+    /// Ends a session for good: removes it, unindexes its uid, runs the
+    /// close hook and fires [`SessionEvent::Closed`] with `reason`. Returns
+    /// whether it existed.
+    pub fn close(&self, sid: SessionId, reason: EndReason) -> bool {
+        self.end(sid, reason, false)
     }
 
     /// Closes a session if `gen` is still its current owner (see
     /// [`SessionOwner::generation`](crate::SessionOwner::generation)).
-    pub fn close_if_owner(&self, sid: SessionId, gen: u64, reason: &str) -> bool {
+    pub fn close_if_owner(&self, sid: SessionId, gen: u64, reason: EndReason) -> bool {
         let current = self.inner.sessions.get(&sid).map(|e| e.owner_gen);
         current == Some(gen) && self.close(sid, reason)
     }
 
-    /// Closes a session and sends its client a kick with `reason`. Returns
-    /// whether it existed.
+    /// Ends a session and sends its client a kick with `reason`
+    /// ([`EndReason::Kicked`]). Returns whether it existed.
     pub fn kick_by_sid(&self, sid: SessionId, reason: &str) -> bool {
-        self.remove(sid, reason, true)
+        self.end(sid, EndReason::Kicked(reason.to_string()), true)
     }
 
     /// Kicks every session of a uid; returns how many there were.
@@ -32,8 +34,22 @@ impl SessionService {
             .count()
     }
 
-    pub(super) fn remove(&self, sid: SessionId, reason: &str, kick: bool) -> bool {
-        self.remove_as(sid, reason, kick, true)
+    /// Ends every session of this frontend with `reason` (their clients,
+    /// if still connected, get a kick), running each close hook once.
+    /// The last step of a drain with no store to hand sessions over to:
+    /// without it, the sessions parked at the drain would end with the
+    /// process and no hook would ever run for them. Returns how many ended.
+    pub fn end_all(&self, reason: EndReason) -> usize {
+        self.sids()
+            .into_iter()
+            .filter(|sid| self.end(*sid, reason.clone(), true))
+            .count()
+    }
+
+    /// Ends a session for good, kicking its client with the reason's text
+    /// if `kick`, and deletes it from the store.
+    pub(super) fn end(&self, sid: SessionId, reason: EndReason, kick: bool) -> bool {
+        self.remove_as(sid, Ending::Ended(reason), kick, true)
     }
 
     /// Removes a session; `from_store` deletes it from the store too (not
@@ -41,7 +57,7 @@ impl SessionService {
     pub(super) fn remove_as(
         &self,
         sid: SessionId,
-        reason: &str,
+        ending: Ending,
         kick: bool,
         from_store: bool,
     ) -> bool {
@@ -54,25 +70,61 @@ impl SessionService {
         if from_store {
             self.mark_deleted(sid, entry.store_epoch);
         }
+        let text = match &ending {
+            Ending::Ended(reason) => reason.as_str(),
+            Ending::Moved { .. } => MOVED_KICK,
+        };
         if kick {
-            crate::metrics::kicked(reason);
+            crate::metrics::kicked(text);
             // Best effort: if the queue is full, closing it below still
             // ends the connection's session.
             let _ = entry.owner.try_send(Outbound::Kick {
-                reason: reason.to_string(),
+                reason: text.to_string(),
             });
         }
         entry.owner.close();
-        tracing::debug!(sid = %sid.redacted(), reason, "session closed");
-        let hook = self.inner.on_closed.get().cloned();
-        if let Some(hook) = hook {
-            hook(&entry.snapshot(sid, self.frontend_id()), reason);
+        match ending {
+            Ending::Ended(reason) => {
+                tracing::debug!(sid = %sid.redacted(), %reason, "session closed");
+                let hook = self.inner.on_closed.get().cloned();
+                let work =
+                    hook.and_then(|hook| hook(&entry.snapshot(sid, self.frontend_id()), &reason));
+                if let Some(work) = work {
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        self.inner.hook_tasks.spawn(work);
+                    }
+                }
+                self.emit(SessionEvent::Closed {
+                    sid,
+                    uid: entry.uid,
+                    reason,
+                });
+            }
+            Ending::Moved { to } => {
+                tracing::debug!(sid = %sid.redacted(), to = %to, "session moved");
+                self.emit(SessionEvent::Moved {
+                    sid,
+                    uid: entry.uid,
+                    to,
+                });
+            }
         }
-        self.emit(SessionEvent::Closed {
-            sid,
-            uid: entry.uid,
-            reason: reason.to_string(),
-        });
         true
     }
+}
+
+/// What a connection whose session another frontend took over reads in
+/// its kick.
+pub(super) const MOVED_KICK: &str = "resumed elsewhere";
+
+/// How a session leaves this frontend.
+pub(super) enum Ending {
+    /// For good: the close hook runs.
+    Ended(EndReason),
+    /// To another frontend (its id; empty when the store did not say):
+    /// the session lives on, no close hook.
+    Moved {
+        /// The frontend that holds it now.
+        to: String,
+    },
 }

@@ -97,7 +97,7 @@ impl Drop for SessionOwner {
     fn drop(&mut self) {
         if self.rx.is_some() {
             self.service
-                .close_if_owner(self.sid, self.gen, "disconnected");
+                .close_if_owner(self.sid, self.gen, crate::EndReason::Disconnected);
         }
     }
 }

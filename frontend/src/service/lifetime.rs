@@ -90,7 +90,7 @@ impl SessionService {
         };
         if due <= Instant::now() {
             tracing::debug!(sid = %sid.redacted(), "session expired");
-            self.kick_by_sid(sid, "expired");
+            self.end(sid, super::EndReason::Expired, true);
             None
         } else {
             Some(due)

@@ -7,7 +7,8 @@
 //! - `entry`: one session as it is kept, its settings and limits;
 //! - `bind`: bind, unbind, the single-session policy;
 //! - `writes`: set, import, remove, and a backend's push;
-//! - `close`: close, kick;
+//! - `close`: close, kick, end at a shutdown, report a session that moved;
+//! - `reason`: [`EndReason`], why a session ended for good;
 //! - `push`: pushes to clients, by sid, uid, or to everyone;
 //! - `handle`: [`SessionOwner`], the connection's side of a session;
 //! - `lifetime`: idle and absolute timeouts, and the task that expires
@@ -25,12 +26,14 @@ mod lifetime;
 mod packed;
 mod persist;
 mod push;
+mod reason;
 mod resume;
 mod settings;
 mod types;
 mod writes;
 
 pub use handle::SessionOwner;
+pub use reason::EndReason;
 pub use resume::ResumeError;
 pub use types::{ConnectInfo, Outbound, SessionEvent};
 
@@ -44,6 +47,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use entry::SessionEntry;
 
@@ -67,12 +71,21 @@ struct Inner {
     timers: OnceLock<mpsc::UnboundedSender<(SessionId, Instant)>>,
     /// Runs with the final state of every session that closes.
     on_closed: OnceLock<ClosedHook>,
+    /// The work close hooks started (a game telling its servers a player
+    /// left), so that a drain can wait for it before closing the links.
+    hook_tasks: TaskTracker,
     /// Where sessions are persisted, once attached.
     store: OnceLock<persist::StoreLink>,
 }
 
-/// Called with the final state of a session as it closes, and the reason.
-pub type ClosedHook = Arc<dyn Fn(&SessionSnapshot, &str) + Send + Sync>;
+/// Called with the final state of a session as it ends for good, and why:
+/// exactly once per session, never for one that moved to another frontend.
+/// Work it returns runs as a task that
+/// [`SessionService::hooks_done`] waits for.
+pub type ClosedHook = Arc<dyn Fn(&SessionSnapshot, &EndReason) -> Option<HookWork> + Send + Sync>;
+
+/// Work a close hook started, run as a task of the session service.
+pub type HookWork = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// The sessions of one frontend: the single owner of every session it holds.
 ///
@@ -119,6 +132,7 @@ impl SessionService {
                 epoch: Instant::now(),
                 timers: OnceLock::new(),
                 on_closed: OnceLock::new(),
+                hook_tasks: TaskTracker::new(),
                 store: OnceLock::new(),
             }),
         }
@@ -135,13 +149,28 @@ impl SessionService {
     }
 
     /// Sets the hook that runs with the final state of every session that
-    /// closes (once per service; later calls are ignored and return false).
-    /// It runs on the closing thread: keep it short, spawn slow work.
+    /// ends for good (once per service; later calls are ignored and return
+    /// false). It runs on the closing thread: keep it short, and return slow
+    /// work as [`HookWork`] (run as a task; without a tokio runtime it is
+    /// dropped).
     pub fn on_closed(&self, hook: ClosedHook) -> bool {
         self.inner.on_closed.set(hook).is_ok()
     }
 
-    /// Follows bound, unbound and closed events from now on.
+    /// Waits up to `within` for the work close hooks started (see
+    /// [`ClosedHook`]) to finish; returns whether
+    /// it all did. A drain calls it before it closes the backend links the
+    /// hooks talk over.
+    pub async fn hooks_done(&self, within: std::time::Duration) -> bool {
+        let tasks = &self.inner.hook_tasks;
+        tasks.close();
+        let done = tokio::time::timeout(within, tasks.wait()).await.is_ok();
+        tasks.reopen();
+        done
+    }
+
+    /// Follows session events (bound, unbound, parked, resumed, moved,
+    /// closed) from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
         self.inner.events.subscribe()
     }

@@ -68,7 +68,7 @@ impl SessionService {
             Err(SendError::Full) => {
                 PUSH_QUEUE_FULL.increment(1);
                 tracing::warn!(sid = %sid.redacted(), "client too slow for its pushes; closing");
-                self.kick_by_sid(sid, "slow client");
+                self.end(sid, super::EndReason::SlowClient, true);
                 Err(Error::OwnerQueueFull(sid))
             }
             Err(SendError::Closed) => {

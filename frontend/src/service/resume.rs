@@ -65,6 +65,16 @@ pub enum ResumeError {
     Raced,
 }
 
+impl ResumeError {
+    /// Whether the token can never work again (the session is gone, or the
+    /// token is not one of its current ones): the client is better off with
+    /// a fresh session. Not for a store that did not answer or a race,
+    /// where trying again may resume it.
+    pub fn is_stale(&self) -> bool {
+        !matches!(self, ResumeError::StoreUnavailable | ResumeError::Raced)
+    }
+}
+
 /// Checks a presented token's hash against a session's current token and
 /// its previous one (`Some(still valid)` when there is one that matches).
 fn check_token(
@@ -138,7 +148,7 @@ impl SessionService {
         let mut owner = owner;
         let sid = owner.sid;
         if grace.is_zero() {
-            return self.close_if_owner(sid, owner.gen, "disconnected");
+            return self.close_if_owner(sid, owner.gen, super::EndReason::Disconnected);
         }
         let Some(rx) = owner.rx.take() else {
             return false;
@@ -233,7 +243,7 @@ impl SessionService {
         };
         if let Some(old) = old_owner {
             let _ = old.try_send(Outbound::Kick {
-                reason: "resumed elsewhere".into(),
+                reason: super::close::MOVED_KICK.into(),
             });
             old.close();
         }

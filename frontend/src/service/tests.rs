@@ -210,7 +210,7 @@ fn events_follow_the_lifecycle() {
             SessionEvent::Closed {
                 sid,
                 uid: Some("w".into()),
-                reason: "disconnected".into()
+                reason: crate::EndReason::Disconnected
             },
         ]
     );
@@ -229,4 +229,64 @@ fn a_full_push_queue_closes_the_slow_client() {
         Err(Error::OwnerQueueFull(_))
     ));
     assert!(matches!(a.try_recv(), Ok(Some(Outbound::Push { .. }))));
+}
+
+/// A session whose client resumed on another frontend (its old owner was
+/// paused, say) is reported there as moved when the old owner's next write
+/// is fenced: its close hook does not run, and no Closed event says the
+/// player left. A session that ends for good runs the hook exactly once.
+#[tokio::test]
+async fn a_session_that_moved_is_reported_moved_and_never_closed() {
+    use crate::store::{MemoryStore, StoreOptions};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let store: Arc<dyn crate::store::SessionStore> = Arc::new(MemoryStore::new());
+    let a = SessionService::new(SessionConfig::new("fa"));
+    let b = SessionService::new(SessionConfig::new("fb"));
+    for s in [&a, &b] {
+        s.attach_store(store.clone(), StoreOptions::default())
+            .await
+            .expect("attach");
+    }
+    let hooks = Arc::new(AtomicUsize::new(0));
+    let counted = hooks.clone();
+    a.on_closed(Arc::new(move |_, _| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        None
+    }));
+    let mut events = a.subscribe();
+    let owner = a.create(ConnectInfo::default());
+    let sid = owner.sid();
+    a.bind(sid, "alice").expect("bind");
+    let token = a.issue_token(sid).expect("token");
+    assert!(owner.park(std::time::Duration::from_secs(30)));
+    a.flush().await.expect("written");
+
+    // The client resumes on b; a's next write is fenced.
+    let (_on_b, _) = b.resume_anywhere(&token, &[]).await.expect("resumed on b");
+    a.set(sid, "k", bytes("v")).expect("a still holds its copy");
+    let _ = a.flush().await;
+    assert!(a.get(sid).is_none(), "a let its copy go");
+    let seen: Vec<SessionEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(
+        seen.contains(&SessionEvent::Moved {
+            sid,
+            uid: Some("alice".into()),
+            to: "fb".into()
+        }),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Closed { .. })),
+        "{seen:?}"
+    );
+    assert_eq!(hooks.load(Ordering::SeqCst), 0, "no close hook for a move");
+
+    // One that ends for good runs the hook once, however often it is ended.
+    let other = a.create(ConnectInfo::default());
+    assert_eq!(a.end_all(EndReason::Shutdown), 1);
+    assert!(!a.close(other.sid(), EndReason::Disconnected));
+    drop(other);
+    assert_eq!(hooks.load(Ordering::SeqCst), 1);
 }

@@ -72,13 +72,27 @@ pub enum SessionEvent {
         /// The session.
         sid: SessionId,
     },
-    /// A session was closed and removed.
+    /// A session moved to another frontend: its client resumed there (this
+    /// frontend's copy was fenced in the store), so this frontend let it go.
+    /// The session lives on; its close hook does not run here. A session
+    /// handed over at a drain stays in the table until the process ends
+    /// and is not reported one by one.
+    Moved {
+        /// The session.
+        sid: SessionId,
+        /// The uid it was bound to, if any.
+        uid: Option<String>,
+        /// The frontend that holds it now (empty when the store named none).
+        to: String,
+    },
+    /// A session ended for good and was removed (exactly once per session;
+    /// the close hook ran with the same reason).
     Closed {
         /// The session.
         sid: SessionId,
         /// The uid it was bound to, if any.
         uid: Option<String>,
-        /// Why: `"disconnected"`, `"replaced"`, a kick reason, …
-        reason: String,
+        /// Why it ended.
+        reason: crate::EndReason,
     },
 }

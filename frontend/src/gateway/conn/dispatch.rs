@@ -78,7 +78,7 @@ impl ClientConn {
             }
             (PackageType::Heartbeat, Phase::Working) => self.on_heartbeat()?,
             (PackageType::Data, Phase::Working) => return Ok(self.on_message(package.body)?),
-            (PackageType::Kick, _) => return Err(Stop::End("client sent a kick package".into())),
+            (PackageType::Kick, _) => return Err(Stop::End(super::io::CLIENT_KICK.into())),
             // Out of phase (data before the ack, a second handshake …): ignored.
             (kind, phase) => debug!(?kind, ?phase, "package ignored"),
         }

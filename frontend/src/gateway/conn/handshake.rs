@@ -29,6 +29,26 @@ pub(super) struct Claim {
     /// What the user hook answered.
     user: Option<Value>,
     held: Held,
+    /// What a fresh session is opened with, if the token turns out stale.
+    fresh: Fresh,
+}
+
+/// What a new session of this client is opened with.
+struct Fresh {
+    peer: SocketAddr,
+    client_type: String,
+    version: String,
+    device: Option<String>,
+}
+
+/// Whether the client got the session its resume token named.
+enum Resumed {
+    /// Yes.
+    Yes,
+    /// It asked for none.
+    No,
+    /// Its token was stale; it got a fresh session.
+    Refused(ResumeError),
 }
 
 /// What the client holds already, from its handshake's `sys`.
@@ -178,9 +198,15 @@ impl ClientConn {
             client.extend(device.map(|d| ("device", d)));
         }
         let held = Held::of(request);
-        let (owner, token, resumed) = match presented {
+        let fresh = Fresh {
+            peer,
+            client_type: client_type.clone(),
+            version,
+            device: device.map(str::to_string),
+        };
+        match presented {
             Some(token) if resume_enabled => match self.shared.sessions.resume_as(token, &client) {
-                Ok((owner, next)) => (owner, Some(next), true),
+                Ok((owner, next)) => self.accept(owner, Some(next), Resumed::Yes, user, held),
                 Err(ResumeError::UnknownSession) if self.shared.sessions.has_store() => {
                     let own = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
                     return Some(Claim {
@@ -188,41 +214,62 @@ impl ClientConn {
                         client: client.iter().map(own).collect(),
                         user,
                         held,
+                        fresh,
                     });
                 }
-                Err(err) => {
-                    crate::metrics::RESUME_REFUSED.increment(1);
-                    debug!(cause = %err, "resume refused");
-                    refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
-                    return None;
-                }
+                Err(err) => self.resume_refused(err, fresh, user, held),
             },
-            _ => {
-                let mut info = ConnectInfo::from_addr(peer);
-                info.metadata
-                    .insert("transport".into(), self.transport.kind().into());
-                info.metadata.insert("clientType".into(), client_type);
-                info.metadata.insert("clientVersion".into(), version);
-                if let Some(device) = device {
-                    info.metadata.insert("device".into(), device.to_string());
-                }
-                let owner = match self.shared.sessions.try_create(info) {
-                    Ok(owner) => owner,
-                    Err(err) => {
-                        refuse(self, CODE_USER_ERROR, &err.to_string());
-                        return None;
-                    }
-                };
-                let token = if resume_enabled {
-                    self.shared.sessions.issue_token(owner.sid()).ok()
-                } else {
-                    None
-                };
-                (owner, token, false)
+            _ => self.open_fresh(fresh, None, user, held),
+        }
+        None
+    }
+
+    /// A resume that did not work: a stale token gets a fresh session (or,
+    /// with [`GatewayConfig::strict_resume`](crate::GatewayConfig::strict_resume),
+    /// code 500); a store that did not answer is refused ("try again").
+    fn resume_refused(&mut self, err: ResumeError, fresh: Fresh, user: Option<Value>, held: Held) {
+        crate::metrics::RESUME_REFUSED.increment(1);
+        debug!(cause = %err, "resume refused");
+        if err.is_stale() && !self.shared.config.strict_resume {
+            self.open_fresh(fresh, Some(err), user, held);
+        } else {
+            refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
+        }
+    }
+
+    /// Opens a new session for the client and answers; `stale` is the
+    /// resume it asked for instead, and why that did not work.
+    fn open_fresh(
+        &mut self,
+        fresh: Fresh,
+        stale: Option<ResumeError>,
+        user: Option<Value>,
+        held: Held,
+    ) {
+        let mut info = ConnectInfo::from_addr(fresh.peer);
+        info.metadata
+            .insert("transport".into(), self.transport.kind().into());
+        info.metadata.insert("clientType".into(), fresh.client_type);
+        info.metadata.insert("clientVersion".into(), fresh.version);
+        if let Some(device) = fresh.device {
+            info.metadata.insert("device".into(), device);
+        }
+        let owner = match self.shared.sessions.try_create(info) {
+            Ok(owner) => owner,
+            Err(err) => {
+                refuse(self, CODE_USER_ERROR, &err.to_string());
+                return;
             }
         };
+        let token = match self.shared.config.resume_grace.is_zero() {
+            true => None,
+            false => self.shared.sessions.issue_token(owner.sid()).ok(),
+        };
+        let resumed = match stale {
+            Some(err) => Resumed::Refused(err),
+            None => Resumed::No,
+        };
         self.accept(owner, token, resumed, user, held);
-        None
     }
 
     /// Looks a resume up in the shared store (the session may have lived
@@ -234,18 +281,15 @@ impl ClientConn {
             client,
             user,
             held,
+            fresh,
         } = claim;
         let client: Vec<(&str, &str)> = client
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         match self.shared.sessions.resume_anywhere(&token, &client).await {
-            Ok((owner, next)) => self.accept(owner, Some(next), true, user, held),
-            Err(err) => {
-                crate::metrics::RESUME_REFUSED.increment(1);
-                debug!(cause = %err, "resume refused");
-                refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
-            }
+            Ok((owner, next)) => self.accept(owner, Some(next), Resumed::Yes, user, held),
+            Err(err) => self.resume_refused(err, fresh, user, held),
         }
     }
 
@@ -254,10 +298,15 @@ impl ClientConn {
         &mut self,
         owner: SessionOwner,
         token: Option<String>,
-        resumed: bool,
+        resumed: Resumed,
         user: Option<Value>,
         held: Held,
     ) {
+        let refused = match &resumed {
+            Resumed::Refused(err) => Some(err.to_string()),
+            _ => None,
+        };
+        let resumed = matches!(resumed, Resumed::Yes);
         if resumed {
             crate::metrics::RESUME_OK.increment(1);
             crate::metrics::HANDSHAKE_RESUMED.increment(1);
@@ -298,6 +347,9 @@ impl ClientConn {
             user["resumeToken"] = json!(token);
             user["resumed"] = json!(resumed);
             user["resumeGrace"] = json!(self.shared.config.resume_grace.as_secs());
+            if let Some(why) = refused {
+                user["resumeRefused"] = json!(why);
+            }
         }
         if !user.is_null() {
             reply["user"] = user;

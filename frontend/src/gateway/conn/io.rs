@@ -1,7 +1,7 @@
 //! The connection's loop: write what is encoded, take pushes and answers,
 //! read; its deadlines; and how a connection ends.
 
-use crate::SessionOwner;
+use crate::{EndReason, SessionOwner};
 use bytes::BytesMut;
 use futures::StreamExt;
 use session_proxy_protocol::client::{MessageType, PackageType, Route};
@@ -146,9 +146,7 @@ impl ClientConn {
                         self.rbuf = BytesMut::new();
                     }
                 }
-                Poll::Ready(Ok(false)) => {
-                    return Poll::Ready(Stop::End("client closed the connection".into()))
-                }
+                Poll::Ready(Ok(false)) => return Poll::Ready(Stop::End(CLIENT_CLOSED.into())),
                 Poll::Ready(Err(err)) => return Poll::Ready(Stop::End(err)),
                 Poll::Pending => {
                     if self.out.is_empty() && self.closing.is_none() {
@@ -194,7 +192,7 @@ impl ClientConn {
             }
             if self.alive_until <= now {
                 return Poll::Ready(match self.phase {
-                    Phase::Working => "heartbeat timeout".into(),
+                    Phase::Working => HEARTBEAT_TIMEOUT.into(),
                     _ => "handshake timeout".into(),
                 });
             }
@@ -214,9 +212,11 @@ impl ClientConn {
             if self.closing.is_some() || grace.is_zero() || never_acked {
                 // Kicked, refused, no resume, or a client that never acked
                 // its handshake (nobody to resume it): the session ends here.
-                self.shared
-                    .sessions
-                    .close_if_owner(owner.sid(), owner.generation(), &reason);
+                self.shared.sessions.close_if_owner(
+                    owner.sid(),
+                    owner.generation(),
+                    end_reason(&reason),
+                );
                 drop(owner);
             } else {
                 // The client may come back with its token.
@@ -240,6 +240,22 @@ impl ClientConn {
 
 /// Why a connection ends when its gateway shuts down.
 const SHUTTING_DOWN: &str = "server shutting down";
+/// Why a connection ends when its client closes it.
+const CLIENT_CLOSED: &str = "client closed the connection";
+/// Why a connection ends when its client stops sending heartbeats.
+const HEARTBEAT_TIMEOUT: &str = "heartbeat timeout";
+/// Why a connection ends when its client says goodbye with a kick package.
+pub(super) const CLIENT_KICK: &str = "client sent a kick package";
+
+/// Why a session ends with its connection, from why the connection ended
+/// (a kicked session has ended already; closing it again does nothing).
+fn end_reason(stop: &str) -> EndReason {
+    match stop {
+        SHUTTING_DOWN => EndReason::Shutdown,
+        CLIENT_CLOSED | CLIENT_KICK | HEARTBEAT_TIMEOUT => EndReason::Disconnected,
+        other => EndReason::ConnectionError(other.to_string()),
+    }
+}
 
 impl ClientConn {
     /// On shutdown: writes the answers of the requests in flight that come

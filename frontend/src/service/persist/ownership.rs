@@ -31,7 +31,10 @@ impl SessionService {
             }
         }
         for f in fenced {
-            if self.remove_as(f.sid, "resumed elsewhere", true, false) {
+            let moved = super::super::close::Ending::Moved {
+                to: f.owner.to_string(),
+            };
+            if self.remove_as(f.sid, moved, true, false) {
                 tracing::info!(
                     sid = %f.sid.redacted(),
                     owner = %f.owner,

@@ -30,7 +30,9 @@ pub(super) async fn follow_evictions(
         };
         let Some(inner) = inner.upgrade() else { return };
         let service = SessionService { inner };
-        if service.remove_as(evicted.sid, &evicted.reason, true, false) {
+        let ending =
+            crate::service::close::Ending::Ended(crate::EndReason::from_stored(&evicted.reason));
+        if service.remove_as(evicted.sid, ending, true, false) {
             tracing::info!(
                 sid = %evicted.sid.redacted(),
                 reason = %evicted.reason,
