@@ -1,13 +1,10 @@
-//! A complete session-proxy app: a frontend (sessions, the RPC server,
-//! a gateway for Pomelo/Pinus clients) and a backend serving "area" routes.
+//! A complete session-proxy app: one node with a frontend (sessions, a
+//! gateway for Pomelo/Pinus clients) and a backend serving "area" routes.
 //! `cargo run --example minimal`, then point any Pomelo client at 3010.
 use serde::Deserialize;
 use serde_json::json;
-use session_proxy::{
-    BackendConfig, BackendSession, BackendSessionService, Gateway, GatewayConfig, Handlers,
-    RpcConfig, RpcServer, SessionConfig, SessionService,
-};
-use std::time::Duration;
+use session_proxy::node::{BackendRole, FrontendRole, Node};
+use session_proxy::{BackendSession, Handlers};
 
 #[derive(Deserialize)]
 struct Move {
@@ -17,22 +14,6 @@ struct Move {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The frontend owns the sessions; backends dial its RPC server.
-    let sessions = SessionService::new(SessionConfig::new("connector-1"));
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse()?,
-        sessions.clone(),
-        RpcConfig::default(),
-    )
-    .await?;
-    let gateway = Gateway::new(
-        sessions.clone(),
-        rpc.backends(),
-        GatewayConfig::new("connector"),
-    )
-    .bind("127.0.0.1:3010".parse()?)
-    .await?;
-
     // The backend: client requests on "area.*" routes are forwarded here.
     let mut handlers = Handlers::new();
     handlers.add(
@@ -43,17 +24,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(json!({ "code": 200, "x": to.x, "y": to.y }))
         },
     );
-    let mut config = BackendConfig::new("area-1");
-    config.server_type = Some("area".into());
-    let backend = BackendSessionService::serving(config, handlers)?;
-    backend.add_frontend("connector-1", rpc.local_addr().to_string());
-    backend.ready(Duration::from_secs(5)).await?; // forwarded to from now on
+    // One process, both roles: the backend reaches the frontend in process.
+    let connector = FrontendRole::new("connector-1", "connector");
+    let node = Node::builder()
+        .frontend(connector.client_addr("127.0.0.1:3010".parse()?))
+        .backend(BackendRole::new("area-1", "area", handlers))
+        .start() // returns once the backend is linked
+        .await?;
 
-    println!("clients connect to {}; Ctrl-C stops", gateway.local_addr());
-    tokio::signal::ctrl_c().await?;
-    let drain = Duration::from_secs(1);
-    gateway.shutdown(drain).await; // clients first, then the backend, then links
-    backend.shutdown(drain).await;
-    rpc.shutdown(drain).await;
+    println!("clients on {:?}; Ctrl-C drains", node.client_addr());
+    let report = node.run_until_signal().await?; // the one drain, in order
+    println!("drained: {report:?}");
     Ok(())
 }

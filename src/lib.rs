@@ -15,6 +15,9 @@
 //!   frontend.
 //! - [`registry`]: cluster membership: node records under leases (a static
 //!   list, or Redis), and backends that follow the frontends in it.
+//! - [`node`] (feature `node`): a [`Node`](node::Node) starts a process's
+//!   roles (frontend, backends or both), owns their tasks, and drains them in
+//!   the one correct order ([`Node::run_until_signal`](node::Node::run_until_signal)).
 //! - [`cluster`] (feature `cluster`): a cluster described in one TOML file,
 //!   one node per process.
 //!
@@ -55,6 +58,8 @@
 pub mod admin;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+#[cfg(feature = "node")]
+pub mod node;
 
 pub use session_proxy_backend as backend;
 pub use session_proxy_frontend as frontend;

@@ -5,10 +5,12 @@ mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::node::{run_nodes, FrontendNode};
+use cli::node::run_nodes;
 use cli::{Cli, Command};
 use session_proxy::cluster::ClusterConfig;
-use session_proxy::GatewayConfig;
+use session_proxy::frontend::StoreOptions;
+use session_proxy::node::Node;
+use session_proxy::ConnectInfo;
 use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
@@ -74,30 +76,36 @@ fn main() -> anyhow::Result<()> {
                 resume_grace,
                 insecure,
             } => {
-                let mut gateway = GatewayConfig::new(server_type.clone());
-                gateway.resume_grace = Duration::from_secs(resume_grace);
-                let node = FrontendNode {
-                    id: id.clone(),
-                    server_type,
-                    rpc_addr,
-                    client_addr,
-                    redis: redis.clone(),
-                    gateway,
-                    tls: None,
-                    open_sessions,
-                    insecure,
-                    drain: cli::node::DEFAULT_DRAIN,
-                    in_process: false,
-                };
-                let running = node.start().await?;
-                if redis.is_some() {
-                    println!("restored {} sessions", running.restored);
+                let mut frontend = cli::node::bench_frontend(&id, &server_type);
+                frontend.rpc_addr = rpc_addr;
+                frontend.client_addr = client_addr;
+                frontend.gateway.resume_grace = Duration::from_secs(resume_grace);
+                frontend.rpc.insecure = insecure;
+                let mut builder = Node::builder().secret_from_env().frontend(frontend);
+                if let Some(url) = &redis {
+                    let store = cli::node::connect_store(url).await?;
+                    builder = builder.store(store, StoreOptions::default());
                 }
-                if let Some(addr) = running.client_addr {
+                let node = builder.start().await?;
+                let sessions = node.sessions().context("a frontend has sessions")?;
+                // Stand-ins for connected clients, to try the RPC without a
+                // connector; they end with the drain.
+                let mut owners = Vec::with_capacity(open_sessions);
+                for i in 0..open_sessions {
+                    let owner = sessions.create(ConnectInfo::default());
+                    sessions.bind(owner.sid(), &format!("user-{i}"))?;
+                    owners.push(owner);
+                }
+                if redis.is_some() {
+                    println!("restored {} sessions", node.restored());
+                }
+                if let Some(addr) = node.client_addr() {
                     println!("frontend {id} clients on {addr}");
                 }
-                println!("frontend {id} listening on {}", running.rpc_addr);
-                running.serve_until_signal().await
+                if let Some(addr) = node.rpc_addr() {
+                    println!("frontend {id} listening on {addr}");
+                }
+                cli::node::serve_until_signal(vec![node]).await
             }
         }
     })

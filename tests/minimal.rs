@@ -1,16 +1,15 @@
-//! The README's first program, wired the same way on free ports: a client's
-//! request reaches the backend handler as soon as `ready` returns, its push
-//! lands on the frontend's session, and the whole app stops well under a
-//! second. The README carries `examples/minimal.rs` verbatim.
+//! The README's first program, wired the same way on a free port: a
+//! client's request reaches the backend handler as soon as `start`
+//! returns, its push lands on the frontend's session, and one drain call
+//! answers, kicks, ends the session (no store: its close hook runs) and
+//! stops everything. The README carries `examples/minimal.rs` verbatim.
 
 use serde::Deserialize;
 use serde_json::json;
-use session_proxy::{
-    BackendConfig, BackendSession, BackendSessionService, Gateway, GatewayConfig, Handlers,
-    RpcConfig, RpcServer, SessionConfig, SessionService,
-};
-use session_proxy_bench::pomelo::PomeloClient;
-use std::time::{Duration, Instant};
+use session_proxy::node::{BackendRole, FrontendRole, Node};
+use session_proxy::{BackendSession, Handlers};
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent};
+use std::time::Duration;
 
 #[derive(Deserialize)]
 struct Move {
@@ -19,23 +18,7 @@ struct Move {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_minimal_app_serves_a_client_and_stops_well_under_a_second() {
-    let sessions = SessionService::new(SessionConfig::new("connector-1"));
-    let rpc = RpcServer::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        sessions.clone(),
-        RpcConfig::default(),
-    )
-    .await
-    .expect("rpc");
-    let gateway = Gateway::new(
-        sessions.clone(),
-        rpc.backends(),
-        GatewayConfig::new("connector"),
-    )
-    .bind("127.0.0.1:0".parse().expect("addr"))
-    .await
-    .expect("gateway");
+async fn the_minimal_app_serves_a_client_and_drains_in_one_call() {
     let mut handlers = Handlers::new();
     handlers.add(
         "area.playerHandler.move",
@@ -45,14 +28,16 @@ async fn the_minimal_app_serves_a_client_and_stops_well_under_a_second() {
             Ok(json!({ "code": 200, "x": to.x, "y": to.y }))
         },
     );
-    let mut config = BackendConfig::new("area-1");
-    config.server_type = Some("area".into());
-    let backend = BackendSessionService::serving(config, handlers).expect("valid config");
-    backend.add_frontend("connector-1", rpc.local_addr().to_string());
-    backend.ready(Duration::from_secs(5)).await.expect("ready");
+    let connector = FrontendRole::new("connector-1", "connector");
+    let mut node = Node::builder()
+        .frontend(connector.client_addr("127.0.0.1:0".parse().expect("addr")))
+        .backend(BackendRole::new("area-1", "area", handlers))
+        .start()
+        .await
+        .expect("node");
 
-    // No polling: the first request after `ready` is forwarded.
-    let client = PomeloClient::connect(gateway.local_addr())
+    // No polling: the first request after `start` is forwarded.
+    let mut client = PomeloClient::connect(node.client_addr().expect("a gateway"))
         .await
         .expect("client");
     let answer = client
@@ -60,6 +45,7 @@ async fn the_minimal_app_serves_a_client_and_stops_well_under_a_second() {
         .await
         .expect("answer");
     assert_eq!(answer, json!({ "code": 200, "x": 3, "y": 4 }));
+    let sessions = node.sessions().expect("a frontend").clone();
     let sid = sessions.sids()[0];
     let pos = &sessions.get(sid).expect("open").settings["pos"].value;
     assert_eq!(
@@ -74,23 +60,17 @@ async fn the_minimal_app_serves_a_client_and_stops_well_under_a_second() {
         .expect("answer");
     assert_eq!(bad["code"], 400, "{bad}");
 
-    let started = Instant::now();
-    let drain = Duration::from_secs(1);
-    assert!(
-        gateway.shutdown(drain).await,
-        "clients closed within the drain"
+    let report = node.drain(Duration::from_secs(2)).await;
+    assert!(report.complete(), "{report:?}");
+    assert_eq!(report.kicked, 1, "{report:?}");
+    assert_eq!(report.ended, 1, "no store: the parked session ended");
+    assert_eq!(sessions.count(), 0);
+    assert_eq!(
+        client.next_event(Duration::from_secs(2)).await,
+        Some(PomeloEvent::Kick {
+            reason: "reconnect".into()
+        })
     );
-    assert!(
-        backend.shutdown(drain).await,
-        "handlers and links ended within the drain"
-    );
-    assert!(
-        rpc.shutdown(drain).await,
-        "backend connections closed within the drain"
-    );
-    let took = started.elapsed();
-    assert!(took < Duration::from_millis(500), "shutdown took {took:?}");
-    drop(client);
 
     // The README shows examples/minimal.rs as it is.
     let readme = include_str!("../README.md");

@@ -75,6 +75,11 @@ impl BackendSessionService {
         })
     }
 
+    /// The settings it was built with (its id and server type among them).
+    pub fn config(&self) -> &BackendConfig {
+        &self.inner.config
+    }
+
     /// A service that also serves the client requests frontends forward to
     /// it: `config.server_type` names the server type it handles (e.g.
     /// `"chat"`), and `handlers` its routes.

@@ -52,6 +52,15 @@ pub struct Following {
     task: JoinHandle<()>,
 }
 
+impl Following {
+    /// Stops following and waits for the task to end (the links already
+    /// open stay).
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 impl Drop for Following {
     fn drop(&mut self) {
         self.task.abort();

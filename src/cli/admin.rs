@@ -2,11 +2,11 @@
 //! each node's admin address. Admin actions carry the bearer token derived
 //! from `SESSION_PROXY_SECRET`.
 
-use super::node::secret_from_env;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
+use session_proxy::node::SECRET_VAR;
 use session_proxy::registry::{NodeRecord, NodeRole};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -185,7 +185,7 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
         .watch()
         .borrow()
         .clone();
-    let token = secret_from_env()
+    let token = session_proxy::protocol::Secret::from_env(SECRET_VAR)
         .context("set SESSION_PROXY_SECRET to the cluster secret: admin actions need it")?
         .admin_token();
     let client: Client =

@@ -3,20 +3,17 @@
 //! identical replicas), registered in a registry under a lease. Backends
 //! follow the frontends registered there.
 
-use super::node::{backend_service, secret_from_env, serve_backend, FrontendNode};
-use super::node_admin::{self, Control};
+use super::node::{bench_backend, bench_frontend, connect_store};
 use anyhow::{bail, Context};
+use session_proxy::frontend::StoreOptions;
+use session_proxy::node::Node;
 use session_proxy::registry::{
-    follow_frontends, EtcdMembership, EtcdMembershipConfig, Membership, NodeRecord, NodeRole,
-    NodeState, RedisMembership, RedisMembershipConfig, Registration,
+    EtcdMembership, EtcdMembershipConfig, Membership, NodeRole, RedisMembership,
+    RedisMembershipConfig,
 };
-use session_proxy::GatewayConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// How long a new frontend stays `starting` waiting for a backend.
-const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// A node's role, on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -123,112 +120,39 @@ pub async fn run_elastic(flags: NodeFlags, insecure: bool) -> anyhow::Result<()>
         None => None,
     };
     let lease = Duration::from_secs(flags.lease_secs.max(1));
-    let drain = Duration::from_secs(flags.drain_secs);
-    match role {
-        RoleArg::Frontend => {
-            let rpc_addr = *required(&flags.rpc_addr, "--rpc-addr")?;
-            let mut gateway = GatewayConfig::new(server_type.clone());
-            gateway.max_connections_per_ip = flags.max_connections_per_ip;
-            gateway.resume_grace = Duration::from_secs(flags.resume_grace_secs);
-            let node = FrontendNode {
-                id: id.clone(),
-                server_type: server_type.clone(),
-                rpc_addr,
-                client_addr: flags.client_addr,
-                redis: flags.redis.clone(),
-                gateway,
-                tls: None,
-                open_sessions: 0,
-                insecure,
-                drain,
-                in_process: false,
-            };
-            let running = node.start().await?;
-            let admin = match flags.admin_addr {
-                Some(addr) => Some(running.serve_admin(addr, metrics).await?),
-                None => None,
-            };
-            // Starting until a backend has connected: gates do not hand it
-            // out before it can forward.
-            let mut record = NodeRecord::new(&id, NodeRole::Frontend, &server_type).with_rpc_addr(
-                flags
-                    .advertise_rpc
-                    .unwrap_or_else(|| running.rpc_addr.to_string()),
-            );
-            if let Some(addr) = flags
-                .advertise
-                .or(running.client_addr.map(|a| a.to_string()))
-            {
-                record = record.with_client_addr(addr);
-            }
-            if let Some(admin) = &admin {
-                record = record.with_admin_addr(admin.local_addr().to_string());
-            }
-            record.state = NodeState::Starting;
-            let registration = Registration::register(registry, record, lease).await;
-            let backends = running.backends();
-            let readiness = registration.handle();
-            tokio::spawn(async move {
-                let until = tokio::time::Instant::now() + READY_WAIT;
-                while backends.nodes().is_empty() && tokio::time::Instant::now() < until {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                if backends.nodes().is_empty() {
-                    tracing::warn!(within = ?READY_WAIT, "no backend connected yet; handed out anyway");
-                }
-                readiness.update(|r| {
-                    // (A SIGTERM meanwhile made it draining: it stays so.)
-                    if r.state == NodeState::Starting {
-                        r.state = NodeState::Active;
-                    }
-                });
-            });
-            let sessions = running.sessions().clone();
-            let counting = registration.handle();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    if !counting.set_clients(sessions.count() as u64) {
-                        return;
-                    }
-                }
-            });
-            println!("ready {id}");
-            let served = running.serve_registered(Some(registration)).await;
-            if let Some(admin) = admin {
-                admin.shutdown(Duration::from_secs(1)).await;
-            }
-            served
-        }
-        RoleArg::Backend => {
-            let service = backend_service(&id, &server_type, None)?;
-            let following = follow_frontends(registry.watch(), service.clone());
-            let control = Control::default();
-            let admin = match flags.admin_addr {
-                Some(addr) => Some(
-                    node_admin::backend(
-                        addr,
-                        metrics,
-                        (&id, &server_type),
-                        &control,
-                        secret_from_env(),
-                    )
-                    .await?,
-                ),
-                None => None,
-            };
-            let mut record = NodeRecord::new(&id, NodeRole::Backend, &server_type);
-            if let Some(admin) = &admin {
-                record = record.with_admin_addr(admin.local_addr().to_string());
-            }
-            let registration = Registration::register(registry, record, lease).await;
-            println!("ready {id}");
-            let served = serve_backend(service, Some(registration), drain, control).await;
-            drop(following);
-            if let Some(admin) = admin {
-                admin.shutdown(Duration::from_secs(1)).await;
-            }
-            served
-        }
+    let mut builder = Node::builder()
+        .secret_from_env()
+        .registry(registry, lease)
+        .drain_limit(Duration::from_secs(flags.drain_secs));
+    if let Some(addr) = flags.admin_addr {
+        builder = builder.admin(addr, metrics);
     }
+    builder = match role {
+        RoleArg::Frontend => {
+            let mut frontend = bench_frontend(&id, &server_type);
+            frontend.rpc_addr = *required(&flags.rpc_addr, "--rpc-addr")?;
+            frontend.client_addr = flags.client_addr;
+            frontend.advertise = flags.advertise.clone();
+            frontend.advertise_rpc = flags.advertise_rpc.clone();
+            frontend.gateway.max_connections_per_ip = flags.max_connections_per_ip;
+            frontend.gateway.resume_grace = Duration::from_secs(flags.resume_grace_secs);
+            frontend.rpc.insecure = insecure;
+            let builder = builder.frontend(frontend);
+            match &flags.redis {
+                Some(url) => builder.store(connect_store(url).await?, StoreOptions::default()),
+                None => builder,
+            }
+        }
+        RoleArg::Backend => builder.backend(bench_backend(&id, &server_type, None)),
+    };
+    let node = builder.start().await?;
+    println!("ready {id}");
+    let report = node.run_until_signal().await?;
+    if !report.complete() {
+        tracing::warn!(
+            ?report,
+            "the drain did not finish everything; exiting anyway"
+        );
+    }
+    Ok(())
 }

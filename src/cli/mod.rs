@@ -6,7 +6,6 @@ pub mod bench;
 pub mod demo;
 pub mod elastic;
 pub mod node;
-pub mod node_admin;
 
 use clap::{Parser, Subcommand};
 use session_proxy_bench::pomelo::Transport;
