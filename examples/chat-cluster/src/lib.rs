@@ -20,16 +20,14 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use session_proxy_backend::{BackendConfig, BackendSession, BackendSessionService};
-use session_proxy_backend::{ChannelService, HandlerError, Handlers};
-use session_proxy_frontend::pick_by_key;
-use session_proxy_frontend::{Gateway, GatewayConfig, GatewayServer, HashRouter, Router};
-use session_proxy_frontend::{
-    RpcConfig, RpcServer, SessionConfig, SessionService, SingleSessionPolicy,
-};
-use session_proxy_protocol::client::protobuf::Protos;
-use session_proxy_protocol::SessionSnapshot;
-use session_proxy_registry::{Membership, NodeRecord, NodeRole, Registration};
+use session_proxy::backend::{BackendSession, BackendSessionService};
+use session_proxy::backend::{ChannelService, HandlerError, Handlers};
+use session_proxy::frontend::{pick_by_key, HashRouter, Router};
+use session_proxy::frontend::{SessionService, SingleSessionPolicy};
+use session_proxy::node::{BackendRole, FrontendRole, Node};
+use session_proxy::protocol::client::protobuf::Protos;
+use session_proxy::protocol::SessionSnapshot;
+use session_proxy::registry::Membership;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,27 +123,19 @@ impl ChatConfig {
     }
 }
 
-/// One connector: sessions, the RPC server chat servers dial, the gateway,
-/// and its record in the registry, if there is one.
-struct Connector {
-    sessions: SessionService,
-    rpc: RpcServer,
-    gateway: GatewayServer,
-    registration: Option<Registration>,
-}
-
-/// A running chat cluster.
+/// A running chat cluster: the gate, the connectors and the chat servers,
+/// each a [`Node`].
 pub struct ChatCluster {
-    gate: GatewayServer,
+    gate: Node,
     web: Option<web::WebServer>,
-    connectors: Vec<Connector>,
-    chat_servers: Vec<BackendSessionService>,
+    connectors: Vec<Node>,
+    chat_servers: Vec<Node>,
 }
 
 impl std::fmt::Debug for ChatCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatCluster")
-            .field("gate", &self.gate.local_addr())
+            .field("gate", &self.gate.client_addr())
             .field("connectors", &self.connector_addrs())
             .finish()
     }
@@ -278,122 +268,71 @@ fn identity(session: &BackendSession) -> Result<(String, String), HandlerError> 
     Ok((uid, rid))
 }
 
-impl ChatCluster {
-    /// Starts the gate, the connectors and the chat servers, and waits until
-    /// every chat server is connected to every connector.
-    pub async fn start(config: ChatConfig) -> anyhow::Result<ChatCluster> {
-        let protos = if config.protobuf {
-            Some(chat_protos()?)
-        } else {
-            None
-        };
-        let mut connectors = Vec::new();
-        for i in 0..config.connectors.max(1) {
-            let id = format!("connector-{}", i + 1);
-            let mut session_config = SessionConfig::new(id.clone());
-            // Duplicate login: the first session of a user keeps the name.
-            session_config.single_session = SingleSessionPolicy::RejectNew;
-            let sessions = SessionService::new(session_config);
-            let rpc = RpcServer::bind(
-                SocketAddr::new(config.host, 0),
-                sessions.clone(),
-                RpcConfig::default(),
-            )
-            .await
-            .with_context(|| format!("{id}: RPC listener"))?;
-            let backends = rpc.backends();
-            backends.set_router("chat", route_by_room);
-            let mut gateway_config = GatewayConfig::new("connector");
-            gateway_config.heartbeat = config.heartbeat;
-            gateway_config.resume_grace = config.resume_grace;
-            gateway_config.max_connections_per_ip = config.max_connections_per_ip;
-            gateway_config.protos = protos.clone();
-            let mut gateway = Gateway::new(sessions.clone(), backends, gateway_config);
-            gateway.handlers().add(
-                "connector.entryHandler.enter",
-                |ctx, body: Enter| async move {
-                    let uid = format!("{}*{}", body.username, body.rid);
-                    match ctx.sessions.bind(ctx.sid, &uid) {
-                        Ok(()) => {}
-                        Err(session_proxy_frontend::Error::SessionLimit) => {
-                            return Ok(json!({ "code": 500, "error": true }));
-                        }
-                        Err(e) => return Err(HandlerError::new(e.to_string())),
+/// A connector: a frontend whose players enter rooms, routed to the chat
+/// server of their room, and leave their room when their session ends for
+/// good (not when it moves to another connector).
+fn connector(config: &ChatConfig, i: usize, protos: Option<Arc<Protos>>) -> FrontendRole {
+    let id = format!("connector-{}", i + 1);
+    let port = match config.connector_port {
+        0 => 0,
+        first => first + i as u16,
+    };
+    let mut role = FrontendRole::new(id, "connector")
+        .rpc_addr(SocketAddr::new(config.host, 0))
+        .client_addr(SocketAddr::new(config.host, port));
+    // Duplicate login: the first session of a user keeps the name.
+    role.sessions.single_session = SingleSessionPolicy::RejectNew;
+    role.gateway.heartbeat = config.heartbeat;
+    role.gateway.resume_grace = config.resume_grace;
+    role.gateway.max_connections_per_ip = config.max_connections_per_ip;
+    role.gateway.protos = protos;
+    role.gateway(|gateway| {
+        gateway.backends().set_router("chat", route_by_room);
+        gateway.handlers().add(
+            "connector.entryHandler.enter",
+            |ctx, body: Enter| async move {
+                let uid = format!("{}*{}", body.username, body.rid);
+                match ctx.sessions.bind(ctx.sid, &uid) {
+                    Ok(()) => {}
+                    Err(session_proxy::frontend::Error::SessionLimit) => {
+                        return Ok(json!({ "code": 500, "error": true }));
                     }
-                    ctx.sessions
-                        .set(ctx.sid, "rid", rmp(&body.rid))
-                        .map_err(|e| HandlerError::new(e.to_string()))?;
-                    let users: Value = ctx.forward("chat.chatRemote.add", &json!({})).await?;
-                    Ok(users)
-                },
-            );
-            gateway.on_close(|ctx| async move {
-                if ctx.session.uid.is_none() {
-                    return;
+                    Err(e) => return Err(HandlerError::new(e.to_string())),
                 }
-                let left = ctx
-                    .backends
-                    .notify(
-                        "chat.chatRemote.kick",
-                        ctx.session,
-                        Bytes::from_static(b"{}"),
-                    )
-                    .await;
-                if let Err(err) = left {
-                    tracing::warn!(cause = %err, "could not tell the chat server a user left");
-                }
-            });
-            let port = if config.connector_port == 0 {
-                0
-            } else {
-                config.connector_port + i as u16
-            };
-            let gateway = gateway
-                .bind(SocketAddr::new(config.host, port))
-                .await
-                .with_context(|| format!("{id}: client listener on port {port}"))?;
-            let registration = match &config.registry {
-                Some(registry) => {
-                    Some(register(registry, &id, &rpc, &gateway, &sessions, config.lease).await)
-                }
-                None => None,
-            };
-            connectors.push(Connector {
-                sessions,
-                rpc,
-                gateway,
-                registration,
-            });
-        }
-
-        let mut chat_servers = Vec::new();
-        for i in 0..config.chat_servers.max(1) {
-            let mut client_config = BackendConfig::new(format!("chat-server-{}", i + 1));
-            client_config.server_type = Some("chat".into());
-            // The handlers push through the service they run on: build the
-            // service, then the channels and handlers, then serve.
-            let service = BackendSessionService::new(client_config)?;
-            service.serve(chat_handlers(ChannelService::new(service.clone())));
-            for (j, c) in connectors.iter().enumerate() {
-                service.add_frontend(
-                    &format!("connector-{}", j + 1),
-                    c.rpc.local_addr().to_string(),
-                );
-            }
-            chat_servers.push(service);
-        }
-
-        let connector_addrs: Vec<SocketAddr> =
-            connectors.iter().map(|c| c.gateway.local_addr()).collect();
-        // The gate only answers where to go: no sessions to resume there.
-        let mut gate_config = GatewayConfig::new("gate");
-        gate_config.resume_grace = Duration::ZERO;
-        let mut gate = Gateway::new(
-            SessionService::new(SessionConfig::new("gate")),
-            session_proxy_frontend::BackendRegistry::new(),
-            gate_config,
+                ctx.sessions
+                    .set(ctx.sid, "rid", rmp(&body.rid))
+                    .map_err(|e| HandlerError::new(e.to_string()))?;
+                let users: Value = ctx.forward("chat.chatRemote.add", &json!({})).await?;
+                Ok(users)
+            },
         );
-        let members = config.registry.as_ref().map(|r| r.watch());
+        gateway.on_close(|ctx| async move {
+            if ctx.session.uid.is_none() {
+                return;
+            }
+            let left = ctx
+                .backends
+                .notify(
+                    "chat.chatRemote.kick",
+                    ctx.session,
+                    Bytes::from_static(b"{}"),
+                )
+                .await;
+            if let Err(err) = left {
+                tracing::warn!(cause = %err, "could not tell the chat server a user left");
+            }
+        });
+    })
+}
+
+/// The gate: it only answers where to go (no sessions to resume there).
+fn gate(config: &ChatConfig, connector_addrs: Vec<SocketAddr>) -> FrontendRole {
+    let mut role = FrontendRole::new("gate", "gate")
+        .rpc_addr(SocketAddr::new(config.host, 0))
+        .client_addr(SocketAddr::new(config.host, config.gate_port));
+    role.gateway.resume_grace = Duration::ZERO;
+    let members = config.registry.as_ref().map(|r| r.watch());
+    role.gateway(move |gate| {
         gate.handlers().add("gate.gateHandler.queryEntry", move |_ctx, body: QueryEntry| {
             let addrs = connector_addrs.clone();
             // The least loaded active connector, as the registry has it.
@@ -419,16 +358,74 @@ impl ChatCluster {
                 Ok(json!({ "code": 200, "host": addrs[i].ip().to_string(), "port": addrs[i].port() }))
             }
         });
-        let gate = gate
-            .bind(SocketAddr::new(config.host, config.gate_port))
+    })
+}
+
+impl ChatCluster {
+    /// Starts the connectors, the chat servers and the gate, and waits until
+    /// every chat server is connected to every connector.
+    pub async fn start(config: ChatConfig) -> anyhow::Result<ChatCluster> {
+        let protos = if config.protobuf {
+            Some(chat_protos()?)
+        } else {
+            None
+        };
+        let mut connectors = Vec::new();
+        for i in 0..config.connectors.max(1) {
+            let mut node = Node::builder().frontend(connector(&config, i, protos.clone()));
+            if let Some(registry) = &config.registry {
+                node = node.registry(registry.clone(), config.lease);
+            }
+            let node = node
+                .start()
+                .await
+                .with_context(|| format!("connector-{}", i + 1))?;
+            connectors.push(node);
+        }
+
+        let mut chat_servers = Vec::new();
+        for i in 0..config.chat_servers.max(1) {
+            // The handlers push through the service they run on.
+            let mut role =
+                BackendRole::with_service(format!("chat-server-{}", i + 1), "chat", |service| {
+                    chat_handlers(ChannelService::new(service.clone()))
+                });
+            let mut node = Node::builder();
+            match &config.registry {
+                Some(registry) => node = node.registry(registry.clone(), config.lease),
+                None => {
+                    for c in &connectors {
+                        let (id, addr) = (c.frontend_id(), c.rpc_addr());
+                        if let (Some(id), Some(addr)) = (id, addr) {
+                            role = role.frontend(id, addr.to_string());
+                        }
+                    }
+                }
+            }
+            let node = node
+                .backend(role)
+                .start()
+                .await
+                .with_context(|| format!("chat-server-{}", i + 1))?;
+            chat_servers.push(node);
+        }
+
+        let connector_addrs: Vec<SocketAddr> =
+            connectors.iter().filter_map(Node::client_addr).collect();
+        let gate = Node::builder()
+            .frontend(gate(&config, connector_addrs))
+            .start()
             .await
             .with_context(|| format!("gate: client listener on port {}", config.gate_port))?;
         let web = match config.web_port {
-            Some(port) => Some(
-                web::WebServer::bind(SocketAddr::new(config.host, port), gate.local_addr().port())
-                    .await
-                    .with_context(|| format!("chat page: HTTP listener on port {port}"))?,
-            ),
+            Some(port) => {
+                let gate_port = gate.client_addr().map_or(0, |a| a.port());
+                Some(
+                    web::WebServer::bind(SocketAddr::new(config.host, port), gate_port)
+                        .await
+                        .with_context(|| format!("chat page: HTTP listener on port {port}"))?,
+                )
+            }
             None => None,
         };
 
@@ -447,7 +444,10 @@ impl ChatCluster {
     async fn wait_until_connected(&self, within: Duration) -> anyhow::Result<()> {
         let want = self.chat_servers.len();
         for c in &self.connectors {
-            if !c.rpc.backends().wait_for("chat", want, within).await {
+            let Some(backends) = c.connected_backends() else {
+                continue;
+            };
+            if !backends.wait_for("chat", want, within).await {
                 anyhow::bail!("chat servers did not connect to every connector within {within:?}");
             }
         }
@@ -456,7 +456,9 @@ impl ChatCluster {
 
     /// Where clients ask for their connector.
     pub fn gate_addr(&self) -> SocketAddr {
-        self.gate.local_addr()
+        self.gate
+            .client_addr()
+            .expect("the gate node serves clients")
     }
 
     /// Where the chat page is served (`http://<addr>/`), if it is.
@@ -468,81 +470,55 @@ impl ChatCluster {
     pub fn connector_addrs(&self) -> Vec<SocketAddr> {
         self.connectors
             .iter()
-            .map(|c| c.gateway.local_addr())
+            .filter_map(Node::client_addr)
             .collect()
     }
 
     /// Marks connector `i` (0-based) draining in the registry: the gate
     /// hands it out no more. Returns `false` without a registry.
     pub fn set_draining(&self, i: usize) -> bool {
-        match self.connectors.get(i).and_then(|c| c.registration.as_ref()) {
-            Some(r) => {
-                r.set_draining();
+        match (self.connectors.get(i), &self.registry_used()) {
+            (Some(c), true) => {
+                c.announce_draining();
                 true
             }
-            None => false,
+            _ => false,
         }
+    }
+
+    fn registry_used(&self) -> bool {
+        self.connectors.iter().any(Node::is_registered)
     }
 
     /// The sessions of connector `i` (0-based).
     pub fn sessions(&self, i: usize) -> Option<&SessionService> {
-        self.connectors.get(i).map(|c| &c.sessions)
+        self.connectors.get(i).and_then(Node::sessions)
     }
 
     /// The backend services of the chat servers (for pushes from outside a
     /// handler, e.g. a broadcast).
-    pub fn chat_servers(&self) -> &[BackendSessionService] {
-        &self.chat_servers
+    pub fn chat_servers(&self) -> Vec<BackendSessionService> {
+        self.chat_servers
+            .iter()
+            .flat_map(Node::backends)
+            .cloned()
+            .collect()
     }
 
-    /// Stops everything, waiting up to `drain` per component.
-    /// Clients first (their leave notices still reach the chat servers),
-    /// then the chat servers, then the connectors' RPC listeners.
+    /// Drains everything within `drain`, each node with the one drain
+    /// sequence: the gate, then the connectors (their players' sessions
+    /// end, and their leave notices reach the chat servers before the links
+    /// close), then the chat servers.
     pub async fn shutdown(self, drain: Duration) {
         drop(self.web);
-        self.gate.shutdown(drain).await;
-        let mut rpcs = Vec::new();
-        for c in self.connectors {
-            if let Some(r) = &c.registration {
-                r.set_draining();
+        let nodes = std::iter::once(self.gate)
+            .chain(self.connectors)
+            .chain(self.chat_servers);
+        for mut node in nodes {
+            let report = node.drain(drain).await;
+            if !report.complete() {
+                tracing::warn!(?report, "a chat node did not drain within its limit");
             }
-            c.gateway.shutdown(drain).await;
-            if let Some(r) = c.registration {
-                r.deregister(drain).await;
-            }
-            rpcs.push(c.rpc);
-        }
-        // Let the last leave notices run before the chat servers go.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        for service in &self.chat_servers {
-            service.close();
-        }
-        for rpc in rpcs {
-            rpc.shutdown(drain).await;
         }
     }
-}
-
-/// Registers a connector and keeps its client count current (written at
-/// once when it changes, checked every 200 ms).
-async fn register(
-    registry: &Arc<dyn Membership>,
-    id: &str,
-    rpc: &RpcServer,
-    gateway: &GatewayServer,
-    sessions: &SessionService,
-    lease: Duration,
-) -> Registration {
-    let record = NodeRecord::new(id, NodeRole::Frontend, "connector")
-        .with_rpc_addr(rpc.local_addr().to_string())
-        .with_client_addr(gateway.local_addr().to_string());
-    let registration = Registration::register(registry.clone(), record, lease).await;
-    let counting = registration.handle();
-    let sessions = sessions.clone();
-    tokio::spawn(async move {
-        while counting.set_clients(sessions.count() as u64) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    registration
 }

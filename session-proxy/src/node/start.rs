@@ -21,6 +21,10 @@ use tokio_util::task::TaskTracker;
 /// backend before it is handed out anyway.
 const READY_WAIT: Duration = Duration::from_secs(5);
 
+/// How often a frontend's client count is checked; the record is written
+/// only when it changed (gates pick the least loaded frontend by it).
+const COUNT_EVERY: Duration = Duration::from_millis(200);
+
 impl NodeBuilder {
     /// Starts every role: restores the store's sessions, binds the RPC
     /// server and the gateway, starts the backends and links them to their
@@ -233,7 +237,7 @@ fn start_backend(
 impl Node {
     /// Registers every role; a frontend is `starting` until a backend
     /// links to it (or [`READY_WAIT`]), and its client count is kept
-    /// current every third of the lease.
+    /// current ([`COUNT_EVERY`]).
     async fn register(&mut self, registry: Arc<dyn Membership>, lease: Duration) {
         #[cfg(feature = "admin")]
         let admin = self.admin_addr().map(|a| a.to_string());
@@ -285,7 +289,7 @@ impl Node {
                 while counting.set_clients(sessions.count() as u64) {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(lease / 3) => {}
+                        _ = tokio::time::sleep(COUNT_EVERY.min(lease / 3)) => {}
                     }
                 }
             });

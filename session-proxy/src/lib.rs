@@ -3,8 +3,10 @@
 //! Frontend nodes own the authoritative client sessions; backend nodes work
 //! on them through [`BackendSession`] proxies that send changes back over a
 //! MessagePack TCP RPC, last write wins per key. This crate is a facade: it
-//! re-exports the member crates, and the cluster file's types. The
-//! `session-proxy` command (feature `cli`) runs demos, nodes and benchmarks.
+//! re-exports the member crates, the cluster file's types and the
+//! [`node`] that runs a process. The `session-proxy` command (crate
+//! `session-proxy-cli`) runs demos, nodes and benchmarks; depending on this
+//! crate compiles none of it.
 //!
 //! # Layout
 //! - [`protocol`]: wire types, framing and error codes (no I/O).
@@ -22,10 +24,11 @@
 //!   one node per process.
 //!
 //! # Features
-//! All on by default: `redis` (the Redis session store and membership), `websocket`
+//! All on by default: `node` (the [`node`] module), `redis` (the Redis
+//! session store and membership), `etcd` (etcd membership), `websocket`
 //! (WebSocket clients on the gateway), `tls` (rustls on cluster links and
-//! client connections), `cluster` (the cluster file), `cli` (the
-//! `session-proxy` command and what only it needs).
+//! client connections), `admin` (metrics and health probes), `cluster` (the
+//! cluster file).
 //!
 //! # Example
 //! One frontend and one backend on loopback; the backend binds a session
@@ -78,6 +81,6 @@ pub use session_proxy_protocol::client::protobuf::Protos;
 pub use session_proxy_protocol::{ErrorCode, SessionId};
 
 /// The README's snippets, compiled and run as doc-tests.
-#[cfg(all(doctest, feature = "cli"))]
-#[doc = include_str!("../README.md")]
+#[cfg(all(doctest, feature = "node", feature = "redis"))]
+#[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

@@ -41,7 +41,7 @@ impl Node {
             return report;
         }
         tracing::info!(limit = ?within, "draining");
-        self.mark_draining();
+        self.announce_draining();
         for hook in std::mem::take(&mut self.hooks.before_drain) {
             if tokio::time::timeout_at(until, hook(self)).await.is_err() {
                 report
@@ -72,8 +72,11 @@ impl Node {
         report
     }
 
-    /// Stage 1: the registry and `/readyz` say draining.
-    fn mark_draining(&self) {
+    /// Stage 1 of a drain on its own: the registry records and `/readyz`
+    /// say draining, so gates and routers send the node nothing new, while
+    /// it still serves everything it has. [`drain`](Self::drain) starts
+    /// with it.
+    pub fn announce_draining(&self) {
         self.control.start_draining();
         let frontend = self.frontend.as_ref().and_then(|f| f.registration.as_ref());
         let backends = self.backends.iter().filter_map(|b| b.registration.as_ref());

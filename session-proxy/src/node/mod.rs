@@ -532,6 +532,15 @@ impl Node {
         self.restored
     }
 
+    /// Whether the node's roles are registered in a registry.
+    pub fn is_registered(&self) -> bool {
+        let frontend = self
+            .frontend
+            .as_ref()
+            .is_some_and(|f| f.registration.is_some());
+        frontend || self.backends.iter().any(|b| b.registration.is_some())
+    }
+
     /// Asks for a drain and tells whether one started.
     pub fn control(&self) -> NodeControl {
         self.control.clone()
