@@ -39,7 +39,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Run one node: of a cluster described in a TOML file (--config and
     /// --node), or described by flags and registered in a registry (--role,
-    /// --id, --type, --registry, …; each also read from SESSION_PROXY_<FLAG>).
+    /// --id, --type, --registry, …; each also read from SESSION_PROXY_{FLAG}).
     /// Several --node (or a comma list) run in one process, its backends
     /// linked to its frontends in process.
     Run {
@@ -208,7 +208,7 @@ pub enum BenchMode {
         /// Spread clients over this many loopback source addresses.
         #[arg(long, default_value_t = 1)]
         sources: u8,
-        /// The first source address is 127.0.0.<this> (give generators side
+        /// The first source address is 127.0.0.N, N this (give generators side
         /// by side addresses of their own).
         #[arg(long, default_value_t = 1)]
         first_source: u8,
