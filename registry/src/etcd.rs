@@ -66,6 +66,8 @@ pub struct EtcdMembership {
     members: watch::Sender<Members>,
     reread: Arc<Notify>,
     stop: CancellationToken,
+    /// The watcher, for [`Membership::close`] to await.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for EtcdMembership {
@@ -184,8 +186,9 @@ impl EtcdMembership {
             members: watch::Sender::new(first),
             reread: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
         };
-        tokio::spawn(follow(
+        membership.tasks.spawn(follow(
             api,
             config,
             membership.members.clone(),
@@ -287,6 +290,12 @@ impl Membership for EtcdMembership {
 
     fn watch(&self) -> watch::Receiver<Members> {
         self.members.subscribe()
+    }
+
+    fn close(&self) -> crate::CloseFuture<'_> {
+        self.stop.cancel();
+        self.tasks.close();
+        Box::pin(self.tasks.wait())
     }
 }
 

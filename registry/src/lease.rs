@@ -110,8 +110,11 @@ impl Registration {
     }
 
     /// Stops renewing and removes the record, within `within`.
-    pub async fn deregister(self, within: Duration) {
+    pub async fn deregister(mut self, within: Duration) {
         self.renewer.abort();
+        // Ended (aborted, or done) before the record goes: no renewal
+        // writes it again after the removal.
+        let _ = (&mut self.renewer).await;
         let id = self.record.borrow().id.clone();
         match tokio::time::timeout(within, self.registry.remove(&id)).await {
             Ok(Ok(())) => info!(node = %id, "deregistered"),

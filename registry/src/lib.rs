@@ -108,7 +108,17 @@ pub trait Membership: Send + Sync + 'static {
     /// The members as they are now, kept current: a new value each time a
     /// node joins, changes or leaves.
     fn watch(&self) -> watch::Receiver<Members>;
+    /// Stops the registry's background work (its watcher) and waits for it
+    /// to end; the members stop changing. A node closes the registry it
+    /// alone holds at the end of its drain. The default has nothing to
+    /// stop.
+    fn close(&self) -> CloseFuture<'_> {
+        Box::pin(async {})
+    }
 }
+
+/// What [`Membership::close`] returns.
+pub type CloseFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
 /// A fixed list of nodes: a static cluster (the cluster file). Leases are
 /// accepted and change nothing.

@@ -51,6 +51,8 @@ pub struct RedisMembership {
     /// Wakes the watcher for a re-read (after our own writes).
     reread: Arc<Notify>,
     stop: CancellationToken,
+    /// The watcher, for [`Membership::close`] to await.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -106,8 +108,9 @@ impl RedisMembership {
             members: watch::Sender::new(first),
             reread: Arc::new(Notify::new()),
             stop: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
         };
-        tokio::spawn(follow(
+        membership.tasks.spawn(follow(
             client,
             conn,
             config,
@@ -171,6 +174,12 @@ impl Membership for RedisMembership {
 
     fn watch(&self) -> watch::Receiver<Members> {
         self.members.subscribe()
+    }
+
+    fn close(&self) -> crate::CloseFuture<'_> {
+        self.stop.cancel();
+        self.tasks.close();
+        Box::pin(self.tasks.wait())
     }
 }
 

@@ -268,6 +268,9 @@ fn identity(session: &BackendSession) -> Result<(String, String), HandlerError> 
     Ok((uid, rid))
 }
 
+/// How long a connector waits for a chat server to take a player's leave.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
+
 /// A connector: a frontend whose players enter rooms, routed to the chat
 /// server of their room, and leave their room when their session ends for
 /// good (not when it moves to another connector).
@@ -310,13 +313,11 @@ fn connector(config: &ChatConfig, i: usize, protos: Option<Arc<Protos>>) -> Fron
             if ctx.session.uid.is_none() {
                 return;
             }
+            // Answered: a drain waits for it before it closes the links.
+            let body = Bytes::from_static(b"{}");
             let left = ctx
                 .backends
-                .notify(
-                    "chat.chatRemote.kick",
-                    ctx.session,
-                    Bytes::from_static(b"{}"),
-                )
+                .forward("chat.chatRemote.kick", ctx.session, body, LEAVE_DEADLINE)
                 .await;
             if let Err(err) = left {
                 tracing::warn!(cause = %err, "could not tell the chat server a user left");

@@ -231,8 +231,10 @@ impl Gateway {
     /// # let mut gateway = Gateway::new(SessionService::new(SessionConfig::new("c-1")), BackendRegistry::default(), GatewayConfig::default());
     /// gateway.on_close(|ctx| async move {
     ///     if ctx.session.uid.is_some() {
+    ///         // Answered (not a notify): a drain waits until the room has it.
     ///         let body = bytes::Bytes::from_static(b"{}");
-    ///         let _ = ctx.backends.notify("room.roomRemote.leave", ctx.session, body).await;
+    ///         let deadline = std::time::Duration::from_secs(2);
+    ///         let _ = ctx.backends.forward("room.roomRemote.leave", ctx.session, body, deadline).await;
     ///     }
     /// });
     /// ```

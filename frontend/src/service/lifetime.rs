@@ -72,7 +72,8 @@ impl SessionService {
             let (tx, rx) = mpsc::unbounded_channel();
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(expiry_task(std::sync::Arc::downgrade(&self.inner), rx));
+                    let task = expiry_task(std::sync::Arc::downgrade(&self.inner), rx);
+                    self.spawn_task(&handle, task);
                 }
                 Err(_) => tracing::warn!("no tokio runtime: session timeouts are off"),
             }

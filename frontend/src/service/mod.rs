@@ -74,6 +74,11 @@ struct Inner {
     /// The work close hooks started (a game telling its servers a player
     /// left), so that a drain can wait for it before closing the links.
     hook_tasks: TaskTracker,
+    /// The service's background tasks (expiry, store writes, evictions),
+    /// so that [`SessionService::stop_tasks`] can end and await them.
+    tasks: TaskTracker,
+    /// Ends the background tasks.
+    stop: tokio_util::sync::CancellationToken,
     /// Where sessions are persisted, once attached.
     store: OnceLock<persist::StoreLink>,
 }
@@ -133,6 +138,8 @@ impl SessionService {
                 timers: OnceLock::new(),
                 on_closed: OnceLock::new(),
                 hook_tasks: TaskTracker::new(),
+                tasks: TaskTracker::new(),
+                stop: tokio_util::sync::CancellationToken::new(),
                 store: OnceLock::new(),
             }),
         }
@@ -167,6 +174,37 @@ impl SessionService {
         let done = tokio::time::timeout(within, tasks.wait()).await.is_ok();
         tasks.reopen();
         done
+    }
+
+    /// Ends the service's background tasks (session expiry, store writes
+    /// and refreshes, evictions) and waits up to `within` for them; returns
+    /// whether they all ended. The last step of a drain: sessions no longer
+    /// expire and nothing more is written to the store.
+    pub async fn stop_tasks(&self, within: std::time::Duration) -> bool {
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        tokio::time::timeout(within, self.inner.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Runs `task` in the background until it ends or
+    /// [`stop_tasks`](Self::stop_tasks) is called, on `handle`.
+    fn spawn_task(
+        &self,
+        handle: &tokio::runtime::Handle,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let stop = self.inner.stop.clone();
+        self.inner.tasks.spawn_on(
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = task => {}
+                }
+            },
+            handle,
+        );
     }
 
     /// Follows session events (bound, unbound, parked, resumed, moved,

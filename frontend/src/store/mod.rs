@@ -224,4 +224,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Sessions ended by an admission (on any frontend sharing the store),
     /// as the store announces them.
     fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted>;
+    /// Stops the store's background work (listeners, sweeps, redials) and
+    /// waits for it to end; calls made after it may fail. A node closes its
+    /// store at the end of its drain. The default has nothing to stop.
+    fn close(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
 }

@@ -12,14 +12,16 @@
 //! 6. close the links of the backends connected to this frontend;
 //! 7. hand every session over in the store, for any frontend to resume;
 //! 8. remove the registry records;
-//! 9. stop the node's own tasks and the admin address, then the game's
-//!    stopped hooks.
+//! 9. stop the node's own tasks, the admin address, the session service's
+//!    background tasks, and the store and registry unless another node of
+//!    the process shares them; then the game's stopped hooks.
 //!
 //! Each stage gets what the ones before it left of the deadline, and at
 //! least a moment to try.
 
 use super::{DrainReport, Node};
 use crate::frontend::EndReason;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -166,5 +168,30 @@ impl Node {
         if let Some(admin) = self.admin.take() {
             admin.shutdown(left(until)).await;
         }
+        if let Some(f) = &mut self.frontend {
+            if !f.sessions.stop_tasks(left(until)).await {
+                tracing::warn!("session tasks still running at the drain limit");
+            }
+            if let Some(store) = f.store.take() {
+                // Held by this node and its session service only: its to
+                // close. Shared with another node: that one's.
+                if Arc::strong_count(&store) <= 2 {
+                    close_within(store.close(), until, "the session store").await;
+                }
+            }
+        }
+        if let Some(registry) = self.registry.take() {
+            // Shared with another node of this process: its to close.
+            if Arc::strong_count(&registry) == 1 {
+                close_within(registry.close(), until, "the registry").await;
+            }
+        }
+    }
+}
+
+/// Waits for `closing` within the drain's deadline.
+async fn close_within(closing: impl std::future::Future<Output = ()>, until: Instant, what: &str) {
+    if tokio::time::timeout(left(until), closing).await.is_err() {
+        tracing::warn!("{what}'s tasks still running at the drain limit");
     }
 }

@@ -295,7 +295,9 @@ impl NodeBuilder {
     }
 
     /// Keeps the frontend's sessions in `store`, restored at start and
-    /// handed over at a drain, so any frontend sharing it resumes them.
+    /// handed over at a drain, so any frontend sharing it resumes them. The
+    /// drain ends by closing it (its background tasks awaited), unless
+    /// another node of this process still holds it.
     pub fn store(mut self, store: Arc<dyn SessionStore>, options: StoreOptions) -> Self {
         self.store = Some((store, options));
         self
@@ -304,6 +306,8 @@ impl NodeBuilder {
     /// Registers every role in `registry` under a lease of `lease`
     /// (renewed every third), marks them draining at a drain and removes
     /// them at its end; backends link to the frontends registered there.
+    /// The drain ends by closing it, unless another node of this process
+    /// still holds it.
     pub fn registry(mut self, registry: Arc<dyn Membership>, lease: Duration) -> Self {
         self.registry = Some((registry, lease));
         self
@@ -421,6 +425,8 @@ struct FrontendPart {
     /// The RPC address for the registry record, if not the bound one.
     advertise_rpc: Option<String>,
     sessions: SessionService,
+    /// The store, closed at the end of the drain.
+    store: Option<Arc<dyn SessionStore>>,
     rpc: Option<RpcServer>,
     gateway: Option<GatewayServer>,
     rpc_addr: SocketAddr,
@@ -453,6 +459,9 @@ pub struct Node {
     restored: usize,
     hooks: Hooks,
     drained: bool,
+    /// The registry, closed at the end of the drain if the node alone
+    /// holds it.
+    registry: Option<Arc<dyn Membership>>,
 }
 
 impl std::fmt::Debug for Node {

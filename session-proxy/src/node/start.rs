@@ -92,6 +92,7 @@ impl NodeBuilder {
             restored,
             hooks: super::Hooks::default(),
             drained: false,
+            registry: registry.as_ref().map(|(r, _)| r.clone()),
         };
         #[cfg(feature = "admin")]
         if let Some((addr, metrics)) = admin {
@@ -146,13 +147,14 @@ async fn start_frontend(
         setup,
     } = role;
     let sessions = SessionService::new(session_config);
-    let restored = match store {
+    let restored = match &store {
         Some((store, options)) => sessions
-            .attach_store(store, options)
+            .attach_store(store.clone(), options.clone())
             .await
             .map_err(NodeError::Store)?,
         None => 0,
     };
+    let store = store.map(|(store, _)| store);
     if let Some(secret) = secret {
         rpc.secret = Some(secret.clone());
     }
@@ -188,6 +190,7 @@ async fn start_frontend(
             advertise,
             advertise_rpc,
             sessions,
+            store,
             rpc: Some(rpc),
             gateway,
             registration: None,

@@ -255,9 +255,11 @@ impl SessionService {
             return Ok(0);
         }
         let evictions = self.inner.store.get().map(|l| l.store.evictions());
-        tokio::spawn(background(Arc::downgrade(&self.inner)));
+        let handle = tokio::runtime::Handle::current();
+        self.spawn_task(&handle, background(Arc::downgrade(&self.inner)));
         if let Some(evictions) = evictions {
-            tokio::spawn(follow_evictions(Arc::downgrade(&self.inner), evictions));
+            let task = follow_evictions(Arc::downgrade(&self.inner), evictions);
+            self.spawn_task(&handle, task);
         }
         Ok(restored)
     }

@@ -331,12 +331,16 @@ impl Conn {
 
     /// Dials a replacement after `err`, if it says the server stopped
     /// answering; one redial at a time.
-    pub(super) fn failed(self: &Arc<Self>, err: &::redis::RedisError) {
+    pub(super) fn failed(
+        self: &Arc<Self>,
+        err: &::redis::RedisError,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
         if !err.is_timeout() || self.redialing.swap(true, Ordering::AcqRel) {
             return;
         }
         let conn = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             match tokio::time::timeout(conn.dial_timeout, conn.dial.connect()).await {
                 Ok(Ok(fresh)) => {
                     *conn.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;

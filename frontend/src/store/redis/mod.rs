@@ -60,6 +60,7 @@ use session_proxy_protocol::SessionId;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 /// Keys of one store.
@@ -114,6 +115,9 @@ pub struct RedisStore {
     evictions: tokio::sync::broadcast::Sender<Evicted>,
     /// Stops the keyspace listener and the sweeper.
     stop: CancellationToken,
+    /// The listener, the sweeper and redials, for [`SessionStore::close`]
+    /// to await.
+    tasks: TaskTracker,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -200,13 +204,14 @@ impl RedisStore {
             }),
             evictions: tokio::sync::broadcast::Sender::new(1024),
             stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         };
-        tokio::spawn(listen(
+        store.tasks.spawn(listen(
             store.inner.clone(),
             store.evictions.clone(),
             store.stop.clone(),
         ));
-        tokio::spawn(sweep_every(
+        store.tasks.spawn(sweep_every(
             config.sweep_interval,
             store.inner.clone(),
             store.stop.clone(),
@@ -222,7 +227,7 @@ impl RedisStore {
         let result = op.await;
         if let Err(StoreError::Unavailable { source }) = &result {
             if let Some(err) = source.downcast_ref::<::redis::RedisError>() {
-                self.inner.conn.failed(err);
+                self.inner.conn.failed(err, &self.tasks);
             }
         }
         result
@@ -413,5 +418,11 @@ impl SessionStore for RedisStore {
 
     fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted> {
         self.evictions.subscribe()
+    }
+
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        self.stop.cancel();
+        self.tasks.close();
+        Box::pin(self.tasks.wait())
     }
 }
