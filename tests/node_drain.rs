@@ -1,7 +1,8 @@
 //! The node's drain, with and without a store: players resumed elsewhere
 //! with every acknowledged write and no close hook for a moved player; no
 //! ghost (a close hook once per player) without a store; a parked session
-//! that expires; and no task of the node left running after its drain.
+//! that expires; no task of the node left running after its drain; and
+//! channels whose members follow their sessions.
 
 mod common;
 
@@ -9,7 +10,7 @@ use serde_json::{json, Value};
 use session_proxy::frontend::{EndReason, RedisStore, RedisStoreConfig, StoreOptions};
 use session_proxy::node::{BackendRole, FrontendRole, Node};
 use session_proxy::registry::{RedisMembership, RedisMembershipConfig};
-use session_proxy::{BackendSession, HandlerError, Handlers};
+use session_proxy::{BackendSession, ChannelService, HandlerError, Handlers};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,12 +20,13 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(5);
 const PLAYERS: usize = 12;
 
-/// What the room server knows: who is in the room, and how often each
-/// player was told to leave.
+/// What the room server knows: who is in the room, how often each player
+/// was told to leave, and its channel `lobby`, which every player joins.
 #[derive(Clone, Default)]
 struct Room {
     members: Arc<Mutex<HashSet<String>>>,
     leaves: Arc<Mutex<HashMap<String, usize>>>,
+    channels: Arc<std::sync::OnceLock<ChannelService>>,
 }
 
 impl Room {
@@ -34,6 +36,10 @@ impl Room {
 
     fn leaves(&self) -> HashMap<String, usize> {
         self.leaves.lock().expect("room").clone()
+    }
+
+    fn lobby(&self) -> &ChannelService {
+        self.channels.get().expect("the room server started")
     }
 }
 
@@ -50,6 +56,14 @@ fn uid_of(session: &BackendSession) -> Result<String, HandlerError> {
 /// The room server: join, a score written to the player's session, who am
 /// I, and the leave notice the connectors send.
 fn room_server(id: &str, room: &Room) -> BackendRole {
+    let room = room.clone();
+    BackendRole::with_service(id, "room", move |service| {
+        let _ = room.channels.set(ChannelService::new(service.clone()));
+        room_handlers(&room)
+    })
+}
+
+fn room_handlers(room: &Room) -> Handlers {
     let mut handlers = Handlers::new();
     let joined = room.clone();
     handlers.add(
@@ -57,7 +71,9 @@ fn room_server(id: &str, room: &Room) -> BackendRole {
         move |s: BackendSession, _: Value| {
             let room = joined.clone();
             async move {
-                room.members.lock().expect("room").insert(uid_of(&s)?);
+                let uid = uid_of(&s)?;
+                room.lobby().add("lobby", &uid, s.frontend_id());
+                room.members.lock().expect("room").insert(uid);
                 Ok(json!({ "code": 200 }))
             }
         },
@@ -89,7 +105,7 @@ fn room_server(id: &str, room: &Room) -> BackendRole {
             }
         },
     );
-    BackendRole::new(id, "room", handlers)
+    handlers
 }
 
 /// A connector: players log in on it, and leave their room when their
@@ -377,4 +393,103 @@ async fn a_drained_node_leaves_no_task_running() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_reaches_its_members_on_the_frontend_they_moved_to() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let (closes_a, closes_b) = (Closes::default(), Closes::default());
+    let mut a = frontend_node("connector-a", &closes_a, Some(store(&redis.url()).await)).await;
+    let mut b = frontend_node("connector-b", &closes_b, Some(store(&redis.url()).await)).await;
+    let room = Room::default();
+    let mut room_node = room_node(&room, &[&a, &b]).await;
+    let half = PLAYERS / 2;
+    let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
+    for i in 0..half {
+        on_a.push(player(a.client_addr().expect("clients"), &format!("p{i}"), None).await);
+        on_b.push(player(b.client_addr().expect("clients"), &format!("q{i}"), None).await);
+    }
+    assert_eq!(room.lobby().members("lobby").len(), PLAYERS);
+
+    assert!(a.drain(WAIT).await.complete());
+    let mut moved = Vec::new();
+    for client in on_a {
+        let token = token_of(&client);
+        drop(client);
+        let back = player(b.client_addr().expect("clients"), "", Some(&token)).await;
+        assert_eq!(back.handshake()["user"]["resumed"], true);
+        moved.push(back);
+    }
+    // The channel still names connector-a for them; the push finds them.
+    assert_eq!(
+        room.lobby().frontend_of("lobby", "p0").as_deref(),
+        Some("connector-a")
+    );
+    let missed = room
+        .lobby()
+        .push("lobby", "onChat", &json!({ "n": 1 }))
+        .await
+        .expect("push");
+    assert!(missed.is_empty(), "{missed:?}");
+    for client in moved.iter_mut().chain(on_b.iter_mut()) {
+        assert_eq!(
+            client.next_push(WAIT).await.expect("the push"),
+            ("onChat".into(), json!({ "n": 1 }))
+        );
+    }
+    assert_eq!(
+        room.lobby().frontend_of("lobby", "p0").as_deref(),
+        Some("connector-b")
+    );
+    assert_eq!(room.lobby().members("lobby").len(), PLAYERS, "nobody left");
+    assert!(b.drain(WAIT).await.complete());
+    assert!(room_node.drain(WAIT).await.complete());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_session_expired_leaves_the_channel() {
+    let closes = Closes::default();
+    let mut role = connector("connector-a", &closes);
+    role.gateway.resume_grace = Duration::from_millis(300);
+    let mut a = Node::builder()
+        .frontend(role)
+        .start()
+        .await
+        .expect("frontend");
+    let room = Room::default();
+    let mut room_node = room_node(&room, &[&a]).await;
+    let mut events = a.sessions().expect("sessions").subscribe();
+    let gone = player(a.client_addr().expect("clients"), "p0", None).await;
+    let mut stays = player(a.client_addr().expect("clients"), "p1", None).await;
+    drop(gone);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(session_proxy::SessionEvent::Closed { uid, .. }) = events.recv().await {
+                if uid.as_deref() == Some("p0") {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+    .expect("p0's session expired");
+    let missed = room
+        .lobby()
+        .push("lobby", "onChat", &json!({ "n": 2 }))
+        .await
+        .expect("push");
+    assert_eq!(missed, vec!["p0".to_string()]);
+    assert_eq!(
+        room.lobby().members("lobby"),
+        vec!["p1".to_string()],
+        "p0 left"
+    );
+    assert_eq!(
+        stays.next_push(WAIT).await.expect("the push"),
+        ("onChat".into(), json!({ "n": 2 }))
+    );
+    assert!(a.drain(WAIT).await.complete());
+    assert!(room_node.drain(WAIT).await.complete());
 }
