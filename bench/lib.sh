@@ -1,5 +1,8 @@
 # Shared by the bench scripts (sourced, not run).
 
+# `session-proxy run` serves the bench app's routes only when asked by name.
+export SESSION_PROXY_APP=bench
+
 # Waits up to 10 s for something to listen on 127.0.0.1:$1.
 wait_port() {
   for _ in $(seq 100); do

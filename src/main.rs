@@ -5,52 +5,45 @@ mod cli;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::node::run_nodes;
 use cli::{Cli, Command};
 use session_proxy::cluster::ClusterConfig;
 use session_proxy::frontend::StoreOptions;
 use session_proxy::node::Node;
 use session_proxy::ConnectInfo;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        cli::LogFormat::Text => logs.init(),
-        cli::LogFormat::Json => logs.json().init(),
+    session_proxy::cli::init_logs(cli.log_format);
+    if let Command::Run { args, app } = &cli.command {
+        // The app asked for by name: the flag, or the cluster file's.
+        let app = match (app, &args.config) {
+            (Some(app), _) => Some(*app),
+            (None, Some(path)) => ClusterConfig::load(path)?
+                .cluster
+                .app
+                .is_some()
+                .then_some(cli::AppName::Bench),
+            (None, None) => None,
+        };
+        // The library's command line, as a game's own binary runs it.
+        return cli::node::shipped_app(app).block_on(args).map_err(|err| {
+            let hint = match err {
+                session_proxy::cli::RunError::NoHandlers(_) => {
+                    "; session-proxy serves no game code: pass --app bench for the bench app, or build your own binary with session_proxy::cli::App"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("{}{hint}", session_proxy::cli::chain(&err))
+        });
     }
-    // A node's config is read first: it may set the runtime's threads.
-    let cluster = match &cli.command {
-        Command::Run {
-            config: Some(config),
-            ..
-        } => Some(ClusterConfig::load(config)?),
-        _ => None,
-    };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let (Some(cluster), Command::Run { node, .. }) = (&cluster, &cli.command) {
-        if let Some(n) = cluster.process_threads(node) {
-            builder.worker_threads(n);
-        }
-    }
-    let runtime = builder.build().context("starting the tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     runtime.block_on(async {
         match cli.command {
-            Command::Run {
-                node,
-                flags,
-                insecure,
-                ..
-            } => match (&cluster, node.is_empty()) {
-                (Some(config), false) => run_nodes(config, &node, insecure, flags.admin_addr).await,
-                _ => cli::elastic::run_elastic(flags, insecure).await,
-            },
+            Command::Run { .. } => unreachable!("run is handled above"),
             Command::Bench { mode } => cli::bench::run_bench(mode).await,
             Command::Admin {
                 registry,
@@ -83,7 +76,7 @@ fn main() -> anyhow::Result<()> {
                 frontend.rpc.insecure = insecure;
                 let mut builder = Node::builder().secret_from_env().frontend(frontend);
                 if let Some(url) = &redis {
-                    let store = cli::node::connect_store(url).await?;
+                    let store = session_proxy::cli::connect_store(url).await?;
                     builder = builder.store(store, StoreOptions::default());
                 }
                 let node = builder.start().await?;
@@ -105,7 +98,7 @@ fn main() -> anyhow::Result<()> {
                 if let Some(addr) = node.rpc_addr() {
                     println!("frontend {id} listening on {addr}");
                 }
-                cli::node::serve_until_signal(vec![node]).await
+                Ok(session_proxy::cli::serve_until_signal(vec![node]).await?)
             }
         }
     })

@@ -456,6 +456,8 @@ async fn json_logs_are_one_object_a_line_with_the_same_fields_and_hashed_sids() 
     let (rpc, clients) = (free_port(), free_port());
     let client_addr: SocketAddr = format!("127.0.0.1:{clients}").parse().expect("addr");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        // The bench app's routes, asked for by name.
+        .env("SESSION_PROXY_APP", "bench")
         .args(["--log-format", "json", "frontend", "--id", "f-json"])
         .args(["--rpc-addr", &format!("127.0.0.1:{rpc}")])
         .args(["--client-addr", &client_addr.to_string()])

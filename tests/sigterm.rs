@@ -104,6 +104,8 @@ async fn no_secret_beyond_loopback_is_refused_without_insecure() {
     let out = tokio::time::timeout(
         Duration::from_secs(20),
         tokio::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+            // The bench app's routes, asked for by name.
+            .env("SESSION_PROXY_APP", "bench")
             .args(["frontend", "--rpc-addr", &rpc])
             .env_remove("SESSION_PROXY_SECRET")
             .kill_on_drop(true)

@@ -102,6 +102,8 @@ impl Node {
     /// Starts `session-proxy run` with `args`; returns once it says ready.
     async fn start(binary: &PathBuf, id: &str, args: &[String]) -> anyhow::Result<Node> {
         let mut child = Command::new(binary)
+            // The bench app's routes, asked for by name.
+            .env("SESSION_PROXY_APP", "bench")
             .arg("run")
             .args(args)
             .stdout(Stdio::piped())

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [cluster]
-//! app = "bench"                       # the built-in app the nodes run
+//! app = "bench"                       # what the shipped binary serves
 //! # redis = "redis://127.0.0.1:6379/0"  # optional session store (or
 //! #                                     # "redis+cluster://h:p,h:p")
 //! # worker_threads = 1                  # runtime threads per node process
@@ -88,7 +88,11 @@ pub struct ClusterConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
-    /// The built-in app: `"bench"` (the default).
+    /// The app the shipped `session-proxy` binary serves, by name:
+    /// `"bench"` (its benchmark routes). Without it (or `--app`), that
+    /// binary's frontends are generic connectors and its backends refuse
+    /// to start. A game's own binary (`session_proxy::cli::App`, feature
+    /// `cli`) serves its own handlers and ignores it.
     pub app: Option<String>,
     /// A Redis URL for the session store (frontends).
     pub redis: Option<String>,

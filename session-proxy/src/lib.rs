@@ -22,6 +22,8 @@
 //!   the one correct order ([`Node::run_until_signal`](node::Node::run_until_signal)).
 //! - [`cluster`] (feature `cluster`): a cluster described in one TOML file,
 //!   one node per process.
+//! - `cli` (feature `cli`, off by default): the command line of a node
+//!   binary, for a game's own `main` (`App::new().backend(..).main()`).
 //!
 //! # Features
 //! All on by default: `node` (the [`node`] module), `redis` (the Redis
@@ -59,6 +61,8 @@
 
 #[cfg(feature = "admin")]
 pub mod admin;
+#[cfg(feature = "cli")]
+pub mod cli;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 #[cfg(feature = "node")]

@@ -180,7 +180,7 @@ fn cell(v: &Value) -> String {
 
 /// Runs one admin action against the cluster in `registry`.
 pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::Result<()> {
-    let members = super::elastic::connect(registry)
+    let members = session_proxy::cli::connect_registry(registry)
         .await?
         .watch()
         .borrow()

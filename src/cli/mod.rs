@@ -4,10 +4,10 @@
 pub mod admin;
 pub mod bench;
 pub mod demo;
-pub mod elastic;
 pub mod node;
 
 use clap::{Parser, Subcommand};
+use session_proxy::cli::{LogFormat, RunArgs};
 use session_proxy_bench::pomelo::Transport;
 use std::net::SocketAddr;
 
@@ -26,13 +26,11 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The log line format.
+/// The apps this binary can serve, by name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
+pub enum AppName {
+    /// The benchmarks' routes, for any server type.
+    Bench,
 }
 
 #[derive(Subcommand)]
@@ -43,26 +41,16 @@ pub enum Command {
     /// Several --node (or a comma list) run in one process, its backends
     /// linked to its frontends in process.
     Run {
-        /// The cluster file.
-        #[arg(long, env = "SESSION_PROXY_CONFIG", requires = "node")]
-        config: Option<std::path::PathBuf>,
-        /// The id of the node to run, in the cluster file; several run in
-        /// one process.
-        #[arg(
-            long,
-            env = "SESSION_PROXY_NODE",
-            requires = "config",
-            value_delimiter = ','
-        )]
-        node: Vec<String>,
-        /// The node, without a cluster file.
+        /// What to run.
         #[command(flatten)]
-        flags: elastic::NodeFlags,
-        /// Let a frontend listen for backends beyond loopback without a
-        /// cluster secret (SESSION_PROXY_SECRET). Any peer could then act
-        /// as a backend; refused without this flag.
-        #[arg(long, env = "SESSION_PROXY_INSECURE")]
-        insecure: bool,
+        args: RunArgs,
+        /// The handlers backends serve (and frontends' own routes), by
+        /// name: this binary has only `bench` (the benchmarks' echo, set,
+        /// push and channel routes). Without it a frontend is a generic
+        /// connector and a backend refuses to start; a game runs its own
+        /// binary (session_proxy::cli::App).
+        #[arg(long, env = "SESSION_PROXY_APP", value_enum)]
+        app: Option<AppName>,
     },
     /// Look at and steer a running cluster through the registry and each
     /// node's admin address (`SESSION_PROXY_SECRET` must be the cluster's).

@@ -47,13 +47,27 @@ pub async fn spawn_session_proxy<S: AsRef<OsStr>>(args: &[S], until: &str) -> (C
     spawn_session_proxy_env(args, &[], until).await
 }
 
-/// Like [`spawn_session_proxy`], with environment variables set.
+/// Like [`spawn_session_proxy`], with environment variables set (and the
+/// bench app asked for by name).
 pub async fn spawn_session_proxy_env<S: AsRef<OsStr>>(
     args: &[S],
     env: &[(&str, &str)],
     until: &str,
 ) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+    let mut env = env.to_vec();
+    env.push(("SESSION_PROXY_APP", "bench"));
+    spawn_binary(env!("CARGO_BIN_EXE_session-proxy"), args, &env, until).await
+}
+
+/// Runs `binary` with `args` and `env`, and returns it, with the lines it
+/// printed, once a line contains `until`.
+pub async fn spawn_binary<S: AsRef<OsStr>>(
+    binary: &str,
+    args: &[S],
+    env: &[(&str, &str)],
+    until: &str,
+) -> (Child, Vec<String>) {
+    let mut child = Command::new(binary)
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
