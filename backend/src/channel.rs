@@ -102,8 +102,8 @@ impl ChannelService {
     /// frontend, all at once. Members follow their sessions: one not reached
     /// where the channel had it is looked up on the other frontends; one
     /// whose session moved (a drain, a resume elsewhere) is pushed to there
-    /// and recorded there, and one whose session every frontend says is
-    /// gone for good leaves the channel. Returns the uids that were not
+    /// and recorded there, and one whose session every frontend (the one it
+    /// was on among them) says is gone for good leaves the channel. Returns the uids that were not
     /// reached (those that left included).
     pub async fn push<T: Serialize + ?Sized>(
         &self,
@@ -170,7 +170,7 @@ impl ChannelService {
         missed: Vec<(String, String)>,
     ) -> Vec<String> {
         let lookups = missed.into_iter().map(|(uid, was_on)| async move {
-            let found = self.locate(&uid).await;
+            let found = self.locate(&uid, &was_on).await;
             (uid, was_on, found)
         });
         let mut again: HashMap<String, Vec<String>> = HashMap::new();
@@ -196,10 +196,12 @@ impl ChannelService {
     }
 
     /// Where `uid`'s session is, asking each frontend this backend knows
-    /// until one names it.
-    async fn locate(&self, uid: &str) -> Located {
-        let mut everyone_answered = true;
-        for frontend in self.sessions.frontends() {
+    /// until one names it. Gone only when every frontend answered, the one
+    /// the channel had it on (`was_on`) among them.
+    async fn locate(&self, uid: &str, was_on: &str) -> Located {
+        let frontends = self.sessions.frontends();
+        let mut everyone_answered = frontends.iter().any(|f| f == was_on);
+        for frontend in frontends {
             match self.sessions.user_sessions(&frontend, uid).await {
                 Ok(found) => {
                     if let Some(info) = found.iter().find(|i| !i.frontend_id.is_empty()) {
@@ -245,7 +247,8 @@ impl ChannelService {
 enum Located {
     /// On this frontend.
     On(String),
-    /// Every frontend answered, and none has it: it ended for good.
+    /// Every frontend answered, the one it was on included, and none has
+    /// it: it ended for good.
     Gone,
     /// Not known now (a frontend did not answer, or the store holds it for
     /// the next frontend to resume it).

@@ -85,6 +85,6 @@ pub use session_proxy_protocol::client::protobuf::Protos;
 pub use session_proxy_protocol::{ErrorCode, SessionId};
 
 /// The README's snippets, compiled and run as doc-tests.
-#[cfg(all(doctest, feature = "node", feature = "redis"))]
+#[cfg(all(doctest, feature = "cli", feature = "websocket"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

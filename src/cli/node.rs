@@ -13,11 +13,13 @@ use super::AppName;
 pub fn shipped_app(name: Option<AppName>) -> App {
     match name {
         None => App::new(),
-        Some(AppName::Bench) => App::new()
-            .any_backend(app::backend_handlers)
-            .any_gateway(|server_type, gateway| {
-                app::frontend_handlers(server_type, gateway.handlers())
-            }),
+        Some(AppName::Bench) => {
+            App::new()
+                .any_backend(app::backend_handlers)
+                .any_gateway(|server_type, gateway| {
+                    app::frontend_handlers(server_type, gateway.handlers())
+                })
+        }
     }
 }
 
