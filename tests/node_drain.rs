@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use session_proxy::frontend::{EndReason, RedisStore, RedisStoreConfig, StoreOptions};
 use session_proxy::node::{BackendRole, FrontendRole, Node};
 use session_proxy::registry::{RedisMembership, RedisMembershipConfig};
-use session_proxy::{BackendSession, ChannelService, HandlerError, Handlers};
+use session_proxy::{BackendSession, ChannelService, HandlerError, Handlers, SessionEvent};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -211,16 +211,83 @@ async fn room_node(room: &Room, frontends: &[&Node]) -> Node {
     node
 }
 
+/// Two frontends sharing a Redis store, and a room server linked to both.
+struct Stored {
+    a: Node,
+    b: Node,
+    closes_a: Closes,
+    closes_b: Closes,
+    room: Room,
+    room_node: Node,
+}
+
+async fn two_stored_frontends(redis: &common::redis::RedisServer) -> Stored {
+    let (closes_a, closes_b) = (Closes::default(), Closes::default());
+    let a = frontend_node("connector-a", &closes_a, Some(store(&redis.url()).await)).await;
+    let b = frontend_node("connector-b", &closes_b, Some(store(&redis.url()).await)).await;
+    let room = Room::default();
+    let room_node = room_node(&room, &[&a, &b]).await;
+    Stored {
+        a,
+        b,
+        closes_a,
+        closes_b,
+        room,
+        room_node,
+    }
+}
+
+/// A frontend whose dropped players are parked for 300 ms only, and its
+/// room server.
+async fn short_grace_frontend(closes: &Closes) -> (Node, Room, Node) {
+    let mut role = connector("connector-a", closes);
+    role.gateway.resume_grace = Duration::from_millis(300);
+    let a = Node::builder()
+        .frontend(role)
+        .start()
+        .await
+        .expect("frontend");
+    let room = Room::default();
+    let room_node = room_node(&room, &[&a]).await;
+    (a, room, room_node)
+}
+
+/// Waits for the event that `uid`'s session ended; returns why.
+async fn closed(
+    events: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
+    uid: &str,
+) -> EndReason {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(SessionEvent::Closed {
+                uid: Some(u),
+                reason,
+                ..
+            }) = events.recv().await
+            {
+                if u == uid {
+                    return reason;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the session ended")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_with_a_store_moves_every_player_with_their_writes_and_no_close_hook() {
     let Some(redis) = common::redis::RedisServer::start() else {
         return;
     };
-    let (closes_a, closes_b) = (Closes::default(), Closes::default());
-    let mut a = frontend_node("connector-a", &closes_a, Some(store(&redis.url()).await)).await;
-    let mut b = frontend_node("connector-b", &closes_b, Some(store(&redis.url()).await)).await;
-    let room = Room::default();
-    let mut room_node = room_node(&room, &[&a, &b]).await;
+    let Stored {
+        mut a,
+        mut b,
+        closes_a,
+        closes_b,
+        room,
+        mut room_node,
+    } = two_stored_frontends(&redis).await;
 
     let mut players = Vec::new();
     for i in 0..PLAYERS {
@@ -309,30 +376,13 @@ async fn a_drain_without_a_store_ends_each_player_once_and_leaves_no_ghost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parked_session_that_expires_runs_its_close_hook_once() {
     let closes = Closes::default();
-    let mut role = connector("connector-a", &closes);
-    role.gateway.resume_grace = Duration::from_millis(300);
-    let mut a = Node::builder()
-        .frontend(role)
-        .start()
-        .await
-        .expect("frontend");
-    let room = Room::default();
-    let mut room_node = room_node(&room, &[&a]).await;
+    let (mut a, room, mut room_node) = short_grace_frontend(&closes).await;
     let sessions = a.sessions().expect("sessions").clone();
     let mut events = sessions.subscribe();
     let client = player(a.client_addr().expect("clients"), "p0", None).await;
     drop(client);
     // Parked, then expired: the events say when.
-    let closed = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(session_proxy::SessionEvent::Closed { reason, .. }) = events.recv().await {
-                return reason;
-            }
-        }
-    })
-    .await
-    .expect("closed");
-    assert_eq!(closed, EndReason::Expired);
+    assert_eq!(closed(&mut events, "p0").await, EndReason::Expired);
     assert!(sessions.hooks_done(WAIT).await, "the leave notice went out");
     assert_eq!(room.members(), 0);
     assert_eq!(room.leaves().get("p0"), Some(&1));
@@ -400,11 +450,14 @@ async fn a_channel_reaches_its_members_on_the_frontend_they_moved_to() {
     let Some(redis) = common::redis::RedisServer::start() else {
         return;
     };
-    let (closes_a, closes_b) = (Closes::default(), Closes::default());
-    let mut a = frontend_node("connector-a", &closes_a, Some(store(&redis.url()).await)).await;
-    let mut b = frontend_node("connector-b", &closes_b, Some(store(&redis.url()).await)).await;
-    let room = Room::default();
-    let mut room_node = room_node(&room, &[&a, &b]).await;
+    let Stored {
+        mut a,
+        mut b,
+        closes_a,
+        closes_b,
+        room,
+        mut room_node,
+    } = two_stored_frontends(&redis).await;
     let half = PLAYERS / 2;
     let (mut on_a, mut on_b) = (Vec::new(), Vec::new());
     for i in 0..half {
@@ -444,6 +497,8 @@ async fn a_channel_reaches_its_members_on_the_frontend_they_moved_to() {
         Some("connector-b")
     );
     assert_eq!(room.lobby().members("lobby").len(), PLAYERS, "nobody left");
+    assert!(closes_a.lock().expect("closes").is_empty());
+    assert!(closes_b.lock().expect("closes").is_empty());
     assert!(b.drain(WAIT).await.complete());
     assert!(room_node.drain(WAIT).await.complete());
 }
@@ -451,30 +506,12 @@ async fn a_channel_reaches_its_members_on_the_frontend_they_moved_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_session_expired_leaves_the_channel() {
     let closes = Closes::default();
-    let mut role = connector("connector-a", &closes);
-    role.gateway.resume_grace = Duration::from_millis(300);
-    let mut a = Node::builder()
-        .frontend(role)
-        .start()
-        .await
-        .expect("frontend");
-    let room = Room::default();
-    let mut room_node = room_node(&room, &[&a]).await;
+    let (mut a, room, mut room_node) = short_grace_frontend(&closes).await;
     let mut events = a.sessions().expect("sessions").subscribe();
     let gone = player(a.client_addr().expect("clients"), "p0", None).await;
     let mut stays = player(a.client_addr().expect("clients"), "p1", None).await;
     drop(gone);
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(session_proxy::SessionEvent::Closed { uid, .. }) = events.recv().await {
-                if uid.as_deref() == Some("p0") {
-                    return;
-                }
-            }
-        }
-    })
-    .await
-    .expect("p0's session expired");
+    assert_eq!(closed(&mut events, "p0").await, EndReason::Expired);
     let missed = room
         .lobby()
         .push("lobby", "onChat", &json!({ "n": 2 }))
