@@ -29,8 +29,8 @@ impl NodeBuilder {
     /// Starts every role: restores the store's sessions, binds the RPC
     /// server and the gateway, starts the backends and links them to their
     /// frontends, serves the admin address, registers each role, and runs
-    /// the start-up hooks. A node that fails to start has stopped what it
-    /// had started.
+    /// the start-up hooks. A node that fails to start drops what it had
+    /// started (its listeners close, its links end).
     pub async fn start(self) -> Result<Node, NodeError> {
         let NodeBuilder {
             frontend,
