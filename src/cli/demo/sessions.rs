@@ -4,10 +4,10 @@
 use super::{ChatReport, DemoConfig, DemoReport};
 use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
+use session_proxy::node::{BackendRole, FrontendRole, Node};
 use session_proxy::protocol::{Call, KeyWrite, Precondition};
 use session_proxy::{
-    BackendConfig, BackendSessionService, ConnectInfo, ErrorCode, Outbound, RpcConfig, RpcServer,
-    SessionConfig, SessionOwner, SessionService,
+    BackendSessionService, ConnectInfo, ErrorCode, Handlers, Outbound, SessionOwner, SessionService,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,10 +28,12 @@ impl Counters {
 /// Every tenth session is kicked by backend B while the others work.
 const KICK_EVERY: usize = 10;
 
-/// The frontend, its sessions and the two backends working on them.
+/// The frontend, its sessions and the two backends working on them: a
+/// frontend node, and a node of the two backends linked to it over TCP.
 struct Cluster {
+    frontend_node: Node,
+    backends_node: Node,
     frontend: SessionService,
-    server: RpcServer,
     owners: Vec<SessionOwner>,
     sids: Arc<Vec<session_proxy::SessionId>>,
     a: BackendSessionService,
@@ -67,15 +69,19 @@ pub(super) async fn run(config: &DemoConfig) -> anyhow::Result<DemoReport> {
 
 impl Cluster {
     async fn start(sessions: usize) -> anyhow::Result<Cluster> {
-        let frontend = SessionService::new(SessionConfig::new("connector-1"));
-        let server = RpcServer::bind(
-            "127.0.0.1:0".parse()?,
-            frontend.clone(),
-            RpcConfig::default(),
-        )
-        .await
-        .context("starting the frontend's RPC server")?;
-        let addr = server.local_addr().to_string();
+        let frontend_node = Node::builder()
+            .frontend(FrontendRole::new("connector-1", "connector"))
+            .start()
+            .await
+            .context("starting the frontend")?;
+        let frontend = frontend_node
+            .sessions()
+            .context("a frontend node has sessions")?
+            .clone();
+        let addr = frontend_node
+            .rpc_addr()
+            .context("a frontend node listens for backends")?
+            .to_string();
         let owners: Vec<SessionOwner> = (0..sessions)
             .map(|i| {
                 let mut info = ConnectInfo::default();
@@ -84,13 +90,23 @@ impl Cluster {
             })
             .collect();
         let sids = Arc::new(owners.iter().map(|o| o.sid()).collect());
-        let a = BackendSessionService::new(BackendConfig::new("backend-a"))?;
-        let b = BackendSessionService::new(BackendConfig::new("backend-b"))?;
-        a.add_frontend("connector-1", addr.clone());
-        b.add_frontend("connector-1", addr);
+        // Two callers: they serve no routes of their own.
+        let caller = |id: &str| {
+            BackendRole::new(id, "demo", Handlers::new()).frontend("connector-1", addr.clone())
+        };
+        let backends_node = Node::builder()
+            .backend(caller("backend-a"))
+            .backend(caller("backend-b"))
+            .start()
+            .await
+            .context("starting the backends")?;
+        let services: Vec<BackendSessionService> = backends_node.backends().cloned().collect();
+        let [a, b] = <[BackendSessionService; 2]>::try_from(services)
+            .map_err(|_| anyhow::anyhow!("the backends node has both backends"))?;
         Ok(Cluster {
+            frontend_node,
+            backends_node,
             frontend,
-            server,
             owners,
             sids,
             a,
@@ -399,12 +415,12 @@ impl Cluster {
         Ok(pipelined_per_sec)
     }
 
-    /// Backends leave first, so no connection is reported lost.
-    async fn stop(self) {
-        drop((self.a, self.b));
-        tokio::task::yield_now().await;
+    /// Backends drain first, so no connection is reported lost.
+    async fn stop(mut self) {
+        let drain = Duration::from_secs(2);
+        self.backends_node.drain(drain).await;
+        self.frontend_node.drain(drain).await;
         drop(self.owners);
-        self.server.shutdown(Duration::from_secs(2)).await;
     }
 }
 
