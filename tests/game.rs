@@ -1,8 +1,9 @@
 //! A small game (examples/lobby: a connector, a lobby and a room server)
 //! run as processes of its own binary, through the library's command line
 //! with a Redis registry: SIGTERM one frontend under load, with and without
-//! the Redis store. Also: the shipped binary serves no game code unless
-//! asked for the bench app by name.
+//! the Redis store; SIGSTOP a frontend while its players resume on the
+//! other, then SIGCONT it. Also: the shipped binary serves no game code
+//! unless asked for the bench app by name.
 
 mod common;
 
@@ -345,4 +346,94 @@ async fn the_shipped_binary_serves_the_bench_app_only_when_asked_by_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Refused before it dials anything: no handlers for "chat".
     assert!(stderr.contains("--app bench"), "{stderr}");
+}
+
+/// The `session_proxy_sessions{state="open"}` gauge of a node's `/metrics`.
+async fn open_sessions(admin: SocketAddr) -> Option<f64> {
+    let (status, body) = common::http::get(admin, "/metrics").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find(|l| l.starts_with("session_proxy_sessions{state=\"open\"}"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_reports_its_players_moved_and_fires_no_close_hook() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut a_args, a_addr) = frontend("connector-a", &url, Some(&url));
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    a_args.extend(["--admin-addr".into(), admin.to_string()]);
+    // Its parked copies expire a second after it comes back.
+    a_args.extend(["--resume-grace-secs".into(), "1".into()]);
+    let (b_args, b_addr) = frontend("connector-b", &url, Some(&url));
+    let a = node(&a_args).await;
+    let _b = node(&b_args).await;
+    let _backends = [
+        node(&backend("lobby-1", "lobby", &url)).await,
+        node(&backend("room-1", "room", &url)).await,
+    ];
+    // A player who stays on a, to tell when a's older ends have settled.
+    let sentinel = player(a_addr, "s0").await;
+    let mut tokens = Vec::new();
+    for i in 0..PLAYERS {
+        let client = player(a_addr, &format!("p{i}")).await;
+        tokens.push(token_of(&client));
+        client.close();
+    }
+    // The players dropped; a parks their sessions. Then a stops dead.
+    let pid = a.id().expect("a pid");
+    signal(pid, "STOP");
+    let mut moved = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let back = resume(b_addr, token).await;
+        assert_eq!(back.handshake()["user"]["resumed"], true, "p{i}");
+        moved.push(back);
+    }
+    // a comes back; its parked copies expire, and the store refuses to
+    // delete them (b holds them now): they moved, no close hook runs.
+    signal(pid, "CONT");
+    let until = tokio::time::Instant::now() + WAIT;
+    while open_sessions(admin).await != Some(1.0) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "a still holds its copies"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The sentinel leaves for good after them: once the room hears that,
+    // a has settled every end before it.
+    sentinel.close();
+    let until = tokio::time::Instant::now() + WAIT;
+    let seen = loop {
+        let seen = room(&moved[0]).await;
+        if seen["leaves"]["s0"] == 1 {
+            break seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the sentinel never left: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen["count"], PLAYERS, "{seen}");
+    assert_eq!(
+        seen["leaves"],
+        json!({ "s0": 1 }),
+        "no close hook ran on a for the players who moved: {seen}"
+    );
+    for (i, client) in moved.iter().enumerate() {
+        let me = client
+            .request("room.roomHandler.whoami", &json!({}))
+            .await
+            .expect("whoami");
+        assert_eq!(me["uid"], format!("p{i}"));
+    }
 }

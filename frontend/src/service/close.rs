@@ -67,9 +67,6 @@ impl SessionService {
         if let Some(uid) = &entry.uid {
             self.unindex(uid, sid);
         }
-        if from_store {
-            self.mark_deleted(sid, entry.store_epoch);
-        }
         let text = match &ending {
             Ending::Ended(reason) => reason.as_str(),
             Ending::Moved { .. } => MOVED_KICK,
@@ -86,31 +83,57 @@ impl SessionService {
         match ending {
             Ending::Ended(reason) => {
                 tracing::debug!(sid = %sid.redacted(), %reason, "session closed");
-                let hook = self.inner.on_closed.get().cloned();
-                let work =
-                    hook.and_then(|hook| hook(&entry.snapshot(sid, self.frontend_id()), &reason));
-                if let Some(work) = work {
-                    if tokio::runtime::Handle::try_current().is_ok() {
-                        self.inner.hook_tasks.spawn(work);
-                    }
-                }
-                self.emit(SessionEvent::Closed {
-                    sid,
-                    uid: entry.uid,
+                let end = Ended {
+                    session: entry.snapshot(sid, self.frontend_id()),
                     reason,
-                });
+                };
+                // With a store, it has ended for good once the store agrees
+                // (the session may have moved meanwhile): the hook waits.
+                let end = match from_store {
+                    true => self.mark_deleted(sid, entry.store_epoch, end),
+                    false => Some(end),
+                };
+                if let Some(end) = end {
+                    self.ended(end);
+                }
             }
-            Ending::Moved { to } => {
-                tracing::debug!(sid = %sid.redacted(), to = %to, "session moved");
-                self.emit(SessionEvent::Moved {
-                    sid,
-                    uid: entry.uid,
-                    to,
-                });
-            }
+            Ending::Moved { to } => self.moved_away(sid, entry.uid, to),
         }
         true
     }
+}
+
+impl SessionService {
+    /// A session ended for good: its close hook runs (its work as a task)
+    /// and [`SessionEvent::Closed`] is sent.
+    pub(super) fn ended(&self, end: Ended) {
+        let Ended { session, reason } = end;
+        let hook = self.inner.on_closed.get().cloned();
+        if let Some(work) = hook.and_then(|hook| hook(&session, &reason)) {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                self.inner.hook_tasks.spawn(work);
+            }
+        }
+        self.emit(SessionEvent::Closed {
+            sid: session.sid,
+            uid: session.uid,
+            reason,
+        });
+    }
+
+    /// A session another frontend holds now: reported moved, no hook.
+    pub(super) fn moved_away(&self, sid: SessionId, uid: Option<String>, to: String) {
+        tracing::debug!(sid = %sid.redacted(), to = %to, "session moved");
+        self.emit(SessionEvent::Moved { sid, uid, to });
+    }
+}
+
+/// A session that ended here, as its close hook will see it.
+pub(super) struct Ended {
+    /// Its last state.
+    pub(super) session: session_proxy_protocol::SessionSnapshot,
+    /// Why.
+    pub(super) reason: EndReason,
 }
 
 /// What a connection whose session another frontend took over reads in

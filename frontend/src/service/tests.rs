@@ -283,10 +283,39 @@ async fn a_session_that_moved_is_reported_moved_and_never_closed() {
     );
     assert_eq!(hooks.load(Ordering::SeqCst), 0, "no close hook for a move");
 
-    // One that ends for good runs the hook once, however often it is ended.
+    // One that ends for good runs the hook once, however often it is
+    // ended: once the store has deleted it.
     let other = a.create(ConnectInfo::default());
     assert_eq!(a.end_all(EndReason::Shutdown), 1);
     assert!(!a.close(other.sid(), EndReason::Disconnected));
     drop(other);
+    assert_eq!(
+        hooks.load(Ordering::SeqCst),
+        0,
+        "the store has not answered"
+    );
+    a.flush().await.expect("deleted");
     assert_eq!(hooks.load(Ordering::SeqCst), 1);
+
+    // A parked copy left behind by a paused owner expires after its client
+    // resumed elsewhere: the store refuses the deletion, so it moved.
+    let owner = a.create(ConnectInfo::default());
+    let sid = owner.sid();
+    a.bind(sid, "bob").expect("bind");
+    let token = a.issue_token(sid).expect("token");
+    assert!(owner.park(std::time::Duration::from_secs(30)));
+    a.flush().await.expect("written");
+    let (_on_b, _) = b.resume_anywhere(&token, &[]).await.expect("resumed on b");
+    assert!(a.close(sid, EndReason::Expired), "a's stale copy ends");
+    a.flush().await.expect("answered");
+    let seen: Vec<SessionEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(
+        seen.contains(&SessionEvent::Moved {
+            sid,
+            uid: Some("bob".into()),
+            to: "fb".into()
+        }),
+        "{seen:?}"
+    );
+    assert_eq!(hooks.load(Ordering::SeqCst), 1, "no hook for bob");
 }

@@ -15,8 +15,9 @@
 //! - `users`: every session of a user across frontends;
 //! - `tasks`: the background writer and the eviction follower.
 
+use super::close::Ended;
 use super::SessionService;
-use crate::store::{SessionStore, StoreError, StoreOptions, StoredSession};
+use crate::store::{Fenced, SessionStore, StoreError, StoreOptions, StoredSession};
 use session_proxy_protocol::SessionId;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,9 @@ pub(crate) struct StoreLink {
     /// Sessions closed since the last flush, with the epoch they were
     /// held under.
     deleted: Mutex<HashMap<SessionId, u64>>,
+    /// The closed sessions whose close hooks wait for the store to delete
+    /// them: one another frontend claimed meanwhile has moved, not ended.
+    ending: Mutex<HashMap<SessionId, Ended>>,
     /// Sessions the store said another frontend holds now (their local
     /// copy is closed), and since when: backends that still address this
     /// frontend are told where they went. Pruned after a minute.
@@ -144,6 +148,7 @@ impl StoreLink {
                         sessions = fenced.len(),
                         "closed sessions another frontend holds"
                     );
+                    self.settle(service, &deleted, fenced);
                 }
             }
         }
@@ -153,6 +158,32 @@ impl StoreLink {
             lock(&self.deleted).extend(deleted);
         }
         written.map(drop)
+    }
+
+    /// The close hooks of `deleted`, now the store has answered: a session
+    /// it says another frontend holds (`fenced`) has moved there.
+    fn settle(&self, service: &SessionService, deleted: &[(SessionId, u64)], fenced: &[Fenced]) {
+        for (sid, _) in deleted {
+            let Some(end) = lock(&self.ending).remove(sid) else {
+                continue;
+            };
+            match fenced.iter().find(|f| f.sid == *sid) {
+                Some(f) => {
+                    lock(&self.moved).insert(*sid, (f.owner.clone(), Instant::now()));
+                    service.moved_away(*sid, end.session.uid, f.owner.clone());
+                }
+                None => service.ended(end),
+            }
+        }
+    }
+
+    /// Runs every close hook still waiting for the store: at a hand-over
+    /// nothing more is deleted there, and these sessions ended here.
+    pub(super) fn settle_all(&self, service: &SessionService) {
+        let waiting: Vec<Ended> = lock(&self.ending).drain().map(|(_, e)| e).collect();
+        for end in waiting {
+            service.ended(end);
+        }
     }
 
     /// Restarts the TTL of every live session; sessions the store lost (a
@@ -217,16 +248,22 @@ impl SessionService {
         }
     }
 
-    pub(super) fn mark_deleted(&self, sid: SessionId, epoch: u64) {
-        if let Some(link) = self
+    /// Queues the deletion of a session that ended here; its close hook
+    /// (`end`) waits for the store's answer. Returns `end` when nothing is
+    /// deleted in the store (none attached, or handed over): it has ended.
+    pub(super) fn mark_deleted(&self, sid: SessionId, epoch: u64, end: Ended) -> Option<Ended> {
+        let Some(link) = self
             .inner
             .store
             .get()
             .filter(|l| !l.handed_over.load(Ordering::Acquire))
-        {
-            lock(&link.dirty).remove(&sid);
-            lock(&link.deleted).insert(sid, epoch);
-        }
+        else {
+            return Some(end);
+        };
+        lock(&link.dirty).remove(&sid);
+        lock(&link.deleted).insert(sid, epoch);
+        lock(&link.ending).insert(sid, end);
+        None
     }
 
     /// Attaches a store: restores the sessions it holds for this frontend
@@ -244,6 +281,7 @@ impl SessionService {
             options,
             dirty: Mutex::default(),
             deleted: Mutex::default(),
+            ending: Mutex::default(),
             moved: Mutex::default(),
             handed_over: AtomicBool::new(false),
             flush_lock: tokio::sync::Mutex::new(()),

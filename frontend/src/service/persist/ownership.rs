@@ -74,6 +74,7 @@ impl SessionService {
             .map_err(|_| StoreError::TimedOut { after: within })?;
         lock(&link.dirty).clear();
         lock(&link.deleted).clear();
+        link.settle_all(self);
         let mut records = Vec::with_capacity(self.inner.sessions.len());
         for mut entry in self.inner.sessions.iter_mut() {
             let sid = *entry.key();
