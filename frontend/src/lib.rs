@@ -50,7 +50,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 mod listener;
-mod logs;
+pub mod logs;
 pub mod metrics;
 mod owner;
 pub mod rpc;

@@ -16,9 +16,19 @@ fn now_ms() -> u64 {
         .saturating_add(1)
 }
 
-/// One call site's limiter; a `static` next to the warning it guards.
+/// One call site's limiter; a `static` next to the warning it guards:
+///
+/// ```
+/// use session_proxy_frontend::logs::Throttle;
+/// static REFUSED: Throttle = Throttle::new(std::time::Duration::from_secs(1));
+/// for _ in 0..1000 {
+///     if let Some(suppressed) = REFUSED.allow() {
+///         eprintln!("refused ({suppressed} more since the last line)");
+///     }
+/// }
+/// ```
 #[derive(Debug)]
-pub(crate) struct Throttle {
+pub struct Throttle {
     every_ms: u64,
     /// When the last line was let through (0: never).
     last_ms: AtomicU64,
@@ -28,7 +38,7 @@ pub(crate) struct Throttle {
 
 impl Throttle {
     /// At most one line per `every`.
-    pub(crate) const fn new(every: Duration) -> Self {
+    pub const fn new(every: Duration) -> Self {
         Throttle {
             every_ms: every.as_millis() as u64,
             last_ms: AtomicU64::new(0),
@@ -38,7 +48,7 @@ impl Throttle {
 
     /// Counts one event. `Some(n)` when it should be logged now, `n` being
     /// how many were suppressed since the last line; `None` to stay quiet.
-    pub(crate) fn allow(&self) -> Option<u64> {
+    pub fn allow(&self) -> Option<u64> {
         let now = now_ms();
         let last = self.last_ms.load(Ordering::Relaxed);
         if last != 0 && now < last.saturating_add(self.every_ms) {

@@ -38,6 +38,9 @@ pub const STORE_FLUSH_SECONDS: &str = "session_proxy_store_flush_duration_second
 pub const STORE_FLUSH_SESSIONS: &str = "session_proxy_store_flush_sessions";
 /// Store calls that failed (unavailable, timed out).
 pub const STORE_ERRORS: &str = "session_proxy_store_errors_total";
+/// Stored sessions that could not be decoded, skipped at restore or
+/// refused at a resume.
+pub const STORE_CORRUPT: &str = "session_proxy_store_corrupt_total";
 /// Bytes read from and written to clients, by direction (`in`, `out`).
 pub const CLIENT_BYTES: &str = "session_proxy_client_bytes_total";
 
@@ -55,6 +58,7 @@ pub const EXPORTED: &[(&str, &str)] = &[
     (STORE_FLUSH_SECONDS, "histogram"),
     (STORE_FLUSH_SESSIONS, "histogram"),
     (STORE_ERRORS, "counter"),
+    (STORE_CORRUPT, "counter"),
     (CLIENT_BYTES, "counter"),
 ];
 
@@ -73,6 +77,7 @@ pub fn describe() {
         &PUSH_QUEUE_FULL,
         &PUSH_CLIENT_GONE,
         &STORE_FAILED,
+        &CORRUPT_SKIPPED,
         &BYTES_IN,
         &BYTES_OUT,
     ] {
@@ -105,6 +110,10 @@ pub fn describe() {
     describe_histogram!(STORE_FLUSH_SECONDS, Unit::Seconds, "Store write latency.");
     describe_histogram!(STORE_FLUSH_SESSIONS, "Sessions per store write.");
     describe_counter!(STORE_ERRORS, "Store calls that failed.");
+    describe_counter!(
+        STORE_CORRUPT,
+        "Stored sessions that could not be decoded, skipped."
+    );
     describe_counter!(CLIENT_BYTES, Unit::Bytes, "Bytes to and from clients.");
 }
 
@@ -171,6 +180,7 @@ handle!(PUSH_CLIENT_GONE: Counter = counter!(PUSHES, "result" => "client_gone"))
 handle!(FLUSH_SECONDS: Histogram = histogram!(STORE_FLUSH_SECONDS));
 handle!(FLUSH_SESSIONS: Histogram = histogram!(STORE_FLUSH_SESSIONS));
 handle!(STORE_FAILED: Counter = counter!(STORE_ERRORS));
+handle!(CORRUPT_SKIPPED: Counter = counter!(STORE_CORRUPT));
 handle!(BYTES_IN: Counter = counter!(CLIENT_BYTES, "direction" => "in"));
 handle!(BYTES_OUT: Counter = counter!(CLIENT_BYTES, "direction" => "out"));
 

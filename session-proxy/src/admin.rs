@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::frontend::logs::Throttle;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
@@ -327,7 +328,13 @@ async fn action(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     if !presented.is_some_and(|t| secret.verify_admin_token(t)) {
-        tracing::warn!(path = %req.uri().path(), "admin action refused: no valid token");
+        // Anyone who reaches the port can ask as fast as it likes: one line
+        // a second, with the count of the rest.
+        static REFUSED: Throttle = Throttle::new(Duration::from_secs(1));
+        if let Some(suppressed) = REFUSED.allow() {
+            let path = crate::protocol::text::log_safe(req.uri().path());
+            tracing::warn!(%path, suppressed, "admin action refused: no valid token");
+        }
         return text(StatusCode::UNAUTHORIZED, "unauthorized\n");
     }
     let query = req.uri().query().unwrap_or("");

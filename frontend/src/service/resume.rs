@@ -63,6 +63,10 @@ pub enum ResumeError {
     /// it; the client may try again.
     #[error("the session moved while resuming; try again")]
     Raced,
+    /// The stored session cannot be decoded (corrupt, or written by an
+    /// incompatible version): it will never resume.
+    #[error("the stored session cannot be read")]
+    Unreadable,
 }
 
 impl ResumeError {
@@ -292,11 +296,15 @@ impl SessionService {
             tracing::debug!(cause = %err, "cannot resume from the store");
             ResumeError::StoreUnavailable
         };
-        let mut record = link
-            .call(link.store.get(sid))
-            .await
-            .map_err(unavailable)?
-            .ok_or(ResumeError::UnknownSession)?;
+        let mut record = match link.call(link.store.get(sid)).await {
+            Ok(found) => found.ok_or(ResumeError::UnknownSession)?,
+            Err(crate::StoreError::Decode(err)) => {
+                crate::metrics::CORRUPT_SKIPPED.increment(1);
+                tracing::error!(sid = %sid.redacted(), cause = %err, "a stored session cannot be decoded; its resume is refused");
+                return Err(ResumeError::Unreadable);
+            }
+            Err(err) => return Err(unavailable(err)),
+        };
         let now_unix = session_proxy_protocol::unix_ms();
         let previous = record
             .previous_token

@@ -76,8 +76,21 @@ impl SessionService {
     pub(super) async fn restore(&self, link: &StoreLink) -> Result<usize, StoreError> {
         let mut restored = 0;
         for sid in link.call(link.store.list()).await? {
-            let Some(record) = link.call(link.store.get(sid)).await? else {
-                continue;
+            let record = match link.call(link.store.get(sid)).await {
+                Ok(Some(record)) => record,
+                Ok(None) => continue,
+                Err(StoreError::Decode(err)) => {
+                    // One bad record strands no other session: skipped,
+                    // named (its sid, redacted) and counted.
+                    crate::metrics::CORRUPT_SKIPPED.increment(1);
+                    tracing::error!(
+                        sid = %sid.redacted(),
+                        cause = %err,
+                        "skipping a stored session that cannot be decoded"
+                    );
+                    continue;
+                }
+                Err(err) => return Err(err),
             };
             if record.info.frontend_id != self.frontend_id()
                 || self.inner.sessions.contains_key(&sid)
