@@ -238,3 +238,67 @@ async fn a_lapsed_etcd_lease_is_gone_and_nodes_ride_out_an_etcd_restart() {
     live.deregister(Duration::from_secs(1)).await;
     until(&mut members, Duration::from_secs(5), Members::is_empty).await;
 }
+
+/// A record under another node's key (an impostor taking a live node's
+/// id), or one too large, is skipped: the members are the real nodes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_name_another_key_or_are_too_large_are_skipped() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let registry = membership(&redis, "sp:").await;
+    let mut members = registry.watch();
+    let real = NodeRecord::new("connector-1", NodeRole::Frontend, "connector")
+        .with_rpc_addr("127.0.0.1:4011");
+    registry
+        .put(&real, Duration::from_secs(10))
+        .await
+        .expect("put");
+    // Written behind the registry's back: one key claims connector-1 and a
+    // new id, another is 100 KB.
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for (key, id) in [("sp:n:evil", "connector-1"), ("sp:n:evil-2", "connector-9")] {
+        let impostor =
+            NodeRecord::new(id, NodeRole::Frontend, "connector").with_rpc_addr("127.0.0.1:1");
+        let json = serde_json::to_string(&impostor).expect("json");
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(json)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+    }
+    let mut huge = NodeRecord::new("connector-8", NodeRole::Frontend, "connector");
+    huge.server_type = "x".repeat(100_000);
+    let json = serde_json::to_string(&huge).expect("json");
+    let _: () = redis::cmd("SET")
+        .arg("sp:n:connector-8")
+        .arg(json)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    // A legitimate node joins after them: the read that shows it (every
+    // key under the prefix) read the bad ones too.
+    let late = NodeRecord::new("connector-2", NodeRole::Frontend, "connector")
+        .with_rpc_addr("127.0.0.1:4012");
+    registry
+        .put(&late, Duration::from_secs(10))
+        .await
+        .expect("put");
+    until(&mut members, Duration::from_secs(5), |m| {
+        m.get("connector-2").is_some()
+    })
+    .await;
+    let now = members.borrow().clone();
+    let ids: Vec<&str> = now.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec!["connector-1", "connector-2"], "{ids:?}");
+    assert_eq!(
+        now.get("connector-1").and_then(|r| r.rpc_addr.as_deref()),
+        Some("127.0.0.1:4011"),
+        "the live node keeps its record"
+    );
+}

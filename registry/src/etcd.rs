@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// Where and how an [`EtcdMembership`] keeps the records.
 #[derive(Clone, Debug)]
@@ -299,7 +299,8 @@ impl Membership for EtcdMembership {
     }
 }
 
-/// Every record under `prefix`; a malformed one is skipped with a warning.
+/// Every record under `prefix`; a malformed, oversized or misnamed one is
+/// skipped with a warning.
 async fn list(api: &Api, prefix: &str) -> Result<Members, RegistryError> {
     let answer = api
         .call(
@@ -312,10 +313,10 @@ async fn list(api: &Api, prefix: &str) -> Result<Members, RegistryError> {
         .await?;
     let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
     let records = kvs.iter().filter_map(|kv| {
+        let key = B64.decode(kv["key"].as_str()?).ok()?;
+        let id = std::str::from_utf8(&key).ok()?.strip_prefix(prefix)?;
         let value = B64.decode(kv["value"].as_str()?).ok()?;
-        serde_json::from_slice::<NodeRecord>(&value)
-            .map_err(|err| warn!(cause = %err, "skipping a malformed node record"))
-            .ok()
+        crate::record::parse_entry(id, &value)
     });
     Ok(Members::from_records(records))
 }

@@ -4,6 +4,35 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// The largest record a registry read accepts; a node's own is a few
+/// hundred bytes.
+pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+
+/// A record as read from the registry under the key of node `key_id`:
+/// `None` (with a warning) for one too large, malformed, or naming
+/// another node than its key does. Whoever can write one key cannot take
+/// over another node's id that way.
+pub(crate) fn parse_entry(key_id: &str, value: &[u8]) -> Option<NodeRecord> {
+    let key = session_proxy_protocol::text::log_safe(key_id);
+    if value.len() > MAX_RECORD_BYTES {
+        tracing::warn!(%key, bytes = value.len(), "skipping an oversized node record");
+        return None;
+    }
+    let record = match serde_json::from_slice::<NodeRecord>(value) {
+        Ok(record) => record,
+        Err(err) => {
+            tracing::warn!(%key, cause = %err, "skipping a malformed node record");
+            return None;
+        }
+    };
+    if record.id != key_id {
+        let id = session_proxy_protocol::text::log_safe(&record.id);
+        tracing::warn!(%key, %id, "skipping a node record whose id is not its key's");
+        return None;
+    }
+    Some(record)
+}
+
 /// A node's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

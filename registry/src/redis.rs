@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// Where and how a [`RedisMembership`] keeps the records.
 #[derive(Clone, Debug)]
@@ -183,7 +183,8 @@ impl Membership for RedisMembership {
     }
 }
 
-/// Every record under `prefix`; a malformed one is skipped with a warning.
+/// Every record under `prefix`; a malformed, oversized or misnamed one is
+/// skipped with a warning.
 async fn list(conn: &mut ConnectionManager, prefix: &str) -> Result<Members, RegistryError> {
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
@@ -205,11 +206,11 @@ async fn list(conn: &mut ConnectionManager, prefix: &str) -> Result<Members, Reg
     if keys.is_empty() {
         return Ok(Members::default());
     }
-    let values: Vec<Option<String>> = conn.mget(&keys).await?;
-    let records = values.into_iter().flatten().filter_map(|json| {
-        serde_json::from_str::<NodeRecord>(&json)
-            .map_err(|err| warn!(cause = %err, "skipping a malformed node record"))
-            .ok()
+    let values: Vec<Option<Vec<u8>>> = conn.mget(&keys).await?;
+    let node_prefix = format!("{prefix}n:");
+    let records = keys.iter().zip(values).filter_map(|(key, value)| {
+        let id = key.strip_prefix(&node_prefix)?;
+        crate::record::parse_entry(id, &value?)
     });
     Ok(Members::from_records(records))
 }
