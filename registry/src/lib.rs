@@ -44,7 +44,7 @@ mod redis;
 pub use etcd::{EtcdMembership, EtcdMembershipConfig};
 pub use follow::{follow_frontends, Following};
 pub use lease::{RecordHandle, Registration};
-pub use record::{Members, NodeRecord, NodeRole, NodeState};
+pub use record::{Members, NodeRecord, NodeRole, NodeState, MAX_RECORD_BYTES};
 #[cfg(feature = "redis")]
 pub use redis::{RedisMembership, RedisMembershipConfig};
 

@@ -12,6 +12,7 @@ pub const MAX_RECORD_BYTES: usize = 16 * 1024;
 /// `None` (with a warning) for one too large, malformed, or naming
 /// another node than its key does. Whoever can write one key cannot take
 /// over another node's id that way.
+#[cfg(any(feature = "redis", feature = "etcd"))]
 pub(crate) fn parse_entry(key_id: &str, value: &[u8]) -> Option<NodeRecord> {
     let key = session_proxy_protocol::text::log_safe(key_id);
     if value.len() > MAX_RECORD_BYTES {
