@@ -23,6 +23,10 @@ pub const NONCE_LEN: usize = 16;
 #[derive(Clone)]
 pub struct Secret(Arc<[u8]>);
 
+/// The longest an admin token may be minted to last: one that claims to
+/// expire later is refused.
+pub const ADMIN_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
@@ -92,24 +96,43 @@ impl Secret {
             .is_ok()
     }
 
-    /// The bearer token of a node's admin actions: an HMAC of a fixed label
-    /// under the secret, as hex. Anyone with the secret can compute it;
-    /// nobody without it can.
-    pub fn admin_token(&self) -> String {
-        let tag = self.mac(b"sp-admin", b"", b"", "").finalize().into_bytes();
-        tag.iter().map(|b| format!("{b:02x}")).collect()
+    /// The bearer token of one node's admin actions until `expires_unix`
+    /// (seconds since the Unix epoch): `<expires>.<hex HMAC>` of the node's
+    /// id and the expiry under the secret. Anyone with the secret can mint
+    /// one; nobody without it can, and one that is captured works on that
+    /// node only, and only until it expires (at most
+    /// [`ADMIN_TOKEN_LIFETIME`] after it is checked).
+    pub fn admin_token(&self, node_id: &str, expires_unix: u64) -> String {
+        let tag = self
+            .mac(b"sp-admin", &expires_unix.to_be_bytes(), b"", node_id)
+            .finalize()
+            .into_bytes();
+        let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{expires_unix}.{hex}")
     }
 
-    /// Checks a presented admin bearer token, in constant time.
-    pub fn verify_admin_token(&self, presented: &str) -> bool {
-        let Some(bytes) = (0..presented.len())
+    /// Checks a presented admin bearer token for node `node_id` at
+    /// `now_unix` (seconds since the Unix epoch), in constant time: it must
+    /// be this node's, unexpired, and expire no later than
+    /// [`ADMIN_TOKEN_LIFETIME`] from now.
+    pub fn verify_admin_token(&self, presented: &str, node_id: &str, now_unix: u64) -> bool {
+        let Some((expires, hex)) = presented.split_once('.') else {
+            return false;
+        };
+        let Ok(expires) = expires.parse::<u64>() else {
+            return false;
+        };
+        if expires < now_unix || expires > now_unix.saturating_add(ADMIN_TOKEN_LIFETIME.as_secs()) {
+            return false;
+        }
+        let Some(bytes) = (0..hex.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(presented.get(i..i + 2)?, 16).ok())
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
             .collect::<Option<Vec<u8>>>()
         else {
             return false;
         };
-        self.mac(b"sp-admin", b"", b"", "")
+        self.mac(b"sp-admin", &expires.to_be_bytes(), b"", node_id)
             .verify_slice(&bytes)
             .is_ok()
     }

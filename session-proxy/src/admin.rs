@@ -3,10 +3,10 @@
 //! (node info, a uid's sessions, kick a uid, drain). Off unless a node is
 //! given an address; meant for a private network or loopback. The probes
 //! and metrics are open and reveal nothing beyond up or down and counts;
-//! every admin action needs `Authorization: Bearer <token>`, the token
-//! derived from the cluster secret
-//! ([`Secret::admin_token`](crate::protocol::Secret::admin_token)), and a node
-//! without a secret refuses them all.
+//! every admin action needs `Authorization: Bearer <token>`, a token for
+//! this node's id that expires within minutes, minted with the cluster
+//! secret ([`Secret::admin_token`](crate::protocol::Secret::admin_token)), and
+//! a node without a secret refuses them all.
 //!
 //! Metrics are recorded by the libraries through the `metrics` facade and
 //! exported by `metrics-exporter-prometheus`: counters and gauges are
@@ -27,6 +27,7 @@
 //!         sample: std::sync::Arc::new(|| {}),
 //!         ready: std::sync::Arc::new(|| Box::pin(async { Ok(()) })),
 //!         actions: None,
+//!         node_id: "connector-1".into(),
 //!     },
 //! )
 //! .await?;
@@ -176,6 +177,8 @@ pub struct Admin {
     /// The admin actions, with the cluster secret their token comes from;
     /// `None` refuses every action.
     pub actions: Option<(crate::protocol::Secret, Arc<dyn AdminActions>)>,
+    /// This node's id: an admin token is minted for one node.
+    pub node_id: String,
 }
 
 impl std::fmt::Debug for Admin {
@@ -327,7 +330,8 @@ async fn action(admin: &Admin, req: &Request<hyper::body::Incoming>) -> Response
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|t| secret.verify_admin_token(t)) {
+    let now_unix = crate::protocol::unix_ms() / 1000;
+    if !presented.is_some_and(|t| secret.verify_admin_token(t, &admin.node_id, now_unix)) {
         // Anyone who reaches the port can ask as fast as it likes: one line
         // a second, with the count of the rest.
         static REFUSED: Throttle = Throttle::new(Duration::from_secs(1));
@@ -424,12 +428,36 @@ mod tests {
     }
 
     #[test]
-    fn the_admin_token_is_checked_against_the_secret() {
+    fn an_admin_token_works_for_its_node_its_secret_and_its_time_only() {
+        use crate::protocol::auth::ADMIN_TOKEN_LIFETIME;
         let secret = crate::protocol::Secret::new("cluster-secret");
-        let token = secret.admin_token();
-        assert!(secret.verify_admin_token(&token));
-        assert!(!crate::protocol::Secret::new("another").verify_admin_token(&token));
-        assert!(!secret.verify_admin_token("zz"));
-        assert!(!secret.verify_admin_token(""));
+        let now = 1_800_000_000;
+        let token = secret.admin_token("connector-1", now + 60);
+        assert!(secret.verify_admin_token(&token, "connector-1", now));
+        assert!(
+            !secret.verify_admin_token(&token, "connector-2", now),
+            "another node's"
+        );
+        assert!(
+            !crate::protocol::Secret::new("another").verify_admin_token(&token, "connector-1", now),
+            "another secret's"
+        );
+        assert!(
+            !secret.verify_admin_token(&token, "connector-1", now + 61),
+            "expired"
+        );
+        let forever = secret.admin_token("connector-1", now + ADMIN_TOKEN_LIFETIME.as_secs() + 1);
+        assert!(
+            !secret.verify_admin_token(&forever, "connector-1", now),
+            "lasts too long"
+        );
+        let forged = format!("{}.{}", now + 120, token.split_once('.').expect("dot").1);
+        assert!(
+            !secret.verify_admin_token(&forged, "connector-1", now),
+            "its expiry is signed"
+        );
+        for junk in ["", "zz", "1.zz", "x.00"] {
+            assert!(!secret.verify_admin_token(junk, "connector-1", now));
+        }
     }
 }

@@ -1,12 +1,14 @@
 //! `session-proxy admin …`: the cluster as the registry lists it, through
-//! each node's admin address. Admin actions carry the bearer token derived
-//! from `SESSION_PROXY_SECRET`.
+//! each node's admin address. Each admin action carries a bearer token
+//! minted from `SESSION_PROXY_SECRET` for the one node it goes to, valid for
+//! 30 s; the metrics fetch carries none.
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use session_proxy::node::SECRET_VAR;
+use session_proxy::protocol::Secret;
 use session_proxy::registry::{NodeRecord, NodeRole};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -39,6 +41,9 @@ pub enum AdminAction {
     },
 }
 
+/// How long the admin token sent to a node lasts, in seconds.
+const TOKEN_SECS: u64 = 30;
+
 type Client = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     Full<Bytes>,
@@ -50,17 +55,24 @@ async fn call(
     node: &NodeRecord,
     method: hyper::Method,
     path: &str,
-    token: &str,
+    secret: Option<&Secret>,
 ) -> anyhow::Result<(u16, String)> {
     let addr = node
         .admin_addr
         .as_deref()
         .with_context(|| format!("{} has no admin address", node.id))?;
-    let request = hyper::Request::builder()
+    let mut request = hyper::Request::builder()
         .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Full::new(Bytes::new()))?;
+        .uri(format!("http://{addr}{path}"));
+    if let Some(secret) = secret {
+        // This node's token, for the next half minute: the address a
+        // registry record names gets nothing it could use on another node,
+        // or for long.
+        let expires = session_proxy::protocol::unix_ms() / 1000 + TOKEN_SECS;
+        let token = secret.admin_token(&node.id, expires);
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::new()))?;
     let exchange = async {
         let response = client.request(request).await?;
         let status = response.status().as_u16();
@@ -79,9 +91,9 @@ async fn action(
     node: &NodeRecord,
     method: hyper::Method,
     path: &str,
-    token: &str,
+    secret: &Secret,
 ) -> anyhow::Result<Value> {
-    let (status, body) = call(client, node, method, path, token).await?;
+    let (status, body) = call(client, node, method, path, Some(secret)).await?;
     match status {
         200 => Ok(serde_json::from_str(&body)?),
         401 => bail!(
@@ -127,7 +139,7 @@ async fn load(client: &Client, node: &NodeRecord) -> Option<Load> {
             "session_proxy_backend_handler_duration_seconds",
         ),
     };
-    let (status, body) = call(client, node, hyper::Method::GET, "/metrics", "")
+    let (status, body) = call(client, node, hyper::Method::GET, "/metrics", None)
         .await
         .ok()?;
     if status != 200 {
@@ -185,9 +197,8 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
         .watch()
         .borrow()
         .clone();
-    let token = session_proxy::protocol::Secret::from_env(SECRET_VAR)
-        .context("set SESSION_PROXY_SECRET to the cluster secret: admin actions need it")?
-        .admin_token();
+    let secret = Secret::from_env(SECRET_VAR)
+        .context("set SESSION_PROXY_SECRET to the cluster secret: admin actions need it")?;
     let client: Client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
@@ -206,7 +217,7 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
             let mut rows = Vec::new();
             for (i, node) in nodes.iter().enumerate() {
                 let info = match node.admin_addr {
-                    Some(_) => action(&client, node, hyper::Method::GET, "/admin/info", &token)
+                    Some(_) => action(&client, node, hyper::Method::GET, "/admin/info", &secret)
                         .await
                         .unwrap_or_else(|e| json!({ "error": e.to_string() })),
                     None => json!({}),
@@ -284,7 +295,7 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
             let path = format!("/admin/sessions?uid={}", encode(&uid));
             let mut found = BTreeMap::new();
             for node in &frontends {
-                let list = action(&client, node, hyper::Method::GET, &path, &token).await?;
+                let list = action(&client, node, hyper::Method::GET, &path, &secret).await?;
                 for s in list.as_array().cloned().unwrap_or_default() {
                     let key = format!("{}/{}", cell(&s["frontend_id"]), cell(&s["sid"]));
                     found.insert(key, s);
@@ -313,7 +324,7 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
             );
             let mut by_node = BTreeMap::new();
             for node in &frontends {
-                let answer = action(&client, node, hyper::Method::POST, &path, &token).await?;
+                let answer = action(&client, node, hyper::Method::POST, &path, &secret).await?;
                 by_node.insert(node.id.clone(), answer["kicked"].clone());
             }
             let total: u64 = by_node.values().filter_map(Value::as_u64).sum();
@@ -328,8 +339,14 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
                 .iter()
                 .find(|n| n.id == node)
                 .with_context(|| format!("no node {node} in the registry"))?;
-            let answer =
-                action(&client, target, hyper::Method::POST, "/admin/drain", &token).await?;
+            let answer = action(
+                &client,
+                target,
+                hyper::Method::POST,
+                "/admin/drain",
+                &secret,
+            )
+            .await?;
             if !json_out {
                 println!("{node} is draining");
                 return Ok(());

@@ -148,6 +148,7 @@ pub(super) async fn serve(
             Ok(())
         })
     });
+    let node_id = me.id.clone();
     let actions: Arc<dyn AdminActions> = Arc::new(Actions {
         me,
         sessions,
@@ -158,6 +159,7 @@ pub(super) async fn serve(
         sample,
         ready,
         actions: secret.map(|s| (s, actions)),
+        node_id,
     };
     admin::AdminServer::bind(addr, served)
         .await
