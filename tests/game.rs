@@ -11,10 +11,9 @@ use common::nodes::{free_port, signal, spawn_binary};
 use serde_json::{json, Value};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::Child;
+use tokio::sync::watch;
 
 const WAIT: Duration = Duration::from_secs(10);
 const PLAYERS: usize = 16;
@@ -93,8 +92,7 @@ async fn ok(client: &PomeloClient, route: &str, body: Value) -> anyhow::Result<V
 /// A player logged in as `uid`, in the lobby and the room, once both
 /// backend types serve the frontend (they find it through the registry).
 async fn player(addr: SocketAddr, uid: &str) -> PomeloClient {
-    let until = tokio::time::Instant::now() + WAIT;
-    loop {
+    common::eventually(WAIT, &format!("{uid} gets in"), || async {
         let client = PomeloClient::connect(addr).await.expect("connect");
         let entered = async {
             ok(
@@ -106,17 +104,12 @@ async fn player(addr: SocketAddr, uid: &str) -> PomeloClient {
             ok(&client, "lobby.lobbyHandler.enter", json!({})).await?;
             ok(&client, "room.roomHandler.join", json!({})).await
         };
-        match entered.await {
-            Ok(_) => return client,
-            Err(err) => {
-                assert!(
-                    tokio::time::Instant::now() < until,
-                    "{uid} never got in: {err:#}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+        entered
+            .await
+            .map(|_| client)
+            .map_err(|err| format!("{err:#}"))
+    })
+    .await
 }
 
 async fn resume(addr: SocketAddr, token: &str) -> PomeloClient {
@@ -146,7 +139,11 @@ struct Played {
 /// it with "reconnect", it comes back on `other` with its token and sends
 /// again the write that was not answered. A request that fails without
 /// that kick is unanswered.
-async fn play(mut client: PomeloClient, other: SocketAddr, progress: Arc<AtomicUsize>) -> Played {
+async fn play(
+    mut client: PomeloClient,
+    other: SocketAddr,
+    progress: watch::Sender<usize>,
+) -> Played {
     let (mut acked, mut resumed, mut unanswered) = (0, false, 0);
     let mut n = 1;
     while n <= ROUNDS {
@@ -157,7 +154,7 @@ async fn play(mut client: PomeloClient, other: SocketAddr, progress: Arc<AtomicU
             Ok(answer) if answer["code"] == 200 => {
                 acked = n;
                 n += 1;
-                progress.fetch_add(1, Ordering::Relaxed);
+                progress.send_modify(|n| *n += 1);
             }
             Ok(answer) => panic!("score {n}: {answer}"),
             Err(_) => {
@@ -221,19 +218,17 @@ async fn start_game(redis: &common::redis::RedisServer, with_store: bool) -> Gam
 /// SIGTERM to frontend a once the players are busy; returns a's exit once
 /// it drained, and the players' runs.
 async fn drain_a_under_load(game: &mut Game, players: Vec<PomeloClient>) -> Vec<Played> {
-    let progress = Arc::new(AtomicUsize::new(0));
+    // Every acknowledged write counts here; the SIGTERM waits for the
+    // count, not for a time.
+    let (progress, mut acked) = watch::channel(0usize);
     let runs: Vec<_> = players
         .into_iter()
         .map(|c| tokio::spawn(play(c, game.b_addr, progress.clone())))
         .collect();
-    let until = tokio::time::Instant::now() + WAIT;
-    while progress.load(Ordering::Relaxed) < PLAYERS * 5 {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the players never got going"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::time::timeout(WAIT, acked.wait_for(|n| *n >= PLAYERS * 5))
+        .await
+        .expect("the players got going")
+        .expect("the players run");
     signal(game.a.id().expect("a pid"), "TERM");
     let status = tokio::time::timeout(Duration::from_secs(DRAIN_SECS + 2), game.a.wait())
         .await
@@ -400,29 +395,24 @@ async fn a_paused_owner_reports_its_players_moved_and_fires_no_close_hook() {
     // a comes back; its parked copies expire, and the store refuses to
     // delete them (b holds them now): they moved, no close hook runs.
     signal(pid, "CONT");
-    let until = tokio::time::Instant::now() + WAIT;
-    while open_sessions(admin).await != Some(1.0) {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "a still holds its copies"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually(WAIT, "a lets its stale copies go", || async {
+        match open_sessions(admin).await {
+            Some(1.0) => Ok(()),
+            other => Err(format!("open sessions on a: {other:?}")),
+        }
+    })
+    .await;
     // The sentinel leaves for good after them: once the room hears that,
     // a has settled every end before it.
     sentinel.close();
-    let until = tokio::time::Instant::now() + WAIT;
-    let seen = loop {
+    let seen = common::eventually(WAIT, "the sentinel leaves the room", || async {
         let seen = room(&moved[0]).await;
-        if seen["leaves"]["s0"] == 1 {
-            break seen;
+        match seen["leaves"]["s0"] == 1 {
+            true => Ok(seen),
+            false => Err(seen.to_string()),
         }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the sentinel never left: {seen}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(seen["count"], PLAYERS, "{seen}");
     assert_eq!(
         seen["leaves"],

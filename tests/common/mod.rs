@@ -234,3 +234,26 @@ pub fn accepted(node_id: &str) -> session_proxy::protocol::Message {
         clock_ms: unix_ms(),
     })
 }
+
+/// Checks `probe` until it answers `Ok`, for at most `within`, and returns
+/// its value; panics with `what` and the probe's last `Err` otherwise. For
+/// state that announces no event (another process's, the runtime's own
+/// task count): each turn is a real check, not a guess at how long
+/// something takes.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < until,
+                "{what} (not within {within:?}): {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

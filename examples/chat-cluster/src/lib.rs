@@ -478,17 +478,13 @@ impl ChatCluster {
     /// Marks connector `i` (0-based) draining in the registry: the gate
     /// hands it out no more. Returns `false` without a registry.
     pub fn set_draining(&self, i: usize) -> bool {
-        match (self.connectors.get(i), &self.registry_used()) {
-            (Some(c), true) => {
+        match self.connectors.get(i).filter(|c| c.is_registered()) {
+            Some(c) => {
                 c.announce_draining();
                 true
             }
-            _ => false,
+            None => false,
         }
-    }
-
-    fn registry_used(&self) -> bool {
-        self.connectors.iter().any(Node::is_registered)
     }
 
     /// The sessions of connector `i` (0-based).

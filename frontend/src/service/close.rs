@@ -83,8 +83,13 @@ impl SessionService {
         match ending {
             Ending::Ended(reason) => {
                 tracing::debug!(sid = %sid.redacted(), %reason, "session closed");
+                // The final state is copied for a close hook only (its
+                // settings are a copy of every value).
+                let hooked = self.inner.on_closed.get().is_some();
                 let end = Ended {
-                    session: entry.snapshot(sid, self.frontend_id()),
+                    session: hooked.then(|| entry.snapshot(sid, self.frontend_id())),
+                    sid,
+                    uid: entry.uid,
                     reason,
                 };
                 // With a store, it has ended for good once the store agrees
@@ -107,18 +112,22 @@ impl SessionService {
     /// A session ended for good: its close hook runs (its work as a task)
     /// and [`SessionEvent::Closed`] is sent.
     pub(super) fn ended(&self, end: Ended) {
-        let Ended { session, reason } = end;
+        let Ended {
+            sid,
+            uid,
+            session,
+            reason,
+        } = end;
         let hook = self.inner.on_closed.get().cloned();
-        if let Some(work) = hook.and_then(|hook| hook(&session, &reason)) {
+        let work = hook
+            .zip(session)
+            .and_then(|(hook, session)| hook(&session, &reason));
+        if let Some(work) = work {
             if tokio::runtime::Handle::try_current().is_ok() {
                 self.inner.hook_tasks.spawn(work);
             }
         }
-        self.emit(SessionEvent::Closed {
-            sid: session.sid,
-            uid: session.uid,
-            reason,
-        });
+        self.emit(SessionEvent::Closed { sid, uid, reason });
     }
 
     /// A session another frontend holds now: reported moved, no hook.
@@ -128,10 +137,14 @@ impl SessionService {
     }
 }
 
-/// A session that ended here, as its close hook will see it.
+/// A session that ended here, as its close hook and event will see it.
 pub(super) struct Ended {
-    /// Its last state.
-    pub(super) session: session_proxy_protocol::SessionSnapshot,
+    /// The session.
+    pub(super) sid: SessionId,
+    /// The uid it was bound to, if any.
+    pub(super) uid: Option<String>,
+    /// Its last state, copied only when a close hook is set.
+    pub(super) session: Option<session_proxy_protocol::SessionSnapshot>,
     /// Why.
     pub(super) reason: EndReason,
 }

@@ -163,14 +163,18 @@ impl StoreLink {
     /// The close hooks of `deleted`, now the store has answered: a session
     /// it says another frontend holds (`fenced`) has moved there.
     fn settle(&self, service: &SessionService, deleted: &[(SessionId, u64)], fenced: &[Fenced]) {
-        for (sid, _) in deleted {
-            let Some(end) = lock(&self.ending).remove(sid) else {
-                continue;
-            };
-            match fenced.iter().find(|f| f.sid == *sid) {
+        let settled: Vec<Ended> = {
+            let mut ending = lock(&self.ending);
+            deleted
+                .iter()
+                .filter_map(|(sid, _)| ending.remove(sid))
+                .collect()
+        };
+        for end in settled {
+            match fenced.iter().find(|f| f.sid == end.sid) {
                 Some(f) => {
-                    lock(&self.moved).insert(*sid, (f.owner.clone(), Instant::now()));
-                    service.moved_away(*sid, end.session.uid, f.owner.clone());
+                    lock(&self.moved).insert(end.sid, (f.owner.clone(), Instant::now()));
+                    service.moved_away(end.sid, end.uid, f.owner.clone());
                 }
                 None => service.ended(end),
             }
