@@ -8,17 +8,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A process's resident memory, KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
+pub use session_proxy_frontend::metrics::rss_kib;
 
 /// Asks a chatofpomelo-style gate (`gate.gateHandler.queryEntry {uid}`)
 /// for its connectors' addresses, trying `probes` uids.

@@ -228,3 +228,16 @@ pub(crate) fn kicked(reason: &str) {
         c.increment(1);
     }
 }
+
+/// A process's resident memory in KiB, from `/proc/<pid>/status` (Linux;
+/// `None` elsewhere or for a process that is gone).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

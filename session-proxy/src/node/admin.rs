@@ -32,21 +32,9 @@ impl Identity {
             "uptime_secs": self.started.elapsed().as_secs(),
             "clients": clients,
             "sessions": sessions,
-            "rss_bytes": rss_kib().unwrap_or(0) * 1024,
+            "rss_bytes": crate::frontend::metrics::rss_kib(std::process::id()).unwrap_or(0) * 1024,
         })
     }
-}
-
-/// This process's resident set, from `/proc` (Linux).
-fn rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// The admin actions of a node: a frontend's when it has one (its
