@@ -35,24 +35,28 @@ async fn node(args: &[String]) -> Child {
     child
 }
 
-/// `run` flags of a frontend; returns them with its client address.
-fn frontend(id: &str, registry: &str, store: Option<&str>) -> (Vec<String>, SocketAddr) {
-    let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut args: Vec<String> = [
+/// The `run` flags every node of the game takes.
+fn run_args(role: &str, server_type: &str, id: &str, registry: &str) -> Vec<String> {
+    let flags = [
         "run",
         "--role",
-        "frontend",
+        role,
         "--type",
-        "connector",
+        server_type,
         "--id",
         id,
         "--registry",
         registry,
         "--lease-secs",
         "3",
-    ]
-    .map(String::from)
-    .to_vec();
+    ];
+    flags.map(String::from).to_vec()
+}
+
+/// `run` flags of a frontend; returns them with its client address.
+fn frontend(id: &str, registry: &str, store: Option<&str>) -> (Vec<String>, SocketAddr) {
+    let client: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut args = run_args("frontend", "connector", id, registry);
     args.extend(["--rpc-addr".into(), format!("127.0.0.1:{}", free_port())]);
     args.extend(["--client-addr".into(), client.to_string()]);
     args.extend(["--drain-secs".into(), DRAIN_SECS.to_string()]);
@@ -63,21 +67,7 @@ fn frontend(id: &str, registry: &str, store: Option<&str>) -> (Vec<String>, Sock
 }
 
 fn backend(id: &str, server_type: &str, registry: &str) -> Vec<String> {
-    [
-        "run",
-        "--role",
-        "backend",
-        "--type",
-        server_type,
-        "--id",
-        id,
-        "--registry",
-        registry,
-        "--lease-secs",
-        "3",
-    ]
-    .map(String::from)
-    .to_vec()
+    run_args("backend", server_type, id, registry)
 }
 
 async fn ok(client: &PomeloClient, route: &str, body: Value) -> anyhow::Result<Value> {
