@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use session_proxy::protocol::{Hello, HelloReply, Message, MessageCodec, Role, Secret};
+use session_proxy::protocol::{BackendCodec, Hello, HelloReply, Message, Role, Secret};
 use session_proxy::{ConnectInfo, ErrorCode};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
@@ -31,7 +31,7 @@ async fn a_replayed_handshake_is_refused() {
     let stream = TcpStream::connect(server.local_addr())
         .await
         .expect("connect");
-    let mut framed = Framed::new(stream, MessageCodec::default());
+    let mut framed = Framed::new(stream, BackendCodec::default());
     let mut hello = Hello::new("b1", Role::Backend, Some("f1".into()));
     hello.nonce = vec![9u8; 16];
     framed
@@ -61,7 +61,7 @@ async fn a_replayed_handshake_is_refused() {
     let stream = TcpStream::connect(server.local_addr())
         .await
         .expect("connect");
-    let mut replay = Framed::new(stream, MessageCodec::default());
+    let mut replay = Framed::new(stream, BackendCodec::default());
     replay.send(Message::Hello(hello)).await.expect("hello");
     let Some(Ok(Message::HelloReply(HelloReply::Challenge { nonce: fresh, .. }))) =
         replay.next().await

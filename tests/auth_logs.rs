@@ -41,7 +41,7 @@ async fn only_peers_with_the_secret_get_in_and_refusals_are_logged_without_it() 
         let err = bad
             .client("f1")
             .expect("known")
-            .call(session_proxy::protocol::Call::KickBySid {
+            .call(session_proxy::protocol::KickBySid {
                 sid,
                 reason: "x".into(),
             })

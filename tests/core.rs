@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use session_proxy::protocol::{Call, KeyWrite, Precondition, Reply};
+use session_proxy::protocol::{Bind, KeyWrite, KickByUid, Precondition, Push, Unbind};
 use session_proxy::{
     ConnectInfo, ErrorCode, Outbound, SessionConfig, SessionId, SingleSessionPolicy,
 };
@@ -258,7 +258,7 @@ async fn ten_thousand_pipelined_pushes_are_applied_in_order(link) {
     // Send all 10,000 before waiting for any reply.
     let mut pending = Vec::with_capacity(N as usize);
     for i in 0..N {
-        let call = Call::Push {
+        let call = Push {
             sid,
             writes: vec![KeyWrite {
                 key: "seq".into(),
@@ -270,14 +270,10 @@ async fn ten_thousand_pipelined_pushes_are_applied_in_order(link) {
     }
     let mut last_version = 0;
     for p in pending {
-        match p.response().await.expect("applied") {
-            Reply::Pushed(v) => {
-                let v = v[0].expect("a write has a version");
-                assert!(v > last_version, "versions follow the send order");
-                last_version = v;
-            }
-            other => panic!("unexpected reply {other:?}"),
-        }
+        let versions = p.response().await.expect("applied");
+        let v = versions[0].expect("a write has a version");
+        assert!(v > last_version, "versions follow the send order");
+        last_version = v;
     }
     assert_eq!(frontend_value::<u64>(&f.sessions, sid, "seq"), Some(N - 1));
     assert_eq!(
@@ -360,7 +356,7 @@ async fn bad_calls_get_typed_errors(link) {
 
     // Unknown sid.
     let err = client
-        .call(Call::Bind {
+        .call(Bind {
             sid: SessionId::from_raw(12345),
             uid: "x".into(),
         })
@@ -526,7 +522,7 @@ async fn ten_thousand_create_bind_close_cycles_leak_nothing(link) {
         let owner = f.sessions.create(ConnectInfo::default());
         let uid = format!("user-{}", i % 97);
         client
-            .call(Call::Bind {
+            .call(Bind {
                 sid: owner.sid(),
                 uid: uid.clone(),
             })
@@ -536,7 +532,7 @@ async fn ten_thousand_create_bind_close_cycles_leak_nothing(link) {
             0 => drop(owner),
             1 => {
                 client
-                    .call(Call::KickByUid {
+                    .call(KickByUid {
                         uid,
                         reason: "cycle".into(),
                     })
@@ -545,7 +541,7 @@ async fn ten_thousand_create_bind_close_cycles_leak_nothing(link) {
             }
             _ => {
                 client
-                    .call(Call::Unbind {
+                    .call(Unbind {
                         sid: owner.sid(),
                         uid,
                     })

@@ -9,7 +9,7 @@ use common::nodes::{run_node, signal, write_cluster};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use session_proxy::protocol::{
-    unix_ms, Call, ErrorCode, Hello, HelloReply, Message, MessageCodec, Reply, Request, Role,
+    unix_ms, BackendCodec, Bind, Call, ErrorCode, Hello, HelloReply, Message, Request, Role,
 };
 use session_proxy::{ConnectInfo, RpcConfig, SessionConfig, SessionService};
 use session_proxy_bench::pomelo::PomeloClient;
@@ -43,7 +43,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let owner = sessions.create(ConnectInfo::default());
-    let mut framed = Framed::new(stream, MessageCodec::new(1 << 20));
+    let mut framed = Framed::new(stream, BackendCodec::new(1 << 20));
     framed
         .send(Message::Hello(Hello::new("b1", Role::Backend, None)))
         .await
@@ -56,10 +56,11 @@ where
         Message::Request(Request {
             id,
             deadline_ms: 5_000,
-            call: Call::Bind {
+            call: Bind {
                 sid: owner.sid(),
                 uid: format!("user-{id}"),
-            },
+            }
+            .into(),
             sent_ms,
         })
     };
@@ -77,7 +78,8 @@ where
     answers.sort_by_key(|r| r.id);
     let late = answers[0].result.as_ref().expect_err("late call refused");
     assert_eq!(late.code, ErrorCode::DeadlineExceeded, "{late}");
-    assert_eq!(answers[1].result, Ok(Reply::Done));
+    let applied = answers[1].result.clone().expect("the call in time applied");
+    assert_eq!(Bind::decode_reply(applied).expect("a bind's reply"), ());
     assert_eq!(
         sessions.get(owner.sid()).expect("open").uid.as_deref(),
         Some("user-2"),

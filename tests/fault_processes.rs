@@ -7,7 +7,7 @@ use common::nodes::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use session_proxy::frontend::{Gateway, GatewayConfig};
-use session_proxy::protocol::{Hello, HelloReply, Message, MessageCodec, Role};
+use session_proxy::protocol::{BackendCodec, Hello, HelloReply, Message, Role};
 use session_proxy::{RpcConfig, SessionConfig, SessionService};
 use session_proxy_bench::pomelo::PomeloClient;
 use std::time::{Duration, Instant};
@@ -91,7 +91,7 @@ async fn a_backend_that_stops_reading_costs_deadlines_not_memory() {
 
     // A "chat" backend that completes the handshake and never reads again.
     let stream = TcpStream::connect(rpc.local_addr()).await.expect("connect");
-    let mut framed = Framed::new(stream, MessageCodec::default());
+    let mut framed = Framed::new(stream, BackendCodec::default());
     let mut hello = Hello::new("stalled", Role::Backend, Some("f1".into()));
     hello.server_type = Some("chat".into());
     framed.send(Message::Hello(hello)).await.expect("hello");

@@ -6,7 +6,8 @@ use bytes::{BufMut, BytesMut};
 use common::*;
 use futures::{SinkExt, StreamExt};
 use session_proxy::protocol::{
-    Call, Hello, HelloReply, KeyWrite, Message, MessageCodec, Precondition, Role, PROTOCOL_VERSION,
+    BackendCodec, FrontendCodec, Hello, HelloReply, KeyWrite, Message, Precondition, Push, Role,
+    PROTOCOL_VERSION,
 };
 use session_proxy::{ConnectInfo, ErrorCode, SessionConfig};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,7 +37,7 @@ async fn assert_closed_by_server(mut stream: TcpStream, what: &str) {
 
 async fn handshaken(addr: std::net::SocketAddr) -> TcpStream {
     let stream = TcpStream::connect(addr).await.expect("connect");
-    let mut framed = Framed::new(stream, MessageCodec::default());
+    let mut framed = Framed::new(stream, BackendCodec::default());
     framed
         .send(Message::Hello(Hello::new("rogue", Role::Backend, None)))
         .await
@@ -115,7 +116,7 @@ async fn garbage_oversized_and_truncated_peers_are_dropped_alone() {
 
     // A second hello mid-stream is a protocol violation.
     let stream = handshaken(f.addr).await;
-    let mut framed = Framed::new(stream, MessageCodec::default());
+    let mut framed = Framed::new(stream, BackendCodec::default());
     framed
         .send(Message::Hello(Hello::new("again", Role::Backend, None)))
         .await
@@ -167,7 +168,7 @@ async fn wrong_version_or_role_is_refused_in_the_handshake() {
         ),
     ] {
         let stream = TcpStream::connect(f.addr).await.expect("connect");
-        let mut framed = Framed::new(stream, MessageCodec::default());
+        let mut framed = Framed::new(stream, BackendCodec::default());
         framed.send(Message::Hello(hello)).await.expect("send");
         match framed.next().await {
             Some(Ok(Message::HelloReply(HelloReply::Refused(err)))) => assert_eq!(err.code, want),
@@ -192,7 +193,7 @@ async fn a_stalled_frontend_fails_calls_at_their_deadline() {
     let addr = listener.local_addr().expect("addr");
     let stall = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.expect("accept");
-        let mut framed = Framed::new(stream, MessageCodec::default());
+        let mut framed = Framed::new(stream, FrontendCodec::default());
         let _hello = framed.next().await;
         framed.send(common::accepted("f1")).await.expect("reply");
         let mut requests = 0;
@@ -211,7 +212,7 @@ async fn a_stalled_frontend_fails_calls_at_their_deadline() {
         calls.push(tokio::spawn(async move {
             let t = Instant::now();
             let r = client
-                .call(Call::Push {
+                .call(Push {
                     sid: session_proxy::SessionId::from_raw(i),
                     writes: vec![KeyWrite {
                         key: "k".into(),
@@ -262,7 +263,7 @@ async fn frontend_death_fails_pending_calls_and_the_backend_recovers() {
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let r = client
-                    .call(Call::Push {
+                    .call(Push {
                         sid,
                         writes: vec![KeyWrite {
                             key: format!("w{w}"),
@@ -371,7 +372,7 @@ async fn a_backend_redials_a_frontend_that_went_silent_without_closing() {
                 return;
             };
             counted.fetch_add(1, Ordering::SeqCst);
-            let mut framed = Framed::new(s, MessageCodec::default());
+            let mut framed = Framed::new(s, FrontendCodec::default());
             let _ = framed.next().await;
             let _ = framed.send(common::accepted("f1")).await;
             held.push(framed); // silent from now on, never closed

@@ -7,7 +7,7 @@ use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
-use session_proxy::protocol::{Call, KeyWrite, MessageCodec, Precondition};
+use session_proxy::protocol::{FrontendCodec, KeyWrite, Precondition, Push};
 use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, RpcServer, SessionConfig, SessionService};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::time::Duration;
@@ -141,7 +141,7 @@ async fn in_flight_calls_per_cluster_connection() {
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         let (s, _) = listener.accept().await.expect("accept");
-        let mut framed = Framed::new(s, MessageCodec::default());
+        let mut framed = Framed::new(s, FrontendCodec::default());
         let _ = framed.next().await;
         let _ = framed.send(common::accepted("f1")).await;
         while let Some(Ok(_)) = framed.next().await {}
@@ -153,7 +153,7 @@ async fn in_flight_calls_per_cluster_connection() {
     let mut pending = Vec::new();
     let mut overloaded = 0;
     for i in 0..10u64 {
-        let call = Call::Push {
+        let call = Push {
             sid: session_proxy::SessionId::from_raw(i),
             writes: vec![KeyWrite {
                 key: "k".into(),

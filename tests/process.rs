@@ -4,7 +4,7 @@ mod common;
 
 use common::nodes::{sigkill, spawn_session_proxy};
 use common::*;
-use session_proxy::protocol::{Call, KeyWrite, Precondition};
+use session_proxy::protocol::{KeyWrite, Precondition, Push};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ async fn sigkilled_frontend_fails_pending_calls_within_deadline_and_comes_back()
                 let mut batch = Vec::new();
                 let mut send_err = None;
                 for _ in 0..32 {
-                    let call = Call::Push {
+                    let call = Push {
                         sid,
                         writes: vec![KeyWrite {
                             key: "n".into(),

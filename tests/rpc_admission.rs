@@ -6,7 +6,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::{quick_client, rpc_on_loopback, start_backend_with};
-use session_proxy::protocol::{Hello, Message, MessageCodec, Role, Secret};
+use session_proxy::protocol::{BackendCodec, Hello, Message, Role, Secret};
 use session_proxy::{ConnectInfo, RpcConfig, SessionConfig, SessionService};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -107,7 +107,7 @@ async fn a_huge_hello_is_refused_from_its_header() {
     // A 500 KB hello: under max_frame (1 MiB), far over the hello limit.
     let hello = Hello::new("x".repeat(500_000), Role::Backend, None);
     let mut frame = BytesMut::new();
-    MessageCodec::new(1 << 20)
+    BackendCodec::new(1 << 20)
         .encode_to(&Message::Hello(hello), &mut frame)
         .expect("encode");
     stream.write_all(&frame[..8192]).await.expect("write");

@@ -9,7 +9,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::rpc_on_loopback;
-use session_proxy::protocol::{Hello, Message, MessageCodec, Role};
+use session_proxy::protocol::{BackendCodec, Hello, Message, Role};
 use session_proxy::{RpcConfig, SessionConfig, SessionService};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,7 +22,7 @@ const FORGED: &str = "2026-12-02T03:00:00.000000Z ERROR forged: fake line";
 async fn refused_hello(addr: std::net::SocketAddr, node_id: &str) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut frame = BytesMut::new();
-    MessageCodec::new(4096)
+    BackendCodec::new(4096)
         .encode_to(
             &Message::Hello(Hello::new(node_id, Role::Frontend, None)),
             &mut frame,

@@ -105,13 +105,18 @@ pub enum Error {
     /// A configuration field cannot work; nothing was started.
     #[error("invalid backend configuration")]
     Config(#[from] ConfigError),
-    /// The frontend answered with a reply of the wrong kind (a bug on one side).
-    #[error("frontend {frontend} sent an unexpected reply to {call}")]
-    UnexpectedReply {
+    /// The frontend's reply does not decode as the reply of the call made
+    /// (a peer of another build, or a corrupt stream). The call may have
+    /// been applied.
+    #[error("frontend {frontend} sent a reply to {call} that cannot be read")]
+    BadReply {
         /// The frontend called.
         frontend: String,
-        /// The call it answered.
+        /// The call's kind name.
         call: &'static str,
+        /// What the decoder said.
+        #[source]
+        source: CodecError,
     },
 }
 
@@ -129,7 +134,8 @@ impl Error {
             Error::Encode { .. } | Error::Decode { .. } | Error::EncodeJson(_) => {
                 ErrorCode::Malformed
             }
-            Error::UnexpectedReply { .. } | Error::Config(_) => ErrorCode::Internal,
+            Error::BadReply { source, .. } => source.code(),
+            Error::Config(_) => ErrorCode::Internal,
         }
     }
 }

@@ -2,28 +2,24 @@
 //! every frontend in the cluster): find a user's sessions, kick or revoke
 //! them, wherever they are.
 
-use crate::service::unexpected;
 use crate::{BackendSessionService, Error, FrontendClient};
-use session_proxy_protocol::{Call, Reply, SessionId};
+use session_proxy_protocol::calls::{Call, FrontendCall, GetByUid, KickByUid, RevokeUid};
+use session_proxy_protocol::SessionId;
 
 impl BackendSessionService {
-    /// Sends `call(frontend)` to every known frontend concurrently and
-    /// collects what `take` makes of each reply. Fails with the first error
-    /// if any frontend could not answer; the others still got the call.
-    async fn on_every_frontend<T>(
+    /// Sends `call()` to every known frontend concurrently and collects what
+    /// `take` makes of each reply. Fails with the first error if any
+    /// frontend could not answer; the others still got the call.
+    async fn on_every_frontend<C: Call<Wire = FrontendCall>, T>(
         &self,
-        what: &'static str,
-        call: impl Fn() -> Call,
-        take: impl Fn(&FrontendClient, Reply) -> Option<Vec<T>>,
+        call: impl Fn() -> C,
+        take: impl Fn(&FrontendClient, C::Reply) -> Vec<T>,
     ) -> Result<Vec<T>, Error> {
         let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
         let calls = clients.iter().map(|client| {
             let call = call();
             let take = &take;
-            async move {
-                let reply = client.call(call).await?;
-                take(client, reply).ok_or_else(|| unexpected(client.frontend_id(), what))
-            }
+            async move { Ok::<_, Error>(take(client, client.call(call).await?)) }
         });
         let mut all = Vec::new();
         let mut first_error = None;
@@ -47,17 +43,13 @@ impl BackendSessionService {
     pub async fn locate(&self, uid: &str) -> Result<Vec<(String, SessionId)>, Error> {
         let mut found = self
             .on_every_frontend(
-                "locate",
-                || Call::GetByUid {
+                || GetByUid {
                     uid: uid.to_string(),
                 },
-                |client, reply| match reply {
-                    Reply::Sessions(list) => Some(
-                        list.into_iter()
-                            .map(|s| (client.frontend_id().to_string(), s.sid))
-                            .collect(),
-                    ),
-                    _ => None,
+                |client, list| {
+                    list.into_iter()
+                        .map(|s| (client.frontend_id().to_string(), s.sid))
+                        .collect()
                 },
             )
             .await?;
@@ -71,15 +63,11 @@ impl BackendSessionService {
     pub async fn kick_user_everywhere(&self, uid: &str, reason: &str) -> Result<usize, Error> {
         let kicked = self
             .on_every_frontend(
-                "kick_user_everywhere",
-                || Call::KickByUid {
+                || KickByUid {
                     uid: uid.to_string(),
                     reason: reason.to_string(),
                 },
-                |_, reply| match reply {
-                    Reply::Kicked(n) => Some(vec![n as usize]),
-                    _ => None,
-                },
+                |_, n| vec![n as usize],
             )
             .await?;
         Ok(kicked.into_iter().sum())
@@ -93,15 +81,11 @@ impl BackendSessionService {
     pub async fn revoke_user(&self, uid: &str, reason: &str) -> Result<Vec<SessionId>, Error> {
         let mut ended = self
             .on_every_frontend(
-                "revoke_user",
-                || Call::RevokeUid {
+                || RevokeUid {
                     uid: uid.to_string(),
                     reason: reason.to_string(),
                 },
-                |_, reply| match reply {
-                    Reply::Ended(sids) => Some(sids),
-                    _ => None,
-                },
+                |_, sids| sids,
             )
             .await?;
         ended.sort();

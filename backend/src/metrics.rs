@@ -62,14 +62,14 @@ pub fn describe() {
     LazyLock::force(&REDIALED);
 }
 
-/// Each call kind's counter and latency, by `Call::kind_index`.
+/// Each call kind's counter and latency, by `Call::INDEX`.
 pub(crate) static BY_KIND: LazyLock<Vec<(Counter, Histogram)>> = LazyLock::new(|| {
-    session_proxy_protocol::Call::KINDS
+    session_proxy_protocol::FrontendCallKind::ALL
         .iter()
         .map(|k| {
             (
-                counter!(CALLS, "kind" => *k),
-                histogram!(CALL_SECONDS, "kind" => *k),
+                counter!(CALLS, "kind" => k.as_str()),
+                histogram!(CALL_SECONDS, "kind" => k.as_str()),
             )
         })
         .collect()

@@ -1,12 +1,16 @@
 //! Serving the client requests frontends forward to this backend: each
 //! goes to its route's handler on a task of its own (handlers may be slow),
-//! under the service's [`TaskTracker`], so shutdown waits for them.
+//! under the service's [`TaskTracker`], so shutdown waits for them. A
+//! request its frontend cancels (the client left, or the frontend gave up)
+//! stops at the handler's next await.
 
 use crate::handler::SharedHandlers;
 use crate::link::{refuse, Inbound, Replier, REQUEST_DEADLINE};
 use crate::{BackendSession, FrontendClient};
+use bytes::Bytes;
 use futures::FutureExt;
-use session_proxy_protocol::{Call, ErrorCode, Reply, RpcError};
+use session_proxy_protocol::{BackendCall, ErrorCode, Handle, RpcError, ServeBackend};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -24,23 +28,55 @@ pub(crate) struct Dispatcher {
     pub(crate) draining: CancellationToken,
 }
 
+/// What comes with a forwarded request.
+pub(crate) struct RequestCx {
+    /// The link it came on, for the session proxy given to the handler.
+    link: FrontendClient,
+    /// What is left of the frontend's deadline.
+    deadline: Duration,
+}
+
 impl Inbound for Dispatcher {
-    fn call(&self, link: FrontendClient, call: Call, deadline: Duration, reply: Option<Replier>) {
-        let Call::Handle {
-            route,
-            session,
-            body,
-        } = call
-        else {
-            return refuse(
-                reply,
-                ErrorCode::Unsupported,
-                "backends handle only forwarded requests",
-            );
-        };
+    fn call(
+        self: Arc<Self>,
+        link: FrontendClient,
+        call: BackendCall,
+        deadline: Duration,
+        reply: Option<Replier>,
+    ) {
         if self.draining.is_cancelled() {
             return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
         }
+        let tasks = self.tasks.clone();
+        tasks.spawn(async move {
+            let cx = RequestCx { link, deadline };
+            let Some(reply) = reply else {
+                // A notify: nobody to answer, nothing to cancel it.
+                let _ = call.serve(&*self, &cx).await;
+                return;
+            };
+            let result = tokio::select! {
+                result = call.serve(&*self, &cx) => result,
+                _ = reply.cancelled() => {
+                    debug!("request cancelled by its frontend");
+                    return;
+                }
+            };
+            reply.send(result).await;
+        });
+    }
+}
+
+impl ServeBackend for Dispatcher {
+    type Cx = RequestCx;
+
+    async fn handle(&self, call: Handle, cx: &RequestCx) -> Result<Bytes, RpcError> {
+        use crate::metrics::Outcome;
+        let Handle {
+            route,
+            session,
+            body,
+        } = call;
         let (handler, metrics) = {
             let served = self.handlers.read().unwrap_or_else(|e| e.into_inner());
             (
@@ -50,44 +86,37 @@ impl Inbound for Dispatcher {
         };
         let Some(handler) = handler else {
             debug!(route = %route, "no handler for forwarded route");
-            return refuse(
-                reply,
+            return Err(RpcError::new(
                 ErrorCode::UnknownRoute,
-                &format!("no handler for route {route}"),
-            );
+                format!("no handler for route {route}"),
+            ));
         };
         let started = std::time::Instant::now();
-        self.tasks.spawn(async move {
-            use crate::metrics::Outcome;
-            let session = BackendSession::from_snapshot(link, session);
-            let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
-            let run = REQUEST_DEADLINE.scope(tokio::time::Instant::now() + deadline, run);
-            let (result, outcome) = match timeout(deadline, run).await {
-                Ok(Ok(Ok(body))) => (Ok(Reply::Handled(body)), Outcome::Ok),
-                Ok(Ok(Err(app_error))) => {
-                    (Ok(Reply::Handled(app_error.to_body())), Outcome::AppError)
-                }
-                Ok(Err(_panic)) => {
-                    warn!(route = %route, "request handler panicked");
-                    (
-                        Err(RpcError::new(ErrorCode::Internal, "handler panicked")),
-                        Outcome::Failed,
-                    )
-                }
-                Err(_) => (
-                    Err(RpcError::new(
-                        ErrorCode::DeadlineExceeded,
-                        format!("handler for {route} ran past its deadline"),
-                    )),
+        let deadline = cx.deadline;
+        let session = BackendSession::from_snapshot(cx.link.clone(), session);
+        let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
+        let run = REQUEST_DEADLINE.scope(tokio::time::Instant::now() + deadline, run);
+        let (result, outcome) = match timeout(deadline, run).await {
+            Ok(Ok(Ok(body))) => (Ok(body), Outcome::Ok),
+            Ok(Ok(Err(app_error))) => (Ok(app_error.to_body()), Outcome::AppError),
+            Ok(Err(_panic)) => {
+                warn!(route = %route, "request handler panicked");
+                (
+                    Err(RpcError::new(ErrorCode::Internal, "handler panicked")),
                     Outcome::Failed,
-                ),
-            };
-            if let Some(m) = metrics {
-                m.record(started, outcome);
+                )
             }
-            if let Some(reply) = reply {
-                reply.send(result).await;
-            }
-        });
+            Err(_) => (
+                Err(RpcError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("handler for {route} ran past its deadline"),
+                )),
+                Outcome::Failed,
+            ),
+        };
+        if let Some(m) = metrics {
+            m.record(started, outcome);
+        }
+        result
     }
 }

@@ -5,7 +5,11 @@ use crate::serve::Dispatcher;
 use crate::{BackendConfig, BackendSession, Error, FrontendClient, Handlers};
 use bytes::Bytes;
 use serde::Serialize;
-use session_proxy_protocol::{Call, Reply, SessionId, SessionInfo};
+use session_proxy_protocol::calls::{
+    Broadcast, Drain, GetByUid, GetSession, KickBySid, KickByUid, PushToSids, PushToUids,
+    UserSessions,
+};
+use session_proxy_protocol::{SessionId, SessionInfo};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -158,9 +162,7 @@ impl BackendSessionService {
         // from now on has to be refused.
         let clients: Vec<FrontendClient> = self.read().values().cloned().collect();
         let tell = (drain / 4).min(Duration::from_secs(1));
-        let told = clients
-            .iter()
-            .map(|c| c.call_with_deadline(session_proxy_protocol::Call::Drain, tell));
+        let told = clients.iter().map(|c| c.call_with_deadline(Drain {}, tell));
         for result in futures::future::join_all(told).await {
             if let Err(err) = result {
                 tracing::debug!(cause = %err, "a frontend did not hear of the drain");
@@ -244,12 +246,8 @@ impl BackendSessionService {
         sid: SessionId,
     ) -> Result<Option<BackendSession>, Error> {
         let client = self.client(frontend_id)?;
-        match client.call(Call::GetSession { sid }).await? {
-            Reply::Session(snapshot) => {
-                Ok(snapshot.map(|s| BackendSession::from_snapshot(client, s)))
-            }
-            _ => Err(unexpected(frontend_id, "get")),
-        }
+        let snapshot = client.call(GetSession { sid }).await?;
+        Ok(snapshot.map(|s| BackendSession::from_snapshot(client, s)))
     }
 
     /// Proxies for every session of `uid` on frontend `frontend_id`.
@@ -259,18 +257,15 @@ impl BackendSessionService {
         uid: &str,
     ) -> Result<Vec<BackendSession>, Error> {
         let client = self.client(frontend_id)?;
-        match client
-            .call(Call::GetByUid {
+        let list = client
+            .call(GetByUid {
                 uid: uid.to_string(),
             })
-            .await?
-        {
-            Reply::Sessions(list) => Ok(list
-                .into_iter()
-                .map(|s| BackendSession::from_snapshot(client.clone(), s))
-                .collect()),
-            _ => Err(unexpected(frontend_id, "get_by_uid")),
-        }
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|s| BackendSession::from_snapshot(client.clone(), s))
+            .collect())
     }
 
     /// Kicks one session; returns whether it was open.
@@ -280,17 +275,14 @@ impl BackendSessionService {
         sid: SessionId,
         reason: &str,
     ) -> Result<bool, Error> {
-        let client = self.client(frontend_id)?;
-        match client
-            .call(Call::KickBySid {
+        let kicked = self
+            .client(frontend_id)?
+            .call(KickBySid {
                 sid,
                 reason: reason.to_string(),
             })
-            .await?
-        {
-            Reply::Kicked(n) => Ok(n > 0),
-            _ => Err(unexpected(frontend_id, "kick_by_sid")),
-        }
+            .await?;
+        Ok(kicked > 0)
     }
 
     /// Kicks every session of `uid` on one frontend; returns how many.
@@ -300,17 +292,14 @@ impl BackendSessionService {
         uid: &str,
         reason: &str,
     ) -> Result<usize, Error> {
-        let client = self.client(frontend_id)?;
-        match client
-            .call(Call::KickByUid {
+        let kicked = self
+            .client(frontend_id)?
+            .call(KickByUid {
                 uid: uid.to_string(),
                 reason: reason.to_string(),
             })
-            .await?
-        {
-            Reply::Kicked(n) => Ok(n as usize),
-            _ => Err(unexpected(frontend_id, "kick_by_uid")),
-        }
+            .await?;
+        Ok(kicked as usize)
     }
 
     /// Pushes `msg` (as JSON) on `route` to sessions of one frontend.
@@ -323,18 +312,13 @@ impl BackendSessionService {
         sids: Vec<SessionId>,
     ) -> Result<Vec<SessionId>, Error> {
         let body = json_body(msg)?;
-        let client = self.client(frontend_id)?;
-        match client
-            .call(Call::PushToSids {
+        self.client(frontend_id)?
+            .call(PushToSids {
                 route: route.to_string(),
                 body,
                 sids,
             })
-            .await?
-        {
-            Reply::PushedToSids(missed) => Ok(missed),
-            _ => Err(unexpected(frontend_id, "push_to_sids")),
-        }
+            .await
     }
 
     /// Pushes `msg` (as JSON) on `route` to every session of each uid on one
@@ -357,18 +341,13 @@ impl BackendSessionService {
         body: Bytes,
         uids: Vec<String>,
     ) -> Result<Vec<String>, Error> {
-        let client = self.client(frontend_id)?;
-        match client
-            .call(Call::PushToUids {
+        self.client(frontend_id)?
+            .call(PushToUids {
                 route: route.to_string(),
                 body,
                 uids,
             })
-            .await?
-        {
-            Reply::PushedToUids(missed) => Ok(missed),
-            _ => Err(unexpected(frontend_id, "push_to_uids")),
-        }
+            .await
     }
 
     /// Pushes `msg` (as JSON) on `route` to every session of the known
@@ -399,15 +378,14 @@ impl BackendSessionService {
                 .collect()
         };
         let calls = clients.into_iter().map(|client| {
-            let call = Call::Broadcast {
+            let call = Broadcast {
                 route: route.to_string(),
                 body: body.clone(),
                 bound_only,
             };
             async move {
                 match client.call(call).await {
-                    Ok(Reply::Broadcast(n)) => n as usize,
-                    Ok(_) => 0,
+                    Ok(n) => n as usize,
                     Err(err) => {
                         tracing::warn!(frontend = %client.frontend_id(), cause = %err, "broadcast to a frontend failed");
                         0
@@ -426,16 +404,11 @@ impl BackendSessionService {
         frontend_id: &str,
         uid: &str,
     ) -> Result<Vec<SessionInfo>, Error> {
-        let client = self.client(frontend_id)?;
-        match client
-            .call(Call::UserSessions {
+        self.client(frontend_id)?
+            .call(UserSessions {
                 uid: uid.to_string(),
             })
-            .await?
-        {
-            Reply::UserSessions(list) => Ok(list),
-            _ => Err(unexpected(frontend_id, "user_sessions")),
-        }
+            .await
     }
 }
 
@@ -443,11 +416,4 @@ pub(crate) fn json_body<T: Serialize + ?Sized>(msg: &T) -> Result<Bytes, Error> 
     serde_json::to_vec(msg)
         .map(Bytes::from)
         .map_err(Error::EncodeJson)
-}
-
-pub(crate) fn unexpected(frontend_id: &str, call: &'static str) -> Error {
-    Error::UnexpectedReply {
-        frontend: frontend_id.to_string(),
-        call,
-    }
 }

@@ -4,9 +4,8 @@ use crate::{Error, FrontendClient};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use session_proxy_protocol::{
-    Call, KeyWrite, Precondition, Reply, SessionId, SessionSnapshot, Setting,
-};
+use session_proxy_protocol::calls::{Bind, Call, GetSession, KickBySid, Push, PushToSids, Unbind};
+use session_proxy_protocol::{KeyWrite, Precondition, SessionId, SessionSnapshot, Setting};
 use std::collections::BTreeMap;
 
 /// One key of the local snapshot.
@@ -149,28 +148,24 @@ impl BackendSession {
 
     /// Binds the session to `uid` on the frontend.
     pub async fn bind(&mut self, uid: &str) -> Result<(), Error> {
-        let reply = self
-            .client
-            .call(Call::Bind {
+        self.client
+            .call(Bind {
                 sid: self.sid,
                 uid: uid.to_string(),
             })
             .await?;
-        self.expect_done(reply, "bind")?;
         self.uid = Some(uid.to_string());
         Ok(())
     }
 
     /// Unbinds the session from `uid` on the frontend.
     pub async fn unbind(&mut self, uid: &str) -> Result<(), Error> {
-        let reply = self
-            .client
-            .call(Call::Unbind {
+        self.client
+            .call(Unbind {
                 sid: self.sid,
                 uid: uid.to_string(),
             })
             .await?;
-        self.expect_done(reply, "unbind")?;
         self.uid = None;
         Ok(())
     }
@@ -225,17 +220,26 @@ impl BackendSession {
                 }
             })
             .collect();
-        let reply = self
+        let versions = self
             .client
-            .call(Call::Push {
+            .call(Push {
                 sid: self.sid,
                 writes,
             })
             .await?;
-        let versions = match reply {
-            Reply::Pushed(v) if v.len() == keys.len() => v,
-            _ => return Err(self.unexpected("push")),
-        };
+        if versions.len() != keys.len() {
+            // One version per write is the reply's shape: anything else is
+            // a reply this build cannot read.
+            return Err(Error::BadReply {
+                frontend: self.frontend_id().to_string(),
+                call: Push::NAME,
+                source: session_proxy_protocol::CodecError::Malformed(
+                    rmp_serde::decode::Error::LengthMismatch(
+                        u32::try_from(keys.len()).unwrap_or(u32::MAX),
+                    ),
+                ),
+            });
+        }
         for (key, version) in keys.iter().zip(versions) {
             match version {
                 Some(v) => {
@@ -254,20 +258,12 @@ impl BackendSession {
     /// Re-reads the session from the frontend, dropping local changes that
     /// were not pushed. Fails with `SessionNotFound` if it closed meanwhile.
     pub async fn refresh(&mut self) -> Result<(), Error> {
-        let reply = self.client.call(Call::GetSession { sid: self.sid }).await?;
-        match reply {
-            Reply::Session(Some(snapshot)) => {
+        match self.client.call(GetSession { sid: self.sid }).await? {
+            Some(snapshot) => {
                 *self = BackendSession::from_snapshot(self.client.clone(), snapshot);
                 Ok(())
             }
-            Reply::Session(None) => Err(Error::Remote {
-                frontend: self.frontend_id().to_string(),
-                source: session_proxy_protocol::RpcError::new(
-                    session_proxy_protocol::ErrorCode::SessionNotFound,
-                    "session closed",
-                ),
-            }),
-            _ => Err(self.unexpected("get")),
+            None => Err(self.closed()),
         }
     }
 
@@ -275,41 +271,32 @@ impl BackendSession {
     /// with `SessionNotFound` if the session has closed.
     pub async fn send<T: Serialize + ?Sized>(&self, route: &str, msg: &T) -> Result<(), Error> {
         let body = crate::service::json_body(msg)?;
-        let reply = self
+        let missed = self
             .client
-            .call(Call::PushToSids {
+            .call(PushToSids {
                 route: route.to_string(),
                 body,
                 sids: vec![self.sid],
             })
             .await?;
-        match reply {
-            Reply::PushedToSids(missed) if missed.is_empty() => Ok(()),
-            Reply::PushedToSids(_) => Err(Error::Remote {
-                frontend: self.frontend_id().to_string(),
-                source: session_proxy_protocol::RpcError::new(
-                    session_proxy_protocol::ErrorCode::SessionNotFound,
-                    "session closed",
-                ),
-            }),
-            _ => Err(self.unexpected("send")),
+        if missed.is_empty() {
+            Ok(())
+        } else {
+            Err(self.closed())
         }
     }
 
     /// Kicks the session's client with `reason` and closes the session.
     /// Returns whether the session was still open.
     pub async fn kick(&self, reason: &str) -> Result<bool, Error> {
-        let reply = self
+        let kicked = self
             .client
-            .call(Call::KickBySid {
+            .call(KickBySid {
                 sid: self.sid,
                 reason: reason.to_string(),
             })
             .await?;
-        match reply {
-            Reply::Kicked(n) => Ok(n > 0),
-            _ => Err(self.unexpected("kick")),
-        }
+        Ok(kicked > 0)
     }
 
     /// The local snapshot as a [`SessionSnapshot`]: the keys that have a
@@ -338,17 +325,14 @@ impl BackendSession {
         }
     }
 
-    fn expect_done(&self, reply: Reply, call: &'static str) -> Result<(), Error> {
-        match reply {
-            Reply::Done => Ok(()),
-            _ => Err(self.unexpected(call)),
-        }
-    }
-
-    fn unexpected(&self, call: &'static str) -> Error {
-        Error::UnexpectedReply {
+    /// The error for a session the frontend no longer has.
+    fn closed(&self) -> Error {
+        Error::Remote {
             frontend: self.frontend_id().to_string(),
-            call,
+            source: session_proxy_protocol::RpcError::new(
+                session_proxy_protocol::ErrorCode::SessionNotFound,
+                "session closed",
+            ),
         }
     }
 }

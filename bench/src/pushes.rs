@@ -13,7 +13,7 @@ use super::BenchResult;
 use anyhow::Context as _;
 use session_proxy_backend::{BackendConfig, FrontendClient, PendingCall};
 use session_proxy_frontend::{ConnectInfo, RpcConfig, RpcServer, SessionConfig, SessionService};
-use session_proxy_protocol::{Call, KeyWrite, Precondition, Reply, SessionId};
+use session_proxy_protocol::{GetSession, KeyWrite, Precondition, Push, SessionId};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -122,16 +122,17 @@ async fn run_backend(
         FrontendClient::connect("connector-1", addr.to_string(), BackendConfig::new("bench"))?;
     // One call first: the connection is up before the clock starts.
     client
-        .call(Call::GetSession { sid: sids[0] })
+        .call(GetSession { sid: sids[0] })
         .await
         .context("first call to the frontend")?;
     let value = rmp_serde::to_vec(&"lobby-042").context("encoding the value")?;
     let value = bytes::Bytes::from(value);
-    let mut inflight: VecDeque<PendingCall> = VecDeque::with_capacity(window);
+    let mut inflight: VecDeque<PendingCall<Push>> = VecDeque::with_capacity(window);
     let mut errors = 0u64;
-    let mut settle = |reply: Result<Reply, session_proxy_backend::Error>| match reply {
-        Ok(Reply::Pushed { .. }) => {}
-        _ => errors += 1,
+    let mut settle = |reply: Result<Vec<Option<u64>>, session_proxy_backend::Error>| {
+        if reply.is_err() {
+            errors += 1
+        }
     };
     let started = Instant::now();
     for k in 0..count {
@@ -140,7 +141,7 @@ async fn run_backend(
                 settle(p.response().await);
             }
         }
-        let call = Call::Push {
+        let call = Push {
             sid: sids[k % sids.len()],
             writes: vec![KeyWrite {
                 key: "room".into(),

@@ -5,11 +5,12 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use session_proxy_protocol::MessageCodec;
+use session_proxy_protocol::{FrontendCall, MessageCodec};
 use tokio_util::codec::Decoder;
 
 fuzz_target!(|data: &[u8]| {
-    let mut codec = MessageCodec::new(64 * 1024);
+    // What a frontend reads from backends, written back the same way.
+    let mut codec = MessageCodec::<FrontendCall, FrontendCall>::new(64 * 1024);
     let mut buf = BytesMut::from(data);
     while let Ok(Some(msg)) = codec.decode(&mut buf) {
         let mut again = BytesMut::new();

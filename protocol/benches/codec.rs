@@ -7,28 +7,30 @@ use session_proxy_protocol::client::{
     encode_parts, ClientMessage, MessageType, PackageCodec, PackageType, Route,
 };
 use session_proxy_protocol::{
-    Call, KeyWrite, Message, MessageCodec, Precondition, Request, SessionId,
+    BackendCodec, FrontendCall, FrontendCodec, KeyWrite, Message, Precondition, Push, Request,
+    SessionId,
 };
 use tokio_util::codec::Decoder;
 
-fn push_request() -> Message {
+fn push_request() -> Message<FrontendCall> {
     Message::Request(Request {
         id: 123_456,
         deadline_ms: 5000,
         sent_ms: 1_764_000_000_000,
-        call: Call::Push {
+        call: Push {
             sid: SessionId::from_raw(0xdead_beef),
             writes: vec![KeyWrite {
                 key: "room".into(),
                 value: Some(Bytes::from_static(b"\xa9lobby-042")),
                 expect: Precondition::Any,
             }],
-        },
+        }
+        .into(),
     })
 }
 
 fn cluster(c: &mut Criterion) {
-    let codec = MessageCodec::default();
+    let codec = BackendCodec::default();
     let msg = push_request();
     let mut g = c.benchmark_group("cluster_frame");
     g.throughput(Throughput::Elements(1));
@@ -42,7 +44,7 @@ fn cluster(c: &mut Criterion) {
     let mut one = BytesMut::new();
     codec.encode_to(&msg, &mut one).expect("encodes");
     g.bench_function("decode_push", |b| {
-        let mut codec = MessageCodec::default();
+        let mut codec = FrontendCodec::default();
         b.iter(|| {
             let mut buf = one.clone();
             black_box(codec.decode(&mut buf).expect("valid").expect("whole"));

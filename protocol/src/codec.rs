@@ -1,13 +1,17 @@
 //! Length-delimited MessagePack frames.
 //!
 //! A frame is a `u32` big-endian body length followed by the body, one
-//! MessagePack-encoded [`Message`]. The decoder checks the announced length
+//! MessagePack-encoded [`Message`]. A codec reads the messages of one
+//! direction and writes those of the other: [`FrontendCodec`] on a
+//! frontend's end of a link, [`BackendCodec`] on a backend's. The decoder checks the announced length
 //! against the maximum *before* it reserves or waits for the body, so a peer
 //! cannot make us allocate by lying about a length.
 
-use crate::{CodecError, Message};
+use crate::{BackendCall, CodecError, FrontendCall, Message};
 use bytes::{Buf, BufMut, BytesMut};
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::marker::PhantomData;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// Bytes in a frame header.
@@ -16,22 +20,47 @@ pub const FRAME_HEADER_LEN: usize = 4;
 /// The default maximum body size: 1 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
 
-/// Encodes and decodes [`Message`] frames with an enforced maximum size.
+/// Decodes `Message<In>` frames and encodes `Message<Out>` frames, with an
+/// enforced maximum size.
 ///
 /// Decoding follows tokio-util's contract: `Ok(None)` means "read more
 /// bytes", `Err` means the stream is corrupt and its connection should end.
-#[derive(Clone, Debug)]
-pub struct MessageCodec {
+pub struct MessageCodec<In, Out> {
     /// The largest body this codec accepts or produces, in bytes.
     max_frame: usize,
+    /// The directions it reads and writes.
+    calls: PhantomData<fn(Out) -> In>,
 }
 
-impl MessageCodec {
+/// A frontend's end of a link: reads what backends send, writes what
+/// frontends send.
+pub type FrontendCodec = MessageCodec<FrontendCall, BackendCall>;
+
+/// A backend's end of a link: reads what frontends send, writes what
+/// backends send.
+pub type BackendCodec = MessageCodec<BackendCall, FrontendCall>;
+
+impl<In, Out> Clone for MessageCodec<In, Out> {
+    fn clone(&self) -> Self {
+        MessageCodec::new(self.max_frame)
+    }
+}
+
+impl<In, Out> std::fmt::Debug for MessageCodec<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageCodec")
+            .field("max_frame", &self.max_frame)
+            .finish()
+    }
+}
+
+impl<In, Out> MessageCodec<In, Out> {
     /// A codec that refuses bodies larger than `max_frame` bytes (capped at
     /// `u32::MAX`, the largest length a header can carry).
     pub fn new(max_frame: usize) -> Self {
         MessageCodec {
             max_frame: max_frame.min(u32::MAX as usize),
+            calls: PhantomData,
         }
     }
 
@@ -41,17 +70,17 @@ impl MessageCodec {
     }
 }
 
-impl Default for MessageCodec {
+impl<In, Out> Default for MessageCodec<In, Out> {
     fn default() -> Self {
         MessageCodec::new(DEFAULT_MAX_FRAME)
     }
 }
 
-impl Decoder for MessageCodec {
-    type Item = Message;
+impl<In: DeserializeOwned, Out> Decoder for MessageCodec<In, Out> {
+    type Item = Message<In>;
     type Error = CodecError;
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, CodecError> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message<In>>, CodecError> {
         if src.len() < FRAME_HEADER_LEN {
             return Ok(None);
         }
@@ -93,10 +122,10 @@ impl Decoder for MessageCodec {
     }
 }
 
-impl MessageCodec {
+impl<In, Out: Serialize> MessageCodec<In, Out> {
     /// Appends one frame holding `msg` to `dst`. On error `dst` is left as it
     /// was.
-    pub fn encode_to(&self, msg: &Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+    pub fn encode_to(&self, msg: &Message<Out>, dst: &mut BytesMut) -> Result<(), CodecError> {
         let start = dst.len();
         dst.put_u32(0);
         let mut writer = dst.writer();
@@ -119,10 +148,10 @@ impl MessageCodec {
     }
 }
 
-impl Encoder<Message> for MessageCodec {
+impl<In, Out: Serialize> Encoder<Message<Out>> for MessageCodec<In, Out> {
     type Error = CodecError;
 
-    fn encode(&mut self, msg: Message, dst: &mut BytesMut) -> Result<(), CodecError> {
+    fn encode(&mut self, msg: Message<Out>, dst: &mut BytesMut) -> Result<(), CodecError> {
         self.encode_to(&msg, dst)
     }
 }
@@ -130,18 +159,19 @@ impl Encoder<Message> for MessageCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        Call, ErrorCode, Hello, HelloReply, KeyWrite, Precondition, Reply, Request, Response, Role,
-        RpcError, SessionId, SessionSnapshot, Setting,
-    };
+    use crate::calls::*;
+    use crate::{ErrorCode, Hello, HelloReply, Request, Response, Role, RpcError, SessionId};
     use bytes::Bytes;
     use std::collections::BTreeMap;
+
+    /// Reads what it writes: both ends' frames in one stream.
+    type Loop = MessageCodec<FrontendCall, FrontendCall>;
 
     fn sid(n: u64) -> SessionId {
         SessionId::from_raw(n)
     }
 
-    fn every_message() -> Vec<Message> {
+    fn every_message() -> Vec<Message<FrontendCall>> {
         let mut settings = BTreeMap::new();
         settings.insert(
             "room".to_string(),
@@ -156,18 +186,20 @@ mod tests {
             uid: Some("alice:eu".into()),
             settings,
         };
-        let calls = vec![
-            Call::GetSession { sid: sid(1) },
-            Call::GetByUid { uid: "bob".into() },
-            Call::Bind {
+        let calls: Vec<FrontendCall> = vec![
+            GetSession { sid: sid(1) }.into(),
+            GetByUid { uid: "bob".into() }.into(),
+            Bind {
                 sid: sid(2),
                 uid: "bob".into(),
-            },
-            Call::Unbind {
+            }
+            .into(),
+            Unbind {
                 sid: sid(2),
                 uid: "bob".into(),
-            },
-            Call::Push {
+            }
+            .into(),
+            Push {
                 sid: sid(3),
                 writes: vec![
                     KeyWrite {
@@ -186,47 +218,51 @@ mod tests {
                         expect: Precondition::Absent,
                     },
                 ],
-            },
-            Call::KickBySid {
+            }
+            .into(),
+            KickBySid {
                 sid: sid(4),
                 reason: "bye".into(),
-            },
-            Call::KickByUid {
+            }
+            .into(),
+            KickByUid {
                 uid: "carol".into(),
                 reason: "ban".into(),
-            },
-            Call::PushToSids {
+            }
+            .into(),
+            PushToSids {
                 route: "onChat".into(),
                 body: Bytes::from_static(br#"{"msg":"hi"}"#),
                 sids: vec![sid(5), sid(6)],
-            },
-            Call::PushToUids {
+            }
+            .into(),
+            PushToUids {
                 route: "onAdd".into(),
                 body: Bytes::from_static(b"{}"),
                 uids: vec!["a".into(), "b:c".into()],
-            },
-            Call::Broadcast {
+            }
+            .into(),
+            Broadcast {
                 route: "onNews".into(),
                 body: Bytes::from_static(b"[]"),
                 bound_only: true,
-            },
-            Call::Handle {
-                route: "chat.chatHandler.send".into(),
-                session: snapshot.clone(),
-                body: Bytes::from_static(br#"{"content":"x"}"#),
-            },
+            }
+            .into(),
+            Drain {}.into(),
         ];
+        let reply = |r: Result<Bytes, CodecError>| Ok(r.expect("encodes"));
         let replies = vec![
-            Ok(Reply::Done),
-            Ok(Reply::Session(None)),
-            Ok(Reply::Session(Some(snapshot.clone()))),
-            Ok(Reply::Sessions(vec![snapshot.clone(), snapshot.clone()])),
-            Ok(Reply::Pushed(vec![Some(1), None])),
-            Ok(Reply::Kicked(2)),
-            Ok(Reply::PushedToSids(vec![sid(9)])),
-            Ok(Reply::PushedToUids(vec!["ghost".into()])),
-            Ok(Reply::Broadcast(10_000)),
-            Ok(Reply::Handled(Bytes::from_static(br#"{"code":200}"#))),
+            reply(Bind::encode_reply(&())),
+            reply(GetSession::encode_reply(&None)),
+            reply(GetSession::encode_reply(&Some(snapshot.clone()))),
+            reply(GetByUid::encode_reply(&vec![snapshot.clone(), snapshot])),
+            reply(Push::encode_reply(&vec![Some(1), None])),
+            reply(KickBySid::encode_reply(&2)),
+            reply(PushToSids::encode_reply(&vec![sid(9)])),
+            reply(PushToUids::encode_reply(&vec!["ghost".into()])),
+            reply(Handle::encode_reply(&Bytes::from_static(
+                br#"{"code":200}"#,
+            ))),
             Err(RpcError::new(ErrorCode::Conflict, "key moved")),
             Err(RpcError::new(ErrorCode::Unknown(777), "from the future")),
         ];
@@ -252,6 +288,9 @@ mod tests {
                 sent_ms: 1_764_000_000_000 + i as u64,
             }));
         }
+        out.push(Message::Cancel(17));
+        out.push(Message::Ping(u64::MAX));
+        out.push(Message::Pong(0));
         for (i, result) in replies.into_iter().enumerate() {
             out.push(Message::Response(Response {
                 id: u64::MAX - i as u64,
@@ -261,8 +300,8 @@ mod tests {
         out
     }
 
-    fn encode_all(msgs: &[Message]) -> BytesMut {
-        let codec = MessageCodec::default();
+    fn encode_all(msgs: &[Message<FrontendCall>]) -> BytesMut {
+        let codec = Loop::default();
         let mut buf = BytesMut::new();
         for m in msgs {
             codec.encode_to(m, &mut buf).expect("encodes");
@@ -274,7 +313,7 @@ mod tests {
     fn every_message_round_trips() {
         let msgs = every_message();
         let mut buf = encode_all(&msgs);
-        let mut codec = MessageCodec::default();
+        let mut codec = Loop::default();
         for want in &msgs {
             let got = codec.decode(&mut buf).expect("valid").expect("complete");
             assert_eq!(&got, want);
@@ -284,12 +323,45 @@ mod tests {
     }
 
     #[test]
+    fn each_end_reads_what_the_other_writes() {
+        let handle = Message::Request(Request::new(
+            3,
+            std::time::Duration::from_secs(1),
+            Handle {
+                route: "chat.chatHandler.send".into(),
+                session: SessionSnapshot {
+                    sid: sid(1),
+                    frontend_id: "f1".into(),
+                    uid: None,
+                    settings: BTreeMap::new(),
+                },
+                body: Bytes::from_static(br#"{"content":"x"}"#),
+            },
+        ));
+        let mut buf = BytesMut::new();
+        FrontendCodec::default()
+            .encode_to(&handle, &mut buf)
+            .expect("encodes");
+        let got = BackendCodec::default().decode(&mut buf).expect("valid");
+        assert_eq!(got, Some(handle));
+        let bind = Message::Notify(FrontendCall::from(Bind {
+            sid: sid(2),
+            uid: "u".into(),
+        }));
+        BackendCodec::default()
+            .encode_to(&bind, &mut buf)
+            .expect("encodes");
+        let got = FrontendCodec::default().decode(&mut buf).expect("valid");
+        assert_eq!(got, Some(bind));
+    }
+
+    #[test]
     fn split_at_every_byte_gives_need_more_then_the_message() {
         let msgs = every_message();
         let whole = encode_all(&msgs);
         // Feed the stream one byte at a time: every prefix is either "need
         // more" or a whole message, never an error.
-        let mut codec = MessageCodec::default();
+        let mut codec = Loop::default();
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
         for b in whole.iter() {
@@ -303,7 +375,7 @@ mod tests {
 
     #[test]
     fn oversized_length_is_refused_before_the_body_arrives() {
-        let mut codec = MessageCodec::new(1024);
+        let mut codec = Loop::new(1024);
         let mut buf = BytesMut::new();
         buf.put_u32(1025);
         let err = codec.decode(&mut buf).expect_err("too large");
@@ -321,17 +393,17 @@ mod tests {
         let mut huge = BytesMut::new();
         huge.put_u32(u32::MAX);
         assert!(matches!(
-            MessageCodec::default().decode(&mut huge),
+            Loop::default().decode(&mut huge),
             Err(CodecError::FrameTooLarge { .. })
         ));
     }
 
     #[test]
     fn encoder_refuses_a_message_over_the_maximum() {
-        let codec = MessageCodec::new(64);
-        let msg = Message::Notify(Call::GetByUid {
+        let codec = Loop::new(64);
+        let msg = Message::Notify(FrontendCall::from(GetByUid {
             uid: "x".repeat(100),
-        });
+        }));
         let mut buf = BytesMut::from(&b"keep"[..]);
         let err = codec.encode_to(&msg, &mut buf).expect_err("too large");
         assert!(matches!(err, CodecError::FrameTooLarge { max: 64, .. }));
@@ -346,17 +418,14 @@ mod tests {
     fn truncated_frame_waits_for_more() {
         let whole = encode_all(&every_message()[..1]);
         let mut part = BytesMut::from(&whole[..whole.len() - 1]);
-        assert!(MessageCodec::default()
-            .decode(&mut part)
-            .expect("ok")
-            .is_none());
+        assert!(Loop::default().decode(&mut part).expect("ok").is_none());
     }
 
     #[test]
     fn empty_frame_is_an_error() {
         let mut buf = BytesMut::from(&[0u8, 0, 0, 0][..]);
         assert!(matches!(
-            MessageCodec::default().decode(&mut buf),
+            Loop::default().decode(&mut buf),
             Err(CodecError::EmptyFrame)
         ));
     }
@@ -374,7 +443,7 @@ mod tests {
             let mut buf = BytesMut::new();
             buf.put_u32(body.len() as u32);
             buf.extend_from_slice(&body);
-            let res = MessageCodec::default().decode(&mut buf);
+            let res = Loop::default().decode(&mut buf);
             assert!(res.is_err(), "garbage {body:?} decoded as {res:?}");
         }
     }
@@ -390,7 +459,7 @@ mod tests {
             buf.put_u32(body.len() as u32);
             buf.extend_from_slice(&body);
             assert!(matches!(
-                MessageCodec::default().decode(&mut buf),
+                Loop::default().decode(&mut buf),
                 Err(CodecError::TrailingBytes)
             ));
         }
@@ -409,7 +478,7 @@ mod tests {
                 x ^= x << 17;
                 buf.put_u8(x as u8);
             }
-            let mut codec = MessageCodec::new(4096);
+            let mut codec = Loop::new(4096);
             while let Ok(Some(_)) = codec.decode(&mut buf) {}
         }
     }

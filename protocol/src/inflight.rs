@@ -95,11 +95,12 @@ impl<T> InFlight<T> {
         }
     }
 
-    /// Forgets call `id` (its caller stopped waiting).
-    pub fn forget(&self, id: u64) {
-        if let Some(map) = self.lock().as_mut() {
-            map.remove(&id);
-        }
+    /// Forgets call `id` (its caller stopped waiting); true if it was still
+    /// waiting for its outcome (so the peer may still be working on it).
+    pub fn forget(&self, id: u64) -> bool {
+        self.lock()
+            .as_mut()
+            .is_some_and(|map| map.remove(&id).is_some())
     }
 
     /// Fails every waiting call with `outcome()` and refuses new ones.
@@ -135,7 +136,8 @@ mod tests {
         assert!(table.complete(a, 7));
         assert_eq!(rx_a.try_recv(), Ok(7));
         assert!(!table.complete(a, 8), "completed once");
-        table.forget(b);
+        assert!(table.forget(b), "b was waiting");
+        assert!(!table.forget(b), "forgotten once");
         assert!(!table.complete(b, 9));
         let (_c, mut rx_c) = table.register().expect("room again");
         table.close(|| 0);

@@ -5,13 +5,16 @@
 //! backend's RPC client, tests and fuzzers.
 //!
 //! # Layout
-//! - [`message`]: the typed messages — the version handshake ([`Hello`],
+//! - [`message`]: the frames — the version handshake ([`Hello`],
 //!   [`HelloReply`]), multiplexed [`Request`]/[`Response`] pairs with a `u64` id
-//!   and a relative deadline, one-way notifies, the session [`Call`]s and their
-//!   [`Reply`]s, and the [`SessionSnapshot`] a backend works on.
+//!   and a relative deadline, one-way notifies, cancels and pings.
+//! - [`calls`]: every cluster call, defined once in a table: its arguments,
+//!   its typed reply, its direction ([`FrontendCall`], [`BackendCall`]) and
+//!   its metadata; and the [`SessionSnapshot`] a backend works on.
 //! - [`auth`]: [`Secret`] and the HMAC challenge–response that
 //!   authenticates both ends of a cluster link.
-//! - [`codec`]: [`MessageCodec`], a length-delimited frame (`u32` big-endian
+//! - [`codec`]: [`MessageCodec`] ([`FrontendCodec`], [`BackendCodec`]), a
+//!   length-delimited frame (`u32` big-endian
 //!   length, then a MessagePack body) with an enforced maximum size, checked
 //!   *before* anything is allocated.
 //! - [`error`]: [`ErrorCode`] and [`RpcError`], the typed errors that travel on
@@ -27,26 +30,34 @@
 //! # Example
 //! ```
 //! use bytes::BytesMut;
-//! use session_proxy_protocol::{Call, Message, MessageCodec, Request, SessionId};
+//! use session_proxy_protocol::{
+//!     BackendCodec, Bind, Call, FrontendCodec, Message, Request, SessionId,
+//! };
 //! use std::time::Duration;
 //! use tokio_util::codec::Decoder;
 //!
-//! let mut codec = MessageCodec::new(64 * 1024);
+//! // A backend asks the frontend that owns session 42 to bind it.
+//! let backend = BackendCodec::new(64 * 1024);
 //! let msg = Message::Request(Request::new(
 //!     7,
 //!     Duration::from_secs(5),
-//!     Call::Bind { sid: SessionId::from_raw(42), uid: "alice".into() },
+//!     Bind { sid: SessionId::from_raw(42), uid: "alice".into() },
 //! ));
 //! let mut buf = BytesMut::new();
-//! codec.encode_to(&msg, &mut buf).expect("a small message encodes");
-//! // Half a frame is not an error: the decoder asks for more bytes.
+//! backend.encode_to(&msg, &mut buf).expect("a small message encodes");
+//! // Half a frame is not an error: the frontend's decoder asks for more.
+//! let mut frontend = FrontendCodec::new(64 * 1024);
 //! let mut half = buf.split_to(buf.len() / 2);
-//! assert!(codec.decode(&mut half).expect("a prefix is not corrupt").is_none());
+//! assert!(frontend.decode(&mut half).expect("a prefix is not corrupt").is_none());
 //! half.unsplit(buf);
-//! assert_eq!(codec.decode(&mut half).expect("whole frame").as_ref(), Some(&msg));
+//! assert_eq!(frontend.decode(&mut half).expect("whole frame").as_ref(), Some(&msg));
+//! // The reply travels as the bytes of the call's own reply type.
+//! let reply = Bind::encode_reply(&()).expect("encodes");
+//! assert_eq!(Bind::decode_reply(reply).expect("decodes"), ());
 //! ```
 
 pub mod auth;
+pub mod calls;
 pub mod client;
 pub mod codec;
 pub mod error;
@@ -59,11 +70,17 @@ pub mod text;
 pub mod tls;
 
 pub use auth::Secret;
-pub use codec::{MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
+pub use calls::{
+    BackendCall, BackendCallKind, Bind, Broadcast, Call, Drain, FrontendCall, FrontendCallKind,
+    GetByUid, GetSession, Handle, KeyWrite, KickBySid, KickByUid, Precondition, Push, PushToSids,
+    PushToUids, RevokeUid, ServeBackend, ServeFrontend, SessionInfo, SessionSnapshot, Setting,
+    Unbind, UserSessions,
+};
+pub use codec::{BackendCodec, FrontendCodec, MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
 pub use error::{CodecError, ErrorCode, RpcError};
 pub use id::SessionId;
 pub use inflight::{InFlight, RegisterError};
 pub use message::{
-    unix_ms, Call, ClockOffset, Hello, HelloReply, KeyWrite, Message, Precondition, Reply, Request,
-    Response, Role, SessionInfo, SessionSnapshot, Setting, MAGIC, PROTOCOL_VERSION,
+    unix_ms, ClockOffset, Hello, HelloReply, Message, Request, Response, Role, MAGIC,
+    PROTOCOL_VERSION,
 };

@@ -3,24 +3,28 @@
 //! A connection opens with [`Message::Hello`] from the side that dialled and
 //! [`Message::HelloReply`] from the side that accepted. After that either side
 //! may send [`Message::Request`]s (answered by exactly one
-//! [`Message::Response`] with the same id, in any order) and one-way
-//! [`Message::Notify`]s.
+//! [`Message::Response`] with the same id, in any order), one-way
+//! [`Message::Notify`]s, [`Message::Cancel`]s of its own requests, and
+//! [`Message::Ping`]s. A message is generic over the calls of the direction
+//! it travels in ([`crate::calls`]).
 
-use crate::{RpcError, SessionId};
+use crate::RpcError;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// The version of this protocol; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: calls typed per direction, replies as their own type, and
+/// the link's ping and cancel frames.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The first field of every [`Hello`]: "SPRX", so a stray client of another
 /// protocol is told apart from a peer of another version.
 pub const MAGIC: u32 = u32::from_be_bytes(*b"SPRX");
 
-/// One frame of the cluster RPC.
+/// One frame of the cluster RPC, carrying calls of type `C` (see
+/// [`FrontendCall`](crate::FrontendCall), [`BackendCall`](crate::BackendCall)).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Message {
+pub enum Message<C> {
     /// Opens a connection (dialling side).
     Hello(Hello),
     /// Accepts or refuses a [`Hello`] (accepting side).
@@ -28,11 +32,20 @@ pub enum Message {
     /// The dialler's answer to [`HelloReply::Challenge`]: its HMAC proof.
     Proof(Vec<u8>),
     /// A call that wants exactly one response.
-    Request(Request),
+    Request(Request<C>),
     /// The answer to the request with the same id.
     Response(Response),
     /// A call that wants no response; errors are logged by the receiver.
-    Notify(Call),
+    Notify(C),
+    /// The sender's request with this id lost its caller (it gave up or hit
+    /// its deadline): stop running it. No response follows.
+    Cancel(u64),
+    /// Are you there? Answered by [`Message::Pong`] with the same id. Sent
+    /// on an idle connection to find a peer that vanished without closing
+    /// it (half-open).
+    Ping(u64),
+    /// The answer to [`Message::Ping`].
+    Pong(u64),
 }
 
 /// What kind of node a peer is.
@@ -150,13 +163,13 @@ pub enum HelloReply {
 
 /// A call that wants one response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Request {
+pub struct Request<C> {
     /// Chosen by the caller, unique among its pending calls on this connection.
     pub id: u64,
     /// How long the caller will wait, relative to when it sent the request.
     pub deadline_ms: u32,
     /// What to do.
-    pub call: Call,
+    pub call: C,
     /// The sender's clock ([`unix_ms`]) when it sent the request; 0 when
     /// unknown. With the clock offset both ends measured at the handshake
     /// ([`ClockOffset`]), the receiver tells how long the request waited on
@@ -167,13 +180,13 @@ pub struct Request {
     pub sent_ms: u64,
 }
 
-impl Request {
+impl<C> Request<C> {
     /// A request sent now.
-    pub fn new(id: u64, deadline: std::time::Duration, call: Call) -> Self {
+    pub fn new(id: u64, deadline: std::time::Duration, call: impl Into<C>) -> Self {
         Request {
             id,
             deadline_ms: u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX),
-            call,
+            call: call.into(),
             sent_ms: unix_ms(),
         }
     }
@@ -234,276 +247,10 @@ impl ClockOffset {
 pub struct Response {
     /// The id of the request this answers.
     pub id: u64,
-    /// The outcome.
-    pub result: Result<Reply, RpcError>,
-}
-
-/// A call on a cluster connection.
-///
-/// Session operations and pushes go from a backend to the frontend that owns
-/// the sessions; [`Call::Handle`] goes from a frontend to a backend.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Call {
-    /// Read one session. Replies [`Reply::Session`].
-    GetSession {
-        /// The session.
-        sid: SessionId,
-    },
-    /// Read every session bound to a uid. Replies [`Reply::Sessions`].
-    GetByUid {
-        /// The user.
-        uid: String,
-    },
-    /// Bind a session to a uid. Replies [`Reply::Done`].
-    Bind {
-        /// The session.
-        sid: SessionId,
-        /// The user.
-        uid: String,
-    },
-    /// Unbind a session from the uid it is bound to. Replies [`Reply::Done`].
-    Unbind {
-        /// The session.
-        sid: SessionId,
-        /// The uid the caller believes is bound; must match.
-        uid: String,
-    },
-    /// Write (or remove) the named keys, all or nothing. Replies
-    /// [`Reply::Pushed`].
-    Push {
-        /// The session.
-        sid: SessionId,
-        /// The keys to write, in order.
-        writes: Vec<KeyWrite>,
-    },
-    /// Close one session and tell its client why. Replies [`Reply::Kicked`].
-    KickBySid {
-        /// The session.
-        sid: SessionId,
-        /// Sent to the client.
-        reason: String,
-    },
-    /// Close every session of a uid. Replies [`Reply::Kicked`].
-    KickByUid {
-        /// The user.
-        uid: String,
-        /// Sent to the clients.
-        reason: String,
-    },
-    /// Send a server push to sessions by id. Replies
-    /// [`Reply::PushedToSids`].
-    PushToSids {
-        /// The push route, e.g. `onChat`.
-        route: String,
-        /// The body, JSON for Pomelo clients; opaque to the frontend.
-        body: Bytes,
-        /// The sessions.
-        sids: Vec<SessionId>,
-    },
-    /// Send a server push to every session of each uid, once per session.
-    /// Replies [`Reply::PushedToUids`].
-    PushToUids {
-        /// The push route.
-        route: String,
-        /// The body.
-        body: Bytes,
-        /// The users.
-        uids: Vec<String>,
-    },
-    /// Send a server push to every session of the frontend (or only the
-    /// bound ones). Replies [`Reply::Broadcast`].
-    Broadcast {
-        /// The push route.
-        route: String,
-        /// The body.
-        body: Bytes,
-        /// Skip sessions that are not bound to a uid.
-        bound_only: bool,
-    },
-    /// Every session of a uid, on every frontend that shares the session
-    /// store, with metadata. Replies [`Reply::UserSessions`].
-    UserSessions {
-        /// The user.
-        uid: String,
-    },
-    /// Ends every session of a uid: kicks the connected ones on this
-    /// frontend, closes the parked ones, and deletes all of them from the
-    /// shared store. Replies [`Reply::Ended`].
-    RevokeUid {
-        /// The user.
-        uid: String,
-        /// Sent to connected clients.
-        reason: String,
-    },
-    /// Are you there? Replies [`Reply::Done`]. Sent on an idle connection to
-    /// find a peer that vanished without closing it (half-open).
-    Ping,
-    /// The calling backend is draining: forward it no new client requests
-    /// (route them to its peers); its connection stays open for the requests
-    /// already running and its own session calls. Replies [`Reply::Done`]
-    /// once the frontend has stopped picking it.
-    Drain,
-    /// A client request (or notify) forwarded by a frontend to a backend:
-    /// run the handler of `route` on this session. Replies
-    /// [`Reply::Handled`].
-    Handle {
-        /// The full route, `serverType.handler.method`.
-        route: String,
-        /// The session as the frontend had it when the request arrived.
-        session: SessionSnapshot,
-        /// The client's body (JSON), untouched.
-        body: Bytes,
-    },
-}
-
-impl Call {
-    /// Every call's kind name, by [`kind_index`](Self::kind_index).
-    pub const KINDS: [&'static str; 15] = [
-        "get_session",
-        "get_by_uid",
-        "bind",
-        "unbind",
-        "push",
-        "kick_by_sid",
-        "kick_by_uid",
-        "push_to_sids",
-        "push_to_uids",
-        "broadcast",
-        "user_sessions",
-        "revoke_uid",
-        "ping",
-        "drain",
-        "handle",
-    ];
-
-    /// The call's kind (a bounded metric label), as an index of
-    /// [`KINDS`](Self::KINDS).
-    pub fn kind_index(&self) -> usize {
-        match self {
-            Call::GetSession { .. } => 0,
-            Call::GetByUid { .. } => 1,
-            Call::Bind { .. } => 2,
-            Call::Unbind { .. } => 3,
-            Call::Push { .. } => 4,
-            Call::KickBySid { .. } => 5,
-            Call::KickByUid { .. } => 6,
-            Call::PushToSids { .. } => 7,
-            Call::PushToUids { .. } => 8,
-            Call::Broadcast { .. } => 9,
-            Call::UserSessions { .. } => 10,
-            Call::RevokeUid { .. } => 11,
-            Call::Ping => 12,
-            Call::Drain => 13,
-            Call::Handle { .. } => 14,
-        }
-    }
-
-    /// The one session a call addresses, for calls that address one.
-    pub fn sid(&self) -> Option<SessionId> {
-        match self {
-            Call::GetSession { sid }
-            | Call::Bind { sid, .. }
-            | Call::Unbind { sid, .. }
-            | Call::Push { sid, .. }
-            | Call::KickBySid { sid, .. } => Some(*sid),
-            _ => None,
-        }
-    }
-}
-
-/// One key of a [`Call::Push`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KeyWrite {
-    /// The setting's key.
-    pub key: String,
-    /// The new MessagePack-encoded value, or `None` to remove the key.
-    pub value: Option<Bytes>,
-    /// What the key must look like on the frontend for the write to apply.
-    pub expect: Precondition,
-}
-
-/// The condition a [`KeyWrite`] puts on the frontend's current state of a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Precondition {
-    /// Write unconditionally: last write wins.
-    Any,
-    /// The key must not exist.
-    Absent,
-    /// The key must exist with exactly this version.
-    Version(u64),
-}
-
-/// The successful outcome of a [`Call`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Reply {
-    /// Done; nothing to report.
-    Done,
-    /// One session, or `None` when the frontend has no such session.
-    Session(Option<SessionSnapshot>),
-    /// Several sessions.
-    Sessions(Vec<SessionSnapshot>),
-    /// The version each write of a push now has, in the order of the writes
-    /// (`None` for a removed key).
-    Pushed(Vec<Option<u64>>),
-    /// How many sessions were kicked.
-    Kicked(u32),
-    /// The sessions a push could not reach (closed, or their client too slow).
-    PushedToSids(Vec<SessionId>),
-    /// The uids a push reached no session of.
-    PushedToUids(Vec<String>),
-    /// How many sessions a broadcast reached.
-    Broadcast(u32),
-    /// Sessions with their metadata.
-    UserSessions(Vec<SessionInfo>),
-    /// The sessions that were ended.
-    Ended(Vec<SessionId>),
-    /// A handler's answer for the client: JSON, including application
-    /// errors (`{"code": …}`), which are not RPC failures.
-    Handled(Bytes),
-}
-
-/// One setting as the frontend stores it: opaque MessagePack bytes and the
-/// version the frontend gave the last write of the key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Setting {
-    /// The value, MessagePack-encoded by a backend; the frontend never decodes it.
-    pub value: Bytes,
-    /// Assigned by the frontend on every write; never reused within a session.
-    pub version: u64,
-}
-
-/// A copy of a session's state at one moment, sent to backends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionSnapshot {
-    /// The session id.
-    pub sid: SessionId,
-    /// The owning frontend.
-    pub frontend_id: String,
-    /// The bound user, if any.
-    pub uid: Option<String>,
-    /// The settings.
-    pub settings: BTreeMap<String, Setting>,
-}
-
-/// What is known about a session beyond its settings: where and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionInfo {
-    /// The session id.
-    pub sid: SessionId,
-    /// The frontend that owns it.
-    pub frontend_id: String,
-    /// The bound user.
-    pub uid: Option<String>,
-    /// Created, in ms since the Unix epoch.
-    pub created_unix_ms: u64,
-    /// Last client activity, in ms since the Unix epoch.
-    pub last_active_unix_ms: u64,
-    /// The client's address.
-    pub remote_addr: Option<String>,
-    /// Client type, version, device … as the client reported them.
-    pub metadata: BTreeMap<String, String>,
-    /// Whether its client is away (parked, waiting for a resume).
-    pub parked: bool,
+    /// The outcome: the reply encoded as the reply type of the call
+    /// ([`Call::encode_reply`](crate::Call::encode_reply)), or why it
+    /// failed.
+    pub result: Result<Bytes, RpcError>,
 }
 
 #[cfg(test)]
@@ -553,7 +300,7 @@ mod hello_tests {
         let call = |sent_ms| Request {
             id: 1,
             deadline_ms: 5_000,
-            call: Call::Ping,
+            call: crate::Drain {},
             sent_ms,
         };
         let fresh = call(unix_ms() + hour).remaining(offset);

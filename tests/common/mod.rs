@@ -226,7 +226,9 @@ pub fn encode_client_handshake(out: &mut bytes::BytesMut) {
 }
 
 /// What a frontend answers an accepted hello (fake frontends in tests).
-pub fn accepted(node_id: &str) -> session_proxy::protocol::Message {
+pub fn accepted(
+    node_id: &str,
+) -> session_proxy::protocol::Message<session_proxy::protocol::BackendCall> {
     use session_proxy::protocol::{unix_ms, HelloReply, Message, PROTOCOL_VERSION};
     Message::HelloReply(HelloReply::Accepted {
         version: PROTOCOL_VERSION,

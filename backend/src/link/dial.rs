@@ -8,16 +8,16 @@ use crate::BackendConfig;
 use futures::{SinkExt, StreamExt};
 use session_proxy_protocol::auth::NONCE_LEN;
 use session_proxy_protocol::{
-    ClockOffset, Hello, HelloReply, Message, MessageCodec, Role, PROTOCOL_VERSION,
+    BackendCodec, ClockOffset, Hello, HelloReply, Message, Role, PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 /// The read half of a link, plain or TLS.
-pub(super) type Reader = FramedRead<Box<dyn tokio::io::AsyncRead + Send + Unpin>, MessageCodec>;
+pub(super) type Reader = FramedRead<Box<dyn tokio::io::AsyncRead + Send + Unpin>, BackendCodec>;
 /// The write half of a link, plain or TLS.
-pub(super) type Writer = FramedWrite<Box<dyn tokio::io::AsyncWrite + Send + Unpin>, MessageCodec>;
+pub(super) type Writer = FramedWrite<Box<dyn tokio::io::AsyncWrite + Send + Unpin>, BackendCodec>;
 
 /// An open link: its halves, and how far the frontend's clock is ahead.
 pub(super) type Opened = (Reader, Writer, ClockOffset);
@@ -40,7 +40,7 @@ pub(super) async fn dial(
     } else {
         connect_tcp(addr, config).await?
     };
-    let codec = MessageCodec::new(config.max_frame);
+    let codec = BackendCodec::new(config.max_frame);
     let mut reader = FramedRead::new(r, codec.clone());
     let mut writer = FramedWrite::new(w, codec);
     match timeout(

@@ -22,10 +22,14 @@ mod supervisor;
 
 use crate::error::LinkError;
 use crate::{BackendConfig, Error};
+use bytes::Bytes;
 use session_proxy_protocol::{
-    Call, ErrorCode, InFlight, Message, RegisterError, Reply, Request, Response, RpcError,
+    BackendCall, Call, ErrorCode, FrontendCall, InFlight, Message, RegisterError, Request,
+    Response, RpcError,
 };
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use supervisor::Supervisor;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -47,25 +51,69 @@ enum State {
 
 /// How a pending call ended, as the reader tells the caller.
 enum Outcome {
-    Reply(Reply),
+    /// The reply, encoded as the call's reply type.
+    Reply(Bytes),
     Remote(RpcError),
     Lost(Arc<LinkError>),
 }
 
+/// What a backend sends on a link.
+type Outgoing = Message<FrontendCall>;
+
 /// One live connection: the writer's queue and the calls awaiting responses.
 struct Conn {
     /// Frames for the writer.
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
     /// Calls awaiting responses on this connection.
     inflight: InFlight<Outcome>,
 }
 
 /// What a link does with the requests its frontend sends (forwarded client
-/// requests); pings are answered by the link itself.
+/// requests); pings and cancels are the link's own.
 pub(crate) trait Inbound: Send + Sync + 'static {
     /// Runs `call` for the frontend behind `link`, within `deadline`, and
-    /// answers through `reply` (`None` for a notify).
-    fn call(&self, link: FrontendClient, call: Call, deadline: Duration, reply: Option<Replier>);
+    /// answers through `reply` (`None` for a notify). A request the
+    /// frontend cancels has `reply.cancelled()` fire.
+    fn call(
+        self: Arc<Self>,
+        link: FrontendClient,
+        call: BackendCall,
+        deadline: Duration,
+        reply: Option<Replier>,
+    );
+}
+
+/// The requests of one connection that are still running, by id, so the
+/// frontend can cancel them.
+#[derive(Default)]
+pub(crate) struct Running {
+    by_id: Mutex<HashMap<u64, CancellationToken>>,
+}
+
+impl Running {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
+        // One map operation per critical section: a poisoned map is whole.
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts tracking request `id`; its token fires if the frontend
+    /// cancels it.
+    fn start(&self, id: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.lock().insert(id, token.clone());
+        token
+    }
+
+    /// The frontend gave up on request `id`.
+    fn cancel(&self, id: u64) {
+        if let Some(token) = self.lock().remove(&id) {
+            token.cancel();
+        }
+    }
+
+    fn finish(&self, id: u64) {
+        self.lock().remove(&id);
+    }
 }
 
 /// The way back for one request the frontend sent.
@@ -73,7 +121,17 @@ pub(crate) struct Replier {
     /// The request's id.
     id: u64,
     /// The link's writer queue.
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Outgoing>,
+    /// Fires when the frontend cancels the request.
+    cancelled: CancellationToken,
+    /// Where the request is tracked while it runs.
+    running: Arc<Running>,
+}
+
+impl Drop for Replier {
+    fn drop(&mut self) {
+        self.running.finish(self.id);
+    }
 }
 
 tokio::task_local! {
@@ -92,9 +150,24 @@ pub(crate) fn refuse(reply: Option<Replier>, code: ErrorCode, message: &str) {
 }
 
 impl Replier {
+    /// A request of `running`'s connection, answered through `tx`.
+    fn new(id: u64, tx: mpsc::Sender<Outgoing>, running: &Arc<Running>) -> Self {
+        Replier {
+            id,
+            tx,
+            cancelled: running.start(id),
+            running: running.clone(),
+        }
+    }
+
+    /// Fires when the frontend cancels the request (its caller gave up).
+    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancelled.cancelled()
+    }
+
     /// Answers at once if the queue has room; a full queue or a dead link
     /// drops the answer (the frontend's deadline answers for it).
-    pub(crate) fn now(self, result: Result<Reply, RpcError>) {
+    pub(crate) fn now(self, result: Result<Bytes, RpcError>) {
         let _ = self.tx.try_send(Message::Response(Response {
             id: self.id,
             result,
@@ -102,7 +175,7 @@ impl Replier {
     }
 
     /// Answers, waiting for room in the queue.
-    pub(crate) async fn send(self, result: Result<Reply, RpcError>) {
+    pub(crate) async fn send(self, result: Result<Bytes, RpcError>) {
         // The writer is gone only when the link is; nothing to answer then.
         let _ = self
             .tx
@@ -242,13 +315,18 @@ impl FrontendClient {
         }
     }
 
-    /// Sends a call and waits for its reply, with the default deadline.
-    pub async fn call(&self, call: Call) -> Result<Reply, Error> {
+    /// Sends a call and waits for its typed reply, with the default
+    /// deadline: `client.call(Bind { sid, uid }).await` is `Result<(), _>`.
+    pub async fn call<C: Call<Wire = FrontendCall>>(&self, call: C) -> Result<C::Reply, Error> {
         self.send(call).await?.response().await
     }
 
     /// Sends a call and waits for its reply, with the given deadline.
-    pub async fn call_with_deadline(&self, call: Call, deadline: Duration) -> Result<Reply, Error> {
+    pub async fn call_with_deadline<C: Call<Wire = FrontendCall>>(
+        &self,
+        call: C,
+        deadline: Duration,
+    ) -> Result<C::Reply, Error> {
         self.send_with_deadline(call, deadline)
             .await?
             .response()
@@ -258,17 +336,20 @@ impl FrontendClient {
     /// Queues a call (default deadline) and returns a handle to await its
     /// reply later. Calls queued one after another from one task reach the
     /// frontend, and are applied, in that order: this is how to pipeline.
-    pub async fn send(&self, call: Call) -> Result<PendingCall, Error> {
+    pub async fn send<C: Call<Wire = FrontendCall>>(
+        &self,
+        call: C,
+    ) -> Result<PendingCall<C>, Error> {
         self.send_with_deadline(call, self.inner.config.deadline)
             .await
     }
 
     /// Like [`send`](Self::send), with the given deadline.
-    pub async fn send_with_deadline(
+    pub async fn send_with_deadline<C: Call<Wire = FrontendCall>>(
         &self,
-        call: Call,
+        call: C,
         deadline: Duration,
-    ) -> Result<PendingCall, Error> {
+    ) -> Result<PendingCall<C>, Error> {
         let now = Instant::now();
         let deadline = match REQUEST_DEADLINE.try_with(|at| at.saturating_duration_since(now)) {
             Ok(left) if left.is_zero() => return Err(self.deadline_error(deadline)),
@@ -298,8 +379,9 @@ impl FrontendClient {
             deadline_at,
             deadline,
             client: self.clone(),
-            kind: call.kind_index(),
+            kind: C::INDEX,
             started: now,
+            call: PhantomData,
         };
         let msg = Message::Request(Request::new(id, deadline, call));
         // Room in the queue (the usual case): no timer needed.
@@ -317,11 +399,11 @@ impl FrontendClient {
 
     /// Sends a one-way call: no response, no delivery guarantee beyond the
     /// connection's. Ordered with calls sent before and after it.
-    pub async fn notify(&self, call: Call) -> Result<(), Error> {
+    pub async fn notify<C: Call<Wire = FrontendCall>>(&self, call: C) -> Result<(), Error> {
         let deadline = self.inner.config.deadline;
         let deadline_at = Instant::now() + deadline;
         let conn = self.connection(deadline_at, deadline).await?;
-        match timeout_at(deadline_at, conn.tx.send(Message::Notify(call))).await {
+        match timeout_at(deadline_at, conn.tx.send(Message::Notify(call.into()))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(self.connection_closed()),
             Err(_) => Err(self.deadline_error(deadline)),
@@ -378,7 +460,7 @@ impl FrontendClient {
 /// A call on its way. Await [`PendingCall::response`]; dropping it abandons
 /// the call (the frontend may still apply it).
 #[must_use = "a pending call does nothing unless its response is awaited"]
-pub struct PendingCall {
+pub struct PendingCall<C> {
     /// The request id; 0 once the outcome arrived (nothing left to forget).
     id: u64,
     /// The connection it went out on.
@@ -391,21 +473,26 @@ pub struct PendingCall {
     deadline: Duration,
     /// For building errors.
     client: FrontendClient,
-    /// The call's kind (`Call::kind_index`), for its metrics.
+    /// The call's kind ([`Call::INDEX`]), for its metrics.
     kind: usize,
     /// When it was sent.
     started: Instant,
+    /// The call's type: its reply type.
+    call: PhantomData<fn() -> C>,
 }
 
-impl std::fmt::Debug for PendingCall {
+impl<C: Call> std::fmt::Debug for PendingCall<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingCall").field("id", &self.id).finish()
+        f.debug_struct("PendingCall")
+            .field("call", &C::NAME)
+            .field("id", &self.id)
+            .finish()
     }
 }
 
-impl PendingCall {
+impl<C: Call> PendingCall<C> {
     /// Waits for the reply, until the call's deadline.
-    pub async fn response(mut self) -> Result<Reply, Error> {
+    pub async fn response(mut self) -> Result<C::Reply, Error> {
         // Already answered (usual for pipelined calls): no timer needed.
         let outcome = match self.rx.try_recv() {
             Ok(outcome) => Ok(Ok(outcome)),
@@ -419,7 +506,13 @@ impl PendingCall {
             self.id = 0;
         }
         match outcome {
-            Ok(Ok(Outcome::Reply(reply))) => Ok(reply),
+            Ok(Ok(Outcome::Reply(reply))) => {
+                C::decode_reply(reply).map_err(|source| Error::BadReply {
+                    frontend: self.client.frontend_id().to_string(),
+                    call: C::NAME,
+                    source,
+                })
+            }
             Ok(Ok(Outcome::Remote(source))) if source.code == ErrorCode::NotDurable => {
                 Err(Error::NotDurable {
                     frontend: self.client.frontend_id().to_string(),
@@ -443,12 +536,15 @@ impl PendingCall {
     }
 }
 
-impl Drop for PendingCall {
+impl<C> Drop for PendingCall<C> {
     fn drop(&mut self) {
         crate::metrics::IN_FLIGHT.decrement(1.0);
         crate::metrics::call_ended(self.kind, self.started.into_std());
-        if self.id != 0 {
-            self.conn.inflight.forget(self.id);
+        // Abandoned before its answer and its deadline (the frontend stops
+        // at the deadline by itself): the frontend may stop working on it.
+        // Best effort: a full queue or a dead link tells nobody.
+        if self.id != 0 && self.conn.inflight.forget(self.id) && Instant::now() < self.deadline_at {
+            let _ = self.conn.tx.try_send(Message::Cancel(self.id));
         }
     }
 }

@@ -3,12 +3,15 @@
 //! and pinger.
 
 use super::dial::{dial, Reader, Writer};
-use super::{refuse, ClientInner, Conn, FrontendClient, Inbound, Outcome, Replier, State};
+use super::{
+    refuse, ClientInner, Conn, FrontendClient, Inbound, Outcome, Outgoing, Replier, Running, State,
+};
 use crate::error::LinkError;
 use crate::BackendConfig;
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
-use session_proxy_protocol::{Call, ClockOffset, ErrorCode, InFlight, Message, Reply, Request};
+use session_proxy_protocol::{BackendCall, ClockOffset, ErrorCode, InFlight, Message};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -159,8 +162,7 @@ impl Supervisor {
                 let Ok((id, rx)) = conn.inflight.register() else {
                     return LinkError::Closed;
                 };
-                let request = Message::Request(Request::new(id, ping, Call::Ping));
-                if tx.send(request).await.is_err() {
+                if tx.send(Message::Ping(id)).await.is_err() {
                     return LinkError::Closed;
                 }
                 if timeout(ping, rx).await.is_err() {
@@ -169,6 +171,8 @@ impl Supervisor {
                 }
             }
         };
+        // This connection's requests that are still running.
+        let running = Arc::new(Running::default());
         let read = async {
             loop {
                 let frame = reader.next().await;
@@ -190,10 +194,7 @@ impl Supervisor {
                         // What is left of the caller's deadline after the
                         // way here (a stopped process, a full socket).
                         let deadline = req.remaining(clock);
-                        let reply = Replier {
-                            id: req.id,
-                            tx: tx.clone(),
-                        };
+                        let reply = Replier::new(req.id, tx.clone(), &running);
                         if deadline.is_zero() {
                             debug!(id = req.id, "request arrived after its deadline; not run");
                             refuse(
@@ -207,6 +208,15 @@ impl Supervisor {
                     }
                     Some(Ok(Message::Notify(call))) => {
                         self.incoming(call, self.config.deadline, None);
+                    }
+                    Some(Ok(Message::Cancel(id))) => running.cancel(id),
+                    Some(Ok(Message::Ping(id))) => {
+                        // Dropped when the queue is full: the frontend's
+                        // silence timer counts every frame, not pongs.
+                        let _ = tx.try_send(Message::Pong(id));
+                    }
+                    Some(Ok(Message::Pong(id))) => {
+                        conn.inflight.complete(id, Outcome::Reply(Bytes::new()));
                     }
                     Some(Ok(_)) => {
                         return LinkError::Protocol("handshake frame after the handshake")
@@ -228,16 +238,9 @@ impl Supervisor {
         cause
     }
 
-    /// A call the frontend sent: pings are answered here, anything else goes
-    /// to the inbound side (refused when there is none, or when every
-    /// handle is gone).
-    fn incoming(&self, call: Call, deadline: Duration, reply: Option<Replier>) {
-        if matches!(call, Call::Ping) {
-            if let Some(reply) = reply {
-                reply.now(Ok(Reply::Done));
-            }
-            return;
-        }
+    /// A call the frontend sent goes to the inbound side (refused when there
+    /// is none, or when every handle is gone).
+    fn incoming(&self, call: BackendCall, deadline: Duration, reply: Option<Replier>) {
         let Some(inbound) = &self.inbound else {
             return refuse(
                 reply,
@@ -248,7 +251,9 @@ impl Supervisor {
         let Some(inner) = self.client.upgrade() else {
             return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
         };
-        inbound.call(FrontendClient { inner }, call, deadline, reply);
+        inbound
+            .clone()
+            .call(FrontendClient { inner }, call, deadline, reply);
     }
 }
 
@@ -258,7 +263,7 @@ const LAST_WRITE: Duration = Duration::from_secs(1);
 
 async fn write_loop(
     mut writer: Writer,
-    mut rx: mpsc::Receiver<Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
     stop: &CancellationToken,
 ) -> LinkError {
     let write = |source| LinkError::Send {

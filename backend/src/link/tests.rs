@@ -1,15 +1,15 @@
 //! The link against a scripted frontend on a real loopback socket: redial,
 //! pings both ways, silence detection, pending calls failed on a dead link,
-//! and dial errors that keep their cause.
+//! abandoned calls cancelled, and dial errors that keep their cause.
 
 use super::*;
 use futures::{SinkExt, StreamExt};
-use session_proxy_protocol::{HelloReply, MessageCodec, SessionId, PROTOCOL_VERSION};
+use session_proxy_protocol::{FrontendCodec, GetSession, HelloReply, SessionId, PROTOCOL_VERSION};
 use std::error::Error as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
-type Peer = Framed<TcpStream, MessageCodec>;
+type Peer = Framed<TcpStream, FrontendCodec>;
 
 async fn listener() -> (TcpListener, String) {
     let l = TcpListener::bind("127.0.0.1:0")
@@ -22,7 +22,7 @@ async fn listener() -> (TcpListener, String) {
 /// Accepts one connection and answers its hello as frontend `me`.
 async fn accept(l: &TcpListener, me: &str) -> Peer {
     let (stream, _) = l.accept().await.expect("accept");
-    let mut peer = Framed::new(stream, MessageCodec::new(1 << 20));
+    let mut peer = Framed::new(stream, FrontendCodec::new(1 << 20));
     match peer.next().await {
         Some(Ok(Message::Hello(_))) => {}
         other => panic!("expected a hello, got {other:?}"),
@@ -38,12 +38,23 @@ async fn accept(l: &TcpListener, me: &str) -> Peer {
 }
 
 /// The next request the backend sent.
-async fn next_request(peer: &mut Peer) -> Request {
+async fn next_request(peer: &mut Peer) -> Request<FrontendCall> {
     loop {
         match peer.next().await {
             Some(Ok(Message::Request(r))) => return r,
             Some(Ok(_)) => continue,
             other => panic!("expected a request, got {other:?}"),
+        }
+    }
+}
+
+/// The next frame that is not a request or a response, skipping those.
+async fn next_link_frame(peer: &mut Peer) -> Message<FrontendCall> {
+    loop {
+        match peer.next().await {
+            Some(Ok(Message::Request(_) | Message::Response(_))) => continue,
+            Some(Ok(frame)) => return frame,
+            other => panic!("expected a frame, got {other:?}"),
         }
     }
 }
@@ -56,8 +67,8 @@ fn config() -> BackendConfig {
     c
 }
 
-fn get(n: u64) -> Call {
-    Call::GetSession {
+fn get(n: u64) -> GetSession {
+    GetSession {
         sid: SessionId::from_raw(n),
     }
 }
@@ -109,9 +120,12 @@ async fn a_silent_frontend_is_found_by_ping_and_the_link_redials() {
     // the backend pings, which is never answered either.
     assert!(matches!(
         next_request(&mut first).await.call,
-        Call::GetSession { .. }
+        FrontendCall::GetSession(_)
     ));
-    assert!(matches!(next_request(&mut first).await.call, Call::Ping));
+    assert!(matches!(
+        next_link_frame(&mut first).await,
+        Message::Ping(_)
+    ));
     match call.await.expect("no panic") {
         Err(Error::ConnectionLost { source, .. }) => {
             assert!(matches!(*source, LinkError::Silent(_)), "{source}")
@@ -126,25 +140,10 @@ async fn a_silent_frontend_is_found_by_ping_and_the_link_redials() {
         .await
         .expect("reconnected");
     second
-        .send(Message::Request(Request {
-            id: 7,
-            deadline_ms: 1000,
-            call: Call::Ping,
-            sent_ms: 0,
-        }))
+        .send(Message::Ping(7))
         .await
         .expect("ping the backend");
-    loop {
-        match second.next().await {
-            Some(Ok(Message::Response(r))) => {
-                assert_eq!(r.id, 7);
-                assert!(matches!(r.result, Ok(Reply::Done)));
-                break;
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected the ping's answer, got {other:?}"),
-        }
-    }
+    assert_eq!(next_link_frame(&mut second).await, Message::Pong(7));
     let answered = tokio::spawn({
         let client = client.clone();
         async move { client.call(get(2)).await }
@@ -153,14 +152,48 @@ async fn a_silent_frontend_is_found_by_ping_and_the_link_redials() {
     second
         .send(Message::Response(Response {
             id: req.id,
-            result: Ok(Reply::Session(None)),
+            result: GetSession::encode_reply(&None).map_err(|e| RpcError::new(e.code(), "")),
         }))
         .await
         .expect("answer");
-    assert!(matches!(
-        answered.await.expect("no panic"),
-        Ok(Reply::Session(None))
-    ));
+    assert!(matches!(answered.await.expect("no panic"), Ok(None)));
+}
+
+#[tokio::test]
+async fn an_abandoned_call_is_cancelled_on_the_frontend_and_an_unreadable_reply_is_typed() {
+    let (l, addr) = listener().await;
+    let client = FrontendClient::connect("f-1", addr, config()).expect("valid");
+    let (mut peer, pending) = tokio::join!(accept(&l, "f-1"), async {
+        client.send(get(1)).await.expect("queued")
+    });
+    let req = next_request(&mut peer).await;
+    // The caller gives up before the answer: the frontend hears of it.
+    drop(pending);
+    assert_eq!(next_link_frame(&mut peer).await, Message::Cancel(req.id));
+    // A reply that is not the call's reply type is an error of its own
+    // kind, never another call's answer.
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(get(2)).await }
+    });
+    let req = next_request(&mut peer).await;
+    peer.send(Message::Response(Response {
+        id: req.id,
+        result: Ok(bytes::Bytes::from_static(&[0x92, 0x01, 0x02])),
+    }))
+    .await
+    .expect("answer");
+    match call.await.expect("no panic") {
+        Err(
+            err @ Error::BadReply {
+                call: "get_session",
+                ..
+            },
+        ) => {
+            assert_eq!(err.code(), ErrorCode::Malformed)
+        }
+        other => panic!("expected BadReply, got {other:?}"),
+    }
 }
 
 #[tokio::test]

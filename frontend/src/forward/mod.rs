@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures::SinkExt;
 use session_proxy_protocol::client::server_type_of;
 use session_proxy_protocol::{
-    Call, CodecError, ErrorCode, InFlight, Message, MessageCodec, RegisterError, Reply, Request,
-    Response, RpcError, SessionSnapshot,
+    BackendCall, Call, CodecError, ErrorCode, FrontendCodec, Handle, InFlight, Message,
+    RegisterError, Request, Response, RpcError, SessionSnapshot,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,9 +37,9 @@ pub(crate) struct BackendLink {
     /// Tells this connection apart from an older one of the same node.
     pub(crate) conn_id: u64,
     /// The connection task's outbox.
-    pub(crate) tx: mpsc::Sender<Message>,
-    /// Forwarded calls awaiting responses.
-    pub(crate) inflight: InFlight<Result<Reply, RpcError>>,
+    pub(crate) tx: mpsc::Sender<Message<BackendCall>>,
+    /// Forwarded calls awaiting responses: the encoded reply, or why not.
+    pub(crate) inflight: InFlight<Result<Bytes, RpcError>>,
 }
 
 impl BackendLink {
@@ -67,9 +67,9 @@ impl BackendLink {
 /// Writes the forwarded requests queued for one backend, as many as are
 /// queued, in one flush.
 pub(crate) async fn send_queued<S: AsyncRead + AsyncWrite + Unpin + Send>(
-    framed: &mut Framed<S, MessageCodec>,
-    first: Message,
-    outbox: &mut mpsc::Receiver<Message>,
+    framed: &mut Framed<S, FrontendCodec>,
+    first: Message<BackendCall>,
+    outbox: &mut mpsc::Receiver<Message<BackendCall>>,
 ) -> Result<(), CodecError> {
     framed.feed(first).await?;
     while let Ok(out) = outbox.try_recv() {
@@ -132,12 +132,22 @@ impl std::fmt::Debug for BackendRegistry {
     }
 }
 
-/// Removes a forwarded call's id when its caller stops waiting.
-struct Forget<'a>(&'a BackendLink, u64);
+/// Removes a forwarded call's id when its caller stops waiting, and tells
+/// the backend to stop running it if it gave up before the answer and the
+/// deadline (at the deadline the backend stops by itself).
+struct Forget<'a> {
+    link: &'a BackendLink,
+    id: u64,
+    deadline_at: std::time::Instant,
+}
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.0.inflight.forget(self.1);
+        if self.link.inflight.forget(self.id) && std::time::Instant::now() < self.deadline_at {
+            // Best effort: a full queue or a dead link means the backend
+            // learns nothing, and its handler runs to its own deadline.
+            let _ = self.link.tx.try_send(Message::Cancel(self.id));
+        }
     }
 }
 
@@ -206,7 +216,7 @@ impl BackendRegistry {
         &self,
         server_type: &str,
         node_id: &str,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<Message<BackendCall>>,
         max_in_flight: usize,
     ) -> Arc<BackendLink> {
         let link = Arc::new(BackendLink {
@@ -328,11 +338,15 @@ impl BackendRegistry {
                 RpcError::new(ErrorCode::PeerClosed, "backend connection closed")
             }
         })?;
-        let _forget = Forget(link, id);
+        let _forget = Forget {
+            link,
+            id,
+            deadline_at: std::time::Instant::now() + deadline,
+        };
         let request = Message::Request(Request::new(
             id,
             deadline,
-            Call::Handle {
+            Handle {
                 route: route.to_string(),
                 session,
                 body,
@@ -344,11 +358,8 @@ impl BackendRegistry {
                 .await
                 .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))?;
             match rx.await {
-                Ok(Ok(Reply::Handled(body))) => Ok(body),
-                Ok(Ok(_)) => Err(RpcError::new(
-                    ErrorCode::Internal,
-                    "backend sent an unexpected reply",
-                )),
+                Ok(Ok(reply)) => Handle::decode_reply(reply)
+                    .map_err(|err| RpcError::new(err.code(), format!("undecodable reply: {err}"))),
                 Ok(Err(err)) => Err(err),
                 Err(_) => Err(RpcError::new(
                     ErrorCode::PeerClosed,
@@ -374,11 +385,11 @@ impl BackendRegistry {
     ) -> Result<(), RpcError> {
         let link = self.pick(route, &session)?;
         link.tx
-            .send(Message::Notify(Call::Handle {
+            .send(Message::Notify(BackendCall::from(Handle {
                 route: route.to_string(),
                 session,
                 body,
-            }))
+            })))
             .await
             .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))
     }

@@ -1,43 +1,29 @@
-//! One session call from a backend, applied to the [`SessionService`].
+//! One session call from a backend, applied to the [`SessionService`]: the
+//! frontend's side of [`ServeFrontend`], one method per call.
 
 use super::link::BackendConn;
 use crate::delivery::{Receipt, Ticket};
+use crate::forward::BackendLink;
 use crate::SessionService;
-use session_proxy_protocol::{Call, ErrorCode, Message, Reply, Response, RpcError, SessionId};
+use bytes::Bytes;
+use session_proxy_protocol::calls::*;
+use session_proxy_protocol::text::log_safe;
+use session_proxy_protocol::{BackendCall, ErrorCode, Message, Response, RpcError, SessionId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, info};
 
-/// Whether a call pushes to clients (and is answered once written).
-pub(super) fn pushes_to_clients(call: &Call) -> bool {
-    matches!(
-        call,
-        Call::PushToSids { .. } | Call::PushToUids { .. } | Call::Broadcast { .. }
-    )
-}
-
-/// Whether a call changes session state (and so must be durable before it
-/// is acknowledged, when a store is attached).
-pub(super) fn mutates(call: &Call) -> bool {
-    matches!(
-        call,
-        Call::Bind { .. }
-            | Call::Unbind { .. }
-            | Call::Push { .. }
-            | Call::KickBySid { .. }
-            | Call::KickByUid { .. }
-            | Call::RevokeUid { .. }
-    )
-}
+/// What goes out on a backend link.
+pub(super) type Outgoing = Message<BackendCall>;
 
 /// One answer of a batch, held until the batch is durable.
 pub(super) struct Answer {
     /// The call's id.
     pub(super) id: u64,
-    /// What it did.
-    pub(super) result: Result<Reply, RpcError>,
+    /// What it did: the encoded reply, or why it failed.
+    pub(super) result: Result<Bytes, RpcError>,
     /// A change that must be in the store before it is acknowledged.
     pub(super) durable: bool,
     /// The one session the call addressed, if any.
@@ -48,7 +34,7 @@ impl Answer {
     /// An answer to a call on `sid`, or to a call on no single session.
     pub(super) fn new(
         id: u64,
-        result: Result<Reply, RpcError>,
+        result: Result<Bytes, RpcError>,
         durable: bool,
         sid: Option<SessionId>,
     ) -> Self {
@@ -73,7 +59,8 @@ impl Answer {
 /// owner's copy; the backend is better placed to read again and retry.)
 /// `settled` says the call already ran against the store (after a group
 /// commit), so any result may hide a lost race; otherwise only the answers
-/// of a session that is not here are looked at.
+/// of a session that is not here are looked at (the reads and kicks that
+/// find no session ask [`moved`] themselves).
 pub(super) fn redirect(service: &SessionService, answer: &mut Answer, settled: bool) {
     let Some(sid) = answer.sid else { return };
     let not_here = matches!(
@@ -81,13 +68,22 @@ pub(super) fn redirect(service: &SessionService, answer: &mut Answer, settled: b
         Err(RpcError {
             code: ErrorCode::SessionNotFound,
             ..
-        }) | Ok(Reply::Session(None) | Reply::Kicked(0))
+        })
     );
     if !(settled || not_here) {
         return;
     }
-    if let Some(owner) = service.moved_to(sid) {
-        answer.result = Err(RpcError::new(ErrorCode::SessionMoved, owner));
+    if let Err(moved) = moved(service, sid) {
+        answer.result = Err(moved);
+    }
+}
+
+/// [`ErrorCode::SessionMoved`] when session `sid` now lives on another
+/// frontend; for calls that found no session here.
+fn moved(service: &SessionService, sid: SessionId) -> Result<(), RpcError> {
+    match service.moved_to(sid) {
+        Some(owner) => Err(RpcError::new(ErrorCode::SessionMoved, owner)),
+        None => Ok(()),
     }
 }
 
@@ -96,10 +92,10 @@ pub(super) fn redirect(service: &SessionService, answer: &mut Answer, settled: b
 pub(super) fn answer_when_written(
     tasks: &TaskTracker,
     id: u64,
-    reply: Reply,
+    reply: Bytes,
     (receipt, issuer): (Arc<Receipt>, Ticket),
     wait: Duration,
-    late_answers: mpsc::Sender<Message>,
+    late_answers: mpsc::Sender<Outgoing>,
 ) {
     tasks.spawn(async move {
         if tokio::time::timeout(wait, receipt.written(issuer))
@@ -125,7 +121,7 @@ pub(super) fn commit_then_answer(
     tasks: &TaskTracker,
     service: SessionService,
     answers: Vec<Answer>,
-    late_answers: mpsc::Sender<Message>,
+    late_answers: mpsc::Sender<Outgoing>,
 ) {
     tasks.spawn(async move {
         let committed = service.flush().await;
@@ -156,64 +152,141 @@ pub(super) fn commit_then_answer(
     });
 }
 
-impl BackendConn {
-    /// Applies one session call to the service. Pushes to clients are
-    /// counted on `receipt` when there is one.
-    pub(super) async fn apply(
+/// The session calls of one backend link, served on the [`SessionService`].
+pub(super) struct LinkCalls<'a> {
+    /// The connection the calls came in on.
+    pub(super) conn: &'a BackendConn,
+    /// The server type the backend serves and its registration, when it
+    /// serves one.
+    pub(super) link: Option<(&'a str, &'a BackendLink)>,
+}
+
+/// What comes with a call: the receipt that counts its pushes to clients,
+/// when the answer waits for them.
+pub(super) type CallCx = Option<Arc<Receipt>>;
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl ServeFrontend for LinkCalls<'_> {
+    type Cx = CallCx;
+
+    async fn get_session(
         &self,
-        call: Call,
-        receipt: Option<&Arc<Receipt>>,
-    ) -> Result<Reply, RpcError> {
-        let s = &self.service;
-        let reply = match call {
-            // (A draining backend's Drain is handled by its link; without a
-            // server type it was never picked anyway.)
-            Call::Ping | Call::Drain => Reply::Done,
-            Call::GetSession { sid } => Reply::Session(s.get(sid)),
-            Call::GetByUid { uid } => Reply::Sessions(s.get_by_uid(&uid)),
-            Call::Bind { sid, uid } => s.bind_everywhere(sid, &uid).await.map(|()| Reply::Done)?,
-            Call::Unbind { sid, uid } => s.unbind(sid, &uid).map(|()| Reply::Done)?,
-            Call::Push { sid, writes } => Reply::Pushed(s.apply_push(sid, writes)?),
-            Call::KickBySid { sid, reason } => {
-                Reply::Kicked(u32::from(s.kick_by_sid(sid, &reason)))
-            }
-            Call::KickByUid { uid, reason } => {
-                Reply::Kicked(u32::try_from(s.kick_by_uid(&uid, &reason)).unwrap_or(u32::MAX))
-            }
-            Call::PushToSids { route, body, sids } => Reply::PushedToSids(
-                sids.into_iter()
-                    .filter(|sid| {
-                        s.push_to_client_tracked(*sid, &route, body.clone(), receipt)
-                            .is_err()
-                    })
-                    .collect(),
-            ),
-            Call::PushToUids { route, body, uids } => {
-                Reply::PushedToUids(s.push_to_uids_tracked(&uids, &route, &body, receipt))
-            }
-            Call::Broadcast {
-                route,
-                body,
-                bound_only,
-            } => Reply::Broadcast(
-                u32::try_from(s.broadcast_tracked(&route, &body, bound_only, receipt))
-                    .unwrap_or(u32::MAX),
-            ),
-            Call::UserSessions { uid } => {
-                Reply::UserSessions(s.user_sessions(&uid).await.map_err(crate::Error::from)?)
-            }
-            Call::RevokeUid { uid, reason } => Reply::Ended(
-                s.revoke_uid(&uid, &reason)
-                    .await
-                    .map_err(crate::Error::from)?,
-            ),
-            Call::Handle { .. } => {
-                return Err(RpcError::new(
-                    ErrorCode::Unsupported,
-                    "frontends do not handle forwarded requests",
-                ))
-            }
-        };
-        Ok(reply)
+        call: GetSession,
+        _: &CallCx,
+    ) -> Result<Option<SessionSnapshot>, RpcError> {
+        let found = self.service().get(call.sid);
+        if found.is_none() {
+            moved(self.service(), call.sid)?;
+        }
+        Ok(found)
+    }
+
+    async fn get_by_uid(
+        &self,
+        call: GetByUid,
+        _: &CallCx,
+    ) -> Result<Vec<SessionSnapshot>, RpcError> {
+        Ok(self.service().get_by_uid(&call.uid))
+    }
+
+    async fn bind(&self, call: Bind, _: &CallCx) -> Result<(), RpcError> {
+        Ok(self.service().bind_everywhere(call.sid, &call.uid).await?)
+    }
+
+    async fn unbind(&self, call: Unbind, _: &CallCx) -> Result<(), RpcError> {
+        Ok(self.service().unbind(call.sid, &call.uid)?)
+    }
+
+    async fn push(&self, call: Push, _: &CallCx) -> Result<Vec<Option<u64>>, RpcError> {
+        Ok(self.service().apply_push(call.sid, call.writes)?)
+    }
+
+    async fn kick_by_sid(&self, call: KickBySid, _: &CallCx) -> Result<u32, RpcError> {
+        if self.service().kick_by_sid(call.sid, &call.reason) {
+            return Ok(1);
+        }
+        moved(self.service(), call.sid)?;
+        Ok(0)
+    }
+
+    async fn kick_by_uid(&self, call: KickByUid, _: &CallCx) -> Result<u32, RpcError> {
+        Ok(count(self.service().kick_by_uid(&call.uid, &call.reason)))
+    }
+
+    async fn push_to_sids(
+        &self,
+        call: PushToSids,
+        receipt: &CallCx,
+    ) -> Result<Vec<SessionId>, RpcError> {
+        let s = self.service();
+        Ok(call
+            .sids
+            .into_iter()
+            .filter(|sid| {
+                s.push_to_client_tracked(*sid, &call.route, call.body.clone(), receipt.as_ref())
+                    .is_err()
+            })
+            .collect())
+    }
+
+    async fn push_to_uids(
+        &self,
+        call: PushToUids,
+        receipt: &CallCx,
+    ) -> Result<Vec<String>, RpcError> {
+        Ok(self.service().push_to_uids_tracked(
+            &call.uids,
+            &call.route,
+            &call.body,
+            receipt.as_ref(),
+        ))
+    }
+
+    async fn broadcast(&self, call: Broadcast, receipt: &CallCx) -> Result<u32, RpcError> {
+        Ok(count(self.service().broadcast_tracked(
+            &call.route,
+            &call.body,
+            call.bound_only,
+            receipt.as_ref(),
+        )))
+    }
+
+    async fn user_sessions(
+        &self,
+        call: UserSessions,
+        _: &CallCx,
+    ) -> Result<Vec<SessionInfo>, RpcError> {
+        Ok(self
+            .service()
+            .user_sessions(&call.uid)
+            .await
+            .map_err(crate::Error::from)?)
+    }
+
+    async fn revoke_uid(&self, call: RevokeUid, _: &CallCx) -> Result<Vec<SessionId>, RpcError> {
+        Ok(self
+            .service()
+            .revoke_uid(&call.uid, &call.reason)
+            .await
+            .map_err(crate::Error::from)?)
+    }
+
+    async fn drain(&self, _: Drain, _: &CallCx) -> Result<(), RpcError> {
+        // A backend without a server type was never picked anyway.
+        if let Some((server_type, link)) = self.link {
+            // No new picks; what runs on it completes.
+            self.conn.backends.unregister(server_type, link);
+            info!(backend = %log_safe(&link.node_id), "backend draining; forwarding no new requests to it");
+        }
+        Ok(())
+    }
+}
+
+impl LinkCalls<'_> {
+    fn service(&self) -> &SessionService {
+        &self.conn.service
     }
 }

@@ -13,7 +13,7 @@ use futures::{SinkExt, StreamExt};
 use session_proxy_protocol::auth::NONCE_LEN;
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
-    CodecError, ErrorCode, Hello, HelloReply, Message, MessageCodec, RpcError, Secret,
+    CodecError, ErrorCode, FrontendCodec, Hello, HelloReply, Message, RpcError, Secret,
     PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -32,7 +32,7 @@ impl BackendConn {
     /// [`accept`](Self::accept) once the backend is registered.
     pub(super) async fn handshake<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<S, MessageCodec>,
+        framed: &mut Framed<S, FrontendCodec>,
         deadline: Instant,
     ) -> Result<Hello, Refused> {
         let peer = self.peer;
@@ -88,7 +88,7 @@ impl BackendConn {
     /// Answers an accepted hello.
     pub(super) async fn accept<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<S, MessageCodec>,
+        framed: &mut Framed<S, FrontendCodec>,
     ) -> Result<(), CodecError> {
         framed
             .send(Message::HelloReply(HelloReply::Accepted {
@@ -103,7 +103,7 @@ impl BackendConn {
     /// knows the secret, `Ok(Some(refusal))` when it did not.
     async fn authenticate<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<S, MessageCodec>,
+        framed: &mut Framed<S, FrontendCodec>,
         secret: &Secret,
         hello: &Hello,
         deadline: Instant,

@@ -3,7 +3,7 @@
 //! and writes the forwarded requests queued for it.
 
 use super::apply::{
-    answer_when_written, commit_then_answer, mutates, pushes_to_clients, redirect, Answer,
+    answer_when_written, commit_then_answer, redirect, Answer, LinkCalls, Outgoing,
 };
 use super::Unauthenticated;
 use crate::delivery::Receipt;
@@ -13,8 +13,7 @@ use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
-    Call, ClockOffset, CodecError, ErrorCode, HelloReply, Message, MessageCodec, Reply, Response,
-    RpcError,
+    ClockOffset, CodecError, ErrorCode, FrontendCodec, HelloReply, Message, Response, RpcError,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,7 +87,7 @@ impl BackendConn {
         deadline: tokio::time::Instant,
     ) {
         // Small frames until the peer is known.
-        let mut framed = Framed::new(stream, MessageCodec::new(self.config.hello_max_frame));
+        let mut framed = Framed::new(stream, FrontendCodec::new(self.config.hello_max_frame));
         let Ok(hello) = self.handshake(&mut framed, deadline).await else {
             return;
         };
@@ -108,7 +107,7 @@ impl BackendConn {
             .await;
             return;
         };
-        *framed.codec_mut() = MessageCodec::new(self.config.max_frame);
+        *framed.codec_mut() = FrontendCodec::new(self.config.max_frame);
         // Authenticated (or no secret is set); still the peer's own words.
         let backend = log_safe(&hello.node_id);
         let (tx, mut rx) = mpsc::channel(self.config.queue);
@@ -155,11 +154,12 @@ impl BackendConn {
 
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        framed: &mut Framed<S, MessageCodec>,
+        framed: &mut Framed<S, FrontendCodec>,
         link: Option<(&str, &BackendLink)>,
-        (outbox, late_answers): (&mut mpsc::Receiver<Message>, &mpsc::Sender<Message>),
+        (outbox, late_answers): (&mut mpsc::Receiver<Outgoing>, &mpsc::Sender<Outgoing>),
         clock: ClockOffset,
     ) -> End {
+        let calls = LinkCalls { conn: self, link };
         // Answers of the current batch, held until the batch is durable.
         let mut answers: Vec<Answer> = Vec::new();
         // One cancellation future and one silence timer for the link's life:
@@ -219,24 +219,17 @@ impl BackendConn {
                             None,
                         ));
                     }
-                    Message::Request(req) if matches!(req.call, Call::Drain) => {
-                        if let Some((server_type, link)) = link {
-                            // No new picks; what runs on it completes.
-                            self.backends.unregister(server_type, link);
-                            info!(backend = %log_safe(&link.node_id), "backend draining; forwarding no new requests to it");
-                        }
-                        answers.push(Answer::new(req.id, Ok(Reply::Done), false, None));
-                    }
                     Message::Request(req) => {
-                        let mutates = mutates(&req.call);
+                        let kind = req.call.kind();
+                        let mutates = kind.mutates();
                         let sid = req.call.sid();
                         let wait = self
                             .config
                             .push_write_wait
                             .min(Duration::from_millis(u64::from(req.deadline_ms) / 2));
-                        if pushes_to_clients(&req.call) && !wait.is_zero() {
+                        if kind.pushes_to_clients() && !wait.is_zero() {
                             let (receipt, issuer) = Receipt::new();
-                            let result = self.apply(req.call, Some(&receipt)).await;
+                            let result = req.call.serve(&calls, &Some(receipt.clone())).await;
                             match result {
                                 Ok(reply) if receipt.is_pending() => answer_when_written(
                                     &self.tasks,
@@ -249,7 +242,7 @@ impl BackendConn {
                                 result => answers.push(Answer::new(req.id, result, mutates, sid)),
                             }
                         } else {
-                            let result = self.apply(req.call, None).await;
+                            let result = req.call.serve(&calls, &None).await;
                             answers.push(Answer::new(req.id, result, mutates, sid));
                         }
                         if let Some(answer) = answers.last_mut().filter(|a| a.id == req.id) {
@@ -257,10 +250,19 @@ impl BackendConn {
                         }
                     }
                     Message::Notify(call) => {
-                        if let Err(err) = self.apply(call, None).await {
+                        if let Err(err) = call.serve(&calls, &None).await {
                             debug!(cause = %err, "notify failed");
                         }
                     }
+                    Message::Ping(id) => {
+                        // Buffered with this batch's answers.
+                        if let Err(err) = framed.feed(Message::Pong(id)).await {
+                            return End::Corrupt(err);
+                        }
+                    }
+                    // Session calls are applied as they arrive: by the time
+                    // a cancel comes, its call has run.
+                    Message::Cancel(_) | Message::Pong(_) => {}
                     Message::Response(resp) => match link {
                         Some((_, link)) => link.complete(resp),
                         None => debug!(id = resp.id, "ignoring a response to no request"),

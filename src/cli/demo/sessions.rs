@@ -5,7 +5,7 @@ use super::{ChatReport, DemoConfig, DemoReport};
 use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
 use session_proxy::node::{BackendRole, FrontendRole, Node};
-use session_proxy::protocol::{Call, KeyWrite, Precondition};
+use session_proxy::protocol::{KeyWrite, Precondition, Push};
 use session_proxy::{
     BackendSessionService, ConnectInfo, ErrorCode, Handlers, Outbound, SessionOwner, SessionService,
 };
@@ -279,7 +279,7 @@ impl Cluster {
             }
             pending.push(
                 client_b
-                    .send(Call::Push {
+                    .send(Push {
                         sid: *sid,
                         writes: vec![KeyWrite {
                             key: "shared".into(),
@@ -390,13 +390,13 @@ impl Cluster {
         let mut inflight = std::collections::VecDeque::with_capacity(window);
         for k in 0..count {
             if inflight.len() == window {
-                let p: session_proxy::backend::PendingCall =
+                let p: session_proxy::backend::PendingCall<Push> =
                     inflight.pop_front().context("window is full")?;
                 p.response().await?;
             }
             inflight.push_back(
                 client_a
-                    .send(Call::Push {
+                    .send(Push {
                         sid: live[k % live.len()],
                         writes: vec![KeyWrite {
                             key: "tick".into(),
