@@ -5,15 +5,18 @@
 
 mod common;
 
+use common::cluster;
 use common::nodes::{free_port, signal, spawn_session_proxy};
 use common::redis::RedisServer;
 use common::{frontend_value, quick_client, rpc_on_loopback, start_backend_with};
+use serde_json::json;
 use session_proxy::frontend::{RedisStore, RedisStoreConfig, StoreOptions, StoredSession};
+use session_proxy::protocol::{Bind, GetSession};
 use session_proxy::{
     BackendSession, BackendSessionService, ConnectInfo, ErrorCode, RpcConfig, RpcServer,
     SessionConfig, SessionId, SessionService,
 };
-use session_proxy_bench::pomelo::PomeloClient;
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, Transport};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,13 +31,22 @@ struct Setup {
 
 /// A frontend on `redis` with short store deadlines, and a backend on it.
 async fn setup(redis: &RedisServer, ttl: Duration, call_timeout: Duration) -> Setup {
+    setup_with(redis, ttl, call_timeout, SessionConfig::new("f1")).await
+}
+
+async fn setup_with(
+    redis: &RedisServer,
+    ttl: Duration,
+    call_timeout: Duration,
+    session_config: SessionConfig,
+) -> Setup {
     let prefix = format!("t{}:", free_port());
     let mut config = RedisStoreConfig::new(redis.url());
     config.prefix = prefix.clone();
     config.connect_timeout = Duration::from_millis(300);
     config.response_timeout = call_timeout;
     let store = RedisStore::connect(config).await.expect("redis store");
-    let sessions = SessionService::new(SessionConfig::new("f1"));
+    let sessions = SessionService::new(session_config);
     let mut options = StoreOptions::default();
     options.ttl = ttl;
     options.flush_interval = Duration::from_millis(20);
@@ -198,6 +210,113 @@ async fn a_stopped_redis_holds_up_no_other_call_and_is_written_after_sigcont() {
     wait_stored(&redis, &t.prefix, sid, "n", 3).await;
     push_until_durable(&mut s, 4).await;
     assert_eq!(stored_value(&redis, &t.prefix, sid, "n").await, Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_on_a_stopped_redis_holds_up_no_forwarded_request_on_its_link() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let node = cluster::start_frontend("f1", |_| {}).await;
+    let mut config = RedisStoreConfig::new(redis.url());
+    config.prefix = format!("t{}:", free_port());
+    let store = RedisStore::connect(config).await.expect("redis store");
+    let mut options = StoreOptions::default();
+    options.call_timeout = Duration::from_secs(5);
+    node.sessions
+        .attach_store(Arc::new(store), options)
+        .await
+        .expect("attach");
+    // One backend, one link: its revoke and the requests forwarded to it.
+    let (backend, _channels) = cluster::start_backend("g1", &[&node]);
+    cluster::wait_for_backends(&node, 1).await;
+    let player = cluster::client(node.gateway.local_addr(), Transport::Tcp).await;
+    let mut banned = cluster::client(node.gateway.local_addr(), Transport::Tcp).await;
+    banned
+        .request("connector.entry.login", &json!({ "uid": "cheater" }))
+        .await
+        .expect("login");
+
+    redis.pause();
+    let revoke = tokio::spawn({
+        let backend = backend.clone();
+        async move { backend.revoke_user("cheater", "banned").await }
+    });
+    // The frontend runs the revoke: it kicks the connected session, then
+    // waits on the stopped store.
+    match banned.next_event(cluster::WAIT).await {
+        Some(PomeloEvent::Kick { reason }) => assert_eq!(reason, "banned"),
+        other => panic!("expected the kick, got {other:?}"),
+    }
+    // A request forwarded to the same backend over the same link.
+    let echo = player
+        .request("game.h.echo", &json!({ "n": 1 }))
+        .await
+        .expect("answered while the store is stopped");
+    assert_eq!(echo, json!({ "n": 1 }));
+    assert!(
+        !revoke.is_finished(),
+        "the revoke still waits for the store"
+    );
+    redis.resume();
+    let ended = tokio::time::timeout(WAIT, revoke)
+        .await
+        .expect("the revoke ends once Redis is back")
+        .expect("task")
+        .expect("revoked");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_session_whose_bind_waits_on_the_store_runs_after_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Cluster-wide single-session binds ask the store first.
+    let mut config = SessionConfig::new("f1");
+    config.single_session = session_proxy::SingleSessionPolicy::KickOld;
+    let t = setup_with(
+        &redis,
+        Duration::from_secs(600),
+        Duration::from_secs(5),
+        config,
+    )
+    .await;
+    let owner = t.sessions.create(ConnectInfo::default());
+    let client = t.backend.client("f1").expect("known");
+    client
+        .connected(WAIT)
+        .await
+        .expect("the link is up before Redis stops");
+
+    redis.pause();
+    // Pipelined: the read is sent after the bind, before its answer.
+    let bind = client
+        .send(Bind {
+            sid: owner.sid(),
+            uid: "alice".into(),
+        })
+        .await
+        .expect("queued");
+    let read = client
+        .send(GetSession { sid: owner.sid() })
+        .await
+        .expect("queued");
+    // Another session's read is not held up by the waiting bind.
+    let other = t.sessions.create(ConnectInfo::default());
+    let seen = client
+        .call(GetSession { sid: other.sid() })
+        .await
+        .expect("answered while the bind waits");
+    assert!(seen.is_some());
+    redis.resume();
+    bind.response().await.expect("bound once Redis is back");
+    let snapshot = read.response().await.expect("read").expect("open");
+    assert_eq!(
+        snapshot.uid.as_deref(),
+        Some("alice"),
+        "the read ran after the bind before it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! One session call from a backend, applied to the [`SessionService`]: the
 //! frontend's side of [`ServeFrontend`], one method per call.
 
-use super::link::BackendConn;
+use super::BackendConn;
 use crate::delivery::{Receipt, Ticket};
 use crate::forward::BackendLink;
 use crate::SessionService;

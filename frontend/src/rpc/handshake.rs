@@ -7,7 +7,7 @@
 //! each refusal is logged once, rate-limited, with the peer's strings made
 //! safe ([`log_safe`]).
 
-use super::link::BackendConn;
+use super::BackendConn;
 use crate::logs::warn_throttled;
 use futures::{SinkExt, StreamExt};
 use session_proxy_protocol::auth::NONCE_LEN;

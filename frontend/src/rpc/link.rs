@@ -5,45 +5,21 @@
 use super::apply::{
     answer_when_written, commit_then_answer, redirect, Answer, LinkCalls, Outgoing,
 };
-use super::Unauthenticated;
-use crate::delivery::Receipt;
+use super::lanes::{Done, Lanes};
+use super::{BackendConn, Unauthenticated};
 use crate::forward::BackendLink;
 use crate::logs::warn_throttled;
-use crate::{BackendRegistry, RpcConfig, SessionService};
 use futures::{FutureExt, SinkExt, StreamExt};
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
     ClockOffset, CodecError, ErrorCode, FrontendCodec, HelloReply, Message, Response, RpcError,
 };
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-
-/// One backend connection.
-pub(super) struct BackendConn {
-    /// The sessions this frontend owns.
-    pub(super) service: SessionService,
-    /// Where a backend that serves a server type is registered.
-    pub(super) backends: BackendRegistry,
-    /// One per authenticated backend connection.
-    pub(super) slots: Arc<tokio::sync::Semaphore>,
-    /// Server settings.
-    pub(super) config: Arc<RpcConfig>,
-    /// Cancelled when the server shuts down.
-    pub(super) cancel: CancellationToken,
-    /// The server's tasks: late push answers run here, so shutdown waits
-    /// for them.
-    pub(super) tasks: TaskTracker,
-    /// The backend's address, for logs.
-    pub(super) peer: SocketAddr,
-}
 
 /// Why a connection ended, for the log line.
 enum End {
@@ -160,6 +136,7 @@ impl BackendConn {
         clock: ClockOffset,
     ) -> End {
         let calls = LinkCalls { conn: self, link };
+        let mut lanes = Lanes::new(&calls, self.config.push_write_wait);
         // Answers of the current batch, held until the batch is durable.
         let mut answers: Vec<Answer> = Vec::new();
         // One cancellation future and one silence timer for the link's life:
@@ -172,12 +149,21 @@ impl BackendConn {
         let silence = tokio::time::sleep_until(last_heard + idle_timeout);
         tokio::pin!(silence);
         loop {
-            // Wait for a frame (or a forwarded request to send).
+            // Wait for a frame, a call that waited, or a forwarded request
+            // to send.
             let first = tokio::select! {
                 _ = &mut cancelled => return End::Shutdown,
                 frame = framed.next() => {
                     last_heard = tokio::time::Instant::now();
-                    frame
+                    Some(frame)
+                }
+                done = lanes.next() => {
+                    let sid = done.0.sid;
+                    self.answer(done, &mut answers, late_answers);
+                    for done in lanes.resume(sid) {
+                        self.answer(done, &mut answers, late_answers);
+                    }
+                    None
                 }
                 _ = &mut silence => {
                     if last_heard.elapsed() >= idle_timeout {
@@ -197,7 +183,7 @@ impl BackendConn {
                 }
             };
             // Then take every frame already buffered, in arrival order.
-            let mut next = Some(first);
+            let mut next = first;
             while let Some(frame) = next.take() {
                 let msg = match frame {
                     None => return End::PeerClosed,
@@ -220,38 +206,16 @@ impl BackendConn {
                         ));
                     }
                     Message::Request(req) => {
-                        let kind = req.call.kind();
-                        let mutates = kind.mutates();
-                        let sid = req.call.sid();
-                        let wait = self
-                            .config
-                            .push_write_wait
-                            .min(Duration::from_millis(u64::from(req.deadline_ms) / 2));
-                        if kind.pushes_to_clients() && !wait.is_zero() {
-                            let (receipt, issuer) = Receipt::new();
-                            let result = req.call.serve(&calls, &Some(receipt.clone())).await;
-                            match result {
-                                Ok(reply) if receipt.is_pending() => answer_when_written(
-                                    &self.tasks,
-                                    req.id,
-                                    reply,
-                                    (receipt, issuer),
-                                    wait,
-                                    late_answers.clone(),
-                                ),
-                                result => answers.push(Answer::new(req.id, result, mutates, sid)),
-                            }
-                        } else {
-                            let result = req.call.serve(&calls, &None).await;
-                            answers.push(Answer::new(req.id, result, mutates, sid));
-                        }
-                        if let Some(answer) = answers.last_mut().filter(|a| a.id == req.id) {
-                            redirect(&self.service, answer, false);
+                        let deadline = Duration::from_millis(u64::from(req.deadline_ms));
+                        if let Some(done) = lanes.start(Some(req.id), req.call, deadline) {
+                            self.answer(done, &mut answers, late_answers);
                         }
                     }
                     Message::Notify(call) => {
-                        if let Err(err) = call.serve(&calls, &None).await {
-                            debug!(cause = %err, "notify failed");
+                        // Nobody waits for a notify's answer, nor for its
+                        // pushes to be written.
+                        if let Some(done) = lanes.start(None, call, Duration::ZERO) {
+                            self.answer(done, &mut answers, late_answers);
                         }
                     }
                     Message::Ping(id) => {
@@ -260,8 +224,9 @@ impl BackendConn {
                             return End::Corrupt(err);
                         }
                     }
-                    // Session calls are applied as they arrive: by the time
-                    // a cancel comes, its call has run.
+                    // Session calls are short, or wait on the store, which
+                    // they must not leave half done: a cancel changes
+                    // nothing here.
                     Message::Cancel(_) | Message::Pong(_) => {}
                     Message::Response(resp) => match link {
                         Some((_, link)) => link.complete(resp),
@@ -304,6 +269,32 @@ impl BackendConn {
             }
             if self.cancel.is_cancelled() {
                 return End::Shutdown;
+            }
+        }
+    }
+
+    /// Answers a call that finished: now, with this batch, or once its
+    /// pushes are written; a notify's failure is only logged.
+    fn answer(
+        &self,
+        (started, result): Done,
+        answers: &mut Vec<Answer>,
+        late: &mpsc::Sender<Outgoing>,
+    ) {
+        let Some(id) = started.id else {
+            if let Err(err) = result {
+                debug!(cause = %err, "notify failed");
+            }
+            return;
+        };
+        match (started.receipt, result) {
+            (Some((receipt, wait)), Ok(reply)) if receipt.0.is_pending() => {
+                answer_when_written(&self.tasks, id, reply, receipt, wait, late.clone())
+            }
+            (_, result) => {
+                let mut answer = Answer::new(id, result, started.kind.mutates(), started.sid);
+                redirect(&self.service, &mut answer, false);
+                answers.push(answer);
             }
         }
     }

@@ -13,13 +13,14 @@
 //! - `link`: one backend connection's loop: batching, group commit, and the
 //!   forwarded requests going out on the same socket
 //!   ([`forward`](crate::forward) owns those);
+//! - `lanes`: the calls that wait on the session store, run beside the
+//!   link's reader, in order per session;
 //! - `apply`: one session call applied to the [`SessionService`].
 
 mod apply;
 mod handshake;
+mod lanes;
 mod link;
-
-use link::BackendConn;
 
 use crate::listener::{accept, bind_reusable, IpSlot, PerIp, Running};
 use crate::logs::warn_throttled;
@@ -33,6 +34,25 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, Instrument};
+
+/// One backend connection.
+pub(super) struct BackendConn {
+    /// The sessions this frontend owns.
+    pub(super) service: SessionService,
+    /// Where a backend that serves a server type is registered.
+    pub(super) backends: BackendRegistry,
+    /// One per authenticated backend connection.
+    pub(super) slots: Arc<tokio::sync::Semaphore>,
+    /// Server settings.
+    pub(super) config: Arc<RpcConfig>,
+    /// Cancelled when the server shuts down.
+    pub(super) cancel: CancellationToken,
+    /// The server's tasks: late push answers run here, so shutdown waits
+    /// for them.
+    pub(super) tasks: TaskTracker,
+    /// The backend's address, for logs.
+    pub(super) peer: SocketAddr,
+}
 
 /// A running RPC server. Stop it with [`RpcServer::shutdown`]; dropping it
 /// stops it too, without waiting.
