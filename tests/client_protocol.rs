@@ -83,9 +83,11 @@ async fn handshakes_never_acked_leave_no_sessions_behind() {
         acked.next(Duration::from_secs(5)).await,
         Some(PackageType::Heartbeat)
     );
+    let mut events = f.sessions.subscribe();
     drop(acked);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(f.sessions.count(), 1, "the acked session is parked");
+    let parked = common::next_parked(&mut events, Duration::from_secs(5)).await;
+    assert!(f.sessions.is_parked(parked), "the acked session is parked");
+    assert_eq!(f.sessions.count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

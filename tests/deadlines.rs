@@ -32,7 +32,7 @@ async fn over_the_in_process_link_too() {
     config.in_process = Some("deadlines-f1".into());
     let rpc = common::rpc_on_loopback(&sessions, config).await;
     let addr = rpc.in_process_addr().expect("in process");
-    let pipe = session_proxy::protocol::inproc::connect(addr).expect("a pipe");
+    let pipe = session_proxy::link::inproc::connect(addr).expect("a pipe");
     late_calls_are_not_applied(pipe, &sessions).await;
 }
 

@@ -157,7 +157,7 @@ fn backend_in_process(
     registry: &std::sync::Arc<RedisMembership>,
 ) -> (
     session_proxy::BackendSessionService,
-    session_proxy::registry::Following,
+    session_proxy::node::Following,
 ) {
     use session_proxy::{BackendConfig, BackendSession, BackendSessionService, Handlers};
     let mut handlers = Handlers::new();
@@ -167,7 +167,7 @@ fn backend_in_process(
     let mut config = BackendConfig::new(id);
     config.server_type = Some("chat".into());
     let backend = BackendSessionService::serving(config, handlers).expect("config");
-    let following = session_proxy::registry::follow_frontends(registry.watch(), backend.clone());
+    let following = session_proxy::node::follow_frontends(registry.watch(), backend.clone());
     (backend, following)
 }
 

@@ -98,10 +98,16 @@ async fn sessions_per_frontend() {
         .expect_err("third is refused");
     assert!(err.to_string().contains("500"), "{err:#}");
     assert_eq!(sessions.count(), 2);
+    let mut events = sessions.subscribe();
     drop(a);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // With resume on, the dropped session is parked and still counts.
+    // With resume on, the dropped session is parked, and still counts.
+    let parked = next_parked(&mut events, Duration::from_secs(5)).await;
+    assert!(sessions.is_parked(parked));
     assert_eq!(sessions.count(), 2);
+    let err = PomeloClient::connect(gw.local_addr())
+        .await
+        .expect_err("a parked session holds its place");
+    assert!(err.to_string().contains("500"), "{err:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

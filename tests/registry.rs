@@ -9,8 +9,8 @@ use common::etcd::EtcdServer;
 use common::nodes::free_port;
 use common::redis::RedisServer;
 use session_proxy::registry::{
-    follow_frontends, EtcdMembership, EtcdMembershipConfig, Members, Membership, NodeRecord,
-    NodeRole, NodeState, RedisMembership, RedisMembershipConfig, Registration,
+    EtcdMembership, EtcdMembershipConfig, Members, Membership, NodeRecord, NodeRole, NodeState,
+    RedisMembership, RedisMembershipConfig, Registration,
 };
 use session_proxy::{
     BackendConfig, BackendSessionService, ConnectInfo, RpcConfig, RpcServer, SessionConfig,
@@ -110,7 +110,7 @@ async fn joins_and_leaves(registry: Arc<dyn Membership>) {
     let mut config = BackendConfig::new("chat-1");
     config.deadline = Duration::from_millis(500);
     let backend = BackendSessionService::new(config).expect("config");
-    let _following = follow_frontends(registry.watch(), backend.clone());
+    let _following = session_proxy::node::follow_frontends(registry.watch(), backend.clone());
     reaches(&backend, &a, Duration::from_secs(3)).await;
 
     // A second frontend registers: dialled within a second.

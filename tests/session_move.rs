@@ -8,9 +8,8 @@ mod common;
 use common::nodes::{registered_frontend, sigkill, signal};
 use common::redis::RedisServer;
 use serde_json::{json, Value};
-use session_proxy::registry::{
-    follow_frontends, Following, Membership, RedisMembership, RedisMembershipConfig,
-};
+use session_proxy::node::{follow_frontends, Following};
+use session_proxy::registry::{Membership, RedisMembership, RedisMembershipConfig};
 use session_proxy::{BackendConfig, BackendSessionService, ErrorCode, SessionId};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 // The Pinus peer of the benchmarks: a connector and a chat backend serving
-// the same bench routes as session-proxy's bench app (src/bench_app.rs).
+// the same bench routes as session-proxy's bench app (bench/src/app.rs).
 'use strict';
 require('reflect-metadata');
 const { pinus } = require('pinus');

@@ -61,7 +61,7 @@ pub enum Error {
     },
     /// The in-process listener could not be set up (its name is taken).
     #[error("{0}")]
-    InProcess(#[from] session_proxy_protocol::inproc::InProcessError),
+    InProcess(#[from] session_proxy_link::inproc::InProcessError),
     /// A configuration field cannot work; nothing was started.
     #[error("invalid configuration: {0}")]
     Config(#[from] crate::config::ConfigError),

@@ -63,7 +63,6 @@ pub mod codec;
 pub mod error;
 pub mod id;
 pub mod inflight;
-pub mod inproc;
 pub mod message;
 pub mod text;
 #[cfg(feature = "tls")]

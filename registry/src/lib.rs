@@ -6,9 +6,9 @@
 //! lease lapses is gone for everyone within the TTL plus one renewal; a node
 //! that cannot renew keeps serving and keeps retrying (it never stops
 //! itself over a registry outage), logging each failure. Every node can
-//! [`watch`](Membership::watch) the members; a backend
-//! [`follow`](follow_frontends)s the frontends in it, dialling new ones and
-//! dropping those that left.
+//! [`watch`](Membership::watch) the members; a backend node follows the
+//! frontends in it (`session_proxy::node::follow_frontends`), dialling new
+//! ones and dropping those that left.
 //!
 //! Three kinds of registry sit behind one trait, [`Membership`]:
 //! - [`StaticMembership`]: a fixed list (the cluster file), the default;
@@ -34,7 +34,6 @@
 
 #[cfg(feature = "etcd")]
 mod etcd;
-mod follow;
 mod lease;
 mod record;
 #[cfg(feature = "redis")]
@@ -42,7 +41,6 @@ mod redis;
 
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdMembership, EtcdMembershipConfig};
-pub use follow::{follow_frontends, Following};
 pub use lease::{RecordHandle, Registration};
 pub use record::{Members, NodeRecord, NodeRole, NodeState, MAX_RECORD_BYTES};
 #[cfg(feature = "redis")]
@@ -63,7 +61,7 @@ pub const DRAINING: &str = "session_proxy_draining";
 pub const EXPORTED: &[(&str, &str)] = &[(RENEWALS, "counter"), (DRAINING, "gauge")];
 
 /// Describes this crate's metrics to the installed recorder.
-pub fn describe_metrics() {
+pub fn describe() {
     metrics::describe_counter!(RENEWALS, "Lease renewals of this node's record, by result.");
     metrics::describe_gauge!(DRAINING, "1 while this node is draining, else 0.");
     for result in ["ok", "failed"] {

@@ -115,7 +115,7 @@ pub fn install_metrics(role: crate::registry::NodeRole) -> Result<Metrics, Metri
         crate::registry::NodeRole::Frontend => crate::frontend::metrics::describe(),
         crate::registry::NodeRole::Backend => crate::backend::metrics::describe(),
     }
-    crate::registry::describe_metrics();
+    crate::registry::describe();
     let process = metrics_process::Collector::default();
     process.describe();
     let upkeep = handle.clone();

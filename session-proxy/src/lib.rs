@@ -10,6 +10,8 @@
 //!
 //! # Layout
 //! - [`protocol`]: wire types, framing and error codes (no I/O).
+//! - [`link`]: the I/O both ends of a cluster link share (the batching
+//!   writer, the in-process transport).
 //! - [`frontend`]: [`SessionService`], the [`RpcServer`] backends call, and
 //!   the [`Gateway`] that serves Pomelo/Pinus clients.
 //! - [`backend`]: [`BackendSessionService`], [`BackendSession`],
@@ -70,6 +72,7 @@ pub mod node;
 
 pub use session_proxy_backend as backend;
 pub use session_proxy_frontend as frontend;
+pub use session_proxy_link as link;
 pub use session_proxy_protocol as protocol;
 pub use session_proxy_registry as registry;
 

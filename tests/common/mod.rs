@@ -237,6 +237,26 @@ pub fn accepted(
     })
 }
 
+/// Waits for the next session to be parked (its client left, resume on)
+/// among `events`, for at most `within`.
+pub async fn next_parked(
+    events: &mut tokio::sync::broadcast::Receiver<session_proxy::frontend::SessionEvent>,
+    within: Duration,
+) -> session_proxy::SessionId {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(session_proxy::frontend::SessionEvent::Parked { sid }) => return sid,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(err) => panic!("session events ended: {err}"),
+            }
+        }
+    };
+    tokio::time::timeout(within, wait)
+        .await
+        .expect("a session was parked")
+}
+
 /// Checks `probe` until it answers `Ok`, for at most `within`, and returns
 /// its value; panics with `what` and the probe's last `Err` otherwise. For
 /// state that announces no event (another process's, the runtime's own

@@ -28,12 +28,11 @@ pub(super) async fn dial(
     addr: &str,
     config: &BackendConfig,
 ) -> Result<Opened, LinkError> {
-    let (r, w) = if session_proxy_protocol::inproc::is_in_process(addr) {
-        let pipe =
-            session_proxy_protocol::inproc::connect(addr).map_err(|e| LinkError::Connect {
-                addr: addr.to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e),
-            })?;
+    let (r, w) = if session_proxy_link::inproc::is_in_process(addr) {
+        let pipe = session_proxy_link::inproc::connect(addr).map_err(|e| LinkError::Connect {
+            addr: addr.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e),
+        })?;
         let (r, w) = tokio::io::split(pipe);
         let halves: Halves = (Box::new(r), Box::new(w));
         halves

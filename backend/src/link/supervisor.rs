@@ -9,7 +9,7 @@ use super::{
 use crate::error::LinkError;
 use crate::BackendConfig;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use rand::Rng;
 use session_proxy_protocol::{BackendCall, ClockOffset, ErrorCode, InFlight, Message};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -276,12 +276,7 @@ async fn write_loop(
             _ = stop.cancelled() => {
                 // What is queued leaves before the link closes, within a
                 // bound (a peer that does not read gets no more).
-                let last = async {
-                    while let Ok(msg) = rx.try_recv() {
-                        writer.feed(msg).await?;
-                    }
-                    writer.flush().await
-                };
+                let last = session_proxy_link::write_rest(&mut writer, &mut rx);
                 let _ = tokio::time::timeout(LAST_WRITE, last).await;
                 return LinkError::Stopped;
             }
@@ -289,23 +284,7 @@ async fn write_loop(
         let Some(msg) = msg else {
             return LinkError::Stopped;
         };
-        if let Err(err) = writer.feed(msg).await {
-            return write(err);
-        }
-        // Twice: once now, and once after the other ready tasks (handlers
-        // finishing in the same round) had a turn, so their answers leave
-        // in this write instead of one write each.
-        for turn in 0..2 {
-            if turn == 1 {
-                tokio::task::yield_now().await;
-            }
-            while let Ok(msg) = rx.try_recv() {
-                if let Err(err) = writer.feed(msg).await {
-                    return write(err);
-                }
-            }
-        }
-        if let Err(err) = writer.flush().await {
+        if let Err(err) = session_proxy_link::write_batch(&mut writer, msg, &mut rx).await {
             return write(err);
         }
     }

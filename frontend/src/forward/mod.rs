@@ -14,19 +14,16 @@ pub mod router;
 pub use router::{pick_by_key, HashRouter, Router};
 
 use bytes::Bytes;
-use futures::SinkExt;
 use session_proxy_protocol::client::server_type_of;
 use session_proxy_protocol::{
-    BackendCall, Call, CodecError, ErrorCode, FrontendCodec, Handle, InFlight, Message,
-    RegisterError, Request, Response, RpcError, SessionSnapshot,
+    BackendCall, Call, ErrorCode, Handle, InFlight, Message, RegisterError, Request, Response,
+    RpcError, SessionSnapshot,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::Framed;
 use tracing::debug;
 
 /// One connected backend that serves a server type.
@@ -62,27 +59,6 @@ impl BackendLink {
             ))
         });
     }
-}
-
-/// Writes the forwarded requests queued for one backend, as many as are
-/// queued, in one flush.
-pub(crate) async fn send_queued<S: AsyncRead + AsyncWrite + Unpin + Send>(
-    framed: &mut Framed<S, FrontendCodec>,
-    first: Message<BackendCall>,
-    outbox: &mut mpsc::Receiver<Message<BackendCall>>,
-) -> Result<(), CodecError> {
-    framed.feed(first).await?;
-    while let Ok(out) = outbox.try_recv() {
-        framed.feed(out).await?;
-    }
-    // Let the other tasks that are ready now (client connections with
-    // requests read in the same I/O round) queue theirs, so they leave
-    // in this write instead of one write each.
-    tokio::task::yield_now().await;
-    while let Ok(out) = outbox.try_recv() {
-        framed.feed(out).await?;
-    }
-    framed.flush().await
 }
 
 /// The connected backends of one server type, sorted by node id, with their

@@ -176,7 +176,7 @@ impl BackendConn {
                     continue;
                 }
                 Some(out) = outbox.recv() => {
-                    if let Err(err) = crate::forward::send_queued(framed, out, outbox).await {
+                    if let Err(err) = session_proxy_link::write_batch(framed, out, outbox).await {
                         return End::Corrupt(err);
                     }
                     continue;

@@ -25,7 +25,7 @@ mod link;
 use crate::listener::{accept, bind_reusable, IpSlot, PerIp, Running};
 use crate::logs::warn_throttled;
 use crate::{BackendRegistry, RpcConfig, SessionService};
-use session_proxy_protocol::inproc::{self, InProcessListener};
+use session_proxy_link::inproc::{self, InProcessListener};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -61,7 +61,7 @@ impl App {
         let mut role = self.backend_role(&node.id, &node.server_type, tls)?;
         for f in config.frontends() {
             let addr = match here.contains(&f.id.as_str()) {
-                true => format!("{}{}", crate::protocol::inproc::SCHEME, f.id),
+                true => format!("{}{}", crate::link::inproc::SCHEME, f.id),
                 false => match f.rpc {
                     Some(rpc) => rpc.to_string(),
                     None => continue,

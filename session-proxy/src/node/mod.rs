@@ -36,9 +36,11 @@
 #[cfg(feature = "admin")]
 mod admin;
 mod drain;
+mod follow;
 mod signal;
 mod start;
 
+pub use follow::{follow_frontends, Following};
 pub use signal::until_signal;
 
 use crate::backend::{BackendConfig, BackendSessionService, Handlers};
@@ -46,7 +48,7 @@ use crate::frontend::{
     Gateway, GatewayConfig, RpcConfig, SessionConfig, SessionStore, StoreOptions,
 };
 use crate::protocol::Secret;
-use crate::registry::{Following, Membership, Registration};
+use crate::registry::{Membership, Registration};
 use crate::{GatewayServer, RpcServer, SessionService};
 use std::future::Future;
 use std::net::SocketAddr;

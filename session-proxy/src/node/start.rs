@@ -8,9 +8,7 @@ use super::{
 use crate::backend::BackendSessionService;
 use crate::frontend::{Gateway, SessionStore, StoreOptions};
 use crate::protocol::Secret;
-use crate::registry::{
-    follow_frontends, Membership, NodeRecord, NodeRole, NodeState, Registration,
-};
+use crate::registry::{Membership, NodeRecord, NodeRole, NodeState, Registration};
 use crate::{RpcServer, SessionService};
 use std::sync::Arc;
 use std::time::Duration;
@@ -229,7 +227,7 @@ fn start_backend(
             service.add_frontend_of_type(&f.id, &f.server_type, addr);
         }
     }
-    let following = registry.map(|r| follow_frontends(r.watch(), service.clone()));
+    let following = registry.map(|r| super::follow_frontends(r.watch(), service.clone()));
     Ok(BackendPart {
         service,
         following,

@@ -1,8 +1,8 @@
 //! A backend that follows the registry: it dials each frontend as it
 //! registers and stops redialling one whose record is gone.
 
-use crate::Members;
-use session_proxy_backend::BackendSessionService;
+use crate::backend::BackendSessionService;
+use crate::registry::Members;
 use std::collections::HashMap;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -10,8 +10,8 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), session_proxy_protocol::inproc::InProcessError> {
-//! use session_proxy_protocol::inproc;
+//! # async fn main() -> Result<(), session_proxy_link::inproc::InProcessError> {
+//! use session_proxy_link::inproc;
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
 //!
 //! let mut listener = inproc::listen("doc-example")?;
