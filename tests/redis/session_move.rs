@@ -1,0 +1,288 @@
+//! Sessions move between frontend processes that share a real Redis: a
+//! drained (SIGTERM), crashed (SIGKILL) or paused (SIGSTOP) frontend's
+//! clients resume on another one with their tokens, and a frontend that
+//! lost a session cannot change it any more.
+
+use crate::common;
+
+use common::nodes::{registered_frontend, sigkill, signal};
+use common::redis::RedisServer;
+use serde_json::{json, Value};
+use session_proxy::node::{follow_frontends, Following};
+use session_proxy::registry::{Membership, RedisMembership, RedisMembershipConfig};
+use session_proxy::{BackendConfig, BackendSessionService, ErrorCode, SessionId};
+use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::process::Child;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A frontend process keeping its sessions in `redis`, registered there.
+async fn frontend(id: &str, redis: &str, lease_secs: u64) -> (Child, SocketAddr) {
+    let lease = lease_secs.to_string();
+    let extra = [
+        "--redis",
+        redis,
+        "--lease-secs",
+        &lease,
+        "--drain-secs",
+        "8",
+    ];
+    registered_frontend(id, redis, &extra).await
+}
+
+/// The bench app's chat backend, in this process, following the registry.
+async fn backend(redis: &str) -> (BackendSessionService, (Following, RedisMembership)) {
+    let members = RedisMembership::connect(RedisMembershipConfig::new(redis))
+        .await
+        .expect("registry");
+    let mut config = BackendConfig::new("chat-1");
+    config.server_type = Some("chat".into());
+    let service = BackendSessionService::new(config).expect("config");
+    service.serve(session_proxy_bench::app::backend_handlers("chat", &service));
+    let following = follow_frontends(members.watch(), service.clone());
+    (service, (following, members))
+}
+
+fn token_of(c: &PomeloClient) -> String {
+    c.handshake()["user"]["resumeToken"]
+        .as_str()
+        .expect("a resume token")
+        .to_string()
+}
+
+fn sid_of(token: &str) -> SessionId {
+    SessionId::from_raw(u64::from_str_radix(&token[..16], 16).expect("sid"))
+}
+
+/// Connects to `addr`, resuming with `token` when given; retried until the
+/// node serves or `WAIT` passes.
+async fn connect(addr: SocketAddr, token: Option<&str>) -> PomeloClient {
+    let started = Instant::now();
+    loop {
+        let mut options = PomeloOptions::default();
+        if let Some(t) = token {
+            options.user = json!({ "resumeToken": t });
+        }
+        match PomeloClient::connect_with(addr, options).await {
+            Ok(client) => return client,
+            Err(err) => assert!(started.elapsed() < WAIT, "cannot connect to {addr}: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A request answered `{code: 200}` (with the answer), retried while no
+/// backend serves the frontend yet.
+async fn ok(client: &PomeloClient, route: &str, body: Value) -> Value {
+    let started = Instant::now();
+    loop {
+        match client.request(route, &body).await {
+            Ok(answer) if answer["code"] == 200 => return answer,
+            other => assert!(started.elapsed() < WAIT, "{route} failed: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn get(client: &PomeloClient, key: &str) -> Value {
+    ok(client, "chat.benchHandler.get", json!({ "key": key })).await["value"].clone()
+}
+
+/// Waits for a kick (its reason), skipping pushes.
+async fn kicked(client: &mut PomeloClient) -> Option<String> {
+    let until = Instant::now() + WAIT;
+    while let Some(event) = client.next_event(until - Instant::now()).await {
+        match event {
+            PomeloEvent::Kick { reason } => return Some(reason),
+            PomeloEvent::Closed => return None,
+            PomeloEvent::Push { .. } => {}
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_frontends_clients_resume_on_the_other_with_every_acknowledged_write() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut a, addr_a) = frontend("connector-a", &url, 3).await;
+    let (mut b, addr_b) = frontend("connector-b", &url, 3).await;
+    let (chat, _following) = backend(&url).await;
+
+    // Players on A, each writing a counter until A drains under them.
+    let mut players = Vec::new();
+    for i in 0..20 {
+        players.push(tokio::spawn(async move {
+            let uid = format!("player-{i}");
+            let mut client = connect(addr_a, None).await;
+            ok(&client, "chat.benchHandler.login", json!({ "uid": uid })).await;
+            let sid = sid_of(&token_of(&client));
+            let mut acked = 0u64;
+            loop {
+                let set = json!({ "key": "n", "value": acked + 1 });
+                match client.request("chat.benchHandler.set", &set).await {
+                    Ok(answer) if answer["code"] == 200 => acked += 1,
+                    _ => break,
+                }
+                if acked > 10_000 {
+                    panic!("the drain never came");
+                }
+            }
+            // Told to come back elsewhere, with the token it holds.
+            let reason = kicked(&mut client).await;
+            let token = token_of(&client);
+            (uid, sid, token, acked, reason)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let terminated = Instant::now();
+    signal(a.id().expect("pid"), "TERM");
+
+    let mut moved = Vec::new();
+    for p in players {
+        let (uid, sid, token, acked, reason) = p.await.expect("player");
+        assert!(acked > 0, "{uid} never wrote");
+        assert_eq!(reason.as_deref(), Some("reconnect"), "{uid}");
+        let client = connect(addr_b, Some(&token)).await;
+        assert_eq!(client.handshake()["code"], 200, "{uid}");
+        assert_eq!(sid_of(&token_of(&client)), sid, "{uid} got another session");
+        moved.push((uid, client, acked));
+    }
+    for (uid, client, acked) in &moved {
+        assert_eq!(get(client, "name").await, json!(uid));
+        let n = get(client, "n").await.as_u64().expect("n is a number");
+        // Every acknowledged write is there; one more may have been applied
+        // while its answer was lost with the connection.
+        assert!(
+            n == *acked || n == acked + 1,
+            "{uid}: n = {n}, acked {acked}"
+        );
+    }
+    let status = tokio::time::timeout(Duration::from_secs(12), a.wait())
+        .await
+        .expect("the drained frontend exits within its limit")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(terminated.elapsed() < Duration::from_secs(10));
+    chat.shutdown(Duration::from_secs(1)).await;
+    sigkill(&mut b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_frontends_clients_resume_on_the_other_from_the_store() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut a, addr_a) = frontend("connector-a", &url, 3).await;
+    let (mut b, addr_b) = frontend("connector-b", &url, 3).await;
+    let (chat, _following) = backend(&url).await;
+
+    let client = connect(addr_a, None).await;
+    ok(&client, "chat.benchHandler.login", json!({ "uid": "ann" })).await;
+    ok(
+        &client,
+        "chat.benchHandler.set",
+        json!({ "key": "gold", "value": 7 }),
+    )
+    .await;
+    let token = token_of(&client);
+    sigkill(&mut a).await;
+
+    // Nobody handed it over: B claims it from the dead owner.
+    let moved = connect(addr_b, Some(&token)).await;
+    assert_eq!(moved.handshake()["code"], 200);
+    assert_eq!(sid_of(&token_of(&moved)), sid_of(&token));
+    assert_eq!(get(&moved, "name").await, json!("ann"));
+    assert_eq!(get(&moved, "gold").await, json!(7));
+    // The token rotated on the way; the new one works on B again.
+    let rotated = token_of(&moved);
+    assert_ne!(rotated, token);
+    moved.close();
+    let again = connect(addr_b, Some(&rotated)).await;
+    assert_eq!(get(&again, "gold").await, json!(7));
+    chat.shutdown(Duration::from_secs(1)).await;
+    sigkill(&mut b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_frontend_that_lost_a_session_cannot_change_it_and_closes_its_copy() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    // A long lease: the pause must not make A leave the registry.
+    let (mut a, addr_a) = frontend("connector-a", &url, 30).await;
+    let (mut b, addr_b) = frontend("connector-b", &url, 30).await;
+    let (chat, _following) = backend(&url).await;
+
+    let mut old = connect(addr_a, None).await;
+    ok(&old, "chat.benchHandler.login", json!({ "uid": "bob" })).await;
+    ok(
+        &old,
+        "chat.benchHandler.set",
+        json!({ "key": "k", "value": 1 }),
+    )
+    .await;
+    let token = token_of(&old);
+    let sid = sid_of(&token);
+
+    // A stops answering (paused, or partitioned); the client moves to B.
+    signal(a.id().expect("pid"), "STOP");
+    let moved = connect(addr_b, Some(&token)).await;
+    assert_eq!(sid_of(&token_of(&moved)), sid);
+    ok(
+        &moved,
+        "chat.benchHandler.set",
+        json!({ "key": "k", "value": 2 }),
+    )
+    .await;
+    signal(a.id().expect("pid"), "CONT");
+
+    // A still holds its stale copy and takes a backend's change: the store
+    // refuses A's write, A closes its copy, and the backend hears where the
+    // session went. Nothing of it is applied.
+    let started = Instant::now();
+    let refused = loop {
+        let attempt = async {
+            let mut session = chat.get("connector-a", sid).await?.ok_or_else(|| {
+                session_proxy::backend::Error::UnknownFrontend("no session".into())
+            })?;
+            session.set("k", &99)?;
+            session.push("k").await
+        };
+        match attempt.await {
+            Err(err) if err.code() == ErrorCode::SessionMoved => break err,
+            other => assert!(
+                started.elapsed() < WAIT,
+                "A went on taking changes: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        matches!(&refused, session_proxy::backend::Error::SessionMoved { frontend, to }
+            if frontend == "connector-a" && to == "connector-b"),
+        "{refused:?}"
+    );
+    // A's copy is gone: its old connection was told why, and A answers
+    // every later call on the session with where it went.
+    assert_eq!(kicked(&mut old).await.as_deref(), Some("resumed elsewhere"));
+    let again = chat.get("connector-a", sid).await.map(|s| s.is_some());
+    assert!(
+        matches!(&again, Err(e) if e.code() == ErrorCode::SessionMoved),
+        "{again:?}"
+    );
+    // The session's one owner kept the client's write.
+    assert_eq!(get(&moved, "k").await, json!(2));
+    let on_b = chat.get("connector-b", sid).await.expect("B answers");
+    let value: Option<u32> = on_b.expect("B holds it").get("k").expect("decodes");
+    assert_eq!(value, Some(2));
+    chat.shutdown(Duration::from_secs(1)).await;
+    sigkill(&mut a).await;
+    sigkill(&mut b).await;
+}
