@@ -3,8 +3,9 @@
 //! `cargo run --example minimal`, then point any Pomelo client at 3010.
 use serde::Deserialize;
 use serde_json::json;
-use session_proxy::node::{BackendRole, FrontendRole, Node};
+use session_proxy::node::{BackendRole, FrontendRole, Node, NodeError};
 use session_proxy::{BackendSession, Handlers};
+use std::net::SocketAddr;
 
 #[derive(Deserialize)]
 struct Move {
@@ -12,9 +13,8 @@ struct Move {
     y: i32,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The backend: client requests on "area.*" routes are forwarded here.
+/// The backend's routes: client requests on "area.*" are forwarded here.
+pub fn handlers() -> Handlers {
     let mut handlers = Handlers::new();
     handlers.add(
         "area.playerHandler.move",
@@ -24,14 +24,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(json!({ "code": 200, "x": to.x, "y": to.y }))
         },
     );
-    // One process, both roles: the backend reaches the frontend in process.
-    let connector = FrontendRole::new("connector-1", "connector");
-    let node = Node::builder()
-        .frontend(connector.client_addr("127.0.0.1:3010".parse()?))
-        .backend(BackendRole::new("area-1", "area", handlers))
-        .start() // returns once the backend is linked
-        .await?;
+    handlers
+}
 
+/// One process, both roles: the backend reaches the frontend in process.
+pub async fn start(clients: SocketAddr) -> Result<Node, NodeError> {
+    let connector = FrontendRole::new("connector-1", "connector");
+    Node::builder()
+        .frontend(connector.client_addr(clients))
+        .backend(BackendRole::new("area-1", "area", handlers()))
+        .start() // returns once the backend is linked
+        .await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let node = start("127.0.0.1:3010".parse()?).await?;
     println!("clients on {:?}; Ctrl-C drains", node.client_addr());
     let report = node.run_until_signal().await?; // the one drain, in order
     println!("drained: {report:?}");

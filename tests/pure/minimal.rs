@@ -2,37 +2,21 @@
 //! client's request reaches the backend handler as soon as `start`
 //! returns, its push lands on the frontend's session, and one drain call
 //! answers, kicks, ends the session (no store: its close hook runs) and
-//! stops everything. The README carries `examples/minimal.rs` verbatim.
+//! stops everything. The README carries `examples/minimal.rs` verbatim, and
+//! this test runs that file's own `start`.
 
-use serde::Deserialize;
 use serde_json::json;
-use session_proxy::node::{BackendRole, FrontendRole, Node};
-use session_proxy::{BackendSession, Handlers};
 use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent};
 use std::time::Duration;
 
-#[derive(Deserialize)]
-struct Move {
-    x: i32,
-    y: i32,
-}
+/// The README's program itself, compiled here (its `main` is not run).
+#[path = "../../examples/minimal.rs"]
+#[allow(dead_code)]
+mod app;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_minimal_app_serves_a_client_and_drains_in_one_call() {
-    let mut handlers = Handlers::new();
-    handlers.add(
-        "area.playerHandler.move",
-        |mut session: BackendSession, to: Move| async move {
-            session.set("pos", &(to.x, to.y))?;
-            session.push("pos").await?;
-            Ok(json!({ "code": 200, "x": to.x, "y": to.y }))
-        },
-    );
-    let connector = FrontendRole::new("connector-1", "connector");
-    let mut node = Node::builder()
-        .frontend(connector.client_addr("127.0.0.1:0".parse().expect("addr")))
-        .backend(BackendRole::new("area-1", "area", handlers))
-        .start()
+    let mut node = app::start("127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("node");
 
