@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 _ => "",
             };
-            anyhow::anyhow!("{}{hint}", session_proxy::cli::chain(&err))
+            anyhow::anyhow!("{}{hint}", session_proxy::protocol::chain(&err))
         });
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -144,7 +144,7 @@ impl ChannelService {
                 let missed = match self.sessions.push_raw_to_uids(&frontend, route, body, uids.clone()).await {
                     Ok(missed) => missed,
                     Err(err) => {
-                        tracing::debug!(frontend = %frontend, cause = %err, "channel push to a frontend failed");
+                        tracing::debug!(frontend = %frontend, cause = %session_proxy_protocol::chain(&err), "channel push to a frontend failed");
                         uids
                     }
                 };

@@ -52,7 +52,7 @@ pub enum Error {
     },
     /// The link died while the call was pending; the call may or may not
     /// have been applied.
-    #[error("connection to frontend {frontend} lost: {source}")]
+    #[error("connection to frontend {frontend} lost")]
     ConnectionLost {
         /// The frontend called.
         frontend: String,
@@ -61,7 +61,7 @@ pub enum Error {
         source: Arc<LinkError>,
     },
     /// The frontend cannot be reached right now; the call was not sent.
-    #[error("frontend {frontend} unavailable: {source}")]
+    #[error("frontend {frontend} unavailable")]
     Unavailable {
         /// The frontend called.
         frontend: String,
@@ -156,7 +156,7 @@ pub struct ConfigError {
 #[non_exhaustive]
 pub enum LinkError {
     /// The TCP connect failed.
-    #[error("connect to {addr}: {source}")]
+    #[error("connect to {addr}")]
     Connect {
         /// The address dialled.
         addr: String,
@@ -171,7 +171,7 @@ pub enum LinkError {
         addr: String,
     },
     /// The TLS handshake failed (certificate, name, protocol).
-    #[error("TLS handshake with {addr}: {source}")]
+    #[error("TLS handshake with {addr}")]
     Tls {
         /// The address dialled.
         addr: String,
@@ -192,7 +192,7 @@ pub enum LinkError {
     #[error("the frontend did not authenticate itself; refusing it")]
     FrontendDidNotAuthenticate,
     /// The frontend refused the hello.
-    #[error("handshake refused: {0}")]
+    #[error("handshake refused")]
     Refused(#[source] RpcError),
     /// The frontend speaks another protocol version.
     #[error("frontend speaks protocol version {0}")]
@@ -209,7 +209,7 @@ pub enum LinkError {
     #[error("unexpected frame: {0}")]
     Protocol(&'static str),
     /// Sending a frame failed.
-    #[error("sending {what}: {source}")]
+    #[error("sending {what}")]
     Send {
         /// What was being sent.
         what: &'static str,
@@ -218,7 +218,7 @@ pub enum LinkError {
         source: CodecError,
     },
     /// The stream from the frontend could not be decoded (or read).
-    #[error("corrupt stream from frontend: {0}")]
+    #[error("corrupt stream from frontend")]
     Corrupt(#[source] CodecError),
     /// The frontend closed the connection.
     #[error("frontend closed the connection")]

@@ -165,7 +165,7 @@ impl BackendSessionService {
         let told = clients.iter().map(|c| c.call_with_deadline(Drain {}, tell));
         for result in futures::future::join_all(told).await {
             if let Err(err) = result {
-                tracing::debug!(cause = %err, "a frontend did not hear of the drain");
+                tracing::debug!(cause = %session_proxy_protocol::chain(&err), "a frontend did not hear of the drain");
             }
         }
         if !clients.is_empty() {
@@ -387,7 +387,7 @@ impl BackendSessionService {
                 match client.call(call).await {
                     Ok(n) => n as usize,
                     Err(err) => {
-                        tracing::warn!(frontend = %client.frontend_id(), cause = %err, "broadcast to a frontend failed");
+                        tracing::warn!(frontend = %client.frontend_id(), cause = %session_proxy_protocol::chain(&err), "broadcast to a frontend failed");
                         0
                     }
                 }

@@ -63,7 +63,7 @@ fn connector(gateway: &mut Gateway) {
             .forward("room.roomRemote.leave", ctx.session, body, LEAVE_DEADLINE)
             .await;
         if let Err(err) = left {
-            tracing::warn!(cause = %err, "the room did not hear that a player left");
+            tracing::warn!(cause = %session_proxy::protocol::chain(&err), "the room did not hear that a player left");
         }
     });
 }

@@ -60,13 +60,13 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The in-process listener could not be set up (its name is taken).
-    #[error("{0}")]
+    #[error(transparent)]
     InProcess(#[from] session_proxy_link::inproc::InProcessError),
     /// A configuration field cannot work; nothing was started.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Config(#[from] crate::config::ConfigError),
     /// The session store failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
 

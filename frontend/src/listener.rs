@@ -72,7 +72,7 @@ pub(crate) async fn accept(
                 return Some((stream, peer));
             }
             Err(err) => {
-                warn_throttled!(cause = %err, "accept failed; pausing 50 ms");
+                warn_throttled!(cause = %session_proxy_protocol::chain(&err), "accept failed; pausing 50 ms");
                 tokio::select! {
                     _ = cancel.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -1,4 +1,11 @@
-//! Error codes that travel on the wire, and the codec's own errors.
+//! Error codes that travel on the wire, the codec's own errors, and how
+//! every error of session-proxy is shown.
+//!
+//! One rule holds for the error types of every crate here: `Display` says
+//! what failed, in this layer's words, and the cause is only in
+//! `source()`. Printing an error alone never repeats its cause; printing
+//! its [`chain`] shows each cause once. Logs print chains
+//! (`cause = %chain(&err)`), and so does the command line.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -226,6 +233,27 @@ impl CodecError {
     }
 }
 
+/// An error and its causes, shown as `what failed: why: why`, each once.
+pub fn chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Chain<'a> {
+    Chain(err)
+}
+
+/// See [`chain`].
+#[derive(Clone, Copy, Debug)]
+pub struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(err) = cause {
+            write!(f, ": {err}")?;
+            cause = err.source();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +266,13 @@ mod tests {
         }
         assert_eq!(ErrorCode::from(4), ErrorCode::Conflict);
         assert_eq!(ErrorCode::from(1234), ErrorCode::Unknown(1234));
+    }
+
+    #[test]
+    fn a_chain_shows_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let err = CodecError::Io(io);
+        assert_eq!(err.to_string(), "transport error");
+        assert_eq!(chain(&err).to_string(), "transport error: broken pipe");
     }
 }

@@ -76,7 +76,7 @@ pub use calls::{
     Unbind, UserSessions,
 };
 pub use codec::{BackendCodec, FrontendCodec, MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
-pub use error::{CodecError, ErrorCode, RpcError};
+pub use error::{chain, CodecError, ErrorCode, RpcError};
 pub use id::SessionId;
 pub use inflight::{InFlight, RegisterError};
 pub use message::{

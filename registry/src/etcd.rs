@@ -280,7 +280,7 @@ impl Membership for EtcdMembership {
                     .call("/v3/lease/revoke", json!({ "ID": lease.to_string() }))
                     .await
                 {
-                    debug!(cause = %err, "revoking the lease failed; it lapses");
+                    debug!(cause = %session_proxy_protocol::chain(&err), "revoking the lease failed; it lapses");
                 }
             }
             self.reread.notify_one();
@@ -360,7 +360,9 @@ async fn follow(
         if events.is_none() {
             match open_watch(&api, &config.prefix).await {
                 Ok(body) => events = Some(body),
-                Err(err) => debug!(cause = %err, "etcd watch unavailable; re-reading on a timer"),
+                Err(err) => {
+                    debug!(cause = %session_proxy_protocol::chain(&err), "etcd watch unavailable; re-reading on a timer")
+                }
             }
         }
         let lost = tokio::select! {
@@ -380,7 +382,7 @@ async fn follow(
         match list(&api, &config.prefix).await {
             Ok(now) => Members::publish(&members, now),
             Err(err) => {
-                debug!(cause = %err, "re-reading the members failed; keeping the last view")
+                debug!(cause = %session_proxy_protocol::chain(&err), "re-reading the members failed; keeping the last view")
             }
         }
     }

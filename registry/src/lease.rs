@@ -46,7 +46,9 @@ impl Registration {
         count(&written);
         match written {
             Ok(()) => info!(node = %record.id, ?ttl, "registered"),
-            Err(err) => warn!(node = %record.id, cause = %err, "cannot register yet; retrying"),
+            Err(err) => {
+                warn!(node = %record.id, cause = %session_proxy_protocol::chain(&err), "cannot register yet; retrying")
+            }
         }
         let (tx, mut rx) = watch::channel(record);
         let renewing = registry.clone();
@@ -73,7 +75,7 @@ impl Registration {
                     Ok(()) => {}
                     Err(err) => {
                         failures += 1;
-                        warn!(node = %record.id, cause = %err, failures, "lease renewal failed; still serving, retrying");
+                        warn!(node = %record.id, cause = %session_proxy_protocol::chain(&err), failures, "lease renewal failed; still serving, retrying");
                     }
                 }
             }
@@ -119,7 +121,7 @@ impl Registration {
         match tokio::time::timeout(within, self.registry.remove(&id)).await {
             Ok(Ok(())) => info!(node = %id, "deregistered"),
             Ok(Err(err)) => {
-                warn!(node = %id, cause = %err, "deregistering failed; the lease will lapse")
+                warn!(node = %id, cause = %session_proxy_protocol::chain(&err), "deregistering failed; the lease will lapse")
             }
             Err(_) => warn!(node = %id, "deregistering timed out; the lease will lapse"),
         }

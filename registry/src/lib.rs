@@ -75,7 +75,7 @@ pub fn describe() {
 #[non_exhaustive]
 pub enum RegistryError {
     /// The registry's service failed or could not be reached.
-    #[error("registry unavailable: {source}")]
+    #[error("registry unavailable")]
     Unavailable {
         /// What its client said.
         #[source]

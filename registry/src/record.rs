@@ -22,7 +22,7 @@ pub(crate) fn parse_entry(key_id: &str, value: &[u8]) -> Option<NodeRecord> {
     let record = match serde_json::from_slice::<NodeRecord>(value) {
         Ok(record) => record,
         Err(err) => {
-            tracing::warn!(%key, cause = %err, "skipping a malformed node record");
+            tracing::warn!(%key, cause = %session_proxy_protocol::chain(&err), "skipping a malformed node record");
             return None;
         }
     };

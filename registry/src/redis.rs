@@ -239,7 +239,7 @@ async fn follow(
             match subscribed {
                 Ok(stream) => messages = Some(stream),
                 Err(err) => {
-                    debug!(cause = %err, "membership channel unavailable; re-reading on a timer")
+                    debug!(cause = %session_proxy_protocol::chain(&err), "membership channel unavailable; re-reading on a timer")
                 }
             }
         }
@@ -260,7 +260,7 @@ async fn follow(
         match bounded(config.timeout, list(&mut conn, &config.prefix)).await {
             Ok(now) => Members::publish(&members, now),
             Err(err) => {
-                debug!(cause = %err, "re-reading the members failed; keeping the last view")
+                debug!(cause = %session_proxy_protocol::chain(&err), "re-reading the members failed; keeping the last view")
             }
         }
     }

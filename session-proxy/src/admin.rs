@@ -239,7 +239,7 @@ async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
-                    tracing::debug!(cause = %err, "admin accept failed");
+                    tracing::debug!(cause = %crate::protocol::chain(&err), "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }

@@ -88,7 +88,8 @@ async fn cluster_links_over_tls() {
         .get("f1", owner.sid())
         .await
         .expect_err("wrong name refused");
-    assert!(err.to_string().contains("TLS"), "{err}");
+    let shown = session_proxy::protocol::chain(&err).to_string();
+    assert!(shown.contains("TLS"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,8 @@ async fn a_backend_with_a_secret_refuses_a_frontend_that_does_not_authenticate()
     let owner = sessions.create(ConnectInfo::default());
     let b = secured_backend(Some(SECRET), server.local_addr());
     let err = b.get("f1", owner.sid()).await.expect_err("refused");
-    assert!(err.to_string().contains("did not authenticate"), "{err}");
+    let shown = session_proxy::protocol::chain(&err).to_string();
+    assert!(shown.contains("did not authenticate"), "{shown}");
 }
 
 #[tokio::test]

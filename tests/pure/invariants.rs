@@ -418,7 +418,8 @@ async fn bad_calls_get_typed_errors(link) {
         .await
         .expect_err("f1 is not f2");
     assert_eq!(err.code(), ErrorCode::Unavailable);
-    assert!(err.to_string().contains("wrong frontend"), "{err}");
+    let shown = session_proxy::protocol::chain(&err).to_string();
+    assert!(shown.contains("wrong frontend"), "{shown}");
 
     // A value that does not decode as the asked type.
     s.set("name", "alice").expect("encode");

@@ -102,7 +102,7 @@ impl Supervisor {
                     if self.cancel.is_cancelled() {
                         return;
                     }
-                    warn!(cause = %cause, "connection to frontend lost");
+                    warn!(cause = %session_proxy_protocol::chain(&cause), "connection to frontend lost");
                     // Redial after a short pause, not in a tight loop, in
                     // case the frontend accepts and drops again at once.
                     if self.pause(self.config.backoff_min).await {
@@ -112,9 +112,9 @@ impl Supervisor {
                 Err(cause) => {
                     failures += 1;
                     if failures == 1 {
-                        warn!(addr = %self.addr, cause = %cause, "cannot reach frontend; retrying with backoff");
+                        warn!(addr = %self.addr, cause = %session_proxy_protocol::chain(&cause), "cannot reach frontend; retrying with backoff");
                     } else {
-                        debug!(addr = %self.addr, cause = %cause, failures, "frontend still unreachable");
+                        debug!(addr = %self.addr, cause = %session_proxy_protocol::chain(&cause), failures, "frontend still unreachable");
                     }
                     self.state.send_replace(State::Down(Arc::new(cause)));
                     if self.pause(backoff.next_delay()).await {

@@ -320,7 +320,7 @@ fn connector(config: &ChatConfig, i: usize, protos: Option<Arc<Protos>>) -> Fron
                 .forward("chat.chatRemote.kick", ctx.session, body, LEAVE_DEADLINE)
                 .await;
             if let Err(err) = left {
-                tracing::warn!(cause = %err, "could not tell the chat server a user left");
+                tracing::warn!(cause = %session_proxy::protocol::chain(&err), "could not tell the chat server a user left");
             }
         });
     })

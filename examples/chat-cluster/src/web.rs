@@ -58,7 +58,7 @@ async fn serve(listener: TcpListener, page: Arc<String>) {
                 }
                 Err(err) => {
                     // Out of descriptors, most likely: wait, then go on.
-                    tracing::warn!(cause = %err, "chat page: accept failed");
+                    tracing::warn!(cause = %session_proxy::protocol::chain(&err), "chat page: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },

@@ -126,7 +126,7 @@ pub(super) fn commit_then_answer(
     tasks.spawn(async move {
         let committed = service.flush().await;
         if let Err(err) = &committed {
-            debug!(cause = %err, calls = answers.len(), "answering changes as not yet durable");
+            debug!(cause = %session_proxy_protocol::chain(err), calls = answers.len(), "answering changes as not yet durable");
         }
         for mut answer in answers {
             match &committed {

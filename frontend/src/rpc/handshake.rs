@@ -54,7 +54,7 @@ impl BackendConn {
                 return Err(Refused);
             }
             Ok(Some(Err(err))) => {
-                warn_throttled!(%peer, cause = %err, "unreadable hello");
+                warn_throttled!(%peer, cause = %session_proxy_protocol::chain(&err), "unreadable hello");
                 return Err(Refused);
             }
             Ok(Some(Ok(_))) => {

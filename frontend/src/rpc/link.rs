@@ -37,7 +37,7 @@ impl BackendConn {
             match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
                 Ok(Ok(stream)) => self.run_on(stream, Some(pre_auth), deadline).await,
                 Ok(Err(err)) => {
-                    warn_throttled!(peer = %self.peer, cause = %err, "TLS handshake failed")
+                    warn_throttled!(peer = %self.peer, cause = %session_proxy_protocol::chain(&err), "TLS handshake failed")
                 }
                 Err(_) => {
                     warn_throttled!(peer = %self.peer, "no TLS handshake before the deadline")
@@ -120,7 +120,7 @@ impl BackendConn {
             End::PeerClosed => info!(backend = %backend, "backend disconnected"),
             End::Shutdown => debug!(backend = %backend, "connection closed for shutdown"),
             End::Corrupt(err) => {
-                warn!(backend = %backend, cause = %err, code = %err.code(), "closing connection: corrupt stream")
+                warn!(backend = %backend, cause = %session_proxy_protocol::chain(&err), code = %err.code(), "closing connection: corrupt stream")
             }
             End::Protocol(what) => {
                 warn!(backend = %backend, cause = what, "closing connection: protocol violation")
@@ -283,7 +283,7 @@ impl BackendConn {
     ) {
         let Some(id) = started.id else {
             if let Err(err) = result {
-                debug!(cause = %err, "notify failed");
+                debug!(cause = %session_proxy_protocol::chain(&err), "notify failed");
             }
             return;
         };

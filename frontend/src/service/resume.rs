@@ -293,14 +293,14 @@ impl SessionService {
             return Err(ResumeError::StoreUnavailable);
         }
         let unavailable = |err: crate::StoreError| {
-            tracing::debug!(cause = %err, "cannot resume from the store");
+            tracing::debug!(cause = %session_proxy_protocol::chain(&err), "cannot resume from the store");
             ResumeError::StoreUnavailable
         };
         let mut record = match link.call(link.store.get(sid)).await {
             Ok(found) => found.ok_or(ResumeError::UnknownSession)?,
             Err(crate::StoreError::Decode(err)) => {
                 crate::metrics::CORRUPT_SKIPPED.increment(1);
-                tracing::error!(sid = %sid.redacted(), cause = %err, "a stored session cannot be decoded; its resume is refused");
+                tracing::error!(sid = %sid.redacted(), cause = %session_proxy_protocol::chain(&err), "a stored session cannot be decoded; its resume is refused");
                 return Err(ResumeError::Unreadable);
             }
             Err(err) => return Err(unavailable(err)),
@@ -335,7 +335,7 @@ impl SessionService {
         // The rotated token and the new owner must be in the store before
         // the client hears them: it may move again.
         if let Err(err) = self.flush().await {
-            tracing::debug!(cause = %err, "the moved session is not written yet; retrying in the background");
+            tracing::debug!(cause = %session_proxy_protocol::chain(&err), "the moved session is not written yet; retrying in the background");
         }
         Ok(resumed)
     }

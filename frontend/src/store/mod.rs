@@ -114,7 +114,7 @@ pub struct Refreshed {
 pub enum StoreError {
     /// The backing service failed or could not be reached; nothing says the
     /// operation was applied.
-    #[error("session store unavailable: {source}")]
+    #[error("session store unavailable")]
     Unavailable {
         /// What the store's client said.
         #[source]

@@ -251,7 +251,7 @@ impl App {
         match self.block_on(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("error: {}", chain(&err));
+                eprintln!("error: {}", crate::protocol::chain(&err));
                 ExitCode::FAILURE
             }
         }
@@ -271,18 +271,6 @@ impl App {
         let runtime = builder.build().map_err(RunError::Runtime)?;
         runtime.block_on(self.run(args))
     }
-}
-
-/// An error and its causes, on one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }
 
 /// The command line of a game's node binary.

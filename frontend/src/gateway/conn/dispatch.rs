@@ -126,7 +126,7 @@ impl ClientConn {
                     // shutdown still waits for it (bounded by the deadline).
                     self.shared.tasks.spawn(fut);
                 }
-                Err(err) => debug!(cause = %err, "notify dropped"),
+                Err(err) => debug!(cause = %session_proxy_protocol::chain(&err), "notify dropped"),
             },
             MessageType::Response | MessageType::Push => {
                 return Err("client sent a server-only message type".into())
@@ -208,7 +208,7 @@ impl ClientConn {
             match backends.forward(&route, session, body, deadline).await {
                 Ok(answer) => answer,
                 Err(err) => {
-                    debug!(route = %route, cause = %err, "forwarded request failed");
+                    debug!(route = %route, cause = %session_proxy_protocol::chain(&err), "forwarded request failed");
                     HandlerError::new(err.to_string()).to_body()
                 }
             }

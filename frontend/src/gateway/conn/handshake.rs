@@ -229,7 +229,7 @@ impl ClientConn {
     /// code 500); a store that did not answer is refused ("try again").
     fn resume_refused(&mut self, err: ResumeError, fresh: Fresh, user: Option<Value>, held: Held) {
         crate::metrics::RESUME_REFUSED.increment(1);
-        debug!(cause = %err, "resume refused");
+        debug!(cause = %session_proxy_protocol::chain(&err), "resume refused");
         if err.is_stale() && !self.shared.config.strict_resume {
             self.open_fresh(fresh, Some(err), user, held);
         } else {

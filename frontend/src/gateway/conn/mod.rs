@@ -169,7 +169,7 @@ impl Future for ClientTask {
                         Poll::Ready(Ok(0)) => "closed",
                         Poll::Ready(Ok(_)) => "",
                         Poll::Ready(Err(err)) => {
-                            debug!(cause = %err, "connection dropped before the handshake");
+                            debug!(cause = %session_proxy_protocol::chain(&err), "connection dropped before the handshake");
                             "read failed"
                         }
                         Poll::Pending => {

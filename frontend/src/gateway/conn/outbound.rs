@@ -64,7 +64,7 @@ impl ClientConn {
             encode_parts(kind, id, route, body, b)
         });
         if let Err(err) = result {
-            tracing::warn!(cause = %err, ?kind, "message dropped: cannot encode it");
+            tracing::warn!(cause = %session_proxy_protocol::chain(&err), ?kind, "message dropped: cannot encode it");
         }
     }
 

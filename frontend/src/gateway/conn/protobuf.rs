@@ -70,10 +70,10 @@ pub(super) fn encode_body(schema: &Schema, route: &str, json: &[u8]) -> Bytes {
             let is_error_answer =
                 value.get("code").is_some_and(|c| c != 200) && value.get("msg").is_some();
             if is_error_answer {
-                tracing::debug!(route, cause = %err, "an error answer sent with the fields its proto has");
+                tracing::debug!(route, cause = %session_proxy_protocol::chain(&err), "an error answer sent with the fields its proto has");
             } else {
                 let route = session_proxy_protocol::text::log_safe(route);
-                warn_throttled!(%route, cause = %err, "a body does not fit its proto; sending the fields that do");
+                warn_throttled!(%route, cause = %session_proxy_protocol::chain(&err), "a body does not fit its proto; sending the fields that do");
             }
             Bytes::from(schema.encode_lenient(route, &value).unwrap_or_default())
         }

@@ -85,7 +85,7 @@ impl SessionService {
                     crate::metrics::CORRUPT_SKIPPED.increment(1);
                     tracing::error!(
                         sid = %sid.redacted(),
-                        cause = %err,
+                        cause = %session_proxy_protocol::chain(&err),
                         "skipping a stored session that cannot be decoded"
                     );
                     continue;

@@ -73,7 +73,7 @@ pub(super) async fn background(inner: Weak<crate::service::Inner>) {
         };
         let was_down = link.is_down();
         if let Err(err) = link.write(&service).await {
-            tracing::debug!(cause = %err, "writing sessions to the store failed; will retry");
+            tracing::debug!(cause = %session_proxy_protocol::chain(&err), "writing sessions to the store failed; will retry");
             retry = (retry * 2).min(retry_max);
             continue;
         }
@@ -82,7 +82,7 @@ pub(super) async fn background(inner: Weak<crate::service::Inner>) {
                 // Nothing was waiting to be written, so nothing asked the
                 // store: the refresh is the probe.
                 if let Err(err) = link.refresh(&service).await {
-                    tracing::debug!(cause = %err, "the session store is still down");
+                    tracing::debug!(cause = %session_proxy_protocol::chain(&err), "the session store is still down");
                     retry = (retry * 2).min(retry_max);
                     continue;
                 }
@@ -95,7 +95,7 @@ pub(super) async fn background(inner: Weak<crate::service::Inner>) {
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + refresh_every;
             if let Err(err) = link.refresh(&service).await {
-                tracing::debug!(cause = %err, "refreshing session TTLs failed; will retry");
+                tracing::debug!(cause = %session_proxy_protocol::chain(&err), "refreshing session TTLs failed; will retry");
             }
         }
     }

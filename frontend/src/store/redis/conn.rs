@@ -346,7 +346,7 @@ impl Conn {
                     *conn.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
                     debug!("store connection replaced after a timeout");
                 }
-                Ok(Err(err)) => debug!(cause = %err, "store redial failed; next timeout retries"),
+                Ok(Err(err)) => debug!(cause = %session_proxy_protocol::chain(&err), "store redial failed; next timeout retries"),
                 Err(_) => debug!("store redial timed out; next timeout retries"),
             }
             conn.redialing.store(false, Ordering::Release);

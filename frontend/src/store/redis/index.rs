@@ -106,7 +106,9 @@ pub(super) async fn sweep_every(every: Duration, inner: Arc<Inner>, stop: Cancel
         match inner.sweep().await {
             Ok(0) => {}
             Ok(n) => debug!(mended = n, "swept stale session index entries"),
-            Err(err) => warn!(cause = %err, "session index sweep failed"),
+            Err(err) => {
+                warn!(cause = %session_proxy_protocol::chain(&err), "session index sweep failed")
+            }
         }
     }
 }
@@ -166,7 +168,7 @@ pub(super) async fn listen(
                 }
                 if let Some(sid) = inner.keys.tag_of("s", &key).and_then(parse_sid) {
                     if let Err(err) = inner.clean(&[sid]).await {
-                        warn!(cause = %err, "cleaning a gone session's index failed");
+                        warn!(cause = %session_proxy_protocol::chain(&err), "cleaning a gone session's index failed");
                     }
                 }
             }
@@ -176,7 +178,7 @@ pub(super) async fn listen(
             _ = stop.cancelled() => return,
             result = run => {
                 if let Err(err) = result {
-                    warn!(cause = %err, "keyspace listener lost; reconnecting");
+                    warn!(cause = %session_proxy_protocol::chain(&err), "keyspace listener lost; reconnecting");
                 }
             }
         }

@@ -190,7 +190,7 @@ impl RedisStore {
             )
             .await;
         if let Err(err) = enabled {
-            warn!(cause = %err, "cannot enable keyspace notifications; relying on the sweep");
+            warn!(cause = %session_proxy_protocol::chain(&err), "cannot enable keyspace notifications; relying on the sweep");
         }
         let scripts = Scripts::new();
         scripts.load(&mut link).await?;
