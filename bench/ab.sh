@@ -100,6 +100,8 @@ for workload, wanted in figures.items():
         for build in ("old", "new"):
             values = [r["result"][key] for r in rows if r["build"] == build and r["workload"] == workload and r["result"].get(key) is not None]
             med[build] = statistics.median(values) if values else None
+        each = {b: [round(r["result"][key]) for r in rows if r["build"] == b and r["workload"] == workload and r["result"].get(key) is not None] for b in ("old", "new")}
+        print(f"<!-- {workload} {label}: old {each['old']}, new {each['new']} -->")
         if med["old"] and med["new"]:
             print(f"| {workload} | {label} | {med['old']:.0f} | {med['new']:.0f} | {med['new'] / med['old']:.2f} |")
         else:

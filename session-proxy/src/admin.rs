@@ -83,13 +83,23 @@ impl Metrics {
         self.process.collect();
         self.handle.render()
     }
+
+    /// Drains the histograms' samples into their summaries; the admin
+    /// server does it every [`UPKEEP`], so memory stays flat between
+    /// scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
 }
+
+/// How often the admin server drains the histograms ([`Metrics::upkeep`]).
+pub const UPKEEP: Duration = Duration::from_secs(5);
 
 /// Installs the process-wide Prometheus recorder and describes the metrics
 /// of a node of `role` (a frontend's or a backend's, and the registry's),
-/// exported from the start at zero. Call once, before building services.
-/// Must be called within a tokio runtime (a task drains the histograms
-/// every 5 s).
+/// exported from the start at zero. Call once, before building services,
+/// and serve them with the admin server (which also drains the histograms
+/// every [`UPKEEP`]), or call [`Metrics::upkeep`] as often yourself.
 pub fn install_metrics(role: crate::registry::NodeRole) -> Result<Metrics, MetricsError> {
     let mut builder = PrometheusBuilder::new();
     for name in [
@@ -118,13 +128,6 @@ pub fn install_metrics(role: crate::registry::NodeRole) -> Result<Metrics, Metri
     crate::registry::describe();
     let process = metrics_process::Collector::default();
     process.describe();
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
     Ok(Metrics {
         handle,
         process: Arc::new(process),
@@ -233,9 +236,17 @@ async fn accept(
     cancel: CancellationToken,
     tasks: TaskTracker,
 ) {
+    let mut upkeep = tokio::time::interval(UPKEEP);
+    upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = upkeep.tick() => {
+                if let Some(metrics) = &state.metrics {
+                    metrics.upkeep();
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {

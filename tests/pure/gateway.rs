@@ -46,6 +46,58 @@ async fn forwarded_requests_notifies_and_application_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_notify_runs_its_backend_handler_one_way() {
+    let f = start_frontend("f1", |_| {}).await;
+    let (_b, _) = start_backend("game-1", &[&f]);
+    wait_for_backends(&f, 1).await;
+    let mut c = client(f.gateway.local_addr(), Transport::Tcp).await;
+    c.notify("game.h.steps", &json!({ "n": 3 }))
+        .await
+        .expect("notify");
+    for i in 0..3 {
+        let (route, body) = c.next_push(WAIT).await.expect("a push of the handler");
+        assert_eq!((route.as_str(), &body["i"]), ("onStep", &json!(i)));
+    }
+    // Sent as a notify on the link: it never held a slot of the requests
+    // in flight to the backend.
+    assert!(
+        f.rpc.backends().in_flight().iter().all(|(_, n)| *n == 0),
+        "{:?}",
+        f.rpc.backends().in_flight()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_left_stops_on_the_backend() {
+    // A deadline far past the test's waits: only a cancel stops it early.
+    let f = start_frontend("f1", |c| c.request_deadline = Duration::from_secs(120)).await;
+    let (b, _) = start_backend("game-1", &[&f]);
+    wait_for_backends(&f, 1).await;
+    let c = client(f.gateway.local_addr(), Transport::Tcp).await;
+    let slow = tokio::spawn({
+        let body = json!({ "ms": 60_000 });
+        async move { c.request("game.h.slow", &body).await }
+    });
+    crate::common::eventually(WAIT, "the slow handler runs", || async {
+        match b.requests_running() {
+            1 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
+    // The client leaves: its connection drops the forwarded request, the
+    // frontend cancels it, and the handler stops long before its minute.
+    slow.abort();
+    crate::common::eventually(WAIT, "the handler is cancelled", || async {
+        match b.requests_running() {
+            0 => Ok(()),
+            n => Err(format!("{n} still running")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_before_the_response_arrive_before_it() {
     let f = start_frontend("f1", |_| {}).await;
     let (_b, _) = start_backend("game-1", &[&f]);

@@ -352,21 +352,32 @@ impl BackendRegistry {
         }
     }
 
-    /// Forwards a client notify: no answer; fails only if it cannot be sent.
+    /// Forwards a client notify: no answer, no slot among the requests in
+    /// flight; fails only if it cannot be queued for the backend within
+    /// `deadline`.
     pub async fn notify(
         &self,
         route: &str,
         session: SessionSnapshot,
         body: Bytes,
+        deadline: Duration,
     ) -> Result<(), RpcError> {
         let link = self.pick(route, &session)?;
-        link.tx
-            .send(Message::Notify(BackendCall::from(Handle {
-                route: route.to_string(),
-                session,
-                body,
-            })))
-            .await
-            .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))
+        let notify = Message::Notify(BackendCall::from(Handle {
+            route: route.to_string(),
+            session,
+            body,
+        }));
+        match tokio::time::timeout(deadline, link.tx.send(notify)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RpcError::new(
+                ErrorCode::PeerClosed,
+                "backend connection closed",
+            )),
+            Err(_) => Err(RpcError::new(
+                ErrorCode::DeadlineExceeded,
+                format!("{} took no notify within {deadline:?}", link.node_id),
+            )),
+        }
     }
 }

@@ -107,7 +107,7 @@ impl ClientConn {
                 // route's answer has a proto.
                 let speaks = route.as_deref().ok().filter(|_| self.protobuf);
                 let encoder = protobuf::Answer::new(&self.shared, speaks);
-                let answer = body.and_then(|body| self.start(route, body, msg.gzip));
+                let answer = body.and_then(|body| self.start(route, body, msg.gzip, false));
                 let id = msg.id;
                 match answer {
                     Ok(fut) => self
@@ -120,7 +120,9 @@ impl ClientConn {
                     }
                 }
             }
-            MessageType::Notify => match body.and_then(|body| self.start(route, body, msg.gzip)) {
+            MessageType::Notify => match body
+                .and_then(|body| self.start(route, body, msg.gzip, true))
+            {
                 Ok(fut) => {
                     // No answer to wait for: on the gateway's tracker, so
                     // shutdown still waits for it (bounded by the deadline).
@@ -153,13 +155,15 @@ impl ClientConn {
         }
     }
 
-    /// Starts handling a request or notify; returns the future of its JSON
-    /// answer, or the error answer when it cannot even start.
+    /// Starts handling a request or (`notify`) a notify; returns the future
+    /// of its JSON answer (empty for a notify forwarded to a backend, which
+    /// answers nothing), or the error answer when it cannot even start.
     pub(super) fn start(
         &self,
         route: Result<String, String>,
         body: Bytes,
         gzip: bool,
+        notify: bool,
     ) -> Result<Pin<Box<dyn Future<Output = Bytes> + Send>>, HandlerError> {
         let route = route.map_err(HandlerError::new)?;
         if gzip {
@@ -204,6 +208,15 @@ impl ClientConn {
             .get(sid)
             .ok_or_else(|| HandlerError::new("session closed"))?;
         let backends = self.shared.backends.clone();
+        if notify {
+            // One way: no slot among the requests in flight, no answer frame.
+            return Ok(Box::pin(async move {
+                if let Err(err) = backends.notify(&route, session, body, deadline).await {
+                    debug!(route = %route, cause = %session_proxy_protocol::chain(&err), "forwarded notify dropped");
+                }
+                Bytes::new()
+            }));
+        }
         Ok(Box::pin(async move {
             match backends.forward(&route, session, body, deadline).await {
                 Ok(answer) => answer,
