@@ -2,6 +2,7 @@
 
 use crate::{BackendSessionService, Error};
 use serde::Serialize;
+use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
@@ -31,11 +32,11 @@ impl ChannelService {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, BTreeMap<String, String>>> {
         // Each write is one map operation: a poisoned map is still whole.
-        self.channels.write().unwrap_or_else(|e| e.into_inner())
+        self.channels.write_unpoisoned()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, BTreeMap<String, String>>> {
-        self.channels.read().unwrap_or_else(|e| e.into_inner())
+        self.channels.read_unpoisoned()
     }
 
     /// The backend service pushes go through.

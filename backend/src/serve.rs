@@ -9,6 +9,7 @@ use crate::link::{refuse, Inbound, Replier, REQUEST_DEADLINE};
 use crate::{BackendSession, FrontendClient};
 use bytes::Bytes;
 use futures::FutureExt;
+use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use session_proxy_protocol::{BackendCall, ErrorCode, Handle, RpcError, ServeBackend};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +79,7 @@ impl ServeBackend for Dispatcher {
             body,
         } = call;
         let (handler, metrics) = {
-            let served = self.handlers.read().unwrap_or_else(|e| e.into_inner());
+            let served = self.handlers.read_unpoisoned();
             (
                 served.table.get(&route),
                 served.metrics.get(&route).cloned(),

@@ -9,6 +9,7 @@ use session_proxy_protocol::calls::{
     Broadcast, Drain, GetByUid, GetSession, KickBySid, KickByUid, PushToSids, PushToUids,
     UserSessions,
 };
+use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use session_proxy_protocol::{SessionId, SessionInfo};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -98,11 +99,7 @@ impl BackendSessionService {
     /// reach channels): build the service, then its handlers, then call
     /// this.
     pub fn serve(&self, handlers: Handlers) {
-        *self
-            .inner
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = crate::handler::Served::new(handlers);
+        *self.inner.handlers.write_unpoisoned() = crate::handler::Served::new(handlers);
     }
 
     /// Adds (or re-points) a frontend. The link is opened in the background;
@@ -132,8 +129,7 @@ impl BackendSessionService {
         self.add_frontend(frontend_id, addr);
         self.inner
             .frontend_types
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_unpoisoned()
             .insert(frontend_id.to_string(), server_type.to_string());
     }
 
@@ -192,11 +188,7 @@ impl BackendSessionService {
     pub fn close(&self) {
         self.inner.dispatcher.draining.cancel();
         self.inner.stop.cancel();
-        *self
-            .inner
-            .handlers
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = crate::handler::Served::default();
+        *self.inner.handlers.write_unpoisoned() = crate::handler::Served::default();
         self.write().clear();
     }
 
@@ -204,8 +196,7 @@ impl BackendSessionService {
     pub fn remove_frontend(&self, frontend_id: &str) -> bool {
         self.inner
             .frontend_types
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_unpoisoned()
             .remove(frontend_id);
         self.write().remove(frontend_id).is_some()
     }
@@ -225,17 +216,11 @@ impl BackendSessionService {
 
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, FrontendClient>> {
         // Every write is a single insert or remove: a poisoned map is whole.
-        self.inner
-            .frontends
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.frontends.read_unpoisoned()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, FrontendClient>> {
-        self.inner
-            .frontends
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+        self.inner.frontends.write_unpoisoned()
     }
 
     /// A proxy for session `sid` of frontend `frontend_id`, or `None` when
@@ -364,11 +349,7 @@ impl BackendSessionService {
     ) -> Result<usize, Error> {
         let body = json_body(msg)?;
         let clients: Vec<FrontendClient> = {
-            let types = self
-                .inner
-                .frontend_types
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
+            let types = self.inner.frontend_types.read_unpoisoned();
             self.read()
                 .iter()
                 .filter(|(id, _)| {

@@ -15,6 +15,7 @@ use crate::pomelo::Transport;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_registry::{Membership, RedisMembership, RedisMembershipConfig};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -194,7 +195,7 @@ async fn client(
                             if let Some(at) = lost_at.take() {
                                 let ms =
                                     u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
-                                let mut h = reconnects.lock().unwrap_or_else(|e| e.into_inner());
+                                let mut h = reconnects.lock_unpoisoned();
                                 let _ = h.record(ms.max(1));
                             }
                             // What was acknowledged before is still there.
@@ -463,7 +464,7 @@ async fn run(o: Arc<ElasticOptions>, url: &str) -> anyhow::Result<ElasticReport>
     report.resumes_failed = tally.resumes_failed.load(Ordering::Relaxed);
     report.writes_checked = tally.checked.load(Ordering::Relaxed);
     report.writes_lost = tally.lost.load(Ordering::Relaxed);
-    let h = reconnects.lock().unwrap_or_else(|e| e.into_inner());
+    let h = reconnects.lock_unpoisoned();
     report.reconnect_ms = (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
     Ok(report)
 }

@@ -23,6 +23,7 @@
 use serde_json::{json, Value};
 use session_proxy::cli::App;
 use session_proxy::frontend::Gateway;
+use session_proxy::protocol::sync::LockUnpoisoned as _;
 use session_proxy::{BackendSession, ChannelService, HandlerError, Handlers};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -105,7 +106,7 @@ fn room(channel: ChannelService) -> Handlers {
             async move {
                 let uid = uid_of(&s)?;
                 room.add("room", &uid, s.frontend_id());
-                let mut r = roster.lock().unwrap_or_else(|e| e.into_inner());
+                let mut r = roster.lock_unpoisoned();
                 r.members.insert(uid);
                 Ok(json!({ "code": 200, "members": r.members.len() }))
             }
@@ -132,7 +133,7 @@ fn room(channel: ChannelService) -> Handlers {
         move |_s: BackendSession, _: Value| {
             let roster = listed.clone();
             async move {
-                let r = roster.lock().unwrap_or_else(|e| e.into_inner());
+                let r = roster.lock_unpoisoned();
                 Ok(json!({ "members": r.members, "leaves": r.leaves, "count": r.members.len() }))
             }
         },
@@ -163,7 +164,7 @@ fn room(channel: ChannelService) -> Handlers {
             async move {
                 let uid = uid_of(&s)?;
                 room.leave("room", &uid);
-                let mut r = roster.lock().unwrap_or_else(|e| e.into_inner());
+                let mut r = roster.lock_unpoisoned();
                 r.members.remove(&uid);
                 *r.leaves.entry(uid).or_default() += 1;
                 Ok(json!({}))

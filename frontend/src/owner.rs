@@ -9,6 +9,7 @@
 use crate::delivery::Ticket;
 use crate::Outbound;
 use futures::task::AtomicWaker;
+use session_proxy_protocol::sync::LockUnpoisoned as _;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,7 +44,7 @@ impl Queue {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Outbound, Option<Ticket>)>> {
         // Each critical section is one VecDeque operation: a poisoned lock
         // still guards a whole queue.
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+        self.items.lock_unpoisoned()
     }
 }
 

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+use session_proxy_protocol::sync::LockUnpoisoned as _;
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use tokio::io::DuplexStream;
@@ -89,7 +90,7 @@ impl InProcessListener {
 
 impl Drop for InProcessListener {
     fn drop(&mut self) {
-        let mut map = listeners().lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = listeners().lock_unpoisoned();
         if map.get(&self.name).is_some_and(|(id, _)| *id == self.id) {
             map.remove(&self.name);
         }
@@ -99,7 +100,7 @@ impl Drop for InProcessListener {
 /// Listens under `name` (the address `inproc://<name>`).
 pub fn listen(name: &str) -> Result<InProcessListener, InProcessError> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let mut map = listeners().lock().unwrap_or_else(|e| e.into_inner());
+    let mut map = listeners().lock_unpoisoned();
     if map.contains_key(name) {
         return Err(InProcessError::NameTaken(name.to_string()));
     }
@@ -125,7 +126,7 @@ pub fn connect(addr: &str) -> Result<DuplexStream, InProcessError> {
         .strip_prefix(SCHEME)
         .filter(|n| !n.is_empty())
         .ok_or_else(|| InProcessError::NotInProcess(addr.to_string()))?;
-    let map = listeners().lock().unwrap_or_else(|e| e.into_inner());
+    let map = listeners().lock_unpoisoned();
     let (_, pipes) = map
         .get(name)
         .ok_or_else(|| InProcessError::NoSuchFrontend(name.to_string()))?;

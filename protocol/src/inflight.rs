@@ -5,6 +5,7 @@
 //! completes it when the response arrives, and when the connection dies
 //! every waiting call is failed at once and later registrations are refused.
 
+use crate::sync::LockUnpoisoned as _;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,7 +70,7 @@ impl<T> InFlight<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Waiting<T>>> {
         // Every critical section is one map operation, so a panic elsewhere
         // cannot leave the map half-changed: a poisoned lock is still sound.
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+        self.waiting.lock_unpoisoned()
     }
 
     /// Registers a new call; returns its id and where its outcome will arrive.

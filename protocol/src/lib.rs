@@ -25,6 +25,7 @@
 //! - [`client`]: the Pomelo/Pinus client protocol (packages, messages,
 //!   handshake) that client connectors speak.
 //! - [`text`]: [`text::log_safe`], peer-chosen strings made safe to log.
+//! - [`sync`]: locks that stay usable after a panic elsewhere.
 //! - `tls` (feature `tls`): PEM reading and the TLS error both ends share.
 //!
 //! # Example
@@ -64,6 +65,7 @@ pub mod error;
 pub mod id;
 pub mod inflight;
 pub mod message;
+pub mod sync;
 pub mod text;
 #[cfg(feature = "tls")]
 pub mod tls;

@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use session_proxy_protocol::sync::LockUnpoisoned as _;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -203,7 +204,7 @@ impl EtcdMembership {
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, String)>> {
-        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+        self.leases.lock_unpoisoned()
     }
 
     /// Keeps `lease` alive; `false` when etcd no longer has it.

@@ -23,6 +23,7 @@ mod supervisor;
 use crate::error::LinkError;
 use crate::{BackendConfig, Error};
 use bytes::Bytes;
+use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_protocol::{
     BackendCall, Call, ErrorCode, FrontendCall, InFlight, Message, RegisterError, Request,
     Response, RpcError,
@@ -93,7 +94,7 @@ pub(crate) struct Running {
 impl Running {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
         // One map operation per critical section: a poisoned map is whole.
-        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+        self.by_id.lock_unpoisoned()
     }
 
     /// Starts tracking request `id`; its token fires if the frontend

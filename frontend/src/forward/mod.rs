@@ -15,6 +15,7 @@ pub use router::{pick_by_key, HashRouter, Router};
 
 use bytes::Bytes;
 use session_proxy_protocol::client::server_type_of;
+use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use session_proxy_protocol::{
     BackendCall, Call, ErrorCode, Handle, InFlight, Message, RegisterError, Request, Response,
     RpcError, SessionSnapshot,
@@ -137,14 +138,13 @@ impl BackendRegistry {
     pub fn set_router(&self, server_type: &str, router: impl Router) {
         self.inner
             .routers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
+            .write_unpoisoned()
             .insert(server_type.to_string(), Arc::new(router));
     }
 
     /// `(server type, node ids)` of every connected backend.
     pub fn nodes(&self) -> Vec<(String, Vec<String>)> {
-        let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
+        let links = self.inner.links.read_unpoisoned();
         let mut out: Vec<_> = links
             .iter()
             .map(|(t, c)| (t.clone(), c.ids.clone()))
@@ -155,7 +155,7 @@ impl BackendRegistry {
 
     /// Requests waiting on each connected backend now, by node id.
     pub fn in_flight(&self) -> Vec<(String, usize)> {
-        let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
+        let links = self.inner.links.read_unpoisoned();
         links
             .values()
             .flat_map(|c| c.links.iter())
@@ -165,7 +165,7 @@ impl BackendRegistry {
 
     /// How many backends of `server_type` are connected now.
     pub fn count(&self, server_type: &str) -> usize {
-        let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
+        let links = self.inner.links.read_unpoisoned();
         links.get(server_type).map_or(0, |c| c.links.len())
     }
 
@@ -201,7 +201,7 @@ impl BackendRegistry {
             tx,
             inflight: InFlight::new(max_in_flight),
         });
-        let mut links = self.inner.links.write().unwrap_or_else(|e| e.into_inner());
+        let mut links = self.inner.links.write_unpoisoned();
         let entry = links.entry(server_type.to_string()).or_default();
         // A reconnecting node replaces its older connection.
         let mut list: Vec<Arc<BackendLink>> = entry
@@ -218,7 +218,7 @@ impl BackendRegistry {
     }
 
     pub(crate) fn unregister(&self, server_type: &str, link: &BackendLink) {
-        let mut links = self.inner.links.write().unwrap_or_else(|e| e.into_inner());
+        let mut links = self.inner.links.write_unpoisoned();
         if let Some(entry) = links.get_mut(server_type) {
             let list: Vec<Arc<BackendLink>> = entry
                 .links
@@ -250,7 +250,7 @@ impl BackendRegistry {
             RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
         })?;
         let candidates = {
-            let links = self.inner.links.read().unwrap_or_else(|e| e.into_inner());
+            let links = self.inner.links.read_unpoisoned();
             links.get(server_type).cloned().unwrap_or_default()
         };
         if candidates.links.is_empty() {
@@ -262,8 +262,7 @@ impl BackendRegistry {
         let router = self
             .inner
             .routers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .read_unpoisoned()
             .get(server_type)
             .cloned();
         let index = match router {

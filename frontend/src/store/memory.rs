@@ -4,6 +4,7 @@ use super::{
     Admission, Evicted, Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession,
     ADMISSION_GRACE,
 };
+use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_protocol::SessionId;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -125,7 +126,7 @@ impl MemoryStore {
     fn with<T>(&self, f: impl FnOnce(&mut Maps) -> T) -> T {
         // Each critical section leaves the maps consistent before it can
         // panic, so a poisoned lock still guards whole maps.
-        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut maps = self.maps.lock_unpoisoned();
         f(&mut maps)
     }
 }

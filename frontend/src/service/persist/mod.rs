@@ -18,6 +18,7 @@
 use super::close::Ended;
 use super::SessionService;
 use crate::store::{Fenced, SessionStore, StoreError, StoreOptions, StoredSession};
+use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_protocol::SessionId;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -221,7 +222,7 @@ impl StoreLink {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Set insertions and swaps only: a poisoned lock still guards a whole set.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock_unpoisoned()
 }
 
 fn unix_ms(t: SystemTime) -> u64 {

@@ -11,6 +11,7 @@ use ::redis::{
     Client, Cmd, ConnectionAddr, ConnectionInfo, FromRedisValue, Pipeline, RedisFuture,
     RedisResult, Value,
 };
+use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -323,10 +324,7 @@ impl Conn {
     }
 
     pub(super) fn get(&self) -> Link {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.read_unpoisoned().clone()
     }
 
     /// Dials a replacement after `err`, if it says the server stopped
@@ -343,7 +341,7 @@ impl Conn {
         tasks.spawn(async move {
             match tokio::time::timeout(conn.dial_timeout, conn.dial.connect()).await {
                 Ok(Ok(fresh)) => {
-                    *conn.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                    *conn.current.write_unpoisoned() = fresh;
                     debug!("store connection replaced after a timeout");
                 }
                 Ok(Err(err)) => debug!(cause = %session_proxy_protocol::chain(&err), "store redial failed; next timeout retries"),

@@ -11,6 +11,7 @@
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use ::redis::{Arg, Cmd, ErrorKind, FromRedisValue, RedisResult, Value};
+use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use std::sync::{Arc, RwLock};
 
 /// Slots in a cluster.
@@ -113,7 +114,7 @@ pub(super) struct Slots(RwLock<Option<Arc<SlotMap>>>);
 
 impl Slots {
     async fn map(&self, c: &mut ClusterConnection) -> Option<Arc<SlotMap>> {
-        if let Some(map) = self.0.read().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(map) = self.0.read_unpoisoned().clone() {
             return Some(map);
         }
         let answer = c
@@ -124,12 +125,12 @@ impl Slots {
             .await
             .ok()?;
         let map = Arc::new(SlotMap::parse(&answer)?);
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(map.clone());
+        *self.0.write_unpoisoned() = Some(map.clone());
         Some(map)
     }
 
     fn forget(&self) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.0.write_unpoisoned() = None;
     }
 
     /// Runs `cmds` as one pipeline per master and answers in their order;
