@@ -2,14 +2,8 @@
 
 use crate::BackendSession;
 pub use session_proxy_protocol::client::HandlerError;
-use session_proxy_protocol::client::{RouteFuture, RouteHandler, RouteTable};
+use session_proxy_protocol::client::RouteTable;
 use std::sync::Arc;
-
-/// The future a boxed handler returns: the JSON response body.
-pub type HandlerFuture = RouteFuture;
-
-/// A handler with its types erased: session and raw JSON body in, JSON out.
-pub type BoxedHandler = RouteHandler<BackendSession>;
 
 /// A handler table shared by a backend service and all its links, so it can
 /// be set (or replaced) after the links are open.

@@ -8,20 +8,20 @@
 //! [`push`](BackendSession::push) and [`push_all`](BackendSession::push_all).
 //!
 //! # Layout
-//! - [`service`]: [`BackendSessionService`], frontends by id, `get`,
+//! - `service`: [`BackendSessionService`], frontends by id, `get`,
 //!   `get_by_uid`, kicks, pushes, `ready`, `shutdown`.
-//! - [`session`]: [`BackendSession`], typed `get`/`set`/`remove` on the
+//! - `session`: [`BackendSession`], typed `get`/`set`/`remove` on the
 //!   snapshot, plain and conditional pushes, `export`.
-//! - [`handler`]: [`Handlers`], typed handlers for the client requests
+//! - `handler`: [`Handlers`], typed handlers for the client requests
 //!   frontends forward here (`chat.chatHandler.send` …).
 //! - `serve`: runs those requests, each on a task of the service's tracker.
-//! - [`channel`]: [`ChannelService`], named groups of users pushed to with
+//! - `channel`: [`ChannelService`], named groups of users pushed to with
 //!   one RPC per frontend.
-//! - [`link`]: [`FrontendClient`], one multiplexed link per frontend with
+//! - `link`: [`FrontendClient`], one multiplexed link per frontend with
 //!   deadlines, redial with backoff, pings, and pipelining. It carries calls
 //!   out and hands incoming requests to `serve`; it never runs handlers.
-//! - [`config`]: [`BackendConfig`], checked once when the service starts.
-//! - [`error`]: [`Error`], with [`Error::code`] mapping onto the wire codes;
+//! - `config`: [`BackendConfig`], checked once when the service starts.
+//! - `error`: [`Error`], with [`Error::code`] mapping onto the wire codes;
 //!   [`LinkError`] says why a link failed, [`ConfigError`] which field is bad.
 //! - `tls` (feature `tls`): [`LinkTls`], the authorities frontends are
 //!   checked against.
@@ -58,18 +58,18 @@
 //! A complete, runnable cluster (frontend and backends on loopback) is the
 //! `session-proxy demo` command of the root crate.
 
-pub mod channel;
-pub mod config;
-pub mod error;
+mod channel;
+mod config;
+mod error;
 mod everywhere;
-pub mod handler;
-pub mod link;
+mod handler;
+mod link;
 pub mod metrics;
 mod serve;
-pub mod service;
-pub mod session;
+mod service;
+mod session;
 #[cfg(feature = "tls")]
-pub mod tls;
+mod tls;
 
 pub use channel::ChannelService;
 pub use config::BackendConfig;

@@ -2,24 +2,24 @@
 //! server that backends call.
 //!
 //! # Layout
-//! - [`service`]: [`SessionService`], every session of this frontend in a
+//! - `service`: [`SessionService`], every session of this frontend in a
 //!   `DashMap` keyed by [`SessionId`], a `uid -> sids` index, per-key
 //!   versioned settings stored as opaque MessagePack bytes, the
 //!   single-session policy, [`SessionEvent`]s, and the [`SessionOwner`]
 //!   handle through which a client connection learns of kicks and pushes.
-//! - [`rpc`]: [`RpcServer`], the inbound side of the cluster links: it
+//! - `rpc`: [`RpcServer`], the inbound side of the cluster links: it
 //!   accepts backend connections, checks the version handshake, and applies
 //!   each connection's calls in arrival order.
-//! - [`forward`]: the outbound side: [`BackendRegistry`], the backends
+//! - `forward`: the outbound side: [`BackendRegistry`], the backends
 //!   connected to this frontend by server type, the [`Router`] that picks
 //!   one per request, and forwarding over the backend's own connection.
-//! - [`gateway`]: [`Gateway`], the Pomelo/Pinus client connector (raw TCP
+//! - `gateway`: [`Gateway`], the Pomelo/Pinus client connector (raw TCP
 //!   and WebSocket on one port): handshake, heartbeats, forwarding, pushes,
 //!   kicks.
-//! - [`config`]: every setting in one place: [`SessionConfig`],
+//! - `config`: every setting in one place: [`SessionConfig`],
 //!   [`RpcConfig`], [`GatewayConfig`], [`StoreOptions`], checked once at
 //!   start ([`ConfigError`] names the bad field).
-//! - [`error`]: [`Error`], one variant per thing that can fail.
+//! - `error`: [`Error`], one variant per thing that can fail.
 //!
 //! # Example
 //! A frontend that serves backends on a loopback port:
@@ -44,20 +44,20 @@
 //!
 //! [`SessionId`]: session_proxy_protocol::SessionId
 
-pub mod config;
+mod config;
 mod delivery;
-pub mod error;
-pub mod forward;
-pub mod gateway;
+mod error;
+mod forward;
+mod gateway;
 mod listener;
 pub mod logs;
 pub mod metrics;
 mod owner;
-pub mod rpc;
-pub mod service;
-pub mod store;
+mod rpc;
+mod service;
+mod store;
 #[cfg(feature = "tls")]
-pub mod tls;
+mod tls;
 
 #[cfg(feature = "redis")]
 pub use config::RedisStoreConfig;
@@ -80,7 +80,7 @@ pub use session_proxy_protocol::client::protobuf::{ProtoError, Protos};
 pub use store::RedisStore;
 pub use store::{
     Admission, Evicted, Fenced, MemoryStore, QueuedPush, Refreshed, SessionStore, StoreError,
-    StoredSession,
+    StoreFuture, StoredSession,
 };
 #[cfg(feature = "tls")]
 pub use tls::{ServerTls, TlsError};

@@ -315,7 +315,7 @@ impl SessionStore for Counting {
         &self,
         s: Vec<StoredSession>,
         ttl: Duration,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, Vec<Fenced>> {
+    ) -> session_proxy::frontend::StoreFuture<'_, Vec<Fenced>> {
         self.puts.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(s.len(), Ordering::Relaxed);
         self.inner.put(s, ttl)
@@ -323,44 +323,38 @@ impl SessionStore for Counting {
     fn get(
         &self,
         sid: SessionId,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, Option<StoredSession>> {
+    ) -> session_proxy::frontend::StoreFuture<'_, Option<StoredSession>> {
         self.inner.get(sid)
     }
     fn by_uid<'a>(
         &'a self,
         uid: &'a str,
-    ) -> session_proxy::frontend::store::StoreFuture<'a, Vec<StoredSession>> {
+    ) -> session_proxy::frontend::StoreFuture<'a, Vec<StoredSession>> {
         self.inner.by_uid(uid)
     }
-    fn delete(
-        &self,
-        sids: Vec<SessionId>,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, usize> {
+    fn delete(&self, sids: Vec<SessionId>) -> session_proxy::frontend::StoreFuture<'_, usize> {
         self.inner.delete(sids)
     }
-    fn delete_uid<'a>(
-        &'a self,
-        uid: &'a str,
-    ) -> session_proxy::frontend::store::StoreFuture<'a, usize> {
+    fn delete_uid<'a>(&'a self, uid: &'a str) -> session_proxy::frontend::StoreFuture<'a, usize> {
         self.inner.delete_uid(uid)
     }
-    fn list(&self) -> session_proxy::frontend::store::StoreFuture<'_, Vec<SessionId>> {
+    fn list(&self) -> session_proxy::frontend::StoreFuture<'_, Vec<SessionId>> {
         self.inner.list()
     }
-    fn clear(&self) -> session_proxy::frontend::store::StoreFuture<'_, ()> {
+    fn clear(&self) -> session_proxy::frontend::StoreFuture<'_, ()> {
         self.inner.clear()
     }
     fn refresh(
         &self,
         sids: Vec<(SessionId, u64)>,
         ttl: Duration,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, Refreshed> {
+    ) -> session_proxy::frontend::StoreFuture<'_, Refreshed> {
         self.inner.refresh(sids, ttl)
     }
     fn release(
         &self,
         sids: Vec<(SessionId, u64)>,
-    ) -> session_proxy::frontend::store::StoreFuture<'_, Vec<Fenced>> {
+    ) -> session_proxy::frontend::StoreFuture<'_, Vec<Fenced>> {
         self.inner.release(sids)
     }
     fn claim<'a>(
@@ -368,7 +362,7 @@ impl SessionStore for Counting {
         sid: SessionId,
         seen: u64,
         frontend: &'a str,
-    ) -> session_proxy::frontend::store::StoreFuture<'a, Option<u64>> {
+    ) -> session_proxy::frontend::StoreFuture<'a, Option<u64>> {
         self.inner.claim(sid, seen, frontend)
     }
     fn admit<'a>(
@@ -378,7 +372,7 @@ impl SessionStore for Counting {
         limit: usize,
         evict_oldest: bool,
         reason: &'a str,
-    ) -> session_proxy::frontend::store::StoreFuture<'a, Admission> {
+    ) -> session_proxy::frontend::StoreFuture<'a, Admission> {
         self.inner.admit(uid, sid, limit, evict_oldest, reason)
     }
     fn evictions(&self) -> tokio::sync::broadcast::Receiver<Evicted> {

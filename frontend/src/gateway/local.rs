@@ -3,9 +3,7 @@
 use crate::{BackendRegistry, SessionService};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use session_proxy_protocol::client::{
-    encode_json_body, HandlerError, RouteFuture, RouteHandler, RouteTable,
-};
+use session_proxy_protocol::client::{encode_json_body, HandlerError, RouteTable};
 use session_proxy_protocol::{SessionId, SessionSnapshot};
 use std::time::Duration;
 
@@ -48,12 +46,6 @@ impl LocalContext {
             .map_err(|e| HandlerError::new(format!("backend answer does not fit: {e}")))
     }
 }
-
-/// The future a boxed frontend handler returns: the JSON response body.
-pub type LocalFuture = RouteFuture;
-
-/// A frontend handler with its types erased.
-pub type LocalHandler = RouteHandler<LocalContext>;
 
 /// Routes of the frontend's own server type: handlers that get a
 /// [`LocalContext`] and the request's typed JSON body.

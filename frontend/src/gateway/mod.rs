@@ -11,7 +11,7 @@ mod conn;
 mod local;
 mod transport;
 
-pub use local::{LocalContext, LocalFuture, LocalHandler, LocalHandlers};
+pub use local::{LocalContext, LocalHandlers};
 
 use crate::listener::{bind_reusable, Acceptor, PerIp, Running};
 use crate::{BackendRegistry, GatewayConfig, SessionService};

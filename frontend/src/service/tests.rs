@@ -237,7 +237,8 @@ fn a_full_push_queue_closes_the_slow_client() {
 /// player left. A session that ends for good runs the hook exactly once.
 #[tokio::test]
 async fn a_session_that_moved_is_reported_moved_and_never_closed() {
-    use crate::store::{MemoryStore, StoreOptions};
+    use crate::store::MemoryStore;
+    use crate::StoreOptions;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let store: Arc<dyn crate::store::SessionStore> = Arc::new(MemoryStore::new());
     let a = SessionService::new(SessionConfig::new("fa"));

@@ -12,9 +12,6 @@ mod redis;
 pub use self::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
-#[cfg(feature = "redis")]
-pub use crate::config::RedisStoreConfig;
-pub use crate::config::StoreOptions;
 
 use serde::{Deserialize, Serialize};
 use session_proxy_protocol::{SessionId, SessionInfo, Setting};
@@ -121,7 +118,7 @@ pub enum StoreError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The store did not answer within its deadline
-    /// ([`StoreOptions::call_timeout`]); the operation may or may not have
+    /// ([`StoreOptions::call_timeout`](crate::StoreOptions::call_timeout)); the operation may or may not have
     /// been applied there.
     #[error("session store did not answer within {after:?}")]
     TimedOut {

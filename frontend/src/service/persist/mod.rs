@@ -17,7 +17,8 @@
 
 use super::close::Ended;
 use super::SessionService;
-use crate::store::{Fenced, SessionStore, StoreError, StoreOptions, StoredSession};
+use crate::store::{Fenced, SessionStore, StoreError, StoredSession};
+use crate::StoreOptions;
 use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_protocol::SessionId;
 use std::collections::{HashMap, HashSet};
