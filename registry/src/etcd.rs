@@ -8,6 +8,7 @@
 //! needs no gRPC stack or `protoc`. Keys are `<prefix><node id>` (default
 //! prefix `/session-proxy/nodes/`), values the node's JSON record.
 
+use crate::view::{Changes, View};
 use crate::{Members, Membership, NodeRecord, RegistryError, RegistryFuture};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -18,10 +19,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use session_proxy_protocol::sync::LockUnpoisoned as _;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 use tracing::debug;
 
 /// Where and how an [`EtcdMembership`] keeps the records.
@@ -64,11 +64,8 @@ pub struct EtcdMembership {
     /// This process's leases, by node id: the lease id and the record last
     /// written under it (unchanged records are only kept alive).
     leases: Mutex<HashMap<String, (i64, String)>>,
-    members: watch::Sender<Members>,
-    reread: Arc<Notify>,
-    stop: CancellationToken,
-    /// The watcher, for [`Membership::close`] to await.
-    tasks: tokio_util::task::TaskTracker,
+    /// The members, kept fresh from the watch.
+    view: View,
 }
 
 impl std::fmt::Debug for EtcdMembership {
@@ -77,12 +74,6 @@ impl std::fmt::Debug for EtcdMembership {
             .field("endpoint", &self.api.endpoint)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for EtcdMembership {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -180,23 +171,17 @@ impl EtcdMembership {
             timeout: config.timeout,
         };
         let first = list(&api, &config.prefix).await?;
-        let membership = EtcdMembership {
+        let changes = EtcdChanges {
             api: api.clone(),
             prefix: config.prefix.clone(),
-            leases: Mutex::default(),
-            members: watch::Sender::new(first),
-            reread: Arc::new(Notify::new()),
-            stop: CancellationToken::new(),
-            tasks: tokio_util::task::TaskTracker::new(),
+            events: None,
         };
-        membership.tasks.spawn(follow(
+        Ok(EtcdMembership {
             api,
-            config,
-            membership.members.clone(),
-            membership.reread.clone(),
-            membership.stop.clone(),
-        ));
-        Ok(membership)
+            prefix: config.prefix,
+            leases: Mutex::default(),
+            view: View::start(first, changes, config.resync),
+        })
     }
 
     fn key(&self, id: &str) -> String {
@@ -263,7 +248,7 @@ impl Membership for EtcdMembership {
                 )
                 .await?;
             self.leases().insert(id, (lease, json));
-            self.reread.notify_one();
+            self.view.reread();
             Ok(())
         })
     }
@@ -284,19 +269,17 @@ impl Membership for EtcdMembership {
                     debug!(cause = %session_proxy_protocol::chain(&err), "revoking the lease failed; it lapses");
                 }
             }
-            self.reread.notify_one();
+            self.view.reread();
             Ok(())
         })
     }
 
     fn watch(&self) -> watch::Receiver<Members> {
-        self.members.subscribe()
+        self.view.watch()
     }
 
     fn close(&self) -> crate::CloseFuture<'_> {
-        self.stop.cancel();
-        self.tasks.close();
-        Box::pin(self.tasks.wait())
+        self.view.close()
     }
 }
 
@@ -346,46 +329,28 @@ async fn open_watch(api: &Api, prefix: &str) -> Result<hyper::body::Incoming, Re
     Ok(response.into_body())
 }
 
-/// Re-reads the members on every watch event, on our own writes, and every
-/// `resync`; publishes them when they changed. A watch that fails is opened
-/// again; the periodic re-read goes on meanwhile.
-async fn follow(
+/// A watch on the prefix, and full reads of it.
+struct EtcdChanges {
     api: Api,
-    config: EtcdMembershipConfig,
-    members: watch::Sender<Members>,
-    reread: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    let mut events: Option<hyper::body::Incoming> = None;
-    loop {
-        if events.is_none() {
-            match open_watch(&api, &config.prefix).await {
-                Ok(body) => events = Some(body),
-                Err(err) => {
-                    debug!(cause = %session_proxy_protocol::chain(&err), "etcd watch unavailable; re-reading on a timer")
-                }
-            }
+    prefix: String,
+    events: Option<hyper::body::Incoming>,
+}
+
+impl Changes for EtcdChanges {
+    async fn open(&mut self) -> Result<(), RegistryError> {
+        self.events = Some(open_watch(&self.api, &self.prefix).await?);
+        Ok(())
+    }
+
+    async fn next(&mut self) -> bool {
+        match self.events.as_mut() {
+            Some(body) => matches!(body.frame().await, Some(Ok(_))),
+            None => false,
         }
-        let lost = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(config.resync) => false,
-            _ = reread.notified() => false,
-            frame = async {
-                match events.as_mut() {
-                    Some(body) => body.frame().await,
-                    None => std::future::pending().await,
-                }
-            } => !matches!(frame, Some(Ok(_))),
-        };
-        if lost {
-            events = None;
-        }
-        match list(&api, &config.prefix).await {
-            Ok(now) => Members::publish(&members, now),
-            Err(err) => {
-                debug!(cause = %session_proxy_protocol::chain(&err), "re-reading the members failed; keeping the last view")
-            }
-        }
+    }
+
+    async fn list(&mut self) -> Result<Members, RegistryError> {
+        list(&self.api, &self.prefix).await
     }
 }
 

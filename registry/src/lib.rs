@@ -38,6 +38,8 @@ mod lease;
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(feature = "redis", feature = "etcd"))]
+mod view;
 
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdMembership, EtcdMembershipConfig};

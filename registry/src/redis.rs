@@ -5,15 +5,14 @@
 //! Layout under a prefix (default `sp:`): `sp:n:<node id>` holds the
 //! node's JSON record; `sp:nodes` is the channel, each message a node id.
 
+use crate::view::{Changes, View};
 use crate::{Members, Membership, NodeRecord, RegistryError, RegistryFuture};
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{AsyncCommands, Client};
+use futures::stream::BoxStream;
 use futures::StreamExt;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
-use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tokio::sync::watch;
 
 /// Where and how a [`RedisMembership`] keeps the records.
 #[derive(Clone, Debug)]
@@ -47,12 +46,8 @@ pub struct RedisMembership {
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
-    members: watch::Sender<Members>,
-    /// Wakes the watcher for a re-read (after our own writes).
-    reread: Arc<Notify>,
-    stop: CancellationToken,
-    /// The watcher, for [`Membership::close`] to await.
-    tasks: tokio_util::task::TaskTracker,
+    /// The members, kept fresh from the channel.
+    view: View,
 }
 
 impl std::fmt::Debug for RedisMembership {
@@ -60,12 +55,6 @@ impl std::fmt::Debug for RedisMembership {
         f.debug_struct("RedisMembership")
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for RedisMembership {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -101,24 +90,20 @@ impl RedisMembership {
         })
         .await?;
         let first = list(&mut conn.clone(), &config.prefix).await?;
-        let membership = RedisMembership {
+        let changes = RedisChanges {
+            client,
             conn: conn.clone(),
+            channel: format!("{}nodes", config.prefix),
             prefix: config.prefix.clone(),
             timeout: config.timeout,
-            members: watch::Sender::new(first),
-            reread: Arc::new(Notify::new()),
-            stop: CancellationToken::new(),
-            tasks: tokio_util::task::TaskTracker::new(),
+            messages: None,
         };
-        membership.tasks.spawn(follow(
-            client,
+        Ok(RedisMembership {
             conn,
-            config,
-            membership.members.clone(),
-            membership.reread.clone(),
-            membership.stop.clone(),
-        ));
-        Ok(membership)
+            prefix: config.prefix,
+            timeout: config.timeout,
+            view: View::start(first, changes, config.resync),
+        })
     }
 
     fn key(&self, id: &str) -> String {
@@ -150,7 +135,7 @@ impl Membership for RedisMembership {
                 .ignore()
                 .query_async(&mut conn)
                 .await?;
-            self.reread.notify_one();
+            self.view.reread();
             Ok(())
         }))
     }
@@ -167,19 +152,17 @@ impl Membership for RedisMembership {
                 .ignore()
                 .query_async(&mut conn)
                 .await?;
-            self.reread.notify_one();
+            self.view.reread();
             Ok(())
         }))
     }
 
     fn watch(&self) -> watch::Receiver<Members> {
-        self.members.subscribe()
+        self.view.watch()
     }
 
     fn close(&self) -> crate::CloseFuture<'_> {
-        self.stop.cancel();
-        self.tasks.close();
-        Box::pin(self.tasks.wait())
+        self.view.close()
     }
 }
 
@@ -215,53 +198,36 @@ async fn list(conn: &mut ConnectionManager, prefix: &str) -> Result<Members, Reg
     Ok(Members::from_records(records))
 }
 
-/// Re-reads the members on every announcement, on our own writes, and every
-/// `resync`; publishes them when they changed. The subscription is
-/// re-opened after it fails; the periodic re-read goes on meanwhile.
-async fn follow(
+/// The channel every write announces on, and full reads of the records.
+struct RedisChanges {
     client: Client,
-    mut conn: ConnectionManager,
-    config: RedisMembershipConfig,
-    members: watch::Sender<Members>,
-    reread: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    let channel = format!("{}nodes", config.prefix);
-    let mut messages = None;
-    loop {
-        if messages.is_none() {
-            let subscribed = bounded(config.timeout, async {
-                let mut pubsub = client.get_async_pubsub().await?;
-                pubsub.subscribe(&channel).await?;
-                Ok(pubsub.into_on_message())
-            })
-            .await;
-            match subscribed {
-                Ok(stream) => messages = Some(stream),
-                Err(err) => {
-                    debug!(cause = %session_proxy_protocol::chain(&err), "membership channel unavailable; re-reading on a timer")
-                }
-            }
+    conn: ConnectionManager,
+    channel: String,
+    prefix: String,
+    timeout: Duration,
+    messages: Option<BoxStream<'static, ::redis::Msg>>,
+}
+
+impl Changes for RedisChanges {
+    async fn open(&mut self) -> Result<(), RegistryError> {
+        let messages = bounded(self.timeout, async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            Ok(pubsub.into_on_message().boxed())
+        })
+        .await?;
+        self.messages = Some(messages);
+        Ok(())
+    }
+
+    async fn next(&mut self) -> bool {
+        match self.messages.as_mut() {
+            Some(messages) => messages.next().await.is_some(),
+            None => false,
         }
-        let lost = tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(config.resync) => false,
-            _ = reread.notified() => false,
-            msg = async {
-                match messages.as_mut() {
-                    Some(m) => m.next().await,
-                    None => std::future::pending().await,
-                }
-            } => msg.is_none(),
-        };
-        if lost {
-            messages = None;
-        }
-        match bounded(config.timeout, list(&mut conn, &config.prefix)).await {
-            Ok(now) => Members::publish(&members, now),
-            Err(err) => {
-                debug!(cause = %session_proxy_protocol::chain(&err), "re-reading the members failed; keeping the last view")
-            }
-        }
+    }
+
+    async fn list(&mut self) -> Result<Members, RegistryError> {
+        bounded(self.timeout, list(&mut self.conn, &self.prefix)).await
     }
 }
