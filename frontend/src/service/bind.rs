@@ -3,7 +3,6 @@ use super::SessionEvent;
 use super::SessionService;
 use crate::store::Admission;
 use crate::{Error, SingleSessionPolicy};
-use dashmap::mapref::entry::Entry;
 use session_proxy_protocol::SessionId;
 
 /// The kick reason of a session the single-session policy replaced.
@@ -62,7 +61,7 @@ impl SessionService {
         uid: &str,
         policy: SingleSessionPolicy,
     ) -> Result<(), Error> {
-        let limit = self.inner.config.sessions_per_uid.max(1);
+        let limit = self.inner.config.sessions_per_uid;
         let replaced = {
             let mut entry = self.entry_mut(sid)?;
             match &entry.uid {
@@ -70,18 +69,9 @@ impl SessionService {
                 Some(_) => return Err(Error::AlreadyBound { sid }),
                 None => {}
             }
-            // Lock order: sessions guard first, then the uid index.
-            let mut sids = self.inner.uids.entry(uid.to_string()).or_default();
-            let excess = (sids.len() + 1).saturating_sub(limit);
-            let replaced = match policy {
-                SingleSessionPolicy::RejectNew if excess > 0 => {
-                    return Err(Error::SessionLimit);
-                }
-                // Oldest first: the index keeps binding order.
-                SingleSessionPolicy::KickOld => sids.drain(..excess).collect(),
-                _ => Vec::new(),
-            };
-            sids.push(sid);
+            // Under the session's guard (the index's lock order allows it),
+            // so the session and the index change together.
+            let replaced = self.inner.uids.add(uid, sid, limit, policy)?;
             entry.uid = Some(uid.to_string());
             replaced
         };
@@ -104,7 +94,7 @@ impl SessionService {
                 return Err(Error::UidMismatch { sid });
             }
             entry.uid = None;
-            self.unindex(uid, sid);
+            self.inner.uids.remove(uid, sid);
         }
         self.mark_dirty(sid);
         self.emit(SessionEvent::Unbound {
@@ -112,15 +102,5 @@ impl SessionService {
             uid: uid.to_string(),
         });
         Ok(())
-    }
-
-    /// Removes `sid` from the uid index, and the uid when it has no session left.
-    pub(super) fn unindex(&self, uid: &str, sid: SessionId) {
-        if let Entry::Occupied(mut sids) = self.inner.uids.entry(uid.to_string()) {
-            sids.get_mut().retain(|s| *s != sid);
-            if sids.get().is_empty() {
-                sids.remove();
-            }
-        }
     }
 }

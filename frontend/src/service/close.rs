@@ -65,7 +65,7 @@ impl SessionService {
             return false;
         };
         if let Some(uid) = &entry.uid {
-            self.unindex(uid, sid);
+            self.inner.uids.remove(uid, sid);
         }
         let text = match &ending {
             Ending::Ended(reason) => reason.as_str(),
@@ -85,7 +85,7 @@ impl SessionService {
                 tracing::debug!(sid = %sid.redacted(), %reason, "session closed");
                 // The final state is copied for a close hook only (its
                 // settings are a copy of every value).
-                let hooked = self.inner.on_closed.get().is_some();
+                let hooked = self.inner.hooks.is_set();
                 let end = Ended {
                     session: hooked.then(|| entry.snapshot(sid, self.frontend_id())),
                     sid,
@@ -118,14 +118,8 @@ impl SessionService {
             session,
             reason,
         } = end;
-        let hook = self.inner.on_closed.get().cloned();
-        let work = hook
-            .zip(session)
-            .and_then(|(hook, session)| hook(&session, &reason));
-        if let Some(work) = work {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                self.inner.hook_tasks.spawn(work);
-            }
+        if let Some(session) = &session {
+            self.inner.hooks.run(session, &reason);
         }
         self.emit(SessionEvent::Closed { sid, uid, reason });
     }

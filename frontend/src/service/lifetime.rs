@@ -11,29 +11,73 @@ use futures::StreamExt;
 use session_proxy_protocol::SessionId;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::{OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::time::{delay_queue, DelayQueue};
 
-/// When a session must close unless something changes: the earliest of its
-/// idle deadline, its lifetime and the end of its grace period.
-pub(super) fn due(entry: &SessionEntry, epoch: Instant) -> Option<Instant> {
-    let last_active = epoch + Duration::from_millis(entry.last_active.load(Ordering::Relaxed));
-    [
-        entry.idle_timeout.map(|t| last_active + t),
-        entry.lifetime.map(|t| entry.created + t),
-        entry.parked.as_ref().map(|p| p.until),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
+/// The service's clock for activity, and the queue of checks the expiry
+/// task runs.
+pub(super) struct Expiry {
+    /// The zero of `SessionEntry::last_active`.
+    epoch: Instant,
+    /// Deadlines for the expiry task, started with the first deadline.
+    timers: OnceLock<mpsc::UnboundedSender<(SessionId, Instant)>>,
+}
+
+impl Default for Expiry {
+    fn default() -> Self {
+        Expiry {
+            epoch: Instant::now(),
+            timers: OnceLock::new(),
+        }
+    }
+}
+
+impl Expiry {
+    /// Now, in ms since the epoch: what `last_active` holds.
+    pub(super) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// When a session must close unless something changes: the earliest of
+    /// its idle deadline, its lifetime and the end of its grace period.
+    pub(super) fn due(&self, entry: &SessionEntry) -> Option<Instant> {
+        let last_active =
+            self.epoch + Duration::from_millis(entry.last_active.load(Ordering::Relaxed));
+        [
+            entry.idle_timeout.map(|t| last_active + t),
+            entry.lifetime.map(|t| entry.created + t),
+            entry.parked.as_ref().map(|p| p.until),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Queues a check of `sid` at `at`; `start` starts the task that runs
+    /// the checks, on first use.
+    fn queue(
+        &self,
+        sid: SessionId,
+        at: Instant,
+        start: impl FnOnce(mpsc::UnboundedReceiver<(SessionId, Instant)>),
+    ) {
+        let tx = self.timers.get_or_init(|| {
+            // Unbounded: one message per session created, parked or given
+            // new timeouts; the task drains them as fast as they come.
+            let (tx, rx) = mpsc::unbounded_channel();
+            start(rx);
+            tx
+        });
+        let _ = tx.send((sid, at));
+    }
 }
 
 impl SessionService {
     pub(super) fn now_ms(&self) -> u64 {
-        u64::try_from(self.inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.inner.expiry.now_ms()
     }
 
     /// Records client activity: restarts the session's idle timeout.
@@ -54,7 +98,7 @@ impl SessionService {
             let mut entry = self.entry_mut(sid)?;
             entry.idle_timeout = idle;
             entry.lifetime = lifetime;
-            due(&entry, self.inner.epoch)
+            self.inner.expiry.due(&entry)
         };
         if let Some(at) = due {
             self.schedule(sid, at);
@@ -66,20 +110,15 @@ impl SessionService {
     /// already had an earlier check). Starts the task on first use; without
     /// a tokio runtime there is no expiry.
     pub(super) fn schedule(&self, sid: SessionId, at: Instant) {
-        let tx = self.inner.timers.get_or_init(|| {
-            // Unbounded: one message per session created, parked or given
-            // new timeouts; the task drains them as fast as they come.
-            let (tx, rx) = mpsc::unbounded_channel();
-            match tokio::runtime::Handle::try_current() {
+        self.inner
+            .expiry
+            .queue(sid, at, |rx| match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
                     let task = expiry_task(std::sync::Arc::downgrade(&self.inner), rx);
                     self.spawn_task(&handle, task);
                 }
                 Err(_) => tracing::warn!("no tokio runtime: session timeouts are off"),
-            }
-            tx
-        });
-        let _ = tx.send((sid, at));
+            });
     }
 
     /// Closes the session if its deadline has passed; otherwise returns its
@@ -87,7 +126,7 @@ impl SessionService {
     fn expire_or_next(&self, sid: SessionId) -> Option<Instant> {
         let due = {
             let entry = self.inner.sessions.get(&sid)?;
-            due(&entry, self.inner.epoch)?
+            self.inner.expiry.due(&entry)?
         };
         if due <= Instant::now() {
             tracing::debug!(sid = %sid.redacted(), "session expired");

@@ -22,6 +22,7 @@ mod bind;
 mod close;
 mod entry;
 mod handle;
+mod hooks;
 mod lifetime;
 mod packed;
 mod persist;
@@ -30,6 +31,7 @@ mod reason;
 mod resume;
 mod settings;
 mod types;
+mod uids;
 mod writes;
 
 pub use handle::SessionOwner;
@@ -45,7 +47,7 @@ use session_proxy_protocol::{SessionId, SessionSnapshot};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -59,21 +61,15 @@ struct Inner {
     /// capacity (a hash table is up to half empty) costs pointers, not
     /// whole entries.
     sessions: DashMap<SessionId, Box<SessionEntry>>,
-    /// `uid -> sids`, kept in step with `SessionEntry::uid`. Lock order: a
-    /// path that holds a `sessions` guard may take a `uids` guard, never the
-    /// other way round.
-    uids: DashMap<String, Vec<SessionId>>,
+    /// `uid -> sids`, kept in step with `SessionEntry::uid`; it owns the
+    /// lock order between the two (see `uids`).
+    uids: uids::UidIndex,
     /// Bound/unbound/closed events for subscribers.
     events: broadcast::Sender<SessionEvent>,
-    /// The zero of `SessionEntry::last_active`.
-    epoch: Instant,
-    /// Deadlines for the expiry task, started with the first deadline.
-    timers: OnceLock<mpsc::UnboundedSender<(SessionId, Instant)>>,
-    /// Runs with the final state of every session that closes.
-    on_closed: OnceLock<ClosedHook>,
-    /// The work close hooks started (a game telling its servers a player
-    /// left), so that a drain can wait for it before closing the links.
-    hook_tasks: TaskTracker,
+    /// The activity clock and the expiry task's queue of checks.
+    expiry: lifetime::Expiry,
+    /// The close hook and the work it started.
+    hooks: hooks::CloseHooks,
     /// The service's background tasks (expiry, store writes, evictions),
     /// so that [`SessionService::stop_tasks`] can end and await them.
     tasks: TaskTracker,
@@ -132,12 +128,10 @@ impl SessionService {
             inner: Arc::new(Inner {
                 config,
                 sessions: DashMap::new(),
-                uids: DashMap::new(),
+                uids: uids::UidIndex::default(),
                 events,
-                epoch: Instant::now(),
-                timers: OnceLock::new(),
-                on_closed: OnceLock::new(),
-                hook_tasks: TaskTracker::new(),
+                expiry: lifetime::Expiry::default(),
+                hooks: hooks::CloseHooks::default(),
                 tasks: TaskTracker::new(),
                 stop: tokio_util::sync::CancellationToken::new(),
                 store: OnceLock::new(),
@@ -161,7 +155,7 @@ impl SessionService {
     /// work as [`HookWork`] (run as a task; without a tokio runtime it is
     /// dropped).
     pub fn on_closed(&self, hook: ClosedHook) -> bool {
-        self.inner.on_closed.set(hook).is_ok()
+        self.inner.hooks.set(hook)
     }
 
     /// Waits up to `within` for the work close hooks started (see
@@ -169,11 +163,7 @@ impl SessionService {
     /// it all did. A drain calls it before it closes the backend links the
     /// hooks talk over.
     pub async fn hooks_done(&self, within: std::time::Duration) -> bool {
-        let tasks = &self.inner.hook_tasks;
-        tasks.close();
-        let done = tokio::time::timeout(within, tasks.wait()).await.is_ok();
-        tasks.reopen();
-        done
+        self.inner.hooks.done(within).await
     }
 
     /// Ends the service's background tasks (session expiry, store writes
@@ -259,7 +249,7 @@ impl SessionService {
             let sid = SessionId::from_raw(rand::random::<u64>());
             if let Entry::Vacant(slot) = self.inner.sessions.entry(sid) {
                 let entry = slot.insert(entry.take().expect("inserted once, then we return"));
-                let due = lifetime::due(&entry, self.inner.epoch);
+                let due = self.inner.expiry.due(&entry);
                 drop(entry);
                 self.mark_dirty(sid);
                 if let Some(at) = due {
@@ -292,11 +282,7 @@ impl SessionService {
 
     /// The ids of a uid's sessions: O(sessions of that uid).
     pub fn sids_of_uid(&self, uid: &str) -> Vec<SessionId> {
-        self.inner
-            .uids
-            .get(uid)
-            .map(|sids| sids.clone())
-            .unwrap_or_default()
+        self.inner.uids.of(uid)
     }
 
     /// Copies of every session bound to `uid`.

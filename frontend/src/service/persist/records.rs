@@ -160,7 +160,7 @@ impl SessionService {
         };
         self.inner.sessions.insert(sid, Box::new(entry));
         if let Some(uid) = record.info.uid {
-            self.inner.uids.entry(uid).or_default().push(sid);
+            self.inner.uids.restore(uid, sid);
         }
         self.schedule(sid, until);
     }
