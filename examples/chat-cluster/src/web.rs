@@ -2,13 +2,20 @@
 //! gate's port filled in), anything else 404. One request per connection,
 //! its head capped at 8 KiB and read within 5 s, at most 64 connections at
 //! once; nothing else is needed to hand one static page to a browser.
+//!
+//! A trickle cannot starve it (slowloris): when every place is taken, a new
+//! connection takes the place of the one that has been reading its request
+//! head the longest. A browser sends its head at once, so the connections
+//! that lose their place are the ones that trickle.
 
+use session_proxy::protocol::sync::LockUnpoisoned as _;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// The page, with `__GATE_PORT__` where the gate's port goes.
 const PAGE: &str = include_str!("../web/index.html");
@@ -16,8 +23,29 @@ const PAGE: &str = include_str!("../web/index.html");
 const MAX_HEAD: usize = 8 * 1024;
 /// How long a request may take to arrive, and its answer to be written.
 const DEADLINE: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the backlog.
+/// Connections served at once; past it, the slowest head reader makes room.
 const MAX_CONNECTIONS: usize = 64;
+
+/// The connections still reading their request head, oldest first.
+#[derive(Default)]
+struct Reading {
+    next: u64,
+    by_age: BTreeMap<u64, AbortHandle>,
+}
+
+impl Reading {
+    /// Ends the connection that has been reading its head the longest;
+    /// false when none is (every place is writing an answer).
+    fn evict_oldest(&mut self) -> bool {
+        match self.by_age.pop_first() {
+            Some((_, slowest)) => {
+                slowest.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// The page's HTTP listener; it stops when dropped.
 pub(crate) struct WebServer {
@@ -50,11 +78,22 @@ impl Drop for WebServer {
 
 async fn serve(listener: TcpListener, page: Arc<String>) {
     let mut connections = JoinSet::new();
+    let reading = Arc::new(Mutex::new(Reading::default()));
     loop {
+        // Room, or a head reader that can make room.
+        let room =
+            connections.len() < MAX_CONNECTIONS || !reading.lock_unpoisoned().by_age.is_empty();
         tokio::select! {
-            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => match accepted {
+            accepted = listener.accept(), if room => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(answer(stream, page.clone()));
+                    let mut r = reading.lock_unpoisoned();
+                    if connections.len() >= MAX_CONNECTIONS {
+                        r.evict_oldest();
+                    }
+                    let id = r.next;
+                    r.next += 1;
+                    let handle = connections.spawn(answer(stream, page.clone(), (id, reading.clone())));
+                    r.by_age.insert(id, handle);
                 }
                 Err(err) => {
                     // Out of descriptors, most likely: wait, then go on.
@@ -67,9 +106,16 @@ async fn serve(listener: TcpListener, page: Arc<String>) {
     }
 }
 
-/// Reads one request head and answers it.
-async fn answer(mut stream: TcpStream, page: Arc<String>) {
-    let Ok(Some(head)) = tokio::time::timeout(DEADLINE, read_head(&mut stream)).await else {
+/// Reads one request head and answers it; `(id, reading)` is its place
+/// among the head readers, left once the head is in.
+async fn answer(
+    mut stream: TcpStream,
+    page: Arc<String>,
+    (id, reading): (u64, Arc<Mutex<Reading>>),
+) {
+    let head = tokio::time::timeout(DEADLINE, read_head(&mut stream)).await;
+    reading.lock_unpoisoned().by_age.remove(&id);
+    let Ok(Some(head)) = head else {
         return;
     };
     let line = head.lines().next().unwrap_or_default();
@@ -113,4 +159,47 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
         }
     }
     Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickle_of_slow_heads_does_not_starve_a_real_request() {
+        let server = WebServer::bind("127.0.0.1:0".parse().expect("addr"), 3014)
+            .await
+            .expect("bind");
+        // Four times as many trickling connections as there are places,
+        // each with a head that never ends; all held open to the end.
+        let mut trickles = Vec::new();
+        for _ in 0..4 * MAX_CONNECTIONS {
+            let mut slow = TcpStream::connect(server.local_addr())
+                .await
+                .expect("connect");
+            slow.write_all(b"GET / HTTP/1.1\r\nX-Slow: ")
+                .await
+                .expect("write");
+            trickles.push(slow);
+        }
+        // A browser's request is answered while they all still trickle
+        // (they would hold every place for 5 s each, a batch at a time).
+        let page = tokio::time::timeout(Duration::from_secs(3), async {
+            let mut browser = TcpStream::connect(server.local_addr())
+                .await
+                .expect("connect");
+            browser
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .expect("write");
+            let mut answer = Vec::new();
+            browser.read_to_end(&mut answer).await.expect("read");
+            String::from_utf8_lossy(&answer).into_owned()
+        })
+        .await
+        .expect("the page is answered in the middle of the trickle");
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        assert!(page.contains("3014"), "the gate's port is filled in");
+        drop(trickles);
+    }
 }
