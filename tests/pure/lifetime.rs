@@ -368,8 +368,9 @@ async fn single_session_policy_holds_across_resume() {
     a.request("connector.entry.login", &json!({ "uid": "alice" }))
         .await
         .expect("login");
+    let mut events = node.sessions.subscribe();
     drop(a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    crate::common::next_parked(&mut events, Duration::from_secs(5)).await;
     // alice logs in again on a new session while the old one is parked:
     // the policy replaces the parked session, so its token is dead.
     let b = connect(&node, None).await.expect("connect");

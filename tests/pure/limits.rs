@@ -225,8 +225,13 @@ async fn outgoing_queue_per_client() {
     let mut reader = PomeloClient::connect_with(gw.local_addr(), PomeloOptions::default())
         .await
         .expect("connect");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(sessions.count(), 2);
+    eventually(Duration::from_secs(5), "both sessions open", || async {
+        match sessions.count() {
+            2 => Ok(()),
+            n => Err(format!("{n} sessions")),
+        }
+    })
+    .await;
     let backend = start_backend("b", "f1", rpc.local_addr());
     let big = json!({ "pad": "x".repeat(16 * 1024) });
     let all = sessions.sids();

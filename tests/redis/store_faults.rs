@@ -178,7 +178,14 @@ async fn a_stopped_redis_holds_up_no_other_call_and_is_written_after_sigcont() {
     redis.pause();
     let mut stalled = s.clone();
     let push = tokio::spawn(async move { set_and_push(&mut stalled, 2).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Applied in memory, its answer waits for the store.
+    common::eventually(WAIT, "the push is applied", || async {
+        match frontend_value::<u32>(&t.sessions, sid, "n") {
+            Some(2) => Ok(()),
+            other => Err(format!("n is {other:?}")),
+        }
+    })
+    .await;
     // The push waits on the store; reads on the same link do not.
     let read = tokio::time::timeout(Duration::from_millis(700), t.backend.get("f1", sid))
         .await
