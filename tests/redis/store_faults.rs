@@ -52,6 +52,7 @@ async fn setup_with(
     options.flush_interval = Duration::from_millis(20);
     options.call_timeout = call_timeout;
     options.retry_max = Duration::from_millis(200);
+    options.restart_check = Duration::from_millis(200);
     sessions
         .attach_store(Arc::new(store), options)
         .await
@@ -351,6 +352,28 @@ async fn a_redis_restarted_empty_gets_every_live_session_again() {
     for (i, owner) in owners.iter().enumerate() {
         wait_stored(&redis, &t.prefix, owner.sid(), "n", 10 + i as u32).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_empty_is_noticed_by_its_run_id_long_before_the_ttl_refresh() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    // A 10 min TTL refreshes every 200 s: only the run id can tell in time.
+    let t = setup(&redis, Duration::from_secs(600), Duration::from_millis(300)).await;
+    let owner = t.sessions.create(ConnectInfo::default());
+    let mut s = t
+        .backend
+        .get("f1", owner.sid())
+        .await
+        .expect("call")
+        .expect("open");
+    set_and_push(&mut s, 7).await.expect("durable");
+    // The frontend read the server's run id when it attached the store;
+    // nothing of its own fails while Redis is away and back.
+    redis.kill();
+    redis.start_again();
+    wait_stored(&redis, &t.prefix, owner.sid(), "n", 7).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,12 @@ pub struct StoreOptions {
     /// The longest pause between two retries while the store is down (the
     /// pause doubles from 50 ms up to this). Default: 1 s.
     pub retry_max: Duration,
+    /// How often the store's server run is checked
+    /// ([`SessionStore::incarnation`](crate::SessionStore::incarnation)): a
+    /// server that restarted may have come back empty, and every live
+    /// session is then written again at once, instead of at the next TTL
+    /// refresh. Default: 2 s.
+    pub restart_check: Duration,
 }
 
 impl Default for StoreOptions {
@@ -36,6 +42,7 @@ impl Default for StoreOptions {
             restore_grace: Duration::from_secs(60),
             call_timeout: Duration::from_secs(1),
             retry_max: Duration::from_secs(1),
+            restart_check: Duration::from_secs(2),
         }
     }
 }
@@ -55,6 +62,7 @@ impl StoreOptions {
                 ("restore_grace", !self.restore_grace.is_zero(), POSITIVE),
                 ("call_timeout", !self.call_timeout.is_zero(), POSITIVE),
                 ("retry_max", !self.retry_max.is_zero(), POSITIVE),
+                ("restart_check", !self.restart_check.is_zero(), POSITIVE),
             ],
         )
     }

@@ -198,6 +198,16 @@ pub trait SessionStore: Send + Sync + 'static {
     fn list(&self) -> StoreFuture<'_, Vec<SessionId>>;
     /// Deletes everything this store holds.
     fn clear(&self) -> StoreFuture<'_, ()>;
+    /// Names the store server's current run (Redis: its `run_id`, one per
+    /// master of a cluster). It changes when a server restarts, and one
+    /// that restarted may have come back empty: a frontend checks it every
+    /// [`StoreOptions::restart_check`](crate::StoreOptions::restart_check)
+    /// and on a change writes every live session again at once. `None`: the
+    /// store cannot tell (the default; an in-process store never restarts
+    /// on its own).
+    fn incarnation(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
     /// Restarts the time to live of sessions still held at the given
     /// epochs. Reports the ones the store no longer holds and the ones
     /// another frontend holds now.

@@ -293,6 +293,9 @@ impl SessionService {
             flush_lock: tokio::sync::Mutex::new(()),
             down_since: Mutex::new(None),
         };
+        // The server's run as the sessions are read: a restart from now on
+        // is noticed (see `StoreOptions::restart_check`).
+        let incarnation = link.call(link.store.incarnation()).await?;
         let restored = self.restore(&link).await?;
         if self.inner.store.set(link).is_err() {
             tracing::warn!("a store is already attached; ignoring the second one");
@@ -300,7 +303,8 @@ impl SessionService {
         }
         let evictions = self.inner.store.get().map(|l| l.store.evictions());
         let handle = tokio::runtime::Handle::current();
-        self.spawn_task(&handle, background(Arc::downgrade(&self.inner)));
+        let task = background(Arc::downgrade(&self.inner), incarnation);
+        self.spawn_task(&handle, task);
         if let Some(evictions) = evictions {
             let task = follow_evictions(Arc::downgrade(&self.inner), evictions);
             self.spawn_task(&handle, task);

@@ -47,16 +47,22 @@ pub(super) async fn follow_evictions(
 /// doubling pause (up to [`StoreOptions::retry_max`]); once the store
 /// answers it writes what waited and refreshes at once, so sessions a
 /// restarted-empty server lost are written again.
-pub(super) async fn background(inner: Weak<crate::service::Inner>) {
-    let Some((flush_every, ttl, retry_max)) = inner.upgrade().and_then(|i| {
-        i.store
-            .get()
-            .map(|l| (l.options.flush_interval, l.options.ttl, l.options.retry_max))
+/// `incarnation` is the store server's run the sessions were read from.
+pub(super) async fn background(
+    inner: Weak<crate::service::Inner>,
+    mut incarnation: Option<String>,
+) {
+    let Some((flush_every, ttl, retry_max, check_every)) = inner.upgrade().and_then(|i| {
+        i.store.get().map(|l| {
+            let o = &l.options;
+            (o.flush_interval, o.ttl, o.retry_max, o.restart_check)
+        })
     }) else {
         return;
     };
     let refresh_every = (ttl / 3).max(Duration::from_millis(10));
     let mut next_refresh = Instant::now() + refresh_every;
+    let mut next_check = Instant::now() + check_every;
     let first_retry = Duration::from_millis(50);
     let mut retry = first_retry;
     loop {
@@ -91,6 +97,18 @@ pub(super) async fn background(inner: Weak<crate::service::Inner>) {
             // refresh (which finds what it lost) at once.
             retry = first_retry;
             next_refresh = Instant::now();
+        }
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + check_every;
+            if let Ok(Some(now)) = link.call(link.store.incarnation()).await {
+                if incarnation.as_ref().is_some_and(|was| *was != now) {
+                    tracing::warn!(
+                        "the session store's server restarted; writing every live session again"
+                    );
+                    next_refresh = Instant::now();
+                }
+                incarnation = Some(now);
+            }
         }
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + refresh_every;

@@ -140,6 +140,27 @@ impl Link {
         }
     }
 
+    /// The `run_id` of the server, or of every master of a cluster (sorted,
+    /// comma-separated): it changes when a server restarts.
+    pub(super) async fn run_ids(&mut self) -> RedisResult<String> {
+        let info = ::redis::cmd("INFO").arg("server").clone();
+        let mut ids = match self {
+            Link::One(c) => vec![run_id(&info.query_async::<String>(c).await?)],
+            Link::Cluster(c, _) => {
+                let mut ids = Vec::new();
+                for (host, port) in masters(c).await? {
+                    let route =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+                    let answer = c.route_command(&info, route).await?;
+                    ids.push(run_id(&from_value::<String>(answer)?));
+                }
+                ids
+            }
+        };
+        ids.sort();
+        Ok(ids.join(","))
+    }
+
     /// Sends `cmd` to every master (to one server: once).
     pub(super) async fn on_every_master(&mut self, cmd: &Cmd) -> RedisResult<()> {
         match self {
@@ -154,6 +175,15 @@ impl Link {
             }
         }
     }
+}
+
+/// The `run_id:` line of an `INFO server` answer (empty when missing).
+fn run_id(info: &str) -> String {
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 /// The commands of `runs`, in order, as pipelines of up to

@@ -361,6 +361,13 @@ impl SessionStore for RedisStore {
         }))
     }
 
+    fn incarnation(&self) -> StoreFuture<'_, Option<String>> {
+        Box::pin(self.guard(async move {
+            let mut link = self.inner.conn.get();
+            Ok(Some(link.run_ids().await?))
+        }))
+    }
+
     fn clear(&self) -> StoreFuture<'_, ()> {
         Box::pin(self.guard(async move {
             let mut link = self.inner.conn.get();
