@@ -136,7 +136,13 @@ async fn a_draining_backend_gets_no_new_requests_and_finishes_its_own() {
         let c = c.clone();
         tokio::spawn(async move { c.request("game.h.slow", &json!({ "ms": 400 })).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::eventually(Duration::from_secs(5), "the slow request runs", || async {
+        match a.requests_running() + b.requests_running() {
+            1 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
     let (draining, other) = if a.requests_running() > 0 {
         (&a, &b)
     } else {
@@ -151,7 +157,18 @@ async fn a_draining_backend_gets_no_new_requests_and_finishes_its_own() {
         let draining = draining.clone();
         tokio::spawn(async move { draining.shutdown(Duration::from_secs(3)).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The frontend heard of the drain: it picks only the other one now.
+    common::eventually(
+        Duration::from_secs(5),
+        "the frontend stops picking it",
+        || async {
+            match f.rpc.backends().count("game") {
+                1 => Ok(()),
+                n => Err(format!("{n} backends picked")),
+            }
+        },
+    )
+    .await;
     // New requests, on the same session, go to the other backend: none fails.
     for i in 0..50 {
         let answer = c
