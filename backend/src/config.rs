@@ -1,6 +1,6 @@
 //! The backend's configuration, checked once when the service starts.
 
-use crate::error::ConfigError;
+use session_proxy_protocol::ConfigError;
 use session_proxy_protocol::{Secret, DEFAULT_MAX_FRAME};
 use std::time::Duration;
 
@@ -83,10 +83,7 @@ impl BackendConfig {
     /// Checks every field; the error names the first one that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &'static str, problem: &'static str| {
-            Err(ConfigError {
-                field,
-                problem: problem.into(),
-            })
+            Err(ConfigError::new("BackendConfig", field, problem))
         };
         let positive = [
             ("deadline", self.deadline),
@@ -116,10 +113,11 @@ impl BackendConfig {
             return bad("queue", "must be at least 1");
         }
         if self.max_frame < MIN_FRAME {
-            return Err(ConfigError {
-                field: "max_frame",
-                problem: format!("must be at least {MIN_FRAME} bytes"),
-            });
+            return Err(ConfigError::new(
+                "BackendConfig",
+                "max_frame",
+                format!("must be at least {MIN_FRAME} bytes"),
+            ));
         }
         Ok(())
     }
@@ -146,7 +144,10 @@ mod tests {
             spoil(&mut config);
             let err = config.validate().expect_err(field);
             assert_eq!(err.field, field);
-            assert!(err.to_string().starts_with(field), "{err}");
+            assert!(
+                err.to_string().starts_with(&format!("BackendConfig.{field}:")),
+                "{err}"
+            );
         }
     }
 }

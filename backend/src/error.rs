@@ -1,6 +1,6 @@
 //! The backend's error type.
 
-use session_proxy_protocol::{CodecError, ErrorCode, RpcError};
+use session_proxy_protocol::{CodecError, ConfigError, ErrorCode, RpcError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,17 +138,6 @@ impl Error {
             Error::Config(_) => ErrorCode::Internal,
         }
     }
-}
-
-/// A configuration field that cannot work.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{field}: {problem}")]
-#[non_exhaustive]
-pub struct ConfigError {
-    /// The field, as named in [`BackendConfig`](crate::BackendConfig).
-    pub field: &'static str,
-    /// What is wrong with its value.
-    pub problem: String,
 }
 
 /// Why a link to a frontend could not be opened, or ended.

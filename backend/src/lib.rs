@@ -22,7 +22,7 @@
 //!   out and hands incoming requests to `serve`; it never runs handlers.
 //! - `config`: [`BackendConfig`], checked once when the service starts.
 //! - `error`: [`Error`], with [`Error::code`] mapping onto the wire codes;
-//!   [`LinkError`] says why a link failed, [`ConfigError`] which field is bad.
+//!   [`LinkError`] says why a link failed, `session_proxy_protocol::ConfigError` which field is bad.
 //! - `tls` (feature `tls`): [`LinkTls`], the authorities frontends are
 //!   checked against.
 //!
@@ -73,7 +73,7 @@ mod tls;
 
 pub use channel::ChannelService;
 pub use config::BackendConfig;
-pub use error::{ConfigError, Error, LinkError};
+pub use error::{Error, LinkError};
 pub use handler::{HandlerError, Handlers};
 pub use link::{FrontendClient, PendingCall};
 pub use service::BackendSessionService;

@@ -64,7 +64,7 @@ pub enum Error {
     InProcess(#[from] session_proxy_link::inproc::InProcessError),
     /// A configuration field cannot work; nothing was started.
     #[error("invalid configuration")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] session_proxy_protocol::ConfigError),
     /// The session store failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

@@ -18,7 +18,7 @@
 //!   kicks.
 //! - `config`: every setting in one place: [`SessionConfig`],
 //!   [`RpcConfig`], [`GatewayConfig`], [`StoreOptions`], checked once at
-//!   start ([`ConfigError`] names the bad field).
+//!   start (`session_proxy_protocol::ConfigError` names the bad field).
 //! - `error`: [`Error`], one variant per thing that can fail.
 //!
 //! # Example
@@ -61,9 +61,7 @@ mod tls;
 
 #[cfg(feature = "redis")]
 pub use config::RedisStoreConfig;
-pub use config::{
-    ConfigError, GatewayConfig, RpcConfig, SessionConfig, SingleSessionPolicy, StoreOptions,
-};
+pub use config::{GatewayConfig, RpcConfig, SessionConfig, SingleSessionPolicy, StoreOptions};
 pub use error::Error;
 pub use forward::{pick_by_key, BackendRegistry, HashRouter, Router};
 pub use gateway::{

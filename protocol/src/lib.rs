@@ -25,6 +25,7 @@
 //! - [`client`]: the Pomelo/Pinus client protocol (packages, messages,
 //!   handshake) that client connectors speak.
 //! - [`text`]: [`text::log_safe`], peer-chosen strings made safe to log.
+//! - [`config`]: [`ConfigError`], how every configuration is checked.
 //! - [`sync`]: locks that stay usable after a panic elsewhere.
 //! - `tls` (feature `tls`): PEM reading and the TLS error both ends share.
 //!
@@ -61,6 +62,7 @@ pub mod auth;
 pub mod calls;
 pub mod client;
 pub mod codec;
+pub mod config;
 pub mod error;
 pub mod id;
 pub mod inflight;
@@ -78,6 +80,7 @@ pub use calls::{
     Unbind, UserSessions,
 };
 pub use codec::{BackendCodec, FrontendCodec, MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
+pub use config::ConfigError;
 pub use error::{chain, CodecError, ErrorCode, RpcError};
 pub use id::SessionId;
 pub use inflight::{InFlight, RegisterError};

@@ -10,39 +10,9 @@ mod store;
 pub use store::RedisStoreConfig;
 pub use store::StoreOptions;
 
+use session_proxy_protocol::config::{check, ConfigError, AT_LEAST_ONE, POSITIVE};
 use session_proxy_protocol::{Secret, DEFAULT_MAX_FRAME};
 use std::time::Duration;
-
-/// A configuration field that cannot work.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{config}.{field}: {problem}")]
-#[non_exhaustive]
-pub struct ConfigError {
-    /// The config (`SessionConfig`, `RpcConfig`, `GatewayConfig`, …).
-    pub config: &'static str,
-    /// The field.
-    pub field: &'static str,
-    /// What is wrong with its value.
-    pub problem: &'static str,
-}
-
-/// Checks a list of `(field, ok)` pairs; the first that fails is the error.
-fn check(
-    config: &'static str,
-    rules: &[(&'static str, bool, &'static str)],
-) -> Result<(), ConfigError> {
-    match rules.iter().find(|(_, ok, _)| !ok) {
-        Some(&(field, _, problem)) => Err(ConfigError {
-            config,
-            field,
-            problem,
-        }),
-        None => Ok(()),
-    }
-}
-
-const POSITIVE: &str = "must be more than zero";
-const AT_LEAST_ONE: &str = "must be at least 1";
 
 /// What happens when a uid that already holds its limit of sessions
 /// ([`SessionConfig::sessions_per_uid`], one by default) binds another one.

@@ -1,7 +1,7 @@
 //! How a frontend keeps its sessions in a store: [`StoreOptions`] for any
 //! store, [`RedisStoreConfig`] for Redis.
 
-use super::{check, ConfigError, POSITIVE};
+use session_proxy_protocol::config::{check, ConfigError, POSITIVE};
 use std::time::Duration;
 
 /// How a [`SessionService`](crate::SessionService) uses its store.

@@ -170,13 +170,13 @@ fn check_secret(config: &RpcConfig, addr: SocketAddr) -> Result<(), crate::Error
         return Ok(());
     }
     if !addr.ip().is_loopback() && !config.insecure {
-        return Err(crate::config::ConfigError {
-            config: "RpcConfig",
-            field: "secret",
-            problem: "no cluster secret on an address that is not loopback: any peer that \
-                      reaches it could read sessions and push to every client (set a secret, \
-                      or `insecure`)",
-        }
+        return Err(session_proxy_protocol::ConfigError::new(
+            "RpcConfig",
+            "secret",
+            "no cluster secret on an address that is not loopback: any peer that \
+             reaches it could read sessions and push to every client (set a secret, \
+             or `insecure`)",
+        )
         .into());
     }
     tracing::warn!(
