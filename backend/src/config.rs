@@ -145,7 +145,8 @@ mod tests {
             let err = config.validate().expect_err(field);
             assert_eq!(err.field, field);
             assert!(
-                err.to_string().starts_with(&format!("BackendConfig.{field}:")),
+                err.to_string()
+                    .starts_with(&format!("BackendConfig.{field}:")),
                 "{err}"
             );
         }

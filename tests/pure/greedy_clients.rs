@@ -36,6 +36,11 @@ fn rss_kib() -> u64 {
 /// Handshakes and writes every request at once; reads nothing after the
 /// handshake reply.
 async fn greedy(addr: std::net::SocketAddr) -> TcpStream {
+    greedy_with(addr, REQUESTS).await
+}
+
+/// [`greedy`] with `requests` requests.
+async fn greedy_with(addr: std::net::SocketAddr, requests: u64) -> TcpStream {
     let codec = PackageCodec::new(MAX_PACKAGE_BODY);
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut out = BytesMut::new();
@@ -52,7 +57,7 @@ async fn greedy(addr: std::net::SocketAddr) -> TcpStream {
     codec
         .encode_to(PackageType::HandshakeAck, &[], &mut out)
         .expect("encode");
-    for id in 1..=REQUESTS {
+    for id in 1..=requests {
         codec
             .encode_with(PackageType::Data, &mut out, |b| {
                 encode_parts(
@@ -135,4 +140,56 @@ async fn a_client_that_does_not_read_is_not_buffered_for() {
     tokio::time::timeout(Duration::from_secs(60), read_all)
         .await
         .expect("every answer arrives once the client reads");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_burst_of_big_answers_is_bounded_before_any_answer_is_seen() {
+    // Handlers that start, then wait until the test lets them answer.
+    let started = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let sessions = SessionService::new(SessionConfig::new("f1"));
+    let rpc = common::rpc_on_loopback(&sessions, RpcConfig::default()).await;
+    let config = GatewayConfig::new("connector");
+    let cap = config.max_outgoing_bytes;
+    let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), config);
+    let value = Arc::new("v".repeat(VALUE));
+    let (counted, held) = (started.clone(), gate.clone());
+    gateway
+        .handlers()
+        .add("connector.entry.big", move |_ctx, _body: Value| {
+            let (started, gate, value) = (counted.clone(), held.clone(), value.clone());
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                let _pass = gate.acquire().await;
+                Ok::<_, HandlerError>(serde_json::json!({ "v": *value }))
+            }
+        });
+    let gateway = gateway
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("gateway");
+    // 64 requests at once (the request cap), nothing read back.
+    let _client = greedy_with(gateway.local_addr(), 64).await;
+    common::eventually(
+        Duration::from_secs(5),
+        "the first requests start",
+        || async {
+            match started.load(Ordering::SeqCst) {
+                0 => Err("none yet".to_string()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    // No event says that nothing more starts: watch for a moment. Before
+    // any answer is seen a connection assumes an eighth of its byte cap per
+    // answer, so 8 start; it used to start all 64 (3.8 MB of answers here).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = started.load(Ordering::SeqCst);
+    assert_eq!(
+        first, 8,
+        "{first} requests started before any answer was seen"
+    );
+    assert!(first * VALUE <= 2 * cap, "{first} answers of {VALUE} bytes");
+    gate.add_permits(64);
 }

@@ -306,7 +306,10 @@ struct ClientConn {
     /// Made on the first request: an idle client pays nothing for it.
     pending: Option<FuturesUnordered<PendingResponse>>,
     /// Running average of this client's answer sizes, in bytes: big
-    /// answers leave room for fewer requests in flight.
+    /// answers leave room for fewer requests in flight. It starts high
+    /// ([`first_answer_size`]), so a first burst of requests whose answers
+    /// are big cannot hold more than the byte cap; small answers bring it
+    /// down within a few dozen.
     answer_size: u32,
     /// When the last heartbeat went to the client (`GatewayContext::now_ms`).
     heartbeat_sent_ms: u32,
@@ -333,6 +336,13 @@ struct ClientConn {
     shared: Arc<GatewayContext>,
 }
 
+/// What a connection assumes of its answers before it has seen one: an
+/// eighth of the byte cap, so at most 8 requests are in flight until the
+/// real sizes are known.
+fn first_answer_size(max_outgoing_bytes: usize) -> u32 {
+    u32::try_from(max_outgoing_bytes / 8).unwrap_or(u32::MAX)
+}
+
 impl Drop for ClientConn {
     fn drop(&mut self) {
         if let Some(g) = crate::metrics::connected(self.transport.kind()) {
@@ -351,6 +361,7 @@ impl ClientConn {
         if let Some(g) = crate::metrics::connected(transport.kind()) {
             g.increment(1.0);
         }
+        let answer_size = first_answer_size(shared.config.max_outgoing_bytes);
         ClientConn {
             transport,
             rbuf: head,
@@ -361,7 +372,7 @@ impl ClientConn {
             phase: Phase::Inited,
             owner: None,
             pending: None,
-            answer_size: 0,
+            answer_size,
             heartbeat_sent_ms: 0,
             early_heartbeats: 0,
             resumed: false,
