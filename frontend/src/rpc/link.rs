@@ -1,6 +1,7 @@
 //! One backend connection: the loop that reads its frames, applies its
-//! session calls in arrival order, commits them to the store once per batch,
-//! and writes the forwarded requests queued for it.
+//! session calls in arrival order (those that wait on the store beside it,
+//! in `lanes`), commits them to the store once per batch, and writes the
+//! forwarded requests queued for it.
 
 use super::apply::{
     answer_when_written, commit_then_answer, redirect, Answer, LinkCalls, Outgoing,

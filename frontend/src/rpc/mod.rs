@@ -2,8 +2,9 @@
 //! cluster links.
 //!
 //! One task per backend connection owns its socket. It reads frames, applies
-//! each session call *inline*, in arrival order (they are short map
-//! operations), and writes the response. Responses are buffered and flushed
+//! each session call as it arrives, in order (most are short map operations;
+//! one that waits on the session store waits beside the reader, `lanes`),
+//! and writes the response. Responses are buffered and flushed
 //! only when no further frame is already waiting, so a busy connection sends
 //! many responses per syscall and an idle one pays no added latency.
 //!
