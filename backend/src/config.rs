@@ -31,6 +31,13 @@ pub struct BackendConfig {
     pub max_in_flight: usize,
     /// Frames queued for a link's writer before callers wait. Default: 4096.
     pub queue: usize,
+    /// Bytes of answers to forwarded requests queued for a link's writer
+    /// before handlers that finish wait to answer (an answer larger than
+    /// this waits for the queue to be empty of answers). A frontend that
+    /// reads slowly then holds up handlers, not this backend's memory; an
+    /// answer that cannot be queued before its request's deadline is
+    /// dropped (its caller has been told). Default: 8 MiB.
+    pub max_queued_answer_bytes: usize,
     /// The largest frame sent or accepted, in bytes. Default: 1 MiB.
     pub max_frame: usize,
     /// The cluster secret: when set, this backend proves it knows it and
@@ -59,6 +66,7 @@ impl Default for BackendConfig {
             backoff_max: Duration::from_secs(2),
             max_in_flight: 65_536,
             queue: 4096,
+            max_queued_answer_bytes: 8 * 1024 * 1024,
             max_frame: DEFAULT_MAX_FRAME,
             secret: None,
             ping_interval: Duration::from_secs(10),
@@ -111,6 +119,9 @@ impl BackendConfig {
         }
         if self.queue == 0 {
             return bad("queue", "must be at least 1");
+        }
+        if self.max_queued_answer_bytes == 0 {
+            return bad("max_queued_answer_bytes", "must be at least 1");
         }
         if self.max_frame < MIN_FRAME {
             return Err(ConfigError::new(

@@ -416,3 +416,86 @@ async fn a_frontend_closes_a_backend_link_that_went_silent_and_keeps_live_ones()
     assert!(client.is_connected(), "pings kept the live link open");
     assert!(live.get("f1", owner.sid()).await.expect("call").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_for_a_frontend_that_does_not_read_are_bounded_in_bytes() {
+    use session_proxy::protocol::{Handle, Request, SessionId, SessionSnapshot};
+    const N: u64 = 200;
+    const ANSWER: usize = 256 * 1024;
+    // A frontend that forwards requests, then reads nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = quick_client("b", Duration::from_secs(30));
+    config.server_type = Some("game".into());
+    config.max_queued_answer_bytes = 1024 * 1024;
+    let backend = session_proxy::BackendSessionService::new(config).expect("config");
+    let handled = Arc::new(AtomicU64::new(0));
+    let counted = handled.clone();
+    let mut handlers = session_proxy::Handlers::new();
+    handlers.add(
+        "game.h.big",
+        move |_s: session_proxy::BackendSession, _b: serde_json::Value| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(serde_json::json!("x".repeat(ANSWER)))
+            }
+        },
+    );
+    backend.serve(handlers);
+    backend.add_frontend("f1", addr.to_string());
+    let (stream, _) = listener.accept().await.expect("accept");
+    let mut framed = Framed::new(stream, FrontendCodec::default());
+    let _hello = framed.next().await;
+    framed.send(common::accepted("f1")).await.expect("reply");
+    let session = SessionSnapshot {
+        sid: SessionId::from_raw(1),
+        frontend_id: "f1".into(),
+        uid: None,
+        settings: Default::default(),
+    };
+    for id in 1..=N {
+        let call = Handle {
+            route: "game.h.big".into(),
+            session: session.clone(),
+            body: bytes::Bytes::from_static(b"{}"),
+        };
+        let request = Request::new(id, Duration::from_secs(30), call);
+        framed.feed(Message::Request(request)).await.expect("send");
+    }
+    framed.flush().await.expect("flush");
+    eventually(Duration::from_secs(10), "every handler runs", || async {
+        match handled.load(Ordering::SeqCst) {
+            N => Ok(()),
+            n => Err(format!("{n} handled")),
+        }
+    })
+    .await;
+    // No event says answers stopped being queued: watch a moment. The
+    // kernel's socket buffers take some 10 MB; past them and the 1 MiB
+    // allowed, the handlers wait with their answers. Without the bound all
+    // 200 (50 MiB) went to the writer's queue at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = backend.requests_running() as u64;
+    assert!(waiting > N / 2, "{waiting} answers wait for room");
+    // Once the frontend reads, every answer arrives, whole.
+    let mut answered = 0;
+    while answered < N {
+        match tokio::time::timeout(Duration::from_secs(10), framed.next()).await {
+            Ok(Some(Ok(Message::Response(r)))) => {
+                let body = r.result.expect("an answer");
+                assert!(body.len() > ANSWER, "{} bytes", body.len());
+                answered += 1;
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("answer {answered} never came: {other:?}"),
+        }
+    }
+    eventually(Duration::from_secs(5), "every handler ends", || async {
+        match backend.requests_running() {
+            0 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
+}

@@ -117,12 +117,52 @@ impl Running {
     }
 }
 
+/// The bytes of answers queued for one connection's writer, bounded by
+/// [`BackendConfig::max_queued_answer_bytes`]: an answer takes its size
+/// (capped at the bound) when it is queued, and the writer gives it back
+/// as it writes the frame.
+pub(crate) struct AnswerBytes {
+    room: tokio::sync::Semaphore,
+    cap: usize,
+}
+
+impl AnswerBytes {
+    fn new(cap: usize) -> Self {
+        AnswerBytes {
+            room: tokio::sync::Semaphore::new(cap),
+            cap,
+        }
+    }
+
+    /// What a frame takes: the bytes of an answer's reply, capped.
+    fn cost(&self, frame: &Outgoing) -> u32 {
+        match frame {
+            Message::Response(Response {
+                result: Ok(body), ..
+            }) => u32::try_from(body.len().min(self.cap)).unwrap_or(u32::MAX),
+            _ => 0,
+        }
+    }
+
+    /// Gives back what a written frame took.
+    pub(crate) fn written(&self, frame: &Outgoing) {
+        let cost = self.cost(frame);
+        if cost > 0 {
+            self.room.add_permits(cost as usize);
+        }
+    }
+}
+
 /// The way back for one request the frontend sent.
 pub(crate) struct Replier {
     /// The request's id.
     id: u64,
     /// The link's writer queue.
     tx: mpsc::Sender<Outgoing>,
+    /// The room for answers in that queue.
+    bytes: Arc<AnswerBytes>,
+    /// When the frontend stops waiting for the answer.
+    deadline_at: Instant,
     /// Fires when the frontend cancels the request.
     cancelled: CancellationToken,
     /// Where the request is tracked while it runs.
@@ -151,11 +191,19 @@ pub(crate) fn refuse(reply: Option<Replier>, code: ErrorCode, message: &str) {
 }
 
 impl Replier {
-    /// A request of `running`'s connection, answered through `tx`.
-    fn new(id: u64, tx: mpsc::Sender<Outgoing>, running: &Arc<Running>) -> Self {
+    /// A request of `running`'s connection, answered through `tx` (room
+    /// for its bytes in `bytes`) within `deadline`.
+    fn new(
+        id: u64,
+        (tx, bytes): (mpsc::Sender<Outgoing>, Arc<AnswerBytes>),
+        running: &Arc<Running>,
+        deadline: Duration,
+    ) -> Self {
         Replier {
             id,
             tx,
+            bytes,
+            deadline_at: Instant::now() + deadline,
             cancelled: running.start(id),
             running: running.clone(),
         }
@@ -169,22 +217,39 @@ impl Replier {
     /// Answers at once if the queue has room; a full queue or a dead link
     /// drops the answer (the frontend's deadline answers for it).
     pub(crate) fn now(self, result: Result<Bytes, RpcError>) {
-        let _ = self.tx.try_send(Message::Response(Response {
+        let frame = Message::Response(Response {
             id: self.id,
             result,
-        }));
+        });
+        let cost = self.bytes.cost(&frame);
+        let Ok(taken) = self.bytes.room.try_acquire_many(cost) else {
+            return;
+        };
+        taken.forget();
+        if self.tx.try_send(frame).is_err() {
+            self.bytes.room.add_permits(cost as usize);
+        }
     }
 
-    /// Answers, waiting for room in the queue.
+    /// Answers, waiting for room in the queue (bytes and frames) until the
+    /// request's deadline; after it the answer is dropped, as its caller
+    /// has been told the request failed.
     pub(crate) async fn send(self, result: Result<Bytes, RpcError>) {
-        // The writer is gone only when the link is; nothing to answer then.
-        let _ = self
-            .tx
-            .send(Message::Response(Response {
-                id: self.id,
-                result,
-            }))
-            .await;
+        let frame = Message::Response(Response {
+            id: self.id,
+            result,
+        });
+        let cost = self.bytes.cost(&frame);
+        let queued = timeout_at(self.deadline_at, async {
+            let taken = self.bytes.room.acquire_many(cost).await.ok()?;
+            taken.forget();
+            // The writer is gone only when the link is; nothing to answer then.
+            self.tx.send(frame).await.ok()
+        })
+        .await;
+        if queued.is_err() {
+            tracing::debug!(id = self.id, "answer dropped: no room before its deadline");
+        }
     }
 }
 

@@ -4,12 +4,13 @@
 
 use super::dial::{dial, Reader, Writer};
 use super::{
-    refuse, ClientInner, Conn, FrontendClient, Inbound, Outcome, Outgoing, Replier, Running, State,
+    refuse, AnswerBytes, ClientInner, Conn, FrontendClient, Inbound, Outcome, Outgoing, Replier,
+    Running, State,
 };
 use crate::error::LinkError;
 use crate::BackendConfig;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use rand::Rng;
 use session_proxy_protocol::{BackendCall, ClockOffset, ErrorCode, InFlight, Message};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,8 +172,10 @@ impl Supervisor {
                 }
             }
         };
-        // This connection's requests that are still running.
+        // This connection's requests that are still running, and the room
+        // for their answers.
         let running = Arc::new(Running::default());
+        let answer_bytes = Arc::new(AnswerBytes::new(self.config.max_queued_answer_bytes));
         let read = async {
             loop {
                 let frame = reader.next().await;
@@ -194,7 +197,8 @@ impl Supervisor {
                         // What is left of the caller's deadline after the
                         // way here (a stopped process, a full socket).
                         let deadline = req.remaining(clock);
-                        let reply = Replier::new(req.id, tx.clone(), &running);
+                        let way_back = (tx.clone(), answer_bytes.clone());
+                        let reply = Replier::new(req.id, way_back, &running, deadline);
                         if deadline.is_zero() {
                             debug!(id = req.id, "request arrived after its deadline; not run");
                             refuse(
@@ -227,7 +231,7 @@ impl Supervisor {
         let cause = tokio::select! {
             // Stopping ends the writer, after it wrote what is queued (the
             // last answers of a drain).
-            cause = write_loop(writer, rx, &self.cancel) => cause,
+            cause = write_loop(writer, rx, &answer_bytes, &self.cancel) => cause,
             cause = read => cause,
             cause = pinger => cause,
         };
@@ -262,10 +266,16 @@ impl Supervisor {
 const LAST_WRITE: Duration = Duration::from_secs(1);
 
 async fn write_loop(
-    mut writer: Writer,
+    writer: Writer,
     mut rx: mpsc::Receiver<Outgoing>,
+    answer_bytes: &AnswerBytes,
     stop: &CancellationToken,
 ) -> LinkError {
+    // Each answer gives its room back as it goes to the codec.
+    let mut writer = writer.with(|frame: Outgoing| {
+        answer_bytes.written(&frame);
+        futures::future::ready(Ok::<_, session_proxy_protocol::CodecError>(frame))
+    });
     let write = |source| LinkError::Send {
         what: "a frame",
         source,
