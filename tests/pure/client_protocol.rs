@@ -8,7 +8,7 @@ use crate::common;
 use bytes::BytesMut;
 use common::cluster::start_frontend;
 use session_proxy::protocol::client::{PackageCodec, PackageType, MAX_PACKAGE_BODY};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -67,15 +67,17 @@ async fn handshakes_never_acked_leave_no_sessions_behind() {
         let raw = Raw::handshake(addr).await;
         drop(raw);
     }
-    let until = Instant::now() + Duration::from_secs(5);
-    while f.sessions.count() > 0 {
-        assert!(
-            Instant::now() < until,
-            "{} sessions of clients that never acked are still held",
-            f.sessions.count()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        Duration::from_secs(5),
+        "sessions of clients that never acked are let go",
+        || async {
+            match f.sessions.count() {
+                0 => Ok(()),
+                n => Err(format!("{n} still held")),
+            }
+        },
+    )
+    .await;
     // An acked session that drops is parked for its resume grace, as before.
     let mut acked = Raw::handshake(addr).await;
     acked.send(PackageType::HandshakeAck).await;
@@ -148,8 +150,9 @@ async fn a_resume_token_copied_to_another_device_is_refused_when_asked() {
         .as_str()
         .expect("a token")
         .to_string();
+    let mut events = f.sessions.subscribe();
     first.close();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::next_parked(&mut events, Duration::from_secs(5)).await;
     let elsewhere = open(json!({ "device": "laptop-9", "resumeToken": token }))
         .await
         .expect("another device gets a session of its own");
@@ -403,12 +406,14 @@ async fn browsers_see_why_a_websocket_closed_in_its_close_code() {
     let addr = f.gateway.local_addr();
     // A kick: 1000 with the reason.
     let mut kicked = ws_client(addr).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while f.sessions.count() == 0 {
-        assert!(Instant::now() < deadline, "no session");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let sid = f.sessions.sids()[0];
+    let sid = common::eventually(Duration::from_secs(5), "a session", || async {
+        f.sessions
+            .sids()
+            .first()
+            .copied()
+            .ok_or_else(|| "none yet".to_string())
+    })
+    .await;
     assert!(f.sessions.kick_by_sid(sid, "banned"));
     assert_eq!(
         close_frame(&mut kicked).await,
@@ -416,10 +421,13 @@ async fn browsers_see_why_a_websocket_closed_in_its_close_code() {
     );
     // Shutdown: 1001, going away (come back elsewhere).
     let mut second = ws_client(addr).await;
-    while f.sessions.sids().iter().all(|s| *s == sid) {
-        assert!(Instant::now() < deadline, "no second session");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(Duration::from_secs(5), "a second session", || async {
+        match f.sessions.sids().iter().any(|s| *s != sid) {
+            true => Ok(()),
+            false => Err("only the first".to_string()),
+        }
+    })
+    .await;
     let (code, _) = tokio::join!(
         close_frame(&mut second),
         f.gateway.shutdown(Duration::from_secs(2))
