@@ -86,6 +86,28 @@ pub struct BenchResult {
 }
 
 impl BenchResult {
+    /// The result of `ops` operations (and `errors` failures) of `mode` by
+    /// `clients` against `target` over `transport` in `seconds`.
+    pub(crate) fn measured(
+        mode: &str,
+        (target, transport): (String, String),
+        clients: usize,
+        seconds: f64,
+        (ops, errors): (u64, u64),
+    ) -> Self {
+        BenchResult {
+            mode: mode.into(),
+            target,
+            transport,
+            clients,
+            seconds,
+            ops,
+            errors,
+            throughput: ops as f64 / seconds,
+            ..BenchResult::default()
+        }
+    }
+
     pub(crate) fn with_latency(mut self, h: &Histogram<u64>) -> Self {
         self.p50_us = h.value_at_quantile(0.5);
         self.p99_us = h.value_at_quantile(0.99);

@@ -248,22 +248,9 @@ pub async fn load(o: LoadOptions) -> anyhow::Result<BenchResult> {
         eprintln!();
     }
     let seconds = o.duration.as_secs_f64();
-    Ok(BenchResult {
-        mode: if o.rate.is_some() {
-            "rr-open".into()
-        } else {
-            "rr".into()
-        },
-        target: o.target.to_string(),
-        transport: transport_name(o.transport),
-        clients: o.clients,
-        seconds,
-        ops: h.len(),
-        errors,
-        throughput: h.len() as f64 / seconds,
-        ..BenchResult::default()
-    }
-    .with_latency(&h))
+    let mode = if o.rate.is_some() { "rr-open" } else { "rr" };
+    let on = (o.target.to_string(), transport_name(o.transport));
+    Ok(BenchResult::measured(mode, on, o.clients, seconds, (h.len(), errors)).with_latency(&h))
 }
 
 pub(crate) fn transport_name(t: Transport) -> String {
@@ -467,16 +454,6 @@ pub async fn fanout(
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
-    Ok(BenchResult {
-        mode: "fanout".into(),
-        target: target.to_string(),
-        transport: transport_name(transport),
-        clients,
-        seconds,
-        ops: h.len(),
-        errors,
-        throughput: h.len() as f64 / seconds,
-        ..BenchResult::default()
-    }
-    .with_latency(&h))
+    let on = (target.to_string(), transport_name(transport));
+    Ok(BenchResult::measured("fanout", on, clients, seconds, (h.len(), errors)).with_latency(&h))
 }

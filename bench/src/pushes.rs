@@ -99,17 +99,15 @@ pub fn pushes(o: PushOptions) -> anyhow::Result<BenchResult> {
     let (elapsed, errors) = outcome??;
     front??;
     let seconds = elapsed.as_secs_f64();
-    Ok(BenchResult {
-        mode: "pushes".into(),
-        target: addr.to_string(),
-        transport: "rpc".into(),
-        clients: 1,
+    let on = (addr.to_string(), "rpc".to_string());
+    let done = o.count as u64 - errors;
+    Ok(BenchResult::measured(
+        "pushes",
+        on,
+        1,
         seconds,
-        ops: o.count as u64 - errors,
-        errors,
-        throughput: (o.count as u64 - errors) as f64 / seconds,
-        ..Default::default()
-    })
+        (done, errors),
+    ))
 }
 
 async fn run_backend(

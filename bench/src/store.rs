@@ -103,16 +103,9 @@ pub async fn store(options: &StoreOptions) -> anyhow::Result<BenchResult> {
     }
     let seconds = started.elapsed().as_secs_f64();
     store.clear().await?;
-    Ok(BenchResult {
-        mode: "store".into(),
-        target: options.url.clone(),
-        transport: "redis".into(),
-        clients: options.writers,
-        seconds,
-        ops,
-        errors,
-        throughput: ops as f64 / seconds,
-        ..BenchResult::default()
-    }
-    .with_latency(&h))
+    let on = (options.url.clone(), "redis".to_string());
+    Ok(
+        BenchResult::measured("store", on, options.writers, seconds, (ops, errors))
+            .with_latency(&h),
+    )
 }

@@ -29,6 +29,14 @@ struct Maps {
 }
 
 impl Maps {
+    /// The sessions the uid index holds for `uid`.
+    fn sids_of(&self, uid: &str) -> Vec<SessionId> {
+        self.uids
+            .get(uid)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     fn unindex(&mut self, sid: SessionId, uid: Option<&str>) {
         if let Some(uid) = uid {
             if let Some(list) = self.admitted.get_mut(uid) {
@@ -176,11 +184,7 @@ impl SessionStore for MemoryStore {
 
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>> {
         ready(self.with(|m| {
-            let sids: Vec<SessionId> = m
-                .uids
-                .get(uid)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
+            let sids = m.sids_of(uid);
             sids.into_iter().filter_map(|sid| m.live(sid)).collect()
         }))
     }
@@ -221,11 +225,7 @@ impl SessionStore for MemoryStore {
 
     fn delete_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, usize> {
         ready(self.with(|m| {
-            let sids: Vec<SessionId> = m
-                .uids
-                .get(uid)
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
+            let sids = m.sids_of(uid);
             sids.into_iter().filter(|sid| m.end(*sid)).count()
         }))
     }
