@@ -11,6 +11,7 @@
 
 mod dispatch;
 mod handshake;
+mod heartbeats;
 mod io;
 mod outbound;
 mod protobuf;
@@ -311,10 +312,8 @@ struct ClientConn {
     /// are big cannot hold more than the byte cap; small answers bring it
     /// down within a few dozen.
     answer_size: u32,
-    /// When the last heartbeat went to the client (`GatewayContext::now_ms`).
-    heartbeat_sent_ms: u32,
-    /// Client heartbeats in a row that came too early to be answered.
-    early_heartbeats: u16,
+    /// The heartbeat rules' state (sans I/O).
+    heartbeats: heartbeats::Heartbeats,
     /// Whether the handshake resumed an existing session (which goes back
     /// to parked, not closed, if the client leaves before its ack).
     resumed: bool,
@@ -373,8 +372,7 @@ impl ClientConn {
             owner: None,
             pending: None,
             answer_size,
-            heartbeat_sent_ms: 0,
-            early_heartbeats: 0,
+            heartbeats: heartbeats::Heartbeats::default(),
             resumed: false,
             protobuf: false,
             alive_until: deadline,

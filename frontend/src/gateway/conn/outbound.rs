@@ -9,10 +9,6 @@ use tokio::time::Instant;
 
 use super::*;
 
-/// Client heartbeats in a row, each within half an interval of the last
-/// server heartbeat, before the client is closed as flooding.
-const MAX_EARLY_HEARTBEATS: u16 = 64;
-
 impl ClientConn {
     /// A queued event; its delivery ticket is held until `out` is written.
     pub(super) fn on_ticketed(&mut self, event: Option<(Outbound, Option<Ticket>)>) {
@@ -75,11 +71,14 @@ impl ClientConn {
         self.alive_until = Instant::now() + self.shared.config.silence_limit();
         self.rearm = true;
         let _ = out_codec().encode_to(PackageType::Heartbeat, &[], &mut self.out);
+        let half = self.half_heartbeat_ms();
+        self.heartbeats.first_sent(self.shared.now_ms(), half);
+    }
+
+    /// Half the heartbeat interval, in ms.
+    fn half_heartbeat_ms(&self) -> u32 {
         let half = self.shared.config.heartbeat_whole_secs() / 2;
-        self.heartbeat_sent_ms = self
-            .shared
-            .now_ms()
-            .wrapping_sub(u32::try_from(half.as_millis()).unwrap_or(u32::MAX));
+        u32::try_from(half.as_millis()).unwrap_or(u32::MAX)
     }
 
     /// A heartbeat from the client: it is alive. It is answered (as Pinus
@@ -89,19 +88,9 @@ impl ClientConn {
     pub(super) fn on_heartbeat(&mut self) -> Result<(), String> {
         self.alive_until = Instant::now() + self.shared.config.silence_limit();
         self.rearm = true;
-        let half = self.shared.config.heartbeat_whole_secs() / 2;
-        let since = self.shared.now_ms().wrapping_sub(self.heartbeat_sent_ms);
-        if u128::from(since) >= half.as_millis() {
-            self.early_heartbeats = 0;
-            self.heartbeat_sent_ms = self.shared.now_ms();
+        let half = self.half_heartbeat_ms();
+        if self.heartbeats.on_client(self.shared.now_ms(), half)? {
             let _ = out_codec().encode_to(PackageType::Heartbeat, &[], &mut self.out);
-        } else {
-            self.early_heartbeats = self.early_heartbeats.saturating_add(1);
-            if self.early_heartbeats > MAX_EARLY_HEARTBEATS {
-                return Err(format!(
-                    "heartbeat flood: {MAX_EARLY_HEARTBEATS} heartbeats within half an interval"
-                ));
-            }
         }
         Ok(())
     }
