@@ -4,7 +4,9 @@
 
 use super::*;
 use futures::{SinkExt, StreamExt};
-use session_proxy_protocol::{FrontendCodec, GetSession, HelloReply, SessionId, PROTOCOL_VERSION};
+use session_proxy_protocol::{
+    ErrorCode, FrontendCodec, GetSession, HelloReply, Response, SessionId, PROTOCOL_VERSION,
+};
 use std::error::Error as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
