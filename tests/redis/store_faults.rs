@@ -106,6 +106,22 @@ async fn wait_stored(redis: &RedisServer, prefix: &str, sid: SessionId, key: &st
     }
 }
 
+/// A new session on the frontend, its backend proxy, and `n` pushed to it
+/// durably (Redis is up).
+async fn durable_session(t: &Setup, n: u32) -> (session_proxy::SessionOwner, BackendSession) {
+    let owner = t.sessions.create(ConnectInfo::default());
+    let mut s = t
+        .backend
+        .get("f1", owner.sid())
+        .await
+        .expect("call")
+        .expect("open");
+    set_and_push(&mut s, n)
+        .await
+        .expect("durable while Redis is up");
+    (owner, s)
+}
+
 async fn set_and_push(s: &mut BackendSession, n: u32) -> Result<(), session_proxy::backend::Error> {
     s.set("n", &n).expect("encode");
     s.push("n").await
@@ -133,12 +149,8 @@ async fn a_killed_redis_fails_changes_fast_as_not_durable_and_gets_them_when_bac
         return;
     };
     let t = setup(&redis, Duration::from_secs(600), Duration::from_millis(300)).await;
-    let _owner = t.sessions.create(ConnectInfo::default());
-    let sid = _owner.sid();
-    let mut s = t.backend.get("f1", sid).await.expect("call").expect("open");
-    set_and_push(&mut s, 1)
-        .await
-        .expect("durable while Redis is up");
+    let (owner, mut s) = durable_session(&t, 1).await;
+    let sid = owner.sid();
 
     redis.kill();
     for n in 2..=6 {
@@ -169,12 +181,8 @@ async fn a_stopped_redis_holds_up_no_other_call_and_is_written_after_sigcont() {
         return;
     };
     let t = setup(&redis, Duration::from_secs(600), Duration::from_secs(1)).await;
-    let owner = t.sessions.create(ConnectInfo::default());
+    let (owner, mut s) = durable_session(&t, 1).await;
     let sid = owner.sid();
-    let mut s = t.backend.get("f1", sid).await.expect("call").expect("open");
-    set_and_push(&mut s, 1)
-        .await
-        .expect("durable while Redis is up");
 
     redis.pause();
     let mut stalled = s.clone();
@@ -334,17 +342,9 @@ async fn a_redis_restarted_empty_gets_every_live_session_again() {
     };
     // A 3 s TTL refreshes every second.
     let t = setup(&redis, Duration::from_secs(3), Duration::from_millis(300)).await;
-    let owners: Vec<_> = (0..3)
-        .map(|_| t.sessions.create(ConnectInfo::default()))
-        .collect();
-    for (i, owner) in owners.iter().enumerate() {
-        let mut s = t
-            .backend
-            .get("f1", owner.sid())
-            .await
-            .expect("call")
-            .expect("open");
-        set_and_push(&mut s, 10 + i as u32).await.expect("durable");
+    let mut owners = Vec::new();
+    for i in 0..3 {
+        owners.push(durable_session(&t, 10 + i).await.0);
     }
     // Nothing changes while Redis is away: only the refresh can notice.
     redis.kill();
@@ -361,14 +361,7 @@ async fn a_redis_restarted_empty_is_noticed_by_its_run_id_long_before_the_ttl_re
     };
     // A 10 min TTL refreshes every 200 s: only the run id can tell in time.
     let t = setup(&redis, Duration::from_secs(600), Duration::from_millis(300)).await;
-    let owner = t.sessions.create(ConnectInfo::default());
-    let mut s = t
-        .backend
-        .get("f1", owner.sid())
-        .await
-        .expect("call")
-        .expect("open");
-    set_and_push(&mut s, 7).await.expect("durable");
+    let (owner, _s) = durable_session(&t, 7).await;
     // The frontend read the server's run id when it attached the store;
     // nothing of its own fails while Redis is away and back.
     redis.kill();
