@@ -228,6 +228,20 @@ impl ClockOffset {
         ClockOffset(Some(i64::try_from(peer_ms).unwrap_or(i64::MAX) - ours))
     }
 
+    /// From the peer's clock reading `peer_ms` in its answer to a message
+    /// we sent when our clock read `asked_ms`. The peer read its clock
+    /// somewhere between `asked_ms` and now, so the offset is taken at the
+    /// largest it can be: ages read through it are never too young (too
+    /// old by at most the round trip), and a request whose caller has
+    /// given up is never taken for one that still has time.
+    pub fn answered(peer_ms: u64, asked_ms: u64) -> Self {
+        if peer_ms == 0 || asked_ms == 0 {
+            return ClockOffset(None);
+        }
+        let asked = i64::try_from(asked_ms).unwrap_or(i64::MAX);
+        ClockOffset(Some(i64::try_from(peer_ms).unwrap_or(i64::MAX) - asked))
+    }
+
     /// How long ago the peer's clock read `sent_ms`; `None` when unknown.
     pub fn age_of(self, sent_ms: u64) -> Option<std::time::Duration> {
         let offset = self.0?;
@@ -290,6 +304,24 @@ mod hello_tests {
             ..ok
         };
         assert_eq!(code(&elsewhere), Some(ErrorCode::WrongFrontend));
+    }
+
+    #[test]
+    fn an_answered_offset_never_makes_a_request_younger_than_it_is() {
+        // We asked at 1_000 (our clock) and got the answer at 1_300; the
+        // peer, an hour ahead, read its clock somewhere in between.
+        let hour = 3_600_000;
+        for peer_read in [1_000, 1_150, 1_300] {
+            let offset = ClockOffset::answered(hour + peer_read, 1_000);
+            let true_offset = hour as i64;
+            let taken = offset.0.expect("known");
+            assert!(taken >= true_offset, "{taken} < {true_offset}");
+            assert!(
+                taken - true_offset <= 300,
+                "too old by at most the round trip"
+            );
+        }
+        assert_eq!(ClockOffset::answered(0, 1_000), ClockOffset(None));
     }
 
     #[test]

@@ -123,6 +123,8 @@ async fn hello(
         hello.nonce = nonce.clone();
     }
     let send = |what| move |source| LinkError::Send { what, source };
+    // Our clock when we sent what the frontend's clock reading answers.
+    let mut asked_ms = session_proxy_protocol::unix_ms();
     writer
         .send(Message::Hello(hello))
         .await
@@ -140,6 +142,7 @@ async fn hello(
             return Err(LinkError::FrontendUnauthenticated);
         }
         let mine = secret.client_proof(theirs, &nonce, &config.node_id);
+        asked_ms = session_proxy_protocol::unix_ms();
         writer
             .send(Message::Proof(mine))
             .await
@@ -171,7 +174,7 @@ async fn hello(
                     reached: node_id,
                 })
             } else {
-                Ok(ClockOffset::measure(clock_ms))
+                Ok(ClockOffset::answered(clock_ms, asked_ms))
             }
         }
         Some(Ok(Message::HelloReply(HelloReply::Refused(err)))) => Err(LinkError::Refused(err)),
