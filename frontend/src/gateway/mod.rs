@@ -113,16 +113,29 @@ pub(crate) struct GatewayContext {
     pub(crate) tasks: TaskTracker,
     /// Open connections per client IP.
     pub(crate) per_ip: PerIp,
+    /// The config's rules for each connection's protocol state.
+    pub(crate) limits: conn::Limits,
     /// When the gateway started: connections keep times as `u32`
     /// milliseconds since then, which is smaller than an `Instant`.
     pub(crate) started: tokio::time::Instant,
 }
 
 impl GatewayContext {
-    /// Milliseconds since the gateway started, wrapping after 49 days
-    /// (compare with `wrapping_sub`).
-    pub(crate) fn now_ms(&self) -> u32 {
-        self.started.elapsed().as_millis() as u32
+    /// Milliseconds since the gateway started at `at`, wrapping after 49
+    /// days (compare with `wrapping_sub`).
+    pub(crate) fn ms_at(&self, at: tokio::time::Instant) -> u32 {
+        at.saturating_duration_since(self.started).as_millis() as u32
+    }
+
+    /// The instant of `ms` (gateway milliseconds no more than 24 days on
+    /// from `now`; one that passed is `now`).
+    pub(crate) fn instant_of(&self, ms: u32, now: tokio::time::Instant) -> tokio::time::Instant {
+        let ahead = ms.wrapping_sub(self.ms_at(now));
+        if ahead >= 1 << 31 {
+            return now;
+        }
+        // `now` is at or past its whole ms, so this is never before `ms`.
+        now + std::time::Duration::from_millis(u64::from(ahead))
     }
 }
 
@@ -300,6 +313,7 @@ impl Gateway {
             running.cancel.clone(),
         );
         let per_ip = PerIp::new(self.config.max_connections_per_ip);
+        let limits = conn::Limits::of(&self.config);
         let shared = Arc::new(GatewayContext {
             dictionary: Dictionary::new(&self.config.dictionary),
             config: self.config,
@@ -321,6 +335,7 @@ impl Gateway {
             cancel: running.cancel.clone(),
             tasks: running.tracker.clone(),
             per_ip,
+            limits,
             started: tokio::time::Instant::now(),
         });
         let local_addr = running.local_addr;

@@ -6,8 +6,7 @@ use crate::SessionOwner;
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use session_proxy_protocol::client::{
-    server_type_of, ClientMessage, HandlerError, MessageType, Package, PackageCodec, PackageType,
-    Route,
+    server_type_of, ClientMessage, HandlerError, MessageType, Package, PackageCodec, Route,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +14,7 @@ use std::pin::Pin;
 use tokio_util::codec::Decoder;
 use tracing::debug;
 
+use super::state::Step;
 use super::*;
 use crate::logs::warn_throttled;
 
@@ -23,16 +23,14 @@ impl ClientConn {
     /// have, or as many bytes wait for the client as it may have; then no
     /// more packages are decoded or read.
     pub(super) fn at_capacity(&self) -> bool {
-        let config = &self.shared.config;
         let pending = self.pending.as_ref().map_or(0, FuturesUnordered::len);
-        pending >= config.max_pending_requests
-            || self.out_full()
-            || pending.saturating_mul(self.answer_size as usize) >= config.max_outgoing_bytes
+        self.state
+            .at_capacity(pending, self.out.len(), &self.shared.limits)
     }
 
     /// Whether the outgoing buffer is at its byte cap.
     pub(super) fn out_full(&self) -> bool {
-        self.out.len() >= self.shared.config.max_outgoing_bytes
+        self.state.out_full(self.out.len(), &self.shared.limits)
     }
 
     /// Decodes and handles what was read (`peer`: the client's address), up
@@ -66,21 +64,20 @@ impl ClientConn {
     }
 
     pub(super) fn on_package(&mut self, package: Package, peer: SocketAddr) -> Result<(), Stop> {
-        match (package.kind, self.phase) {
-            (PackageType::Handshake, Phase::Inited) => {
+        let now = self.shared.ms_at(tokio::time::Instant::now());
+        match self
+            .state
+            .on_package(package.kind, now, &self.shared.limits)
+        {
+            Step::Handshake => {
                 if let Some(later) = self.on_handshake(&package.body, peer) {
                     return Err(Stop::Later(later));
                 }
             }
-            (PackageType::HandshakeAck, Phase::WaitAck) => {
-                self.phase = Phase::Working;
-                self.arm_heartbeat();
-            }
-            (PackageType::Heartbeat, Phase::Working) => self.on_heartbeat()?,
-            (PackageType::Data, Phase::Working) => return Ok(self.on_message(package.body)?),
-            (PackageType::Kick, _) => return Err(Stop::End(super::io::CLIENT_KICK.into())),
-            // Out of phase (data before the ack, a second handshake …): ignored.
-            (kind, phase) => debug!(?kind, ?phase, "package ignored"),
+            Step::Heartbeat => self.write_heartbeat(),
+            Step::Message => self.on_message(package.body)?,
+            Step::Nothing => debug!(kind = ?package.kind, "package not answered"),
+            Step::Close(reason) => return Err(Stop::End(reason)),
         }
         Ok(())
     }
@@ -105,7 +102,7 @@ impl ClientConn {
             MessageType::Request => {
                 // Answers in protobuf when the client speaks it and the
                 // route's answer has a proto.
-                let speaks = route.as_deref().ok().filter(|_| self.protobuf);
+                let speaks = route.as_deref().ok().filter(|_| self.state.protobuf());
                 let encoder = protobuf::Answer::new(&self.shared, speaks);
                 let answer = body.and_then(|body| self.start(route, body, msg.gzip, false));
                 let id = msg.id;
@@ -144,7 +141,7 @@ impl ClientConn {
         route: &Result<String, String>,
         body: Bytes,
     ) -> Result<Bytes, HandlerError> {
-        let (Ok(route), true) = (route, self.protobuf) else {
+        let (Ok(route), true) = (route, self.state.protobuf()) else {
             return Ok(body);
         };
         match self.shared.config.protos.as_ref() {

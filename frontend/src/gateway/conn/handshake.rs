@@ -314,7 +314,6 @@ impl ClientConn {
             crate::metrics::HANDSHAKE_NEW.increment(1);
         }
         self.owner = Some(owner);
-        self.resumed = resumed;
         let mut sys_reply =
             json!({ "heartbeat": self.shared.config.heartbeat_whole_secs().as_secs() });
         if let Some(dict) = &self.shared.dictionary {
@@ -336,8 +335,8 @@ impl ClientConn {
                 sys_reply["protos"] = protos.handshake_value();
             }
             sys_reply["useProto"] = json!(true);
-            self.protobuf = true;
         }
+        let protobuf = self.shared.config.protos.is_some() && held.protos.is_some();
         let mut reply = json!({ "code": CODE_OK, "sys": sys_reply });
         let mut user = user.unwrap_or(Value::Null);
         if let Some(token) = token {
@@ -356,6 +355,6 @@ impl ClientConn {
         }
         let reply = reply.to_string();
         let _ = out_codec().encode_to(PackageType::Handshake, reply.as_bytes(), &mut self.out);
-        self.phase = Phase::WaitAck;
+        self.state.answered(resumed, protobuf);
     }
 }

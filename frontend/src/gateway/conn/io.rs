@@ -14,6 +14,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
 use super::super::transport::Ending;
+use super::state::{CLIENT_KICK, HEARTBEAT_TIMEOUT};
 use super::*;
 
 impl ClientConn {
@@ -46,9 +47,7 @@ impl ClientConn {
                     .poll_send(cx, &mut self.out, &mut self.flushing)
                 {
                     Poll::Ready(Ok(())) => {
-                        if self.write_until.take().is_some() {
-                            self.rearm = true;
-                        }
+                        self.state.write_done();
                         // Pushes whose senders wait for the write: written.
                         self.written = None;
                         if self.pending.as_ref().is_some_and(|p| !p.is_empty()) {
@@ -60,11 +59,8 @@ impl ClientConn {
                     }
                     Poll::Ready(Err(err)) => return Poll::Ready(Stop::End(err)),
                     Poll::Pending => {
-                        if self.write_until.is_none() {
-                            self.write_until =
-                                Some(Instant::now() + self.shared.config.write_timeout);
-                            self.rearm = true;
-                        }
+                        let now = self.shared.ms_at(Instant::now());
+                        self.state.write_stalled(now, &self.shared.limits);
                         return self.poll_stop(cx, timer, cancelled).map(Stop::End);
                     }
                 }
@@ -79,7 +75,7 @@ impl ClientConn {
             // Pushes wait in the queue until the client has acked the
             // handshake (a resumed session may have some already). Taking
             // all that are queued sends a burst in one write.
-            if self.phase == Phase::Working {
+            if self.state.working() {
                 while self.closing.is_none() && !self.out_full() {
                     match self.owner.as_mut().map(|o| o.poll_recv_ticketed(cx)) {
                         Some(Poll::Ready(event)) => {
@@ -101,8 +97,7 @@ impl ClientConn {
                     break;
                 };
                 busy = true;
-                let size = u32::try_from(body.len()).unwrap_or(u32::MAX);
-                self.answer_size = self.answer_size - self.answer_size / 8 + size / 8;
+                self.state.on_answer(body.len());
                 // Pushes the backend sent before this answer are already
                 // queued: write them first, so they arrive in order.
                 while let Some(Ok(Some(event))) =
@@ -175,29 +170,17 @@ impl ClientConn {
             return Poll::Ready(SHUTTING_DOWN.into());
         }
         loop {
-            if self.rearm {
-                self.rearm = false;
-                let at = match self.write_until {
-                    Some(w) => w.min(self.alive_until),
-                    None => self.alive_until,
-                };
+            if let Some(at) = self.state.moved_deadline() {
+                let at = self.shared.instant_of(at, Instant::now());
                 timer.as_mut().reset(at);
             }
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let now = Instant::now();
-            if self.write_until.is_some_and(|w| w <= now) {
-                return Poll::Ready("client stopped reading (write timed out)".into());
+            let now = self.shared.ms_at(Instant::now());
+            if let Some(reason) = self.state.on_timer(now) {
+                return Poll::Ready(reason.into());
             }
-            if self.alive_until <= now {
-                return Poll::Ready(match self.phase {
-                    Phase::Working => HEARTBEAT_TIMEOUT.into(),
-                    _ => "handshake timeout".into(),
-                });
-            }
-            // Fired for a deadline that has since moved.
-            self.rearm = true;
         }
     }
 
@@ -208,8 +191,7 @@ impl ClientConn {
         }
         if let Some(owner) = self.owner.take() {
             let grace = self.shared.config.resume_grace;
-            let never_acked = self.phase != Phase::Working && !self.resumed;
-            if self.closing.is_some() || grace.is_zero() || never_acked {
+            if self.closing.is_some() || grace.is_zero() || !self.state.resumable() {
                 // Kicked, refused, no resume, or a client that never acked
                 // its handshake (nobody to resume it): the session ends here.
                 self.shared.sessions.close_if_owner(
@@ -242,10 +224,6 @@ impl ClientConn {
 const SHUTTING_DOWN: &str = "server shutting down";
 /// Why a connection ends when its client closes it.
 const CLIENT_CLOSED: &str = "client closed the connection";
-/// Why a connection ends when its client stops sending heartbeats.
-const HEARTBEAT_TIMEOUT: &str = "heartbeat timeout";
-/// Why a connection ends when its client says goodbye with a kick package.
-pub(super) const CLIENT_KICK: &str = "client sent a kick package";
 
 /// Why a session ends with its connection, from why the connection ended
 /// (a kicked session has ended already; closing it again does nothing).
@@ -263,7 +241,7 @@ impl ClientConn {
     /// the client knows to come back (elsewhere) with its token.
     async fn answer_and_kick(&mut self) {
         let until = Instant::now() + self.shared.config.shutdown_grace;
-        if self.phase == Phase::Working {
+        if self.state.working() {
             while let Some(pending) = self.pending.as_mut().filter(|p| !p.is_empty()) {
                 match tokio::time::timeout_at(until, pending.next()).await {
                     Ok(Some((id, body))) => {

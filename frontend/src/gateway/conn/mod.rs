@@ -15,6 +15,9 @@ mod heartbeats;
 mod io;
 mod outbound;
 mod protobuf;
+mod state;
+
+pub(crate) use state::Limits;
 
 use super::transport::{tls_configured, upgrade, Transport};
 use super::GatewayContext;
@@ -35,17 +38,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
-
-/// Where the connection is in the protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    /// Waiting for the client's handshake.
-    Inited,
-    /// Handshake answered; waiting for the ack.
-    WaitAck,
-    /// Acked: requests, notifies, pushes and heartbeats flow.
-    Working,
-}
 
 /// Why the running loop stopped.
 enum Stop {
@@ -298,34 +290,14 @@ struct ClientConn {
     written: Option<Vec<Ticket>>,
     /// Whether bytes read while sniffing the transport were decoded.
     started: bool,
-    /// Protocol phase.
-    phase: Phase,
     /// The client's session, from the handshake on (new or resumed);
     /// dropping it closes the session.
     owner: Option<SessionOwner>,
     /// Requests being handled, answered in the order they finish.
     /// Made on the first request: an idle client pays nothing for it.
     pending: Option<FuturesUnordered<PendingResponse>>,
-    /// Running average of this client's answer sizes, in bytes: big
-    /// answers leave room for fewer requests in flight. It starts high
-    /// ([`first_answer_size`]), so a first burst of requests whose answers
-    /// are big cannot hold more than the byte cap; small answers bring it
-    /// down within a few dozen.
-    answer_size: u32,
-    /// The heartbeat rules' state (sans I/O).
-    heartbeats: heartbeats::Heartbeats,
-    /// Whether the handshake resumed an existing session (which goes back
-    /// to parked, not closed, if the client leaves before its ack).
-    resumed: bool,
-    /// Whether the client speaks protobuf on the routes that have protos
-    /// ([`GatewayConfig::protos`](crate::GatewayConfig::protos)).
-    protobuf: bool,
-    /// Handshake deadline until the ack, then heartbeat deadline.
-    alive_until: Instant,
-    /// Set while a write waits on a client that does not read.
-    write_until: Option<Instant>,
-    /// The timer must be moved to the earlier of the two deadlines.
-    rearm: bool,
+    /// The protocol's state: phase, heartbeats, capacity, deadlines.
+    state: state::Protocol,
     /// Set when the connection must end once `out` is written.
     /// (A boxed `String` is one pointer wide, a `Box<str>` two: every
     /// connection pays for this field, and it is set once, at the end.)
@@ -333,13 +305,6 @@ struct ClientConn {
     closing: Option<Box<String>>,
     /// Gateway-wide state.
     shared: Arc<GatewayContext>,
-}
-
-/// What a connection assumes of its answers before it has seen one: an
-/// eighth of the byte cap, so at most 8 requests are in flight until the
-/// real sizes are known.
-fn first_answer_size(max_outgoing_bytes: usize) -> u32 {
-    u32::try_from(max_outgoing_bytes / 8).unwrap_or(u32::MAX)
 }
 
 impl Drop for ClientConn {
@@ -360,7 +325,7 @@ impl ClientConn {
         if let Some(g) = crate::metrics::connected(transport.kind()) {
             g.increment(1.0);
         }
-        let answer_size = first_answer_size(shared.config.max_outgoing_bytes);
+        let state = state::Protocol::new(shared.ms_at(deadline), &shared.limits);
         ClientConn {
             transport,
             rbuf: head,
@@ -368,16 +333,9 @@ impl ClientConn {
             flushing: false,
             written: None,
             started: false,
-            phase: Phase::Inited,
             owner: None,
             pending: None,
-            answer_size,
-            heartbeats: heartbeats::Heartbeats::default(),
-            resumed: false,
-            protobuf: false,
-            alive_until: deadline,
-            write_until: None,
-            rearm: false,
+            state,
             closing: None,
             shared,
         }
@@ -406,6 +364,7 @@ mod tests {
             cancel: Default::default(),
             tasks: Default::default(),
             per_ip: crate::listener::PerIp::new(1),
+            limits: super::Limits::of(&Default::default()),
             started: tokio::time::Instant::now(),
         });
         let permit = std::sync::Arc::new(tokio::sync::Semaphore::new(1))

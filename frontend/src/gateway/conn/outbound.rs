@@ -5,7 +5,6 @@ use crate::delivery::Ticket;
 use crate::Outbound;
 use serde_json::json;
 use session_proxy_protocol::client::{encode_parts, MessageType, PackageType, Route};
-use tokio::time::Instant;
 
 use super::*;
 
@@ -32,11 +31,11 @@ impl ClientConn {
                 self.closing = Some(format!("kicked: {reason}").into());
             }
             Some(Outbound::Push { route, body }) => {
-                if self.phase != Phase::Working {
+                if !self.state.working() {
                     return;
                 }
                 let body = match &self.shared.config.protos {
-                    Some(protos) if self.protobuf && protos.server.has(&route) => {
+                    Some(protos) if self.state.protobuf() && protos.server.has(&route) => {
                         super::protobuf::encode_body(&protos.server, &route, &body)
                     }
                     _ => body,
@@ -64,34 +63,8 @@ impl ClientConn {
         }
     }
 
-    /// Starts the heartbeat deadline and sends the first heartbeat (on the
-    /// handshake ack). It is not an answer: the client's first heartbeat is
-    /// answered however soon it comes.
-    pub(super) fn arm_heartbeat(&mut self) {
-        self.alive_until = Instant::now() + self.shared.config.silence_limit();
-        self.rearm = true;
+    /// Writes a heartbeat.
+    pub(super) fn write_heartbeat(&mut self) {
         let _ = out_codec().encode_to(PackageType::Heartbeat, &[], &mut self.out);
-        let half = self.half_heartbeat_ms();
-        self.heartbeats.first_sent(self.shared.now_ms(), half);
-    }
-
-    /// Half the heartbeat interval, in ms.
-    fn half_heartbeat_ms(&self) -> u32 {
-        let half = self.shared.config.heartbeat_whole_secs() / 2;
-        u32::try_from(half.as_millis()).unwrap_or(u32::MAX)
-    }
-
-    /// A heartbeat from the client: it is alive. It is answered (as Pinus
-    /// does), but at most once per half heartbeat interval, so a client that answers every server
-    /// heartbeat at once (seen from browsers) does not start a ping-pong;
-    /// one that keeps sending far too often is closed.
-    pub(super) fn on_heartbeat(&mut self) -> Result<(), String> {
-        self.alive_until = Instant::now() + self.shared.config.silence_limit();
-        self.rearm = true;
-        let half = self.half_heartbeat_ms();
-        if self.heartbeats.on_client(self.shared.now_ms(), half)? {
-            let _ = out_codec().encode_to(PackageType::Heartbeat, &[], &mut self.out);
-        }
-        Ok(())
     }
 }
