@@ -1,7 +1,7 @@
 //! One session as the frontend keeps it: identity, settings with their
 //! versions, limits, lifetime fields.
 
-use super::{packed, resume, settings};
+use super::{packed, resume, settings, tokens};
 use crate::owner::OwnerTx;
 use crate::{Error, SessionConfig};
 use bytes::Bytes;
@@ -45,7 +45,7 @@ pub(super) struct SessionEntry {
     /// refused there.
     pub(super) store_epoch: u64,
     /// Hashes of the resume tokens.
-    pub(super) tokens: resume::Tokens,
+    pub(super) tokens: tokens::Tokens,
     /// The queue to the connection that owns this session; closed when the
     /// entry is removed, which tells the connection the session is over.
     pub(super) owner: OwnerTx,

@@ -13,8 +13,8 @@
 //! - `handle`: [`SessionOwner`], the connection's side of a session;
 //! - `lifetime`: idle and absolute timeouts, and the task that expires
 //!   sessions;
-//! - `resume`: parking a session when its client drops, resume tokens
-//!   and their rotation;
+//! - `resume`: parking a session when its client drops, and resuming it;
+//! - `tokens`: resume tokens, their check and their rotation;
 //! - `persist`: dirty tracking, coalesced writes to a session store, and
 //!   restoring from it after a restart.
 
@@ -30,6 +30,7 @@ mod push;
 mod reason;
 mod resume;
 mod settings;
+mod tokens;
 mod types;
 mod uids;
 mod writes;
@@ -242,7 +243,7 @@ impl SessionService {
             parked: None,
             owner_gen: 0,
             store_epoch: 0,
-            tokens: resume::Tokens::default(),
+            tokens: tokens::Tokens::default(),
             owner: tx,
         }));
         loop {

@@ -1,20 +1,12 @@
-//! Parking a session when its client drops, and resuming it with a token.
-//!
-//! A token is the session id (16 hex digits) followed by 128 random bits
-//! (32 hex digits). Only its SHA-256 is kept; a presented token is hashed and
-//! compared in constant time. Every resume rotates the token; the previous
-//! one keeps working for `SessionConfig::token_overlap` (for a client that
-//! missed the reply), then is refused.
+//! Parking a session when its client drops, and resuming it with a token
+//! (the tokens themselves: `tokens`).
 
+use super::tokens::{Minted, Presented, Tokens};
 use super::{SessionEvent, SessionOwner, SessionService};
 use crate::owner::{self, OwnerRx};
 use crate::{Error, Outbound};
-use rand::RngCore;
 use session_proxy_protocol::SessionId;
-use sha2::{Digest, Sha256};
-use std::fmt::Write;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 /// A parked session: nobody reads its queue until a resume.
@@ -23,16 +15,6 @@ pub(crate) struct Parked {
     pub(crate) until: Instant,
     /// The queue, with what arrived while parked.
     pub(crate) rx: OwnerRx,
-}
-
-/// The resume token hashes of one session.
-#[derive(Default)]
-pub(crate) struct Tokens {
-    /// The current token.
-    pub(crate) current: Option<[u8; 32]>,
-    /// The token before the last rotation, and until when it still works.
-    /// Boxed: only sessions that resumed have one.
-    pub(crate) previous: Option<Box<([u8; 32], Instant)>>,
 }
 
 /// Why a resume was refused. The messages are safe to send to the client.
@@ -79,23 +61,6 @@ impl ResumeError {
     }
 }
 
-/// Checks a presented token's hash against a session's current token and
-/// its previous one (`Some(still valid)` when there is one that matches).
-fn check_token(
-    current: Option<[u8; 32]>,
-    previous: Option<([u8; 32], bool)>,
-    presented: &[u8; 32],
-) -> Result<(), ResumeError> {
-    if current.is_some_and(|h| bool::from(h.ct_eq(presented))) {
-        return Ok(());
-    }
-    match previous.filter(|(h, _)| bool::from(h.ct_eq(presented))) {
-        Some((_, true)) => Ok(()),
-        Some((_, false)) => Err(ResumeError::RotatedOut),
-        None => Err(ResumeError::Invalid),
-    }
-}
-
 /// Whether a session's metadata (`value_of` a key) names another client
 /// than `client` says.
 fn other_client<'a>(value_of: impl Fn(&str) -> Option<&'a str>, client: &[(&str, &str)]) -> bool {
@@ -104,43 +69,15 @@ fn other_client<'a>(value_of: impl Fn(&str) -> Option<&'a str>, client: &[(&str,
         .any(|(key, presented)| value_of(key).is_some_and(|v| v != *presented))
 }
 
-fn hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-fn parse_sid(token: &str) -> Result<SessionId, ResumeError> {
-    if token.len() != 48 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ResumeError::Malformed);
-    }
-    u64::from_str_radix(&token[..16], 16)
-        .map(SessionId::from_raw)
-        .map_err(|_| ResumeError::Malformed)
-}
-
-fn new_token(sid: SessionId) -> String {
-    let mut random = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut random);
-    let mut token = format!("{:016x}", sid.as_u64());
-    for b in random {
-        let _ = write!(token, "{b:02x}");
-    }
-    token
-}
-
 impl SessionService {
     /// Gives a session a fresh resume token (replacing any earlier one at
     /// once) and returns it. Only its hash is kept.
     pub fn issue_token(&self, sid: SessionId) -> Result<String, Error> {
-        let token = new_token(sid);
-        let mut entry = self.entry_mut(sid)?;
-        entry.tokens = Tokens {
-            current: Some(hash(&token)),
-            previous: None,
-        };
-        drop(entry);
+        let token = Minted::new(sid);
+        self.entry_mut(sid)?.tokens = Tokens::only(&token);
         // The token must survive a restart before the client can use it.
         self.mark_dirty(sid);
-        Ok(token)
+        Ok(token.text)
     }
 
     /// Detaches a session from its connection for `grace`: pushes queue up
@@ -202,10 +139,10 @@ impl SessionService {
         token: &str,
         client: &[(&str, &str)],
     ) -> Result<(SessionOwner, String), ResumeError> {
-        let sid = parse_sid(token)?;
-        let presented = hash(token);
+        let presented = Presented::parse(token)?;
+        let sid = presented.sid;
         let now = Instant::now();
-        let next = new_token(sid);
+        let next = Minted::new(sid);
         let overlap = self.inner.config.token_overlap;
         let (rx, gen, old_owner) = {
             let mut entry = self
@@ -213,22 +150,14 @@ impl SessionService {
                 .sessions
                 .get_mut(&sid)
                 .ok_or(ResumeError::UnknownSession)?;
-            let previous = entry
-                .tokens
-                .previous
-                .as_deref()
-                .map(|&(h, until)| (h, until > now));
-            check_token(entry.tokens.current, previous, &presented)?;
+            entry.tokens.check(&presented, now)?;
             let info = &entry.info;
             let value_of = |key: &str| info.metadata().find(|(k, _)| *k == key).map(|(_, v)| v);
             if other_client(value_of, client) {
                 return Err(ResumeError::OtherClient);
             }
             // Rotate: the token just used stays valid for the overlap.
-            entry.tokens = Tokens {
-                current: Some(hash(&next)),
-                previous: Some(Box::new((presented, now + overlap))),
-            };
+            entry.tokens.rotate(&presented, &next, now + overlap);
             entry.owner_gen += 1;
             let gen = entry.owner_gen;
             match entry.parked.take() {
@@ -261,7 +190,7 @@ impl SessionService {
                 rx: Some(rx),
                 service: self.clone(),
             },
-            next,
+            next.text,
         ))
     }
 }
@@ -287,8 +216,8 @@ impl SessionService {
         let Some(link) = self.inner.store.get() else {
             return Err(ResumeError::UnknownSession);
         };
-        let sid = parse_sid(token)?;
-        let presented = hash(token);
+        let presented = Presented::parse(token)?;
+        let sid = presented.sid;
         if link.check_up().is_err() {
             return Err(ResumeError::StoreUnavailable);
         }
@@ -309,7 +238,7 @@ impl SessionService {
         let previous = record
             .previous_token
             .map(|(h, until)| (h, until > now_unix));
-        check_token(record.token, previous, &presented)?;
+        presented.check(record.token, previous)?;
         let metadata = &record.info.metadata;
         if other_client(|key| metadata.get(key).map(String::as_str), client) {
             return Err(ResumeError::OtherClient);

@@ -3,7 +3,8 @@
 
 use super::{unix_ms, StoreLink};
 use crate::owner;
-use crate::service::resume::{Parked, Tokens};
+use crate::service::resume::Parked;
+use crate::service::tokens::Tokens;
 use crate::service::{SessionEntry, SessionService};
 use crate::store::{StoreError, StoredSession};
 use session_proxy_protocol::{SessionId, SessionInfo};
@@ -36,16 +37,13 @@ impl SessionService {
         {
             info.frontend_id.clear();
         }
+        let (token, previous) = e.tokens.stored();
         StoredSession {
             info,
             settings: e.settings.to_map(),
             last_version: e.last_version,
-            token: e.tokens.current,
-            previous_token: e
-                .tokens
-                .previous
-                .as_deref()
-                .map(|&(h, until)| (h, instant_to_unix(until))),
+            token,
+            previous_token: previous.map(|(h, until)| (h, instant_to_unix(until))),
             epoch: e.store_epoch,
             pushes: Vec::new(),
         }
@@ -121,10 +119,10 @@ impl SessionService {
         let until = Instant::now() + grace;
         let previous = record.previous_token.and_then(|(h, until_unix)| {
             (until_unix > now_unix).then(|| {
-                Box::new((
+                (
                     h,
                     Instant::now() + Duration::from_millis(until_unix - now_unix),
-                ))
+                )
             })
         });
         let mut info = crate::ConnectInfo::default();
@@ -152,10 +150,7 @@ impl SessionService {
             parked: Some(Parked { until, rx }),
             owner_gen: 0,
             store_epoch: record.epoch,
-            tokens: Tokens {
-                current: record.token,
-                previous,
-            },
+            tokens: Tokens::restored(record.token, previous),
             owner: tx,
         };
         self.inner.sessions.insert(sid, Box::new(entry));
