@@ -51,7 +51,7 @@ pub struct BackendConfig {
     pub ping_interval: Duration,
     /// Dial frontends over TLS, trusting these authorities. Default: `None`.
     #[cfg(feature = "tls")]
-    pub tls: Option<crate::LinkTls>,
+    pub tls: Option<session_proxy_link::LinkTls>,
 }
 
 impl Default for BackendConfig {

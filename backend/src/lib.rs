@@ -23,8 +23,9 @@
 //! - `config`: [`BackendConfig`], checked once when the service starts.
 //! - `error`: [`Error`], with [`Error::code`] mapping onto the wire codes;
 //!   [`LinkError`] says why a link failed, `session_proxy_protocol::ConfigError` which field is bad.
-//! - `tls` (feature `tls`): [`LinkTls`], the authorities frontends are
-//!   checked against.
+//! - TLS (feature `tls`): [`BackendConfig::tls`] takes a
+//!   `session_proxy_link::LinkTls`, the authorities frontends are checked
+//!   against.
 //!
 //! # Example
 //! A backend handler that moves a player to another room:
@@ -68,8 +69,6 @@ pub mod metrics;
 mod serve;
 mod service;
 mod session;
-#[cfg(feature = "tls")]
-mod tls;
 
 pub use channel::ChannelService;
 pub use config::BackendConfig;
@@ -78,5 +77,3 @@ pub use handler::{HandlerError, Handlers};
 pub use link::{FrontendClient, PendingCall};
 pub use service::BackendSessionService;
 pub use session::BackendSession;
-#[cfg(feature = "tls")]
-pub use tls::{LinkTls, TlsError};

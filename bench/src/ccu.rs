@@ -18,10 +18,10 @@
 //! machine's CPU. Should that port be taken, the kernel picks one at connect
 //! (`IP_BIND_ADDRESS_NO_PORT`).
 
-use crate::pomelo::package;
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
+use session_proxy_client::raw::package;
 use session_proxy_protocol::client::{
     encode_parts, ClientMessage, MessageType, PackageCodec, PackageType, Route, MAX_PACKAGE_BODY,
 };
@@ -247,7 +247,7 @@ async fn play(
     let mut stream = connect(target, source, port).await.context("connect")?;
     let handshake = br#"{"sys":{"type":"ccu","version":"1"},"user":{}}"#;
     stream
-        .write_all(&package(PackageType::Handshake, handshake))
+        .write_all(&package(PackageType::Handshake, handshake)?)
         .await?;
     let mut buf = BytesMut::new();
     // Only the heartbeat outlives the handshake: the parsed reply is
@@ -266,7 +266,7 @@ async fn play(
         buf = BytesMut::new();
     }
     stream
-        .write_all(&package(PackageType::HandshakeAck, &[]))
+        .write_all(&package(PackageType::HandshakeAck, &[])?)
         .await?;
     let mut next = Instant::now() + offset;
     let mut next_beat = Instant::now() + heartbeat;
@@ -275,7 +275,7 @@ async fn play(
         sleep_until(next.min(next_beat)).await;
         if Instant::now() >= next_beat {
             stream
-                .write_all(&package(PackageType::Heartbeat, &[]))
+                .write_all(&package(PackageType::Heartbeat, &[])?)
                 .await?;
             next_beat += heartbeat;
         }

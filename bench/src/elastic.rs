@@ -11,10 +11,10 @@
 
 use super::load::Conn;
 use super::soak::{free_port, start_redis, stop};
-use crate::pomelo::Transport;
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use session_proxy_client::Transport;
 use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_registry::{Membership, RedisMembership, RedisMembershipConfig};
 use std::collections::VecDeque;

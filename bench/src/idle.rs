@@ -2,9 +2,9 @@
 
 use super::BenchResult;
 use crate::load::transport_name;
-use crate::pomelo::{PomeloClient, PomeloOptions, Transport};
 use anyhow::Context;
 use serde_json::{json, Value};
+use session_proxy_client::{PomeloClient, PomeloOptions, Transport};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -103,10 +103,8 @@ pub async fn idle_held(
                     (l.route.clone(), body)
                 });
                 tokio::spawn(async move {
-                    let options = PomeloOptions {
-                        transport,
-                        ..PomeloOptions::default()
-                    };
+                    let mut options = PomeloOptions::default();
+                    options.transport = transport;
                     let c = PomeloClient::connect_with(target, options).await?;
                     if let Some((route, body)) = request {
                         let body: Value = serde_json::from_str(&body)?;

@@ -3,8 +3,8 @@
 //! `session-proxy bench` command run them.
 //!
 //! # Layout
-//! - [`pomelo`]: [`PomeloClient`](pomelo::PomeloClient), a Pomelo/Pinus
-//!   protocol client (TCP, WebSocket, TLS) for simulated players and tests.
+//! - The Pomelo/Pinus protocol client it drives servers with is the
+//!   published `session-proxy-client` crate.
 //! - [`app`]: the bench app's routes, identical on Pinus (`bench/pinus`).
 //! - [`load`](mod@load): request/response with N clients, closed loop (each client
 //!   sends its next request when the answer arrives) or open loop (requests
@@ -32,7 +32,6 @@ pub mod elastic;
 pub mod floor;
 pub mod idle;
 pub mod load;
-pub mod pomelo;
 pub mod pushes;
 pub mod report;
 pub mod soak;

@@ -1,11 +1,12 @@
 //! Request/response load and channel fan-out.
 
 use super::{histogram, progress, BenchResult};
-use crate::pomelo::{open, package, Io, Transport};
 use anyhow::{bail, Context};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use session_proxy_client::raw::{open, package, Io};
+use session_proxy_client::Transport;
 use session_proxy_protocol::client::{
     encode_parts, ClientMessage, MessageType, PackageCodec, PackageType, Route, MAX_PACKAGE_BODY,
 };
@@ -117,7 +118,7 @@ impl Conn {
     async fn beat_if_due(&mut self) -> anyhow::Result<()> {
         if let Some(hb) = self.heartbeat {
             if Instant::now() >= self.next_beat {
-                self.io.write(package(PackageType::Heartbeat, &[])).await?;
+                self.io.write(package(PackageType::Heartbeat, &[])?).await?;
                 self.next_beat = Instant::now() + hb;
             }
         }

@@ -8,9 +8,9 @@
 
 use super::idle::rss_kib;
 use super::load::Conn;
-use crate::pomelo::Transport;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
+use session_proxy_client::Transport;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

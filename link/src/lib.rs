@@ -7,7 +7,9 @@
 //! - [`write_batch`]: the writer that sends what is queued for a link in one
 //!   write (one flush per batch, not per frame);
 //! - [`inproc`]: the in-process transport, for backends that run in the
-//!   frontend's process.
+//!   frontend's process;
+//! - [`LinkTls`] (feature `tls`): the authorities a frontend's certificate
+//!   is checked against, for backends and clients that dial it.
 //!
 //! # Example
 //! ```
@@ -28,6 +30,10 @@
 //! ```
 
 pub mod inproc;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(feature = "tls")]
+pub use tls::LinkTls;
 
 use futures::{Sink, SinkExt};
 use tokio::sync::mpsc;

@@ -8,7 +8,7 @@ pub mod node;
 
 use clap::{Parser, Subcommand};
 use session_proxy::cli::{LogFormat, RunArgs};
-use session_proxy_bench::pomelo::Transport;
+use session_proxy_client::Transport;
 use std::net::SocketAddr;
 
 #[derive(Parser)]

@@ -6,7 +6,7 @@ use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::{
     BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionService,
 };
-use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions, Transport};
+use session_proxy_client::{PomeloClient, PomeloOptions, Transport};
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -12,7 +12,7 @@ use serde_json::json;
 use session_proxy::registry::{
     EtcdMembership, EtcdMembershipConfig, Membership, RedisMembership, RedisMembershipConfig,
 };
-use session_proxy_bench::pomelo::PomeloClient;
+use session_proxy_client::PomeloClient;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 

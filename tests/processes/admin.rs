@@ -9,7 +9,7 @@ use common::http::get;
 use common::nodes::{free_port, sigkill, signal, spawn_session_proxy_env};
 use common::redis::RedisServer;
 use serde_json::{json, Value};
-use session_proxy_bench::pomelo::PomeloClient;
+use session_proxy_client::PomeloClient;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -589,7 +589,7 @@ async fn the_admin_cli_lists_kicks_and_drains_and_refuses_callers_without_the_se
     for client in [&mut ann_a, &mut ann_b] {
         let event = client.next_event(WAIT).await;
         assert!(
-            matches!(&event, Some(session_proxy_bench::pomelo::PomeloEvent::Kick { reason }) if reason == "banned"),
+            matches!(&event, Some(session_proxy_client::PomeloEvent::Kick { reason }) if reason == "banned"),
             "{event:?}"
         );
     }

@@ -5,8 +5,8 @@
 use crate::common;
 
 use common::nodes::{free_port, run_node};
-use session_proxy_bench::pomelo::Transport;
 use session_proxy_bench::{self as bench, LoadOptions};
+use session_proxy_client::Transport;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use session_proxy::protocol::{
     unix_ms, BackendCodec, Bind, Call, ErrorCode, Hello, HelloReply, Message, Request, Role,
 };
 use session_proxy::{ConnectInfo, RpcConfig, SessionConfig, SessionService};
-use session_proxy_bench::pomelo::PomeloClient;
+use session_proxy_client::PomeloClient;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;

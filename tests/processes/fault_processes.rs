@@ -9,7 +9,7 @@ use serde_json::json;
 use session_proxy::frontend::{Gateway, GatewayConfig};
 use session_proxy::protocol::{BackendCodec, Hello, HelloReply, Message, Role};
 use session_proxy::{RpcConfig, SessionConfig, SessionService};
-use session_proxy_bench::pomelo::PomeloClient;
+use session_proxy_client::PomeloClient;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;

@@ -9,7 +9,7 @@ use crate::common;
 
 use common::nodes::{free_port, signal, spawn_binary};
 use serde_json::{json, Value};
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::process::Child;

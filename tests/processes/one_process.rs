@@ -6,7 +6,7 @@ use crate::common;
 
 use common::nodes::{signal, spawn_session_proxy, write_cluster};
 use serde_json::json;
-use session_proxy_bench::pomelo::PomeloClient;
+use session_proxy_client::PomeloClient;
 use std::time::{Duration, Instant};
 
 /// Established TCP connections with local port `port` on this machine

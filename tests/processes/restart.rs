@@ -14,7 +14,7 @@ use session_proxy::{
     BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionId,
     SessionService,
 };
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,7 +59,7 @@ async fn connect(
     addr: SocketAddr,
     token: Option<&str>,
     transport: Transport,
-) -> anyhow::Result<PomeloClient> {
+) -> Result<PomeloClient, session_proxy_client::ClientError> {
     let mut options = PomeloOptions::default();
     options.transport = transport;
     if let Some(t) = token {

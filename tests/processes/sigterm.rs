@@ -6,7 +6,7 @@ use crate::common;
 
 use common::nodes::{run_node, sigkill, signal, write_cluster};
 use serde_json::json;
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent};
+use session_proxy_client::{PomeloClient, PomeloEvent};
 use std::time::{Duration, Instant};
 use tokio::process::Child;
 
@@ -125,7 +125,7 @@ async fn no_secret_beyond_loopback_is_refused_without_insecure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_backend_gets_no_new_requests_and_finishes_its_own() {
     use common::cluster::{client, start_backend, start_frontend, wait_for_backends};
-    use session_proxy_bench::pomelo::Transport;
+    use session_proxy_client::Transport;
     let f = start_frontend("f1", |_| {}).await;
     let (a, _) = start_backend("game-a", &[&f]);
     let (b, _) = start_backend("game-b", &[&f]);

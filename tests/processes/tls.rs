@@ -6,10 +6,10 @@ use crate::common;
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use serde_json::json;
-use session_proxy::backend::LinkTls;
 use session_proxy::frontend::{Gateway, GatewayConfig, ServerTls};
+use session_proxy::link::LinkTls;
 use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, SessionConfig, SessionService};
-use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions, Transport};
+use session_proxy_client::{PomeloClient, PomeloOptions, Transport};
 use std::time::Duration;
 
 struct Pki {

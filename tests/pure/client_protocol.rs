@@ -137,7 +137,7 @@ async fn a_client_echoing_heartbeats_gets_no_ping_pong_and_a_flood_is_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_token_copied_to_another_device_is_refused_when_asked() {
     use serde_json::json;
-    use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions};
+    use session_proxy_client::{PomeloClient, PomeloOptions};
     let f = start_frontend("f1", |c| c.resume_same_client = true).await;
     let addr = f.gateway.local_addr();
     let open = |user: serde_json::Value| {

@@ -5,7 +5,7 @@ use crate::common;
 
 use common::cluster::*;
 use serde_json::json;
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

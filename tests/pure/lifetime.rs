@@ -10,7 +10,7 @@ use session_proxy::{
     BackendConfig, BackendSessionService, ConnectInfo, Outbound, RpcConfig, RpcServer,
     SessionConfig, SessionEvent, SessionService, SingleSessionPolicy,
 };
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -160,7 +160,7 @@ async fn start_with(
     }
 }
 
-async fn connect(node: &Node, token: Option<&str>) -> anyhow::Result<PomeloClient> {
+async fn connect(node: &Node, token: Option<&str>) -> Result<PomeloClient, session_proxy_client::ClientError> {
     let mut options = PomeloOptions::default();
     options.transport = Transport::WebSocket;
     if let Some(t) = token {

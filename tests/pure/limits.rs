@@ -9,7 +9,7 @@ use serde_json::json;
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::protocol::{FrontendCodec, KeyWrite, Precondition, Push};
 use session_proxy::{ConnectInfo, ErrorCode, RpcConfig, RpcServer, SessionConfig, SessionService};
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};

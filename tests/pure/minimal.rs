@@ -6,7 +6,7 @@
 //! this test runs that file's own `start`.
 
 use serde_json::json;
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent};
+use session_proxy_client::{PomeloClient, PomeloEvent};
 use std::time::Duration;
 
 /// The README's program itself, compiled here (its `main` is not run).

@@ -4,8 +4,8 @@
 use crate::common;
 
 use serde_json::{json, Value};
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use session_proxy_chat::{ChatCluster, ChatConfig};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::net::SocketAddr;
 use std::time::Duration;
 

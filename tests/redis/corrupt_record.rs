@@ -8,7 +8,7 @@ use serde_json::json;
 use session_proxy::frontend::{RedisStore, RedisStoreConfig, StoreOptions};
 use session_proxy::node::{FrontendRole, Node};
 use session_proxy::{ConnectInfo, SessionConfig, SessionService};
-use session_proxy_bench::pomelo::{PomeloClient, PomeloOptions};
+use session_proxy_client::{PomeloClient, PomeloOptions};
 use std::sync::Arc;
 use std::time::Duration;
 

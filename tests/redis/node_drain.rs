@@ -11,7 +11,7 @@ use session_proxy::frontend::{EndReason, RedisStore, RedisStoreConfig, StoreOpti
 use session_proxy::node::{BackendRole, FrontendRole, Node};
 use session_proxy::registry::{RedisMembership, RedisMembershipConfig};
 use session_proxy::{BackendSession, ChannelService, HandlerError, Handlers, SessionEvent};
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

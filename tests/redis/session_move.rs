@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use session_proxy::node::{follow_frontends, Following};
 use session_proxy::registry::{Membership, RedisMembership, RedisMembershipConfig};
 use session_proxy::{BackendConfig, BackendSessionService, ErrorCode, SessionId};
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::process::Child;

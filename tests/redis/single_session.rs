@@ -11,7 +11,7 @@ use session_proxy::{
     BackendConfig, BackendSessionService, Gateway, GatewayConfig, GatewayServer, RpcConfig,
     RpcServer, SessionConfig, SessionService, SingleSessionPolicy,
 };
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent};
+use session_proxy_client::{PomeloClient, PomeloEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -16,7 +16,7 @@ use session_proxy::{
     BackendSession, BackendSessionService, ConnectInfo, ErrorCode, RpcConfig, RpcServer,
     SessionConfig, SessionId, SessionService,
 };
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, Transport};
+use session_proxy_client::{PomeloClient, PomeloEvent, Transport};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -84,7 +84,7 @@ type Halves = (
 async fn split(stream: TcpStream, addr: &str, config: &BackendConfig) -> Result<Halves, LinkError> {
     #[cfg(feature = "tls")]
     if let Some(tls) = &config.tls {
-        let connect = tls.connector.connect(tls.server_name.clone(), stream);
+        let connect = tls.connect(stream);
         let stream = match timeout(config.handshake_timeout, connect).await {
             Err(_) => return Err(LinkError::HandshakeTimeout),
             Ok(Err(source)) => {

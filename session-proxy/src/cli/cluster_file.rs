@@ -4,9 +4,9 @@
 
 use super::flags::connect_store;
 use super::{App, RunError};
-use crate::backend::LinkTls;
 use crate::cluster::{ClusterConfig, NodeConfig, NodeRole};
 use crate::frontend::{ServerTls, StoreOptions};
+use crate::link::LinkTls;
 use crate::node::{until_signal, BackendRole, FrontendRole, Node, NodeBuilder, DEFAULT_DRAIN};
 use crate::registry::NodeRole as RegistryRole;
 use std::net::SocketAddr;

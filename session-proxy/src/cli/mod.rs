@@ -33,9 +33,10 @@ mod flags;
 pub use cluster_file::serve_until_signal;
 pub use flags::{connect_registry, connect_store, NodeFlags, RoleArg};
 
-use crate::backend::{BackendSessionService, Handlers, LinkTls};
+use crate::backend::{BackendSessionService, Handlers};
 use crate::cluster::ClusterConfig;
 use crate::frontend::Gateway;
+use crate::link::LinkTls;
 use crate::node::{BackendRole, FrontendRole, NodeBuilder, NodeError};
 use std::collections::HashMap;
 use std::path::PathBuf;

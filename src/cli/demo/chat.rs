@@ -4,8 +4,8 @@ use anyhow::{bail, ensure, Context};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::json;
-use session_proxy_bench::pomelo::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use session_proxy_chat::{ChatCluster, ChatConfig};
+use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::time::{Duration, Instant};
 
 use super::DemoConfig;

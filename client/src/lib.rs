@@ -1,14 +1,52 @@
-//! A Pomelo/Pinus protocol client, over raw TCP or WebSocket.
+//! A Pomelo/Pinus protocol client in Rust, over TCP or WebSocket, plain or
+//! TLS.
 //!
-//! The demo's simulated players and the integration tests use it; it speaks
-//! the same bytes as the npm `pinus-protocol` clients, so it works against
-//! any Pomelo/Pinus-compatible server.
+//! It speaks the same bytes as the npm `pinus-protocol` clients, so it works
+//! against session-proxy and any Pomelo/Pinus-compatible server: for bots,
+//! load generators (its [`raw`] connection) and integration tests. The
+//! session-proxy demo's simulated players use it.
+//!
+//! - [`PomeloClient`]: connect, request, notify, and read pushes and kicks
+//!   ([`PomeloEvent`]);
+//! - [`raw`]: the handshaken connection alone, for code that reads and
+//!   writes packages itself;
+//! - [`ClientError`]: why a connection or a request failed.
+//!
+//! # Example
+//! A gateway with one route of its own, and a client that calls it:
+//! ```
+//! use serde_json::{json, Value};
+//! use session_proxy_client::PomeloClient;
+//! use session_proxy_frontend::{BackendRegistry, Gateway, GatewayConfig, SessionConfig, SessionService};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sessions = SessionService::new(SessionConfig::new("connector-1"));
+//! let mut gateway = Gateway::new(sessions, BackendRegistry::default(), GatewayConfig::new("connector"));
+//! gateway.handlers().add("connector.entryHandler.hello", |_ctx, body: Value| async move {
+//!     Ok(json!({ "code": 200, "hello": body["name"] }))
+//! });
+//! let server = gateway.bind("127.0.0.1:0".parse()?).await?;
+//!
+//! let client = PomeloClient::connect(server.local_addr()).await?;
+//! let answer = client
+//!     .request("connector.entryHandler.hello", &json!({ "name": "ana" }))
+//!     .await?;
+//! assert_eq!(answer, json!({ "code": 200, "hello": "ana" }));
+//! server.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(())
+//! # }
+//! ```
 
-use anyhow::{anyhow, bail, Context};
+mod error;
+pub mod raw;
+
+pub use error::ClientError;
+
 use bytes::{Bytes, BytesMut};
-use futures::{SinkExt, StreamExt};
+use raw::{open, package, Io};
 use serde_json::{json, Value};
-use session_proxy_backend::LinkTls;
+use session_proxy_link::LinkTls;
 use session_proxy_protocol::client::{
     encode_parts, ClientMessage, MessageType, Package, PackageCodec, PackageType, Route,
     MAX_PACKAGE_BODY,
@@ -18,13 +56,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_rustls::client::TlsStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::codec::Decoder;
 
 /// Which transport to speak.
@@ -86,6 +119,15 @@ pub enum PomeloEvent {
 
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
+/// The requests awaiting responses (a panic elsewhere cannot leave the map
+/// half-changed: each change is one call).
+fn waiters_of(
+    waiters: &Waiters,
+) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Value>>> {
+    use session_proxy_protocol::sync::LockUnpoisoned as _;
+    waiters.lock_unpoisoned()
+}
+
 /// A connected, handshaken client.
 #[derive(Debug)]
 pub struct PomeloClient {
@@ -105,74 +147,9 @@ pub struct PomeloClient {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// A client socket: raw TCP or WebSocket.
-pub(crate) enum Io {
-    Tcp(TcpStream),
-    Ws(Box<WebSocketStream<TcpStream>>),
-    Tls(Box<TlsStream<TcpStream>>),
-    Wss(Box<WebSocketStream<TlsStream<TcpStream>>>),
-}
-
-async fn ws_read<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
-    buf: &mut BytesMut,
-) -> anyhow::Result<bool> {
-    loop {
-        match ws.next().await {
-            None | Some(Ok(WsMessage::Close(_))) => return Ok(false),
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(WsMessage::Binary(b))) => {
-                buf.extend_from_slice(&b);
-                return Ok(true);
-            }
-            Some(Ok(_)) => continue,
-        }
-    }
-}
-
-impl Io {
-    /// Reads more bytes into `buf`; false on close. Cancel-safe.
-    pub(crate) async fn read(&mut self, buf: &mut BytesMut) -> anyhow::Result<bool> {
-        match self {
-            Io::Tcp(s) => {
-                buf.reserve(4096);
-                Ok(s.read_buf(buf).await? > 0)
-            }
-            Io::Tls(s) => {
-                buf.reserve(4096);
-                Ok(s.read_buf(buf).await? > 0)
-            }
-            Io::Wss(ws) => ws_read(ws.as_mut(), buf).await,
-            Io::Ws(ws) => ws_read(ws.as_mut(), buf).await,
-        }
-    }
-
-    /// Writes bytes (one binary message over WebSocket).
-    pub(crate) async fn write(&mut self, data: Bytes) -> anyhow::Result<()> {
-        match self {
-            Io::Tcp(s) => Ok(s.write_all(&data).await?),
-            Io::Ws(ws) => Ok(ws.send(WsMessage::Binary(data)).await?),
-            Io::Tls(s) => {
-                s.write_all(&data).await?;
-                Ok(s.flush().await?)
-            }
-            Io::Wss(ws) => Ok(ws.send(WsMessage::Binary(data)).await?),
-        }
-    }
-}
-
-/// One encoded package.
-pub(crate) fn package(kind: PackageType, body: &[u8]) -> Bytes {
-    let mut buf = BytesMut::new();
-    PackageCodec::new(MAX_PACKAGE_BODY)
-        .encode_to(kind, body, &mut buf)
-        .expect("client packages are small");
-    buf.freeze()
-}
-
 impl PomeloClient {
     /// Connects with default options over TCP.
-    pub async fn connect(addr: SocketAddr) -> anyhow::Result<PomeloClient> {
+    pub async fn connect(addr: SocketAddr) -> Result<PomeloClient, ClientError> {
         Self::connect_with(addr, PomeloOptions::default()).await
     }
 
@@ -181,7 +158,7 @@ impl PomeloClient {
     pub async fn connect_with(
         addr: SocketAddr,
         options: PomeloOptions,
-    ) -> anyhow::Result<PomeloClient> {
+    ) -> Result<PomeloClient, ClientError> {
         let (io, codec, buf, handshake) =
             open(addr, options.transport, &options.user, options.tls.as_ref()).await?;
         let interval = Duration::from_secs(handshake["sys"]["heartbeat"].as_u64().unwrap_or(0));
@@ -217,31 +194,28 @@ impl PomeloClient {
     }
 
     /// Sends a request and waits for its response body.
-    pub async fn request(&self, route: &str, body: &Value) -> anyhow::Result<Value> {
+    pub async fn request(&self, route: &str, body: &Value) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .map_err(|_| anyhow!("client state poisoned"))?
-            .insert(id, tx);
+        waiters_of(&self.waiters).insert(id, tx);
         self.send(MessageType::Request, id, route, body).await?;
         match timeout(self.options.request_timeout, rx).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(_)) => bail!("connection closed before the response to {route}"),
+            Ok(Err(_)) => Err(ClientError::ClosedBefore {
+                route: route.to_string(),
+            }),
             Err(_) => {
-                if let Ok(mut w) = self.waiters.lock() {
-                    w.remove(&id);
-                }
-                bail!(
-                    "no response to {route} within {:?}",
-                    self.options.request_timeout
-                )
+                waiters_of(&self.waiters).remove(&id);
+                Err(ClientError::Timeout {
+                    route: route.to_string(),
+                    after: self.options.request_timeout,
+                })
             }
         }
     }
 
     /// Sends a notify.
-    pub async fn notify(&self, route: &str, body: &Value) -> anyhow::Result<()> {
+    pub async fn notify(&self, route: &str, body: &Value) -> Result<(), ClientError> {
         self.send(MessageType::Notify, 0, route, body).await
     }
 
@@ -251,26 +225,25 @@ impl PomeloClient {
         id: u64,
         route: &str,
         body: &Value,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), ClientError> {
         let mut buf = BytesMut::new();
-        PackageCodec::new(MAX_PACKAGE_BODY).encode_with(PackageType::Data, &mut buf, |b| {
-            encode_parts(
-                kind,
-                id,
-                &Route::Name(route.to_string()),
-                body.to_string().as_bytes(),
-                b,
-            )
-        })?;
+        PackageCodec::new(MAX_PACKAGE_BODY)
+            .encode_with(PackageType::Data, &mut buf, |b| {
+                encode_parts(
+                    kind,
+                    id,
+                    &Route::Name(route.to_string()),
+                    body.to_string().as_bytes(),
+                    b,
+                )
+            })
+            .map_err(ClientError::Protocol)?;
         self.send_raw(buf.freeze()).await
     }
 
     /// Sends raw bytes as they are (for tests of malformed input).
-    pub async fn send_raw(&self, bytes: Bytes) -> anyhow::Result<()> {
-        self.tx
-            .send(bytes)
-            .await
-            .map_err(|_| anyhow!("connection closed"))
+    pub async fn send_raw(&self, bytes: Bytes) -> Result<(), ClientError> {
+        self.tx.send(bytes).await.map_err(|_| ClientError::Closed)
     }
 
     /// The next push, kick or close, waiting at most `wait`.
@@ -279,11 +252,11 @@ impl PomeloClient {
     }
 
     /// The next push (skipping nothing: a kick or close is an error).
-    pub async fn next_push(&mut self, wait: Duration) -> anyhow::Result<(String, Value)> {
+    pub async fn next_push(&mut self, wait: Duration) -> Result<(String, Value), ClientError> {
         match self.next_event(wait).await {
             Some(PomeloEvent::Push { route, body }) => Ok((route, body)),
-            Some(other) => bail!("expected a push, got {other:?}"),
-            None => bail!("no push within {wait:?}"),
+            Some(other) => Err(ClientError::NotAPush(Box::new(other))),
+            None => Err(ClientError::NoPush(wait)),
         }
     }
 
@@ -310,9 +283,9 @@ async fn io_loop(
 ) {
     let far = Duration::from_secs(86_400 * 365);
     let mut next_beat = Instant::now() + heartbeat.unwrap_or(far);
-    let outcome: anyhow::Result<()> = async {
+    let outcome: Result<(), ClientError> = async {
         loop {
-            while let Some(p) = codec.decode(&mut buf)? {
+            while let Some(p) = codec.decode(&mut buf).map_err(ClientError::Protocol)? {
                 on_package(p, &waiters, &events)?;
             }
             tokio::select! {
@@ -321,7 +294,7 @@ async fn io_loop(
                     None => return Ok(()),
                 },
                 _ = sleep_until(next_beat) => {
-                    io.write(package(PackageType::Heartbeat, &[])).await?;
+                    io.write(package(PackageType::Heartbeat, &[])?).await?;
                     next_beat = Instant::now() + heartbeat.unwrap_or(far);
                 }
                 more = io.read(&mut buf) => if !more? { return Ok(()) },
@@ -330,11 +303,9 @@ async fn io_loop(
     }
     .await;
     if let Err(err) = outcome {
-        tracing::debug!(cause = %err, "client connection ended");
+        tracing::debug!(cause = %session_proxy_protocol::chain(&err), "client connection ended");
     }
-    if let Ok(mut w) = waiters.lock() {
-        w.clear();
-    }
+    waiters_of(&waiters).clear();
     let _ = events.send(PomeloEvent::Closed);
 }
 
@@ -342,21 +313,18 @@ fn on_package(
     p: Package,
     waiters: &Waiters,
     events: &mpsc::UnboundedSender<PomeloEvent>,
-) -> anyhow::Result<()> {
+) -> Result<(), ClientError> {
     match p.kind {
         PackageType::Data => {
-            let msg = ClientMessage::decode(p.body)?;
+            let msg = ClientMessage::decode(p.body).map_err(ClientError::Protocol)?;
             let body: Value = if msg.body.is_empty() {
                 Value::Null
             } else {
-                serde_json::from_slice(&msg.body)?
+                serde_json::from_slice(&msg.body).map_err(ClientError::Json)?
             };
             match msg.kind {
                 MessageType::Response => {
-                    let waiter = waiters
-                        .lock()
-                        .map_err(|_| anyhow!("client state poisoned"))?
-                        .remove(&msg.id);
+                    let waiter = waiters_of(waiters).remove(&msg.id);
                     if let Some(w) = waiter {
                         let _ = w.send(body);
                     }
@@ -369,7 +337,11 @@ fn on_package(
                     };
                     let _ = events.send(PomeloEvent::Push { route, body });
                 }
-                other => bail!("server sent a {other:?}"),
+                other => {
+                    return Err(ClientError::Unexpected(format!(
+                        "the server sent a {other:?} message"
+                    )))
+                }
             }
         }
         PackageType::Kick => {
@@ -378,77 +350,11 @@ fn on_package(
             let _ = events.send(PomeloEvent::Kick { reason });
         }
         PackageType::Heartbeat => {}
-        other => bail!("unexpected {other:?} package"),
+        other => {
+            return Err(ClientError::Unexpected(format!(
+                "a {other:?} package after the handshake"
+            )))
+        }
     }
     Ok(())
-}
-
-/// Connects, handshakes and acks; returns the socket, the codec, the bytes
-/// already read past the handshake reply, and the reply.
-pub(crate) async fn open(
-    addr: SocketAddr,
-    transport: Transport,
-    user: &Value,
-    tls: Option<&LinkTls>,
-) -> anyhow::Result<(Io, PackageCodec, BytesMut, Value)> {
-    let stream = TcpStream::connect(addr).await.context("connect")?;
-    let _ = stream.set_nodelay(true);
-    let mut io = match (transport, tls) {
-        (Transport::Tcp, None) => Io::Tcp(stream),
-        (Transport::WebSocket, None) => {
-            let url = format!("ws://{addr}/");
-            let (ws, _) = tokio_tungstenite::client_async(url, stream)
-                .await
-                .context("websocket upgrade")?;
-            Io::Ws(Box::new(ws))
-        }
-        (Transport::Tcp, Some(tls)) => Io::Tls(Box::new(
-            tls.connect(stream).await.context("TLS handshake")?,
-        )),
-        (Transport::WebSocket, Some(tls)) => {
-            let stream = tls.connect(stream).await.context("TLS handshake")?;
-            let url = format!("wss://{addr}/");
-            let (ws, _) = tokio_tungstenite::client_async(url, stream)
-                .await
-                .context("websocket upgrade")?;
-            Io::Wss(Box::new(ws))
-        }
-    };
-    let kind = match transport {
-        Transport::Tcp => "rust-tcp",
-        Transport::WebSocket => "rust-websocket",
-    };
-    let hello = json!({ "sys": { "type": kind, "version": "0.1.0" }, "user": user });
-    io.write(package(
-        PackageType::Handshake,
-        hello.to_string().as_bytes(),
-    ))
-    .await?;
-    let mut codec = PackageCodec::new(MAX_PACKAGE_BODY);
-    let mut buf = BytesMut::new();
-    let reply = timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some(p) = codec.decode(&mut buf)? {
-                return anyhow::Ok(p);
-            }
-            if !io.read(&mut buf).await? {
-                bail!("closed during the handshake");
-            }
-        }
-    })
-    .await
-    .context("handshake timed out")??;
-    if reply.kind != PackageType::Handshake {
-        bail!("expected a handshake reply, got {:?}", reply.kind);
-    }
-    let handshake: Value = serde_json::from_slice(&reply.body)?;
-    if handshake["code"] != 200 {
-        bail!(
-            "handshake refused with code {}: {}",
-            handshake["code"],
-            handshake["error"].as_str().unwrap_or("")
-        );
-    }
-    io.write(package(PackageType::HandshakeAck, &[])).await?;
-    Ok((io, codec, buf, handshake))
 }

@@ -1,7 +1,7 @@
-//! TLS for the connections a backend dials to frontends.
+//! TLS for the connections dialled to a frontend: a backend's links, and
+//! clients (`session-proxy-client`) that connect over TLS.
 
-pub use session_proxy_protocol::tls::TlsError;
-use session_proxy_protocol::tls::{certs_from_pem, provider, read_pem};
+use session_proxy_protocol::tls::{certs_from_pem, provider, read_pem, TlsError};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -12,8 +12,8 @@ use tokio_rustls::TlsConnector;
 /// certificates must carry.
 #[derive(Clone)]
 pub struct LinkTls {
-    pub(crate) connector: TlsConnector,
-    pub(crate) server_name: ServerName<'static>,
+    connector: TlsConnector,
+    server_name: ServerName<'static>,
 }
 
 impl std::fmt::Debug for LinkTls {

@@ -1,0 +1,77 @@
+//! Why a connection or a request failed.
+
+use crate::PomeloEvent;
+use session_proxy_protocol::client::ClientProtocolError;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Why a connection or a request failed. `Display` says what failed; the
+/// cause, if any, is in `source()`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connect failed.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        /// The server's address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    /// The WebSocket upgrade, or a WebSocket read or write, failed.
+    #[error("WebSocket failed")]
+    WebSocket(#[source] Box<tokio_tungstenite::tungstenite::Error>),
+    /// A read or write on the socket failed.
+    #[error("connection read or write failed")]
+    Io(#[source] std::io::Error),
+    /// The server did not answer the handshake in time
+    /// ([`raw::HANDSHAKE_TIMEOUT`](crate::raw::HANDSHAKE_TIMEOUT)).
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+    /// The server refused the handshake.
+    #[error("handshake refused with code {code}: {error}")]
+    Refused {
+        /// The handshake reply's code (500: refused by the server's hook
+        /// or checks; 501: client too old).
+        code: u64,
+        /// The server's reason.
+        error: String,
+    },
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+    /// The connection closed before the response to this request came.
+    #[error("connection closed before the response to {route}")]
+    ClosedBefore {
+        /// The request's route.
+        route: String,
+    },
+    /// No response within the request timeout.
+    #[error("no response to {route} within {after:?}")]
+    Timeout {
+        /// The request's route.
+        route: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A package or message that does not follow the protocol (or one too
+    /// large to send).
+    #[error("protocol error")]
+    Protocol(#[source] ClientProtocolError),
+    /// A handshake reply or a message body that is not JSON.
+    #[error("a body that is not JSON")]
+    Json(#[source] serde_json::Error),
+    /// Something the server must not send where it came.
+    #[error("unexpected from the server: {0}")]
+    Unexpected(String),
+    /// [`next_push`](crate::PomeloClient::next_push) found something else.
+    #[error("expected a push, got {0:?}")]
+    NotAPush(Box<PomeloEvent>),
+    /// [`next_push`](crate::PomeloClient::next_push) waited in vain.
+    #[error("no push within {0:?}")]
+    NoPush(Duration),
+}
