@@ -4,6 +4,9 @@
 //! Backend routes (server type `chat`, reached through a connector):
 //! - `chat.benchHandler.echo`: answers its body.
 //! - `chat.benchHandler.sleep {ms}`: answers after `ms` (fault tests).
+//! - `chat.benchHandler.sleeping`: answers `{code: 200, sleeping}`, how
+//!   many `sleep` requests this backend is in (tests wait for theirs to
+//!   arrive before they stop a process).
 //! - `chat.benchHandler.get {key}`: answers the session's value of `key`.
 //! - `chat.benchHandler.set {key, value}`: sets the key on the session
 //!   proxy and pushes it to the frontend, then answers `{code: 200}`.
@@ -20,9 +23,28 @@ use serde_json::{json, Value};
 use session_proxy_backend::BackendSessionService;
 use session_proxy_backend::{BackendSession, ChannelService, HandlerError, Handlers};
 use session_proxy_frontend::LocalHandlers;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 fn fail(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::new(e.to_string())
+}
+
+/// One `sleep` request counted from its start until it answers or is
+/// cancelled.
+struct Asleep(Arc<AtomicUsize>);
+
+impl Asleep {
+    fn enter(count: &Arc<AtomicUsize>) -> Asleep {
+        count.fetch_add(1, Ordering::SeqCst);
+        Asleep(count.clone())
+    }
+}
+
+impl Drop for Asleep {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The frontend routes of the bench app.
@@ -47,14 +69,21 @@ pub fn backend_handlers(server_type: &str, service: &BackendSessionService) -> H
         let value: Option<Value> = s.get(key).map_err(fail)?;
         Ok(json!({ "code": 200, "value": value }))
     });
-    h.add(
-        &route("sleep"),
-        |_s: BackendSession, body: Value| async move {
+    let sleeping = Arc::new(AtomicUsize::new(0));
+    let count = sleeping.clone();
+    h.add(&route("sleep"), move |_s: BackendSession, body: Value| {
+        let asleep = Asleep::enter(&count);
+        async move {
             let ms = body["ms"].as_u64().unwrap_or(0).min(60_000);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            drop(asleep);
             Ok(json!({ "slept": ms }))
-        },
-    );
+        }
+    });
+    h.add(&route("sleeping"), move |_s: BackendSession, _b: Value| {
+        let n = sleeping.load(Ordering::SeqCst);
+        async move { Ok(json!({ "code": 200, "sleeping": n })) }
+    });
     h.add(
         &route("set"),
         |mut s: BackendSession, body: Value| async move {

@@ -156,3 +156,23 @@ pub async fn registered_frontend(
     let (child, _) = spawn_session_proxy(&args, &format!("ready {id}")).await;
     (child, client_addr.parse().expect("addr"))
 }
+
+/// Waits until the bench app's backend behind `client` is in at least `n`
+/// `sleep` requests (they reached it), asking it through `client`.
+pub async fn sleeping(client: &session_proxy_client::PomeloClient, n: u64) {
+    super::eventually(
+        Duration::from_secs(10),
+        "the sleep requests reach the backend",
+        || async {
+            let answer = client
+                .request("chat.benchHandler.sleeping", &serde_json::json!({}))
+                .await
+                .map_err(|err| err.to_string())?;
+            match answer["sleeping"].as_u64() {
+                Some(now) if now >= n => Ok(()),
+                _ => Err(answer.to_string()),
+            }
+        },
+    )
+    .await;
+}

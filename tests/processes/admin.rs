@@ -289,12 +289,16 @@ async fn readyz_turns_unready_on_a_lost_store_and_on_a_drain() {
 
     // A request in flight keeps the drain going for a while: unready all
     // through it, and alive.
-    let slow = tokio::spawn(async move {
-        client
-            .request("chat.benchHandler.sleep", &json!({ "ms": 2500 }))
-            .await
+    let client = std::sync::Arc::new(client);
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .request("chat.benchHandler.sleep", &json!({ "ms": 2500 }))
+                .await
+        }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::nodes::sleeping(&client, 1).await;
     signal(front.child.id().expect("pid"), "TERM");
     readyz_becomes(&front, 503, "draining").await;
     assert!(

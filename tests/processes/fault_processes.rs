@@ -42,7 +42,7 @@ async fn a_backend_killed_mid_request_answers_clients_with_errors_and_comes_back
             (t.elapsed(), answer)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::nodes::sleeping(&client, 10).await;
     sigkill(&mut back).await;
     for w in waiting {
         let (took, answer) = w.await.expect("task");

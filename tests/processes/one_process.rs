@@ -69,7 +69,7 @@ async fn a_frontend_and_its_backend_in_one_process_serve_and_drain_together() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::nodes::sleeping(&client, 1).await;
     signal(child.id().expect("pid"), "TERM");
     let answer = slow.await.expect("task").expect("answered");
     assert_ne!(answer["code"], 500, "{answer}");

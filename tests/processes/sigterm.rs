@@ -48,7 +48,7 @@ async fn a_frontend_answers_what_is_in_flight_then_kicks_with_a_reason() {
         slow.request("chat.benchHandler.sleep", &json!({ "ms": 300 }))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::nodes::sleeping(&client, 1).await;
     sigterm(&mut front, Duration::from_secs(10)).await;
     let answer = in_flight
         .await
@@ -88,7 +88,7 @@ async fn a_backend_finishes_its_running_requests_before_it_exits() {
                 .await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::nodes::sleeping(&client, 5).await;
     sigterm(&mut back, Duration::from_secs(10)).await;
     for w in waiting {
         let answer = w.await.expect("task").expect("answered");
@@ -207,9 +207,10 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
         slow.request("chat.benchHandler.sleep", &json!({ "ms": 5_000 }))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::nodes::sleeping(&client, 1).await;
     let pid = back.id().expect("pid");
     signal(pid, "TERM");
+    // Two signals sent at once would be one: let the first be taken.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     signal(pid, "TERM");

@@ -346,7 +346,13 @@ async fn a_backend_dying_mid_request_gives_waiting_clients_an_error() {
         let answer = c.request("game.h.slow", &json!({ "ms": 10_000 })).await;
         (t.elapsed(), answer, c)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::eventually(WAIT, "the slow request reaches the backend", || async {
+        match backend.requests_running() {
+            1 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
     backend.close(); // the backend goes away with the request in flight
     let (took, answer, c) = waiting.await.expect("task");
     let answer = answer.expect("an error response, not silence");

@@ -5,7 +5,7 @@ use crate::common;
 
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, Handlers};
-use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
+use session_proxy::frontend::{EndReason, Gateway, GatewayConfig, GatewayServer};
 use session_proxy::{
     BackendConfig, BackendSessionService, ConnectInfo, Outbound, RpcConfig, RpcServer,
     SessionConfig, SessionEvent, SessionService, SingleSessionPolicy,
@@ -160,7 +160,10 @@ async fn start_with(
     }
 }
 
-async fn connect(node: &Node, token: Option<&str>) -> Result<PomeloClient, session_proxy_client::ClientError> {
+async fn connect(
+    node: &Node,
+    token: Option<&str>,
+) -> Result<PomeloClient, session_proxy_client::ClientError> {
     let mut options = PomeloOptions::default();
     options.transport = Transport::WebSocket;
     if let Some(t) = token {
@@ -312,11 +315,12 @@ async fn bad_expired_and_rotated_out_tokens_are_refused_when_strict() {
         .expect_err("refused");
     assert!(forged.to_string().contains("500"), "{forged:#}");
 
+    let mut events = node.sessions.subscribe();
     let a = connect(&node, None).await.expect("connect");
     let first = token_of(&a);
     let sid_before = node.sessions.sids();
     drop(a);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::next_parked(&mut events, WAIT).await;
     let b = connect(&node, Some(&first))
         .await
         .expect("resume within grace");
@@ -349,7 +353,19 @@ async fn bad_expired_and_rotated_out_tokens_are_refused_when_strict() {
 
     // After the grace the session is gone for good.
     drop(c);
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    let expired = async {
+        loop {
+            match events.recv().await {
+                Ok(SessionEvent::Closed { reason, .. }) => return reason,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(err) => panic!("session events ended: {err}"),
+            }
+        }
+    };
+    let reason = tokio::time::timeout(WAIT, expired)
+        .await
+        .expect("the session expired");
+    assert_eq!(reason, EndReason::Expired);
     let err = connect(&node, Some(&third)).await.expect_err("expired");
     assert!(err.to_string().contains("500"), "{err:#}");
     assert_eq!(node.sessions.count(), 0);

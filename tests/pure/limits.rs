@@ -134,10 +134,13 @@ async fn connections_per_client_ip() {
     assert_eq!(sessions.count(), 3);
     // One leaves: there is room again.
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    PomeloClient::connect(gw.local_addr())
-        .await
-        .expect("room again");
+    let addr = gw.local_addr();
+    common::eventually(Duration::from_secs(5), "room again", || async move {
+        PomeloClient::connect(addr)
+            .await
+            .map_err(|err| err.to_string())
+    })
+    .await;
 }
 
 #[tokio::test]
