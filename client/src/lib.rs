@@ -193,6 +193,13 @@ impl PomeloClient {
         &self.handshake
     }
 
+    /// The resume token of the handshake reply (`user.resumeToken`), when
+    /// the server gives one (session-proxy with resume on): a later
+    /// handshake with it in `user.resumeToken` gets the same session back.
+    pub fn resume_token(&self) -> Option<&str> {
+        self.handshake["user"]["resumeToken"].as_str()
+    }
+
     /// Sends a request and waits for its response body.
     pub async fn request(&self, route: &str, body: &Value) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -279,3 +279,18 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The resume token `client` got in its handshake.
+pub fn token_of(client: &session_proxy_client::PomeloClient) -> String {
+    client
+        .resume_token()
+        .expect("a resume token in the handshake")
+        .to_string()
+}
+
+/// The session a resume token names (its first 16 hex digits).
+pub fn sid_of(token: &str) -> session_proxy::SessionId {
+    session_proxy::SessionId::from_raw(
+        u64::from_str_radix(&token[..16], 16).expect("the token starts with the sid"),
+    )
+}

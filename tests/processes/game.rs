@@ -6,6 +6,7 @@
 //! unless asked for the bench app by name.
 
 use crate::common;
+use common::token_of;
 
 use common::nodes::{free_port, signal, spawn_binary};
 use serde_json::{json, Value};
@@ -108,13 +109,6 @@ async fn resume(addr: SocketAddr, token: &str) -> PomeloClient {
     PomeloClient::connect_with(addr, options)
         .await
         .expect("reconnect")
-}
-
-fn token_of(client: &PomeloClient) -> String {
-    client.handshake()["user"]["resumeToken"]
-        .as_str()
-        .expect("a resume token")
-        .to_string()
 }
 
 /// What one player saw.

@@ -3,6 +3,7 @@
 //! Plus per-user queries and revocation across frontends.
 
 use crate::common;
+use common::{sid_of, token_of};
 
 use common::nodes::{free_port, sigkill, spawn_session_proxy};
 use common::redis::RedisServer;
@@ -11,8 +12,7 @@ use session_proxy::frontend::{
     Gateway, GatewayConfig, GatewayServer, RedisStore, RedisStoreConfig, StoreOptions,
 };
 use session_proxy::{
-    BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionId,
-    SessionService,
+    BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionService,
 };
 use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::net::SocketAddr;
@@ -40,19 +40,6 @@ async fn spawn_frontend(rpc: u16, clients: u16, redis: &str) -> (Child, Vec<Stri
         "30",
     ];
     spawn_session_proxy(&args, "listening on").await
-}
-
-fn token_of(c: &PomeloClient) -> String {
-    c.handshake()["user"]["resumeToken"]
-        .as_str()
-        .expect("a resume token")
-        .to_string()
-}
-
-fn sid_of(token: &str) -> SessionId {
-    SessionId::from_raw(
-        u64::from_str_radix(&token[..16], 16).expect("the token starts with the sid"),
-    )
 }
 
 async fn connect(
@@ -231,12 +218,9 @@ async fn user_sessions_and_revoke_span_every_frontend() {
         .bind("bob:eu")
         .await
         .expect("bind");
+    let mut events = f2.sessions.subscribe();
     drop(on_f2); // parked on f2
-    let until = tokio::time::Instant::now() + WAIT;
-    while !f2.sessions.is_parked(sid2) {
-        assert!(tokio::time::Instant::now() < until);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(common::next_parked(&mut events, WAIT).await, sid2);
     f2.sessions.flush().await.expect("flush");
 
     // Asked of f1, the answer includes f2's session (from the store).

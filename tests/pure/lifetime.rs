@@ -2,6 +2,7 @@
 //! resume with rotating tokens.
 
 use crate::common;
+use common::token_of;
 
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, Handlers};
@@ -170,13 +171,6 @@ async fn connect(
         options.user = json!({ "resumeToken": t });
     }
     PomeloClient::connect_with(node.gateway.local_addr(), options).await
-}
-
-fn token_of(c: &PomeloClient) -> String {
-    c.handshake()["user"]["resumeToken"]
-        .as_str()
-        .expect("a resume token")
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! channels whose members follow their sessions.
 
 use crate::common;
+use common::token_of;
 
 use serde_json::{json, Value};
 use session_proxy::frontend::{EndReason, RedisStore, RedisStoreConfig, StoreOptions};
@@ -172,13 +173,6 @@ async fn player(addr: SocketAddr, uid: &str, token: Option<&str>) -> PomeloClien
         assert_eq!(joined["code"], 200, "{joined}");
     }
     client
-}
-
-fn token_of(client: &PomeloClient) -> String {
-    client.handshake()["user"]["resumeToken"]
-        .as_str()
-        .expect("a resume token")
-        .to_string()
 }
 
 async fn store(url: &str) -> Arc<RedisStore> {

@@ -4,13 +4,14 @@
 //! lost a session cannot change it any more.
 
 use crate::common;
+use common::{sid_of, token_of};
 
 use common::nodes::{registered_frontend, sigkill, signal};
 use common::redis::RedisServer;
 use serde_json::{json, Value};
 use session_proxy::node::{follow_frontends, Following};
 use session_proxy::registry::{Membership, RedisMembership, RedisMembershipConfig};
-use session_proxy::{BackendConfig, BackendSessionService, ErrorCode, SessionId};
+use session_proxy::{BackendConfig, BackendSessionService, ErrorCode};
 use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -43,17 +44,6 @@ async fn backend(redis: &str) -> (BackendSessionService, (Following, RedisMember
     service.serve(session_proxy_bench::app::backend_handlers("chat", &service));
     let following = follow_frontends(members.watch(), service.clone());
     (service, (following, members))
-}
-
-fn token_of(c: &PomeloClient) -> String {
-    c.handshake()["user"]["resumeToken"]
-        .as_str()
-        .expect("a resume token")
-        .to_string()
-}
-
-fn sid_of(token: &str) -> SessionId {
-    SessionId::from_raw(u64::from_str_radix(&token[..16], 16).expect("sid"))
 }
 
 /// Connects to `addr`, resuming with `token` when given; retried until the
