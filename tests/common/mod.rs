@@ -294,3 +294,21 @@ pub fn sid_of(token: &str) -> session_proxy::SessionId {
         u64::from_str_radix(&token[..16], 16).expect("the token starts with the sid"),
     )
 }
+
+/// Binds `uid` to session `sid` of frontend `frontend`, as a backend's
+/// handler does; panics if the frontend does not answer or has no such
+/// session.
+pub async fn bind_via(
+    backend: &session_proxy::BackendSessionService,
+    frontend: &str,
+    sid: session_proxy::SessionId,
+    uid: &str,
+) -> Result<(), session_proxy::backend::Error> {
+    backend
+        .get(frontend, sid)
+        .await
+        .expect("the frontend answers")
+        .expect("the session is open")
+        .bind(uid)
+        .await
+}

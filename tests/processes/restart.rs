@@ -202,20 +202,10 @@ async fn user_sessions_and_revoke_span_every_frontend() {
         .await
         .expect("connect");
     let (sid1, sid2) = (sid_of(&token_of(&on_f1)), sid_of(&token_of(&on_f2)));
-    backend
-        .get("f1", sid1)
-        .await
-        .expect("call")
-        .expect("open")
-        .bind("bob:eu")
+    common::bind_via(&backend, "f1", sid1, "bob:eu")
         .await
         .expect("bind");
-    backend
-        .get("f2", sid2)
-        .await
-        .expect("call")
-        .expect("open")
-        .bind("bob:eu")
+    common::bind_via(&backend, "f2", sid2, "bob:eu")
         .await
         .expect("bind");
     let mut events = f2.sessions.subscribe();

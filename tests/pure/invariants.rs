@@ -444,20 +444,10 @@ async fn single_session_policy_kick_old(link) {
     let new = f.sessions.create(ConnectInfo::default());
     let backend = start_backend("b", "f1", &f.dial);
 
-    backend
-        .get("f1", old.sid())
-        .await
-        .expect("call")
-        .expect("open")
-        .bind("alice")
+    common::bind_via(&backend, "f1", old.sid(), "alice")
         .await
         .expect("bind");
-    backend
-        .get("f1", new.sid())
-        .await
-        .expect("call")
-        .expect("open")
-        .bind("alice")
+    common::bind_via(&backend, "f1", new.sid(), "alice")
         .await
         .expect("second bind wins");
     assert_eq!(
@@ -486,12 +476,7 @@ async fn single_session_policy_reject_new(link) {
     let new = f.sessions.create(ConnectInfo::default());
     let backend = start_backend("b", "f1", &f.dial);
 
-    backend
-        .get("f1", old.sid())
-        .await
-        .expect("call")
-        .expect("open")
-        .bind("alice")
+    common::bind_via(&backend, "f1", old.sid(), "alice")
         .await
         .expect("bind");
     let mut second = backend
