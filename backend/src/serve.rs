@@ -9,8 +9,9 @@ use crate::link::{refuse, Inbound, Replier, REQUEST_DEADLINE};
 use crate::{BackendSession, FrontendClient};
 use bytes::Bytes;
 use futures::FutureExt;
-use session_proxy_protocol::sync::RwLockUnpoisoned as _;
-use session_proxy_protocol::{BackendCall, ErrorCode, Handle, RpcError, ServeBackend};
+use session_proxy_filters::{Call, Filters, Started};
+use session_proxy_protocol::sync::{LockUnpoisoned as _, RwLockUnpoisoned as _};
+use session_proxy_protocol::{BackendCall, ErrorCode, Handle, KickBySid, RpcError, ServeBackend};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::timeout;
@@ -27,6 +28,8 @@ pub(crate) struct Dispatcher {
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the service starts draining: new requests are refused.
     pub(crate) draining: CancellationToken,
+    /// What every forwarded request passes before its handler.
+    pub(crate) filters: std::sync::RwLock<Filters>,
 }
 
 /// What comes with a forwarded request.
@@ -35,6 +38,8 @@ pub(crate) struct RequestCx {
     link: FrontendClient,
     /// What is left of the frontend's deadline.
     deadline: Duration,
+    /// The filters it passes, started as it arrived (taken by the handler).
+    filtered: std::sync::Mutex<Option<Started>>,
 }
 
 impl Inbound for Dispatcher {
@@ -48,9 +53,24 @@ impl Inbound for Dispatcher {
         if self.draining.is_cancelled() {
             return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
         }
+        // Filters see requests in arrival order, before they run.
+        let filtered = match &call {
+            BackendCall::Handle(h) => {
+                let filters = self.filters.read_unpoisoned();
+                filters.applies(&h.route).then(|| {
+                    let mut c = Call::new(h.route.as_str(), h.session.sid);
+                    c.uid = h.session.uid.clone();
+                    filters.start(c)
+                })
+            }
+        };
         let tasks = self.tasks.clone();
         tasks.spawn(async move {
-            let cx = RequestCx { link, deadline };
+            let cx = RequestCx {
+                link,
+                deadline,
+                filtered: std::sync::Mutex::new(filtered),
+            };
             let Some(reply) = reply else {
                 // A notify: nobody to answer, nothing to cancel it.
                 let _ = call.serve(&*self, &cx).await;
@@ -94,30 +114,56 @@ impl ServeBackend for Dispatcher {
         };
         let started = std::time::Instant::now();
         let deadline = cx.deadline;
+        let sid = session.sid;
         let session = BackendSession::from_snapshot(cx.link.clone(), session);
-        let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
-        let run = REQUEST_DEADLINE.scope(tokio::time::Instant::now() + deadline, run);
-        let (result, outcome) = match timeout(deadline, run).await {
-            Ok(Ok(Ok(body))) => (Ok(body), Outcome::Ok),
-            Ok(Ok(Err(app_error))) => (Ok(app_error.to_body()), Outcome::AppError),
-            Ok(Err(_panic)) => {
-                warn!(route = %route, "request handler panicked");
-                (
-                    Err(RpcError::new(ErrorCode::Internal, "handler panicked")),
+        let run = async {
+            let run = std::panic::AssertUnwindSafe(handler(session, body)).catch_unwind();
+            let run = REQUEST_DEADLINE.scope(tokio::time::Instant::now() + deadline, run);
+            match timeout(deadline, run).await {
+                Ok(Ok(Ok(body))) => (Ok(body), Outcome::Ok),
+                Ok(Ok(Err(app_error))) => (Ok(app_error.to_body()), Outcome::AppError),
+                Ok(Err(_panic)) => {
+                    warn!(route = %route, "request handler panicked");
+                    (
+                        Err(RpcError::new(ErrorCode::Internal, "handler panicked")),
+                        Outcome::Failed,
+                    )
+                }
+                Err(_) => (
+                    Err(RpcError::new(
+                        ErrorCode::DeadlineExceeded,
+                        format!("handler for {route} ran past its deadline"),
+                    )),
                     Outcome::Failed,
-                )
+                ),
             }
-            Err(_) => (
-                Err(RpcError::new(
-                    ErrorCode::DeadlineExceeded,
-                    format!("handler for {route} ran past its deadline"),
-                )),
-                Outcome::Failed,
-            ),
+        };
+        let filtered = cx.filtered.lock_unpoisoned().take();
+        let (result, outcome) = match filtered {
+            None => run.await,
+            Some(filtered) => match filtered.around_with(run, body_of).await {
+                Ok(ran) => ran,
+                Err(refusal) => {
+                    if refusal.disconnect {
+                        let reason = refusal.error.message.clone();
+                        let _ = cx.link.call(KickBySid { sid, reason }).await;
+                    }
+                    (Ok(refusal.error.to_body()), Outcome::AppError)
+                }
+            },
         };
         if let Some(m) = metrics {
             m.record(started, outcome);
         }
         result
+    }
+}
+
+/// The body of a handler's answer, as after filters see it (none for a
+/// failure that is not the handler's answer).
+fn body_of(ran: &(Result<Bytes, RpcError>, crate::metrics::Outcome)) -> &[u8] {
+    match &ran.0 {
+        Ok(body) => body,
+        Err(_) => &[],
     }
 }

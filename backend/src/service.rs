@@ -66,6 +66,7 @@ impl BackendSessionService {
             handlers: handlers.clone(),
             tasks: TaskTracker::new(),
             draining: CancellationToken::new(),
+            filters: Default::default(),
         });
         Ok(BackendSessionService {
             inner: Arc::new(Inner {
@@ -100,6 +101,33 @@ impl BackendSessionService {
     /// this.
     pub fn serve(&self, handlers: Handlers) {
         *self.inner.handlers.write_unpoisoned() = crate::handler::Served::new(handlers);
+    }
+
+    /// Runs `filter` on every forwarded request whose route starts with
+    /// `prefix` (`""`: all) before its handler, in the order filters are
+    /// added; kept when [`serve`](Self::serve) replaces the handlers. A
+    /// refused request is answered with the filter's code and message, and
+    /// a refusal that says so kicks the session (see
+    /// [`session_proxy_filters`]).
+    ///
+    /// ```
+    /// use session_proxy_backend::{BackendConfig, BackendSessionService};
+    /// use session_proxy_filters::{Serial, Timeout};
+    ///
+    /// let service = BackendSessionService::new(BackendConfig::default()).expect("valid");
+    /// // One request at a time per player in a room; none longer than 2 s.
+    /// service
+    ///     .filter("room.", Serial::new())
+    ///     .filter("room.", Timeout(std::time::Duration::from_secs(2)));
+    /// ```
+    pub fn filter(&self, prefix: &str, filter: impl session_proxy_filters::Filter) -> &Self {
+        use session_proxy_protocol::sync::RwLockUnpoisoned as _;
+        self.inner
+            .dispatcher
+            .filters
+            .write_unpoisoned()
+            .add(prefix, filter);
+        self
     }
 
     /// Adds (or re-points) a frontend. The link is opened in the background;

@@ -78,6 +78,19 @@ pub const TIMED_OUT: u32 = 504;
 /// The metric counting refusals, by `filter` and `rule`.
 pub const REFUSALS: &str = "session_proxy_filter_refusals_total";
 
+/// This crate's metrics and their types, as a node exports them.
+pub const EXPORTED: &[(&str, &str)] = &[(REFUSALS, "counter")];
+
+/// Describes this crate's metrics to the installed recorder (a series is
+/// made at zero, so the metric is seen before the first refusal).
+pub fn describe() {
+    metrics::describe_counter!(
+        REFUSALS,
+        "Requests refused by a filter (timeouts included), by filter and rule (its route prefix)."
+    );
+    metrics::counter!(REFUSALS, "filter" => "rate_limit", "rule" => "*").increment(0);
+}
+
 /// One request as the filters see it.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -407,9 +420,22 @@ impl Started {
     /// Waits as the filters say, then runs `work` within the smallest time
     /// limit of the filters, and gives its answer to the after filters.
     /// `Err`: refused (and counted), or past the time limit.
-    pub async fn around<F>(mut self, work: F) -> Result<Bytes, Refusal>
+    pub async fn around<F>(self, work: F) -> Result<Bytes, Refusal>
     where
         F: Future<Output = Bytes>,
+    {
+        self.around_with(work, |body| body).await
+    }
+
+    /// [`around`](Self::around) for work whose answer is not a body alone:
+    /// `body_of` shows the after filters its body.
+    pub async fn around_with<F, T>(
+        mut self,
+        work: F,
+        body_of: impl Fn(&T) -> &[u8],
+    ) -> Result<T, Refusal>
+    where
+        F: Future<Output = T>,
     {
         while let Some(waiting) = self.waiting.take() {
             let verdict = waiting.await;
@@ -429,28 +455,32 @@ impl Started {
         };
         let limit = matching().filter_map(|r| r.filter.limit()).min();
         let started = Instant::now();
-        let (body, timed_out) = match limit {
-            None => (work.await, false),
-            Some(limit) => match tokio::time::timeout(limit, work).await {
-                Ok(body) => (body, false),
-                Err(_) => (past_limit(limit).error.to_body(), true),
-            },
+        let answer = match limit {
+            None => Ok(work.await),
+            Some(limit) => tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| past_limit(limit)),
         };
+        let error_body;
         let answered = Answered {
-            body: &body,
+            body: match &answer {
+                Ok(answer) => body_of(answer),
+                Err(refusal) => {
+                    error_body = refusal.error.to_body();
+                    &error_body
+                }
+            },
             took: started.elapsed(),
-            timed_out,
+            timed_out: answer.is_err(),
         };
         for rule in matching() {
             rule.filter.after(&self.call, &answered);
         }
         drop(std::mem::take(&mut self.holds));
-        if timed_out {
-            let limit = limit.unwrap_or_default();
+        if answer.is_err() {
             metrics::counter!(REFUSALS, "filter" => "timeout", "rule" => "*").increment(1);
-            return Err(past_limit(limit));
         }
-        Ok(body)
+        answer
     }
 }
 

@@ -126,6 +126,7 @@ pub fn install_metrics(role: crate::registry::NodeRole) -> Result<Metrics, Metri
         crate::registry::NodeRole::Backend => crate::backend::metrics::describe(),
     }
     crate::registry::describe();
+    crate::filters::describe();
     let process = metrics_process::Collector::default();
     process.describe();
     Ok(Metrics {
@@ -140,6 +141,7 @@ pub fn exported() -> impl Iterator<Item = (&'static str, &'static str)> {
         .iter()
         .chain(crate::backend::metrics::EXPORTED)
         .chain(crate::registry::EXPORTED)
+        .chain(crate::filters::EXPORTED)
         .copied()
 }
 

@@ -71,6 +71,7 @@ pub mod cluster;
 pub mod node;
 
 pub use session_proxy_backend as backend;
+pub use session_proxy_filters as filters;
 pub use session_proxy_frontend as frontend;
 pub use session_proxy_link as link;
 pub use session_proxy_protocol as protocol;

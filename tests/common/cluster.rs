@@ -19,6 +19,16 @@ pub struct Node {
 }
 
 pub async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Node {
+    start_frontend_then(id, tweak, |_| {}).await
+}
+
+/// [`start_frontend`], with `more` done to the gateway before it binds
+/// (filters, hooks).
+pub async fn start_frontend_then(
+    id: &str,
+    tweak: impl FnOnce(&mut GatewayConfig),
+    more: impl FnOnce(&mut Gateway),
+) -> Node {
     let sessions = SessionService::new(SessionConfig::new(id));
     let rpc = super::rpc_on_loopback(&sessions, RpcConfig::default()).await;
     let mut config = GatewayConfig::new("connector");
@@ -47,6 +57,7 @@ pub async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) ->
             ctx.sessions.kick_by_sid(ctx.sid, "bye");
             Ok(json!({}))
         });
+    more(&mut gateway);
     let gateway = gateway
         .bind("127.0.0.1:0".parse().expect("addr"))
         .await

@@ -165,7 +165,12 @@ fn server_binary() -> String {
 fn cluster_port() -> u16 {
     loop {
         let port = super::nodes::free_port();
-        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        // The bus port (port + 10000) must stay below the kernel's ephemeral
+        // range too, or another test's outgoing connection may hold it when
+        // the node binds.
+        if port + 10_000 < 32_768
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
             return port;
         }
     }

@@ -149,11 +149,12 @@ async fn every_documented_metric_is_exported_with_its_type() {
     let front_scrape = scrape(&front).await;
     let back_scrape = scrape(&back).await;
     let (front_kinds, back_kinds) = (kinds(&front_scrape), kinds(&back_scrape));
-    use session_proxy::{backend, frontend, registry};
-    for (name, kind) in frontend::metrics::EXPORTED.iter().chain(registry::EXPORTED) {
+    use session_proxy::{backend, filters, frontend, registry};
+    let common = || registry::EXPORTED.iter().chain(filters::EXPORTED);
+    for (name, kind) in frontend::metrics::EXPORTED.iter().chain(common()) {
         assert_eq!(front_kinds.get(*name), Some(kind), "frontend {name}");
     }
-    for (name, kind) in backend::metrics::EXPORTED.iter().chain(registry::EXPORTED) {
+    for (name, kind) in backend::metrics::EXPORTED.iter().chain(common()) {
         assert_eq!(back_kinds.get(*name), Some(kind), "backend {name}");
     }
     for kinds in [&front_kinds, &back_kinds] {
@@ -198,7 +199,9 @@ async fn every_documented_metric_is_exported_with_its_type() {
                     "transport",
                     "direction",
                     "backend",
-                    "kind"
+                    "kind",
+                    "filter",
+                    "rule"
                 ]
                 .contains(&k.as_str()),
                 "{} has label {k}",
@@ -288,7 +291,15 @@ async fn readyz_turns_unready_on_a_lost_store_and_on_a_drain() {
     readyz_becomes(&front, 200, "the store is back").await;
 
     // A request in flight keeps the drain going for a while: unready all
-    // through it, and alive.
+    // through it, and alive. (The backend dials the frontend again once
+    // the frontend's record is back in the restarted registry.)
+    common::eventually(WAIT, "the backend serves again", || async {
+        match client.request("chat.benchHandler.echo", &json!({})).await {
+            Ok(answer) if answer == json!({}) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
     let client = std::sync::Arc::new(client);
     let slow = tokio::spawn({
         let client = client.clone();

@@ -11,6 +11,7 @@ mod auth;
 mod auth_logs;
 mod client_protocol;
 mod faults;
+mod filters;
 mod gateway;
 mod greedy_clients;
 mod invariants;

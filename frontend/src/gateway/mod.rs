@@ -115,6 +115,8 @@ pub(crate) struct GatewayContext {
     pub(crate) per_ip: PerIp,
     /// The config's rules for each connection's protocol state.
     pub(crate) limits: conn::Limits,
+    /// What every client request passes first.
+    pub(crate) filters: session_proxy_filters::Filters,
     /// When the gateway started: connections keep times as `u32`
     /// milliseconds since then, which is smaller than an `Instant`.
     pub(crate) started: tokio::time::Instant,
@@ -167,6 +169,7 @@ pub struct Gateway {
     on_handshake: Option<HandshakeHook>,
     check_client: Option<ClientCheck>,
     on_close: Option<CloseHook>,
+    filters: session_proxy_filters::Filters,
 }
 
 impl Gateway {
@@ -180,7 +183,39 @@ impl Gateway {
             on_handshake: None,
             check_client: None,
             on_close: None,
+            filters: Default::default(),
         }
+    }
+
+    /// Runs `filter` on every client request whose route starts with
+    /// `prefix` (`""`: all), before the request is handled here or
+    /// forwarded, in the order filters are added: rate limits, a
+    /// logged-in check, one request at a time per session, time limits.
+    /// A refused request is answered with the filter's code and message,
+    /// and a refusal that says so disconnects the client (see
+    /// [`session_proxy_filters`]).
+    ///
+    /// ```
+    /// use session_proxy_filters::{check, RateLimit};
+    /// use session_proxy_frontend::{BackendRegistry, Gateway, GatewayConfig, SessionConfig, SessionService};
+    /// use session_proxy_protocol::client::HandlerError;
+    ///
+    /// let sessions = SessionService::new(SessionConfig::new("connector-1"));
+    /// let mut gateway = Gateway::new(sessions, BackendRegistry::default(), GatewayConfig::new("connector"));
+    /// gateway
+    ///     .filter("", RateLimit::public())
+    ///     .filter("chat.", check("logged_in", |call| match call.uid {
+    ///         Some(_) => Ok(()),
+    ///         None => Err(HandlerError::with_code(401, "log in first")),
+    ///     }));
+    /// ```
+    pub fn filter(
+        &mut self,
+        prefix: &str,
+        filter: impl session_proxy_filters::Filter,
+    ) -> &mut Self {
+        self.filters.add(prefix, filter);
+        self
     }
 
     /// The handlers of the frontend's own routes, to add to.
@@ -336,6 +371,7 @@ impl Gateway {
             tasks: running.tracker.clone(),
             per_ip,
             limits,
+            filters: self.filters,
             started: tokio::time::Instant::now(),
         });
         let local_addr = running.local_addr;

@@ -15,6 +15,10 @@ use tokio_util::codec::Decoder;
 use tracing::debug;
 
 use super::state::Step;
+use session_proxy_filters::Call;
+
+/// The future of a request's JSON answer.
+type Answer = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 use super::*;
 use crate::logs::warn_throttled;
 
@@ -75,14 +79,14 @@ impl ClientConn {
                 }
             }
             Step::Heartbeat => self.write_heartbeat(),
-            Step::Message => self.on_message(package.body)?,
+            Step::Message => self.on_message(package.body, peer)?,
             Step::Nothing => debug!(kind = ?package.kind, "package not answered"),
             Step::Close(reason) => return Err(Stop::End(reason)),
         }
         Ok(())
     }
 
-    pub(super) fn on_message(&mut self, body: Bytes) -> Result<(), String> {
+    pub(super) fn on_message(&mut self, body: Bytes, peer: SocketAddr) -> Result<(), String> {
         let msg = ClientMessage::decode(body).map_err(|e| format!("bad message: {e}"))?;
         if let Some(owner) = &self.owner {
             self.shared.sessions.touch(owner.sid());
@@ -104,7 +108,7 @@ impl ClientConn {
                 // route's answer has a proto.
                 let speaks = route.as_deref().ok().filter(|_| self.state.protobuf());
                 let encoder = protobuf::Answer::new(&self.shared, speaks);
-                let answer = body.and_then(|body| self.start(route, body, msg.gzip, false));
+                let answer = body.and_then(|body| self.start(route, body, msg.gzip, false, peer));
                 let id = msg.id;
                 match answer {
                     Ok(fut) => self
@@ -118,7 +122,7 @@ impl ClientConn {
                 }
             }
             MessageType::Notify => match body
-                .and_then(|body| self.start(route, body, msg.gzip, true))
+                .and_then(|body| self.start(route, body, msg.gzip, true, peer))
             {
                 Ok(fut) => {
                     // No answer to wait for: on the gateway's tracker, so
@@ -152,29 +156,70 @@ impl ClientConn {
         }
     }
 
-    /// Starts handling a request or (`notify`) a notify; returns the future
-    /// of its JSON answer (empty for a notify forwarded to a backend, which
-    /// answers nothing), or the error answer when it cannot even start.
+    /// Starts handling a request or (`notify`) a notify from `peer`, after
+    /// the gateway's filters; returns the future of its JSON answer (empty
+    /// for a notify forwarded to a backend, which answers nothing), or the
+    /// error answer when it cannot even start.
     pub(super) fn start(
         &self,
         route: Result<String, String>,
         body: Bytes,
         gzip: bool,
         notify: bool,
-    ) -> Result<Pin<Box<dyn Future<Output = Bytes> + Send>>, HandlerError> {
+        peer: SocketAddr,
+    ) -> Result<Answer, HandlerError> {
         let route = route.map_err(HandlerError::new)?;
         if gzip {
             return Err(HandlerError::new("gzip bodies are not supported"));
         }
-        let server_type = server_type_of(&route)
-            .ok_or_else(|| HandlerError::new(format!("invalid route {route:?}")))?;
-        let deadline = self.shared.config.request_deadline;
+        let local = server_type_of(&route)
+            .ok_or_else(|| HandlerError::new(format!("invalid route {route:?}")))?
+            == self.shared.config.server_type;
         let sid = self
             .owner
             .as_ref()
             .map(SessionOwner::sid)
             .ok_or_else(|| HandlerError::new("no session"))?;
-        if server_type == self.shared.config.server_type {
+        let filters = &self.shared.filters;
+        if !filters.applies(&route) {
+            return self.work(route, body, notify, sid, local);
+        }
+        // Filters see the request in arrival order, before it runs.
+        let mut call = Call::new(route.as_str(), sid);
+        call.uid = self.shared.sessions.get(sid).and_then(|s| s.uid);
+        call.peer = Some(peer.ip());
+        let started = filters.start(call);
+        let work = self.work(route, body, notify, sid, local);
+        let sessions = self.shared.sessions.clone();
+        Ok(Box::pin(async move {
+            let refusal = match work {
+                Ok(work) => match started.around(work).await {
+                    Ok(answer) => return answer,
+                    Err(refusal) => refusal,
+                },
+                Err(err) => {
+                    drop(started);
+                    return err.to_body();
+                }
+            };
+            if refusal.disconnect {
+                sessions.kick_by_sid(sid, &refusal.error.message);
+            }
+            refusal.error.to_body()
+        }))
+    }
+
+    /// The request's work: its local handler, or its forward to a backend.
+    fn work(
+        &self,
+        route: String,
+        body: Bytes,
+        notify: bool,
+        sid: session_proxy_protocol::SessionId,
+        local: bool,
+    ) -> Result<Answer, HandlerError> {
+        let deadline = self.shared.config.request_deadline;
+        if local {
             let handler = self
                 .shared
                 .handlers

@@ -365,6 +365,7 @@ mod tests {
             tasks: Default::default(),
             per_ip: crate::listener::PerIp::new(1),
             limits: super::Limits::of(&Default::default()),
+            filters: Default::default(),
             started: tokio::time::Instant::now(),
         });
         let permit = std::sync::Arc::new(tokio::sync::Semaphore::new(1))
