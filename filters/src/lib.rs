@@ -14,7 +14,8 @@
 //!   new work past a depth or a latency, as Pinus's `toobusy`) and
 //!   [`RateLimit`] (token buckets per session, per client IP and per
 //!   session and route; a client that keeps at it is disconnected);
-//!   [`check`] makes a filter of a closure, such as "logged in first".
+//!   [`check`] makes a filter of a closure, such as "logged in first";
+//!   [`Internal`] refuses routes that are not for clients.
 //!
 //! Every refusal is counted in `session_proxy_filter_refusals_total`, by
 //! filter and rule (the rule's route prefix, not the client's route string,
@@ -74,6 +75,9 @@ pub const RATE_LIMITED: u32 = 429;
 pub const OVERLOADED: u32 = 503;
 /// The code of a request whose work passed its filter time limit.
 pub const TIMED_OUT: u32 = 504;
+/// The code of a client's request for a route that is not for clients
+/// ([`Internal`]).
+pub const NOT_FOR_CLIENTS: u32 = 403;
 
 /// The metric counting refusals, by `filter` and `rule`.
 pub const REFUSALS: &str = "session_proxy_filter_refusals_total";
@@ -256,6 +260,29 @@ where
     Check { name, check }
 }
 
+/// Refuses every request under its rule with [`NOT_FOR_CLIENTS`] (403):
+/// on a gateway, routes that only the cluster's own code calls (a
+/// connector's forward, a close hook) and clients must not reach, whatever
+/// they send.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Internal;
+
+impl Filter for Internal {
+    fn name(&self) -> &'static str {
+        "internal"
+    }
+
+    fn before(&self, call: &Call) -> Verdict {
+        Verdict::Refuse(Refusal::new(
+            "internal",
+            HandlerError::with_code(
+                NOT_FOR_CLIENTS,
+                format!("{} is not a client route", call.route),
+            ),
+        ))
+    }
+}
+
 /// A bound on the work's time (see [`Filter::limit`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Timeout(pub Duration);
@@ -315,6 +342,20 @@ impl Filters {
             prefix: prefix.to_string(),
             filter: Arc::new(filter),
         });
+        self
+    }
+
+    /// Adds `filter` for the routes that start with `prefix`, ahead of
+    /// every rule added before (for refusals that must come before any
+    /// other filter counts the request, such as [`Internal`]).
+    pub fn add_first(&mut self, prefix: &str, filter: impl Filter) -> &mut Filters {
+        Arc::make_mut(&mut self.rules).insert(
+            0,
+            Rule {
+                prefix: prefix.to_string(),
+                filter: Arc::new(filter),
+            },
+        );
         self
     }
 

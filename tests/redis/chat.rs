@@ -152,6 +152,55 @@ async fn three_clients_on_two_connectors_chat_through_two_chat_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_fake_a_join_or_a_leave_nor_flood_the_room() {
+    let cluster = ChatCluster::start(ChatConfig::ephemeral())
+        .await
+        .expect("cluster");
+    let names = spread_names(&cluster);
+    let (mut a, _) = enter(&cluster, &names[0], "lobby", Transport::Tcp).await;
+    let (mut b, _) = enter(&cluster, &names[1], "lobby", Transport::WebSocket).await;
+    assert_eq!(a.next_push(WAIT).await.expect("onAdd").0, "onAdd");
+    // The connector's own calls are refused to clients, over TCP and
+    // WebSocket, and nobody in the room hears a join or a leave.
+    for client in [&a, &b] {
+        for route in ["chat.chatRemote.add", "chat.chatRemote.kick"] {
+            let answer = client.request(route, &json!({})).await.expect("answered");
+            assert_eq!(
+                answer["code"],
+                session_proxy::filters::NOT_FOR_CLIENTS,
+                "{answer}"
+            );
+        }
+    }
+    for client in [&mut a, &mut b] {
+        assert_eq!(client.next_event(Duration::from_millis(300)).await, None);
+    }
+    // A flood of messages: the first ten (the burst) reach the room, the
+    // rest are refused, and the room gets exactly what was accepted.
+    let mut accepted = 0;
+    for i in 0..20 {
+        let answer = a
+            .request(
+                "chat.chatHandler.send",
+                &json!({ "content": format!("m{i}"), "target": "*" }),
+            )
+            .await
+            .expect("answered");
+        if answer["code"] == session_proxy::filters::RATE_LIMITED {
+            continue;
+        }
+        assert_eq!(answer, json!({ "route": "chat.chatHandler.send" }));
+        accepted += 1;
+    }
+    assert!((10..=12).contains(&accepted), "{accepted} accepted");
+    for _ in 0..accepted {
+        assert_eq!(b.next_push(WAIT).await.expect("onChat").0, "onChat");
+    }
+    assert_eq!(b.next_event(Duration::from_millis(300)).await, None);
+    cluster.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_come_back_as_responses_and_the_connection_stays_open() {
     let cluster = ChatCluster::start(ChatConfig::ephemeral())
         .await
@@ -181,7 +230,7 @@ async fn errors_come_back_as_responses_and_the_connection_stays_open() {
             .await
             .expect("an answer, not silence");
         let code = answer["code"].as_u64().expect("code");
-        assert!(code == 500 || code == 400, "{route}: {answer}");
+        assert!([400, 401, 500].contains(&code), "{route}: {answer}");
         assert!(
             answer["msg"].as_str().expect("msg").contains(want),
             "{route}: {answer}"

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, BackendSessionService};
 use session_proxy::backend::{ChannelService, HandlerError, Handlers};
+use session_proxy::filters::{check, Bucket, RateLimit};
 use session_proxy::frontend::{pick_by_key, HashRouter, Router};
 use session_proxy::frontend::{SessionService, SingleSessionPolicy};
 use session_proxy::node::{BackendRole, FrontendRole, Node};
@@ -291,6 +292,25 @@ fn connector(config: &ChatConfig, i: usize, protos: Option<Arc<Protos>>) -> Fron
     role.gateway.protos = protos;
     role.gateway(|gateway| {
         gateway.backends().set_router("chat", route_by_room);
+        // Joining and leaving a room are the connector's calls, never a
+        // client's: a client cannot fake its own join or leave broadcast.
+        gateway.internal("chat.chatRemote.");
+        // Chat messages: only from a player in a room, at most 5 a second
+        // (bursts of 10); a client that keeps flooding is disconnected.
+        gateway
+            .filter(
+                "chat.chatHandler.send",
+                check("entered", |call| match call.uid {
+                    Some(_) => Ok(()),
+                    None => Err(HandlerError::with_code(401, "enter a room first")),
+                }),
+            )
+            .filter(
+                "chat.chatHandler.send",
+                RateLimit::new()
+                    .per_session(Bucket::new(5.0, 10.0))
+                    .disconnect_after(50, Duration::from_secs(10)),
+            );
         gateway.handlers().add(
             "connector.entryHandler.enter",
             |ctx, body: Enter| async move {

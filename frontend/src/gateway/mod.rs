@@ -218,6 +218,20 @@ impl Gateway {
         self
     }
 
+    /// Makes the routes under `prefix` unreachable by clients: a client's
+    /// request for one is refused with
+    /// [`NOT_FOR_CLIENTS`](session_proxy_filters::NOT_FOR_CLIENTS) (403)
+    /// before any other filter or handler, over every transport, whether it
+    /// names the route or its dictionary code. This frontend's own code
+    /// still calls them ([`LocalContext::forward`], a close hook's
+    /// [`BackendRegistry::forward`]): for the calls between servers that a
+    /// client must not fake, such as "add this player to the room".
+    pub fn internal(&mut self, prefix: &str) -> &mut Self {
+        self.filters
+            .add_first(prefix, session_proxy_filters::Internal);
+        self
+    }
+
     /// The handlers of the frontend's own routes, to add to.
     pub fn handlers(&mut self) -> &mut LocalHandlers {
         &mut self.handlers
