@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::FutureExt;
 use session_proxy_filters::{Call, Filters, Started};
 use session_proxy_protocol::sync::{LockUnpoisoned as _, RwLockUnpoisoned as _};
-use session_proxy_protocol::{BackendCall, ErrorCode, Handle, KickBySid, RpcError, ServeBackend};
+use session_proxy_protocol::{
+    BackendCall, ErrorCode, Handle, KickBySid, Remote, RpcError, ServeBackend,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::timeout;
@@ -30,6 +32,8 @@ pub(crate) struct Dispatcher {
     pub(crate) draining: CancellationToken,
     /// What every forwarded request passes before its handler.
     pub(crate) filters: std::sync::RwLock<Filters>,
+    /// The remote methods served to other servers.
+    pub(crate) remotes: std::sync::RwLock<crate::Remotes>,
 }
 
 /// What comes with a forwarded request.
@@ -63,6 +67,7 @@ impl Inbound for Dispatcher {
                     filters.start(c)
                 })
             }
+            BackendCall::Remote(_) => None,
         };
         let tasks = self.tasks.clone();
         tasks.spawn(async move {
@@ -156,6 +161,46 @@ impl ServeBackend for Dispatcher {
             m.record(started, outcome);
         }
         result
+    }
+
+    async fn remote(&self, call: Remote, cx: &RequestCx) -> Result<Bytes, RpcError> {
+        let Remote {
+            route,
+            caller,
+            session,
+            args,
+        } = call;
+        let remote_cx = crate::RemoteCx {
+            caller,
+            session: session.map(|s| BackendSession::from_snapshot(cx.link.clone(), s)),
+        };
+        let run = self.remotes.read_unpoisoned().run(&route, remote_cx, args);
+        let Some(run) = run else {
+            debug!(route = %route, "no such remote method");
+            return Err(RpcError::new(
+                ErrorCode::UnknownRoute,
+                format!("no remote method {route}"),
+            ));
+        };
+        let deadline = cx.deadline;
+        let run = std::panic::AssertUnwindSafe(run).catch_unwind();
+        let run = REQUEST_DEADLINE.scope(tokio::time::Instant::now() + deadline, run);
+        let reply = match timeout(deadline, run).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_panic)) => {
+                warn!(route = %route, "remote method panicked");
+                return Err(RpcError::new(ErrorCode::Internal, "remote method panicked"));
+            }
+            Err(_) => {
+                return Err(RpcError::new(
+                    ErrorCode::DeadlineExceeded,
+                    format!("{route} ran past its deadline"),
+                ))
+            }
+        };
+        rmp_serde::to_vec(&reply)
+            .map(Bytes::from)
+            .map_err(|err| RpcError::new(ErrorCode::Internal, format!("cannot encode: {err}")))
     }
 }
 

@@ -67,6 +67,7 @@ impl BackendSessionService {
             tasks: TaskTracker::new(),
             draining: CancellationToken::new(),
             filters: Default::default(),
+            remotes: Default::default(),
         });
         Ok(BackendSessionService {
             inner: Arc::new(Inner {
@@ -232,6 +233,22 @@ impl BackendSessionService {
     /// The ids of the known frontends.
     pub fn frontends(&self) -> Vec<String> {
         self.read().keys().cloned().collect()
+    }
+
+    /// A connected frontend's client (the first by id), else any known one.
+    pub(crate) fn any_frontend(&self) -> Option<FrontendClient> {
+        let frontends = self.read();
+        let mut ids: Vec<&String> = frontends.keys().collect();
+        ids.sort();
+        ids.iter()
+            .find(|id| frontends[**id].is_connected())
+            .or(ids.first())
+            .map(|id| frontends[*id].clone())
+    }
+
+    /// The dispatcher of the requests frontends send.
+    pub(crate) fn dispatcher(&self) -> &crate::serve::Dispatcher {
+        &self.inner.dispatcher
     }
 
     /// The client of one frontend, for pipelined or raw calls.

@@ -351,6 +351,28 @@ call_table! {
     /// already running and its own session calls. Answered once the
     /// frontend has stopped picking it.
     Drain drain [mutates: false, pushes: false, session: none] {} -> () as msgpack;
+
+    /// A remote call of the calling backend, for a backend of `server_type`
+    /// that this frontend picks by `target` and calls with [`Remote`] on its
+    /// link, within what is left of this call's deadline. Replies what the
+    /// callee replied ([`RemoteReply`] bytes), untouched.
+    Relay relay [mutates: false, pushes: false, session: none] {
+        /// The callee's server type.
+        server_type: String,
+        /// Which of its nodes.
+        target: Target,
+        /// What the callee runs.
+        call: Remote,
+    } -> Bytes as raw;
+
+    /// [`Relay`] to every backend of `server_type` at once; replies each
+    /// node's id and outcome.
+    RelayAll relay_all [mutates: false, pushes: false, session: none] {
+        /// The callees' server type.
+        server_type: String,
+        /// What each runs.
+        call: Remote,
+    } -> Vec<(String, Result<Bytes, RpcError>)> as msgpack;
 }
 
 call_table! {
@@ -369,6 +391,46 @@ call_table! {
         /// The client's body (JSON), untouched.
         body: Bytes,
     } -> Bytes as raw;
+
+    /// A remote call from another backend, relayed by this link's frontend:
+    /// run the remote method `route` (never a client handler). Replies
+    /// [`RemoteReply`] bytes: the method's MessagePack answer, or its error.
+    Remote remote [mutates: false, pushes: false, session: none] {
+        /// The method, `serverType.remoteName.method`.
+        route: String,
+        /// The caller's node id.
+        caller: String,
+        /// The player's session the call is about, as its frontend has it
+        /// (the relaying frontend is its owner).
+        session: Option<SessionSnapshot>,
+        /// The arguments, MessagePack.
+        args: Bytes,
+    } -> Bytes as raw;
+}
+
+/// Which node of a server type a relayed remote call goes to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// The node that owns this key: a rendezvous hash over the type's
+    /// nodes, the same node for the same key while the nodes stay (as a
+    /// client request routed by the same key).
+    Key(String),
+    /// The node with this id.
+    Node(String),
+}
+
+/// What a remote method answered: its MessagePack answer, or the error it
+/// returned (its code and message).
+pub type RemoteReply = Result<Bytes, CalleeError>;
+
+/// The error a remote method returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct CalleeError {
+    /// The method's code.
+    pub code: u32,
+    /// Its message.
+    pub message: String,
 }
 
 /// One key of a [`Push`].

@@ -74,10 +74,10 @@ pub mod tls;
 
 pub use auth::Secret;
 pub use calls::{
-    BackendCall, BackendCallKind, Bind, Broadcast, Call, Drain, FrontendCall, FrontendCallKind,
-    GetByUid, GetSession, Handle, KeyWrite, KickBySid, KickByUid, Precondition, Push, PushToSids,
-    PushToUids, RevokeUid, ServeBackend, ServeFrontend, SessionInfo, SessionSnapshot, Setting,
-    Unbind, UserSessions,
+    BackendCall, BackendCallKind, Bind, Broadcast, Call, CalleeError, Drain, FrontendCall,
+    FrontendCallKind, GetByUid, GetSession, Handle, KeyWrite, KickBySid, KickByUid, Precondition,
+    Push, PushToSids, PushToUids, Relay, RelayAll, Remote, RemoteReply, RevokeUid, ServeBackend,
+    ServeFrontend, SessionInfo, SessionSnapshot, Setting, Target, Unbind, UserSessions,
 };
 pub use codec::{BackendCodec, FrontendCodec, MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
 pub use config::ConfigError;

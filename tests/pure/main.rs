@@ -19,5 +19,6 @@ mod lifetime;
 mod limits;
 mod minimal;
 mod pipelining;
+mod remotes;
 mod rpc_admission;
 mod rpc_logs;

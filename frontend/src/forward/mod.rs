@@ -16,9 +16,10 @@ pub use router::{pick_by_key, HashRouter, Router};
 use bytes::Bytes;
 use session_proxy_protocol::client::server_type_of;
 use session_proxy_protocol::sync::RwLockUnpoisoned as _;
+use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
-    BackendCall, Call, ErrorCode, Handle, InFlight, Message, RegisterError, Request, Response,
-    RpcError, SessionSnapshot,
+    BackendCall, Call, ErrorCode, Handle, InFlight, Message, RegisterError, Remote, Request,
+    Response, RpcError, SessionSnapshot, Target,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -249,16 +250,7 @@ impl BackendRegistry {
         let server_type = server_type_of(route).ok_or_else(|| {
             RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
         })?;
-        let candidates = {
-            let links = self.inner.links.read_unpoisoned();
-            links.get(server_type).cloned().unwrap_or_default()
-        };
-        if candidates.links.is_empty() {
-            return Err(RpcError::new(
-                ErrorCode::NoBackend,
-                format!("no {server_type} server is connected"),
-            ));
-        }
+        let candidates = self.candidates(server_type)?;
         let router = self
             .inner
             .routers
@@ -304,51 +296,75 @@ impl BackendRegistry {
         body: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
-        let (id, rx) = link.inflight.register().map_err(|e| match e {
-            RegisterError::Full => RpcError::new(
-                ErrorCode::Overloaded,
-                "too many requests in flight to the backend",
-            ),
-            RegisterError::Closed => {
-                RpcError::new(ErrorCode::PeerClosed, "backend connection closed")
-            }
-        })?;
-        let _forget = Forget {
-            link,
-            id,
-            deadline_at: std::time::Instant::now() + deadline,
+        let handle = Handle {
+            route: route.to_string(),
+            session,
+            body,
         };
-        let request = Message::Request(Request::new(
-            id,
-            deadline,
-            Handle {
-                route: route.to_string(),
-                session,
-                body,
-            },
-        ));
-        let exchange = async {
-            link.tx
-                .send(request)
-                .await
-                .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))?;
-            match rx.await {
-                Ok(Ok(reply)) => Handle::decode_reply(reply)
-                    .map_err(|err| RpcError::new(err.code(), format!("undecodable reply: {err}"))),
-                Ok(Err(err)) => Err(err),
-                Err(_) => Err(RpcError::new(
-                    ErrorCode::PeerClosed,
-                    "backend connection closed",
-                )),
-            }
+        let reply = exchange_call(link, handle.into(), deadline).await?;
+        Handle::decode_reply(reply)
+            .map_err(|err| RpcError::new(err.code(), format!("undecodable reply: {err}")))
+    }
+
+    /// The links of `server_type`'s backends, sorted by node id.
+    fn candidates(&self, server_type: &str) -> Result<Arc<Candidates>, RpcError> {
+        let candidates = {
+            let links = self.inner.links.read_unpoisoned();
+            links.get(server_type).cloned().unwrap_or_default()
         };
-        match tokio::time::timeout(deadline, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(RpcError::new(
-                ErrorCode::DeadlineExceeded,
-                format!("{} did not answer within {deadline:?}", link.node_id),
-            )),
+        if candidates.links.is_empty() {
+            return Err(RpcError::new(
+                ErrorCode::NoBackend,
+                format!("no {server_type} server is connected"),
+            ));
         }
+        Ok(candidates)
+    }
+
+    /// Relays a backend's remote call to the backend of `server_type` that
+    /// `target` picks (a key's owner by rendezvous hash, or a named node),
+    /// within `deadline`; returns the callee's reply bytes untouched.
+    pub(crate) async fn relay(
+        &self,
+        server_type: &str,
+        target: &Target,
+        call: Remote,
+        deadline: Duration,
+    ) -> Result<Bytes, RpcError> {
+        let candidates = self.candidates(server_type)?;
+        let index = match target {
+            Target::Key(key) => pick_by_key(key.as_bytes(), &candidates.ids),
+            Target::Node(id) => candidates.ids.iter().position(|n| n == id),
+        };
+        let link = index
+            .and_then(|i| candidates.links.get(i))
+            .ok_or_else(|| match target {
+                Target::Node(id) => RpcError::new(
+                    ErrorCode::NoBackend,
+                    format!("no {server_type} server {} is connected", log_safe(id)),
+                ),
+                Target::Key(_) => RpcError::new(ErrorCode::NoBackend, "no server picked"),
+            })?;
+        exchange_call(link, call.into(), deadline).await
+    }
+
+    /// Relays a remote call to every backend of `server_type` at once; each
+    /// node's id and outcome.
+    pub(crate) async fn relay_all(
+        &self,
+        server_type: &str,
+        call: Remote,
+        deadline: Duration,
+    ) -> Result<Vec<(String, Result<Bytes, RpcError>)>, RpcError> {
+        let candidates = self.candidates(server_type)?;
+        let calls = candidates.links.iter().map(|link| {
+            let call = call.clone();
+            async move {
+                let outcome = exchange_call(link, call.into(), deadline).await;
+                (link.node_id.clone(), outcome)
+            }
+        });
+        Ok(futures::future::join_all(calls).await)
     }
 
     /// Forwards a client notify: no answer, no slot among the requests in
@@ -378,5 +394,47 @@ impl BackendRegistry {
                 format!("{} took no notify within {deadline:?}", link.node_id),
             )),
         }
+    }
+}
+
+/// Sends `call` on `link` and waits for its reply bytes within `deadline`;
+/// a call given up on before its deadline is cancelled on the backend.
+async fn exchange_call(
+    link: &Arc<BackendLink>,
+    call: BackendCall,
+    deadline: Duration,
+) -> Result<Bytes, RpcError> {
+    let (id, rx) = link.inflight.register().map_err(|e| match e {
+        RegisterError::Full => RpcError::new(
+            ErrorCode::Overloaded,
+            "too many requests in flight to the backend",
+        ),
+        RegisterError::Closed => RpcError::new(ErrorCode::PeerClosed, "backend connection closed"),
+    })?;
+    let _forget = Forget {
+        link,
+        id,
+        deadline_at: std::time::Instant::now() + deadline,
+    };
+    let request = Message::Request(Request::new(id, deadline, call));
+    let exchange = async {
+        link.tx
+            .send(request)
+            .await
+            .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))?;
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::new(
+                ErrorCode::PeerClosed,
+                "backend connection closed",
+            )),
+        }
+    };
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(RpcError::new(
+            ErrorCode::DeadlineExceeded,
+            format!("{} did not answer within {deadline:?}", link.node_id),
+        )),
     }
 }

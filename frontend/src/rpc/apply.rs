@@ -161,9 +161,18 @@ pub(super) struct LinkCalls<'a> {
     pub(super) link: Option<(&'a str, &'a BackendLink)>,
 }
 
-/// What comes with a call: the receipt that counts its pushes to clients,
-/// when the answer waits for them.
-pub(super) type CallCx = Option<Arc<Receipt>>;
+/// How long a relayed remote notify (which has no caller waiting) may take
+/// to reach its callee and run there.
+const RELAYED_NOTIFY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What comes with a call.
+pub(super) struct CallCx {
+    /// The receipt that counts its pushes to clients, when the answer waits
+    /// for them.
+    pub(super) receipt: Option<Arc<Receipt>>,
+    /// What is left of the caller's deadline.
+    pub(super) deadline: Duration,
+}
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -226,8 +235,13 @@ impl ServeFrontend for LinkCalls<'_> {
             .sids
             .into_iter()
             .filter(|sid| {
-                s.push_to_client_tracked(*sid, &call.route, call.body.clone(), receipt.as_ref())
-                    .is_err()
+                s.push_to_client_tracked(
+                    *sid,
+                    &call.route,
+                    call.body.clone(),
+                    receipt.receipt.as_ref(),
+                )
+                .is_err()
             })
             .collect())
     }
@@ -241,7 +255,7 @@ impl ServeFrontend for LinkCalls<'_> {
             &call.uids,
             &call.route,
             &call.body,
-            receipt.as_ref(),
+            receipt.receipt.as_ref(),
         ))
     }
 
@@ -250,7 +264,7 @@ impl ServeFrontend for LinkCalls<'_> {
             &call.route,
             &call.body,
             call.bound_only,
-            receipt.as_ref(),
+            receipt.receipt.as_ref(),
         )))
     }
 
@@ -272,6 +286,29 @@ impl ServeFrontend for LinkCalls<'_> {
             .revoke_uid(&call.uid, &call.reason)
             .await
             .map_err(crate::Error::from)?)
+    }
+
+    async fn relay(&self, call: Relay, cx: &CallCx) -> Result<Bytes, RpcError> {
+        // A notify has no deadline of its caller's: it gets its own.
+        let deadline = match cx.deadline {
+            zero if zero.is_zero() => RELAYED_NOTIFY_DEADLINE,
+            deadline => deadline,
+        };
+        self.conn
+            .backends
+            .relay(&call.server_type, &call.target, call.call, deadline)
+            .await
+    }
+
+    async fn relay_all(
+        &self,
+        call: RelayAll,
+        cx: &CallCx,
+    ) -> Result<Vec<(String, Result<Bytes, RpcError>)>, RpcError> {
+        self.conn
+            .backends
+            .relay_all(&call.server_type, call.call, cx.deadline)
+            .await
     }
 
     async fn drain(&self, _: Drain, _: &CallCx) -> Result<(), RpcError> {

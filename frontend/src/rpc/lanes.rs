@@ -90,7 +90,10 @@ impl<'a> Lanes<'a> {
         let sid = call.sid();
         let wait = self.push_write_wait.min(deadline / 2);
         let receipt = (kind.pushes_to_clients() && !wait.is_zero()).then(|| (Receipt::new(), wait));
-        let cx: CallCx = receipt.as_ref().map(|((r, _), _)| r.clone());
+        let cx = CallCx {
+            receipt: receipt.as_ref().map(|((r, _), _)| r.clone()),
+            deadline,
+        };
         let started = Started {
             id,
             kind,
