@@ -395,3 +395,32 @@ async fn a_draining_room_finishes_its_calls_while_new_ones_go_to_the_other() {
     assert_eq!(running.await.expect("task").expect("finished"), 600);
     assert!(drain.await.expect("task"), "drained with nothing cut short");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_stops_the_callee() {
+    let c = cluster().await;
+    let lobby = c.lobby.clone();
+    let call = tokio::spawn(async move {
+        lobby
+            .remote("room.roomRemote.slow")
+            .to_node("room-1")
+            .within(Duration::from_secs(30))
+            .call::<_, u64>(&30_000u64)
+            .await
+    });
+    common::eventually(WAIT, "the slow call runs", || async {
+        match c.rooms[0].requests_running() {
+            1 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
+    call.abort(); // the caller gives up long before the deadline
+    common::eventually(WAIT, "the callee stops", || async {
+        match c.rooms[0].requests_running() {
+            0 => Ok(()),
+            n => Err(format!("{n} running")),
+        }
+    })
+    .await;
+}

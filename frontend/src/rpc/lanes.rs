@@ -14,6 +14,7 @@
 use super::apply::{CallCx, LinkCalls};
 use crate::delivery::{Receipt, Ticket};
 use bytes::Bytes;
+use futures::future::{AbortHandle, Abortable, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use session_proxy_protocol::{FrontendCall, FrontendCallKind, RpcError, SessionId};
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,9 @@ pub(super) type Done = (Started, Result<Bytes, RpcError>);
 
 type Waiting<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
 
+/// A waiting call in the set: `None` when its caller cancelled it.
+type InSet<'a> = Pin<Box<dyn Future<Output = Option<Done>> + Send + 'a>>;
+
 /// A call that has not started: its session has an earlier call waiting.
 struct Queued {
     id: Option<u64>,
@@ -53,9 +57,11 @@ pub(super) struct Lanes<'a> {
     calls: &'a LinkCalls<'a>,
     /// How long a push's answer may wait for its copies to be written.
     push_write_wait: Duration,
-    waiting: FuturesUnordered<Waiting<'a>>,
+    waiting: FuturesUnordered<InSet<'a>>,
     /// Sessions with a call waiting, and the calls queued behind it.
     queued: HashMap<SessionId, VecDeque<Queued>>,
+    /// The waiting calls a caller may cancel (relayed remote calls), by id.
+    cancels: HashMap<u64, AbortHandle>,
 }
 
 impl<'a> Lanes<'a> {
@@ -65,6 +71,7 @@ impl<'a> Lanes<'a> {
             push_write_wait,
             waiting: FuturesUnordered::new(),
             queued: HashMap::new(),
+            cancels: HashMap::new(),
         }
     }
 
@@ -117,7 +124,16 @@ impl<'a> Lanes<'a> {
                 if let Some(sid) = sid {
                     self.queued.entry(sid).or_default();
                 }
-                self.waiting.push(run);
+                let relayed = matches!(kind, FrontendCallKind::Relay | FrontendCallKind::RelayAll);
+                match id.filter(|_| relayed) {
+                    Some(id) => {
+                        let (handle, registration) = AbortHandle::new_pair();
+                        self.cancels.insert(id, handle);
+                        self.waiting
+                            .push(Box::pin(Abortable::new(run, registration).map(Result::ok)));
+                    }
+                    None => self.waiting.push(Box::pin(run.map(Some))),
+                }
                 None
             }
         }
@@ -126,9 +142,30 @@ impl<'a> Lanes<'a> {
     /// The next waiting call to finish. Cancel-safe; pending forever while
     /// nothing waits.
     pub(super) async fn next(&mut self) -> Done {
-        match self.waiting.next().await {
-            Some(done) => done,
-            None => std::future::pending().await,
+        loop {
+            match self.waiting.next().await {
+                Some(Some(done)) => {
+                    if let Some(id) = done.0.id {
+                        self.cancels.remove(&id);
+                    }
+                    return done;
+                }
+                // Cancelled: nobody waits for its answer.
+                Some(None) => {}
+                None => return std::future::pending().await,
+            }
+        }
+    }
+
+    /// Stops the waiting relayed call `id` (its callee is told); whether
+    /// there was one.
+    pub(super) fn cancel(&mut self, id: u64) -> bool {
+        match self.cancels.remove(&id) {
+            Some(handle) => {
+                handle.abort();
+                true
+            }
+            None => false,
         }
     }
 

@@ -207,7 +207,7 @@ impl BackendConn {
                         ));
                     }
                     Message::Request(req) => {
-                        let deadline = Duration::from_millis(u64::from(req.deadline_ms));
+                        let deadline = req.remaining(clock);
                         if let Some(done) = lanes.start(Some(req.id), req.call, deadline) {
                             self.answer(done, &mut answers, late_answers);
                         }
@@ -225,10 +225,16 @@ impl BackendConn {
                             return End::Corrupt(err);
                         }
                     }
-                    // Session calls are short, or wait on the store, which
-                    // they must not leave half done: a cancel changes
-                    // nothing here.
-                    Message::Cancel(_) | Message::Pong(_) => {}
+                    // A relayed remote call stops (and tells its callee);
+                    // session calls are short, or wait on the store, which
+                    // they must not leave half done: for them a cancel
+                    // changes nothing.
+                    Message::Cancel(id) => {
+                        if lanes.cancel(id) {
+                            debug!(id, "relayed call cancelled by its caller");
+                        }
+                    }
+                    Message::Pong(_) => {}
                     Message::Response(resp) => match link {
                         Some((_, link)) => link.complete(resp),
                         None => debug!(id = resp.id, "ignoring a response to no request"),
