@@ -107,6 +107,11 @@ impl Remotes {
         self
     }
 
+    /// Whether `route` is served.
+    pub fn serves(&self, route: &str) -> bool {
+        self.methods.contains_key(route)
+    }
+
     /// The routes served.
     pub fn routes(&self) -> impl Iterator<Item = &str> {
         self.methods.keys().map(String::as_str)
@@ -311,19 +316,14 @@ impl<'a> RemoteCall<'a> {
         let server_type = server_type_of(&self.route)
             .ok_or_else(|| RemoteError::BadRoute(self.route.clone()))?
             .to_string();
-        let args = rmp_serde::to_vec_named(args).map_err(|err| RemoteError::Types {
-            route: self.route.clone(),
-            source: Box::new(err),
-        })?;
-        Ok((
-            server_type,
-            Remote {
+        let caller = &self.service.config().node_id;
+        let call = Remote::new(&self.route, caller, self.session.clone(), args).map_err(|err| {
+            RemoteError::Types {
                 route: self.route.clone(),
-                caller: self.service.config().node_id.clone(),
-                session: self.session.clone(),
-                args: Bytes::from(args),
-            },
-        ))
+                source: Box::new(err),
+            }
+        })?;
+        Ok((server_type, call))
     }
 
     fn target(&self) -> Target {
@@ -428,14 +428,15 @@ impl<'a> RemoteCall<'a> {
 
 /// A callee's reply bytes as the answer type asked for.
 fn answer_of<R: DeserializeOwned>(route: &str, reply: Bytes) -> Result<R, RemoteError> {
-    let types = |source: Box<dyn std::error::Error + Send + Sync>| RemoteError::Types {
-        route: route.to_string(),
-        source,
-    };
-    let outcome: RemoteReply = rmp_serde::from_slice(&reply).map_err(|e| types(Box::new(e)))?;
-    let answer = outcome.map_err(|source| RemoteError::Callee {
-        route: route.to_string(),
-        source,
-    })?;
-    rmp_serde::from_slice(&answer).map_err(|e| types(Box::new(e)))
+    match Remote::answer(reply) {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(source)) => Err(RemoteError::Callee {
+            route: route.to_string(),
+            source,
+        }),
+        Err(err) => Err(RemoteError::Types {
+            route: route.to_string(),
+            source: Box::new(err),
+        }),
+    }
 }

@@ -6,7 +6,7 @@
 
 use crate::handler::SharedHandlers;
 use crate::link::{refuse, Inbound, Replier, REQUEST_DEADLINE};
-use crate::{BackendSession, FrontendClient};
+use crate::{BackendSession, FrontendClient, HandlerError};
 use bytes::Bytes;
 use futures::FutureExt;
 use session_proxy_filters::{Call, Filters, Started};
@@ -111,6 +111,15 @@ impl ServeBackend for Dispatcher {
             )
         };
         let Some(handler) = handler else {
+            if self.remotes.read_unpoisoned().serves(&route) {
+                // A client asked for a remote method: refused, never run.
+                debug!(route = %route, "a client asked for a remote method; refused");
+                let refusal = HandlerError::with_code(
+                    session_proxy_filters::NOT_FOR_CLIENTS,
+                    format!("{route} is not a client route"),
+                );
+                return Ok(refusal.to_body());
+            }
             debug!(route = %route, "no handler for forwarded route");
             return Err(RpcError::new(
                 ErrorCode::UnknownRoute,

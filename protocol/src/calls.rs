@@ -423,6 +423,36 @@ pub enum Target {
 /// returned (its code and message).
 pub type RemoteReply = Result<Bytes, CalleeError>;
 
+impl Remote {
+    /// A call of `route` by node `caller`, about `session` if given, with
+    /// `args` as MessagePack.
+    pub fn new<A: Serialize + ?Sized>(
+        route: &str,
+        caller: &str,
+        session: Option<SessionSnapshot>,
+        args: &A,
+    ) -> Result<Remote, CodecError> {
+        Ok(Remote {
+            route: route.to_string(),
+            caller: caller.to_string(),
+            session,
+            args: Bytes::from(rmp_serde::to_vec_named(args).map_err(CodecError::Encode)?),
+        })
+    }
+
+    /// The answer in a callee's reply bytes: the typed answer, or the
+    /// error the method returned.
+    pub fn answer<R: serde::de::DeserializeOwned>(
+        reply: Bytes,
+    ) -> Result<Result<R, CalleeError>, CodecError> {
+        let outcome: RemoteReply = reply::msgpack::decode(reply)?;
+        match outcome {
+            Ok(answer) => reply::msgpack::decode(answer).map(Ok),
+            Err(callee) => Ok(Err(callee)),
+        }
+    }
+}
+
 /// The error a remote method returned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message} (code {code})")]

@@ -312,3 +312,15 @@ pub async fn bind_via(
         .bind(uid)
         .await
 }
+
+/// Waits until `backend` runs exactly `n` requests (handlers and remote
+/// methods), for at most 5 s; `what` names the wait.
+pub async fn running(backend: &session_proxy::BackendSessionService, n: usize, what: &str) {
+    eventually(Duration::from_secs(5), what, || async {
+        match backend.requests_running() {
+            now if now == n => Ok(()),
+            now => Err(format!("{now} running")),
+        }
+    })
+    .await;
+}

@@ -40,9 +40,9 @@ async fn paced(c: &PomeloClient, every: Duration, total: Duration, code: u32) ->
     (hit, sent)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_at_twice_its_rate_is_refused_about_half_the_time_and_others_are_not() {
-    let limit = RateLimit::new().per_session(Bucket::new(20.0, 1.0));
+/// A connector that runs every request through `limit`, and the game
+/// backend behind it (it serves while its handle is kept).
+async fn limited_gateway(limit: RateLimit) -> (Node, BackendSessionService) {
     let f = start_frontend_then(
         "f1",
         |_| {},
@@ -51,8 +51,15 @@ async fn a_client_at_twice_its_rate_is_refused_about_half_the_time_and_others_ar
         },
     )
     .await;
-    let (_backend, _) = start_backend("game-1", &[&f]);
+    let (backend, _) = start_backend("game-1", &[&f]);
     wait_for_backends(&f, 1).await;
+    (f, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_at_twice_its_rate_is_refused_about_half_the_time_and_others_are_not() {
+    let limit = RateLimit::new().per_session(Bucket::new(20.0, 1.0));
+    let (f, _backend) = limited_gateway(limit).await;
     let greedy = client(f.gateway.local_addr(), Transport::Tcp).await;
     let calm = client(f.gateway.local_addr(), Transport::WebSocket).await;
     let second = Duration::from_secs(2);
@@ -75,16 +82,7 @@ async fn a_client_that_keeps_at_it_is_disconnected() {
     let limit = RateLimit::new()
         .per_session(Bucket::new(5.0, 5.0))
         .disconnect_after(10, Duration::from_secs(10));
-    let f = start_frontend_then(
-        "f1",
-        |_| {},
-        |gw| {
-            gw.filter("", limit);
-        },
-    )
-    .await;
-    let (_backend, _) = start_backend("game-1", &[&f]);
-    wait_for_backends(&f, 1).await;
+    let (f, _backend) = limited_gateway(limit).await;
     let mut flood = client(f.gateway.local_addr(), Transport::Tcp).await;
     let other = client(f.gateway.local_addr(), Transport::Tcp).await;
     let mut refused = 0;
@@ -273,13 +271,7 @@ async fn an_overloaded_backend_refuses_new_work_and_takes_it_again() {
         let a = a.clone();
         async move { a.request("game.h.slow", &json!({ "ms": 800 })).await }
     });
-    common::eventually(WAIT, "the first request runs", || async {
-        match backend.requests_running() {
-            1 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    })
-    .await;
+    common::running(&backend, 1, "the first request runs").await;
     let refused = b
         .request("game.h.echo", &json!({}))
         .await

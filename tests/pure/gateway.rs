@@ -78,23 +78,11 @@ async fn a_request_whose_client_left_stops_on_the_backend() {
         let body = json!({ "ms": 60_000 });
         async move { c.request("game.h.slow", &body).await }
     });
-    crate::common::eventually(WAIT, "the slow handler runs", || async {
-        match b.requests_running() {
-            1 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    })
-    .await;
+    common::running(&b, 1, "the slow handler runs").await;
     // The client leaves: its connection drops the forwarded request, the
     // frontend cancels it, and the handler stops long before its minute.
     slow.abort();
-    crate::common::eventually(WAIT, "the handler is cancelled", || async {
-        match b.requests_running() {
-            0 => Ok(()),
-            n => Err(format!("{n} still running")),
-        }
-    })
-    .await;
+    common::running(&b, 0, "the handler is cancelled").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,13 +334,7 @@ async fn a_backend_dying_mid_request_gives_waiting_clients_an_error() {
         let answer = c.request("game.h.slow", &json!({ "ms": 10_000 })).await;
         (t.elapsed(), answer, c)
     });
-    common::eventually(WAIT, "the slow request reaches the backend", || async {
-        match backend.requests_running() {
-            1 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    })
-    .await;
+    common::running(&backend, 1, "the slow request reaches the backend").await;
     backend.close(); // the backend goes away with the request in flight
     let (took, answer, c) = waiting.await.expect("task");
     let answer = answer.expect("an error response, not silence");

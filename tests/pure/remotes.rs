@@ -289,7 +289,10 @@ async fn a_client_cannot_call_a_remote() {
         .request("room.roomRemote.add", &json!("7"))
         .await
         .expect("answered");
-    assert_eq!(answer["code"], 500, "{answer}");
+    assert_eq!(
+        answer,
+        json!({ "code": 403, "msg": "room.roomRemote.add is not a client route" })
+    );
     assert!(
         c.calls.lock().expect("calls").is_empty(),
         "the remote never ran"
@@ -316,13 +319,7 @@ async fn a_dead_room_fails_the_call_in_time_and_its_keys_move() {
             .await;
         (started.elapsed(), result)
     });
-    common::eventually(WAIT, "the slow call runs", || async {
-        match dying.requests_running() {
-            1 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    })
-    .await;
+    common::running(dying, 1, "the slow call runs").await;
     dying.close(); // its links drop with the call on them
     let (took, result) = call.await.expect("task");
     assert!(result.is_err(), "{result:?}");
@@ -367,13 +364,7 @@ async fn a_draining_room_finishes_its_calls_while_new_ones_go_to_the_other() {
             .call::<_, u64>(&600u64)
             .await
     });
-    common::eventually(WAIT, "the slow call runs", || async {
-        match draining.requests_running() {
-            1 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    })
-    .await;
+    common::running(&draining, 1, "the slow call runs").await;
     let drain = tokio::spawn({
         let draining = draining.clone();
         async move { draining.shutdown(Duration::from_secs(5)).await }
@@ -408,19 +399,7 @@ async fn a_caller_that_gives_up_stops_the_callee() {
             .call::<_, u64>(&30_000u64)
             .await
     });
-    common::eventually(WAIT, "the slow call runs", || async {
-        match c.rooms[0].requests_running() {
-            1 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    })
-    .await;
+    common::running(&c.rooms[0], 1, "the slow call runs").await;
     call.abort(); // the caller gives up long before the deadline
-    common::eventually(WAIT, "the callee stops", || async {
-        match c.rooms[0].requests_running() {
-            0 => Ok(()),
-            n => Err(format!("{n} running")),
-        }
-    })
-    .await;
+    common::running(&c.rooms[0], 0, "the callee stops").await;
 }

@@ -21,13 +21,13 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, BackendSessionService};
-use session_proxy::backend::{ChannelService, HandlerError, Handlers};
+use session_proxy::backend::{ChannelService, HandlerError, Handlers, RemoteCx, Remotes};
 use session_proxy::filters::{check, Bucket, RateLimit};
 use session_proxy::frontend::{pick_by_key, HashRouter, Router};
 use session_proxy::frontend::{SessionService, SingleSessionPolicy};
 use session_proxy::node::{BackendRole, FrontendRole, Node};
 use session_proxy::protocol::client::protobuf::Protos;
-use session_proxy::protocol::SessionSnapshot;
+use session_proxy::protocol::{SessionSnapshot, Target};
 use session_proxy::registry::Membership;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -182,45 +182,48 @@ fn username(uid: &str) -> &str {
     uid.split('*').next().unwrap_or(uid)
 }
 
-fn chat_handlers(channels: ChannelService) -> Handlers {
-    let mut handlers = Handlers::new();
+/// The chat server's remote methods: joining and leaving a room, which only
+/// a connector calls (a client cannot reach a remote), about the player's
+/// session.
+fn chat_remotes(channels: ChannelService) -> Remotes {
+    let mut remotes = Remotes::new();
     let ch = channels.clone();
-    handlers.add(
-        "chat.chatRemote.add",
-        move |session: BackendSession, _body: Value| {
-            let ch = ch.clone();
-            async move {
-                let (uid, rid) = identity(&session)?;
-                // Tell the room first, then add the newcomer (as chatofpomelo).
-                ch.push(&rid, "onAdd", &json!({ "user": username(&uid) }))
+    remotes.add("chat.chatRemote.add", move |cx: RemoteCx, _: ()| {
+        let ch = ch.clone();
+        async move {
+            let session = cx.session.ok_or_else(|| HandlerError::new("no player"))?;
+            let (uid, rid) = identity(&session)?;
+            // Tell the room first, then add the newcomer (as chatofpomelo).
+            ch.push(&rid, "onAdd", &json!({ "user": username(&uid) }))
+                .await
+                .map_err(|e| HandlerError::new(e.to_string()))?;
+            ch.add(&rid, &uid, session.frontend_id());
+            let users: Vec<String> = ch
+                .members(&rid)
+                .iter()
+                .map(|u| username(u).to_string())
+                .collect();
+            Ok(json!({ "users": users }))
+        }
+    });
+    remotes.add("chat.chatRemote.kick", move |cx: RemoteCx, _: ()| {
+        let ch = channels.clone();
+        async move {
+            let session = cx.session.ok_or_else(|| HandlerError::new("no player"))?;
+            let (uid, rid) = identity(&session)?;
+            if ch.leave(&rid, &uid) {
+                ch.push(&rid, "onLeave", &json!({ "user": username(&uid) }))
                     .await
                     .map_err(|e| HandlerError::new(e.to_string()))?;
-                ch.add(&rid, &uid, session.frontend_id());
-                let users: Vec<String> = ch
-                    .members(&rid)
-                    .iter()
-                    .map(|u| username(u).to_string())
-                    .collect();
-                Ok(json!({ "users": users }))
             }
-        },
-    );
-    let ch = channels.clone();
-    handlers.add(
-        "chat.chatRemote.kick",
-        move |session: BackendSession, _body: Value| {
-            let ch = ch.clone();
-            async move {
-                let (uid, rid) = identity(&session)?;
-                if ch.leave(&rid, &uid) {
-                    ch.push(&rid, "onLeave", &json!({ "user": username(&uid) }))
-                        .await
-                        .map_err(|e| HandlerError::new(e.to_string()))?;
-                }
-                Ok(json!({}))
-            }
-        },
-    );
+            Ok(())
+        }
+    });
+    remotes
+}
+
+fn chat_handlers(channels: ChannelService) -> Handlers {
+    let mut handlers = Handlers::new();
     let ch = channels;
     handlers.add(
         "chat.chatHandler.send",
@@ -292,9 +295,6 @@ fn connector(config: &ChatConfig, i: usize, protos: Option<Arc<Protos>>) -> Fron
     role.gateway.protos = protos;
     role.gateway(|gateway| {
         gateway.backends().set_router("chat", route_by_room);
-        // Joining and leaving a room are the connector's calls, never a
-        // client's: a client cannot fake its own join or leave broadcast.
-        gateway.internal("chat.chatRemote.");
         // Chat messages: only from a player in a room, at most 5 a second
         // (bursts of 10); a client that keeps flooding is disconnected.
         gateway
@@ -325,22 +325,28 @@ fn connector(config: &ChatConfig, i: usize, protos: Option<Arc<Protos>>) -> Fron
                 ctx.sessions
                     .set(ctx.sid, "rid", rmp(&body.rid))
                     .map_err(|e| HandlerError::new(e.to_string()))?;
-                let users: Value = ctx.forward("chat.chatRemote.add", &json!({})).await?;
+                // The chat server that owns the room adds the player.
+                let users: Value = ctx.remote("chat.chatRemote.add", &body.rid, &()).await?;
                 Ok(users)
             },
         );
         gateway.on_close(|ctx| async move {
-            if ctx.session.uid.is_none() {
+            let (Some(_), Some(rid)) = (&ctx.session.uid, room_of(&ctx.session)) else {
                 return;
-            }
+            };
             // Answered: a drain waits for it before it closes the links.
-            let body = Bytes::from_static(b"{}");
-            let left = ctx
+            let left: Result<(), _> = ctx
                 .backends
-                .forward("chat.chatRemote.kick", ctx.session, body, LEAVE_DEADLINE)
+                .remote(
+                    "chat.chatRemote.kick",
+                    Target::Key(rid),
+                    Some(ctx.session),
+                    &(),
+                    LEAVE_DEADLINE,
+                )
                 .await;
             if let Err(err) = left {
-                tracing::warn!(cause = %session_proxy::protocol::chain(&err), "could not tell the chat server a user left");
+                tracing::warn!(code = err.code, cause = %err.message, "could not tell the chat server a user left");
             }
         });
     })
@@ -409,7 +415,9 @@ impl ChatCluster {
             // The handlers push through the service they run on.
             let mut role =
                 BackendRole::with_service(format!("chat-server-{}", i + 1), "chat", |service| {
-                    chat_handlers(ChannelService::new(service.clone()))
+                    let channels = ChannelService::new(service.clone());
+                    service.serve_remotes(chat_remotes(channels.clone()));
+                    chat_handlers(channels)
                 });
             let mut node = Node::builder();
             match &config.registry {

@@ -14,7 +14,7 @@ pub mod router;
 pub use router::{pick_by_key, HashRouter, Router};
 
 use bytes::Bytes;
-use session_proxy_protocol::client::server_type_of;
+use session_proxy_protocol::client::{server_type_of, HandlerError};
 use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
@@ -319,6 +319,46 @@ impl BackendRegistry {
             ));
         }
         Ok(candidates)
+    }
+
+    /// Calls the remote method `route` (`serverType.remoteName.method`) on
+    /// the backend of its type that `target` picks, about `session` if
+    /// given (the callee gets it, and its changes and pushes come back
+    /// here), within `deadline`. A failure is the error to answer a client
+    /// with: 404 no such server or method, 504 past the deadline, 503 the
+    /// callee draining, or the method's own code and message.
+    pub async fn remote<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
+        &self,
+        route: &str,
+        target: Target,
+        session: Option<SessionSnapshot>,
+        args: &A,
+        deadline: Duration,
+    ) -> Result<R, HandlerError> {
+        let server_type = server_type_of(route)
+            .ok_or_else(|| HandlerError::with_code(404, format!("{route:?} is not a route")))?;
+        let caller = session
+            .as_ref()
+            .map_or_else(String::new, |s| s.frontend_id.clone());
+        let call = Remote::new(route, &caller, session, args)
+            .map_err(|e| HandlerError::new(format!("arguments of {route}: {e}")))?;
+        let reply = self
+            .relay(server_type, &target, call, deadline)
+            .await
+            .map_err(|err| {
+                let code = match err.code {
+                    ErrorCode::NoBackend | ErrorCode::UnknownRoute => 404,
+                    ErrorCode::DeadlineExceeded => 504,
+                    ErrorCode::Unavailable => 503,
+                    _ => 500,
+                };
+                HandlerError::with_code(code, format!("{route}: {err}"))
+            })?;
+        match Remote::answer(reply) {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(callee)) => Err(HandlerError::with_code(callee.code, callee.message)),
+            Err(err) => Err(HandlerError::new(format!("answer of {route}: {err}"))),
+        }
     }
 
     /// Relays a backend's remote call to the backend of `server_type` that

@@ -45,6 +45,22 @@ impl LocalContext {
         serde_json::from_slice(&answer)
             .map_err(|e| HandlerError::new(format!("backend answer does not fit: {e}")))
     }
+
+    /// Calls the remote method `route` on the node of its type that owns
+    /// `key`, about this session (the callee works on it here), and
+    /// returns its typed answer; a failure is the error to answer the
+    /// client with (see [`BackendRegistry::remote`]).
+    pub async fn remote<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        route: &str,
+        key: &str,
+        args: &A,
+    ) -> Result<R, HandlerError> {
+        let target = session_proxy_protocol::Target::Key(key.to_string());
+        self.backends
+            .remote(route, target, Some(self.session()?), args, self.deadline)
+            .await
+    }
 }
 
 /// Routes of the frontend's own server type: handlers that get a
