@@ -3,11 +3,17 @@
 //!
 //! - `connector` (frontends): players log in (`connector.entryHandler.login
 //!   {uid}`); when a player's session ends for good, the room hears it.
-//! - `lobby` (backends): `lobby.lobbyHandler.enter` gives a player coins.
+//! - `lobby` (backends): `lobby.lobbyHandler.enter` gives a player coins
+//!   and asks the player's room server to let them in (a remote call).
 //! - `room` (backends): `room.roomHandler.join`, `score {score}` (written
 //!   to the player's session), `whoami`, `members` (who is in the room and
 //!   how often each was told to leave), `say {text}` (to everyone in the
-//!   room, a channel), and `room.roomRemote.leave` for the connectors.
+//!   room, a channel, at most 2 a second); remotes `room.roomRemote.join`
+//!   for the lobby and `room.roomRemote.leave` for the connectors, which no
+//!   client can call.
+//!
+//! The connector lets only logged-in players reach the lobby and the rooms,
+//! and limits every player to the public defaults (`RateLimit::public`).
 //!
 //! Every process runs the same binary with the same flags as
 //! `session-proxy run`:
@@ -21,10 +27,15 @@
 //! ```
 
 use serde_json::{json, Value};
+use session_proxy::backend::{RemoteCx, Remotes};
 use session_proxy::cli::App;
+use session_proxy::filters::{check, Bucket, RateLimit};
 use session_proxy::frontend::Gateway;
 use session_proxy::protocol::sync::LockUnpoisoned as _;
-use session_proxy::{BackendSession, ChannelService, HandlerError, Handlers};
+use session_proxy::protocol::Target;
+use session_proxy::{
+    BackendSession, BackendSessionService, ChannelService, HandlerError, Handlers,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +46,10 @@ const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
 fn main() -> std::process::ExitCode {
     App::new()
         .gateway("connector", connector)
-        .backend("lobby", |_service| lobby())
-        .backend("room", |service| room(ChannelService::new(service.clone())))
+        .backend("lobby", |service| lobby(service.clone()))
+        .backend("room", |service| {
+            room(service, ChannelService::new(service.clone()))
+        })
         .main()
 }
 
@@ -44,8 +57,21 @@ fn fail(err: impl std::fmt::Display) -> HandlerError {
     HandlerError::new(err.to_string())
 }
 
-/// The connector's own route and its leave hook.
+/// The connector's own route, its filters and its leave hook.
 fn connector(gateway: &mut Gateway) {
+    gateway.filter("", RateLimit::public()).filter(
+        "room.roomHandler.say",
+        RateLimit::new().per_session(Bucket::new(2.0, 4.0)),
+    );
+    for server in ["lobby.", "room."] {
+        gateway.filter(
+            server,
+            check("logged_in", |call| match call.uid {
+                Some(_) => Ok(()),
+                None => Err(HandlerError::with_code(401, "log in first")),
+            }),
+        );
+    }
     gateway.handlers().add(
         "connector.entryHandler.login",
         |ctx, body: Value| async move {
@@ -55,28 +81,44 @@ fn connector(gateway: &mut Gateway) {
         },
     );
     gateway.on_close(|ctx| async move {
-        if ctx.session.uid.is_none() {
+        let Some(uid) = ctx.session.uid.clone() else {
             return;
-        }
-        let body = bytes::Bytes::from_static(b"{}");
-        let left = ctx
+        };
+        // The player's room server: the one its requests go to (by uid).
+        let left: Result<(), _> = ctx
             .backends
-            .forward("room.roomRemote.leave", ctx.session, body, LEAVE_DEADLINE)
+            .remote(
+                "room.roomRemote.leave",
+                Target::Key(uid),
+                Some(ctx.session),
+                &(),
+                LEAVE_DEADLINE,
+            )
             .await;
         if let Err(err) = left {
-            tracing::warn!(cause = %session_proxy::protocol::chain(&err), "the room did not hear that a player left");
+            tracing::warn!(code = err.code, cause = %err.message, "the room did not hear that a player left");
         }
     });
 }
 
-fn lobby() -> Handlers {
+fn lobby(service: BackendSessionService) -> Handlers {
     let mut handlers = Handlers::new();
     handlers.add(
         "lobby.lobbyHandler.enter",
-        |mut s: BackendSession, _: Value| async move {
-            s.set("coins", &100u32)?;
-            s.push("coins").await?;
-            Ok(json!({ "code": 200, "coins": 100 }))
+        move |mut s: BackendSession, _: Value| {
+            let lobby = service.clone();
+            async move {
+                s.set("coins", &100u32)?;
+                s.push("coins").await?;
+                // The player's room server lets them in (by uid, as their
+                // requests are routed).
+                let members: usize = lobby
+                    .remote("room.roomRemote.join")
+                    .with_session(&s)
+                    .call(&())
+                    .await?;
+                Ok(json!({ "code": 200, "coins": 100, "members": members }))
+            }
         },
     );
     handlers
@@ -95,7 +137,20 @@ fn uid_of(s: &BackendSession) -> Result<String, HandlerError> {
         .ok_or_else(|| HandlerError::new("log in first"))
 }
 
-fn room(channel: ChannelService) -> Handlers {
+/// Puts the player of `s` in the room; how many are in it now.
+fn enter(
+    s: &BackendSession,
+    roster: &Mutex<Roster>,
+    room: &ChannelService,
+) -> Result<usize, HandlerError> {
+    let uid = uid_of(s)?;
+    room.add("room", &uid, s.frontend_id());
+    let mut r = roster.lock_unpoisoned();
+    r.members.insert(uid);
+    Ok(r.members.len())
+}
+
+fn room(service: &BackendSessionService, channel: ChannelService) -> Handlers {
     let roster = Arc::new(Mutex::new(Roster::default()));
     let mut handlers = Handlers::new();
     let (joined, room) = (roster.clone(), channel.clone());
@@ -104,11 +159,8 @@ fn room(channel: ChannelService) -> Handlers {
         move |s: BackendSession, _: Value| {
             let (roster, room) = (joined.clone(), room.clone());
             async move {
-                let uid = uid_of(&s)?;
-                room.add("room", &uid, s.frontend_id());
-                let mut r = roster.lock_unpoisoned();
-                r.members.insert(uid);
-                Ok(json!({ "code": 200, "members": r.members.len() }))
+                let members = enter(&s, &roster, &room)?;
+                Ok(json!({ "code": 200, "members": members }))
             }
         },
     );
@@ -156,20 +208,28 @@ fn room(channel: ChannelService) -> Handlers {
             }
         },
     );
-    let (left, room) = (roster.clone(), channel);
-    handlers.add(
-        "room.roomRemote.leave",
-        move |s: BackendSession, _: Value| {
-            let (roster, room) = (left.clone(), room.clone());
-            async move {
-                let uid = uid_of(&s)?;
-                room.leave("room", &uid);
-                let mut r = roster.lock_unpoisoned();
-                r.members.remove(&uid);
-                *r.leaves.entry(uid).or_default() += 1;
-                Ok(json!({}))
-            }
-        },
-    );
+    let mut remotes = Remotes::new();
+    let (joined, room) = (roster.clone(), channel.clone());
+    remotes.add("room.roomRemote.join", move |cx: RemoteCx, _: ()| {
+        let (roster, room) = (joined.clone(), room.clone());
+        async move {
+            let s = cx.session.ok_or_else(|| HandlerError::new("no player"))?;
+            enter(&s, &roster, &room)
+        }
+    });
+    let (left, room) = (roster, channel);
+    remotes.add("room.roomRemote.leave", move |cx: RemoteCx, _: ()| {
+        let (roster, room) = (left.clone(), room.clone());
+        async move {
+            let s = cx.session.ok_or_else(|| HandlerError::new("no player"))?;
+            let uid = uid_of(&s)?;
+            room.leave("room", &uid);
+            let mut r = roster.lock_unpoisoned();
+            r.members.remove(&uid);
+            *r.leaves.entry(uid).or_default() += 1;
+            Ok(())
+        }
+    });
+    service.serve_remotes(remotes);
     handlers
 }

@@ -411,3 +411,34 @@ async fn a_paused_owner_reports_its_players_moved_and_fires_no_close_hook() {
         assert_eq!(me["uid"], format!("p{i}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn players_reach_neither_the_remotes_nor_the_rooms_before_logging_in() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let game = start_game(&redis, false).await;
+    // The lobby's enter asks the room server to let the player in (a
+    // remote call): the room counts the player once.
+    let ann = player(game.a_addr, "ann").await;
+    assert_eq!(room(&ann).await["members"], json!(["ann"]));
+    // A logged-in player cannot fake a leave through the room's remote.
+    let answer = ann
+        .request("room.roomRemote.leave", &json!({}))
+        .await
+        .expect("answered");
+    assert_eq!(answer["code"], 403, "{answer}");
+    let roster = room(&ann).await;
+    assert_eq!(roster["members"], json!(["ann"]), "{roster}");
+    assert_eq!(roster["leaves"], json!({}), "{roster}");
+    // Before logging in, neither the lobby nor a room takes a request.
+    let stranger = PomeloClient::connect(game.b_addr).await.expect("connect");
+    for route in ["lobby.lobbyHandler.enter", "room.roomHandler.members"] {
+        let answer = stranger.request(route, &json!({})).await.expect("answered");
+        assert_eq!(
+            answer,
+            json!({ "code": 401, "msg": "log in first" }),
+            "{route}"
+        );
+    }
+}
