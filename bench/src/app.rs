@@ -15,6 +15,10 @@
 //! - `chat.benchHandler.join {channel}`: joins a channel (after login).
 //! - `chat.benchHandler.fanout {channel, msg}`: pushes `onFanout {msg}` to
 //!   every member of the channel, answers `{code: 200, missed}`.
+//! - `chat.benchHandler.remote`: calls the remote method
+//!   `chat.benchRemote.echo` with its body (on the chat node that owns the
+//!   session's id, relayed by the session's frontend) and answers what it
+//!   answered: the cost of a call between servers.
 //!
 //! Frontend route: `connector.entryHandler.ping` answers `{code: 200}`
 //! without leaving the connector.
@@ -22,6 +26,7 @@
 use serde_json::{json, Value};
 use session_proxy_backend::BackendSessionService;
 use session_proxy_backend::{BackendSession, ChannelService, HandlerError, Handlers};
+use session_proxy_backend::{RemoteCx, Remotes};
 use session_proxy_frontend::LocalHandlers;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -117,6 +122,25 @@ pub fn backend_handlers(server_type: &str, service: &BackendSessionService) -> H
             let channel = body["channel"].as_str().unwrap_or("all");
             ch.add(channel, uid, s.frontend_id());
             Ok(json!({ "code": 200, "members": ch.members(channel).len() }))
+        }
+    });
+    let mut remotes = Remotes::new();
+    remotes.add(
+        &format!("{server_type}.benchRemote.echo"),
+        |_cx: RemoteCx, body: Value| async move { Ok(body) },
+    );
+    service.serve_remotes(remotes);
+    let (me, echo) = (service.clone(), format!("{server_type}.benchRemote.echo"));
+    h.add(&route("remote"), move |s: BackendSession, body: Value| {
+        let (me, echo) = (me.clone(), echo.clone());
+        async move {
+            let answer: Value = me
+                .remote(&echo)
+                .by_key(s.id().to_string())
+                .with_session(&s)
+                .call(&body)
+                .await?;
+            Ok(answer)
         }
     });
     let ch = channels;

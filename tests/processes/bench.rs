@@ -71,6 +71,11 @@ role = "backend"
             true,
         ),
         ("connector.entryHandler.ping", serde_json::json!({}), false),
+        (
+            "chat.benchHandler.remote",
+            serde_json::json!({ "msg": "x" }),
+            false,
+        ),
     ] {
         let mut o = LoadOptions::new(target);
         o.clients = 8;
@@ -89,6 +94,18 @@ role = "backend"
         assert_eq!(r.errors, 0, "{route}: {r}");
         assert!(r.p50_us > 0 && r.p99_us >= r.p50_us);
     }
+    // The remote route answers what the remote method echoed.
+    let c = session_proxy_client::PomeloClient::connect(target)
+        .await
+        .expect("connect");
+    let answer = c
+        .request(
+            "chat.benchHandler.remote",
+            &serde_json::json!({ "x": [1, 2] }),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(answer, serde_json::json!({ "x": [1, 2] }));
     // Open loop at a fixed rate delivers about that rate.
     let mut o = LoadOptions::new(target);
     o.clients = 4;
