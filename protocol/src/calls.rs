@@ -556,7 +556,9 @@ mod tests {
         assert!(push.kind().pushes_to_clients() && !push.kind().mutates());
         assert_eq!(push.sid(), None);
         let names: Vec<&str> = FrontendCallKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 15);
+        let distinct: std::collections::HashSet<&str> = names.iter().copied().collect();
+        assert_eq!(distinct.len(), names.len(), "each kind has its own name");
         assert!(FrontendCallKind::ALL
             .iter()
             .enumerate()

@@ -160,6 +160,15 @@ fn tracking_backend(
     (service, most, order)
 }
 
+/// 100 `game.h.track {i}` requests on one connection, sent without waiting
+/// for answers; their answers in order.
+async fn pipelined(c: &PomeloClient) -> Vec<Result<Value, session_proxy_client::ClientError>> {
+    join_all(
+        (0..100u64).map(|i| async move { c.request("game.h.track", &json!({ "i": i })).await }),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_serial_a_sessions_pipelined_requests_run_one_at_a_time_in_order() {
     let f = start_frontend_then(
@@ -174,11 +183,7 @@ async fn with_serial_a_sessions_pipelined_requests_run_one_at_a_time_in_order() 
     wait_for_backends(&f, 1).await;
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
     // 100 requests pipelined on one connection, without waiting for answers.
-    let answers = join_all((0..100u64).map(|i| {
-        let c = &c;
-        async move { c.request("game.h.track", &json!({ "i": i })).await }
-    }))
-    .await;
+    let answers = pipelined(&c).await;
     for (i, answer) in answers.into_iter().enumerate() {
         assert_eq!(answer.expect("answered"), json!({ "i": i }));
     }
@@ -193,11 +198,7 @@ async fn without_serial_pipelined_requests_overlap() {
     let (_backend, most, _) = tracking_backend(&f);
     wait_for_backends(&f, 1).await;
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
-    let answers = join_all((0..100u64).map(|i| {
-        let c = &c;
-        async move { c.request("game.h.track", &json!({ "i": i })).await }
-    }))
-    .await;
+    let answers = pipelined(&c).await;
     assert!(answers.iter().all(Result::is_ok));
     assert!(
         most.load(Ordering::SeqCst) > 1,
