@@ -327,11 +327,12 @@ impl<'a> RemoteCall<'a> {
     }
 
     fn target(&self) -> Target {
-        self.target.clone().unwrap_or_else(|| {
-            Target::Key(match &self.session {
-                Some(s) => s.uid.clone().unwrap_or_else(|| s.sid.to_string()),
-                None => String::new(),
-            })
+        self.target.clone().unwrap_or_else(|| match &self.session {
+            Some(s) => match &s.uid {
+                Some(uid) => Target::Uid(uid.clone()),
+                None => Target::Key(s.sid.to_string()),
+            },
+            None => Target::Key(String::new()),
         })
     }
 

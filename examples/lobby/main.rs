@@ -89,7 +89,7 @@ fn connector(gateway: &mut Gateway) {
             .backends
             .remote(
                 "room.roomRemote.leave",
-                Target::Key(uid),
+                Target::Uid(uid),
                 Some(ctx.session),
                 &(),
                 LEAVE_DEADLINE,

@@ -63,7 +63,7 @@ mod tls;
 pub use config::RedisStoreConfig;
 pub use config::{GatewayConfig, RpcConfig, SessionConfig, SingleSessionPolicy, StoreOptions};
 pub use error::Error;
-pub use forward::{pick_by_key, BackendRegistry, HashRouter, Router};
+pub use forward::{pick_by_key, BackendRegistry, HashRouter, Router, StickyOptions};
 pub use gateway::{
     ClientCheck, CloseContext, Gateway, GatewayServer, HandshakeHook, HookFuture, LocalContext,
     LocalHandlers,
@@ -77,8 +77,8 @@ pub use session_proxy_protocol::client::protobuf::{ProtoError, Protos};
 #[cfg(feature = "redis")]
 pub use store::RedisStore;
 pub use store::{
-    Admission, Evicted, Fenced, MemoryStore, QueuedPush, Refreshed, SessionStore, StoreError,
-    StoreFuture, StoredSession,
+    Admission, Evicted, Fenced, MemoryStore, QueuedPush, Rebound, Refreshed, SessionStore,
+    StoreError, StoreFuture, StoredSession,
 };
 #[cfg(feature = "tls")]
 pub use tls::{ServerTls, TlsError};

@@ -417,6 +417,27 @@ pub enum Target {
     Key(String),
     /// The node with this id.
     Node(String),
+    /// The player's node: for a server type whose players stay on their
+    /// node (a sticky type), the node their binding names; for the others,
+    /// the node that owns the uid as a key (as a client request of that
+    /// player is routed).
+    Uid(String),
+}
+
+/// The remote method, under a sticky server type (`"<type>.sticky.adopt"`),
+/// that the node a player's binding moved to is called with before the
+/// player's next request reaches it: its game loads the player's state.
+/// Optional: when the node serves no such method, the request goes on.
+pub const ADOPT_METHOD: &str = "sticky.adopt";
+
+/// The arguments of [`ADOPT_METHOD`]: whose binding moved, and from which
+/// node (drained, or away for too long).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopt {
+    /// The player.
+    pub uid: String,
+    /// The node that held the player before.
+    pub from: String,
 }
 
 /// What a remote method answered: its MessagePack answer, or the error it

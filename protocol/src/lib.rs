@@ -73,8 +73,9 @@ pub mod text;
 pub mod tls;
 
 pub use auth::Secret;
+pub use calls::ADOPT_METHOD;
 pub use calls::{
-    BackendCall, BackendCallKind, Bind, Broadcast, Call, CalleeError, Drain, FrontendCall,
+    Adopt, BackendCall, BackendCallKind, Bind, Broadcast, Call, CalleeError, Drain, FrontendCall,
     FrontendCallKind, GetByUid, GetSession, Handle, KeyWrite, KickBySid, KickByUid, Precondition,
     Push, PushToSids, PushToUids, Relay, RelayAll, Remote, RemoteReply, RevokeUid, ServeBackend,
     ServeFrontend, SessionInfo, SessionSnapshot, Setting, Target, Unbind, UserSessions,

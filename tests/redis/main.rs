@@ -11,6 +11,7 @@ mod corrupt_record;
 mod node_drain;
 mod session_move;
 mod single_session;
+mod sticky;
 mod store;
 mod store_faults;
 mod store_index;

@@ -332,6 +332,24 @@ impl SessionStore for Counting {
     ) -> session_proxy::frontend::StoreFuture<'a, Vec<StoredSession>> {
         self.inner.by_uid(uid)
     }
+    fn binding<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        ttl: Duration,
+    ) -> session_proxy::frontend::StoreFuture<'a, Option<String>> {
+        self.inner.binding(server_type, uid, ttl)
+    }
+    fn rebind<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        expected: Option<&'a str>,
+        node: &'a str,
+        ttl: Duration,
+    ) -> session_proxy::frontend::StoreFuture<'a, session_proxy::frontend::Rebound> {
+        self.inner.rebind(server_type, uid, expected, node, ttl)
+    }
     fn delete(&self, sids: Vec<SessionId>) -> session_proxy::frontend::StoreFuture<'_, usize> {
         self.inner.delete(sids)
     }

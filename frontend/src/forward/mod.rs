@@ -10,16 +10,18 @@
 //! in-flight table). [`router`] picks the node.
 
 pub mod router;
+mod sticky;
 
 pub use router::{pick_by_key, HashRouter, Router};
+pub use sticky::StickyOptions;
 
 use bytes::Bytes;
 use session_proxy_protocol::client::{server_type_of, HandlerError};
 use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
-    BackendCall, Call, ErrorCode, Handle, InFlight, Message, RegisterError, Remote, Request,
-    Response, RpcError, SessionSnapshot, Target,
+    Adopt, BackendCall, Call, ErrorCode, Handle, InFlight, Message, RegisterError, Remote, Request,
+    Response, RpcError, SessionSnapshot, Target, ADOPT_METHOD,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,16 +88,35 @@ impl Candidates {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     /// `server type -> connected backends`.
     links: RwLock<HashMap<String, Arc<Candidates>>>,
     /// Routers by server type; the rest use [`HashRouter`].
     routers: RwLock<HashMap<String, Arc<dyn Router>>>,
+    /// The bindings of the sticky server types.
+    sticky: RwLock<HashMap<String, Arc<sticky::Sticky>>>,
+    /// The backends that left, and how.
+    departed: sticky::Departures,
+    /// When this registry started (links come up after it).
+    born: std::time::Instant,
     /// Connection ids.
     next_conn: AtomicU64,
     /// Woken on every membership change.
     changed: tokio::sync::Notify,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            links: RwLock::default(),
+            routers: RwLock::default(),
+            sticky: RwLock::default(),
+            departed: sticky::Departures::default(),
+            born: std::time::Instant::now(),
+            next_conn: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
 }
 
 /// The backends connected to this frontend, by server type. Cheap to clone.
@@ -141,6 +162,28 @@ impl BackendRegistry {
             .routers
             .write_unpoisoned()
             .insert(server_type.to_string(), Arc::new(router));
+    }
+
+    /// Keeps each player of `server_type` on one node (a sticky type, for
+    /// servers that hold game state): a binding uid → node in `store`, the
+    /// session store the frontends share, so that a reconnect, a resume on
+    /// another frontend or a node that joins does not move the player. A
+    /// binding moves only when its node drains or stays away for
+    /// [`StickyOptions::move_after`], to the node the type's router picks;
+    /// that node is then called with
+    /// [`ADOPT_METHOD`](session_proxy_protocol::ADOPT_METHOD) first. Requests
+    /// of sessions with no uid are routed as for any type. See
+    /// [`StickyOptions`] for the rest.
+    pub fn stick(
+        &self,
+        server_type: &str,
+        store: Arc<dyn crate::store::SessionStore>,
+        options: StickyOptions,
+    ) {
+        self.inner.sticky.write_unpoisoned().insert(
+            server_type.to_string(),
+            Arc::new(sticky::Sticky::new(store, options)),
+        );
     }
 
     /// `(server type, node ids)` of every connected backend.
@@ -214,13 +257,25 @@ impl BackendRegistry {
         list.push(link.clone());
         *entry = Arc::new(Candidates::from_links(server_type, list));
         drop(links);
+        self.inner.departed.came_back(node_id);
         self.inner.changed.notify_waiters();
         link
     }
 
-    pub(crate) fn unregister(&self, server_type: &str, link: &BackendLink) {
+    /// Takes `link` out of the picks: it closed, or its node is draining.
+    pub(crate) fn unregister(&self, server_type: &str, link: &BackendLink, draining: bool) {
         let mut links = self.inner.links.write_unpoisoned();
         if let Some(entry) = links.get_mut(server_type) {
+            // Its node left unless it was gone already (a drained node's
+            // link closes later) or a newer link of it replaced it.
+            let present = entry.links.iter().any(|l| l.conn_id == link.conn_id);
+            let replaced = entry
+                .links
+                .iter()
+                .any(|l| l.node_id == link.node_id && l.conn_id != link.conn_id);
+            if present && !replaced {
+                self.inner.departed.left(&link.node_id, draining);
+            }
             let list: Vec<Arc<BackendLink>> = entry
                 .links
                 .iter()
@@ -237,10 +292,6 @@ impl BackendRegistry {
         self.inner.changed.notify_waiters();
     }
 
-    fn pick(&self, route: &str, session: &SessionSnapshot) -> Result<Arc<BackendLink>, RpcError> {
-        self.pick_with(route, session).map(|(link, _)| link)
-    }
-
     /// The backend for a route, and the candidates it was picked from.
     fn pick_with(
         &self,
@@ -251,20 +302,55 @@ impl BackendRegistry {
             RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
         })?;
         let candidates = self.candidates(server_type)?;
-        let router = self
-            .inner
-            .routers
-            .read_unpoisoned()
-            .get(server_type)
-            .cloned();
-        let index = match router {
-            Some(r) => r.route(session, route, &candidates.ids),
-            None => HashRouter.route(session, route, &candidates.ids),
-        };
+        let index = self
+            .router_of(server_type)
+            .route(session, route, &candidates.ids);
         let link = index
             .and_then(|i| candidates.links.get(i).cloned())
             .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "the router chose no server"))?;
         Ok((link, candidates))
+    }
+
+    /// The backend for a session's request: by its binding for a sticky
+    /// type (telling a node a moved player came to it), else by the
+    /// router.
+    async fn route_session(
+        &self,
+        route: &str,
+        session: &SessionSnapshot,
+        deadline: Duration,
+    ) -> Result<(Arc<BackendLink>, Arc<Candidates>), RpcError> {
+        let sticky = server_type_of(route).and_then(|t| Some((t, self.sticky(t)?)));
+        let (Some(uid), Some((server_type, sticky))) = (&session.uid, sticky) else {
+            return self.pick_with(route, session);
+        };
+        let router = self.router_of(server_type);
+        let choose = |ids: &[String]| router.route(session, route, ids);
+        let placed = self
+            .place(&sticky, server_type, uid, choose, deadline)
+            .await?;
+        if let Some(from) = placed.moved_from {
+            adopt(
+                &placed.link,
+                server_type,
+                uid,
+                from,
+                Some(session.clone()),
+                deadline,
+            )
+            .await;
+        }
+        Ok((placed.link, placed.candidates))
+    }
+
+    /// The router of `server_type`.
+    fn router_of(&self, server_type: &str) -> Arc<dyn Router> {
+        self.inner
+            .routers
+            .read_unpoisoned()
+            .get(server_type)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(HashRouter))
     }
 
     /// Forwards a client request to a backend of the route's server type and
@@ -278,9 +364,12 @@ impl BackendRegistry {
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
         let started = std::time::Instant::now();
-        let (link, candidates) = self.pick_with(route, &session).inspect_err(|_| {
-            crate::metrics::UNROUTED.record(started, false);
-        })?;
+        let (link, candidates) = self
+            .route_session(route, &session, deadline)
+            .await
+            .inspect_err(|_| {
+                crate::metrics::UNROUTED.record(started, false);
+            })?;
         let result = self.exchange(&link, route, session, body, deadline).await;
         if let Some(m) = &candidates.metrics {
             m.record(started, result.is_ok());
@@ -371,9 +460,20 @@ impl BackendRegistry {
         call: Remote,
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
+        if let (Target::Uid(uid), Some(sticky)) = (target, self.sticky(server_type)) {
+            let choose = |ids: &[String]| pick_by_key(uid.as_bytes(), ids);
+            let placed = self
+                .place(&sticky, server_type, uid, choose, deadline)
+                .await?;
+            if let Some(from) = placed.moved_from {
+                let session = call.session.clone();
+                adopt(&placed.link, server_type, uid, from, session, deadline).await;
+            }
+            return exchange_call(&placed.link, call.into(), deadline).await;
+        }
         let candidates = self.candidates(server_type)?;
         let index = match target {
-            Target::Key(key) => pick_by_key(key.as_bytes(), &candidates.ids),
+            Target::Key(key) | Target::Uid(key) => pick_by_key(key.as_bytes(), &candidates.ids),
             Target::Node(id) => candidates.ids.iter().position(|n| n == id),
         };
         let link = index
@@ -383,7 +483,9 @@ impl BackendRegistry {
                     ErrorCode::NoBackend,
                     format!("no {server_type} server {} is connected", log_safe(id)),
                 ),
-                Target::Key(_) => RpcError::new(ErrorCode::NoBackend, "no server picked"),
+                Target::Key(_) | Target::Uid(_) => {
+                    RpcError::new(ErrorCode::NoBackend, "no server picked")
+                }
             })?;
         exchange_call(link, call.into(), deadline).await
     }
@@ -417,7 +519,7 @@ impl BackendRegistry {
         body: Bytes,
         deadline: Duration,
     ) -> Result<(), RpcError> {
-        let link = self.pick(route, &session)?;
+        let (link, _) = self.route_session(route, &session, deadline).await?;
         let notify = Message::Notify(BackendCall::from(Handle {
             route: route.to_string(),
             session,
@@ -433,6 +535,51 @@ impl BackendRegistry {
                 ErrorCode::DeadlineExceeded,
                 format!("{} took no notify within {deadline:?}", link.node_id),
             )),
+        }
+    }
+}
+
+/// Tells the node a player's binding moved to (`link`) that it holds the
+/// player now ([`ADOPT_METHOD`]), before the player's request; a node that
+/// serves no such method is fine, one that fails is logged.
+async fn adopt(
+    link: &Arc<BackendLink>,
+    server_type: &str,
+    uid: &str,
+    from: String,
+    session: Option<SessionSnapshot>,
+    deadline: Duration,
+) {
+    let route = format!("{server_type}.{ADOPT_METHOD}");
+    let caller = session
+        .as_ref()
+        .map_or_else(String::new, |s| s.frontend_id.clone());
+    let args = Adopt {
+        uid: uid.to_string(),
+        from,
+    };
+    let call = match Remote::new(&route, &caller, session, &args) {
+        Ok(call) => call,
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot encode the adopt call");
+            return;
+        }
+    };
+    let told = exchange_call(link, call.into(), deadline).await;
+    match told
+        .as_ref()
+        .map(|reply| Remote::answer::<()>(reply.clone()))
+    {
+        Ok(Ok(Ok(()))) => {}
+        Err(err) if err.code == ErrorCode::UnknownRoute => {}
+        Ok(Ok(Err(callee))) => {
+            tracing::warn!(node = %log_safe(&link.node_id), code = callee.code, cause = %callee.message, "the node a player moved to failed to adopt them")
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(node = %log_safe(&link.node_id), cause = %err, "undecodable answer to adopt")
+        }
+        Err(err) => {
+            tracing::warn!(node = %log_safe(&link.node_id), cause = %err, "the node a player moved to was not told")
         }
     }
 }

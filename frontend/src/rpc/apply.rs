@@ -315,7 +315,7 @@ impl ServeFrontend for LinkCalls<'_> {
         // A backend without a server type was never picked anyway.
         if let Some((server_type, link)) = self.link {
             // No new picks; what runs on it completes.
-            self.conn.backends.unregister(server_type, link);
+            self.conn.backends.unregister(server_type, link, true);
             info!(backend = %log_safe(&link.node_id), "backend draining; forwarding no new requests to it");
         }
         Ok(())

@@ -114,7 +114,7 @@ impl BackendConn {
             }
         };
         if let Some((server_type, link)) = &link {
-            self.backends.unregister(server_type, link);
+            self.backends.unregister(server_type, link, false);
             link.close();
         }
         match end {

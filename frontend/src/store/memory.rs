@@ -1,8 +1,8 @@
 //! The embedded default store: a map in this process.
 
 use super::{
-    Admission, Evicted, Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession,
-    ADMISSION_GRACE,
+    Admission, Evicted, Fenced, Rebound, Refreshed, SessionStore, StoreError, StoreFuture,
+    StoredSession, ADMISSION_GRACE,
 };
 use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_protocol::SessionId;
@@ -26,6 +26,10 @@ struct Maps {
     uids: HashMap<String, BTreeSet<SessionId>>,
     /// The sessions admitted per uid, oldest first, with when.
     admitted: HashMap<String, Vec<(SessionId, Instant)>>,
+    /// Sticky bindings: `(server type, uid) -> (node, until when)`.
+    bindings: HashMap<(String, String), (String, Instant)>,
+    /// How many bindings there were after the last sweep of expired ones.
+    bindings_swept: usize,
 }
 
 impl Maps {
@@ -186,6 +190,63 @@ impl SessionStore for MemoryStore {
         ready(self.with(|m| {
             let sids = m.sids_of(uid);
             sids.into_iter().filter_map(|sid| m.live(sid)).collect()
+        }))
+    }
+
+    fn binding<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<String>> {
+        ready(self.with(|m| {
+            let key = (server_type.to_string(), uid.to_string());
+            let now = Instant::now();
+            match m.bindings.get_mut(&key) {
+                Some((node, until)) if *until > now => {
+                    *until = now + ttl;
+                    Some(node.clone())
+                }
+                Some(_) => {
+                    m.bindings.remove(&key);
+                    None
+                }
+                None => None,
+            }
+        }))
+    }
+
+    fn rebind<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        expected: Option<&'a str>,
+        node: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Rebound> {
+        ready(self.with(|m| {
+            let now = Instant::now();
+            if m.bindings.len() > 2 * m.bindings_swept.max(512) {
+                m.bindings.retain(|_, (_, until)| *until > now);
+                m.bindings_swept = m.bindings.len();
+            }
+            let key = (server_type.to_string(), uid.to_string());
+            let held = m
+                .bindings
+                .get(&key)
+                .filter(|(_, until)| *until > now)
+                .map(|(n, _)| n.as_str());
+            if held != expected {
+                return Rebound {
+                    node: held.unwrap_or_default().to_string(),
+                    written: false,
+                };
+            }
+            m.bindings.insert(key, (node.to_string(), now + ttl));
+            Rebound {
+                node: node.to_string(),
+                written: true,
+            }
         }))
     }
 

@@ -103,6 +103,16 @@ pub struct Refreshed {
     pub fenced: Vec<Fenced>,
 }
 
+/// What a [`SessionStore::rebind`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rebound {
+    /// The node the uid is bound to now (empty: none).
+    pub node: String,
+    /// Whether this call wrote it; `false` when the binding was not the
+    /// expected one (another frontend moved it first).
+    pub written: bool,
+}
+
 /// What failed in a store. Says what failed, not which store: each
 /// [`SessionStore`] maps its own errors into it and keeps them as the
 /// source.
@@ -176,6 +186,26 @@ pub trait SessionStore: Send + Sync + 'static {
     fn get(&self, sid: SessionId) -> StoreFuture<'_, Option<StoredSession>>;
     /// Reads every session of a uid, whichever frontend owns it.
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>>;
+    /// The node of `server_type` that `uid` stays on (a sticky binding,
+    /// see [`BackendRegistry::stick`](crate::BackendRegistry::stick)), if
+    /// any; reading it restarts its time to live.
+    fn binding<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<String>>;
+    /// Binds `uid` to `node` of `server_type` for `ttl`, if its binding is
+    /// still `expected` (`None`: it has none). Atomic: of two frontends
+    /// that race, the second sees the first.
+    fn rebind<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        expected: Option<&'a str>,
+        node: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Rebound>;
     /// Ends sessions for whoever holds them (an operator's revoke): later
     /// writes of their current epochs are refused. Returns how many existed.
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize>;

@@ -106,6 +106,7 @@ pub struct App {
     any_backend: Option<BackendApp>,
     gateways: HashMap<String, GatewayApp>,
     any_gateway: Option<GatewayApp>,
+    sticky: Vec<String>,
     configure: Vec<Configure>,
 }
 
@@ -172,6 +173,15 @@ impl App {
         self
     }
 
+    /// Players of `server_type` stay on one node of it: a game server that
+    /// holds their state (see
+    /// [`BackendRegistry::stick`](crate::BackendRegistry::stick)). Every
+    /// frontend of the binary keeps the bindings in its session store.
+    pub fn sticky(mut self, server_type: &str) -> App {
+        self.sticky.push(server_type.to_string());
+        self
+    }
+
     /// Changes every node this binary builds, before it starts: lifecycle
     /// hooks, store options, …
     pub fn node(
@@ -185,7 +195,8 @@ impl App {
     /// A frontend role `id` of `server_type`, with the app's gateway
     /// handlers for it.
     pub fn frontend_role(&self, id: &str, server_type: &str) -> FrontendRole {
-        let role = FrontendRole::new(id, server_type);
+        let mut role = FrontendRole::new(id, server_type);
+        role.sticky.clone_from(&self.sticky);
         let setup = self
             .gateways
             .get(server_type)

@@ -126,6 +126,13 @@ pub struct FrontendRole {
     /// The RPC server's settings; its secret is the node's. Default:
     /// `RpcConfig::default()`.
     pub rpc: RpcConfig,
+    /// Server types whose players stay on one node (see
+    /// [`BackendRegistry::stick`](crate::BackendRegistry::stick)); their
+    /// bindings live in the node's store, or in this frontend alone
+    /// without one. Default: none.
+    pub sticky: Vec<String>,
+    /// How those bindings behave. Default: `StickyOptions::default()`.
+    pub sticky_options: crate::frontend::StickyOptions,
     /// Registers handlers and hooks on the gateway before it binds.
     setup: Option<GatewaySetup>,
 }
@@ -145,10 +152,20 @@ impl FrontendRole {
             sessions: SessionConfig::new(id.clone()),
             gateway: GatewayConfig::new(server_type.clone()),
             rpc: RpcConfig::default(),
+            sticky: Vec::new(),
+            sticky_options: Default::default(),
             setup: None,
             id,
             server_type,
         }
+    }
+
+    /// Keeps each player of `server_type` on one node: for servers that
+    /// hold a player's game state (see
+    /// [`BackendRegistry::stick`](crate::BackendRegistry::stick)).
+    pub fn sticky(mut self, server_type: impl Into<String>) -> Self {
+        self.sticky.push(server_type.into());
+        self
     }
 
     /// Serves clients on `addr` (TCP and WebSocket on one port).

@@ -142,6 +142,8 @@ async fn start_frontend(
         sessions: session_config,
         gateway: gateway_config,
         mut rpc,
+        sticky,
+        sticky_options,
         setup,
     } = role;
     let sessions = SessionService::new(session_config);
@@ -163,6 +165,16 @@ async fn start_frontend(
     let rpc = RpcServer::bind(rpc_addr, sessions.clone(), rpc)
         .await
         .map_err(NodeError::Frontend)?;
+    if !sticky.is_empty() {
+        // Without a store, the bindings hold for this frontend alone.
+        let bindings = store
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::frontend::MemoryStore::new()));
+        for server_type in &sticky {
+            rpc.backends()
+                .stick(server_type, bindings.clone(), sticky_options.clone());
+        }
+    }
     let gateway = match client_addr {
         Some(addr) => {
             let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), gateway_config);

@@ -50,7 +50,8 @@ use self::index::{listen, sweep_every};
 use self::inner::{encode, eval, millis, parse_sid, sid_hex, Inner};
 use self::scripts::Scripts;
 use super::{
-    Admission, Evicted, Fenced, Refreshed, SessionStore, StoreError, StoreFuture, StoredSession,
+    Admission, Evicted, Fenced, Rebound, Refreshed, SessionStore, StoreError, StoreFuture,
+    StoredSession,
 };
 use crate::config::RedisStoreConfig;
 use ::redis::aio::ConnectionManagerConfig;
@@ -84,6 +85,10 @@ impl Keys {
     }
     fn pending(&self, uid: &str) -> String {
         format!("{}x:{{{uid}}}", self.prefix)
+    }
+    /// The node of `server_type` that `uid` stays on (its own slot).
+    fn binding(&self, server_type: &str, uid: &str) -> String {
+        format!("{}k:{server_type}:{{{uid}}}", self.prefix)
     }
     /// The channel admissions announce evicted sessions on.
     fn evictions(&self) -> String {
@@ -297,6 +302,47 @@ impl SessionStore for RedisStore {
 
     fn by_uid<'a>(&'a self, uid: &'a str) -> StoreFuture<'a, Vec<StoredSession>> {
         Box::pin(self.guard(self.inner.by_uid(uid)))
+    }
+
+    fn binding<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Option<String>> {
+        Box::pin(self.guard(async move {
+            let key = self.inner.keys.binding(server_type, uid);
+            let (node, _): (Option<String>, i64) = ::redis::pipe()
+                .get(&key)
+                .pexpire(&key, i64::try_from(millis(ttl)).unwrap_or(i64::MAX))
+                .query_async(&mut self.inner.conn.get())
+                .await?;
+            Ok(node)
+        }))
+    }
+
+    fn rebind<'a>(
+        &'a self,
+        server_type: &'a str,
+        uid: &'a str,
+        expected: Option<&'a str>,
+        node: &'a str,
+        ttl: Duration,
+    ) -> StoreFuture<'a, Rebound> {
+        Box::pin(self.guard(async move {
+            let inner = &self.inner;
+            let mut cmd = eval(
+                &inner.scripts.rebind,
+                &[inner.keys.binding(server_type, uid)],
+            );
+            cmd.arg(expected.unwrap_or("")).arg(node).arg(millis(ttl));
+            let held: Vec<(String, i64)> = inner.run(&[cmd]).await?;
+            let (node, written) = held.into_iter().next().unwrap_or_default();
+            Ok(Rebound {
+                node,
+                written: written == 1,
+            })
+        }))
     }
 
     fn delete(&self, sids: Vec<SessionId>) -> StoreFuture<'_, usize> {

@@ -123,11 +123,22 @@ redis.call('PUBLISH', ARGV[3], ARGV[4] .. ' ' .. ARGV[1])
 return {owner, uid}
 "#;
 
+/// Binds a uid to a node of a server type if its binding is still ARGV[1]
+/// ('' for none). ARGV: expected, node, ttl ms. KEYS: binding key. Answers
+/// `{binding held afterwards, 1 written / 0 not}`.
+const REBIND: &str = r#"
+local now = redis.call('GET', KEYS[1]) or ''
+if now ~= ARGV[1] then return {now, 0} end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {ARGV[2], 1}
+"#;
+
 /// The store's scripts, loaded on connect (on every master of a cluster)
 /// and again after a server restart (pipelined EVALSHA calls then fail
 /// with NOSCRIPT).
 #[derive(Clone)]
 pub(super) struct Scripts {
+    pub(super) rebind: Script,
     pub(super) put: Script,
     pub(super) end: Script,
     pub(super) claim: Script,
@@ -139,6 +150,7 @@ pub(super) struct Scripts {
 impl Scripts {
     pub(super) fn new() -> Self {
         Scripts {
+            rebind: Script::new(REBIND),
             put: Script::new(PUT),
             end: Script::new(END),
             claim: Script::new(CLAIM),
@@ -150,6 +162,7 @@ impl Scripts {
 
     pub(super) async fn load(&self, conn: &mut super::conn::Link) -> Result<(), StoreError> {
         for script in [
+            &self.rebind,
             &self.put,
             &self.end,
             &self.claim,
