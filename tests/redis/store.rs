@@ -8,7 +8,8 @@ use bytes::Bytes;
 use common::redis::{RedisCluster, RedisServer};
 use common::store::{raw, record, store_on};
 use session_proxy::frontend::{
-    Admission, Evicted, Fenced, MemoryStore, Refreshed, SessionStore, StoreOptions, StoredSession,
+    Admission, Evicted, Fenced, MemoryStore, Rebound, Refreshed, SessionStore, StoreOptions,
+    StoredSession,
 };
 use session_proxy::{ConnectInfo, SessionConfig, SessionId, SessionService};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,8 +92,51 @@ async fn exercise(store: &dyn SessionStore) {
     assert_eq!(store.list().await.expect("list"), vec![two]);
     fencing(store, ttl).await;
     admission(store, ttl).await;
+    bindings(store, ttl).await;
     store.clear().await.expect("clear");
     assert!(store.list().await.expect("list").is_empty());
+    assert_eq!(store.binding("room", "ann", ttl).await.expect("read"), None);
+}
+
+/// Sticky bindings: written once by whoever comes first, moved only from
+/// the binding the mover saw, per server type, gone after their TTL.
+async fn bindings(store: &dyn SessionStore, ttl: Duration) {
+    let bound = |node: &str, written| Rebound {
+        node: node.to_string(),
+        written,
+    };
+    assert_eq!(store.binding("room", "ann", ttl).await.expect("read"), None);
+    let first = store.rebind("room", "ann", None, "room-2", ttl).await;
+    assert_eq!(first.expect("bind"), bound("room-2", true));
+    // A frontend that raced and saw no binding takes the first one's.
+    let racer = store.rebind("room", "ann", None, "room-1", ttl).await;
+    assert_eq!(racer.expect("bind"), bound("room-2", false));
+    let moved = store
+        .rebind("room", "ann", Some("room-2"), "room-1", ttl)
+        .await;
+    assert_eq!(moved.expect("move"), bound("room-1", true));
+    let stale = store
+        .rebind("room", "ann", Some("room-2"), "room-3", ttl)
+        .await;
+    assert_eq!(stale.expect("move"), bound("room-1", false));
+    let read = store.binding("room", "ann", ttl).await.expect("read");
+    assert_eq!(read.as_deref(), Some("room-1"));
+    assert_eq!(
+        store.binding("match", "ann", ttl).await.expect("read"),
+        None
+    );
+    // A read restarts the TTL with the reader's: one of a millisecond
+    // lets the binding expire on its own.
+    let brief = store.rebind("room", "bob", None, "room-1", ttl).await;
+    assert_eq!(brief.expect("bind"), bound("room-1", true));
+    let short = Duration::from_millis(1);
+    common::eventually(Duration::from_secs(5), "the binding expires", || async {
+        match store.binding("room", "bob", short).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }
 
 /// A per-uid limit across frontends: refused at the limit, or the oldest
