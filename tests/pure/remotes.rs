@@ -284,15 +284,18 @@ async fn every_failure_is_a_typed_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_call_a_remote() {
     let c = cluster().await;
-    let player = client(c.f.gateway.local_addr(), Transport::WebSocket).await;
-    let answer = player
-        .request("room.roomRemote.add", &json!("7"))
-        .await
-        .expect("answered");
-    assert_eq!(
-        answer,
-        json!({ "code": 403, "msg": "room.roomRemote.add is not a client route" })
-    );
+    for transport in [Transport::Tcp, Transport::WebSocket] {
+        let player = client(c.f.gateway.local_addr(), transport).await;
+        let answer = player
+            .request("room.roomRemote.add", &json!("7"))
+            .await
+            .expect("answered");
+        assert_eq!(
+            answer,
+            json!({ "code": 403, "msg": "room.roomRemote.add is not a client route" }),
+            "over {transport:?}"
+        );
+    }
     assert!(
         c.calls.lock().expect("calls").is_empty(),
         "the remote never ran"
