@@ -4,9 +4,10 @@
 # the chat backend asks its session's frontend, which calls the callee on
 # its link, and back), interleaved round by round, with the connector and
 # the chat backend as two processes and as one (`run --node
-# connector-1,chat-1`). Prints each run's req/s, p50 and p99, and the
-# median ratio of the remote route to echo in the same round. Loopback
-# only; every process is stopped by its PID.
+# connector-1,chat-1`), and Pinus beside them (`app.rpc.chat.benchRemote.echo`
+# from its chat server, bench/pinus). Prints each run's req/s, p50 and p99,
+# and per system the median over rounds of the remote route against echo in
+# the same round. Loopback only; every process is stopped by its PID.
 #   bench/remote.sh [rounds] [seconds] [clients]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,16 +16,23 @@ secs=${2:-5}
 clients=${3:-50}
 cargo build --release --quiet --bin session-proxy
 bin=./target/release/session-proxy
+(cd bench/pinus && [ -d node_modules/pinus ] || npm ci --no-audit --no-fund >/dev/null)
 out=$(mktemp -d)
 pids=()
-trap 'stop; rm -rf "$out"' EXIT
+pinus_master=
+cleanup() {
+  stop
+  if [ -n "$pinus_master" ]; then bench/pinus/stop.sh "$pinus_master"; fi
+  rm -rf "$out"
+}
+trap cleanup EXIT
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-measure() { # system route round
+measure() { # system route round port
   local line
-  line=$("$bin" bench rr --target 127.0.0.1:4700 --clients "$clients" --duration "$secs" \
+  line=$("$bin" bench rr --target "127.0.0.1:$4" --clients "$clients" --duration "$secs" \
     --route "$2" --body '{"x":1}' --json 2>/dev/null)
   echo "$1 $2 $3 $line" >>"$out/runs"
   python3 -c '
@@ -37,8 +45,12 @@ print("  %-12s %-24s %9.0f req/s  p50 %.2f ms  p99 %.2f ms  errors %d" % (
 
 for r in $(seq "$rounds"); do
   echo "round $r/$rounds ($clients clients, $secs s each)"
-  for system in two-process one-process; do
-    if [ "$system" = two-process ]; then
+  for system in two-process one-process pinus; do
+    port=4700
+    if [ "$system" = pinus ]; then
+      pinus_master=$(bench/pinus/start.sh)
+      port=4100
+    elif [ "$system" = two-process ]; then
       "$bin" run --config bench/cluster.toml --node connector-1 >/dev/null 2>&1 &
       pids=($!)
       "$bin" run --config bench/cluster.toml --node chat-1 >/dev/null 2>&1 &
@@ -47,14 +59,18 @@ for r in $(seq "$rounds"); do
       "$bin" run --config bench/cluster.toml --node connector-1,chat-1 >/dev/null 2>&1 &
       pids=($!)
     fi
-    wait_port 4700
-    sleep 1
+    wait_port "$port"
+    sleep 2
     # Alternate which route goes first, so drift within a round hits both.
     if [ $((r % 2)) -eq 1 ]; then order="echo remote"; else order="remote echo"; fi
     for route in $order; do
-      measure "$system" "chat.benchHandler.$route" "$r"
+      measure "$system" "chat.benchHandler.$route" "$r" "$port"
     done
     stop
+    if [ -n "$pinus_master" ]; then
+      bench/pinus/stop.sh "$pinus_master"
+      pinus_master=
+    fi
   done
 done
 
@@ -64,10 +80,20 @@ runs = {}
 for line in open(sys.argv[1]):
     system, route, rnd, result = line.split(" ", 3)
     runs.setdefault((system, int(rnd)), {})[route.rsplit(".", 1)[1]] = json.loads(result)
-print("median over rounds, the remote route against echo in the same round:")
-for system in ("two-process", "one-process"):
+print("median over rounds: the remote route's req/s, p50 and p99, and against echo in the same round:")
+for system in ("two-process", "one-process", "pinus"):
     rounds = [v for (s, _), v in runs.items() if s == system]
-    thr = statistics.median(v["remote"]["throughput"] / v["echo"]["throughput"] for v in rounds)
-    p50 = statistics.median(v["remote"]["p50_us"] - v["echo"]["p50_us"] for v in rounds)
-    print(f"  {system:12} throughput {thr:.2f}x echo, p50 +{p50 / 1000:.2f} ms")
+    med = lambda f: statistics.median(f(v) for v in rounds)
+    print(f"  {system:12} remote {med(lambda v: v['remote']['throughput']):8.0f} req/s"
+          f"  p50 {med(lambda v: v['remote']['p50_us']) / 1000:.2f} ms"
+          f"  p99 {med(lambda v: v['remote']['p99_us']) / 1000:.2f} ms"
+          f"  | {med(lambda v: v['remote']['throughput'] / v['echo']['throughput']):.2f}x echo's req/s,"
+          f" p50 +{med(lambda v: v['remote']['p50_us'] - v['echo']['p50_us']) / 1000:.2f} ms")
+ours = [v for (s, _), v in runs.items() if s == "two-process"]
+theirs = [v for (s, _), v in runs.items() if s == "pinus"]
+if ours and theirs:
+    by_round = {r: v for (s, r), v in runs.items() if s == "two-process"}
+    ratios = [by_round[r]["remote"]["throughput"] / v["remote"]["throughput"]
+              for (s, r), v in runs.items() if s == "pinus" and r in by_round]
+    print(f"  remote route, two processes against Pinus in the same round: {statistics.median(ratios):.2f}x req/s")
 PY

@@ -71,13 +71,22 @@ async fn room(id: &str, frontends: &[&Node], log: &Log) -> BackendSessionService
 /// Two frontends whose `room` players stay on their node, bindings in
 /// `redis`.
 async fn frontends(redis: &RedisServer) -> (Node, Node) {
+    frontends_with(redis, StickyOptions::default(), Duration::from_secs(5)).await
+}
+
+/// [`frontends`] with these options and request deadline.
+async fn frontends_with(
+    redis: &RedisServer,
+    options: StickyOptions,
+    deadline: Duration,
+) -> (Node, Node) {
     let store = Arc::new(common::store::store_on(redis.url()).await);
-    let f1 = start_frontend("connector-1", |_| {}).await;
-    let f2 = start_frontend("connector-2", |_| {}).await;
+    let f1 = start_frontend("connector-1", |c| c.request_deadline = deadline).await;
+    let f2 = start_frontend("connector-2", |c| c.request_deadline = deadline).await;
     for f in [&f1, &f2] {
         f.rpc
             .backends()
-            .stick("room", store.clone(), StickyOptions::default());
+            .stick("room", store.clone(), options.clone());
     }
     (f1, f2)
 }
@@ -245,4 +254,68 @@ async fn a_drained_rooms_players_move_and_their_new_room_is_told_first() {
         c.close();
     }
     assert_eq!(adopted(&log).len(), on_two.len(), "no player moved twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_room_keeps_its_players_for_a_while_then_they_move() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut options = StickyOptions::default();
+    options.move_after = Duration::from_secs(2);
+    let deadline = Duration::from_millis(400);
+    let (f1, _f2) = frontends_with(&redis, options, deadline).await;
+    let log = Log::default();
+    let _r1 = room("room-1", &[&f1], &log).await;
+    let r2 = room("room-2", &[&f1], &log).await;
+    wait_rooms(&[&f1], 2).await;
+    let mut on_two = None;
+    for i in 0..16 {
+        let uid = format!("player-{i}");
+        let (c, node) = login_where(&f1, &uid).await;
+        if node == "room-2" {
+            on_two = Some((uid, c));
+            break;
+        }
+    }
+    let (uid, c) = on_two.expect("a player on room-2");
+
+    // Its link breaks (no drain): the player's requests wait for it, and
+    // fail past their deadline rather than land where its state is not.
+    r2.close();
+    common::eventually(WAIT, "room-2's link is gone", || async {
+        match f1.rpc.backends().count("room") {
+            1 => Ok(()),
+            n => Err(format!("{n} rooms")),
+        }
+    })
+    .await;
+    let answer = c
+        .request("room.h.where", &json!({}))
+        .await
+        .expect("answered");
+    assert_ne!(answer["code"], 200, "{answer}");
+    assert!(
+        answer["msg"].as_str().unwrap_or_default().contains("away"),
+        "{answer}"
+    );
+    assert_eq!(adopted(&log), vec![], "nobody moved yet");
+
+    // Away for longer than move_after: the binding moves, with an adopt.
+    let node = common::eventually(Duration::from_secs(10), "the player moves", || async {
+        let answer = c
+            .request("room.h.where", &json!({}))
+            .await
+            .map_err(|e| e.to_string())?;
+        answer["node"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| answer.to_string())
+    })
+    .await;
+    assert_eq!(node, "room-1");
+    assert_eq!(
+        adopted(&log),
+        vec![("room-1".to_string(), uid.clone(), "room-2".to_string())]
+    );
 }

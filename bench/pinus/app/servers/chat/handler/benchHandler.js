@@ -37,6 +37,12 @@ class BenchHandler {
     return { code: 200, members: channel.getMembers().length };
   }
 
+  // One `app.rpc` call to the chat server that owns the session (the
+  // default route function: by the session's uid hash), answered as is.
+  async remote(msg, session) {
+    return this.app.rpc.chat.benchRemote.echo.route(session)(msg);
+  }
+
   async fanout(msg, session) {
     const channel = this.channels.getChannel(msg.channel || 'all', false);
     if (!channel) {
