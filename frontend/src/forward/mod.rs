@@ -327,19 +327,8 @@ impl BackendRegistry {
         let router = self.router_of(server_type);
         let choose = |ids: &[String]| router.route(session, route, ids);
         let placed = self
-            .place(&sticky, server_type, uid, choose, deadline)
+            .place(&sticky, server_type, uid, choose, Some(session), deadline)
             .await?;
-        if let Some(from) = placed.moved_from {
-            adopt(
-                &placed.link,
-                server_type,
-                uid,
-                from,
-                Some(session.clone()),
-                deadline,
-            )
-            .await;
-        }
         Ok((placed.link, placed.candidates))
     }
 
@@ -370,7 +359,10 @@ impl BackendRegistry {
             .inspect_err(|_| {
                 crate::metrics::UNROUTED.record(started, false);
             })?;
-        let result = self.exchange(&link, route, session, body, deadline).await;
+        // What routing took (a sticky lookup, an adopt) comes off the
+        // request's deadline.
+        let left = deadline.saturating_sub(started.elapsed());
+        let result = self.exchange(&link, route, session, body, left).await;
         if let Some(m) = &candidates.metrics {
             m.record(started, result.is_ok());
         }
@@ -451,8 +443,9 @@ impl BackendRegistry {
     }
 
     /// Relays a backend's remote call to the backend of `server_type` that
-    /// `target` picks (a key's owner by rendezvous hash, or a named node),
-    /// within `deadline`; returns the callee's reply bytes untouched.
+    /// `target` picks (a key's owner by rendezvous hash, a named node, or
+    /// the player's node), within `deadline`; returns the callee's reply
+    /// bytes untouched.
     pub(crate) async fn relay(
         &self,
         server_type: &str,
@@ -461,15 +454,14 @@ impl BackendRegistry {
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
         if let (Target::Uid(uid), Some(sticky)) = (target, self.sticky(server_type)) {
+            let started = std::time::Instant::now();
             let choose = |ids: &[String]| pick_by_key(uid.as_bytes(), ids);
+            let session = call.session.as_ref();
             let placed = self
-                .place(&sticky, server_type, uid, choose, deadline)
+                .place(&sticky, server_type, uid, choose, session, deadline)
                 .await?;
-            if let Some(from) = placed.moved_from {
-                let session = call.session.clone();
-                adopt(&placed.link, server_type, uid, from, session, deadline).await;
-            }
-            return exchange_call(&placed.link, call.into(), deadline).await;
+            let left = deadline.saturating_sub(started.elapsed());
+            return exchange_call(&placed.link, call.into(), left).await;
         }
         let candidates = self.candidates(server_type)?;
         let index = match target {

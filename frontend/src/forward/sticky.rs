@@ -27,7 +27,7 @@ use crate::store::SessionStore;
 use dashmap::DashMap;
 use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_protocol::text::log_safe;
-use session_proxy_protocol::{ErrorCode, RpcError};
+use session_proxy_protocol::{ErrorCode, RpcError, SessionSnapshot};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StickyOptions {
-    /// How long a binding outlives its player's last session that used it
-    /// (each session's first request to the type restarts it). Default: a
-    /// day.
+    /// How long a binding lives after it was last read (a frontend reads it
+    /// at a player's first request to the type and every `recheck` while
+    /// the player keeps sending). Default: a day.
     pub ttl: Duration,
     /// How long a frontend routes by the binding it read before it reads
     /// the store again (another frontend may have moved it). Default: 10 s.
@@ -179,8 +179,6 @@ impl Departures {
 pub(super) struct Placed {
     pub(super) link: Arc<BackendLink>,
     pub(super) candidates: Arc<Candidates>,
-    /// The node the binding moved away from, when this request moved it.
-    pub(super) moved_from: Option<String>,
 }
 
 impl BackendRegistry {
@@ -195,22 +193,24 @@ impl BackendRegistry {
     }
 
     /// The node of `server_type` for `uid` by the rules of this module;
-    /// `choose` is the router's pick among the candidates' ids.
+    /// `choose` is the router's pick among the candidates' ids. When this
+    /// call moved the binding, the new node has been told (about `session`
+    /// if given) before it returns.
     pub(super) async fn place(
         &self,
         sticky: &Sticky,
         server_type: &str,
         uid: &str,
         choose: impl Fn(&[String]) -> Option<usize>,
+        session: Option<&SessionSnapshot>,
         deadline: Duration,
     ) -> Result<Placed, RpcError> {
         let until = Instant::now() + deadline;
-        let at = |candidates: Arc<Candidates>, node: &str, moved_from: Option<String>| {
+        let at = |candidates: Arc<Candidates>, node: &str| {
             let i = candidates.ids.iter().position(|n| n == node)?;
             Some(Placed {
-                link: candidates.links[i].clone(),
+                link: candidates.links.get(i)?.clone(),
                 candidates,
-                moved_from,
             })
         };
         loop {
@@ -220,7 +220,7 @@ impl BackendRegistry {
             let candidates = self.candidates(server_type)?;
             if let Some(placed) = sticky
                 .recent(uid)
-                .and_then(|node| at(candidates.clone(), &node, None))
+                .and_then(|node| at(candidates.clone(), &node))
             {
                 return Ok(placed);
             }
@@ -232,12 +232,12 @@ impl BackendRegistry {
                 .ask(sticky.store.binding(server_type, uid, ttl))
                 .await
             else {
-                return at(candidates, &chosen, None)
+                return at(candidates, &chosen)
                     .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "no server picked"));
             };
             sticky.answered();
             if let Some(node) = &held {
-                if let Some(placed) = at(candidates.clone(), node, None) {
+                if let Some(placed) = at(candidates.clone(), node) {
                     sticky.remember(uid, node);
                     return Ok(placed);
                 }
@@ -266,14 +266,16 @@ impl BackendRegistry {
                 .store
                 .rebind(server_type, uid, held.as_deref(), &chosen, ttl);
             let Some(rebound) = sticky.ask(rebind).await else {
-                return at(candidates, &chosen, None)
+                return at(candidates, &chosen)
                     .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "no server picked"));
             };
-            let moved_from = held.filter(|_| rebound.written);
-            if let Some(placed) = at(candidates, &rebound.node, moved_from) {
+            if let Some(placed) = at(candidates, &rebound.node) {
                 sticky.remember(uid, &rebound.node);
-                if let Some(from) = &placed.moved_from {
-                    tracing::info!(server_type, from = %log_safe(from), to = %log_safe(&rebound.node), "a player's sticky binding moved");
+                if let Some(from) = held.filter(|_| rebound.written) {
+                    tracing::info!(server_type, from = %log_safe(&from), to = %log_safe(&rebound.node), "a player's sticky binding moved");
+                    let left = until.saturating_duration_since(Instant::now());
+                    let session = session.cloned();
+                    super::adopt(&placed.link, server_type, uid, from, session, left).await;
                 }
                 return Ok(placed);
             }
