@@ -5,7 +5,7 @@
 //! stops at the handler's next await.
 
 use crate::handler::SharedHandlers;
-use crate::link::{refuse, Inbound, Replier, REQUEST_DEADLINE};
+use crate::link::{Inbound, Refused, Replier, REQUEST_DEADLINE};
 use crate::{BackendSession, FrontendClient, HandlerError};
 use bytes::Bytes;
 use futures::FutureExt;
@@ -16,6 +16,7 @@ use session_proxy_protocol::{
 };
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::AbortHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,9 +54,13 @@ impl Inbound for Dispatcher {
         call: BackendCall,
         deadline: Duration,
         reply: Option<Replier>,
-    ) {
+    ) -> Result<Option<AbortHandle>, Refused> {
         if self.draining.is_cancelled() {
-            return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
+            return Err(Refused {
+                reply,
+                code: ErrorCode::Unavailable,
+                message: "backend shutting down",
+            });
         }
         // Filters see requests in arrival order, before they run.
         let filtered = match &call {
@@ -69,27 +74,22 @@ impl Inbound for Dispatcher {
             }
             BackendCall::Remote(_) => None,
         };
+        let answers = reply.is_some();
         let tasks = self.tasks.clone();
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
             let cx = RequestCx {
                 link,
                 deadline,
                 filtered: std::sync::Mutex::new(filtered),
             };
-            let Some(reply) = reply else {
-                // A notify: nobody to answer, nothing to cancel it.
-                let _ = call.serve(&*self, &cx).await;
-                return;
-            };
-            let result = tokio::select! {
-                result = call.serve(&*self, &cx) => result,
-                _ = reply.cancelled() => {
-                    debug!("request cancelled by its frontend");
-                    return;
-                }
-            };
-            reply.send(result).await;
+            let result = call.serve(&*self, &cx).await;
+            // A notify has nobody to answer.
+            if let Some(reply) = reply {
+                reply.send(result).await;
+            }
         });
+        // A request its frontend cancels is dropped at its next await.
+        Ok(answers.then(|| task.abort_handle()))
     }
 }
 
@@ -155,12 +155,13 @@ impl ServeBackend for Dispatcher {
         let filtered = cx.filtered.lock_unpoisoned().take();
         let (result, outcome) = match filtered {
             None => run.await,
-            Some(filtered) => match filtered.around_with(run, body_of).await {
+            // Boxed: the unfiltered path's future stays small.
+            Some(filtered) => match Box::pin(filtered.around_with(run, body_of)).await {
                 Ok(ran) => ran,
                 Err(refusal) => {
                     if refusal.disconnect {
                         let reason = refusal.error.message.clone();
-                        let _ = cx.link.call(KickBySid { sid, reason }).await;
+                        let _ = Box::pin(cx.link.call(KickBySid { sid, reason })).await;
                     }
                     (Ok(refusal.error.to_body()), Outcome::AppError)
                 }
@@ -173,6 +174,14 @@ impl ServeBackend for Dispatcher {
     }
 
     async fn remote(&self, call: Remote, cx: &RequestCx) -> Result<Bytes, RpcError> {
+        // Boxed: a forwarded request's future does not carry room for it.
+        Box::pin(self.run_remote(call, cx)).await
+    }
+}
+
+impl Dispatcher {
+    /// Runs a remote method for [`ServeBackend::remote`].
+    async fn run_remote(&self, call: Remote, cx: &RequestCx) -> Result<Bytes, RpcError> {
         let Remote {
             route,
             caller,

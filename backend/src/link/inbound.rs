@@ -10,49 +10,81 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::{timeout_at, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// What a link does with the requests its frontend sends (forwarded client
 /// requests); pings and cancels are the link's own.
 pub(crate) trait Inbound: Send + Sync + 'static {
     /// Runs `call` for the frontend behind `link`, within `deadline`, and
-    /// answers through `reply` (`None` for a notify). A request the
-    /// frontend cancels has `reply.cancelled()` fire.
+    /// answers through `reply` (`None` for a notify). Returns the handle
+    /// that stops the request's task when the frontend cancels it (`None`
+    /// for a notify), or the refusal to answer (by the caller, so that no
+    /// answer is dropped while [`Running::track`] holds its lock).
     fn call(
         self: Arc<Self>,
         link: FrontendClient,
         call: BackendCall,
         deadline: Duration,
         reply: Option<Replier>,
-    );
+    ) -> Result<Option<AbortHandle>, Refused>;
+}
+
+/// A request refused before it ran: answered with `code` and `message`
+/// (a notify gets nothing).
+pub(crate) struct Refused {
+    pub(crate) reply: Option<Replier>,
+    pub(crate) code: ErrorCode,
+    pub(crate) message: &'static str,
+}
+
+impl Refused {
+    /// Answers the refusal.
+    pub(crate) fn answer(self) {
+        refuse(self.reply, self.code, self.message);
+    }
 }
 
 /// The requests of one connection that are still running, by id, so the
-/// frontend can cancel them.
+/// frontend can cancel them: each task's abort handle, taken out when its
+/// [`Replier`] is dropped (the task ended, or was aborted).
 #[derive(Default)]
 pub(crate) struct Running {
-    by_id: Mutex<HashMap<u64, CancellationToken>>,
+    by_id: Mutex<HashMap<u64, AbortHandle>>,
 }
 
 impl Running {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, AbortHandle>> {
         // One map operation per critical section: a poisoned map is whole.
         self.by_id.lock_unpoisoned()
     }
 
-    /// Starts tracking request `id`; its token fires if the frontend
-    /// cancels it.
-    fn start(&self, id: u64) -> CancellationToken {
-        let token = CancellationToken::new();
-        self.lock().insert(id, token.clone());
-        token
+    /// Runs `start` (which spawns request `id`'s task) and tracks the task;
+    /// answers a refusal once the lock is let go. Under the lock: a task
+    /// that ends at once takes itself out only after it was put in.
+    pub(super) fn track(
+        &self,
+        id: u64,
+        start: impl FnOnce() -> Result<Option<AbortHandle>, Refused>,
+    ) {
+        let mut running = self.lock();
+        match start() {
+            Ok(Some(task)) => {
+                running.insert(id, task);
+            }
+            Ok(None) => {}
+            Err(refused) => {
+                drop(running);
+                refused.answer();
+            }
+        }
     }
 
-    /// The frontend gave up on request `id`.
+    /// The frontend gave up on request `id`: its task stops at its next
+    /// await.
     pub(super) fn cancel(&self, id: u64) {
-        if let Some(token) = self.lock().remove(&id) {
-            token.cancel();
+        if let Some(task) = self.lock().remove(&id) {
+            task.abort();
         }
     }
 
@@ -107,8 +139,6 @@ pub(crate) struct Replier {
     bytes: Arc<AnswerBytes>,
     /// When the frontend stops waiting for the answer.
     deadline_at: Instant,
-    /// Fires when the frontend cancels the request.
-    cancelled: CancellationToken,
     /// Where the request is tracked while it runs.
     running: Arc<Running>,
 }
@@ -148,14 +178,8 @@ impl Replier {
             tx,
             bytes,
             deadline_at: Instant::now() + deadline,
-            cancelled: running.start(id),
             running: running.clone(),
         }
-    }
-
-    /// Fires when the frontend cancels the request (its caller gave up).
-    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.cancelled.cancelled()
     }
 
     /// Answers at once if the queue has room; a full queue or a dead link
@@ -184,10 +208,24 @@ impl Replier {
             result,
         });
         let cost = self.bytes.cost(&frame);
+        // Room now (the usual case): no timer, no waiting.
+        let frame = match self.bytes.room.try_acquire_many(cost) {
+            Ok(taken) => match self.tx.try_send(frame) {
+                Ok(()) => return taken.forget(),
+                // The writer is gone only when the link is.
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Full(frame)) => frame,
+            },
+            Err(_) => frame,
+        };
+        // Boxed: the fast path's future stays small.
+        Box::pin(self.wait_to_send(frame, cost)).await;
+    }
+
+    async fn wait_to_send(&self, frame: Outgoing, cost: u32) {
         let queued = timeout_at(self.deadline_at, async {
             let taken = self.bytes.room.acquire_many(cost).await.ok()?;
             taken.forget();
-            // The writer is gone only when the link is; nothing to answer then.
             self.tx.send(frame).await.ok()
         })
         .await;

@@ -29,7 +29,7 @@ mod inbound;
 mod pending;
 mod supervisor;
 
-pub(crate) use inbound::{refuse, Inbound, Replier, REQUEST_DEADLINE};
+pub(crate) use inbound::{refuse, Inbound, Refused, Replier, REQUEST_DEADLINE};
 use inbound::{AnswerBytes, Running};
 pub use pending::PendingCall;
 

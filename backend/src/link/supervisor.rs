@@ -4,8 +4,8 @@
 
 use super::dial::{dial, Reader, Writer};
 use super::{
-    refuse, AnswerBytes, ClientInner, Conn, FrontendClient, Inbound, Outcome, Outgoing, Replier,
-    Running, State,
+    refuse, AnswerBytes, ClientInner, Conn, FrontendClient, Inbound, Outcome, Outgoing, Refused,
+    Replier, Running, State,
 };
 use crate::error::LinkError;
 use crate::BackendConfig;
@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -207,11 +208,14 @@ impl Supervisor {
                                 "arrived after its deadline; not run",
                             );
                         } else {
-                            self.incoming(req.call, deadline, Some(reply));
+                            running
+                                .track(req.id, || self.incoming(req.call, deadline, Some(reply)));
                         }
                     }
                     Some(Ok(Message::Notify(call))) => {
-                        self.incoming(call, self.config.deadline, None);
+                        if let Err(refused) = self.incoming(call, self.config.deadline, None) {
+                            refused.answer();
+                        }
                     }
                     Some(Ok(Message::Cancel(id))) => running.cancel(id),
                     Some(Ok(Message::Ping(id))) => {
@@ -244,20 +248,29 @@ impl Supervisor {
 
     /// A call the frontend sent goes to the inbound side (refused when there
     /// is none, or when every handle is gone).
-    fn incoming(&self, call: BackendCall, deadline: Duration, reply: Option<Replier>) {
+    fn incoming(
+        &self,
+        call: BackendCall,
+        deadline: Duration,
+        reply: Option<Replier>,
+    ) -> Result<Option<AbortHandle>, Refused> {
         let Some(inbound) = &self.inbound else {
-            return refuse(
+            return Err(Refused {
                 reply,
-                ErrorCode::Unsupported,
-                "this backend serves no forwarded requests",
-            );
+                code: ErrorCode::Unsupported,
+                message: "this backend serves no forwarded requests",
+            });
         };
         let Some(inner) = self.client.upgrade() else {
-            return refuse(reply, ErrorCode::Unavailable, "backend shutting down");
+            return Err(Refused {
+                reply,
+                code: ErrorCode::Unavailable,
+                message: "backend shutting down",
+            });
         };
         inbound
             .clone()
-            .call(FrontendClient { inner }, call, deadline, reply);
+            .call(FrontendClient { inner }, call, deadline, reply)
     }
 }
 
