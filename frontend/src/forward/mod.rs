@@ -95,6 +95,8 @@ struct Inner {
     routers: RwLock<HashMap<String, Arc<dyn Router>>>,
     /// The bindings of the sticky server types.
     sticky: RwLock<HashMap<String, Arc<sticky::Sticky>>>,
+    /// Whether any type is sticky: requests skip the lookup while none is.
+    any_sticky: std::sync::atomic::AtomicBool,
     /// The backends that left, and how.
     departed: sticky::Departures,
     /// When this registry started (links come up after it).
@@ -111,6 +113,7 @@ impl Default for Inner {
             links: RwLock::default(),
             routers: RwLock::default(),
             sticky: RwLock::default(),
+            any_sticky: std::sync::atomic::AtomicBool::new(false),
             departed: sticky::Departures::default(),
             born: std::time::Instant::now(),
             next_conn: AtomicU64::new(0),
@@ -184,6 +187,7 @@ impl BackendRegistry {
             server_type.to_string(),
             Arc::new(sticky::Sticky::new(store, options)),
         );
+        self.inner.any_sticky.store(true, Ordering::Release);
     }
 
     /// `(server type, node ids)` of every connected backend.
@@ -302,9 +306,16 @@ impl BackendRegistry {
             RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
         })?;
         let candidates = self.candidates(server_type)?;
-        let index = self
-            .router_of(server_type)
-            .route(session, route, &candidates.ids);
+        let router = self
+            .inner
+            .routers
+            .read_unpoisoned()
+            .get(server_type)
+            .cloned();
+        let index = match router {
+            Some(r) => r.route(session, route, &candidates.ids),
+            None => HashRouter.route(session, route, &candidates.ids),
+        };
         let link = index
             .and_then(|i| candidates.links.get(i).cloned())
             .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "the router chose no server"))?;

@@ -185,6 +185,10 @@ impl BackendRegistry {
     /// The bindings of `server_type`, if it is sticky.
     pub(super) fn sticky(&self, server_type: &str) -> Option<Arc<Sticky>> {
         use session_proxy_protocol::sync::RwLockUnpoisoned as _;
+        use std::sync::atomic::Ordering;
+        if !self.inner.any_sticky.load(Ordering::Acquire) {
+            return None;
+        }
         self.inner
             .sticky
             .read_unpoisoned()
