@@ -129,23 +129,31 @@ impl AnswerBytes {
     }
 }
 
+/// The way back shared by the requests of one connection: its writer's
+/// queue, the room for answers in it, and the requests still running. One
+/// reference per request.
+pub(crate) struct Answers {
+    /// The link's writer queue.
+    pub(super) tx: mpsc::Sender<Outgoing>,
+    /// The room for answers in that queue.
+    pub(super) bytes: AnswerBytes,
+    /// The requests still running, for cancels.
+    pub(super) running: Running,
+}
+
 /// The way back for one request the frontend sent.
 pub(crate) struct Replier {
     /// The request's id.
     id: u64,
-    /// The link's writer queue.
-    tx: mpsc::Sender<Outgoing>,
-    /// The room for answers in that queue.
-    bytes: Arc<AnswerBytes>,
+    /// The connection's way back.
+    answers: Arc<Answers>,
     /// When the frontend stops waiting for the answer.
     deadline_at: Instant,
-    /// Where the request is tracked while it runs.
-    running: Arc<Running>,
 }
 
 impl Drop for Replier {
     fn drop(&mut self) {
-        self.running.finish(self.id);
+        self.answers.running.finish(self.id);
     }
 }
 
@@ -165,20 +173,13 @@ pub(crate) fn refuse(reply: Option<Replier>, code: ErrorCode, message: &str) {
 }
 
 impl Replier {
-    /// A request of `running`'s connection, answered through `tx` (room
-    /// for its bytes in `bytes`) within `deadline`.
-    pub(super) fn new(
-        id: u64,
-        (tx, bytes): (mpsc::Sender<Outgoing>, Arc<AnswerBytes>),
-        running: &Arc<Running>,
-        deadline: Duration,
-    ) -> Self {
+    /// A request of the connection of `answers`, answered within
+    /// `deadline`.
+    pub(super) fn new(id: u64, answers: &Arc<Answers>, deadline: Duration) -> Self {
         Replier {
             id,
-            tx,
-            bytes,
+            answers: answers.clone(),
             deadline_at: Instant::now() + deadline,
-            running: running.clone(),
         }
     }
 
@@ -189,13 +190,13 @@ impl Replier {
             id: self.id,
             result,
         });
-        let cost = self.bytes.cost(&frame);
-        let Ok(taken) = self.bytes.room.try_acquire_many(cost) else {
+        let cost = self.answers.bytes.cost(&frame);
+        let Ok(taken) = self.answers.bytes.room.try_acquire_many(cost) else {
             return;
         };
         taken.forget();
-        if self.tx.try_send(frame).is_err() {
-            self.bytes.room.add_permits(cost as usize);
+        if self.answers.tx.try_send(frame).is_err() {
+            self.answers.bytes.room.add_permits(cost as usize);
         }
     }
 
@@ -207,10 +208,10 @@ impl Replier {
             id: self.id,
             result,
         });
-        let cost = self.bytes.cost(&frame);
+        let cost = self.answers.bytes.cost(&frame);
         // Room now (the usual case): no timer, no waiting.
-        let frame = match self.bytes.room.try_acquire_many(cost) {
-            Ok(taken) => match self.tx.try_send(frame) {
+        let frame = match self.answers.bytes.room.try_acquire_many(cost) {
+            Ok(taken) => match self.answers.tx.try_send(frame) {
                 Ok(()) => return taken.forget(),
                 // The writer is gone only when the link is.
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
@@ -224,9 +225,9 @@ impl Replier {
 
     async fn wait_to_send(&self, frame: Outgoing, cost: u32) {
         let queued = timeout_at(self.deadline_at, async {
-            let taken = self.bytes.room.acquire_many(cost).await.ok()?;
+            let taken = self.answers.bytes.room.acquire_many(cost).await.ok()?;
             taken.forget();
-            self.tx.send(frame).await.ok()
+            self.answers.tx.send(frame).await.ok()
         })
         .await;
         if queued.is_err() {

@@ -30,7 +30,7 @@ mod pending;
 mod supervisor;
 
 pub(crate) use inbound::{refuse, Inbound, Refused, Replier, REQUEST_DEADLINE};
-use inbound::{AnswerBytes, Running};
+use inbound::{AnswerBytes, Answers, Running};
 pub use pending::PendingCall;
 
 use crate::error::LinkError;

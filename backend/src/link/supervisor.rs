@@ -4,8 +4,8 @@
 
 use super::dial::{dial, Reader, Writer};
 use super::{
-    refuse, AnswerBytes, ClientInner, Conn, FrontendClient, Inbound, Outcome, Outgoing, Refused,
-    Replier, Running, State,
+    refuse, AnswerBytes, Answers, ClientInner, Conn, FrontendClient, Inbound, Outcome, Outgoing,
+    Refused, Replier, Running, State,
 };
 use crate::error::LinkError;
 use crate::BackendConfig;
@@ -175,8 +175,11 @@ impl Supervisor {
         };
         // This connection's requests that are still running, and the room
         // for their answers.
-        let running = Arc::new(Running::default());
-        let answer_bytes = Arc::new(AnswerBytes::new(self.config.max_queued_answer_bytes));
+        let answers = Arc::new(Answers {
+            tx: tx.clone(),
+            bytes: AnswerBytes::new(self.config.max_queued_answer_bytes),
+            running: Running::default(),
+        });
         let read = async {
             loop {
                 let frame = reader.next().await;
@@ -198,8 +201,7 @@ impl Supervisor {
                         // What is left of the caller's deadline after the
                         // way here (a stopped process, a full socket).
                         let deadline = req.remaining(clock);
-                        let way_back = (tx.clone(), answer_bytes.clone());
-                        let reply = Replier::new(req.id, way_back, &running, deadline);
+                        let reply = Replier::new(req.id, &answers, deadline);
                         if deadline.is_zero() {
                             debug!(id = req.id, "request arrived after its deadline; not run");
                             refuse(
@@ -208,7 +210,8 @@ impl Supervisor {
                                 "arrived after its deadline; not run",
                             );
                         } else {
-                            running
+                            answers
+                                .running
                                 .track(req.id, || self.incoming(req.call, deadline, Some(reply)));
                         }
                     }
@@ -217,7 +220,7 @@ impl Supervisor {
                             refused.answer();
                         }
                     }
-                    Some(Ok(Message::Cancel(id))) => running.cancel(id),
+                    Some(Ok(Message::Cancel(id))) => answers.running.cancel(id),
                     Some(Ok(Message::Ping(id))) => {
                         // Dropped when the queue is full: the frontend's
                         // silence timer counts every frame, not pongs.
@@ -235,7 +238,7 @@ impl Supervisor {
         let cause = tokio::select! {
             // Stopping ends the writer, after it wrote what is queued (the
             // last answers of a drain).
-            cause = write_loop(writer, rx, &answer_bytes, &self.cancel) => cause,
+            cause = write_loop(writer, rx, &answers.bytes, &self.cancel) => cause,
             cause = read => cause,
             cause = pinger => cause,
         };
