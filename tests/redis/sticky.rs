@@ -91,6 +91,17 @@ async fn frontends_with(
     (f1, f2)
 }
 
+/// Two frontends sharing bindings in `redis`, and room-1 and room-2
+/// linked to both.
+async fn two_rooms(redis: &RedisServer) -> (Node, Node, Log, [BackendSessionService; 2]) {
+    let (f1, f2) = frontends(redis).await;
+    let log = Log::default();
+    let r1 = room("room-1", &[&f1, &f2], &log).await;
+    let r2 = room("room-2", &[&f1, &f2], &log).await;
+    wait_rooms(&[&f1, &f2], 2).await;
+    (f1, f2, log, [r1, r2])
+}
+
 async fn wait_rooms(frontends: &[&Node], n: usize) {
     for f in frontends {
         assert!(
@@ -139,11 +150,7 @@ async fn a_player_reconnecting_elsewhere_stays_on_their_room_and_a_new_room_take
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (f1, f2) = frontends(&redis).await;
-    let log = Log::default();
-    let _r1 = room("room-1", &[&f1, &f2], &log).await;
-    let _r2 = room("room-2", &[&f1, &f2], &log).await;
-    wait_rooms(&[&f1, &f2], 2).await;
+    let (f1, f2, log, _rooms) = two_rooms(&redis).await;
 
     let uids: Vec<String> = (0..24).map(|i| format!("player-{i}")).collect();
     let mut placed = HashMap::new();
@@ -200,11 +207,7 @@ async fn a_drained_rooms_players_move_and_their_new_room_is_told_first() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let (f1, f2) = frontends(&redis).await;
-    let log = Log::default();
-    let _r1 = room("room-1", &[&f1, &f2], &log).await;
-    let r2 = room("room-2", &[&f1, &f2], &log).await;
-    wait_rooms(&[&f1, &f2], 2).await;
+    let (f1, f2, log, [_r1, r2]) = two_rooms(&redis).await;
 
     let mut players = Vec::new();
     for i in 0..16 {
