@@ -276,10 +276,16 @@ impl BackendSessionService {
     }
 
     /// Serves `remotes` (replacing any served before) to the other servers
-    /// of the cluster.
+    /// of the cluster; every linked frontend learns their routes and
+    /// refuses them to clients itself.
     pub fn serve_remotes(&self, remotes: Remotes) {
         use session_proxy_protocol::sync::RwLockUnpoisoned as _;
-        *self.dispatcher().remotes.write_unpoisoned() = remotes;
+        let mut routes: Vec<String> = remotes.routes().map(str::to_string).collect();
+        routes.sort();
+        let dispatcher = self.dispatcher();
+        *dispatcher.remotes.write_unpoisoned() = remotes;
+        // Every link tells its frontend, which refuses them to clients.
+        dispatcher.announced.send_replace(Arc::new(routes));
     }
 }
 

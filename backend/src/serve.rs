@@ -35,6 +35,8 @@ pub(crate) struct Dispatcher {
     pub(crate) filters: std::sync::RwLock<Filters>,
     /// The remote methods served to other servers.
     pub(crate) remotes: std::sync::RwLock<crate::Remotes>,
+    /// Their routes, as every link announces them to its frontend.
+    pub(crate) announced: tokio::sync::watch::Sender<Arc<Vec<String>>>,
 }
 
 /// What comes with a forwarded request.
@@ -90,6 +92,10 @@ impl Inbound for Dispatcher {
         });
         // A request its frontend cancels is dropped at its next await.
         Ok(answers.then(|| task.abort_handle()))
+    }
+
+    fn remote_routes(&self) -> tokio::sync::watch::Receiver<Arc<Vec<String>>> {
+        self.announced.subscribe()
     }
 }
 

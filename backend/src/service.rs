@@ -68,6 +68,7 @@ impl BackendSessionService {
             draining: CancellationToken::new(),
             filters: Default::default(),
             remotes: Default::default(),
+            announced: tokio::sync::watch::Sender::new(Arc::default()),
         });
         Ok(BackendSessionService {
             inner: Arc::new(Inner {

@@ -373,6 +373,14 @@ call_table! {
         /// What each runs.
         call: Remote,
     } -> Vec<(String, Result<Bytes, RpcError>)> as msgpack;
+
+    /// The remote methods the calling backend serves (all of them, replacing
+    /// what it said before): this frontend refuses client requests for them
+    /// itself. Sent as a notify when the link starts and whenever they change.
+    ServedRemotes served_remotes [mutates: false, pushes: false, session: none] {
+        /// Their routes, `serverType.remoteName.method`.
+        routes: Vec<String>,
+    } -> () as msgpack;
 }
 
 call_table! {
@@ -577,7 +585,7 @@ mod tests {
         assert!(push.kind().pushes_to_clients() && !push.kind().mutates());
         assert_eq!(push.sid(), None);
         let names: Vec<&str> = FrontendCallKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
         let distinct: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!(distinct.len(), names.len(), "each kind has its own name");
         assert!(FrontendCallKind::ALL

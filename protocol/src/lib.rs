@@ -78,7 +78,8 @@ pub use calls::{
     Adopt, BackendCall, BackendCallKind, Bind, Broadcast, Call, CalleeError, Drain, FrontendCall,
     FrontendCallKind, GetByUid, GetSession, Handle, KeyWrite, KickBySid, KickByUid, Precondition,
     Push, PushToSids, PushToUids, Relay, RelayAll, Remote, RemoteReply, RevokeUid, ServeBackend,
-    ServeFrontend, SessionInfo, SessionSnapshot, Setting, Target, Unbind, UserSessions,
+    ServeFrontend, ServedRemotes, SessionInfo, SessionSnapshot, Setting, Target, Unbind,
+    UserSessions,
 };
 pub use codec::{BackendCodec, FrontendCodec, MessageCodec, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
 pub use config::ConfigError;

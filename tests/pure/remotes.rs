@@ -284,18 +284,44 @@ async fn every_failure_is_a_typed_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_call_a_remote() {
     let c = cluster().await;
+    // The rooms tell the frontend what they serve as remotes when they link.
+    let backends = c.f.rpc.backends();
+    common::eventually(WAIT, "the frontend knows the rooms' remotes", || async {
+        match backends.serves_remote("room.roomRemote.add") {
+            true => Ok(()),
+            false => Err("not yet".to_string()),
+        }
+    })
+    .await;
+    assert!(!backends.serves_remote("lobby.h.join"), "a client route");
     for transport in [Transport::Tcp, Transport::WebSocket] {
         let player = client(c.f.gateway.local_addr(), transport).await;
         let answer = player
             .request("room.roomRemote.add", &json!("7"))
             .await
             .expect("answered");
+        // Refused by the frontend itself (a backend's refusal words it
+        // otherwise): the request never reached a room.
+        let refusal = "room.roomRemote.add is a remote method, not a client route";
         assert_eq!(
             answer,
-            json!({ "code": 403, "msg": "room.roomRemote.add is not a client route" }),
+            json!({ "code": 403, "msg": refusal }),
             "over {transport:?}"
         );
     }
+    // Remotes served later are refused too.
+    let mut more = Remotes::new();
+    more.add("room.roomRemote.late", |_cx: RemoteCx, (): ()| async {
+        Ok(())
+    });
+    c.rooms[0].serve_remotes(more);
+    common::eventually(WAIT, "the frontend hears of the new remote", || async {
+        match backends.serves_remote("room.roomRemote.late") {
+            true => Ok(()),
+            false => Err("not yet".to_string()),
+        }
+    })
+    .await;
     assert!(
         c.calls.lock().expect("calls").is_empty(),
         "the remote never ran"

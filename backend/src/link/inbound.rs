@@ -28,6 +28,10 @@ pub(crate) trait Inbound: Send + Sync + 'static {
         deadline: Duration,
         reply: Option<Replier>,
     ) -> Result<Option<AbortHandle>, Refused>;
+
+    /// The routes of the remote methods served, as they change: each link
+    /// announces them to its frontend.
+    fn remote_routes(&self) -> tokio::sync::watch::Receiver<Arc<Vec<String>>>;
 }
 
 /// A request refused before it ran: answered with `code` and `message`

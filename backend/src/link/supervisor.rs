@@ -12,7 +12,9 @@ use crate::BackendConfig;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
-use session_proxy_protocol::{BackendCall, ClockOffset, ErrorCode, InFlight, Message};
+use session_proxy_protocol::{
+    BackendCall, ClockOffset, ErrorCode, InFlight, Message, ServedRemotes,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -235,12 +237,32 @@ impl Supervisor {
                 }
             }
         };
+        // The remote methods served, told the frontend first and on every
+        // change (it refuses them to clients).
+        let announce = async {
+            if let Some(inbound) = &self.inbound {
+                let mut routes = inbound.remote_routes();
+                loop {
+                    let served = ServedRemotes {
+                        routes: routes.borrow_and_update().to_vec(),
+                    };
+                    if tx.send(Message::Notify(served.into())).await.is_err() {
+                        break;
+                    }
+                    if routes.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            std::future::pending::<LinkError>().await
+        };
         let cause = tokio::select! {
             // Stopping ends the writer, after it wrote what is queued (the
             // last answers of a drain).
             cause = write_loop(writer, rx, &answers.bytes, &self.cancel) => cause,
             cause = read => cause,
             cause = pinger => cause,
+            cause = announce => cause,
         };
         let cause = Arc::new(cause);
         // No new call may pick this connection up, then fail the pending ones.

@@ -41,6 +41,8 @@ pub(crate) struct BackendLink {
     pub(crate) tx: mpsc::Sender<Message<BackendCall>>,
     /// Forwarded calls awaiting responses: the encoded reply, or why not.
     pub(crate) inflight: InFlight<Result<Bytes, RpcError>>,
+    /// The remote methods the backend said it serves.
+    remotes: std::sync::Mutex<Vec<String>>,
 }
 
 impl BackendLink {
@@ -74,16 +76,24 @@ struct Candidates {
     ids: Vec<String>,
     /// Request metrics of the server type (its forwarded routes).
     metrics: Option<crate::metrics::RouteMetrics>,
+    /// The remote methods any of them serves: never forwarded for a client.
+    remotes: std::collections::HashSet<String>,
 }
 
 impl Candidates {
     fn from_links(server_type: &str, mut links: Vec<Arc<BackendLink>>) -> Self {
+        use session_proxy_protocol::sync::LockUnpoisoned as _;
         links.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         let ids = links.iter().map(|l| l.node_id.clone()).collect();
+        let remotes = links
+            .iter()
+            .flat_map(|l| l.remotes.lock_unpoisoned().clone())
+            .collect();
         Candidates {
             links,
             ids,
             metrics: Some(crate::metrics::RouteMetrics::new(server_type)),
+            remotes,
         }
     }
 }
@@ -248,6 +258,7 @@ impl BackendRegistry {
             conn_id: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
             tx,
             inflight: InFlight::new(max_in_flight),
+            remotes: std::sync::Mutex::default(),
         });
         let mut links = self.inner.links.write_unpoisoned();
         let entry = links.entry(server_type.to_string()).or_default();
@@ -264,6 +275,30 @@ impl BackendRegistry {
         self.inner.departed.came_back(node_id);
         self.inner.changed.notify_waiters();
         link
+    }
+
+    /// Records the remote methods `link` (of `server_type`) serves.
+    pub(crate) fn set_remotes(&self, server_type: &str, link: &BackendLink, routes: Vec<String>) {
+        use session_proxy_protocol::sync::LockUnpoisoned as _;
+        let mut links = self.inner.links.write_unpoisoned();
+        *link.remotes.lock_unpoisoned() = routes;
+        if let Some(entry) = links.get_mut(server_type) {
+            if entry.links.iter().any(|l| l.conn_id == link.conn_id) {
+                *entry = Arc::new(Candidates::from_links(server_type, entry.links.clone()));
+            }
+        }
+    }
+
+    /// Whether a connected backend serves `route` as a remote method (a
+    /// client's request for it is refused at the gateway).
+    pub fn serves_remote(&self, route: &str) -> bool {
+        let Some(server_type) = server_type_of(route) else {
+            return false;
+        };
+        let links = self.inner.links.read_unpoisoned();
+        links
+            .get(server_type)
+            .is_some_and(|c| c.remotes.contains(route))
     }
 
     /// Takes `link` out of the picks: it closed, or its node is draining.

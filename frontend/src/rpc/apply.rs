@@ -311,6 +311,15 @@ impl ServeFrontend for LinkCalls<'_> {
             .await
     }
 
+    async fn served_remotes(&self, call: ServedRemotes, _: &CallCx) -> Result<(), RpcError> {
+        if let Some((server_type, link)) = self.link {
+            self.conn
+                .backends
+                .set_remotes(server_type, link, call.routes);
+        }
+        Ok(())
+    }
+
     async fn drain(&self, _: Drain, _: &CallCx) -> Result<(), RpcError> {
         // A backend without a server type was never picked anyway.
         if let Some((server_type, link)) = self.link {

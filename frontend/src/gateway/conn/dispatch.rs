@@ -244,6 +244,12 @@ impl ClientConn {
                 }
             }));
         }
+        if self.shared.backends.serves_remote(&route) {
+            return Err(HandlerError::with_code(
+                session_proxy_filters::NOT_FOR_CLIENTS,
+                format!("{route} is a remote method, not a client route"),
+            ));
+        }
         let session = self
             .shared
             .sessions
