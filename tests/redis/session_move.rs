@@ -13,6 +13,7 @@ use session_proxy::node::{follow_frontends, Following};
 use session_proxy::registry::{Membership, RedisMembership, RedisMembershipConfig};
 use session_proxy::{BackendConfig, BackendSessionService, ErrorCode};
 use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions};
+use session_proxy_faults::{check, Kind, Outcome, Recorder};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::process::Child;
@@ -80,6 +81,25 @@ async fn get(client: &PomeloClient, key: &str) -> Value {
     ok(client, "chat.benchHandler.get", json!({ "key": key })).await["value"].clone()
 }
 
+/// How a request ended, for the history: acknowledged, refused with its
+/// code, or failed on the client's side (its connection, its timer).
+fn outcome_of(answer: &Result<Value, session_proxy_client::ClientError>) -> Outcome {
+    match answer {
+        Ok(a) if a["code"] == 200 => Outcome::Ok,
+        Ok(a) => Outcome::Failed {
+            code: a["code"]
+                .as_u64()
+                .and_then(|c| u32::try_from(c).ok())
+                .unwrap_or(0),
+            message: a.to_string(),
+        },
+        Err(err) => Outcome::Failed {
+            code: 0,
+            message: err.to_string(),
+        },
+    }
+}
+
 /// Waits for a kick (its reason), skipping pushes.
 async fn kicked(client: &mut PomeloClient) -> Option<String> {
     let until = Instant::now() + WAIT;
@@ -103,9 +123,12 @@ async fn a_drained_frontends_clients_resume_on_the_other_with_every_acknowledged
     let (mut b, addr_b) = frontend("connector-b", &url, 3).await;
     let (chat, _following) = backend(&url).await;
 
-    // Players on A, each writing a counter until A drains under them.
+    // Players on A, each writing a counter until A drains under them; every
+    // write and the reads after the move go into one history.
+    let history = Recorder::new();
     let mut players = Vec::new();
     for i in 0..20 {
+        let history = history.clone();
         players.push(tokio::spawn(async move {
             let uid = format!("player-{i}");
             let mut client = connect(addr_a, None).await;
@@ -114,7 +137,10 @@ async fn a_drained_frontends_clients_resume_on_the_other_with_every_acknowledged
             let mut acked = 0u64;
             loop {
                 let set = json!({ "key": "n", "value": acked + 1 });
-                match client.request("chat.benchHandler.set", &set).await {
+                let op = history.invoke(i, &uid, Kind::write("n", acked + 1), WAIT);
+                let answer = client.request("chat.benchHandler.set", &set).await;
+                history.complete(op, outcome_of(&answer));
+                match answer {
                     Ok(answer) if answer["code"] == 200 => acked += 1,
                     _ => break,
                 }
@@ -144,7 +170,9 @@ async fn a_drained_frontends_clients_resume_on_the_other_with_every_acknowledged
     }
     for (uid, client, acked) in &moved {
         assert_eq!(get(client, "name").await, json!(uid));
+        let read = history.invoke(99, uid, Kind::read("n"), WAIT);
         let n = get(client, "n").await.as_u64().expect("n is a number");
+        history.complete(read, Outcome::Value(Some(n)));
         // Every acknowledged write is there; one more may have been applied
         // while its answer was lost with the connection.
         assert!(
@@ -152,6 +180,9 @@ async fn a_drained_frontends_clients_resume_on_the_other_with_every_acknowledged
             "{uid}: n = {n}, acked {acked}"
         );
     }
+    // The same, as the fault harness's checker states it.
+    let violations = check(&history.events(), Duration::from_secs(2));
+    assert!(violations.is_empty(), "{violations:#?}");
     let status = tokio::time::timeout(Duration::from_secs(12), a.wait())
         .await
         .expect("the drained frontend exits within its limit")
