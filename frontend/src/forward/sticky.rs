@@ -10,7 +10,8 @@
 //! 3. The node the store names is not linked: a drained node, or one away
 //!    for more than [`StickyOptions::move_after`] (or unknown to a frontend
 //!    up for that long), loses the player; for one that may come back, the
-//!    request waits for it within its deadline and then fails with 503.
+//!    request waits for it within its deadline and then fails
+//!    ([`ErrorCode::Unavailable`]: "away").
 //! 4. No binding, or the node lost it: the type's router picks a node (the
 //!    rendezvous hash of the uid by default) and the store binds the uid to
 //!    it, unless another frontend bound it first, whose choice is taken.
@@ -45,8 +46,9 @@ pub struct StickyOptions {
     /// the store again (another frontend may have moved it). Default: 10 s.
     pub recheck: Duration,
     /// How long a node whose link broke (not a drain) keeps its players:
-    /// their requests wait for it within their deadlines, then fail with
-    /// 503; after this, their bindings move. Default: 15 s.
+    /// their requests wait for it within their deadlines, then fail as
+    /// unavailable ("away"); after this, their bindings move. Default:
+    /// 15 s.
     pub move_after: Duration,
     /// The deadline of one store call. Default: 1 s.
     pub call_timeout: Duration,
