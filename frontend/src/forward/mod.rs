@@ -8,95 +8,34 @@
 //! [`rpc`](crate::rpc) module serves the calls that come in on it; this one
 //! owns the calls that go out (`BackendLink`: its outbox and its
 //! in-flight table). [`router`] picks the node.
+//!
+//! The files: `link` (one backend's link and one call's exchange on it),
+//! `members` (which backends are connected, and what they serve),
+//! `router` and `sticky` (which node a request goes to), `remote` (calls
+//! between servers relayed here); this one forwards client requests.
 
+mod link;
+mod members;
+mod remote;
 pub mod router;
 mod sticky;
 
+pub(crate) use link::BackendLink;
 pub use router::{pick_by_key, HashRouter, Router};
 pub use sticky::StickyOptions;
 
+use link::{exchange_call, Candidates};
+
 use bytes::Bytes;
-use session_proxy_protocol::client::{server_type_of, HandlerError};
+use session_proxy_protocol::client::server_type_of;
 use session_proxy_protocol::sync::RwLockUnpoisoned as _;
-use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
-    Adopt, BackendCall, Call, ErrorCode, Handle, InFlight, Message, RegisterError, Remote, Request,
-    Response, RpcError, SessionSnapshot, Target, ADOPT_METHOD,
+    BackendCall, Call, ErrorCode, Handle, Message, RpcError, SessionSnapshot,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tracing::debug;
-
-/// One connected backend that serves a server type.
-#[derive(Debug)]
-pub(crate) struct BackendLink {
-    /// The backend's node id.
-    pub(crate) node_id: String,
-    /// Tells this connection apart from an older one of the same node.
-    pub(crate) conn_id: u64,
-    /// The connection task's outbox.
-    pub(crate) tx: mpsc::Sender<Message<BackendCall>>,
-    /// Forwarded calls awaiting responses: the encoded reply, or why not.
-    pub(crate) inflight: InFlight<Result<Bytes, RpcError>>,
-    /// The remote methods the backend said it serves.
-    remotes: std::sync::Mutex<Vec<String>>,
-}
-
-impl BackendLink {
-    /// Hands a backend's answer to the forwarded request waiting for it.
-    pub(crate) fn complete(&self, resp: Response) {
-        if !self.inflight.complete(resp.id, resp.result) {
-            debug!(
-                id = resp.id,
-                "response to a forwarded request nobody waits for"
-            );
-        }
-    }
-
-    /// Fails every forwarded request still waiting: the link is gone.
-    pub(crate) fn close(&self) {
-        self.inflight.close(|| {
-            Err(RpcError::new(
-                ErrorCode::PeerClosed,
-                "backend connection closed",
-            ))
-        });
-    }
-}
-
-/// The connected backends of one server type, sorted by node id, with their
-/// ids ready for the router. Replaced whole on (rare) membership changes, so
-/// a request takes it with one reference-count increment, no allocation.
-#[derive(Default)]
-struct Candidates {
-    links: Vec<Arc<BackendLink>>,
-    ids: Vec<String>,
-    /// Request metrics of the server type (its forwarded routes).
-    metrics: Option<crate::metrics::RouteMetrics>,
-    /// The remote methods any of them serves: never forwarded for a client.
-    remotes: std::collections::HashSet<String>,
-}
-
-impl Candidates {
-    fn from_links(server_type: &str, mut links: Vec<Arc<BackendLink>>) -> Self {
-        use session_proxy_protocol::sync::LockUnpoisoned as _;
-        links.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        let ids = links.iter().map(|l| l.node_id.clone()).collect();
-        let remotes = links
-            .iter()
-            .flat_map(|l| l.remotes.lock_unpoisoned().clone())
-            .collect();
-        Candidates {
-            links,
-            ids,
-            metrics: Some(crate::metrics::RouteMetrics::new(server_type)),
-            remotes,
-        }
-    }
-}
 
 struct Inner {
     /// `server type -> connected backends`.
@@ -144,25 +83,6 @@ impl std::fmt::Debug for BackendRegistry {
     }
 }
 
-/// Removes a forwarded call's id when its caller stops waiting, and tells
-/// the backend to stop running it if it gave up before the answer and the
-/// deadline (at the deadline the backend stops by itself).
-struct Forget<'a> {
-    link: &'a BackendLink,
-    id: u64,
-    deadline_at: std::time::Instant,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if self.link.inflight.forget(self.id) && std::time::Instant::now() < self.deadline_at {
-            // Best effort: a full queue or a dead link means the backend
-            // learns nothing, and its handler runs to its own deadline.
-            let _ = self.link.tx.try_send(Message::Cancel(self.id));
-        }
-    }
-}
-
 impl BackendRegistry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -198,137 +118,6 @@ impl BackendRegistry {
             Arc::new(sticky::Sticky::new(store, options)),
         );
         self.inner.any_sticky.store(true, Ordering::Release);
-    }
-
-    /// `(server type, node ids)` of every connected backend.
-    pub fn nodes(&self) -> Vec<(String, Vec<String>)> {
-        let links = self.inner.links.read_unpoisoned();
-        let mut out: Vec<_> = links
-            .iter()
-            .map(|(t, c)| (t.clone(), c.ids.clone()))
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// Requests waiting on each connected backend now, by node id.
-    pub fn in_flight(&self) -> Vec<(String, usize)> {
-        let links = self.inner.links.read_unpoisoned();
-        links
-            .values()
-            .flat_map(|c| c.links.iter())
-            .map(|l| (l.node_id.clone(), l.inflight.len()))
-            .collect()
-    }
-
-    /// How many backends of `server_type` are connected now.
-    pub fn count(&self, server_type: &str) -> usize {
-        let links = self.inner.links.read_unpoisoned();
-        links.get(server_type).map_or(0, |c| c.links.len())
-    }
-
-    /// Waits until at least `count` backends of `server_type` are connected,
-    /// for at most `within`; returns whether they are. Await it before
-    /// serving clients, so the first requests do not get "no backend".
-    pub async fn wait_for(&self, server_type: &str, count: usize, within: Duration) -> bool {
-        let until = tokio::time::Instant::now() + within;
-        loop {
-            let changed = self.inner.changed.notified();
-            tokio::pin!(changed);
-            // Registered before the check, so no change is missed between.
-            changed.as_mut().enable();
-            if self.count(server_type) >= count {
-                return true;
-            }
-            if tokio::time::timeout_at(until, changed).await.is_err() {
-                return false;
-            }
-        }
-    }
-
-    pub(crate) fn register(
-        &self,
-        server_type: &str,
-        node_id: &str,
-        tx: mpsc::Sender<Message<BackendCall>>,
-        max_in_flight: usize,
-    ) -> Arc<BackendLink> {
-        let link = Arc::new(BackendLink {
-            node_id: node_id.to_string(),
-            conn_id: self.inner.next_conn.fetch_add(1, Ordering::Relaxed),
-            tx,
-            inflight: InFlight::new(max_in_flight),
-            remotes: std::sync::Mutex::default(),
-        });
-        let mut links = self.inner.links.write_unpoisoned();
-        let entry = links.entry(server_type.to_string()).or_default();
-        // A reconnecting node replaces its older connection.
-        let mut list: Vec<Arc<BackendLink>> = entry
-            .links
-            .iter()
-            .filter(|l| l.node_id != node_id)
-            .cloned()
-            .collect();
-        list.push(link.clone());
-        *entry = Arc::new(Candidates::from_links(server_type, list));
-        drop(links);
-        self.inner.departed.came_back(node_id);
-        self.inner.changed.notify_waiters();
-        link
-    }
-
-    /// Records the remote methods `link` (of `server_type`) serves.
-    pub(crate) fn set_remotes(&self, server_type: &str, link: &BackendLink, routes: Vec<String>) {
-        use session_proxy_protocol::sync::LockUnpoisoned as _;
-        let mut links = self.inner.links.write_unpoisoned();
-        *link.remotes.lock_unpoisoned() = routes;
-        if let Some(entry) = links.get_mut(server_type) {
-            if entry.links.iter().any(|l| l.conn_id == link.conn_id) {
-                *entry = Arc::new(Candidates::from_links(server_type, entry.links.clone()));
-            }
-        }
-    }
-
-    /// Whether a connected backend serves `route` as a remote method (a
-    /// client's request for it is refused at the gateway).
-    pub fn serves_remote(&self, route: &str) -> bool {
-        let Some(server_type) = server_type_of(route) else {
-            return false;
-        };
-        let links = self.inner.links.read_unpoisoned();
-        links
-            .get(server_type)
-            .is_some_and(|c| c.remotes.contains(route))
-    }
-
-    /// Takes `link` out of the picks: it closed, or its node is draining.
-    pub(crate) fn unregister(&self, server_type: &str, link: &BackendLink, draining: bool) {
-        let mut links = self.inner.links.write_unpoisoned();
-        if let Some(entry) = links.get_mut(server_type) {
-            // Its node left unless it was gone already (a drained node's
-            // link closes later) or a newer link of it replaced it.
-            let present = entry.links.iter().any(|l| l.conn_id == link.conn_id);
-            let replaced = entry
-                .links
-                .iter()
-                .any(|l| l.node_id == link.node_id && l.conn_id != link.conn_id);
-            if present && !replaced {
-                self.inner.departed.left(&link.node_id, draining);
-            }
-            let list: Vec<Arc<BackendLink>> = entry
-                .links
-                .iter()
-                .filter(|l| l.conn_id != link.conn_id)
-                .cloned()
-                .collect();
-            if list.is_empty() {
-                links.remove(server_type);
-            } else {
-                *entry = Arc::new(Candidates::from_links(server_type, list));
-            }
-        }
-        drop(links);
-        self.inner.changed.notify_waiters();
     }
 
     /// The backend for a route, and the candidates it was picked from.
@@ -448,105 +237,6 @@ impl BackendRegistry {
         Ok(candidates)
     }
 
-    /// Calls the remote method `route` (`serverType.remoteName.method`) on
-    /// the backend of its type that `target` picks, about `session` if
-    /// given (the callee gets it, and its changes and pushes come back
-    /// here), within `deadline`. A failure is the error to answer a client
-    /// with: 404 no such server or method, 504 past the deadline, 503 the
-    /// callee draining, or the method's own code and message.
-    pub async fn remote<A: serde::Serialize + ?Sized, R: serde::de::DeserializeOwned>(
-        &self,
-        route: &str,
-        target: Target,
-        session: Option<SessionSnapshot>,
-        args: &A,
-        deadline: Duration,
-    ) -> Result<R, HandlerError> {
-        let server_type = server_type_of(route)
-            .ok_or_else(|| HandlerError::with_code(404, format!("{route:?} is not a route")))?;
-        let caller = session
-            .as_ref()
-            .map_or_else(String::new, |s| s.frontend_id.clone());
-        let call = Remote::new(route, &caller, session, args)
-            .map_err(|e| HandlerError::new(format!("arguments of {route}: {e}")))?;
-        let reply = self
-            .relay(server_type, &target, call, deadline)
-            .await
-            .map_err(|err| {
-                let code = match err.code {
-                    ErrorCode::NoBackend | ErrorCode::UnknownRoute => 404,
-                    ErrorCode::DeadlineExceeded => 504,
-                    ErrorCode::Unavailable => 503,
-                    _ => 500,
-                };
-                HandlerError::with_code(code, format!("{route}: {err}"))
-            })?;
-        match Remote::answer(reply) {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(callee)) => Err(HandlerError::with_code(callee.code, callee.message)),
-            Err(err) => Err(HandlerError::new(format!("answer of {route}: {err}"))),
-        }
-    }
-
-    /// Relays a backend's remote call to the backend of `server_type` that
-    /// `target` picks (a key's owner by rendezvous hash, a named node, or
-    /// the player's node), within `deadline`; returns the callee's reply
-    /// bytes untouched.
-    pub(crate) async fn relay(
-        &self,
-        server_type: &str,
-        target: &Target,
-        call: Remote,
-        deadline: Duration,
-    ) -> Result<Bytes, RpcError> {
-        if let (Target::Uid(uid), Some(sticky)) = (target, self.sticky(server_type)) {
-            let started = std::time::Instant::now();
-            let choose = |ids: &[String]| pick_by_key(uid.as_bytes(), ids);
-            let session = call.session.as_ref();
-            let placed = self
-                .place(&sticky, server_type, uid, choose, session, deadline)
-                .await?;
-            let left = deadline.saturating_sub(started.elapsed());
-            return exchange_call(&placed.link, call.into(), left).await;
-        }
-        let candidates = self.candidates(server_type)?;
-        let index = match target {
-            Target::Key(key) | Target::Uid(key) => pick_by_key(key.as_bytes(), &candidates.ids),
-            Target::Node(id) => candidates.ids.iter().position(|n| n == id),
-        };
-        let link = index
-            .and_then(|i| candidates.links.get(i))
-            .ok_or_else(|| match target {
-                Target::Node(id) => RpcError::new(
-                    ErrorCode::NoBackend,
-                    format!("no {server_type} server {} is connected", log_safe(id)),
-                ),
-                Target::Key(_) | Target::Uid(_) => {
-                    RpcError::new(ErrorCode::NoBackend, "no server picked")
-                }
-            })?;
-        exchange_call(link, call.into(), deadline).await
-    }
-
-    /// Relays a remote call to every backend of `server_type` at once; each
-    /// node's id and outcome.
-    pub(crate) async fn relay_all(
-        &self,
-        server_type: &str,
-        call: Remote,
-        deadline: Duration,
-    ) -> Result<Vec<(String, Result<Bytes, RpcError>)>, RpcError> {
-        let candidates = self.candidates(server_type)?;
-        let calls = candidates.links.iter().map(|link| {
-            let call = call.clone();
-            async move {
-                let outcome = exchange_call(link, call.into(), deadline).await;
-                (link.node_id.clone(), outcome)
-            }
-        });
-        Ok(futures::future::join_all(calls).await)
-    }
-
     /// Forwards a client notify: no answer, no slot among the requests in
     /// flight; fails only if it cannot be queued for the backend within
     /// `deadline`.
@@ -574,92 +264,5 @@ impl BackendRegistry {
                 format!("{} took no notify within {deadline:?}", link.node_id),
             )),
         }
-    }
-}
-
-/// Tells the node a player's binding moved to (`link`) that it holds the
-/// player now ([`ADOPT_METHOD`]), before the player's request; a node that
-/// serves no such method is fine, one that fails is logged.
-async fn adopt(
-    link: &Arc<BackendLink>,
-    server_type: &str,
-    uid: &str,
-    from: String,
-    session: Option<SessionSnapshot>,
-    deadline: Duration,
-) {
-    let route = format!("{server_type}.{ADOPT_METHOD}");
-    let caller = session
-        .as_ref()
-        .map_or_else(String::new, |s| s.frontend_id.clone());
-    let args = Adopt {
-        uid: uid.to_string(),
-        from,
-    };
-    let call = match Remote::new(&route, &caller, session, &args) {
-        Ok(call) => call,
-        Err(err) => {
-            tracing::warn!(cause = %err, "cannot encode the adopt call");
-            return;
-        }
-    };
-    let told = exchange_call(link, call.into(), deadline).await;
-    match told
-        .as_ref()
-        .map(|reply| Remote::answer::<()>(reply.clone()))
-    {
-        Ok(Ok(Ok(()))) => {}
-        Err(err) if err.code == ErrorCode::UnknownRoute => {}
-        Ok(Ok(Err(callee))) => {
-            tracing::warn!(node = %log_safe(&link.node_id), code = callee.code, cause = %callee.message, "the node a player moved to failed to adopt them")
-        }
-        Ok(Err(err)) => {
-            tracing::warn!(node = %log_safe(&link.node_id), cause = %err, "undecodable answer to adopt")
-        }
-        Err(err) => {
-            tracing::warn!(node = %log_safe(&link.node_id), cause = %err, "the node a player moved to was not told")
-        }
-    }
-}
-
-/// Sends `call` on `link` and waits for its reply bytes within `deadline`;
-/// a call given up on before its deadline is cancelled on the backend.
-async fn exchange_call(
-    link: &Arc<BackendLink>,
-    call: BackendCall,
-    deadline: Duration,
-) -> Result<Bytes, RpcError> {
-    let (id, rx) = link.inflight.register().map_err(|e| match e {
-        RegisterError::Full => RpcError::new(
-            ErrorCode::Overloaded,
-            "too many requests in flight to the backend",
-        ),
-        RegisterError::Closed => RpcError::new(ErrorCode::PeerClosed, "backend connection closed"),
-    })?;
-    let _forget = Forget {
-        link,
-        id,
-        deadline_at: std::time::Instant::now() + deadline,
-    };
-    let request = Message::Request(Request::new(id, deadline, call));
-    let exchange = async {
-        link.tx
-            .send(request)
-            .await
-            .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))?;
-        match rx.await {
-            Ok(result) => result,
-            Err(_) => Err(RpcError::new(
-                ErrorCode::PeerClosed,
-                "backend connection closed",
-            )),
-        }
-    };
-    match tokio::time::timeout(deadline, exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(RpcError::new(
-            ErrorCode::DeadlineExceeded,
-            format!("{} did not answer within {deadline:?}", link.node_id),
-        )),
     }
 }

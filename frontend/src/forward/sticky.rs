@@ -23,12 +23,13 @@
 //! router, that is where rule 4 moves a binding when no node has joined
 //! since), and nothing is written.
 
-use super::{BackendLink, BackendRegistry, Candidates};
+use super::link::{exchange_call, BackendLink, Candidates};
+use super::BackendRegistry;
 use crate::store::SessionStore;
 use dashmap::DashMap;
 use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_protocol::text::log_safe;
-use session_proxy_protocol::{ErrorCode, RpcError, SessionSnapshot};
+use session_proxy_protocol::{Adopt, ErrorCode, Remote, RpcError, SessionSnapshot, ADOPT_METHOD};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -281,7 +282,7 @@ impl BackendRegistry {
                     tracing::info!(server_type, from = %log_safe(&from), to = %log_safe(&rebound.node), "a player's sticky binding moved");
                     let left = until.saturating_duration_since(Instant::now());
                     let session = session.cloned();
-                    super::adopt(&placed.link, server_type, uid, from, session, left).await;
+                    adopt(&placed.link, server_type, uid, from, session, left).await;
                 }
                 return Ok(placed);
             }
@@ -293,6 +294,51 @@ impl BackendRegistry {
                     "no linked server holds this player",
                 ));
             }
+        }
+    }
+}
+
+/// Tells the node a player's binding moved to (`link`) that it holds the
+/// player now ([`ADOPT_METHOD`]), before the player's request; a node that
+/// serves no such method is fine, one that fails is logged.
+async fn adopt(
+    link: &Arc<BackendLink>,
+    server_type: &str,
+    uid: &str,
+    from: String,
+    session: Option<SessionSnapshot>,
+    deadline: Duration,
+) {
+    let route = format!("{server_type}.{ADOPT_METHOD}");
+    let caller = session
+        .as_ref()
+        .map_or_else(String::new, |s| s.frontend_id.clone());
+    let args = Adopt {
+        uid: uid.to_string(),
+        from,
+    };
+    let call = match Remote::new(&route, &caller, session, &args) {
+        Ok(call) => call,
+        Err(err) => {
+            tracing::warn!(cause = %err, "cannot encode the adopt call");
+            return;
+        }
+    };
+    let told = exchange_call(link, call.into(), deadline).await;
+    match told
+        .as_ref()
+        .map(|reply| Remote::answer::<()>(reply.clone()))
+    {
+        Ok(Ok(Ok(()))) => {}
+        Err(err) if err.code == ErrorCode::UnknownRoute => {}
+        Ok(Ok(Err(callee))) => {
+            tracing::warn!(node = %log_safe(&link.node_id), code = callee.code, cause = %callee.message, "the node a player moved to failed to adopt them")
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(node = %log_safe(&link.node_id), cause = %err, "undecodable answer to adopt")
+        }
+        Err(err) => {
+            tracing::warn!(node = %log_safe(&link.node_id), cause = %err, "the node a player moved to was not told")
         }
     }
 }

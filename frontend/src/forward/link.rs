@@ -1,0 +1,141 @@
+//! One backend's link as the registry holds it (its outbox, its calls in
+//! flight, the remote methods it serves), the candidates of a server type,
+//! and one call's exchange on a link.
+
+use bytes::Bytes;
+use session_proxy_protocol::{
+    BackendCall, ErrorCode, InFlight, Message, RegisterError, Request, Response, RpcError,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+/// One connected backend that serves a server type.
+#[derive(Debug)]
+pub(crate) struct BackendLink {
+    /// The backend's node id.
+    pub(crate) node_id: String,
+    /// Tells this connection apart from an older one of the same node.
+    pub(crate) conn_id: u64,
+    /// The connection task's outbox.
+    pub(crate) tx: mpsc::Sender<Message<BackendCall>>,
+    /// Forwarded calls awaiting responses: the encoded reply, or why not.
+    pub(crate) inflight: InFlight<Result<Bytes, RpcError>>,
+    /// The remote methods the backend said it serves.
+    pub(super) remotes: std::sync::Mutex<Vec<String>>,
+}
+
+impl BackendLink {
+    /// Hands a backend's answer to the forwarded request waiting for it.
+    pub(crate) fn complete(&self, resp: Response) {
+        if !self.inflight.complete(resp.id, resp.result) {
+            debug!(
+                id = resp.id,
+                "response to a forwarded request nobody waits for"
+            );
+        }
+    }
+
+    /// Fails every forwarded request still waiting: the link is gone.
+    pub(crate) fn close(&self) {
+        self.inflight.close(|| {
+            Err(RpcError::new(
+                ErrorCode::PeerClosed,
+                "backend connection closed",
+            ))
+        });
+    }
+}
+
+/// The connected backends of one server type, sorted by node id, with their
+/// ids ready for the router. Replaced whole on (rare) membership changes, so
+/// a request takes it with one reference-count increment, no allocation.
+#[derive(Default)]
+pub(super) struct Candidates {
+    pub(super) links: Vec<Arc<BackendLink>>,
+    pub(super) ids: Vec<String>,
+    /// Request metrics of the server type (its forwarded routes).
+    pub(super) metrics: Option<crate::metrics::RouteMetrics>,
+    /// The remote methods any of them serves: never forwarded for a client.
+    pub(super) remotes: std::collections::HashSet<String>,
+}
+
+impl Candidates {
+    pub(super) fn from_links(server_type: &str, mut links: Vec<Arc<BackendLink>>) -> Self {
+        use session_proxy_protocol::sync::LockUnpoisoned as _;
+        links.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let ids = links.iter().map(|l| l.node_id.clone()).collect();
+        let remotes = links
+            .iter()
+            .flat_map(|l| l.remotes.lock_unpoisoned().clone())
+            .collect();
+        Candidates {
+            links,
+            ids,
+            metrics: Some(crate::metrics::RouteMetrics::new(server_type)),
+            remotes,
+        }
+    }
+}
+
+/// Removes a forwarded call's id when its caller stops waiting, and tells
+/// the backend to stop running it if it gave up before the answer and the
+/// deadline (at the deadline the backend stops by itself).
+struct Forget<'a> {
+    link: &'a BackendLink,
+    id: u64,
+    deadline_at: std::time::Instant,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if self.link.inflight.forget(self.id) && std::time::Instant::now() < self.deadline_at {
+            // Best effort: a full queue or a dead link means the backend
+            // learns nothing, and its handler runs to its own deadline.
+            let _ = self.link.tx.try_send(Message::Cancel(self.id));
+        }
+    }
+}
+
+/// Sends `call` on `link` and waits for its reply bytes within `deadline`;
+/// a call given up on before its deadline is cancelled on the backend.
+pub(super) async fn exchange_call(
+    link: &Arc<BackendLink>,
+    call: BackendCall,
+    deadline: Duration,
+) -> Result<Bytes, RpcError> {
+    let (id, rx) = link.inflight.register().map_err(|e| match e {
+        RegisterError::Full => RpcError::new(
+            ErrorCode::Overloaded,
+            "too many requests in flight to the backend",
+        ),
+        RegisterError::Closed => RpcError::new(ErrorCode::PeerClosed, "backend connection closed"),
+    })?;
+    let _forget = Forget {
+        link,
+        id,
+        deadline_at: std::time::Instant::now() + deadline,
+    };
+    let request = Message::Request(Request::new(id, deadline, call));
+    let exchange = async {
+        link.tx
+            .send(request)
+            .await
+            .map_err(|_| RpcError::new(ErrorCode::PeerClosed, "backend connection closed"))?;
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(RpcError::new(
+                ErrorCode::PeerClosed,
+                "backend connection closed",
+            )),
+        }
+    };
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(RpcError::new(
+            ErrorCode::DeadlineExceeded,
+            format!("{} did not answer within {deadline:?}", link.node_id),
+        )),
+    }
+}
