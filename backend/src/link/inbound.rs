@@ -187,44 +187,43 @@ impl Replier {
         }
     }
 
-    /// Answers at once if the queue has room; a full queue or a dead link
-    /// drops the answer (the frontend's deadline answers for it).
-    pub(crate) fn now(self, result: Result<Bytes, RpcError>) {
+    /// Queues `result` if the queue has room for it now (bytes and
+    /// frames); otherwise hands the frame back with its cost. A dead link
+    /// takes nothing and hands nothing back: there is nobody to answer.
+    fn try_answer(&self, result: Result<Bytes, RpcError>) -> Option<(Outgoing, u32)> {
         let frame = Message::Response(Response {
             id: self.id,
             result,
         });
         let cost = self.answers.bytes.cost(&frame);
         let Ok(taken) = self.answers.bytes.room.try_acquire_many(cost) else {
-            return;
+            return Some((frame, cost));
         };
-        taken.forget();
-        if self.answers.tx.try_send(frame).is_err() {
-            self.answers.bytes.room.add_permits(cost as usize);
+        match self.answers.tx.try_send(frame) {
+            Ok(()) => {
+                taken.forget();
+                None
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => None,
+            Err(mpsc::error::TrySendError::Full(frame)) => Some((frame, cost)),
         }
+    }
+
+    /// Answers at once if the queue has room; a full queue or a dead link
+    /// drops the answer (the frontend's deadline answers for it).
+    pub(crate) fn now(self, result: Result<Bytes, RpcError>) {
+        let _dropped_when_full = self.try_answer(result);
     }
 
     /// Answers, waiting for room in the queue (bytes and frames) until the
     /// request's deadline; after it the answer is dropped, as its caller
     /// has been told the request failed.
     pub(crate) async fn send(self, result: Result<Bytes, RpcError>) {
-        let frame = Message::Response(Response {
-            id: self.id,
-            result,
-        });
-        let cost = self.answers.bytes.cost(&frame);
         // Room now (the usual case): no timer, no waiting.
-        let frame = match self.answers.bytes.room.try_acquire_many(cost) {
-            Ok(taken) => match self.answers.tx.try_send(frame) {
-                Ok(()) => return taken.forget(),
-                // The writer is gone only when the link is.
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(frame)) => frame,
-            },
-            Err(_) => frame,
-        };
-        // Boxed: the fast path's future stays small.
-        Box::pin(self.wait_to_send(frame, cost)).await;
+        if let Some((frame, cost)) = self.try_answer(result) {
+            // Boxed: the fast path's future stays small.
+            Box::pin(self.wait_to_send(frame, cost)).await;
+        }
     }
 
     async fn wait_to_send(&self, frame: Outgoing, cost: u32) {

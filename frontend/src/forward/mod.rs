@@ -48,8 +48,6 @@ struct Inner {
     any_sticky: std::sync::atomic::AtomicBool,
     /// The backends that left, and how.
     departed: sticky::Departures,
-    /// When this registry started (links come up after it).
-    born: std::time::Instant,
     /// Connection ids.
     next_conn: AtomicU64,
     /// Woken on every membership change.
@@ -64,7 +62,6 @@ impl Default for Inner {
             sticky: RwLock::default(),
             any_sticky: std::sync::atomic::AtomicBool::new(false),
             departed: sticky::Departures::default(),
-            born: std::time::Instant::now(),
             next_conn: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
         }
@@ -120,61 +117,43 @@ impl BackendRegistry {
         self.inner.any_sticky.store(true, Ordering::Release);
     }
 
-    /// The backend for a route, and the candidates it was picked from.
-    fn pick_with(
-        &self,
-        route: &str,
-        session: &SessionSnapshot,
-    ) -> Result<(Arc<BackendLink>, Arc<Candidates>), RpcError> {
-        let server_type = server_type_of(route).ok_or_else(|| {
-            RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
-        })?;
-        let candidates = self.candidates(server_type)?;
-        let router = self
-            .inner
-            .routers
-            .read_unpoisoned()
-            .get(server_type)
-            .cloned();
-        let index = match router {
-            Some(r) => r.route(session, route, &candidates.ids),
-            None => HashRouter.route(session, route, &candidates.ids),
-        };
-        let link = index
-            .and_then(|i| candidates.links.get(i).cloned())
-            .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "the router chose no server"))?;
-        Ok((link, candidates))
-    }
-
     /// The backend for a session's request: by its binding for a sticky
     /// type (telling a node a moved player came to it), else by the
-    /// router.
+    /// type's router; and the candidates it was picked from.
     async fn route_session(
         &self,
         route: &str,
         session: &SessionSnapshot,
         deadline: Duration,
     ) -> Result<(Arc<BackendLink>, Arc<Candidates>), RpcError> {
-        let sticky = server_type_of(route).and_then(|t| Some((t, self.sticky(t)?)));
-        let (Some(uid), Some((server_type, sticky))) = (&session.uid, sticky) else {
-            return self.pick_with(route, session);
-        };
+        let server_type = server_type_of(route).ok_or_else(|| {
+            RpcError::new(ErrorCode::UnknownRoute, format!("invalid route {route:?}"))
+        })?;
         let router = self.router_of(server_type);
-        let choose = |ids: &[String]| router.route(session, route, ids);
-        let placed = self
-            .place(&sticky, server_type, uid, choose, Some(session), deadline)
-            .await?;
-        Ok((placed.link, placed.candidates))
+        let choose = |ids: &[String]| match &router {
+            Some(r) => r.route(session, route, ids),
+            None => HashRouter.route(session, route, ids),
+        };
+        if let (Some(uid), Some(sticky)) = (&session.uid, self.sticky(server_type)) {
+            let placed = self
+                .place(&sticky, server_type, uid, choose, Some(session), deadline)
+                .await?;
+            return Ok((placed.link, placed.candidates));
+        }
+        let candidates = self.candidates(server_type)?;
+        let link = choose(&candidates.ids)
+            .and_then(|i| candidates.links.get(i).cloned())
+            .ok_or_else(|| RpcError::new(ErrorCode::NoBackend, "the router chose no server"))?;
+        Ok((link, candidates))
     }
 
-    /// The router of `server_type`.
-    fn router_of(&self, server_type: &str) -> Arc<dyn Router> {
+    /// The router set for `server_type` (`None`: the [`HashRouter`]).
+    fn router_of(&self, server_type: &str) -> Option<Arc<dyn Router>> {
         self.inner
             .routers
             .read_unpoisoned()
             .get(server_type)
             .cloned()
-            .unwrap_or_else(|| Arc::new(HashRouter))
     }
 
     /// Forwards a client request to a backend of the route's server type and

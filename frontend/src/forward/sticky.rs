@@ -143,13 +143,25 @@ pub(super) struct Departure {
     drained: bool,
 }
 
-/// The departed backends, by node id (pruned after an hour).
-#[derive(Default)]
-pub(super) struct Departures(Mutex<HashMap<String, Departure>>);
+/// The departed backends, by node id (pruned after an hour), and when
+/// this frontend's registry started (links come up after it).
+pub(super) struct Departures {
+    left: Mutex<HashMap<String, Departure>>,
+    born: Instant,
+}
+
+impl Default for Departures {
+    fn default() -> Self {
+        Departures {
+            left: Mutex::default(),
+            born: Instant::now(),
+        }
+    }
+}
 
 impl Departures {
     pub(super) fn left(&self, node: &str, drained: bool) {
-        let mut map = self.0.lock_unpoisoned();
+        let mut map = self.left.lock_unpoisoned();
         map.retain(|_, d| d.at.elapsed() < Duration::from_secs(3600));
         map.insert(
             node.to_string(),
@@ -161,17 +173,17 @@ impl Departures {
     }
 
     pub(super) fn came_back(&self, node: &str) {
-        self.0.lock_unpoisoned().remove(node);
+        self.left.lock_unpoisoned().remove(node);
     }
 
     /// Until when `node`, not linked now, keeps its players: `None` when
     /// they move now (it drained, or it has been away for `move_after`, or
     /// this frontend, up for that long, never saw it).
-    fn keeps_until(&self, node: &str, born: Instant, move_after: Duration) -> Option<Instant> {
-        let since = match self.0.lock_unpoisoned().get(node) {
+    fn keeps_until(&self, node: &str, move_after: Duration) -> Option<Instant> {
+        let since = match self.left.lock_unpoisoned().get(node) {
             Some(d) if d.drained => return None,
             Some(d) => d.at,
-            None => born,
+            None => self.born,
         };
         let until = since + move_after;
         (Instant::now() < until).then_some(until)
@@ -248,11 +260,8 @@ impl BackendRegistry {
                     sticky.remember(uid, node);
                     return Ok(placed);
                 }
-                if let Some(keeps) = self.inner.departed.keeps_until(
-                    node,
-                    self.inner.born,
-                    sticky.options.move_after,
-                ) {
+                let move_after = sticky.options.move_after;
+                if let Some(keeps) = self.inner.departed.keeps_until(node, move_after) {
                     // It may come back: wait for a change of the links.
                     let wait = keeps.min(until);
                     if tokio::time::timeout_at(wait.into(), changed).await.is_err()
