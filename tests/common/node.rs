@@ -13,15 +13,31 @@ pub fn node_dir() -> PathBuf {
         .join("node")
 }
 
-/// Whether node and the locked packages are there (installed with `npm ci`
-/// if missing). Without them a test says SKIPPED, and fails in CI.
+/// `clients/js`, the TypeScript client library.
+pub fn client_js_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join("js")
+}
+
+/// Whether node and the locked packages of `tests/node` are there
+/// (installed with `npm ci` if missing). Without them a test says SKIPPED,
+/// and fails in CI.
 pub async fn node_ready() -> bool {
+    let wanted = ["pinus-protocol", "ws", "pomelo-protobuf", "puppeteer-core"];
+    npm_ready(&node_dir(), &wanted).await
+}
+
+/// Whether node and the locked packages `wanted` of the npm package in
+/// `dir` are there (installed with `npm ci` if missing). Without them a
+/// test says SKIPPED, and fails in CI.
+pub async fn npm_ready(dir: &std::path::Path, wanted: &[&str]) -> bool {
     let has_node = Command::new("node")
         .arg("--version")
         .output()
         .await
         .is_ok_and(|o| o.status.success());
-    if has_node && ensure_packages().await {
+    if has_node && ensure_packages(dir, wanted).await {
         return true;
     }
     if std::env::var_os("CI").is_some() {
@@ -31,16 +47,14 @@ pub async fn node_ready() -> bool {
     false
 }
 
-async fn ensure_packages() -> bool {
-    let dir = node_dir();
+async fn ensure_packages(dir: &std::path::Path, wanted: &[&str]) -> bool {
     let modules = dir.join("node_modules");
-    let wanted = ["pinus-protocol", "ws", "pomelo-protobuf", "puppeteer-core"];
     if wanted.iter().all(|p| modules.join(p).exists()) {
         return true;
     }
     let status = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdout(Stdio::null())
         .status()
         .await;
@@ -61,10 +75,25 @@ pub async fn run_script_with(
     env: &[(&str, String)],
     within: Duration,
 ) -> String {
+    let mut argv = vec![node_dir().join(script).display().to_string()];
+    argv.extend(args.iter().cloned());
+    run_node(&node_dir(), &argv, env, within).await
+}
+
+/// Runs `node <args…>` in `dir` to its end, within `within` (then it is
+/// killed by its PID); returns its stdout, and fails the test if it exits
+/// non-zero.
+pub async fn run_node(
+    dir: &std::path::Path,
+    args: &[String],
+    env: &[(&str, String)],
+    within: Duration,
+) -> String {
+    let what = args.join(" ");
     let mut command = Command::new("node");
     command
-        .arg(node_dir().join(script))
         .args(args)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
@@ -85,14 +114,14 @@ pub async fn run_script_with(
                     std::thread::sleep(Duration::from_secs(wait));
                 }
             }
-            panic!("node {script} did not finish within {within:?}");
+            panic!("node {what} did not finish within {within:?}");
         }
     };
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "node {script} failed:\n{stdout}\n{stderr}"
+        "node {what} failed:\n{stdout}\n{stderr}"
     );
     stdout
 }

@@ -7,4 +7,5 @@
 mod common;
 
 mod browser;
+mod client_lib;
 mod node_compat;

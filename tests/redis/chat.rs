@@ -334,7 +334,7 @@ async fn with_a_registry_the_gate_hands_out_the_least_loaded_connector_never_a_d
 }
 
 #[tokio::test]
-async fn the_chat_page_is_served_with_the_gates_port_and_nothing_else() {
+async fn the_chat_page_is_served_with_the_gates_port_its_client_modules_and_nothing_else() {
     let mut config = ChatConfig::ephemeral();
     config.web_port = Some(0);
     let cluster = ChatCluster::start(config).await.expect("cluster");
@@ -347,7 +347,19 @@ async fn the_chat_page_is_served_with_the_gates_port_and_nothing_else() {
         body.contains(&format!("const GATE_PORT = {gate_port};")),
         "the gate's port is filled in"
     );
+    // The client library's modules, each one the page reaches by import.
+    for module in ["index", "client", "connection", "protobuf", "protocol"] {
+        let (status, js) = common::http::get(page, &format!("/client/{module}.js"))
+            .await
+            .expect("GET a module");
+        assert_eq!(status, 200, "{module}");
+        assert!(js.contains("export "), "{module} is an ES module");
+    }
     assert_eq!(common::http::get(page, "/nope").await.expect("GET").0, 404);
+    assert_eq!(
+        common::http::get(page, "/client/../Cargo.toml").await.expect("GET").0,
+        404
+    );
     // A peer that never finishes its request head holds up no one else.
     let mut idle = tokio::net::TcpStream::connect(page).await.expect("connect");
     use tokio::io::AsyncWriteExt;

@@ -25,7 +25,8 @@ use session_proxy::backend::{ChannelService, HandlerError, Handlers, RemoteCx, R
 use session_proxy::filters::{check, Bucket, RateLimit};
 use session_proxy::frontend::{pick_by_key, HashRouter, Router};
 use session_proxy::frontend::{SessionService, SingleSessionPolicy};
-use session_proxy::node::{BackendRole, FrontendRole, Node};
+use session_proxy::frontend::{SessionStore, StoreOptions};
+use session_proxy::node::{BackendRole, DrainReport, FrontendRole, Node};
 use session_proxy::protocol::client::protobuf::Protos;
 use session_proxy::protocol::{SessionSnapshot, Target};
 use session_proxy::registry::Membership;
@@ -70,6 +71,10 @@ pub struct ChatConfig {
     /// Serve the chat's protos (`protos/serverProtos.json`,
     /// `protos/clientProtos.json`) to protobuf clients. Default: `true`.
     pub protobuf: bool,
+    /// Where the connectors keep their sessions: shared, a connector's
+    /// players resume on another one after it drains or dies (their client
+    /// asks the gate again). Default: `None` (each connector keeps its own).
+    pub store: Option<Arc<dyn SessionStore>>,
 }
 
 /// The chat's protos, as pomelo-protobuf describes them.
@@ -109,6 +114,7 @@ impl Default for ChatConfig {
             lease: Duration::from_secs(10),
             protobuf: true,
             web_port: None,
+            store: None,
         }
     }
 }
@@ -403,6 +409,9 @@ impl ChatCluster {
             if let Some(registry) = &config.registry {
                 node = node.registry(registry.clone(), config.lease);
             }
+            if let Some(store) = &config.store {
+                node = node.store(store.clone(), StoreOptions::default());
+            }
             let node = node
                 .start()
                 .await
@@ -513,6 +522,15 @@ impl ChatCluster {
             }
             None => false,
         }
+    }
+
+    /// Drains connector `i` (0-based) within `within`: the gate hands it out
+    /// no more, its players are kicked with `"reconnect"` after their
+    /// answers in flight, and with a [`store`](ChatConfig::store) their
+    /// sessions are handed over for another connector to resume. `None`
+    /// when there is no such connector.
+    pub async fn drain_connector(&mut self, i: usize, within: Duration) -> Option<DrainReport> {
+        Some(self.connectors.get_mut(i)?.drain(within).await)
     }
 
     /// The sessions of connector `i` (0-based).

@@ -1,5 +1,7 @@
 //! The chat page over plain HTTP/1.1: `GET /` answers the page (with the
-//! gate's port filled in), anything else 404. One request per connection,
+//! gate's port filled in), `GET /client/<module>.js` the client library's
+//! ES modules (`clients/js/dist`, built by `tsc` and kept in the
+//! repository), anything else 404. One request per connection,
 //! its head capped at 8 KiB and read within 5 s, at most 64 connections at
 //! once; nothing else is needed to hand one static page to a browser.
 //!
@@ -19,6 +21,30 @@ use tokio::task::{AbortHandle, JoinSet};
 
 /// The page, with `__GATE_PORT__` where the gate's port goes.
 const PAGE: &str = include_str!("../web/index.html");
+/// The client library's modules, as the page imports them.
+const CLIENT: [(&str, &str); 5] = [
+    (
+        "/client/index.js",
+        include_str!("../../../clients/js/dist/index.js"),
+    ),
+    (
+        "/client/client.js",
+        include_str!("../../../clients/js/dist/client.js"),
+    ),
+    (
+        "/client/connection.js",
+        include_str!("../../../clients/js/dist/connection.js"),
+    ),
+    (
+        "/client/protobuf.js",
+        include_str!("../../../clients/js/dist/protobuf.js"),
+    ),
+    (
+        "/client/protocol.js",
+        include_str!("../../../clients/js/dist/protocol.js"),
+    ),
+];
+
 /// The longest request head read.
 const MAX_HEAD: usize = 8 * 1024;
 /// How long a request may take to arrive, and its answer to be written.
@@ -125,7 +151,10 @@ async fn answer(
     let path = path.split('?').next().unwrap_or_default();
     let (status, kind, body) = match (method, path) {
         ("GET", "/" | "/index.html") => ("200 OK", "text/html; charset=utf-8", page.as_str()),
-        ("GET", _) => ("404 Not Found", "text/plain; charset=utf-8", "not found\n"),
+        ("GET", path) => match CLIENT.iter().find(|(p, _)| *p == path) {
+            Some((_, module)) => ("200 OK", "text/javascript; charset=utf-8", *module),
+            None => ("404 Not Found", "text/plain; charset=utf-8", "not found\n"),
+        },
         _ => (
             "405 Method Not Allowed",
             "text/plain; charset=utf-8",
