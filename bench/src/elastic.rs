@@ -6,15 +6,14 @@
 //! connector from the registry as a gate does (the least loaded active
 //! one), write a counter of their own at a steady pace, and on losing their
 //! connection (a drain's `"reconnect"` kick) pick again and resume with
-//! their token. The schedule repeats: add a frontend, add a backend, drain
+//! their token: each is a `session_proxy_client::SessionClient`. The schedule repeats: add a frontend, add a backend, drain
 //! (SIGTERM) the oldest frontend, drain the oldest backend.
 
-use super::load::Conn;
 use super::soak::{free_port, start_redis, stop};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use session_proxy_client::Transport;
+use session_proxy_client::{ClientError, Entry, ResumeEvent, ResumeOptions, SessionClient};
 use session_proxy_protocol::sync::LockUnpoisoned as _;
 use session_proxy_registry::{Membership, RedisMembership, RedisMembershipConfig};
 use std::collections::VecDeque;
@@ -70,7 +69,8 @@ pub struct ElasticReport {
     pub writes_checked: u64,
     /// Acknowledged writes missing after a resume or at the end (must be 0).
     pub writes_lost: u64,
-    /// From a lost connection to a resumed session: p50, p99, max (ms).
+    /// From a lost connection (the client's reconnect notice) to the
+    /// resumed session: p50, p99, max (ms).
     pub reconnect_ms: (u64, u64, u64),
     /// From SIGTERM to exit, per drained node (ms), and exit codes other
     /// than 0.
@@ -155,8 +155,61 @@ impl Node {
     }
 }
 
+/// What a client's event task saw since the client last looked.
+#[derive(Default)]
+struct Seen {
+    /// The session came back: check the last acknowledged write.
+    resumed: bool,
+    /// A new session started: nothing acknowledged is there to check.
+    fresh: bool,
+    /// The client is closed (kicked, or it gave up): connect anew.
+    ended: bool,
+}
+
+/// Reads a client's events as they come: the time from a lost connection to
+/// the resumed session, resumes ok and failed.
+async fn watch_events(
+    c: SessionClient,
+    seen: Arc<Mutex<Seen>>,
+    t: Arc<Tally>,
+    reconnects: Arc<Mutex<Histogram<u64>>>,
+    end: Instant,
+) {
+    let mut lost_at: Option<Instant> = None;
+    while Instant::now() < end {
+        let Some(event) = c.next_event(Duration::from_millis(200)).await else {
+            continue;
+        };
+        match event {
+            ResumeEvent::Reconnecting { attempt: 1, .. } => lost_at = Some(Instant::now()),
+            ResumeEvent::Session { resumed: true, .. } => {
+                if let Some(at) = lost_at.take() {
+                    t.resumes_ok.fetch_add(1, Ordering::Relaxed);
+                    let ms = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let _ = reconnects.lock_unpoisoned().record(ms.max(1));
+                }
+                seen.lock_unpoisoned().resumed = true;
+            }
+            ResumeEvent::Session { resumed: false, .. } => {
+                if lost_at.take().is_some() {
+                    t.resumes_failed.fetch_add(1, Ordering::Relaxed);
+                }
+                seen.lock_unpoisoned().fresh = true;
+            }
+            ResumeEvent::Kicked { .. } | ResumeEvent::GaveUp { .. } => {
+                t.resumes_failed.fetch_add(1, Ordering::Relaxed);
+                seen.lock_unpoisoned().ended = true;
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A client: a counter of its own, written at `pace`, checked after each
-/// resume.
+/// resume. It is a `SessionClient` that picks its connector from the
+/// registry as a gate does (the least loaded active one) and resumes on its
+/// own; a task of its own reads its events.
 async fn client(
     i: usize,
     members: watch::Receiver<session_proxy_registry::Members>,
@@ -166,98 +219,80 @@ async fn client(
     reconnects: Arc<Mutex<Histogram<u64>>>,
 ) {
     let key = format!("c{i}");
+    let entry = Entry::Pick(Arc::new(move || {
+        members
+            .borrow()
+            .pick_frontend("connector")
+            .and_then(|r| r.client_addr.as_deref()?.parse::<SocketAddr>().ok())
+    }));
+    let mut options = ResumeOptions::default();
+    options.client.request_timeout = ANSWER_WITHIN;
+    options.attempts = 100;
+    options.min_delay = Duration::from_millis(50);
+    options.max_delay = Duration::from_secs(1);
     let mut acked: Option<u64> = None;
     let mut n = 0u64;
-    let mut token: Option<String> = None;
-    let mut lost_at: Option<Instant> = None;
-    let mut conn: Option<Conn> = None;
+    let mut conn: Option<(SessionClient, Arc<Mutex<Seen>>)> = None;
     while Instant::now() < end {
-        let c = match conn.as_mut() {
+        let (c, seen) = match &conn {
             Some(c) => c,
-            None => {
-                // As a gate would: the least loaded active connector.
-                let picked = members
-                    .borrow()
-                    .pick_frontend("connector")
-                    .and_then(|r| r.client_addr.as_deref()?.parse::<SocketAddr>().ok());
-                let Some(addr) = picked else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let user = match &token {
-                    Some(t) => json!({ "resumeToken": t }),
-                    None => json!({}),
-                };
-                match Conn::open(addr, Transport::Tcp, &user).await {
-                    Ok(mut c) => {
-                        if token.is_some() {
-                            t.resumes_ok.fetch_add(1, Ordering::Relaxed);
-                            if let Some(at) = lost_at.take() {
-                                let ms =
-                                    u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
-                                let mut h = reconnects.lock_unpoisoned();
-                                let _ = h.record(ms.max(1));
-                            }
-                            // What was acknowledged before is still there.
-                            if let Some(want) = acked {
-                                match read(&mut c, &key).await {
-                                    Some(v) if v >= want => {
-                                        t.checked.fetch_add(1, Ordering::Relaxed)
-                                    }
-                                    _ => t.lost.fetch_add(1, Ordering::Relaxed),
-                                };
-                            }
-                        } else {
-                            acked = None;
-                        }
-                        token = c.resume_token().map(str::to_string);
-                        conn.insert(c)
-                    }
-                    Err(_) if token.is_some() => {
-                        // Refused (or the frontend went away meanwhile):
-                        // try once more elsewhere, then start anew.
-                        if lost_at.is_some_and(|at| at.elapsed() > Duration::from_secs(5)) {
-                            t.resumes_failed.fetch_add(1, Ordering::Relaxed);
-                            token = None;
-                            lost_at = None;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
+            None => match SessionClient::connect(entry.clone(), options.clone()).await {
+                Ok(c) => {
+                    acked = None;
+                    let seen = Arc::new(Mutex::new(Seen::default()));
+                    let events =
+                        watch_events(c.clone(), seen.clone(), t.clone(), reconnects.clone(), end);
+                    tokio::spawn(events);
+                    conn.insert((c, seen))
                 }
-            }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
         };
+        let now = std::mem::take(&mut *seen.lock_unpoisoned());
+        if now.ended {
+            conn = None;
+            continue;
+        }
+        if now.fresh {
+            acked = None;
+        }
+        // What was acknowledged before is still there.
+        if let (true, Some(want)) = (now.resumed, acked) {
+            match read(c, &key).await {
+                Some(v) if v >= want => t.checked.fetch_add(1, Ordering::Relaxed),
+                _ => t.lost.fetch_add(1, Ordering::Relaxed),
+            };
+        }
         n += 1;
         let set = json!({ "key": key, "value": n });
-        match tokio::time::timeout(ANSWER_WITHIN, c.request("chat.benchHandler.set", &set)).await {
-            Ok(Ok(v)) if v["code"] == 200 => {
+        match c.request("chat.benchHandler.set", &set).await {
+            Ok(v) if v["code"] == 200 => {
                 acked = Some(n);
                 t.ok.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(o.pace).await;
             }
-            Ok(Ok(_)) => {
+            Ok(_) => {
                 t.errors.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(o.pace).await;
             }
-            Ok(Err(_)) => {
-                // Kicked ("reconnect") or closed: resume elsewhere.
-                t.interrupted.fetch_add(1, Ordering::Relaxed);
-                conn = None;
-                lost_at = Some(Instant::now());
-            }
-            Err(_) => {
+            Err(ClientError::Timeout { .. }) => {
                 t.unanswered.fetch_add(1, Ordering::Relaxed);
-                conn = None;
-                lost_at = Some(Instant::now());
+            }
+            // The connection closed under it (a kick): not known whether
+            // it was applied; the client resumes by itself.
+            Err(_) => {
+                t.interrupted.fetch_add(1, Ordering::Relaxed);
+                if c.is_closed() {
+                    conn = None;
+                }
             }
         }
     }
     // The last acknowledged write, read back on the session as it ends.
-    if let (Some(c), Some(want)) = (conn.as_mut(), acked) {
+    if let (Some((c, _)), Some(want)) = (&conn, acked) {
         match read(c, &key).await {
             Some(v) if v >= want => t.checked.fetch_add(1, Ordering::Relaxed),
             _ => t.lost.fetch_add(1, Ordering::Relaxed),
@@ -265,13 +300,13 @@ async fn client(
     }
 }
 
-async fn read(c: &mut Conn, key: &str) -> Option<u64> {
+async fn read(c: &SessionClient, key: &str) -> Option<u64> {
     for _ in 0..20 {
         let get = json!({ "key": key });
-        match tokio::time::timeout(ANSWER_WITHIN, c.request("chat.benchHandler.get", &get)).await {
-            Ok(Ok(v)) if v["code"] == 200 => return v["value"].as_u64(),
-            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
-            _ => return None,
+        match c.request("chat.benchHandler.get", &get).await {
+            Ok(v) if v["code"] == 200 => return v["value"].as_u64(),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => return None,
         }
     }
     None

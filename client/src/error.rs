@@ -74,4 +74,34 @@ pub enum ClientError {
     /// [`next_push`](crate::PomeloClient::next_push) waited in vain.
     #[error("no push within {0:?}")]
     NoPush(Duration),
+    /// The server sent nothing, not even a heartbeat, for two heartbeat
+    /// intervals: the connection is taken for dead.
+    #[error("the server sent nothing for {0:?}")]
+    Silent(Duration),
+    /// A request made while a [`SessionClient`](crate::SessionClient)
+    /// reconnects, with [`WhileReconnecting::Fail`](crate::WhileReconnecting::Fail).
+    #[error("{route}: the client is reconnecting")]
+    Reconnecting {
+        /// The request's route.
+        route: String,
+    },
+    /// A request that waited for its session, which did not come back (its
+    /// token was stale: a new session started); it was not sent.
+    #[error("{route}: the session did not come back (a new one started)")]
+    SessionLost {
+        /// The request's route.
+        route: String,
+    },
+    /// The entry (a gate, or a picker) gave no connector: its answer.
+    #[error("no connector to go to: {0}")]
+    NoEntry(String),
+    /// The connector's host name did not resolve.
+    #[error("cannot resolve {host}")]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }

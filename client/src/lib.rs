@@ -8,6 +8,10 @@
 //!
 //! - [`PomeloClient`]: connect, request, notify, and read pushes and kicks
 //!   ([`PomeloEvent`]);
+//! - [`SessionClient`]: a client that keeps its session: it resumes with
+//!   the server's token after a drop, goes back to its gate when its
+//!   connector drains, and says whether the session came back
+//!   ([`ResumeEvent`]);
 //! - [`raw`]: the handshaken connection alone, for code that reads and
 //!   writes packages itself;
 //! - [`ClientError`]: why a connection or a request failed.
@@ -40,8 +44,10 @@
 
 mod error;
 pub mod raw;
+pub mod resume;
 
 pub use error::ClientError;
+pub use resume::{Entry, ResumeEvent, ResumeOptions, Saved, SessionClient, WhileReconnecting};
 
 use bytes::{Bytes, BytesMut};
 use raw::{open, package, Io};
@@ -290,6 +296,10 @@ async fn io_loop(
 ) {
     let far = Duration::from_secs(86_400 * 365);
     let mut next_beat = Instant::now() + heartbeat.unwrap_or(far);
+    // Nothing from the server, not even a heartbeat, for two intervals (and
+    // a second of slack): the connection is dead.
+    let silence = heartbeat.map_or(far, |h| 2 * h + Duration::from_secs(1));
+    let mut heard = Instant::now();
     let outcome: Result<(), ClientError> = async {
         loop {
             while let Some(p) = codec.decode(&mut buf).map_err(ClientError::Protocol)? {
@@ -304,7 +314,13 @@ async fn io_loop(
                     io.write(package(PackageType::Heartbeat, &[])?).await?;
                     next_beat = Instant::now() + heartbeat.unwrap_or(far);
                 }
-                more = io.read(&mut buf) => if !more? { return Ok(()) },
+                more = io.read(&mut buf) => {
+                    if !more? {
+                        return Ok(());
+                    }
+                    heard = Instant::now();
+                }
+                _ = sleep_until(heard + silence) => return Err(ClientError::Silent(silence)),
             }
         }
     }

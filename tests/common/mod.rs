@@ -1,12 +1,14 @@
 //! Helpers shared by the integration tests: real nodes on 127.0.0.1:0.
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod cluster;
 pub mod etcd;
 pub mod http;
 pub mod logs;
 pub mod node;
 pub mod nodes;
+pub mod proxy;
 pub mod redis;
 pub mod store;
 

@@ -13,8 +13,7 @@ use crate::common;
 use common::node::{client_js_dir, npm_ready, run_node};
 use common::redis::RedisServer;
 use serde_json::{json, Value};
-use session_proxy::registry::{RedisMembership, RedisMembershipConfig};
-use session_proxy_chat::{ChatCluster, ChatConfig};
+use session_proxy_chat::ChatCluster;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,14 +31,7 @@ async fn the_typescript_client_resumes_after_a_drop_a_drain_and_a_stale_token() 
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let mut registry = RedisMembershipConfig::new(redis.url());
-    registry.resync = Duration::from_millis(200);
-    let registry = RedisMembership::connect(registry).await.expect("registry");
-    let store = Arc::new(common::store::store_on(redis.url()).await);
-    let mut config = ChatConfig::ephemeral();
-    config.registry = Some(Arc::new(registry));
-    config.store = Some(store);
-    let cluster = ChatCluster::start(config).await.expect("chat cluster");
+    let cluster = common::chat::chat_on_redis(redis.url()).await;
     let info = json!({
         "host": "127.0.0.1",
         "gate": cluster.gate_addr().port(),

@@ -357,7 +357,10 @@ async fn the_chat_page_is_served_with_the_gates_port_its_client_modules_and_noth
     }
     assert_eq!(common::http::get(page, "/nope").await.expect("GET").0, 404);
     assert_eq!(
-        common::http::get(page, "/client/../Cargo.toml").await.expect("GET").0,
+        common::http::get(page, "/client/../Cargo.toml")
+            .await
+            .expect("GET")
+            .0,
         404
     );
     // A peer that never finishes its request head holds up no one else.

@@ -7,6 +7,7 @@
 mod common;
 
 mod chat;
+mod client_resume;
 mod corrupt_record;
 mod node_drain;
 mod session_move;
