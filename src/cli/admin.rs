@@ -34,10 +34,17 @@ pub enum AdminAction {
         #[arg(long, default_value = "kicked")]
         reason: String,
     },
-    /// Drains one node, as a SIGTERM would.
+    /// Drains one node, as a SIGTERM would. In a Kubernetes preStop hook,
+    /// `session-proxy admin drain --wait-secs N` drains the pod's own node
+    /// (its id from SESSION_PROXY_ID) and returns once it has left.
     Drain {
         /// The node's id.
+        #[arg(env = "SESSION_PROXY_ID")]
         node: String,
+        /// Wait up to this many seconds for the node to finish its drain and
+        /// leave the registry (0: return once the drain has started).
+        #[arg(long, default_value_t = 0)]
+        wait_secs: u64,
     },
 }
 
@@ -192,11 +199,9 @@ fn cell(v: &Value) -> String {
 
 /// Runs one admin action against the cluster in `registry`.
 pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::Result<()> {
-    let members = session_proxy::cli::connect_registry(registry)
-        .await?
-        .watch()
-        .borrow()
-        .clone();
+    let membership = session_proxy::cli::connect_registry(registry).await?;
+    let mut watch = membership.watch();
+    let members = watch.borrow_and_update().clone();
     let secret = Secret::from_env(SECRET_VAR)
         .context("set SESSION_PROXY_SECRET to the cluster secret: admin actions need it")?;
     let client: Client =
@@ -334,12 +339,12 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
             }
             json!({ "kicked": total, "by_node": by_node })
         }
-        AdminAction::Drain { node } => {
+        AdminAction::Drain { node, wait_secs } => {
             let target = nodes
                 .iter()
                 .find(|n| n.id == node)
                 .with_context(|| format!("no node {node} in the registry"))?;
-            let answer = action(
+            let mut answer = action(
                 &client,
                 target,
                 hyper::Method::POST,
@@ -347,8 +352,27 @@ pub async fn run(registry: &str, json_out: bool, what: AdminAction) -> anyhow::R
                 &secret,
             )
             .await?;
+            if wait_secs > 0 {
+                let within = Duration::from_secs(wait_secs);
+                let left = tokio::time::timeout(within, async {
+                    while watch.borrow_and_update().iter().any(|n| n.id == node) {
+                        if watch.changed().await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                })
+                .await;
+                if left != Ok(true) {
+                    bail!("{node} is draining, but still registered after {wait_secs} s");
+                }
+                answer["left"] = json!(true);
+            }
             if !json_out {
-                println!("{node} is draining");
+                match wait_secs {
+                    0 => println!("{node} is draining"),
+                    _ => println!("{node} drained and left"),
+                }
                 return Ok(());
             }
             answer

@@ -637,3 +637,77 @@ async fn the_admin_cli_lists_kicks_and_drains_and_refuses_callers_without_the_se
     let mut a = a;
     sigkill(&mut a.child).await;
 }
+
+/// Kubernetes' order at a pod's end: the preStop hook
+/// (`session-proxy admin drain --wait-secs N`, the node's id from
+/// SESSION_PROXY_ID) drains the node, then SIGTERM comes, at the latest
+/// when the hook's time is up. The SIGTERM must not cut the drain short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prestop_drain_waits_for_the_node_and_a_sigterm_after_it_does_not_cut_the_drain() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let env = [("SESSION_PROXY_SECRET", SECRET)];
+    let mut front = node_env("frontend", "connector-p", &url, &env).await;
+    let mut back = node_env("backend", "chat-1", &url, &env).await;
+    let client = std::sync::Arc::new(client_with_echoes(&front, 1).await);
+    // A request in flight keeps the drain going for a while (within the
+    // gateway's shutdown grace, 1 s, so it is answered).
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .request("chat.benchHandler.sleep", &json!({ "ms": 800 }))
+                .await
+        }
+    });
+    common::nodes::sleeping(&client, 1).await;
+
+    let hook = tokio::spawn({
+        let url = url.clone();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+                .args(["admin", "--registry", &url, "drain", "--wait-secs", "15"])
+                .env("SESSION_PROXY_SECRET", SECRET)
+                .env("SESSION_PROXY_ID", "connector-p")
+                .kill_on_drop(true)
+                .output()
+                .await
+        }
+    });
+    readyz_becomes(&front, 503, "draining").await;
+    // The kubelet's SIGTERM, while the drain still runs.
+    signal(front.child.id().expect("pid"), "TERM");
+    let answer = slow.await.expect("the slow request");
+    let status = tokio::time::timeout(WAIT, front.child.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a full drain, not a second signal's 130"
+    );
+    assert_eq!(
+        answer.expect("answered").get("code"),
+        None,
+        "the request in flight was answered, not cut"
+    );
+    let hook = tokio::time::timeout(WAIT + WAIT, hook)
+        .await
+        .expect("the hook returns")
+        .expect("joined")
+        .expect("ran");
+    let printed = String::from_utf8_lossy(&hook.stdout);
+    assert!(
+        hook.status.success(),
+        "{printed} {}",
+        String::from_utf8_lossy(&hook.stderr)
+    );
+    assert!(
+        printed.contains("connector-p drained and left"),
+        "{printed}"
+    );
+    sigkill(&mut back.child).await;
+}

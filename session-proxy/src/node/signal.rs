@@ -9,17 +9,27 @@ use tokio::task::JoinHandle;
 /// admin address, or the game's code). From then on, until the returned
 /// guard is dropped, a second SIGINT or SIGTERM ends the process at once
 /// with exit status 130, skipping the rest of the drain.
+///
+/// Signals are what is counted: after a drain asked for through `control`,
+/// the first signal lets the drain go on. Kubernetes sends SIGTERM when a
+/// preStop hook that started the drain returns or runs out of time; that
+/// must not cut the drain short.
 pub async fn until_signal(control: &NodeControl) -> Result<SecondSignal, NodeError> {
     let mut term = signal(SignalKind::terminate()).map_err(NodeError::Signal)?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = control.drain_requested() => {}
-    }
+    let signals_so_far = tokio::select! {
+        _ = tokio::signal::ctrl_c() => 1,
+        _ = term.recv() => 1,
+        _ = control.drain_requested() => 0,
+    };
     let watcher = tokio::spawn(async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        for seen in signals_so_far..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if seen == 0 {
+                tracing::info!("a signal during a requested drain: the drain goes on (a second one ends it at once)");
+            }
         }
         eprintln!("second signal: exiting without finishing the drain");
         std::process::exit(130);
