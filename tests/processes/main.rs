@@ -13,6 +13,7 @@ mod deadlines;
 mod demo;
 mod fault_processes;
 mod game;
+mod kubernetes;
 mod one_process;
 mod process;
 mod restart;
