@@ -9,3 +9,4 @@ mod common;
 mod browser;
 mod client_lib;
 mod node_compat;
+mod snippets;
