@@ -1,6 +1,7 @@
 //! The gateway driven by the real npm client packages: `pinus-protocol`
 //! for every byte and `ws` for WebSocket, over WebSocket and raw TCP; and
-//! `pomelo-protobuf` for protobuf bodies on the chat example.
+//! `pomelo-protobuf` for protobuf bodies on the chat example (and as the
+//! reference for the TypeScript client's protobuf codec).
 
 use crate::common;
 
@@ -35,4 +36,13 @@ async fn pomelo_protobuf_clients_chat_in_protobuf_byte_for_byte() {
     let stdout = run_script("protobuf.js", &[gate], Duration::from_secs(60)).await;
     assert!(stdout.contains("node-protobuf: ok"), "{stdout}");
     cluster.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn the_typescript_clients_protobuf_codec_matches_pomelo_protobuf_byte_for_byte() {
+    if !node_ready().await {
+        return;
+    }
+    let stdout = run_script("client_protobuf.js", &[], Duration::from_secs(60)).await;
+    assert!(stdout.contains("client-protobuf: ok"), "{stdout}");
 }

@@ -216,9 +216,18 @@ async fn every_documented_metric_is_exported_with_its_type() {
 #[test]
 fn the_readme_documents_exactly_the_exported_metrics() {
     let readme = include_str!("../../README.md");
+    // Metric names, not crate paths (`session_proxy_client::…`).
     let documented: std::collections::BTreeSet<&str> = readme
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("session_proxy_") && w.len() > "session_proxy_".len())
+        .match_indices("session_proxy_")
+        .map(|(at, _)| {
+            let rest = &readme[at..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            (&rest[..end], rest[end..].starts_with("::"))
+        })
+        .filter(|(w, path)| !path && w.len() > "session_proxy_".len())
+        .map(|(w, _)| w)
         .collect();
     let exported: std::collections::BTreeSet<&str> = session_proxy::admin::exported()
         .map(|(name, _)| name)
