@@ -29,6 +29,7 @@
 pub mod app;
 pub mod ccu;
 pub mod elastic;
+pub mod faults;
 pub mod floor;
 pub mod idle;
 pub mod load;

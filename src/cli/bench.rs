@@ -108,6 +108,46 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        BenchMode::Faults {
+            seeds,
+            minutes,
+            players,
+            pace_ms,
+            scenarios,
+            redis_server,
+            json,
+            plan,
+        } => {
+            let o = bench::faults::FaultOptions {
+                binary: std::env::current_exe().context("finding this binary")?,
+                redis_server,
+                players,
+                pace: Duration::from_millis(pace_ms),
+                scenarios,
+            };
+            if plan {
+                let all = bench::faults::scenarios(&o)?;
+                for seed in seeds {
+                    let p = bench::faults::scenario::plan(&all, seed);
+                    println!("seed {seed}: {} ({:?})", p.scenario, p.secs);
+                    for s in &p.steps {
+                        let on = [&s.host, &s.a, &s.b]
+                            .into_iter()
+                            .flatten()
+                            .cloned()
+                            .collect::<Vec<_>>();
+                        println!(
+                            "  {:>6.2} s  {} {}",
+                            s.at.as_secs_f64(),
+                            s.action,
+                            on.join(" ")
+                        );
+                    }
+                }
+                return Ok(());
+            }
+            return faults(o, seeds, minutes, json).await;
+        }
         BenchMode::Elastic {
             clients,
             minutes,
@@ -294,6 +334,65 @@ fn print_result(result: &bench::BenchResult, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(result)?);
     } else {
         println!("{result}");
+    }
+    Ok(())
+}
+
+/// `bench faults`: the given seeds (or 1 to 3), or random ones for
+/// `minutes`; fails naming every seed whose run broke a promise.
+async fn faults(
+    o: bench::faults::FaultOptions,
+    seeds: Vec<u64>,
+    minutes: Option<f64>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let all = bench::faults::scenarios(&o)?;
+    let until = minutes.map(|m| std::time::Instant::now() + Duration::from_secs_f64(m * 60.0));
+    let mut queue: std::collections::VecDeque<u64> = match (seeds.is_empty(), until) {
+        (false, _) => seeds.into(),
+        (true, Some(_)) => std::collections::VecDeque::new(),
+        (true, None) => (1..=3).collect(),
+    };
+    let first = rand::random::<u32>() as u64;
+    let mut drawn = 0u64;
+    let (mut runs, mut operations, mut failing) = (0usize, 0usize, Vec::new());
+    loop {
+        let seed = match queue.pop_front() {
+            Some(seed) => seed,
+            None => match until {
+                Some(u) if std::time::Instant::now() < u => {
+                    drawn += 1;
+                    first + drawn
+                }
+                _ => break,
+            },
+        };
+        let (o2, all2) = (o.clone(), all.clone());
+        let report = tokio::task::spawn_blocking(move || bench::faults::run_seed(&o2, &all2, seed))
+            .await
+            .context("a run")??;
+        runs += 1;
+        operations += report.operations;
+        if json {
+            println!("{}", report.to_json());
+        } else {
+            println!("{}", report.line());
+            for v in &report.violations {
+                println!("    {v}");
+            }
+        }
+        if !report.violations.is_empty() {
+            failing.push(seed);
+        }
+    }
+    println!(
+        "faults: {runs} runs, {operations} operations checked, {} with violations",
+        failing.len()
+    );
+    if !failing.is_empty() {
+        anyhow::bail!(
+            "promises broken in the runs of seeds {failing:?}; replay one with `session-proxy bench faults --seed N`"
+        );
     }
     Ok(())
 }

@@ -352,6 +352,41 @@ pub enum BenchMode {
         #[arg(long)]
         json: bool,
     },
+    /// The cluster under real network faults: Redis, two frontends, two
+    /// backends and the players on hosts of their own (network namespaces
+    /// and a bridge; root, `ip` and `nft` needed), a scenario per seed
+    /// (partitions, one-way partitions, packet loss, paused, drained and
+    /// killed nodes), and a checker that proves no acknowledged write was
+    /// lost, no read was stale and every request ended in time.
+    Faults {
+        /// Run this seed's scenario (repeat for several). Without one, and
+        /// without --minutes, seeds 1 to 3.
+        #[arg(long = "seed")]
+        seeds: Vec<u64>,
+        /// Draw seeds at random for this many minutes (a soak).
+        #[arg(long)]
+        minutes: Option<f64>,
+        /// Players writing at once.
+        #[arg(long, default_value_t = 12)]
+        players: usize,
+        /// Milliseconds between two requests of one player.
+        #[arg(long, default_value_t = 50)]
+        pace_ms: u64,
+        /// A scenarios file (default: the built-in ones,
+        /// bench/src/faults/scenarios.toml).
+        #[arg(long)]
+        scenarios: Option<std::path::PathBuf>,
+        /// The redis-server binary.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: std::path::PathBuf,
+        /// Print one JSON object per run instead of a line.
+        #[arg(long)]
+        json: bool,
+        /// Print each seed's plan (scenario, hosts drawn, step times) and
+        /// run nothing.
+        #[arg(long)]
+        plan: bool,
+    },
     /// Pipelined backend -> frontend pushes on one RPC connection (both
     /// sides in this process, each on its own thread and core).
     Pushes {

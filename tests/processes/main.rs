@@ -11,6 +11,7 @@ mod admin;
 mod bench;
 mod deadlines;
 mod demo;
+mod fault_harness;
 mod fault_processes;
 mod game;
 mod kubernetes;
