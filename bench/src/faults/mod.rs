@@ -183,12 +183,146 @@ struct Cluster<'a> {
     secret: String,
     nodes: HashMap<String, Node>,
     generation: u64,
+    /// Each frontend's link to the store, through a delaying proxy.
+    links: HashMap<String, StoreLink>,
+    /// libfaketime, and a clock offset file per host, for clock jumps.
+    clock: Option<Clock>,
+}
+
+/// A frontend's link to the store: a proxy in the players' host that
+/// holds every chunk for the delay it is given (forever: a stall).
+struct StoreLink {
+    addr: SocketAddr,
+    delay: tokio::sync::watch::Sender<Duration>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A stall: nothing goes through until it is lifted.
+const STALL: Duration = Duration::MAX;
+
+impl StoreLink {
+    async fn start(listen: SocketAddr, to: SocketAddr) -> anyhow::Result<StoreLink> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("the store link's proxy on {listen}"))?;
+        let (delay, rx) = tokio::sync::watch::channel(Duration::ZERO);
+        let task = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::join!(pump(dr, uw, rx.clone()), pump(ur, dw, rx));
+                });
+            }
+        });
+        Ok(StoreLink {
+            addr: listen,
+            delay,
+            task,
+        })
+    }
+}
+
+/// Copies `from` to `to`, each chunk after the delay in force.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut delay: tokio::sync::watch::Receiver<Duration>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        loop {
+            let d = *delay.borrow_and_update();
+            if d == STALL {
+                if delay.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            tokio::time::sleep(d).await;
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Clock jumps: nodes run under libfaketime, reading their offset from a
+/// file of their host at every call (the monotonic clock is left alone, as
+/// an NTP step leaves it).
+struct Clock {
+    lib: PathBuf,
+    dir: PathBuf,
+}
+
+impl Clock {
+    fn find() -> Option<Clock> {
+        let lib = [
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/faketime/libfaketimeMT.so.1",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())?;
+        let dir = std::env::temp_dir().join(format!(
+            "session-proxy-faults-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).ok()?;
+        Some(Clock { lib, dir })
+    }
+
+    fn file(&self, host: &str) -> PathBuf {
+        self.dir.join(format!("clock-{host}"))
+    }
+
+    fn set(&self, host: &str, secs: i64) -> anyhow::Result<()> {
+        std::fs::write(self.file(host), format!("{secs:+}s\n")).context("a clock file")
+    }
+}
+
+impl Drop for Clock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl<'a> Cluster<'a> {
     async fn start(o: &'a FaultOptions, net: &'a Net) -> anyhow::Result<Cluster<'a>> {
         let redis_ip = net.host("redis")?.ip;
         let redis = start_redis(o, net).await?;
+        // Each frontend's store link goes through a proxy in the players'
+        // host, where this runtime's sockets are.
+        let client_ip = net.host("client")?.ip;
+        let mut links = HashMap::new();
+        for (i, fe) in ["fe1", "fe2"].iter().enumerate() {
+            let port = 6381 + u16::try_from(i)?;
+            let link = StoreLink::start(
+                SocketAddr::from((client_ip, port)),
+                SocketAddr::from((redis_ip, 6379)),
+            )
+            .await?;
+            links.insert(fe.to_string(), link);
+        }
+        let clock = Clock::find();
+        if let Some(c) = &clock {
+            for host in ["fe1", "fe2", "be1", "be2"] {
+                c.set(host, 0)?;
+            }
+        }
         let mut cluster = Cluster {
             o,
             net,
@@ -197,6 +331,8 @@ impl<'a> Cluster<'a> {
             secret: format!("faults-{}-{}", std::process::id(), rand::random::<u64>()),
             nodes: HashMap::new(),
             generation: 0,
+            links,
+            clock,
         };
         for host in ["fe1", "fe2", "be1", "be2"] {
             cluster.start_node(host).await?;
@@ -211,6 +347,8 @@ impl<'a> Cluster<'a> {
         let ip = self.net.host(host)?.ip;
         let mut args: Vec<String> = vec!["run".into(), "--id".into(), id.clone()];
         if host.starts_with("fe") {
+            let link = self.links.get(host).context("a store link")?;
+            let store = format!("redis://{}/0", link.addr);
             args.extend(
                 [
                     "--role",
@@ -222,7 +360,7 @@ impl<'a> Cluster<'a> {
                     "--client-addr",
                     &format!("{ip}:3010"),
                     "--redis",
-                    &self.redis_url,
+                    &store,
                     "--resume-grace-secs",
                     "60",
                 ]
@@ -242,9 +380,17 @@ impl<'a> Cluster<'a> {
             ]
             .map(str::to_string),
         );
-        let mut child = self
+        let mut command = self
             .net
-            .command(host, &self.o.binary.display().to_string())?
+            .command(host, &self.o.binary.display().to_string())?;
+        if let Some(clock) = &self.clock {
+            command
+                .env("LD_PRELOAD", &clock.lib)
+                .env("FAKETIME_TIMESTAMP_FILE", clock.file(host))
+                .env("FAKETIME_NO_CACHE", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let mut child = command
             .args(&args)
             .env("SESSION_PROXY_APP", "bench")
             .env("SESSION_PROXY_SECRET", &self.secret)
@@ -290,7 +436,26 @@ impl<'a> Cluster<'a> {
                 self.net.partition(&a, &b, step.action == "one-way")?;
             }
             "loss" => self.net.loss(&host()?, step.percent)?,
-            "heal" => self.net.heal(),
+            "heal" => self.heal_network()?,
+            "delay" | "stall" => {
+                let link = self
+                    .links
+                    .get(&host()?)
+                    .context("delay and stall act on a frontend")?;
+                let d = if step.action == "stall" {
+                    STALL
+                } else {
+                    step.delay
+                };
+                let _ = link.delay.send(d);
+            }
+            "clock-jump" => {
+                let clock = self
+                    .clock
+                    .as_ref()
+                    .context("clock-jump needs libfaketime (Debian: faketime)")?;
+                clock.set(&host()?, step.secs)?;
+            }
             "redis-restart" => {
                 // Killed, and back empty at the same address.
                 let _ = self.redis.start_kill();
@@ -324,9 +489,23 @@ impl<'a> Cluster<'a> {
         Ok(())
     }
 
+    /// Every network fault healed: rules, delays, stalls, clocks.
+    fn heal_network(&self) -> anyhow::Result<()> {
+        self.net.heal();
+        for link in self.links.values() {
+            let _ = link.delay.send(Duration::ZERO);
+        }
+        if let Some(clock) = &self.clock {
+            for host in ["fe1", "fe2", "be1", "be2"] {
+                clock.set(host, 0)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every fault healed, every node running again.
     async fn heal_all(&mut self) -> anyhow::Result<()> {
-        self.net.heal();
+        self.heal_network()?;
         let hosts: Vec<String> = self.nodes.keys().cloned().collect();
         for host in hosts {
             let node = self.nodes.get_mut(&host).context("node")?;
@@ -345,6 +524,9 @@ impl<'a> Cluster<'a> {
         }
         let _ = self.redis.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.redis.wait()).await;
+        for link in self.links.values() {
+            link.task.abort();
+        }
     }
 }
 

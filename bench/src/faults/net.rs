@@ -74,9 +74,15 @@ pub fn available() -> Result<(), String> {
             ));
         }
     }
-    match run("ip", &["netns", "add", "sp-probe"], None) {
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let probe = format!(
+        "sp{}-probe{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    match run("ip", &["netns", "add", &probe], None) {
         Ok(()) => {
-            let _ = run("ip", &["netns", "del", "sp-probe"], None);
+            let _ = run("ip", &["netns", "del", &probe], None);
             Ok(())
         }
         Err(e) => Err(format!(

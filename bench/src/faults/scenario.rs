@@ -38,6 +38,10 @@ pub struct Step {
     pub b: Option<String>,
     /// Loss, in percent.
     pub percent: Option<u8>,
+    /// A delay, in milliseconds.
+    pub ms: Option<u64>,
+    /// A clock jump, in seconds (negative: back).
+    pub secs: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -54,7 +58,9 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Scenario>> {
             let needs: &[&str] = match step.action.as_str() {
                 "partition" | "one-way" => &["a", "b"],
                 "loss" => &["host", "percent"],
-                "pause" | "unpause" | "drain" | "kill" | "restart" => &["host"],
+                "pause" | "unpause" | "drain" | "kill" | "restart" | "stall" => &["host"],
+                "delay" => &["host", "ms"],
+                "clock-jump" => &["host", "secs"],
                 "heal" | "redis-restart" => &[],
                 other => bail!("{}: unknown action {other:?}", s.name),
             };
@@ -63,6 +69,8 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Scenario>> {
                     "a" => step.a.is_some(),
                     "b" => step.b.is_some(),
                     "host" => step.host.is_some(),
+                    "ms" => step.ms.is_some(),
+                    "secs" => step.secs.is_some(),
                     _ => step.percent.is_some(),
                 };
                 if !present {
@@ -95,6 +103,10 @@ pub struct Planned {
     pub b: Option<String>,
     /// Loss, in percent.
     pub percent: u8,
+    /// A delay.
+    pub delay: Duration,
+    /// A clock jump, in seconds.
+    pub secs: i64,
 }
 
 /// A run's plan: its scenario and steps, and the seed for the workload.
@@ -137,6 +149,8 @@ pub fn plan(scenarios: &[Scenario], seed: u64) -> Plan {
             a: draw(&step.a),
             b: draw(&step.b),
             percent: step.percent.unwrap_or(0),
+            delay: Duration::from_millis(step.ms.unwrap_or(0)),
+            secs: step.secs.unwrap_or(0),
         });
     }
     Plan {
