@@ -96,6 +96,28 @@ pub enum Outcome {
     Unanswered,
 }
 
+impl Outcome {
+    /// A request's outcome from what a Pomelo client got: an answer
+    /// `{code: 200, …}` is acknowledged, another code a typed failure, and
+    /// the client's own error (its connection, its timer) a failure too.
+    pub fn of_answer<E: fmt::Display>(answer: &Result<serde_json::Value, E>) -> Outcome {
+        match answer {
+            Ok(a) if a["code"] == 200 => Outcome::Ok,
+            Ok(a) => Outcome::Failed {
+                code: a["code"]
+                    .as_u64()
+                    .and_then(|c| u32::try_from(c).ok())
+                    .unwrap_or(0),
+                message: a.to_string(),
+            },
+            Err(err) => Outcome::Failed {
+                code: 0,
+                message: err.to_string(),
+            },
+        }
+    }
+}
+
 /// One operation of a history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

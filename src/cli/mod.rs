@@ -379,6 +379,12 @@ pub enum BenchMode {
         /// The redis-server binary.
         #[arg(long, default_value = "redis-server")]
         redis_server: std::path::PathBuf,
+        /// The redis-cli binary (Redis Cluster scenarios).
+        #[arg(long, default_value = "redis-cli")]
+        redis_cli: std::path::PathBuf,
+        /// Write each run's history to this folder (`seed-N.jsonl`).
+        #[arg(long)]
+        histories: Option<std::path::PathBuf>,
         /// Print one JSON object per run instead of a line.
         #[arg(long)]
         json: bool,

@@ -293,24 +293,20 @@ async fn the_manifests_commands_start_a_cluster_that_serves_and_their_prestop_ho
     assert_eq!(readyz(chat.port(9100)).await, 200);
 
     // The preStop hooks drain each pod; the node exits 0 by itself.
-    let printed = pre_stop(&connector).await;
-    assert!(
-        printed.contains("connector-5d8f7-x2k4q drained and left"),
-        "{printed}"
-    );
-    let status = tokio::time::timeout(WAIT, connector_process.wait())
-        .await
-        .expect("the connector exits")
-        .expect("wait");
-    assert!(status.success(), "{status:?}");
-    let printed = pre_stop(&chat).await;
-    assert!(
-        printed.contains("chat-6c9b4-p7m2z drained and left"),
-        "{printed}"
-    );
-    let status = tokio::time::timeout(WAIT, chat_process.wait())
-        .await
-        .expect("the chat pod exits")
-        .expect("wait");
-    assert!(status.success(), "{status:?}");
+    for (pod, process) in [
+        (&connector, &mut connector_process),
+        (&chat, &mut chat_process),
+    ] {
+        let id = pod.env("SESSION_PROXY_ID").expect("an id");
+        let printed = pre_stop(pod).await;
+        assert!(
+            printed.contains(&format!("{id} drained and left")),
+            "{printed}"
+        );
+        let status = tokio::time::timeout(WAIT, process.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{id} exits"))
+            .expect("wait");
+        assert!(status.success(), "{id}: {status:?}");
+    }
 }

@@ -81,25 +81,6 @@ async fn get(client: &PomeloClient, key: &str) -> Value {
     ok(client, "chat.benchHandler.get", json!({ "key": key })).await["value"].clone()
 }
 
-/// How a request ended, for the history: acknowledged, refused with its
-/// code, or failed on the client's side (its connection, its timer).
-fn outcome_of(answer: &Result<Value, session_proxy_client::ClientError>) -> Outcome {
-    match answer {
-        Ok(a) if a["code"] == 200 => Outcome::Ok,
-        Ok(a) => Outcome::Failed {
-            code: a["code"]
-                .as_u64()
-                .and_then(|c| u32::try_from(c).ok())
-                .unwrap_or(0),
-            message: a.to_string(),
-        },
-        Err(err) => Outcome::Failed {
-            code: 0,
-            message: err.to_string(),
-        },
-    }
-}
-
 /// Waits for a kick (its reason), skipping pushes.
 async fn kicked(client: &mut PomeloClient) -> Option<String> {
     let until = Instant::now() + WAIT;
@@ -139,7 +120,7 @@ async fn a_drained_frontends_clients_resume_on_the_other_with_every_acknowledged
                 let set = json!({ "key": "n", "value": acked + 1 });
                 let op = history.invoke(i, &uid, Kind::write("n", acked + 1), WAIT);
                 let answer = client.request("chat.benchHandler.set", &set).await;
-                history.complete(op, outcome_of(&answer));
+                history.complete(op, Outcome::of_answer(&answer));
                 match answer {
                     Ok(answer) if answer["code"] == 200 => acked += 1,
                     _ => break,

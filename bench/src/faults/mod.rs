@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use net::Net;
 use scenario::{Plan, Planned, Scenario};
 use serde_json::{json, Value};
-use session_proxy_client::{ClientError, Entry, ResumeEvent, ResumeOptions, SessionClient};
+use session_proxy_client::{Entry, ResumeEvent, ResumeOptions, SessionClient};
 use session_proxy_faults::{check, Kind, Outcome, Recorder, Violation};
 use session_proxy_registry::{Membership, NodeState, RedisMembership, RedisMembershipConfig};
 use std::collections::HashMap;
@@ -48,12 +48,17 @@ pub struct FaultOptions {
     pub binary: PathBuf,
     /// The `redis-server` binary.
     pub redis_server: PathBuf,
+    /// The `redis-cli` binary (a Redis Cluster's creation and failovers).
+    pub redis_cli: PathBuf,
     /// Players writing at once.
     pub players: usize,
     /// Milliseconds between two requests of one player.
     pub pace: Duration,
     /// The scenarios (built-in ones when `None`).
     pub scenarios: Option<PathBuf>,
+    /// Write each run's history here, as `seed-N.jsonl` (one operation a
+    /// line), for a look at what the checker saw.
+    pub histories: Option<PathBuf>,
 }
 
 /// What one run saw.
@@ -187,6 +192,182 @@ struct Cluster<'a> {
     links: HashMap<String, StoreLink>,
     /// libfaketime, and a clock offset file per host, for clock jumps.
     clock: Option<Clock>,
+    /// A Redis Cluster as the store, when the scenario asks for one.
+    store_cluster: Option<StoreCluster>,
+}
+
+/// The first port of a Redis Cluster's six nodes (three masters, three
+/// replicas) on the Redis host.
+const CLUSTER_PORT: u16 = 7000;
+
+/// A Redis Cluster on the Redis host: each node by its port, `None` while
+/// it is down.
+struct StoreCluster {
+    nodes: Vec<(u16, Option<Child>)>,
+    dir: PathBuf,
+    ip: std::net::Ipv4Addr,
+}
+
+impl StoreCluster {
+    async fn start(o: &FaultOptions, net: &Net) -> anyhow::Result<StoreCluster> {
+        let ip = net.host("redis")?.ip;
+        let dir = std::env::temp_dir().join(format!(
+            "session-proxy-faults-cluster-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = StoreCluster {
+            nodes: Vec::new(),
+            dir,
+            ip,
+        };
+        for i in 0..6 {
+            let port = CLUSTER_PORT + i;
+            let child = cluster.spawn(o, net, port)?;
+            cluster.nodes.push((port, Some(child)));
+        }
+        for &(port, _) in &cluster.nodes {
+            wait_for_port(ip, port).await?;
+        }
+        let mut create = tokio::process::Command::new(&o.redis_cli);
+        create.args(["--cluster", "create"]);
+        for &(port, _) in &cluster.nodes {
+            create.arg(format!("{ip}:{port}"));
+        }
+        let made = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("redis-cli --cluster create")?;
+        if !made.status.success() {
+            bail!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&made.stdout)
+            );
+        }
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut ok = true;
+            for &(port, _) in &cluster.nodes {
+                ok &= cluster
+                    .cli(o, port, &["cluster", "info"])
+                    .await
+                    .is_some_and(|info| info.contains("cluster_state:ok"));
+            }
+            if ok {
+                return Ok(cluster);
+            }
+            if Instant::now() > until {
+                bail!("the Redis Cluster did not come up");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn spawn(&self, o: &FaultOptions, net: &Net, port: u16) -> anyhow::Result<Child> {
+        let conf = format!("nodes-{port}.conf");
+        net.command("redis", &o.redis_server.display().to_string())?
+            .args(["--bind", &self.ip.to_string(), "--port", &port.to_string()])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", &conf])
+            .args(["--cluster-node-timeout", "1500"])
+            .args(["--dir", &self.dir.display().to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a Redis Cluster node")
+    }
+
+    async fn cli(&self, o: &FaultOptions, port: u16, args: &[&str]) -> Option<String> {
+        let out = tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::process::Command::new(&o.redis_cli)
+                .args(["-h", &self.ip.to_string(), "-p", &port.to_string()])
+                .args(args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The store URL, naming the three first nodes.
+    fn url(&self) -> String {
+        let seeds: Vec<String> = (0..3)
+            .map(|i| format!("{}:{}", self.ip, CLUSTER_PORT + i))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// SIGKILLs a master, the `draw`-th of those up: its replica takes over
+    /// once the others see it fail.
+    async fn fail_a_master(&mut self, o: &FaultOptions, draw: u32) -> anyhow::Result<()> {
+        let mut masters = Vec::new();
+        for &(port, ref child) in &self.nodes {
+            if child.is_none() {
+                continue;
+            }
+            if let Some(role) = self.cli(o, port, &["role"]).await {
+                if role.lines().next() == Some("master") {
+                    masters.push(port);
+                }
+            }
+        }
+        if masters.is_empty() {
+            bail!("no Redis Cluster master answers");
+        }
+        let port = masters[draw as usize % masters.len()];
+        if let Some((_, slot)) = self.nodes.iter_mut().find(|(p, _)| *p == port) {
+            if let Some(mut child) = slot.take() {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node up again (a failed master rejoins as a replica).
+    async fn restart_all(&mut self, o: &FaultOptions, net: &Net) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            let port = self.nodes[i].0;
+            if self.nodes[i].1.is_none() {
+                let child = self.spawn(o, net, port)?;
+                self.nodes[i].1 = Some(child);
+                wait_for_port(self.ip, port).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(mut c) = child.take() {
+                let _ = c.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until `ip:port` accepts (10 s at most).
+async fn wait_for_port(ip: std::net::Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    let until = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect((ip, port)).await.is_err() {
+        if Instant::now() > until {
+            bail!("{ip}:{port} did not come up");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// A frontend's link to the store: a proxy in the players' host that
@@ -301,7 +482,11 @@ impl Drop for Clock {
 }
 
 impl<'a> Cluster<'a> {
-    async fn start(o: &'a FaultOptions, net: &'a Net) -> anyhow::Result<Cluster<'a>> {
+    async fn start(
+        o: &'a FaultOptions,
+        net: &'a Net,
+        cluster_store: bool,
+    ) -> anyhow::Result<Cluster<'a>> {
         let redis_ip = net.host("redis")?.ip;
         let redis = start_redis(o, net).await?;
         // Each frontend's store link goes through a proxy in the players'
@@ -317,6 +502,10 @@ impl<'a> Cluster<'a> {
             .await?;
             links.insert(fe.to_string(), link);
         }
+        let store_cluster = match cluster_store {
+            true => Some(StoreCluster::start(o, net).await?),
+            false => None,
+        };
         let clock = Clock::find();
         if let Some(c) = &clock {
             for host in ["fe1", "fe2", "be1", "be2"] {
@@ -333,6 +522,7 @@ impl<'a> Cluster<'a> {
             generation: 0,
             links,
             clock,
+            store_cluster,
         };
         for host in ["fe1", "fe2", "be1", "be2"] {
             cluster.start_node(host).await?;
@@ -347,8 +537,13 @@ impl<'a> Cluster<'a> {
         let ip = self.net.host(host)?.ip;
         let mut args: Vec<String> = vec!["run".into(), "--id".into(), id.clone()];
         if host.starts_with("fe") {
-            let link = self.links.get(host).context("a store link")?;
-            let store = format!("redis://{}/0", link.addr);
+            let store = match &self.store_cluster {
+                Some(c) => c.url(),
+                None => format!(
+                    "redis://{}/0",
+                    self.links.get(host).context("a store link")?.addr
+                ),
+            };
             args.extend(
                 [
                     "--role",
@@ -456,6 +651,14 @@ impl<'a> Cluster<'a> {
                     .context("clock-jump needs libfaketime (Debian: faketime)")?;
                 clock.set(&host()?, step.secs)?;
             }
+            "failover" => {
+                let o = self.o;
+                self.store_cluster
+                    .as_mut()
+                    .context("failover needs store = \"cluster\"")?
+                    .fail_a_master(o, step.draw)
+                    .await?;
+            }
             "redis-restart" => {
                 // Killed, and back empty at the same address.
                 let _ = self.redis.start_kill();
@@ -506,6 +709,10 @@ impl<'a> Cluster<'a> {
     /// Every fault healed, every node running again.
     async fn heal_all(&mut self) -> anyhow::Result<()> {
         self.heal_network()?;
+        let (o, net) = (self.o, self.net);
+        if let Some(c) = &mut self.store_cluster {
+            c.restart_all(o, net).await?;
+        }
         let hosts: Vec<String> = self.nodes.keys().cloned().collect();
         for host in hosts {
             let node = self.nodes.get_mut(&host).context("node")?;
@@ -526,6 +733,9 @@ impl<'a> Cluster<'a> {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.redis.wait()).await;
         for link in self.links.values() {
             link.task.abort();
+        }
+        if let Some(c) = &mut self.store_cluster {
+            c.stop().await;
         }
     }
 }
@@ -551,24 +761,6 @@ async fn start_redis(o: &FaultOptions, net: &Net) -> anyhow::Result<Child> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(redis)
-}
-
-/// How a request ended, for the history.
-fn outcome(answer: &Result<Value, ClientError>) -> Outcome {
-    match answer {
-        Ok(a) if a["code"] == 200 => Outcome::Ok,
-        Ok(a) => Outcome::Failed {
-            code: a["code"]
-                .as_u64()
-                .and_then(|c| u32::try_from(c).ok())
-                .unwrap_or(0),
-            message: a.to_string(),
-        },
-        Err(e) => Outcome::Failed {
-            code: 0,
-            message: e.to_string(),
-        },
-    }
 }
 
 /// A player: a session of its own, a counter written and read back until
@@ -633,7 +825,7 @@ impl Player {
                 &json!({ "key": "n", "value": self.next }),
             )
             .await;
-        history.complete(op, outcome(&answer));
+        history.complete(op, Outcome::of_answer(&answer));
     }
 
     async fn read(&mut self, history: &Recorder) -> bool {
@@ -648,7 +840,7 @@ impl Player {
                 true
             }
             other => {
-                history.complete(op, outcome(other));
+                history.complete(op, Outcome::of_answer(other));
                 false
             }
         }
@@ -657,10 +849,17 @@ impl Player {
 
 async fn run(o: &FaultOptions, net: &Net, plan: Plan) -> anyhow::Result<RunReport> {
     let started = Instant::now();
-    let mut cluster = Cluster::start(o, net).await?;
+    let mut cluster = Cluster::start(o, net, plan.cluster).await?;
     let outcome = drive(o, &mut cluster, &plan).await;
     cluster.stop().await;
     let history = outcome?;
+    if let Some(dir) = &o.histories {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join(format!("seed-{}.jsonl", plan.seed)),
+            history.to_json_lines(),
+        )?;
+    }
     let events = history.events();
     let violations = check(&events, SLACK);
     Ok(RunReport {

@@ -76,7 +76,7 @@ pub fn available() -> Result<(), String> {
     }
     static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let probe = format!(
-        "sp{}-probe{}",
+        "sp{}xprobe{}",
         std::process::id(),
         PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
@@ -93,9 +93,10 @@ pub fn available() -> Result<(), String> {
 
 impl Net {
     /// Creates a host per name, all on one bridge, numbered from
-    /// 198.18.0.10. Namespace names carry `tag` and this process's id.
+    /// 198.18.0.10. Namespace names carry this process's id and `tag`.
     pub fn create(tag: &str, names: &[&str]) -> anyhow::Result<Net> {
-        let prefix = format!("sp{}{tag}", std::process::id());
+        clean_up_after_dead_runs();
+        let prefix = format!("sp{}x{tag}", std::process::id());
         let switch = format!("{prefix}-sw");
         let mut net = Net {
             switch: switch.clone(),
@@ -208,6 +209,44 @@ impl Net {
                 None,
             );
         }
+    }
+}
+
+/// The namespaces of harness runs whose process is gone (killed before
+/// it could clean up): their processes are killed by PID, then the
+/// namespaces deleted.
+fn clean_up_after_dead_runs() {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("sp")
+            .and_then(|rest| rest.split_once('x'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(pids) = std::process::Command::new("ip")
+            .args(["netns", "pids", name])
+            .output()
+        {
+            for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", p])
+                    .status();
+            }
+        }
+        let _ = run("ip", &["netns", "del", name], None);
     }
 }
 

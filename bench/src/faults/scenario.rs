@@ -18,6 +18,10 @@ pub struct Scenario {
     pub name: String,
     /// How long the workload runs under it, in seconds.
     pub secs: f64,
+    /// The session store: `single` (one Redis, the default) or `cluster`
+    /// (a Redis Cluster of three masters, each with a replica).
+    #[serde(default)]
+    pub store: Option<String>,
     /// What happens, in order of `at`.
     pub steps: Vec<Step>,
 }
@@ -61,7 +65,7 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Scenario>> {
                 "pause" | "unpause" | "drain" | "kill" | "restart" | "stall" => &["host"],
                 "delay" => &["host", "ms"],
                 "clock-jump" => &["host", "secs"],
-                "heal" | "redis-restart" => &[],
+                "heal" | "redis-restart" | "failover" => &[],
                 other => bail!("{}: unknown action {other:?}", s.name),
             };
             for field in needs {
@@ -76,6 +80,26 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Scenario>> {
                 if !present {
                     bail!("{}: {} needs {field}", s.name, step.action);
                 }
+            }
+        }
+        let cluster = match s.store.as_deref() {
+            None | Some("single") => false,
+            Some("cluster") => true,
+            Some(other) => bail!("{}: store {other:?} is neither single nor cluster", s.name),
+        };
+        for step in &s.steps {
+            let fits = match step.action.as_str() {
+                "failover" => cluster,
+                "redis-restart" | "delay" | "stall" => !cluster,
+                _ => true,
+            };
+            if !fits {
+                bail!(
+                    "{}: {} does not go with store {:?}",
+                    s.name,
+                    step.action,
+                    s.store
+                );
             }
         }
         if s.steps.iter().any(|st| st.at < 0.0 || st.at > s.secs) {
@@ -107,6 +131,8 @@ pub struct Planned {
     pub delay: Duration,
     /// A clock jump, in seconds.
     pub secs: i64,
+    /// A number drawn for the step (which Redis master fails over).
+    pub draw: u32,
 }
 
 /// A run's plan: its scenario and steps, and the seed for the workload.
@@ -118,6 +144,8 @@ pub struct Plan {
     pub scenario: String,
     /// How long the workload runs under it.
     pub secs: Duration,
+    /// The store is a Redis Cluster.
+    pub cluster: bool,
     /// Its steps, in order.
     pub steps: Vec<Planned>,
 }
@@ -151,12 +179,14 @@ pub fn plan(scenarios: &[Scenario], seed: u64) -> Plan {
             percent: step.percent.unwrap_or(0),
             delay: Duration::from_millis(step.ms.unwrap_or(0)),
             secs: step.secs.unwrap_or(0),
+            draw: rng.gen(),
         });
     }
     Plan {
         seed,
         scenario: s.name.clone(),
         secs: Duration::from_secs_f64(s.secs),
+        cluster: s.store.as_deref() == Some("cluster"),
         steps,
     }
 }

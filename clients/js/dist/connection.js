@@ -154,7 +154,14 @@ export class Connection {
                 reject(new ClientError('timeout', `${route} got no answer within ${timeout} ms`));
             }, timeout);
             this.waiting.set(id, { route, resolve, reject, timer });
-            this.ws.send(bytes);
+            try {
+                this.ws.send(bytes);
+            }
+            catch (err) {
+                clearTimeout(timer);
+                this.waiting.delete(id);
+                reject(new ClientError('lost', `${route} could not be sent: ${String(err)}`));
+            }
         });
     }
     /** Sends a notify (no answer). */
@@ -168,7 +175,12 @@ export class Connection {
         catch (err) {
             throw new ClientError('protocol', err.message);
         }
-        this.ws.send(bytes);
+        try {
+            this.ws.send(bytes);
+        }
+        catch (err) {
+            throw new ClientError('lost', `${route} could not be sent: ${String(err)}`);
+        }
     }
     /** Closes the connection; requests still waiting fail with `lost`. */
     close() {

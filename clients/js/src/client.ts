@@ -367,8 +367,12 @@ export class Client {
       if (!sameSession) {
         q.reject(new ClientError('session-lost', `${q.route}: the session did not come back (a new one was started)`));
       } else if (q.notify) {
-        this.conn?.notify(q.route, q.body);
-        q.resolve(undefined);
+        try {
+          this.conn?.notify(q.route, q.body);
+          q.resolve(undefined);
+        } catch (err) {
+          q.reject(err instanceof ClientError ? err : new ClientError('lost', String(err)));
+        }
       } else {
         const left = Math.max(1, q.deadline - Date.now());
         (this.conn as Connection).request(q.route, q.body, left).then(q.resolve, q.reject);

@@ -245,7 +245,13 @@ export class Connection {
         reject(new ClientError('timeout', `${route} got no answer within ${timeout} ms`));
       }, timeout);
       this.waiting.set(id, { route, resolve, reject, timer });
-      this.ws.send(bytes);
+      try {
+        this.ws.send(bytes);
+      } catch (err) {
+        clearTimeout(timer);
+        this.waiting.delete(id);
+        reject(new ClientError('lost', `${route} could not be sent: ${String(err)}`));
+      }
     });
   }
 
@@ -258,7 +264,11 @@ export class Connection {
     } catch (err) {
       throw new ClientError('protocol', (err as Error).message);
     }
-    this.ws.send(bytes);
+    try {
+      this.ws.send(bytes);
+    } catch (err) {
+      throw new ClientError('lost', `${route} could not be sent: ${String(err)}`);
+    }
   }
 
   /** Closes the connection; requests still waiting fail with `lost`. */
