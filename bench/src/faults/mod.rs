@@ -887,12 +887,28 @@ async fn drive(
         .await
         .context("the registry")?;
     let members = registry.watch();
-    let entry = Entry::Pick(Arc::new(move || {
-        members
-            .borrow()
-            .pick_frontend("connector")
-            .and_then(|r| r.client_addr.as_deref()?.parse::<SocketAddr>().ok())
-    }));
+    // Player i goes to the (i mod n)-th active frontend by id: the players
+    // split evenly, so a fault on either frontend hits half of them (the
+    // least loaded one, as a gate picks, herds a burst of players onto one
+    // before the client counts are renewed).
+    let entry_of = move |i: usize| {
+        let members = members.clone();
+        Entry::Pick(Arc::new(move || {
+            let members = members.borrow();
+            let mut active: Vec<_> = members
+                .iter()
+                .filter(|r| r.server_type == "connector" && r.state == NodeState::Active)
+                .filter_map(|r| {
+                    Some((
+                        r.id.clone(),
+                        r.client_addr.as_deref()?.parse::<SocketAddr>().ok()?,
+                    ))
+                })
+                .collect();
+            active.sort();
+            active.get(i % active.len().max(1)).map(|(_, addr)| *addr)
+        }))
+    };
     // Every frontend serves before the players come.
     let until = Instant::now() + Duration::from_secs(20);
     loop {
@@ -915,7 +931,7 @@ async fn drive(
     let stop = Arc::new(AtomicBool::new(false));
     let mut players = Vec::new();
     for i in 0..o.players {
-        let (entry, history, stop, pace) = (entry.clone(), history.clone(), stop.clone(), o.pace);
+        let (entry, history, stop, pace) = (entry_of(i), history.clone(), stop.clone(), o.pace);
         players.push(tokio::spawn(async move {
             let mut p = Player {
                 i,
@@ -967,6 +983,7 @@ async fn drive(
     // fails is retried (each try is in the history) until one answers.
     let until = Instant::now() + SETTLE;
     for p in &mut done {
+        let entry = entry_of(p.i);
         loop {
             if p.connect(&entry).await && p.read(&history).await {
                 break;

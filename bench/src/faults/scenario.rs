@@ -1,6 +1,6 @@
 //! Scenarios as data (`scenarios.toml` beside this file, or a file of the
 //! same shape), and a run's plan drawn from one seed: which scenario, which
-//! frontend or backend each step hits, and a jitter on its time.
+//! frontend or backend its steps hit, and a jitter on its times.
 
 use anyhow::{bail, Context};
 use rand::rngs::StdRng;
@@ -164,12 +164,13 @@ pub fn plan(scenarios: &[Scenario], seed: u64) -> Plan {
             other => other.to_string(),
         })
     };
-    let mut last = 0.0f64;
+    // One jitter of up to a second for the whole scenario: its steps keep
+    // their order and their distances (a kill 20 ms into a drain stays
+    // in the drain).
+    let shift = rng.gen_range(0.0..1.0);
     let mut steps = Vec::new();
     for step in &s.steps {
-        // Up to a second later, never before the step before it.
-        let at = (step.at + rng.gen_range(0.0..1.0)).max(last).min(s.secs);
-        last = at;
+        let at = (step.at + shift).min(s.secs);
         steps.push(Planned {
             at: Duration::from_secs_f64(at),
             action: step.action.clone(),
