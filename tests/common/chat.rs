@@ -7,7 +7,7 @@ use session_proxy::registry::{RedisMembership, RedisMembershipConfig};
 use session_proxy_chat::{ChatCluster, ChatConfig};
 use session_proxy_client::PomeloClient;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Two connectors and two chat servers on the Redis at `url` (store and
 /// registry), on free loopback ports; returned once the gate hands out a
@@ -20,22 +20,24 @@ pub async fn chat_on_redis(url: String) -> ChatCluster {
     config.registry = Some(Arc::new(registry));
     config.store = Some(Arc::new(super::store::store_on(url).await));
     let cluster = ChatCluster::start(config).await.expect("chat cluster");
-    let started = Instant::now();
-    loop {
-        let gate = PomeloClient::connect(cluster.gate_addr())
-            .await
-            .expect("gate");
-        let entry = gate
-            .request("gate.gateHandler.queryEntry", &json!({ "uid": "anyone" }))
-            .await
-            .expect("an answer");
-        if entry["code"] == 200 {
-            return cluster;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the gate has no connector: {entry}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let gate = cluster.gate_addr();
+    super::eventually(
+        Duration::from_secs(10),
+        "the gate hands out a connector",
+        || async move {
+            let client = PomeloClient::connect(gate)
+                .await
+                .map_err(|e| e.to_string())?;
+            let entry = client
+                .request("gate.gateHandler.queryEntry", &json!({ "uid": "anyone" }))
+                .await
+                .map_err(|e| e.to_string())?;
+            match entry["code"] == 200 {
+                true => Ok(()),
+                false => Err(entry.to_string()),
+            }
+        },
+    )
+    .await;
+    cluster
 }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use session_proxy_client::PomeloClient;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 const SECRET: &str = "a-kubernetes-test-secret";
@@ -278,17 +278,16 @@ async fn the_manifests_commands_start_a_cluster_that_serves_and_their_prestop_ho
         .parse()
         .expect("addr");
     let client = PomeloClient::connect(clients).await.expect("connect");
-    let started = Instant::now();
-    loop {
+    common::eventually(WAIT, "a backend serves the connector", || async {
         match client
             .request("chat.benchHandler.echo", &json!({ "k": 8 }))
             .await
         {
-            Ok(answer) if answer == json!({ "k": 8 }) => break,
-            other => assert!(started.elapsed() < WAIT, "no backend served: {other:?}"),
+            Ok(answer) if answer == json!({ "k": 8 }) => Ok(()),
+            other => Err(format!("{other:?}")),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert_eq!(readyz(connector.port(9100)).await, 200);
     assert_eq!(readyz(chat.port(9100)).await, 200);
 

@@ -155,6 +155,7 @@ async fn a_drained_connectors_players_go_back_through_the_gate_and_resume_on_the
         tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for i in 0..20 {
+                // The workload's pace: under the chat's rate limit.
                 tokio::time::sleep(Duration::from_millis(220)).await;
                 let answer = dan
                     .request(SEND, &say("drain", "dan", &format!("m{i}")))
@@ -164,7 +165,8 @@ async fn a_drained_connectors_players_go_back_through_the_gate_and_resume_on_the
             outcomes
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The drain starts once the requests run: the room has heard the first.
+    hears(&mut eve, "dan", "m0").await;
     let report = cluster
         .drain_connector(drained, Duration::from_secs(8))
         .await
