@@ -10,7 +10,7 @@
 //! (SIGTERM) the oldest frontend, drain the oldest backend.
 
 use super::soak::{free_port, start_redis, stop};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use session_proxy_client::{ClientError, Entry, ResumeEvent, ResumeOptions, SessionClient};
@@ -23,7 +23,6 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -112,23 +111,7 @@ impl Node {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {id}"))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = format!("ready {id}");
-        let started = Instant::now();
-        loop {
-            let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-                .await
-                .with_context(|| format!("{id} did not start"))??;
-            match line {
-                Some(l) if l.contains(&ready) => break,
-                Some(_) => {}
-                None => bail!("{id} exited at start"),
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("{id} did not start");
-            }
-        }
+        super::soak::until_ready(&mut child, id).await?;
         Ok(Node {
             id: id.to_string(),
             child,

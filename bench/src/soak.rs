@@ -91,6 +91,30 @@ fn spawn(binary: &Path, config: &Path, node: &str) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {node}"))
 }
 
+/// Waits (20 s at most) for a `session-proxy run` process to print
+/// `ready <id>`; from then on its stdout is read to the end, so it never
+/// blocks on a full pipe. Kills it if it does not start.
+pub(crate) async fn until_ready(child: &mut tokio::process::Child, id: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let ready = format!("ready {id}");
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains(&ready) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if started != Ok(true) {
+        let _ = child.start_kill();
+        bail!("{id} did not start");
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(())
+}
+
 pub(crate) fn stop(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();

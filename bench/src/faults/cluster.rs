@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
 /// One node process on a host.
@@ -170,23 +169,7 @@ impl<'a> Cluster<'a> {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {id}"))?;
-        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let ready = format!("ready {id}");
-        let started = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains(&ready) {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        if started != Ok(true) {
-            let _ = child.start_kill();
-            bail!("{id} did not start");
-        }
-        // Its stdout is read to the end, so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        crate::soak::until_ready(&mut child, &id).await?;
         if let Some(mut old) = self.nodes.insert(host.to_string(), Node { child }) {
             old.kill().await;
         }
