@@ -40,6 +40,10 @@ pub enum ClientError {
         code: u64,
         /// The server's reason.
         error: String,
+        /// The server said the same handshake may work later (`"retry":
+        /// true`: its session store did not answer); a resume token is
+        /// still good.
+        retry: bool,
     },
     /// The connection is closed.
     #[error("connection closed")]

@@ -165,6 +165,7 @@ pub async fn open(
         return Err(ClientError::Refused {
             code: handshake["code"].as_u64().unwrap_or(0),
             error: handshake["error"].as_str().unwrap_or("").to_string(),
+            retry: handshake["retry"] == true,
         });
     }
     io.write(package(PackageType::HandshakeAck, &[])?).await?;

@@ -537,8 +537,9 @@ impl Supervisor {
                 Err(err) => {
                     // A connector that cannot be reached: ask the entry next.
                     reroute = !matches!(self.entry, Entry::Direct(_));
-                    // A handshake refused with this token will be again.
-                    if matches!(err, ClientError::Refused { .. }) {
+                    // A handshake refused with this token will be again,
+                    // unless the server said to try again.
+                    if matches!(err, ClientError::Refused { retry: false, .. }) {
                         *self.saved.lock_unpoisoned() = None;
                     }
                     last = err;

@@ -276,3 +276,51 @@ async fn requests_while_reconnecting_fail_at_once_when_asked_and_a_kick_ends_the
     ));
     cluster.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_the_store_cannot_confirm_is_refused_for_now_and_the_token_kept() {
+    let Some((redis, cluster)) = start().await else {
+        return;
+    };
+    let connector = cluster.connector_addrs()[0];
+    let proxy = CutProxy::start(connector).await;
+    let mut o = options();
+    o.attempts = 60;
+    let dee = SessionClient::connect(Entry::Direct(proxy.addr()), o)
+        .await
+        .expect("connect");
+    assert!(!next_session(&dee).await.0, "a new session");
+    enter(&dee, "dee", "hold").await;
+    let before = dee.saved().expect("a token");
+
+    // The store stops answering: the connector cannot tell whether another
+    // one claimed the session, so it refuses the resume for now, saying so.
+    redis.pause();
+    let mut resume = session_proxy_client::PomeloOptions::default();
+    resume.user = json!({ "resumeToken": before.token });
+    match PomeloClient::connect_with(connector, resume).await {
+        Err(ClientError::Refused { retry, error, .. }) => {
+            assert!(retry, "a refusal for now: {error}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // The client keeps its token through such refusals, and resumes the
+    // same session once the store is back.
+    proxy.cut();
+    let until = Instant::now() + WAIT;
+    loop {
+        match dee.next_event(until - Instant::now()).await {
+            Some(ResumeEvent::Reconnecting { attempt, .. }) if attempt >= 2 => break,
+            Some(ResumeEvent::Reconnecting { .. } | ResumeEvent::Push { .. }) => {}
+            other => panic!("expected it to retry, got {other:?}"),
+        }
+    }
+    assert_eq!(dee.saved().map(|s| s.token), Some(before.token.clone()));
+    redis.resume();
+    let (resumed, refused, _) = next_session(&dee).await;
+    assert!(resumed, "the same session came back: {refused:?}");
+    let answer = dee.request(SEND, &say("hold", "dee", "back")).await;
+    assert_eq!(answer.expect("answered"), json!({ "route": SEND }));
+    cluster.shutdown(Duration::from_secs(2)).await;
+}

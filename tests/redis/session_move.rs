@@ -288,3 +288,51 @@ async fn a_paused_frontend_that_lost_a_session_cannot_change_it_and_closes_its_c
     sigkill(&mut a).await;
     sigkill(&mut b).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_moves_back_resumes_from_the_store_not_a_stale_copy() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (mut a, addr_a) = frontend("connector-a", &url, 30).await;
+    let (mut b, addr_b) = frontend("connector-b", &url, 30).await;
+    let (chat, _following) = backend(&url).await;
+    let set = |value: u32| json!({ "key": "n", "value": value });
+    let resumed = |c: &PomeloClient| c.handshake()["user"]["resumed"] == true;
+
+    // Written on A (1); the client drops, A parks the session.
+    let on_a = connect(addr_a, None).await;
+    ok(&on_a, "chat.benchHandler.login", json!({ "uid": "cy" })).await;
+    ok(&on_a, "chat.benchHandler.set", set(1)).await;
+    let first = token_of(&on_a);
+    on_a.close();
+
+    // It resumes on B and is written there (2); A made no write since, so
+    // nothing told A. The client drops again.
+    let on_b = connect(addr_b, Some(&first)).await;
+    assert!(resumed(&on_b));
+    ok(&on_b, "chat.benchHandler.set", set(2)).await;
+    assert_ne!(token_of(&on_b), first, "rotated on B");
+    on_b.close();
+
+    // Back on A with the token it had there (a reply from B it never
+    // read): still good in the store for the overlap, and A's parked copy
+    // would accept it. A asks the store and claims the session back.
+    let back = connect(addr_a, Some(&first)).await;
+    assert!(resumed(&back), "{}", back.handshake());
+    assert_eq!(get(&back, "n").await, json!(2), "a stale read on A");
+    ok(&back, "chat.benchHandler.set", set(3)).await;
+    let third = token_of(&back);
+    back.close();
+
+    // And on B with the newest token, which B's parked copy never saw: B
+    // claims it from the store instead of opening a fresh session.
+    let again = connect(addr_b, Some(&third)).await;
+    assert!(resumed(&again), "{}", again.handshake());
+    assert_eq!(sid_of(&token_of(&again)), sid_of(&first));
+    assert_eq!(get(&again, "n").await, json!(3));
+    chat.shutdown(Duration::from_secs(1)).await;
+    sigkill(&mut a).await;
+    sigkill(&mut b).await;
+}

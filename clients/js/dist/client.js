@@ -298,8 +298,9 @@ export class Client {
                 last = err;
                 // The connector could not be reached: ask the gate next time.
                 reroute = !!this.options.gate;
-                // A handshake the server refused will be refused again with this token.
-                if (err instanceof ClientError && err.kind === 'refused' && this.load())
+                // A handshake the server refused will be refused again with this
+                // token, unless the server said to try again.
+                if (err instanceof ClientError && err.kind === 'refused' && !err.retry && this.load())
                     this.storage.removeItem(this.key);
             }
         }

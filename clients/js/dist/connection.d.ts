@@ -20,8 +20,12 @@ export type ErrorKind =
 /** The client's typed error: `kind` says what happened. */
 export declare class ClientError extends Error {
     readonly kind: ErrorKind;
+    /** A refusal the server says may not happen again (`"retry": true`: its session store did not answer); a resume token is still good. */
+    readonly retry: boolean;
     name: string;
-    constructor(kind: ErrorKind, message: string);
+    constructor(kind: ErrorKind, message: string, 
+    /** A refusal the server says may not happen again (`"retry": true`: its session store did not answer); a resume token is still good. */
+    retry?: boolean);
 }
 /** The part of a WebSocket this client uses (the browser's, or `ws`'s in Node). */
 export interface WebSocketLike {

@@ -5,9 +5,12 @@ import { MessageType, Package, ProtocolError, decodeMessage, decodePackages, dec
 import { decodeProtobuf, encodeProtobuf } from './protobuf.js';
 /** The client's typed error: `kind` says what happened. */
 export class ClientError extends Error {
-    constructor(kind, message) {
+    constructor(kind, message, 
+    /** A refusal the server says may not happen again (`"retry": true`: its session store did not answer); a resume token is still good. */
+    retry = false) {
         super(message);
         this.kind = kind;
+        this.retry = retry;
         this.name = 'ClientError';
     }
 }
@@ -113,7 +116,7 @@ export class Connection {
                     }
                     if (reply.code !== 200) {
                         const why = typeof reply.error === 'string' ? reply.error : `code ${reply.code}`;
-                        fail(new ClientError('refused', `the handshake was refused: ${why}`));
+                        fail(new ClientError('refused', `the handshake was refused: ${why}`, reply.retry === true));
                         return;
                     }
                     settled = true;

@@ -40,6 +40,8 @@ export class ClientError extends Error {
   constructor(
     readonly kind: ErrorKind,
     message: string,
+    /** A refusal the server says may not happen again (`"retry": true`: its session store did not answer); a resume token is still good. */
+    readonly retry = false,
   ) {
     super(message);
   }
@@ -204,7 +206,7 @@ export class Connection {
           }
           if (reply.code !== 200) {
             const why = typeof reply.error === 'string' ? reply.error : `code ${reply.code}`;
-            fail(new ClientError('refused', `the handshake was refused: ${why}`));
+            fail(new ClientError('refused', `the handshake was refused: ${why}`, reply.retry === true));
             return;
           }
           settled = true;

@@ -197,24 +197,28 @@ impl SessionService {
 
 impl SessionService {
     /// Like [`resume_as`](Self::resume_as), for a session this frontend may
-    /// not hold: one it does not know is looked up in the shared store
+    /// not hold, or may hold a stale copy of. With a store, the store says
+    /// who holds the session: a copy held here is resumed only once the
+    /// store confirms this frontend still holds it under its epoch (one
+    /// round trip); a copy another frontend claimed meanwhile is closed
+    /// here, as its next write would have been fenced. A session this
+    /// frontend does not hold (any more) is looked up in the store
     /// (another frontend's, drained, crashed, paused or partitioned). The
     /// token is checked against the stored record, then the session is
     /// claimed there atomically (its epoch goes up, so the frontend that
     /// held it has every later write refused and closes its copy), brought
     /// in with its settings, versions and the pushes that waited for it,
     /// and resumed. Returns once the new token is written to the store.
+    /// A store that does not answer refuses the resume
+    /// ([`ResumeError::StoreUnavailable`], try again): a copy it cannot
+    /// confirm may be older than a write another frontend acknowledged.
     pub async fn resume_anywhere(
         &self,
         token: &str,
         client: &[(&str, &str)],
     ) -> Result<(SessionOwner, String), ResumeError> {
-        match self.resume_as(token, client) {
-            Err(ResumeError::UnknownSession) => {}
-            other => return other,
-        }
         let Some(link) = self.inner.store.get() else {
-            return Err(ResumeError::UnknownSession);
+            return self.resume_as(token, client);
         };
         let presented = Presented::parse(token)?;
         let sid = presented.sid;
@@ -225,6 +229,24 @@ impl SessionService {
             tracing::debug!(cause = %session_proxy_protocol::chain(&err), "cannot resume from the store");
             ResumeError::StoreUnavailable
         };
+        if let Some(epoch) = self.inner.sessions.get(&sid).map(|e| e.store_epoch) {
+            let report = link
+                .call(link.store.refresh(vec![(sid, epoch)], link.options.ttl))
+                .await
+                .map_err(unavailable)?;
+            // Moved (or ended) elsewhere: the copy here closes, and the
+            // session is claimed from the store below.
+            self.lost(&report.fenced);
+            if report.missing.contains(&sid) {
+                // The store lost it (restarted empty): the copy here is
+                // the session; it is written again.
+                self.mark_dirty(sid);
+            }
+            match self.resume_as(token, client) {
+                Err(ResumeError::UnknownSession) => {}
+                other => return other,
+            }
+        }
         let mut record = match link.call(link.store.get(sid)).await {
             Ok(found) => found.ok_or(ResumeError::UnknownSession)?,
             Err(crate::StoreError::Decode(err)) => {

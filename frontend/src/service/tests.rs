@@ -320,3 +320,64 @@ async fn a_session_that_moved_is_reported_moved_and_never_closed() {
     );
     assert_eq!(hooks.load(Ordering::SeqCst), 1, "no hook for bob");
 }
+
+/// A frontend that still holds a parked copy of a session another frontend
+/// claimed (it made no write since, so nothing fenced it yet) resumes the
+/// session from the store, not from its stale copy: with the token the
+/// client got from the other frontend, and with the older token it may
+/// still hold (a handshake reply it never read), which the store keeps for
+/// the overlap. Either way the client sees the write acknowledged there.
+#[tokio::test]
+async fn a_stale_parked_copy_is_never_resumed_after_a_move() {
+    use crate::store::MemoryStore;
+    use crate::StoreOptions;
+    let store: Arc<dyn crate::store::SessionStore> = Arc::new(MemoryStore::new());
+    let a = SessionService::new(SessionConfig::new("fa"));
+    let b = SessionService::new(SessionConfig::new("fb"));
+    for s in [&a, &b] {
+        s.attach_store(store.clone(), StoreOptions::default())
+            .await
+            .expect("attach");
+    }
+    let grace = std::time::Duration::from_secs(30);
+    let value_on = |s: &SessionService, sid| {
+        s.get(sid)
+            .and_then(|snap| snap.settings.get("n").map(|v| v.value.clone()))
+    };
+    for comes_back_with_the_older_token in [false, true] {
+        // A session on a, written there (1), parked: its client dropped.
+        let owner = a.create(ConnectInfo::default());
+        let sid = owner.sid();
+        a.set(sid, "n", bytes("1")).expect("set on a");
+        let first = a.issue_token(sid).expect("token");
+        assert!(owner.park(grace));
+        a.flush().await.expect("written");
+
+        // It resumes on b and is written there (2), durably; b parks it.
+        let (on_b, second) = b.resume_anywhere(&first, &[]).await.expect("on b");
+        b.set(sid, "n", bytes("2")).expect("set on b");
+        b.flush().await.expect("acknowledged");
+        assert!(on_b.park(grace));
+        b.flush().await.expect("parked on b");
+        assert!(a.get(sid).is_some(), "a still holds its copy, unfenced");
+
+        // Back on a.
+        let token = match comes_back_with_the_older_token {
+            true => first,
+            false => second,
+        };
+        let (on_a, _) = a.resume_anywhere(&token, &[]).await.expect("resumed on a");
+        assert_eq!(
+            value_on(&a, sid),
+            Some(bytes("2")),
+            "a resumed its stale copy (older token: {comes_back_with_the_older_token})"
+        );
+        // a holds it now: b's copy is fenced at its next write.
+        b.set(sid, "n", bytes("3")).expect("b still holds its copy");
+        let _ = b.flush().await;
+        assert!(b.get(sid).is_none(), "b let its copy go");
+        a.set(sid, "n", bytes("4")).expect("set on a");
+        a.flush().await.expect("a's write is kept");
+        drop(on_a);
+    }
+}

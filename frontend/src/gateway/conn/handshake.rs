@@ -11,17 +11,17 @@ use tracing::debug;
 use super::*;
 
 /// A handshake that must wait before it is answered, in a stage of the
-/// connection's own ([`Stop::Later`]): for the hooks, or for a resume this
-/// frontend cannot answer from memory (the session may be in the shared
-/// store, another frontend's).
+/// connection's own ([`Stop::Later`]): for the hooks, or for a resume that
+/// the shared store decides (the session may be another frontend's, or
+/// the copy held here stale).
 pub(super) enum Later {
     /// The client check and the user hook run first.
     Hooks(HandshakeRequest),
-    /// The resume is looked up in the store.
+    /// The resume is checked or looked up in the store.
     Claim(Claim),
 }
 
-/// A resume to look up in the store.
+/// A resume the store decides.
 pub(super) struct Claim {
     token: String,
     /// The client's type and device, when the gateway checks them.
@@ -75,8 +75,19 @@ impl Held {
 }
 
 fn refuse(this: &mut ClientConn, code: u16, why: &str) {
+    refuse_as(this, code, why, false);
+}
+
+/// Refuses the handshake; `retry`: the same handshake may work later (a
+/// store that did not answer), so the reply says `"retry": true` and a
+/// client keeps its resume token.
+fn refuse_as(this: &mut ClientConn, code: u16, why: &str, retry: bool) {
     crate::metrics::HANDSHAKE_REFUSED.increment(1);
-    let reply = json!({ "code": code, "error": why }).to_string();
+    let mut reply = json!({ "code": code, "error": why });
+    if retry {
+        reply["retry"] = json!(true);
+    }
+    let reply = reply.to_string();
     let _ = out_codec().encode_to(PackageType::Handshake, reply.as_bytes(), &mut this.out);
     this.closing = Some(format!("handshake refused ({code}): {why}").into());
 }
@@ -205,18 +216,20 @@ impl ClientConn {
             device: device.map(str::to_string),
         };
         match presented {
+            // With a store, the store says who holds the session, even one
+            // held here: another frontend may have claimed it meanwhile.
+            Some(token) if resume_enabled && self.shared.sessions.has_store() => {
+                let own = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
+                return Some(Claim {
+                    token: token.to_string(),
+                    client: client.iter().map(own).collect(),
+                    user,
+                    held,
+                    fresh,
+                });
+            }
             Some(token) if resume_enabled => match self.shared.sessions.resume_as(token, &client) {
                 Ok((owner, next)) => self.accept(owner, Some(next), Resumed::Yes, user, held),
-                Err(ResumeError::UnknownSession) if self.shared.sessions.has_store() => {
-                    let own = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
-                    return Some(Claim {
-                        token: token.to_string(),
-                        client: client.iter().map(own).collect(),
-                        user,
-                        held,
-                        fresh,
-                    });
-                }
                 Err(err) => self.resume_refused(err, fresh, user, held),
             },
             _ => self.open_fresh(fresh, None, user, held),
@@ -226,14 +239,16 @@ impl ClientConn {
 
     /// A resume that did not work: a stale token gets a fresh session (or,
     /// with [`GatewayConfig::strict_resume`](crate::GatewayConfig::strict_resume),
-    /// code 500); a store that did not answer is refused ("try again").
+    /// code 500); a store that did not answer is refused ("try again", and
+    /// `"retry": true`: the client keeps its token).
     fn resume_refused(&mut self, err: ResumeError, fresh: Fresh, user: Option<Value>, held: Held) {
         crate::metrics::RESUME_REFUSED.increment(1);
         debug!(cause = %session_proxy_protocol::chain(&err), "resume refused");
         if err.is_stale() && !self.shared.config.strict_resume {
             self.open_fresh(fresh, Some(err), user, held);
         } else {
-            refuse(self, CODE_USER_ERROR, &format!("resume refused: {err}"));
+            let why = format!("resume refused: {err}");
+            refuse_as(self, CODE_USER_ERROR, &why, !err.is_stale());
         }
     }
 
@@ -272,9 +287,9 @@ impl ClientConn {
         self.accept(owner, token, resumed, user, held);
     }
 
-    /// Looks a resume up in the shared store (the session may have lived
-    /// on another frontend), then answers the handshake. Bounded by the
-    /// store's call deadline.
+    /// Resumes through the shared store (the session may have lived on
+    /// another frontend, or moved there from here), then answers the
+    /// handshake. Bounded by the store's call deadline.
     async fn claim(&mut self, claim: Claim) {
         let Claim {
             token,

@@ -37,7 +37,7 @@ use self::tasks::{background, follow_evictions};
 /// A service's link to its store.
 pub(crate) struct StoreLink {
     pub(super) store: Arc<dyn SessionStore>,
-    options: StoreOptions,
+    pub(super) options: StoreOptions,
     /// Sessions changed since the last flush.
     dirty: Mutex<HashSet<SessionId>>,
     /// Sessions closed since the last flush, with the epoch they were
