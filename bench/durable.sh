@@ -54,7 +54,7 @@ measure() { # setup round workload [durable]
   local route body login=
   case $3 in
     set-push-50) route=chat.benchHandler.set body='{"key":"k","value":1}' login=--login ;;
-    login-50) route=chat.benchHandler.login body='{"uid":"same"}' ;;
+    login-50) route=chat.benchHandler.login body='{"uid":"u{i}"}' ;;
   esac
   local c0 f0 line t0
   [ -n "${4:-}" ] && { c0=$(commands); f0=$(flushes); }

@@ -13,11 +13,23 @@ wait_port() {
   return 1
 }
 
-# Stops the processes in the caller's `pids` array, by PID, and waits for
-# them; empties the array.
+# Stops the processes in the caller's `pids` array by PID, the last started
+# first (a cluster's servers before the etcd and NATS they shut down
+# through), each given 10 s before SIGKILL; empties the array.
 stop() {
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  local i p state
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p=${pids[i]}
+    [ -n "$p" ] || continue
+    kill "$p" 2>/dev/null || continue
+    for _ in $(seq 100); do
+      state=$(ps -o stat= -p "$p" 2>/dev/null || true)
+      [[ -z $state || $state == Z* ]] && break
+      sleep 0.1
+    done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   pids=()
 }
 
@@ -51,4 +63,66 @@ durable_redis() {
   wait_port "$1"
   sed "s|^\[cluster\]|[cluster]\nredis = \"redis://127.0.0.1:$1/0\"|" bench/cluster.toml \
     >"$2/durable.toml"
+}
+
+# Waits until `chat.benchHandler.echo` is answered on 127.0.0.1:$1 (a
+# cluster whose frontend listens before it has found its backend), at most
+# 20 one-second tries.
+serves() {
+  local line
+  for _ in $(seq 20); do
+    if line=$("$bin" bench rr --target "127.0.0.1:$1" --clients 1 --duration 1 --json 2>/dev/null) &&
+      [[ $line == *'"errors":0,'* && $line != *'"ops":0,'* ]]; then
+      return 0
+    fi
+  done
+  echo "127.0.0.1:$1 does not answer the bench routes" >&2
+  return 1
+}
+
+# The Go peers (bench/peers/build.sh builds them). Each start appends its
+# processes' PIDs to the caller's `pids` (stopped by `stop`) and sets
+# `peer_front`, the PID of the process clients connect to.
+peers=bench/peers/bin
+
+# Pitaya in cluster mode, as in its cluster demo: etcd (Debian's) and a NATS
+# server on loopback ports of their own, a chat server, and the connector
+# on client port $1; $2 is a directory for etcd's data.
+start_pitaya() {
+  local port=$1 dir=$2/etcd-$RANDOM nats=nats://127.0.0.1:${PITAYA_NATS_PORT:-4322}
+  local etcd=127.0.0.1:${PITAYA_ETCD_PORT:-2479}
+  etcd --data-dir "$dir" --listen-client-urls "http://$etcd" --advertise-client-urls "http://$etcd" \
+    --listen-peer-urls "http://127.0.0.1:${PITAYA_ETCD_PEER_PORT:-2480}" >"$2/etcd.log" 2>&1 &
+  pids+=($!)
+  "$peers/nats-server" -a 127.0.0.1 -p "${nats##*:}" >"$2/nats.log" 2>&1 &
+  pids+=($!)
+  wait_port "${etcd##*:}"
+  wait_port "${nats##*:}"
+  "$peers/pitaya-peer" -type chat -nats "$nats" -etcd "$etcd" >"$2/pitaya-chat.log" 2>&1 &
+  pids+=($!)
+  "$peers/pitaya-peer" -type connector -frontend -port "$port" -nats "$nats" -etcd "$etcd" \
+    >"$2/pitaya-connector.log" 2>&1 &
+  peer_front=$!
+  pids+=("$peer_front")
+  wait_port "$port"
+  serves "$port"
+}
+
+# nano in cluster mode, as in its cluster example: a master, a chat member
+# and the gate on client port $1 (gRPC between them, on loopback ports of
+# their own); $2 is a directory for their logs.
+start_nano() {
+  local port=$1 master=127.0.0.1:${NANO_MASTER_PORT:-34567}
+  "$peers/nano-peer" -role master -listen "$master" >"$2/nano-master.log" 2>&1 &
+  pids+=($!)
+  wait_port "${master##*:}"
+  "$peers/nano-peer" -role chat -listen 127.0.0.1:${NANO_CHAT_PORT:-34580} -master "$master" \
+    >"$2/nano-chat.log" 2>&1 &
+  pids+=($!)
+  "$peers/nano-peer" -role gate -listen 127.0.0.1:${NANO_GATE_PORT:-34570} -client "127.0.0.1:$port" \
+    -master "$master" >"$2/nano-gate.log" 2>&1 &
+  peer_front=$!
+  pids+=("$peer_front")
+  wait_port "$port"
+  serves "$port"
 }

@@ -35,7 +35,8 @@ pub struct LoadOptions {
     pub rate: Option<f64>,
     /// The route each request goes to.
     pub route: String,
-    /// The request body.
+    /// The request body; `{i}` in it (and in `setup`'s) is replaced by each
+    /// client's number.
     pub body: Value,
     /// Requests sent per client before measuring (e.g. a login route).
     pub setup: Vec<(String, Value)>,
@@ -180,7 +181,8 @@ pub async fn load(o: LoadOptions) -> anyhow::Result<BenchResult> {
         }
         conns.push(c);
     }
-    let body = Bytes::from(o.body.to_string());
+    // `{i}` in the body is each client's number (a uid of its own).
+    let body = o.body.to_string();
     let start = Instant::now() + o.warmup;
     let end = start + o.duration;
     let ops = Arc::new(AtomicU64::new(0));
@@ -209,8 +211,9 @@ pub async fn load(o: LoadOptions) -> anyhow::Result<BenchResult> {
     };
     let mut pacers = pacers.into_iter();
     let mut tasks = Vec::new();
-    for c in conns {
-        let (route, body, ops) = (o.route.clone(), body.clone(), ops.clone());
+    for (i, c) in conns.into_iter().enumerate() {
+        let body = Bytes::from(body.replace("{i}", &i.to_string()));
+        let (route, ops) = (o.route.clone(), ops.clone());
         tasks.push(tokio::spawn(client_loop(
             c,
             route,

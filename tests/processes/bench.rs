@@ -223,7 +223,7 @@ async fn the_store_bench_writes_to_one_server_and_to_a_cluster() {
 
 /// The report writes the rows `bench/compare` gathers beyond the two
 /// systems' workloads: players per node (with its plot), one process, the
-/// Redis store, and their targets.
+/// Redis store, the Go peers' ratios, and their targets.
 #[test]
 fn the_report_writes_players_per_node_one_process_and_durable_rows() {
     let dir = std::env::temp_dir().join(format!("session-proxy-report-{}", std::process::id()));
@@ -247,6 +247,9 @@ fn the_report_writes_players_per_node_one_process_and_durable_rows() {
             "set-push-50",
             rr(20_000.0, 4_000),
         ),
+        ("pinus", "echo-50", rr(10_000.0, 8_000)),
+        ("pitaya", "echo-50", rr(25_000.0, 4_000)),
+        ("nano", "echo-50", rr(100_000.0, 1_000)),
         ("pinus", "ccu-1rps", ccu(2000, &[3.0, 9.0, 400.0])),
         ("session-proxy", "ccu-1rps", ccu(3000, &[2.0, 2.5, 3.0])),
     ];
@@ -271,6 +274,10 @@ fn the_report_writes_players_per_node_one_process_and_durable_rows() {
         "| echo-50, one process: ≥ 0.85× the floor | 0.40× | no |",
         "With the Redis store: throughput 0.50× no store, p99 2.00×.",
         "![p99 by players](bench-ccu.svg)",
+        "Ratios: throughput 5.00× Pinus, 2.00× Pitaya, 0.50× nano; p99 0.25× Pinus's, 0.50× Pitaya's, 2.00× nano's",
+        "| pitaya | 1 | 25000 (25000–25000) |",
+        "| echo-50: ahead of Pitaya (throughput) | 2.00× ahead | yes |",
+        "| echo-50: ahead of nano (throughput) | 0.50× ahead | no |",
     ] {
         assert!(md.contains(want), "missing {want:?} in:\n{md}");
     }

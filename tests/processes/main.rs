@@ -14,6 +14,7 @@ mod demo;
 mod fault_harness;
 mod fault_processes;
 mod game;
+mod go_peers;
 mod kubernetes;
 mod one_process;
 mod process;

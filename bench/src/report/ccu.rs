@@ -66,7 +66,12 @@ pub(super) fn table(md: &mut String, by: &Runs, w: &str) {
 /// `w`, one line per system: its round that held the median.
 pub(super) fn svg(by: &Runs, w: &str) -> String {
     let (width, h, left, bottom, top, right) = (720.0, 400.0, 70.0, 50.0, 20.0, 150.0);
-    let colors = [("session-proxy", "#1b7f3a"), ("pinus", "#c0392b")];
+    let colors = [
+        ("session-proxy", "#1b7f3a"),
+        ("pinus", "#c0392b"),
+        ("pitaya", "#2c6fbb"),
+        ("nano", "#8e44ad"),
+    ];
     let (xlo, xhi) = (500f64.log10(), 50_000f64.log10());
     let x_of = |n: f64| left + (n.max(500.0).log10() - xlo) / (xhi - xlo) * (width - left - right);
     let (ylo, yhi) = (0.1f64.log10(), 10_000f64.log10());

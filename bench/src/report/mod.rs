@@ -12,7 +12,17 @@ use std::path::Path;
 
 const BEGIN: &str = "<!-- compare:begin -->";
 const END: &str = "<!-- compare:end -->";
-const SYSTEMS: [&str; 5] = ["session-proxy", ONE_PROCESS, DURABLE, "pinus", "floor"];
+const SYSTEMS: [&str; 7] = [
+    "session-proxy",
+    ONE_PROCESS,
+    DURABLE,
+    "pinus",
+    "pitaya",
+    "nano",
+    "floor",
+];
+/// The peers, with the names the ratios use.
+const PEERS: [(&str, &str); 3] = [("pinus", "Pinus"), ("pitaya", "Pitaya"), ("nano", "nano")];
 /// Frontend and backend in one process, linked in process.
 const ONE_PROCESS: &str = "session-proxy one process";
 /// With the Redis store, on a server with `appendonly yes` / `everysec`.
@@ -108,8 +118,8 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
 
     let mut md = String::new();
     let _ = writeln!(md, "{BEGIN}");
-    let _ = writeln!(md, "## Side by side with Pinus\n");
-    let _ = writeln!(md, "Command: `{command}` — machine: {}. Each workload ran once per round, the systems interleaved (Pinus, session-proxy, floor, next round); figures are medians over the rounds, throughput with its min–max. The load generator is `session-proxy bench` on the same machine, so every system shares the 2 cores with its load. Pinus 1.7.4 runs as master + connector + chat processes; session-proxy as a connector process and a chat backend process (`bench/cluster.toml`); the floor is one Rust process that answers the handshake and echoes requests, nothing else. Memory readings (idle) are taken on a freshly started server, one per reading.\n", machine());
+    let _ = writeln!(md, "## Side by side with Pinus, Pitaya and nano\n");
+    let _ = writeln!(md, "Command: `{command}` — machine: {}. Each workload ran once per round, the systems interleaved (Pinus, Pitaya, nano, session-proxy, floor, next round); figures are medians over the rounds, throughput with its min–max. The load generator is `session-proxy bench` on the same machine, so every system shares the 2 cores with its load. Pinus 1.7.4 runs as master + connector + chat processes; Pitaya v2.11.3 in cluster mode as a connector (frontend) and a chat server (backend) talking over a NATS 2.15.3 server, found through etcd, as in its cluster demo; nano v0.5.1 in cluster mode as a master, a gate and a chat member (gRPC between them), as in its cluster example; session-proxy as a connector process and a chat backend process (`bench/cluster.toml`); the floor is one Rust process that answers the handshake and echoes requests, nothing else. The peers' recipes are in `bench/pinus` and `bench/peers` (with their lockfiles). nano keeps session state on the node that sets it, so its set-push and login rows send nothing back to the gate: they do less work than the other systems' (which push the change to the frontend that owns the session). Memory readings (idle) are taken on a freshly started server, one per reading.\n", machine());
     for w in &workloads {
         let _ = writeln!(md, "### {w}\n");
         if w.starts_with("ccu") {
@@ -149,24 +159,35 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
                 );
             }
         }
-        if let (Some(ours), Some(pinus)) = (get(w, "session-proxy"), get(w, "pinus")) {
+        if let Some(ours) = get(w, "session-proxy") {
+            let peers: Vec<(&str, Summary)> = PEERS
+                .iter()
+                .filter_map(|(id, name)| get(w, id).map(|x| (*name, x)))
+                .collect();
+            let each = |f: &dyn Fn(&Summary) -> Option<f64>, what: &str| {
+                peers
+                    .iter()
+                    .filter_map(|(name, peer)| {
+                        let ratio = f(&ours)? / f(peer)?;
+                        Some(format!("{ratio:.2}× {name}{what}"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             if idle {
-                if let (Some(a), Some(b)) = (ours.per_client, pinus.per_client) {
-                    let _ = writeln!(
-                        md,
-                        "\nMemory per client: session-proxy uses {:.2}× of Pinus's.",
-                        a / b
-                    );
+                let per = each(&|x| x.per_client, "'s");
+                if !per.is_empty() {
+                    let _ = writeln!(md, "\nMemory per client: session-proxy uses {per}.");
                 }
-            } else {
+            } else if !peers.is_empty() {
                 let _ = write!(
                     md,
-                    "\nRatios: throughput {:.2}× Pinus; p99 {:.2}× Pinus's",
-                    ours.throughput / pinus.throughput,
-                    ours.p99 / pinus.p99
+                    "\nRatios: throughput {}; p99 {}",
+                    each(&|x| Some(x.throughput), ""),
+                    each(&|x| Some(x.p99), "'s")
                 );
                 if w.starts_with("fanout") {
-                    let _ = write!(md, "; p50 {:.2}× Pinus's", ours.p50 / pinus.p50);
+                    let _ = write!(md, "; p50 {}", each(&|x| Some(x.p50), "'s"));
                 }
                 if let Some(floor) = get(w, "floor") {
                     let _ = write!(
@@ -216,6 +237,29 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
         };
         let _ = writeln!(md, "| {name} | {m} | {ok} |");
     };
+    for w in &workloads {
+        if w.starts_with("idle") || w.starts_with("ccu") {
+            continue;
+        }
+        // Ahead of every Go peer: throughput, and for fan-out the p50.
+        let Some(ours) = get(w, "session-proxy") else {
+            continue;
+        };
+        let fanout = w.starts_with("fanout");
+        let lead = |peer: &Summary| match fanout {
+            true => peer.p50 / ours.p50,
+            false => ours.throughput / peer.throughput,
+        };
+        for (id, name) in &PEERS[1..] {
+            let r = get(w, id).map(|peer| lead(&peer));
+            let what = if fanout { "p50" } else { "throughput" };
+            target(
+                &format!("{w}: ahead of {name} ({what})"),
+                r.map(|r| format!("{r:.2}× ahead")),
+                r.map(|r| r >= 1.0),
+            );
+        }
+    }
     for w in ["echo-50", "echo-1000"] {
         let ratio = get(w, "session-proxy")
             .zip(get(w, "pinus"))
@@ -348,6 +392,8 @@ fn svg(by: &BTreeMap<(String, String), Vec<&BenchResult>>) -> String {
     let colors = [
         ("session-proxy", "#1b7f3a"),
         ("pinus", "#c0392b"),
+        ("pitaya", "#2c6fbb"),
+        ("nano", "#8e44ad"),
         ("floor", "#555555"),
     ];
     let x_of = |p: f64| {

@@ -1,0 +1,199 @@
+//! The Go peers of `bench/compare`, built from their pinned modules by
+//! `bench/peers/build.sh`: Pitaya in cluster mode (a connector and a chat
+//! server over a NATS server, found through etcd) and nano in cluster mode
+//! (a master, a gate and a chat member over gRPC). Each answers every bench
+//! workload our load generator drives, with no error, so a compare run
+//! measures them doing the same work as session-proxy and Pinus.
+
+use crate::common;
+
+use common::nodes::free_port;
+use session_proxy_bench::{self as bench, LoadOptions};
+use session_proxy_client::Transport;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The processes of one peer, stopped by PID when dropped (the last
+/// started first: the servers before the NATS and etcd they talk through).
+struct Cluster(Vec<Child>);
+
+impl Cluster {
+    fn start(&mut self, program: &Path, args: &[&str]) {
+        let child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        self.0.push(child);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().rev() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Builds the peers once (a few minutes the first time, from the Go module
+/// proxy); `None` (SKIPPED) without Go or etcd, outside CI.
+fn peers() -> Option<PathBuf> {
+    if !common::installed("go", "golang (the machine's Go)")
+        || !common::installed("etcd", "etcd-server")
+    {
+        return None;
+    }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/peers");
+        let status = Command::new(root.join("build.sh"))
+            .status()
+            .expect("bench/peers/build.sh runs");
+        assert!(status.success(), "bench/peers/build.sh failed: {status}");
+        root.join("bin")
+    });
+    Some(dir.clone())
+}
+
+/// Waits until the echo route is answered (the frontend listens before it
+/// has found its backend), at most 30 s.
+async fn until_served(target: SocketAddr) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut o = LoadOptions::new(target);
+        o.clients = 1;
+        o.duration = Duration::from_millis(200);
+        o.warmup = Duration::ZERO;
+        if let Ok(r) = bench::load(o).await {
+            if r.ops > 0 && r.errors == 0 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{target} never answered the echo route"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Echo, set after login, login, and a channel fan-out, with no error.
+async fn serves_the_workloads(name: &str, target: SocketAddr) {
+    until_served(target).await;
+    let set = serde_json::json!({ "key": "k", "value": 1 });
+    for (route, body, login) in [
+        ("echo", serde_json::json!({ "msg": "x" }), false),
+        ("set", set, true),
+        ("login", serde_json::json!({ "uid": "u{i}" }), false),
+    ] {
+        let mut o = LoadOptions::new(target);
+        o.clients = 8;
+        o.duration = Duration::from_millis(500);
+        o.warmup = Duration::from_millis(100);
+        o.route = format!("chat.benchHandler.{route}");
+        o.body = body;
+        if login {
+            o.setup = vec![(
+                "chat.benchHandler.login".into(),
+                serde_json::json!({ "uid": "u{i}" }),
+            )];
+        }
+        let r = bench::load(o).await.expect("load");
+        assert!(r.ops > 10, "{name} {route}: {r}");
+        assert_eq!(r.errors, 0, "{name} {route}: {r}");
+    }
+    let r = bench::fanout(target, Transport::Tcp, 20, 5, "chat")
+        .await
+        .expect("fanout");
+    assert_eq!((r.ops, r.errors), (100, 0), "{name} fanout: {r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pitaya_and_nano_serve_the_bench_workloads() {
+    let Some(bin) = peers() else {
+        return;
+    };
+    let data = std::env::temp_dir().join(format!("session-proxy-go-peers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data).expect("temp dir");
+
+    // Pitaya: etcd and NATS on free loopback ports, a chat server, the
+    // connector.
+    {
+        let (etcd, etcd_peer, nats, client) = (free_port(), free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{etcd}");
+        let mut pitaya = Cluster(Vec::new());
+        pitaya.start(
+            Path::new("etcd"),
+            &[
+                "--data-dir",
+                &data.join("etcd").to_string_lossy(),
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{etcd_peer}"),
+            ],
+        );
+        let nats_port = nats.to_string();
+        pitaya.start(
+            &bin.join("nats-server"),
+            &["-a", "127.0.0.1", "-p", &nats_port],
+        );
+        let (nats_url, etcd_addr) = (
+            format!("nats://127.0.0.1:{nats}"),
+            format!("127.0.0.1:{etcd}"),
+        );
+        let server = ["-nats", nats_url.as_str(), "-etcd", etcd_addr.as_str()];
+        let peer = bin.join("pitaya-peer");
+        pitaya.start(&peer, &[&["-type", "chat"][..], &server].concat());
+        let port = client.to_string();
+        let front = ["-type", "connector", "-frontend", "-port", port.as_str()];
+        pitaya.start(&peer, &[&front[..], &server].concat());
+        let target = format!("127.0.0.1:{client}").parse().expect("addr");
+        serves_the_workloads("pitaya", target).await;
+    }
+
+    // nano: a master, a chat member, the gate.
+    {
+        let (master, chat, gate, client) = (free_port(), free_port(), free_port(), free_port());
+        let addr = |port: u16| format!("127.0.0.1:{port}");
+        let peer = bin.join("nano-peer");
+        let mut nano = Cluster(Vec::new());
+        nano.start(&peer, &["-role", "master", "-listen", &addr(master)]);
+        let member = ["-master", &addr(master)].map(String::from);
+        nano.start(
+            &peer,
+            &[
+                "-role",
+                "chat",
+                "-listen",
+                &addr(chat),
+                &member[0],
+                &member[1],
+            ],
+        );
+        nano.start(
+            &peer,
+            &[
+                "-role",
+                "gate",
+                "-listen",
+                &addr(gate),
+                "-client",
+                &addr(client),
+                &member[0],
+                &member[1],
+            ],
+        );
+        let target = addr(client).parse().expect("addr");
+        serves_the_workloads("nano", target).await;
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
