@@ -5,7 +5,9 @@
 # its link, and back), interleaved round by round, with the connector and
 # the chat backend as two processes and as one (`run --node
 # connector-1,chat-1`), and Pinus beside them (`app.rpc.chat.benchRemote.echo`
-# from its chat server, bench/pinus). Prints each run's req/s, p50 and p99,
+# from its chat server, bench/pinus) and Pitaya (its chat server's RPC to
+# the connector over NATS, bench/peers; skipped without Go or etcd). Prints
+# each run's req/s, p50 and p99,
 # and per system the median over rounds of the remote route against echo in
 # the same round. Loopback only; every process is stopped by its PID.
 #   bench/remote.sh [rounds] [seconds] [clients]
@@ -29,6 +31,10 @@ trap cleanup EXIT
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
+systems="two-process one-process pinus"
+if command -v go >/dev/null && command -v etcd >/dev/null && bench/peers/build.sh; then
+  systems="$systems pitaya"
+fi
 
 measure() { # system route round port
   local line
@@ -45,9 +51,12 @@ print("  %-12s %-24s %9.0f req/s  p50 %.2f ms  p99 %.2f ms  errors %d" % (
 
 for r in $(seq "$rounds"); do
   echo "round $r/$rounds ($clients clients, $secs s each)"
-  for system in two-process one-process pinus; do
+  for system in $systems; do
     port=4700
-    if [ "$system" = pinus ]; then
+    if [ "$system" = pitaya ]; then
+      port=4600
+      start_pitaya "$port" "$out"
+    elif [ "$system" = pinus ]; then
       pinus_master=$(bench/pinus/start.sh)
       port=4100
     elif [ "$system" = two-process ]; then
@@ -60,7 +69,7 @@ for r in $(seq "$rounds"); do
       pids=($!)
     fi
     wait_port "$port"
-    sleep 2
+    serves "$port"
     # Alternate which route goes first, so drift within a round hits both.
     if [ $((r % 2)) -eq 1 ]; then order="echo remote"; else order="remote echo"; fi
     for route in $order; do
@@ -81,19 +90,23 @@ for line in open(sys.argv[1]):
     system, route, rnd, result = line.split(" ", 3)
     runs.setdefault((system, int(rnd)), {})[route.rsplit(".", 1)[1]] = json.loads(result)
 print("median over rounds: the remote route's req/s, p50 and p99, and against echo in the same round:")
-for system in ("two-process", "one-process", "pinus"):
+for system in ("two-process", "one-process", "pinus", "pitaya"):
     rounds = [v for (s, _), v in runs.items() if s == system]
+    if not rounds:
+        continue
     med = lambda f: statistics.median(f(v) for v in rounds)
     print(f"  {system:12} remote {med(lambda v: v['remote']['throughput']):8.0f} req/s"
           f"  p50 {med(lambda v: v['remote']['p50_us']) / 1000:.2f} ms"
           f"  p99 {med(lambda v: v['remote']['p99_us']) / 1000:.2f} ms"
           f"  | {med(lambda v: v['remote']['throughput'] / v['echo']['throughput']):.2f}x echo's req/s,"
           f" p50 +{med(lambda v: v['remote']['p50_us'] - v['echo']['p50_us']) / 1000:.2f} ms")
-ours = [v for (s, _), v in runs.items() if s == "two-process"]
-theirs = [v for (s, _), v in runs.items() if s == "pinus"]
-if ours and theirs:
-    by_round = {r: v for (s, r), v in runs.items() if s == "two-process"}
-    ratios = [by_round[r]["remote"]["throughput"] / v["remote"]["throughput"]
-              for (s, r), v in runs.items() if s == "pinus" and r in by_round]
-    print(f"  remote route, two processes against Pinus in the same round: {statistics.median(ratios):.2f}x req/s")
+by_round = {r: v for (s, r), v in runs.items() if s == "two-process"}
+for peer, name in (("pinus", "Pinus"), ("pitaya", "Pitaya")):
+    ratios = [(by_round[r]["remote"]["throughput"] / v["remote"]["throughput"],
+               by_round[r]["remote"]["p50_us"] / v["remote"]["p50_us"])
+              for (s, r), v in runs.items() if s == peer and r in by_round]
+    if ratios:
+        print(f"  remote route, two processes against {name} in the same round:"
+              f" {statistics.median(t for t, _ in ratios):.2f}x req/s,"
+              f" p50 {statistics.median(p for _, p in ratios):.2f}x")
 PY

@@ -60,6 +60,10 @@ pub struct CcuOptions {
     pub first_source: u8,
     /// The server's PID, to read its RSS at each step.
     pub server_pid: Option<u32>,
+    /// Every process of the system under test (frontends, backends, the
+    /// broker a peer needs): their CPU over each hold is the step's
+    /// `server_cpu`.
+    pub cpu_pids: Vec<u32>,
 }
 
 /// One measured step.
@@ -85,6 +89,31 @@ pub struct CcuStep {
     pub generator_bytes_per_client: f64,
     /// The server's RSS, KiB, if its PID was given.
     pub server_rss_kib: Option<u64>,
+    /// The CPU of the system's processes during the hold, in cores, if
+    /// their PIDs were given.
+    pub server_cpu: Option<f64>,
+}
+
+/// The system's CPU per player (cores), from the steps up to `held`
+/// players: the slope of a least-squares line through (players,
+/// `server_cpu`). `None` with fewer than two such steps.
+pub fn cores_per_player(steps: &[CcuStep], held: usize) -> Option<f64> {
+    let points: Vec<(f64, f64)> = steps
+        .iter()
+        .filter(|s| s.clients <= held)
+        .filter_map(|s| s.server_cpu.map(|cpu| (s.clients as f64, cpu)))
+        .collect();
+    if points.len() < 2 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(x, y), (a, b)| (x + a / n, y + b / n));
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(xy, xx), (x, y)| {
+        (xy + (x - mx) * (y - my), xx + (x - mx) * (x - mx))
+    });
+    (sxx > 0.0).then(|| sxy / sxx)
 }
 
 /// The whole run.
@@ -328,7 +357,18 @@ async fn play(
 
 /// (utime + stime) of this process in seconds.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    cpu_seconds_of("self")
+}
+
+/// (utime + stime) of the processes `pids` in seconds, together.
+fn cpu_seconds_of_all(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_seconds_of(&p.to_string())).sum()
+}
+
+/// (utime + stime) of process `pid` ("self", or a number) in seconds; 0
+/// for one that is gone.
+fn cpu_seconds_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
     // Fields after the command name (which may hold spaces) end with ')'.
@@ -391,6 +431,7 @@ pub async fn ccu(o: CcuOptions) -> anyhow::Result<CcuReport> {
         shared.histogram.take();
         let errors_before = shared.errors.load(Ordering::Relaxed);
         let cpu_before = cpu_seconds();
+        let server_before = cpu_seconds_of_all(&o.cpu_pids);
         let started = std::time::Instant::now();
         tokio::time::sleep(o.hold).await;
         let held = started.elapsed().as_secs_f64();
@@ -407,6 +448,8 @@ pub async fn ccu(o: CcuOptions) -> anyhow::Result<CcuReport> {
             generator_cpu: (cpu_seconds() - cpu_before) / held,
             generator_bytes_per_client: (rss * 1024) as f64 / step.max(1) as f64,
             server_rss_kib: o.server_pid.and_then(crate::idle::rss_kib),
+            server_cpu: (!o.cpu_pids.is_empty())
+                .then(|| (cpu_seconds_of_all(&o.cpu_pids) - server_before) / held),
         };
         eprintln!(
             "ccu {step:>6} clients: {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>8.2} ms  max {:>8.1} ms  errors {errors}  generator {:.2} cores, {:.0} B/client",

@@ -82,6 +82,7 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
             sources,
             first_source,
             server_pid,
+            cpu_pids,
             json,
         } => {
             let report = bench::ccu::ccu(bench::ccu::CcuOptions {
@@ -96,6 +97,7 @@ pub async fn run_bench(mode: BenchMode) -> anyhow::Result<()> {
                 sources,
                 first_source,
                 server_pid,
+                cpu_pids,
             })
             .await?;
             if json {

@@ -203,6 +203,10 @@ pub enum BenchMode {
         /// The server's PID, to report its RSS at each step.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Every process of the system under test, comma-separated: their
+        /// CPU at each step (for players per core).
+        #[arg(long, value_delimiter = ',')]
+        cpu_pids: Vec<u32>,
         /// Print one JSON object instead of the summary.
         #[arg(long)]
         json: bool,

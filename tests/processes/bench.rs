@@ -134,17 +134,23 @@ role = "backend"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_floor_answers_the_protocol() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let server = tokio::spawn(bench::floor::serve(addr));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+async fn the_floor_answers_the_protocol_and_fans_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(bench::floor::serve_on(listener));
     let mut o = LoadOptions::new(addr);
     o.clients = 4;
     o.duration = Duration::from_millis(300);
     o.warmup = Duration::ZERO;
     let r = bench::load(o).await.expect("load");
     assert!(r.ops > 100 && r.errors == 0, "{r}");
+    // The fan-out floor: every member gets every push.
+    let r = bench::fanout(addr, Transport::Tcp, 50, 5, "chat")
+        .await
+        .expect("fanout");
+    assert_eq!((r.ops, r.errors), (250, 0), "{r}");
     server.abort();
 }
 
@@ -229,11 +235,15 @@ fn the_report_writes_players_per_node_one_process_and_durable_rows() {
     let dir = std::env::temp_dir().join(format!("session-proxy-report-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let rr = |tput: f64, p99: u64| serde_json::json!({"mode": "rr", "throughput": tput, "p50_us": p99 / 2, "p99_us": p99});
-    let ccu = |held: usize, p99s: &[f64]| {
+    // Each step's system CPU grows by `per_step` cores per 1,000 players.
+    let ccu = |held: usize, p99s: &[f64], per_step: f64| {
         let steps: Vec<_> = p99s
             .iter()
             .enumerate()
-            .map(|(i, p99)| serde_json::json!({"clients": 1000 * (i + 1), "p99_ms": p99}))
+            .map(|(i, p99)| {
+                let cpu = per_step * (i + 1) as f64;
+                serde_json::json!({"clients": 1000 * (i + 1), "p99_ms": p99, "server_cpu": cpu})
+            })
             .collect();
         serde_json::json!({"steps": steps, "ccu": held})
     };
@@ -250,8 +260,8 @@ fn the_report_writes_players_per_node_one_process_and_durable_rows() {
         ("pinus", "echo-50", rr(10_000.0, 8_000)),
         ("pitaya", "echo-50", rr(25_000.0, 4_000)),
         ("nano", "echo-50", rr(100_000.0, 1_000)),
-        ("pinus", "ccu-1rps", ccu(2000, &[3.0, 9.0, 400.0])),
-        ("session-proxy", "ccu-1rps", ccu(3000, &[2.0, 2.5, 3.0])),
+        ("pinus", "ccu-1rps", ccu(2000, &[3.0, 9.0, 400.0], 0.1)),
+        ("session-proxy", "ccu-1rps", ccu(3000, &[2.0, 2.5, 3.0], 0.02)),
     ];
     let lines: Vec<String> = rows
         .iter()
@@ -266,8 +276,10 @@ fn the_report_writes_players_per_node_one_process_and_durable_rows() {
     bench::report::report(&input, &out, &plot, "bench/compare 1").expect("report");
     let md = std::fs::read_to_string(&out).expect("report written");
     for want in [
-        "| session-proxy | 1 | 3000 | 3.0 ms |",
-        "| pinus | 1 | 2000 | 9.0 ms |",
+        "| session-proxy | 1 | 3000 | 3.0 ms | 50000 |",
+        "| pinus | 1 | 2000 | 9.0 ms | 10000 |",
+        "session-proxy has 5.0× Pinus's.",
+        "| ccu-1rps: ≥ 5× Pinus's players per core | 5.0× | yes |",
         "session-proxy holds 1.5× Pinus's",
         "| ccu-1rps: ≥ 5× Pinus's players per frontend process | 1.5× | no |",
         "One process: throughput 0.40× the floor, 1.20× two processes.",

@@ -2,7 +2,8 @@
 //! `bench/peers/build.sh`: Pitaya in cluster mode (a connector and a chat
 //! server over a NATS server, found through etcd) and nano in cluster mode
 //! (a master, a gate and a chat member over gRPC). Each answers every bench
-//! workload our load generator drives, with no error, so a compare run
+//! workload our load generator drives (Pitaya also the remote route: an
+//! RPC between its servers), with no error, so a compare run
 //! measures them doing the same work as session-proxy and Pinus.
 
 use crate::common;
@@ -82,15 +83,20 @@ async fn until_served(target: SocketAddr) {
     }
 }
 
-/// Echo, set after login, login, and a channel fan-out, with no error.
-async fn serves_the_workloads(name: &str, target: SocketAddr) {
+/// Echo, set after login, login, and a channel fan-out, with no error;
+/// with `remote`, a handler's call to another server too.
+async fn serves_the_workloads(name: &str, target: SocketAddr, remote: bool) {
     until_served(target).await;
     let set = serde_json::json!({ "key": "k", "value": 1 });
-    for (route, body, login) in [
+    let mut routes = vec![
         ("echo", serde_json::json!({ "msg": "x" }), false),
         ("set", set, true),
         ("login", serde_json::json!({ "uid": "u{i}" }), false),
-    ] {
+    ];
+    if remote {
+        routes.push(("remote", serde_json::json!({ "x": 1 }), false));
+    }
+    for (route, body, login) in routes {
         let mut o = LoadOptions::new(target);
         o.clients = 8;
         o.duration = Duration::from_millis(500);
@@ -157,7 +163,7 @@ async fn pitaya_and_nano_serve_the_bench_workloads() {
         let front = ["-type", "connector", "-frontend", "-port", port.as_str()];
         pitaya.start(&peer, &[&front[..], &server].concat());
         let target = format!("127.0.0.1:{client}").parse().expect("addr");
-        serves_the_workloads("pitaya", target).await;
+        serves_the_workloads("pitaya", target, true).await;
     }
 
     // nano: a master, a chat member, the gate.
@@ -193,7 +199,7 @@ async fn pitaya_and_nano_serve_the_bench_workloads() {
             ],
         );
         let target = addr(client).parse().expect("addr");
-        serves_the_workloads("nano", target).await;
+        serves_the_workloads("nano", target, false).await;
     }
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -1,5 +1,5 @@
 // The Pitaya peer of the benchmarks: the bench routes of session-proxy's
-// bench app (chat.benchHandler.echo, set, login, join, fanout), on Pitaya
+// bench app (chat.benchHandler.echo, set, login, join, fanout, remote), on Pitaya
 // v2 in cluster mode as in its cluster demo: a frontend "connector" that
 // clients reach over TCP (the Pomelo package format), and a backend "chat"
 // server reached over NATS, both found through etcd.
@@ -25,6 +25,7 @@ import (
 	"github.com/topfreegames/pitaya/v2/groups"
 	"github.com/topfreegames/pitaya/v2/logger"
 	pitayalogrus "github.com/topfreegames/pitaya/v2/logger/logrus"
+	"github.com/topfreegames/pitaya/v2/protos"
 )
 
 var app pitaya.Pitaya
@@ -135,6 +136,27 @@ func (b *Bench) Fanout(ctx context.Context, msg *ChannelMsg) (*Ok, error) {
 	return &Ok{Code: 200}, nil
 }
 
+// Remote makes one RPC to the connector's benchRemote.echo (Pitaya refuses
+// an RPC a server could run itself) and answers what it echoed: a call
+// between servers over NATS, as Pinus's bench makes one with app.rpc.
+func (b *Bench) Remote(ctx context.Context, msg []byte) ([]byte, error) {
+	reply := &protos.Response{}
+	if err := app.RPC(ctx, "connector.benchRemote.echo", reply, &protos.Response{Data: msg}); err != nil {
+		return nil, err
+	}
+	return reply.Data, nil
+}
+
+// BenchRemote is the callee of Remote, on the connector.
+type BenchRemote struct {
+	component.Base
+}
+
+// Echo answers its argument.
+func (r *BenchRemote) Echo(ctx context.Context, msg *protos.Response) (*protos.Response, error) {
+	return msg, nil
+}
+
 func channelOf(msg *ChannelMsg) string {
 	if msg.Channel == "" {
 		return "all"
@@ -180,7 +202,9 @@ func main() {
 	}
 	builder.Groups = groups.NewMemoryGroupService(builder.Config.Groups.Memory)
 	app = builder.Build()
-	if !*frontend {
+	if *frontend {
+		app.RegisterRemote(&BenchRemote{}, component.WithName("benchRemote"), component.WithNameFunc(lowerFirst))
+	} else {
 		app.Register(&Bench{}, component.WithName("benchHandler"), component.WithNameFunc(lowerFirst))
 	}
 	// Start returns on SIGTERM or SIGINT, after Pitaya's own shutdown.

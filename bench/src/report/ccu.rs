@@ -20,9 +20,23 @@ pub(super) fn players(by: &Runs, w: &str, system: &str) -> Option<f64> {
     (!v.is_empty()).then(|| median(v))
 }
 
+/// The median over the rounds of `w` by `system` of its players per core:
+/// one over the slope of its processes' CPU against players, up to the
+/// step each round held.
+pub(super) fn players_per_core(by: &Runs, w: &str, system: &str) -> Option<f64> {
+    let runs = by.get(&(w.to_string(), system.to_string()))?;
+    let v: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| crate::ccu::cores_per_player(&r.steps, r.ccu.unwrap_or(0)))
+        .filter(|slope| *slope > 0.0)
+        .map(|slope| 1.0 / slope)
+        .collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
 /// The table of workload `w`, and the ratio of ours to Pinus's.
 pub(super) fn table(md: &mut String, by: &Runs, w: &str) {
-    let _ = writeln!(md, "| system | rounds | players held (median) | p99 at that step | generator CPU, memory per client at that step |\n|---|---|---|---|---|");
+    let _ = writeln!(md, "| system | rounds | players held (median) | p99 at that step | players per core (CPU slope) | generator CPU, memory per client at that step |\n|---|---|---|---|---|---|");
     for s in SYSTEMS {
         let Some(runs) = by.get(&(w.to_string(), s.to_string())) else {
             continue;
@@ -45,9 +59,11 @@ pub(super) fn table(md: &mut String, by: &Runs, w: &str) {
             ),
             None => ("–".into(), "–".into()),
         };
+        let per_core =
+            players_per_core(by, w, s).map_or("–".into(), |n| format!("{n:.0}"));
         let _ = writeln!(
             md,
-            "| {s} | {} | {held:.0} | {p99} | {generator} |",
+            "| {s} | {} | {held:.0} | {p99} | {per_core} | {generator} |",
             runs.len()
         );
     }
@@ -59,6 +75,21 @@ pub(super) fn table(md: &mut String, by: &Runs, w: &str) {
                 ours / pinus
             );
         }
+    }
+    let ours = players_per_core(by, w, "session-proxy");
+    let each: Vec<String> = super::PEERS
+        .iter()
+        .filter_map(|(id, name)| {
+            let theirs = players_per_core(by, w, id)?;
+            Some(format!("{:.1}× {name}'s", ours? / theirs))
+        })
+        .collect();
+    if !each.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nPlayers per core (one over the slope of the system's processes' CPU against players at 1 req/s each, from /proc, up to the step held): session-proxy has {}.",
+            each.join(", ")
+        );
     }
 }
 

@@ -195,6 +195,9 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
                         "; throughput {:.2}× the floor",
                         ours.throughput / floor.throughput
                     );
+                    if w.starts_with("fanout") {
+                        let _ = write!(md, ", p50 {:.2}× the floor's", ours.p50 / floor.p50);
+                    }
                 }
                 let _ = writeln!(md, ".");
             }
@@ -323,6 +326,14 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
             ratio.map(|r| format!("{r:.1}×")),
             ratio.map(|r| r >= 5.0),
         );
+        let per_core = ccu::players_per_core(&by, w, "session-proxy")
+            .zip(ccu::players_per_core(&by, w, "pinus"))
+            .map(|(a, b)| a / b);
+        target(
+            &format!("{w}: ≥ 5× Pinus's players per core"),
+            per_core.map(|r| format!("{r:.1}×")),
+            per_core.map(|r| r >= 5.0),
+        );
     }
     let one = get("echo-50", ONE_PROCESS)
         .zip(get("echo-50", "floor"))
@@ -355,6 +366,14 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
             &format!("{w}: p99 ≤ 0.25× Pinus's"),
             p99.map(|r| format!("{r:.2}×")),
             p99.map(|r| r <= 0.25),
+        );
+        let floor = get(w, "session-proxy")
+            .zip(get(w, "floor"))
+            .map(|(a, f)| a.p50 / f.p50);
+        target(
+            &format!("{w}: p50 ≤ 1.5× the fan-out floor's"),
+            floor.map(|r| format!("{r:.2}×")),
+            floor.map(|r| r <= 1.5),
         );
     }
     let plot_name = plot
