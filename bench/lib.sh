@@ -82,8 +82,16 @@ serves() {
 
 # The Go peers (bench/peers/build.sh builds them). Each start appends its
 # processes' PIDs to the caller's `pids` (stopped by `stop`) and sets
-# `peer_front`, the PID of the process clients connect to.
+# `peer_front`, the PID of the process clients connect to; a start that
+# fails prints the end of its processes' logs (in $2) and returns 1.
 peers=bench/peers/bin
+
+peer_failed() { # dir name...
+  local dir=$1 f
+  shift
+  for f in "$@"; do echo "--- $f" >&2; tail -n 5 "$dir/$f.log" >&2 || true; done
+  return 1
+}
 
 # Pitaya in cluster mode, as in its cluster demo: etcd (Debian's) and a NATS
 # server on loopback ports of their own, a chat server, and the connector
@@ -104,25 +112,25 @@ start_pitaya() {
     >"$2/pitaya-connector.log" 2>&1 &
   peer_front=$!
   pids+=("$peer_front")
-  wait_port "$port"
-  serves "$port"
+  wait_port "$port" && serves "$port" || peer_failed "$2" etcd nats pitaya-chat pitaya-connector
 }
 
 # nano in cluster mode, as in its cluster example: a master, a chat member
 # and the gate on client port $1 (gRPC between them, on loopback ports of
-# their own); $2 is a directory for their logs.
+# their own, below 10,000: `bench ccu` binds its clients' ports from 10,000
+# up, and the kernel's ephemeral ports start at 32,768); $2 is a directory
+# for their logs.
 start_nano() {
-  local port=$1 master=127.0.0.1:${NANO_MASTER_PORT:-34567}
+  local port=$1 master=127.0.0.1:${NANO_MASTER_PORT:-7567}
   "$peers/nano-peer" -role master -listen "$master" >"$2/nano-master.log" 2>&1 &
   pids+=($!)
   wait_port "${master##*:}"
-  "$peers/nano-peer" -role chat -listen 127.0.0.1:${NANO_CHAT_PORT:-34580} -master "$master" \
+  "$peers/nano-peer" -role chat -listen 127.0.0.1:${NANO_CHAT_PORT:-7580} -master "$master" \
     >"$2/nano-chat.log" 2>&1 &
   pids+=($!)
-  "$peers/nano-peer" -role gate -listen 127.0.0.1:${NANO_GATE_PORT:-34570} -client "127.0.0.1:$port" \
+  "$peers/nano-peer" -role gate -listen 127.0.0.1:${NANO_GATE_PORT:-7570} -client "127.0.0.1:$port" \
     -master "$master" >"$2/nano-gate.log" 2>&1 &
   peer_front=$!
   pids+=("$peer_front")
-  wait_port "$port"
-  serves "$port"
+  wait_port "$port" && serves "$port" || peer_failed "$2" nano-master nano-chat nano-gate
 }

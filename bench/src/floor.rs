@@ -160,7 +160,11 @@ async fn serve_conn(conn: &Arc<Conn>, channels: &Channels) -> anyhow::Result<()>
 }
 
 /// The answer to a request: `None` echoes its body.
-fn answer(conn: &Arc<Conn>, channels: &Channels, m: &ClientMessage) -> anyhow::Result<Option<Bytes>> {
+fn answer(
+    conn: &Arc<Conn>,
+    channels: &Channels,
+    m: &ClientMessage,
+) -> anyhow::Result<Option<Bytes>> {
     let Route::Name(route) = &m.route else {
         return Ok(None);
     };
@@ -179,15 +183,19 @@ fn answer(conn: &Arc<Conn>, channels: &Channels, m: &ClientMessage) -> anyhow::R
             }
             let push = json!({ "msg": body["msg"] }).to_string();
             let mut bytes = BytesMut::new();
-            PackageCodec::new(MAX_PACKAGE_BODY).encode_with(PackageType::Data, &mut bytes, |b| {
-                encode_parts(
-                    MessageType::Push,
-                    0,
-                    &Route::Name("onFanout".into()),
-                    push.as_bytes(),
-                    b,
-                )
-            })?;
+            PackageCodec::new(MAX_PACKAGE_BODY).encode_with(
+                PackageType::Data,
+                &mut bytes,
+                |b| {
+                    encode_parts(
+                        MessageType::Push,
+                        0,
+                        &Route::Name("onFanout".into()),
+                        push.as_bytes(),
+                        b,
+                    )
+                },
+            )?;
             let members = channels
                 .lock_unpoisoned()
                 .get(&channel)

@@ -261,7 +261,11 @@ fn the_report_writes_players_per_node_one_process_and_durable_rows() {
         ("pitaya", "echo-50", rr(25_000.0, 4_000)),
         ("nano", "echo-50", rr(100_000.0, 1_000)),
         ("pinus", "ccu-1rps", ccu(2000, &[3.0, 9.0, 400.0], 0.1)),
-        ("session-proxy", "ccu-1rps", ccu(3000, &[2.0, 2.5, 3.0], 0.02)),
+        (
+            "session-proxy",
+            "ccu-1rps",
+            ccu(3000, &[2.0, 2.5, 3.0], 0.02),
+        ),
     ];
     let lines: Vec<String> = rows
         .iter()

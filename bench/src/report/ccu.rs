@@ -59,8 +59,7 @@ pub(super) fn table(md: &mut String, by: &Runs, w: &str) {
             ),
             None => ("–".into(), "–".into()),
         };
-        let per_core =
-            players_per_core(by, w, s).map_or("–".into(), |n| format!("{n:.0}"));
+        let per_core = players_per_core(by, w, s).map_or("–".into(), |n| format!("{n:.0}"));
         let _ = writeln!(
             md,
             "| {s} | {} | {held:.0} | {p99} | {per_core} | {generator} |",

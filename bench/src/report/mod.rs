@@ -244,18 +244,24 @@ pub fn report(input: &Path, out: &Path, plot: &Path, command: &str) -> anyhow::R
         if w.starts_with("idle") || w.starts_with("ccu") {
             continue;
         }
-        // Ahead of every Go peer: throughput, and for fan-out the p50.
+        // Ahead of every Go peer: throughput; for fan-out the p50, for
+        // the open loop (every system runs the same rate) the p99.
         let Some(ours) = get(w, "session-proxy") else {
             continue;
         };
-        let fanout = w.starts_with("fanout");
-        let lead = |peer: &Summary| match fanout {
-            true => peer.p50 / ours.p50,
-            false => ours.throughput / peer.throughput,
+        let (fanout, open) = (w.starts_with("fanout"), w.starts_with("echo-open"));
+        let lead = |peer: &Summary| match (fanout, open) {
+            (true, _) => peer.p50 / ours.p50,
+            (_, true) => peer.p99 / ours.p99,
+            _ => ours.throughput / peer.throughput,
         };
         for (id, name) in &PEERS[1..] {
             let r = get(w, id).map(|peer| lead(&peer));
-            let what = if fanout { "p50" } else { "throughput" };
+            let what = match (fanout, open) {
+                (true, _) => "p50",
+                (_, true) => "p99",
+                _ => "throughput",
+            };
             target(
                 &format!("{w}: ahead of {name} ({what})"),
                 r.map(|r| format!("{r:.2}× ahead")),
