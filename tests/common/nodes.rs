@@ -176,3 +176,26 @@ pub async fn sleeping(client: &session_proxy_client::PomeloClient, n: u64) {
     )
     .await;
 }
+
+/// Waits until `target` answers the bench app's echo route with no error
+/// (a frontend listens before it has found its backend), at most 30 s.
+pub async fn until_echo_answers(target: std::net::SocketAddr) {
+    use session_proxy_bench::LoadOptions;
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut o = LoadOptions::new(target);
+        o.clients = 1;
+        o.duration = Duration::from_millis(200);
+        o.warmup = Duration::ZERO;
+        if let Ok(r) = session_proxy_bench::load(o).await {
+            if r.ops > 0 && r.errors == 0 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{target} never answered the echo route"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::nodes::{free_port, run_node};
+use common::nodes::{free_port, run_node, until_echo_answers};
 use session_proxy_bench::{self as bench, LoadOptions};
 use session_proxy_client::Transport;
 use std::time::Duration;
@@ -42,22 +42,7 @@ role = "backend"
     let target = format!("127.0.0.1:{client}").parse().expect("addr");
 
     // Wait until the backend is connected: the echo route answers.
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut o = LoadOptions::new(target);
-        o.clients = 1;
-        o.duration = Duration::from_millis(200);
-        o.warmup = Duration::ZERO;
-        let r = bench::load(o).await.expect("load");
-        if r.ops > 0 && r.errors == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the chat backend never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_echo_answers(target).await;
 
     for (route, body, login) in [
         (

@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use common::nodes::free_port;
+use common::nodes::{free_port, until_echo_answers};
 use session_proxy_bench::{self as bench, LoadOptions};
 use session_proxy_client::Transport;
 use std::net::SocketAddr;
@@ -61,32 +61,10 @@ fn peers() -> Option<PathBuf> {
     Some(dir.clone())
 }
 
-/// Waits until the echo route is answered (the frontend listens before it
-/// has found its backend), at most 30 s.
-async fn until_served(target: SocketAddr) {
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut o = LoadOptions::new(target);
-        o.clients = 1;
-        o.duration = Duration::from_millis(200);
-        o.warmup = Duration::ZERO;
-        if let Ok(r) = bench::load(o).await {
-            if r.ops > 0 && r.errors == 0 {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{target} never answered the echo route"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Echo, set after login, login, and a channel fan-out, with no error;
 /// with `remote`, a handler's call to another server too.
 async fn serves_the_workloads(name: &str, target: SocketAddr, remote: bool) {
-    until_served(target).await;
+    until_echo_answers(target).await;
     let set = serde_json::json!({ "key": "k", "value": 1 });
     let mut routes = vec![
         ("echo", serde_json::json!({ "msg": "x" }), false),

@@ -231,23 +231,27 @@ fn a_full_push_queue_closes_the_slow_client() {
     assert!(matches!(a.try_recv(), Ok(Some(Outbound::Push { .. }))));
 }
 
+/// Two frontends, "fa" and "fb", sharing one in-memory store.
+async fn two_frontends_on_one_store() -> (SessionService, SessionService) {
+    let store: Arc<dyn crate::store::SessionStore> = Arc::new(crate::store::MemoryStore::new());
+    let a = SessionService::new(SessionConfig::new("fa"));
+    let b = SessionService::new(SessionConfig::new("fb"));
+    for s in [&a, &b] {
+        s.attach_store(store.clone(), crate::StoreOptions::default())
+            .await
+            .expect("attach");
+    }
+    (a, b)
+}
+
 /// A session whose client resumed on another frontend (its old owner was
 /// paused, say) is reported there as moved when the old owner's next write
 /// is fenced: its close hook does not run, and no Closed event says the
 /// player left. A session that ends for good runs the hook exactly once.
 #[tokio::test]
 async fn a_session_that_moved_is_reported_moved_and_never_closed() {
-    use crate::store::MemoryStore;
-    use crate::StoreOptions;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let store: Arc<dyn crate::store::SessionStore> = Arc::new(MemoryStore::new());
-    let a = SessionService::new(SessionConfig::new("fa"));
-    let b = SessionService::new(SessionConfig::new("fb"));
-    for s in [&a, &b] {
-        s.attach_store(store.clone(), StoreOptions::default())
-            .await
-            .expect("attach");
-    }
+    let (a, b) = two_frontends_on_one_store().await;
     let hooks = Arc::new(AtomicUsize::new(0));
     let counted = hooks.clone();
     a.on_closed(Arc::new(move |_, _| {
@@ -329,16 +333,7 @@ async fn a_session_that_moved_is_reported_moved_and_never_closed() {
 /// the overlap. Either way the client sees the write acknowledged there.
 #[tokio::test]
 async fn a_stale_parked_copy_is_never_resumed_after_a_move() {
-    use crate::store::MemoryStore;
-    use crate::StoreOptions;
-    let store: Arc<dyn crate::store::SessionStore> = Arc::new(MemoryStore::new());
-    let a = SessionService::new(SessionConfig::new("fa"));
-    let b = SessionService::new(SessionConfig::new("fb"));
-    for s in [&a, &b] {
-        s.attach_store(store.clone(), StoreOptions::default())
-            .await
-            .expect("attach");
-    }
+    let (a, b) = two_frontends_on_one_store().await;
     let grace = std::time::Duration::from_secs(30);
     let value_on = |s: &SessionService, sid| {
         s.get(sid)
