@@ -1,6 +1,7 @@
 // The client keeps its session against the chat example (started by the
 // Rust test `tests/js/client_lib.rs`, which sets CHAT_CONTROL): after a
-// dropped connection, through a connector's drain, and with a stale token.
+// dropped connection, through a connector's drain, with a stale token, and
+// while the store cannot confirm a resume.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { ClientError } from '../dist/index.js';
@@ -87,6 +88,31 @@ test('requests made while reconnecting fail at once when the game asks for it', 
   fay.close();
   assert.equal(fay.state, 'closed');
   await assert.rejects(fay.request('chat.chatHandler.send', {}), (err) => err.kind === 'closed');
+});
+
+test('a resume the store cannot confirm is refused for now, and the client keeps its token', async () => {
+  const p = keep(await proxy(c.host, c.connectors[1]));
+  const dee = keep(directClient('127.0.0.1', p.port, { reconnect: { attempts: 60, minDelay: 50, maxDelay: 500 } }));
+  await dee.connect();
+  await enter(dee, 'dee', 'hold');
+  const token = dee.token;
+
+  // Before the drain below, while both connectors serve. The store stops
+  // answering: the connector cannot tell whether another
+  // one claimed the session, so it refuses the resume with "retry".
+  await control('POST', '/redis/pause');
+  try {
+    const retried = next(dee, 'reconnecting', (e) => e.attempt >= 3);
+    p.cut();
+    await retried;
+    assert.equal(dee.token, token, 'the token is kept through refusals that say retry');
+  } finally {
+    await control('POST', '/redis/resume');
+  }
+  const [session] = await next(dee, 'session');
+  assert.equal(session.resumed, true, 'the same session came back once the store answered');
+  const answer = await dee.request('chat.chatHandler.send', { rid: 'hold', content: 'back', from: 'dee', target: '*' });
+  assert.deepEqual(answer, { route: 'chat.chatHandler.send' });
 });
 
 test('a drained connector: every request answered or failed with a typed error, the session resumed on the other', async () => {
