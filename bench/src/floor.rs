@@ -117,12 +117,17 @@ async fn serve_conn(conn: &Arc<Conn>, channels: &Channels) -> anyhow::Result<()>
     let mut buf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
     loop {
-        tokio::select! {
-            ready = conn.stream.readable() => ready?,
-            _ = conn.flush.notified() => {}
-            ready = conn.stream.writable(), if conn.has_pending() => ready?,
+        // Only a wake for pending bytes writes them: a request is read
+        // and answered without touching them.
+        let readable = tokio::select! {
+            ready = conn.stream.readable() => { ready?; true }
+            _ = conn.flush.notified() => false,
+            ready = conn.stream.writable(), if conn.has_pending() => { ready?; false }
+        };
+        if !readable {
+            conn.write_pending()?;
+            continue;
         }
-        conn.write_pending()?;
         match conn.stream.try_read_buf(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(_) => {}

@@ -180,22 +180,50 @@ pub async fn sleeping(client: &session_proxy_client::PomeloClient, n: u64) {
 /// Waits until `target` answers the bench app's echo route with no error
 /// (a frontend listens before it has found its backend), at most 30 s.
 pub async fn until_echo_answers(target: std::net::SocketAddr) {
-    use session_proxy_bench::LoadOptions;
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut o = LoadOptions::new(target);
-        o.clients = 1;
-        o.duration = Duration::from_millis(200);
-        o.warmup = Duration::ZERO;
-        if let Ok(r) = session_proxy_bench::load(o).await {
-            if r.ops > 0 && r.errors == 0 {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{target} never answered the echo route"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    super::eventually(
+        Duration::from_secs(30),
+        &format!("{target} answers the echo route"),
+        || async {
+            let r = bench_route(
+                target,
+                1,
+                "chat.benchHandler.echo",
+                serde_json::json!({ "msg": "hello" }),
+                false,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            (r.ops > 0 && r.errors == 0)
+                .then_some(())
+                .ok_or(r.to_string())
+        },
+    )
+    .await;
+}
+
+/// A short closed-loop run of `route` with `body` by `clients` clients
+/// (200 ms, warmed up 100 ms when more than one), each logging in as
+/// `u{i}` first when `login`.
+pub async fn bench_route(
+    target: std::net::SocketAddr,
+    clients: usize,
+    route: &str,
+    body: serde_json::Value,
+    login: bool,
+) -> anyhow::Result<session_proxy_bench::BenchResult> {
+    let mut o = session_proxy_bench::LoadOptions::new(target);
+    o.clients = clients;
+    (o.duration, o.warmup) = match clients {
+        1 => (Duration::from_millis(200), Duration::ZERO),
+        _ => (Duration::from_millis(500), Duration::from_millis(100)),
+    };
+    o.route = route.into();
+    o.body = body;
+    if login {
+        o.setup = vec![(
+            "chat.benchHandler.login".into(),
+            serde_json::json!({ "uid": "u{i}" }),
+        )];
     }
+    session_proxy_bench::load(o).await
 }

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::nodes::{free_port, run_node, until_echo_answers};
+use common::nodes::{bench_route, free_port, run_node, until_echo_answers};
 use session_proxy_bench::{self as bench, LoadOptions};
 use session_proxy_client::Transport;
 use std::time::Duration;
@@ -62,19 +62,9 @@ role = "backend"
             false,
         ),
     ] {
-        let mut o = LoadOptions::new(target);
-        o.clients = 8;
-        o.duration = Duration::from_millis(500);
-        o.warmup = Duration::from_millis(100);
-        o.route = route.into();
-        o.body = body;
-        if login {
-            o.setup = vec![(
-                "chat.benchHandler.login".into(),
-                serde_json::json!({ "uid": "u{i}" }),
-            )];
-        }
-        let r = bench::load(o).await.expect("load");
+        let r = bench_route(target, 8, route, body, login)
+            .await
+            .expect("load");
         assert!(r.ops > 10, "{route}: {r}");
         assert_eq!(r.errors, 0, "{route}: {r}");
         assert!(r.p50_us > 0 && r.p99_us >= r.p50_us);

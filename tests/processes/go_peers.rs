@@ -8,13 +8,12 @@
 
 use crate::common;
 
-use common::nodes::{free_port, until_echo_answers};
-use session_proxy_bench::{self as bench, LoadOptions};
+use common::nodes::{bench_route, free_port, until_echo_answers};
+use session_proxy_bench as bench;
 use session_proxy_client::Transport;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 /// The processes of one peer, stopped by PID when dropped (the last
 /// started first: the servers before the NATS and etcd they talk through).
@@ -75,19 +74,10 @@ async fn serves_the_workloads(name: &str, target: SocketAddr, remote: bool) {
         routes.push(("remote", serde_json::json!({ "x": 1 }), false));
     }
     for (route, body, login) in routes {
-        let mut o = LoadOptions::new(target);
-        o.clients = 8;
-        o.duration = Duration::from_millis(500);
-        o.warmup = Duration::from_millis(100);
-        o.route = format!("chat.benchHandler.{route}");
-        o.body = body;
-        if login {
-            o.setup = vec![(
-                "chat.benchHandler.login".into(),
-                serde_json::json!({ "uid": "u{i}" }),
-            )];
-        }
-        let r = bench::load(o).await.expect("load");
+        let full = format!("chat.benchHandler.{route}");
+        let r = bench_route(target, 8, &full, body, login)
+            .await
+            .expect("load");
         assert!(r.ops > 10, "{name} {route}: {r}");
         assert_eq!(r.errors, 0, "{name} {route}: {r}");
     }

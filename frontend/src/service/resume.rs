@@ -230,18 +230,12 @@ impl SessionService {
             ResumeError::StoreUnavailable
         };
         if let Some(epoch) = self.inner.sessions.get(&sid).map(|e| e.store_epoch) {
-            let report = link
-                .call(link.store.refresh(vec![(sid, epoch)], link.options.ttl))
+            // Moved (or ended) elsewhere, the copy here closes and the
+            // session is claimed from the store below; lost by the store
+            // (restarted empty), the copy here is the session.
+            link.refresh_held(self, vec![(sid, epoch)])
                 .await
                 .map_err(unavailable)?;
-            // Moved (or ended) elsewhere: the copy here closes, and the
-            // session is claimed from the store below.
-            self.lost(&report.fenced);
-            if report.missing.contains(&sid) {
-                // The store lost it (restarted empty): the copy here is
-                // the session; it is written again.
-                self.mark_dirty(sid);
-            }
             match self.resume_as(token, client) {
                 Err(ResumeError::UnknownSession) => {}
                 other => return other,

@@ -37,7 +37,7 @@ use self::tasks::{background, follow_evictions};
 /// A service's link to its store.
 pub(crate) struct StoreLink {
     pub(super) store: Arc<dyn SessionStore>,
-    pub(super) options: StoreOptions,
+    options: StoreOptions,
     /// Sessions changed since the last flush.
     dirty: Mutex<HashSet<SessionId>>,
     /// Sessions closed since the last flush, with the epoch they were
@@ -201,6 +201,19 @@ impl StoreLink {
             .iter()
             .map(|e| (*e.key(), e.store_epoch))
             .collect();
+        self.refresh_held(service, held).await
+    }
+
+    /// Restarts the TTL of the sessions `held` (with the epochs they are
+    /// held under) and settles what the store says of them: one another
+    /// frontend claimed since is closed here as moved, one the store lost
+    /// is marked to be written again. A resume checks its session's copy
+    /// with this before trusting it.
+    pub(in crate::service) async fn refresh_held(
+        &self,
+        service: &SessionService,
+        held: Vec<(SessionId, u64)>,
+    ) -> Result<(), StoreError> {
         let report = self
             .call(self.store.refresh(held, self.options.ttl))
             .await?;

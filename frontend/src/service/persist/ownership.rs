@@ -16,7 +16,7 @@ impl SessionService {
     /// Closes the local copies of sessions the store says another
     /// frontend holds now (or that were ended for every holder), without
     /// deleting them there, and remembers where they went.
-    pub(in crate::service) fn lost(&self, fenced: &[Fenced]) {
+    pub(super) fn lost(&self, fenced: &[Fenced]) {
         let Some(link) = self.inner.store.get() else {
             return;
         };
