@@ -49,6 +49,16 @@ pub struct BackendConfig {
     /// answer within the same time ends the link (a half-open connection)
     /// and redials. Default: 10 s.
     pub ping_interval: Duration,
+    /// A frontend of this process (an `inproc://` address) runs the client
+    /// requests it forwards here by calling this backend directly: the
+    /// handler runs on the client connection's task, with no frame encoded
+    /// and no task crossed unless it waits. Its session calls still take
+    /// the link, and its pushes and one-way calls still reach the frontend
+    /// before its answer. `false` forwards through the in-process link as
+    /// over TCP, each request on a task of its own, so a handler that
+    /// computes long before its first await holds up no client's
+    /// connection. No effect over TCP. Default: `true`.
+    pub in_process_direct: bool,
     /// Dial frontends over TLS, trusting these authorities. Default: `None`.
     #[cfg(feature = "tls")]
     pub tls: Option<session_proxy_link::LinkTls>,
@@ -70,6 +80,7 @@ impl Default for BackendConfig {
             max_frame: DEFAULT_MAX_FRAME,
             secret: None,
             ping_interval: Duration::from_secs(10),
+            in_process_direct: true,
             #[cfg(feature = "tls")]
             tls: None,
         }

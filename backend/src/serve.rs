@@ -10,6 +10,7 @@ use crate::{BackendSession, FrontendClient, HandlerError};
 use bytes::Bytes;
 use futures::FutureExt;
 use session_proxy_filters::{Call, Filters, Started};
+use session_proxy_link::inproc::DirectAnswer;
 use session_proxy_protocol::sync::{LockUnpoisoned as _, RwLockUnpoisoned as _};
 use session_proxy_protocol::{
     BackendCall, ErrorCode, Handle, KickBySid, Remote, RpcError, ServeBackend,
@@ -66,14 +67,7 @@ impl Inbound for Dispatcher {
         }
         // Filters see requests in arrival order, before they run.
         let filtered = match &call {
-            BackendCall::Handle(h) => {
-                let filters = self.filters.read_unpoisoned();
-                filters.applies(&h.route).then(|| {
-                    let mut c = Call::new(h.route.as_str(), h.session.sid);
-                    c.uid = h.session.uid.clone();
-                    filters.start(c)
-                })
-            }
+            BackendCall::Handle(h) => self.start_filters(h),
             BackendCall::Remote(_) => None,
         };
         let answers = reply.is_some();
@@ -94,8 +88,53 @@ impl Inbound for Dispatcher {
         Ok(answers.then(|| task.abort_handle()))
     }
 
+    fn direct(
+        self: Arc<Self>,
+        link: FrontendClient,
+        call: Handle,
+        deadline: Duration,
+    ) -> Result<DirectAnswer, RpcError> {
+        if self.draining.is_cancelled() {
+            return Err(RpcError::new(
+                ErrorCode::Unavailable,
+                "backend shutting down",
+            ));
+        }
+        let filtered = self.start_filters(&call);
+        // Counts as a running handler: a drain waits for it.
+        let running = self.tasks.token();
+        Ok(Box::pin(async move {
+            let sid = call.session.sid;
+            let settled = link.settled();
+            let cx = RequestCx {
+                link,
+                deadline,
+                filtered: std::sync::Mutex::new(filtered),
+            };
+            let result = self.handle(call, &cx).await;
+            // What the handler sent one way reaches the frontend before
+            // its answer, as on the link, where both share one queue.
+            cx.link.settle(settled, sid, deadline).await;
+            drop(running);
+            result
+        }))
+    }
+
     fn remote_routes(&self) -> tokio::sync::watch::Receiver<Arc<Vec<String>>> {
         self.announced.subscribe()
+    }
+}
+
+impl Dispatcher {
+    /// The filters a forwarded request passes, started (in arrival order);
+    /// `None` when none applies to its route.
+    fn start_filters(&self, h: &Handle) -> Option<Started> {
+        let filters = self.filters.read_unpoisoned();
+        filters.applies(&h.route).then(|| {
+            let mut c = Call::new(h.route.as_str(), h.session.sid);
+            c.uid = h.session.uid.clone();
+            filters.start(c)
+        })
     }
 }
 

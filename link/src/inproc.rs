@@ -8,6 +8,11 @@
 //! frames, hello, cluster secret, deadlines and ordering, so a game moves a
 //! backend into its own process by changing the address alone.
 //!
+//! A backend may also hand its frontend a [`DirectBackend`] with the pipe
+//! ([`connect_direct`]): the frontend then runs forwarded client requests
+//! through it, on the client's own task, with no frame encoded and no task
+//! crossed, while the backend's session calls still take the pipe.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), session_proxy_link::inproc::InProcessError> {
@@ -16,7 +21,7 @@
 //!
 //! let mut listener = inproc::listen("doc-example")?;
 //! let mut backend_side = inproc::connect("inproc://doc-example")?;
-//! let mut frontend_side = listener.accept().await.expect("a pipe");
+//! let mut frontend_side = listener.accept().await.expect("a pipe").stream;
 //! backend_side.write_all(b"hello").await.expect("write");
 //! let mut got = [0u8; 5];
 //! frontend_side.read_exact(&mut got).await.expect("read");
@@ -24,9 +29,14 @@
 //! # Ok(()) }
 //! ```
 
+use bytes::Bytes;
 use session_proxy_protocol::sync::LockUnpoisoned as _;
+use session_proxy_protocol::{Handle, RpcError};
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::io::DuplexStream;
 use tokio::sync::mpsc;
 
@@ -58,9 +68,44 @@ pub enum InProcessError {
     Busy(String),
 }
 
+/// The answer of a request run through a [`DirectBackend`]: the handler's
+/// answer for the client (JSON, application errors included), as a
+/// [`Handle`] call replies over a link.
+pub type DirectAnswer = Pin<Box<dyn Future<Output = Result<Bytes, RpcError>> + Send>>;
+
+/// A backend of this process that its frontend calls directly for the
+/// requests it forwards, instead of sending them through the pipe.
+///
+/// The contract is the link's: the handler sees the same session snapshot,
+/// its session calls and pushes reach the frontend before its answer, it
+/// stops at its deadline, and it stops at its next await when the frontend
+/// drops the answer's future (the client left).
+pub trait DirectBackend: Send + Sync + 'static {
+    /// Starts `call` with `deadline` left. `Err` when the backend refuses it
+    /// before it runs (shutting down); the future is the answer.
+    fn handle(&self, call: Handle, deadline: Duration) -> Result<DirectAnswer, RpcError>;
+}
+
+/// A backend's pipe as its frontend takes it.
+pub struct Pipe {
+    /// The frontend's end of the pipe.
+    pub stream: DuplexStream,
+    /// The backend to call directly, if it offered itself
+    /// ([`connect_direct`]).
+    pub direct: Option<Arc<dyn DirectBackend>>,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipe")
+            .field("direct", &self.direct.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where `listen`ers wait, by name; the id tells a listener's entry from a
 /// later one's of the same name.
-type Listeners = Mutex<HashMap<String, (u64, mpsc::Sender<DuplexStream>)>>;
+type Listeners = Mutex<HashMap<String, (u64, mpsc::Sender<Pipe>)>>;
 
 fn listeners() -> &'static Listeners {
     static LISTENERS: OnceLock<Listeners> = OnceLock::new();
@@ -72,13 +117,13 @@ fn listeners() -> &'static Listeners {
 pub struct InProcessListener {
     name: String,
     id: u64,
-    pipes: mpsc::Receiver<DuplexStream>,
+    pipes: mpsc::Receiver<Pipe>,
 }
 
 impl InProcessListener {
-    /// The next backend's end of a pipe; `None` never happens while the
-    /// listener lives (it holds its own sender in the registry).
-    pub async fn accept(&mut self) -> Option<DuplexStream> {
+    /// The next backend's pipe; `None` never happens while the listener
+    /// lives (it holds its own sender in the registry).
+    pub async fn accept(&mut self) -> Option<Pipe> {
         self.pipes.recv().await
     }
 
@@ -122,6 +167,22 @@ pub fn is_in_process(addr: &str) -> bool {
 /// Opens a pipe to the in-process frontend at `addr` (`inproc://<name>`);
 /// returns the backend's end. Never waits.
 pub fn connect(addr: &str) -> Result<DuplexStream, InProcessError> {
+    open(addr, None)
+}
+
+/// [`connect`], offering `direct` to the frontend for the requests it
+/// forwards to this backend.
+pub fn connect_direct(
+    addr: &str,
+    direct: Arc<dyn DirectBackend>,
+) -> Result<DuplexStream, InProcessError> {
+    open(addr, Some(direct))
+}
+
+fn open(
+    addr: &str,
+    direct: Option<Arc<dyn DirectBackend>>,
+) -> Result<DuplexStream, InProcessError> {
     let name = addr
         .strip_prefix(SCHEME)
         .filter(|n| !n.is_empty())
@@ -131,7 +192,11 @@ pub fn connect(addr: &str) -> Result<DuplexStream, InProcessError> {
         .get(name)
         .ok_or_else(|| InProcessError::NoSuchFrontend(name.to_string()))?;
     let (backend, frontend) = tokio::io::duplex(PIPE_BUFFER);
-    pipes.try_send(frontend).map_err(|e| match e {
+    let pipe = Pipe {
+        stream: frontend,
+        direct,
+    };
+    pipes.try_send(pipe).map_err(|e| match e {
         mpsc::error::TrySendError::Full(_) => InProcessError::Busy(name.to_string()),
         mpsc::error::TrySendError::Closed(_) => InProcessError::NoSuchFrontend(name.to_string()),
     })?;
@@ -164,6 +229,43 @@ mod tests {
             Err(InProcessError::NotInProcess(_))
         ));
         let _again = listen("unit-a").expect("free again");
+    }
+
+    struct Answers;
+
+    impl DirectBackend for Answers {
+        fn handle(&self, call: Handle, _deadline: Duration) -> Result<DirectAnswer, RpcError> {
+            Ok(Box::pin(async move { Ok(call.body) }))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pipe_carries_the_backend_it_offers_to_be_called_directly() {
+        let mut listener = listen("unit-direct").expect("free");
+        let _plain = connect("inproc://unit-direct").expect("open");
+        let _direct = connect_direct("inproc://unit-direct", Arc::new(Answers)).expect("open");
+        let plain = listener.accept().await.expect("a pipe");
+        assert!(plain.direct.is_none());
+        let direct = listener
+            .accept()
+            .await
+            .expect("a pipe")
+            .direct
+            .expect("offered");
+        let call = Handle {
+            route: "game.h.echo".into(),
+            session: session_proxy_protocol::SessionSnapshot {
+                sid: session_proxy_protocol::SessionId::from_raw(7),
+                frontend_id: "f1".into(),
+                uid: None,
+                settings: Default::default(),
+            },
+            body: Bytes::from_static(b"{}"),
+        };
+        let answer = direct
+            .handle(call, Duration::from_secs(1))
+            .expect("started");
+        assert_eq!(answer.await, Ok(Bytes::from_static(b"{}")));
     }
 
     #[tokio::test]

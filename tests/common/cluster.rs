@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, ChannelService, HandlerError, Handlers};
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
+use session_proxy::protocol::PushToSids;
 use session_proxy::{
     BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionService,
 };
@@ -16,6 +17,20 @@ pub struct Node {
     pub sessions: SessionService,
     pub rpc: RpcServer,
     pub gateway: GatewayServer,
+    /// How `start_backend`'s backends reach it.
+    pub path: Path,
+}
+
+/// How a connector forwards requests to its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Over a TCP link on loopback.
+    Tcp,
+    /// Over the in-process link, frames through a pipe
+    /// (`BackendConfig::in_process_direct` off).
+    Pipe,
+    /// Calling the backend directly, on the client connection's task.
+    Direct,
 }
 
 pub async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Node {
@@ -29,8 +44,25 @@ pub async fn start_frontend_then(
     tweak: impl FnOnce(&mut GatewayConfig),
     more: impl FnOnce(&mut Gateway),
 ) -> Node {
+    start_frontend_over(id, Path::Tcp, tweak, more).await
+}
+
+/// [`start_frontend_then`], its backends reaching it by `path`.
+pub async fn start_frontend_over(
+    id: &str,
+    path: Path,
+    tweak: impl FnOnce(&mut GatewayConfig),
+    more: impl FnOnce(&mut Gateway),
+) -> Node {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let sessions = SessionService::new(SessionConfig::new(id));
-    let rpc = super::rpc_on_loopback(&sessions, RpcConfig::default()).await;
+    let mut rpc = RpcConfig::default();
+    if path != Path::Tcp {
+        // Unique in the test binary: tests run side by side in one process.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rpc.in_process = Some(format!("cluster-{id}-{n}"));
+    }
+    let rpc = super::rpc_on_loopback(&sessions, rpc).await;
     let mut config = GatewayConfig::new("connector");
     tweak(&mut config);
     let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), config);
@@ -66,14 +98,17 @@ pub async fn start_frontend_then(
         sessions,
         rpc,
         gateway,
+        path,
     }
 }
 
-/// A backend of type "game" that knows the given frontends.
+/// A backend of type "game" that knows the given frontends, reaching each
+/// by its path (the first one's says whether in-process calls are direct).
 pub fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService, ChannelService) {
     let mut config = BackendConfig::new(name);
     config.server_type = Some("game".into());
     config.deadline = Duration::from_secs(2);
+    config.in_process_direct = frontends.first().is_some_and(|f| f.path == Path::Direct);
     let service = BackendSessionService::new(config).expect("valid config");
     let channels = ChannelService::new(service.clone());
     let mut handlers = Handlers::new();
@@ -93,6 +128,28 @@ pub fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService,
             Ok(json!({ "done": n }))
         },
     );
+    // The same pushes as one-way calls: nothing waits for them.
+    let this = service.clone();
+    handlers.add("game.h.oneway", move |s: BackendSession, body: Value| {
+        let this = this.clone();
+        async move {
+            let n = body["n"].as_u64().unwrap_or(0);
+            let link = this
+                .client(s.frontend_id())
+                .map_err(|e| HandlerError::new(e.to_string()))?;
+            for i in 0..n {
+                let push = PushToSids {
+                    route: "onStep".into(),
+                    body: json!({ "i": i }).to_string().into(),
+                    sids: vec![s.id()],
+                };
+                link.notify(push)
+                    .await
+                    .map_err(|e| HandlerError::new(e.to_string()))?;
+            }
+            Ok(json!({ "done": n }))
+        }
+    });
     handlers.add(
         "game.h.slow",
         |_s: BackendSession, body: Value| async move {
@@ -103,14 +160,23 @@ pub fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService,
     handlers.add("game.h.fail", |_s: BackendSession, _b: Value| async move {
         Err::<Value, _>(HandlerError::with_code(1001, "not enough gold"))
     });
+    handlers.add("game.h.panic", |_s: BackendSession, _b: Value| async move {
+        if true {
+            panic!("a handler bug");
+        }
+        Ok(json!({}))
+    });
+    // Which task ran the handler.
+    handlers.add("game.h.task", |_s: BackendSession, _b: Value| async move {
+        Ok(json!({ "task": tokio::task::try_id().map(|id| id.to_string()) }))
+    });
     service.serve(handlers);
-    for (i, f) in frontends.iter().enumerate() {
-        let _ = i;
-        service.add_frontend_of_type(
-            f.sessions.frontend_id(),
-            "connector",
-            f.rpc.local_addr().to_string(),
-        );
+    for f in frontends {
+        let addr = match f.rpc.in_process_addr() {
+            Some(inproc) => inproc.to_string(),
+            None => f.rpc.local_addr().to_string(),
+        };
+        service.add_frontend_of_type(f.sessions.frontend_id(), "connector", addr);
     }
     (service, channels)
 }

@@ -1,5 +1,6 @@
-//! The client gateway over real sockets: forwarding, pushes, broadcasts,
-//! channels, heartbeats, bad clients, dead backends.
+//! The client gateway over real sockets: pushes, broadcasts, channels,
+//! heartbeats, bad clients, dead backends (forwarding itself, over each
+//! path to a backend, is `forwarding`).
 
 use crate::common;
 
@@ -9,106 +10,6 @@ use session_proxy_client::{PomeloClient, PomeloEvent, PomeloOptions, Transport};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarded_requests_notifies_and_application_errors() {
-    let f = start_frontend("f1", |_| {}).await;
-    let (_b, _) = start_backend("game-1", &[&f]);
-    wait_for_backends(&f, 1).await;
-    for transport in [Transport::Tcp, Transport::WebSocket] {
-        let c = client(f.gateway.local_addr(), transport).await;
-        assert_eq!(c.handshake()["sys"]["heartbeat"], 10);
-        let echoed = c
-            .request("game.h.echo", &json!({ "a": [1, 2, 3], "s": "ü" }))
-            .await
-            .expect("echo");
-        assert_eq!(echoed, json!({ "a": [1, 2, 3], "s": "ü" }));
-        let err = c
-            .request("game.h.fail", &json!({}))
-            .await
-            .expect("answered");
-        assert_eq!(err, json!({ "code": 1001, "msg": "not enough gold" }));
-        c.notify("game.h.echo", &json!({})).await.expect("notify");
-        // Concurrent requests: answers come back in the order handlers finish.
-        let (slow_body, fast_body) = (json!({ "ms": 300 }), json!({ "ms": 1 }));
-        let timed = |body| {
-            let c = &c;
-            async move { (c.request("game.h.slow", body).await, Instant::now()) }
-        };
-        let ((slow, slow_at), (fast, fast_at)) = tokio::join!(timed(&slow_body), timed(&fast_body));
-        assert!(
-            fast_at < slow_at,
-            "the fast answer did not wait for the slow one"
-        );
-        assert_eq!(slow.expect("slow")["slept"], 300);
-        assert_eq!(fast.expect("fast")["slept"], 1);
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_notify_runs_its_backend_handler_one_way() {
-    let f = start_frontend("f1", |_| {}).await;
-    let (_b, _) = start_backend("game-1", &[&f]);
-    wait_for_backends(&f, 1).await;
-    let mut c = client(f.gateway.local_addr(), Transport::Tcp).await;
-    c.notify("game.h.steps", &json!({ "n": 3 }))
-        .await
-        .expect("notify");
-    for i in 0..3 {
-        let (route, body) = c.next_push(WAIT).await.expect("a push of the handler");
-        assert_eq!((route.as_str(), &body["i"]), ("onStep", &json!(i)));
-    }
-    // Sent as a notify on the link: it never held a slot of the requests
-    // in flight to the backend.
-    assert!(
-        f.rpc.backends().in_flight().iter().all(|(_, n)| *n == 0),
-        "{:?}",
-        f.rpc.backends().in_flight()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_whose_client_left_stops_on_the_backend() {
-    // A deadline far past the test's waits: only a cancel stops it early.
-    let f = start_frontend("f1", |c| c.request_deadline = Duration::from_secs(120)).await;
-    let (b, _) = start_backend("game-1", &[&f]);
-    wait_for_backends(&f, 1).await;
-    let c = client(f.gateway.local_addr(), Transport::Tcp).await;
-    let slow = tokio::spawn({
-        let body = json!({ "ms": 60_000 });
-        async move { c.request("game.h.slow", &body).await }
-    });
-    common::running(&b, 1, "the slow handler runs").await;
-    // The client leaves: its connection drops the forwarded request, the
-    // frontend cancels it, and the handler stops long before its minute.
-    slow.abort();
-    common::running(&b, 0, "the handler is cancelled").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushes_before_the_response_arrive_before_it() {
-    let f = start_frontend("f1", |_| {}).await;
-    let (_b, _) = start_backend("game-1", &[&f]);
-    wait_for_backends(&f, 1).await;
-    let mut c = client(f.gateway.local_addr(), Transport::Tcp).await;
-    for _ in 0..5 {
-        let answer = c
-            .request("game.h.steps", &json!({ "n": 20 }))
-            .await
-            .expect("steps");
-        assert_eq!(answer["done"], 20);
-        // Every push was already received when the response resolved.
-        for i in 0..20 {
-            match c.next_event(Duration::from_millis(1)).await {
-                Some(PomeloEvent::Push { route, body }) => {
-                    assert_eq!(route, "onStep");
-                    assert_eq!(body["i"], i);
-                }
-                other => panic!("push {i} was not in before the response: {other:?}"),
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_by_uid_broadcast_and_channels_reach_each_session_once() {

@@ -12,6 +12,7 @@ mod auth_logs;
 mod client_protocol;
 mod faults;
 mod filters;
+mod forwarding;
 mod gateway;
 mod greedy_clients;
 mod invariants;

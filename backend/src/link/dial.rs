@@ -6,10 +6,12 @@
 use crate::error::LinkError;
 use crate::BackendConfig;
 use futures::{SinkExt, StreamExt};
+use session_proxy_link::inproc::{self, DirectBackend};
 use session_proxy_protocol::auth::NONCE_LEN;
 use session_proxy_protocol::{
     BackendCodec, ClockOffset, Hello, HelloReply, Message, Role, PROTOCOL_VERSION,
 };
+use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -22,14 +24,21 @@ pub(super) type Writer = FramedWrite<Box<dyn tokio::io::AsyncWrite + Send + Unpi
 /// An open link: its halves, and how far the frontend's clock is ahead.
 pub(super) type Opened = (Reader, Writer, ClockOffset);
 
-/// Dials `addr` and runs the handshake with frontend `frontend_id`.
+/// Dials `addr` and runs the handshake with frontend `frontend_id`; an
+/// in-process frontend is offered `direct`, if any, to call for the
+/// requests it forwards.
 pub(super) async fn dial(
     frontend_id: &str,
     addr: &str,
     config: &BackendConfig,
+    direct: Option<Arc<dyn DirectBackend>>,
 ) -> Result<Opened, LinkError> {
-    let (r, w) = if session_proxy_link::inproc::is_in_process(addr) {
-        let pipe = session_proxy_link::inproc::connect(addr).map_err(|e| LinkError::Connect {
+    let (r, w) = if inproc::is_in_process(addr) {
+        let pipe = match direct {
+            Some(direct) => inproc::connect_direct(addr, direct),
+            None => inproc::connect(addr),
+        };
+        let pipe = pipe.map_err(|e| LinkError::Connect {
             addr: addr.to_string(),
             source: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e),
         })?;

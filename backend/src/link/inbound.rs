@@ -4,8 +4,9 @@
 
 use super::{FrontendClient, Outgoing};
 use bytes::Bytes;
+use session_proxy_link::inproc::DirectAnswer;
 use session_proxy_protocol::sync::LockUnpoisoned as _;
-use session_proxy_protocol::{BackendCall, ErrorCode, Message, Response, RpcError};
+use session_proxy_protocol::{BackendCall, ErrorCode, Handle, Message, Response, RpcError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,6 +29,18 @@ pub(crate) trait Inbound: Send + Sync + 'static {
         deadline: Duration,
         reply: Option<Replier>,
     ) -> Result<Option<AbortHandle>, Refused>;
+
+    /// Starts a forwarded client request that a frontend of this process
+    /// calls directly, on its own task, with no frames: the same contract
+    /// as [`call`](Self::call) (filters, deadline, the session proxy over
+    /// `link`), and the handler's one-way calls reach the frontend before
+    /// the answer. `Err` when refused before it runs.
+    fn direct(
+        self: Arc<Self>,
+        link: FrontendClient,
+        call: Handle,
+        deadline: Duration,
+    ) -> Result<DirectAnswer, RpcError>;
 
     /// The routes of the remote methods served, as they change: each link
     /// announces them to its frontend.

@@ -36,10 +36,13 @@ pub use pending::PendingCall;
 use crate::error::LinkError;
 use crate::{BackendConfig, Error};
 use bytes::Bytes;
+use session_proxy_protocol::calls::GetSession;
+use session_proxy_protocol::SessionId;
 use session_proxy_protocol::{
     Call, FrontendCall, InFlight, Message, RegisterError, Request, RpcError,
 };
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use supervisor::Supervisor;
@@ -88,6 +91,11 @@ struct ClientInner {
     state: watch::Receiver<State>,
     /// Stops the supervisor when the last handle is dropped.
     cancel: CancellationToken,
+    /// Calls sent whose effect nobody waited for: notifies, and calls
+    /// abandoned before their answer. A request run directly
+    /// ([`Inbound::direct`]) that sent one makes sure the frontend has read
+    /// it before answering.
+    one_way: AtomicU64,
 }
 
 impl Drop for ClientInner {
@@ -150,6 +158,7 @@ impl FrontendClient {
             config: config.clone(),
             state: state_rx,
             cancel: stop.clone(),
+            one_way: AtomicU64::new(0),
         });
         let supervisor = Supervisor {
             frontend_id: frontend_id.clone(),
@@ -296,10 +305,35 @@ impl FrontendClient {
         let deadline_at = Instant::now() + deadline;
         let conn = self.connection(deadline_at, deadline).await?;
         match timeout_at(deadline_at, conn.tx.send(Message::Notify(call.into()))).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.sent_one_way();
+                Ok(())
+            }
             Ok(Err(_)) => Err(self.connection_closed()),
             Err(_) => Err(self.deadline_error(deadline)),
         }
+    }
+
+    /// Counts a call whose effect nobody waits for (see `one_way`).
+    fn sent_one_way(&self) {
+        self.inner.one_way.fetch_add(1, Ordering::Release);
+    }
+
+    /// Where the link's one-way calls stand, for [`settle`](Self::settle).
+    pub(crate) fn settled(&self) -> u64 {
+        self.inner.one_way.load(Ordering::Acquire)
+    }
+
+    /// When a one-way call was sent since `since` ([`settled`](Self::settled)),
+    /// waits until the frontend has read it: a call on session `sid` is
+    /// answered only after every frame before it was read and applied
+    /// (calls on one session in order). Within `deadline`; a failure is the
+    /// link's, which the caller's own answer does not depend on.
+    pub(crate) async fn settle(&self, since: u64, sid: SessionId, deadline: Duration) {
+        if self.settled() == since {
+            return;
+        }
+        let _ = self.call_with_deadline(GetSession { sid }, deadline).await;
     }
 
     async fn connection(

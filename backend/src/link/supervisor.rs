@@ -12,8 +12,9 @@ use crate::BackendConfig;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use rand::Rng;
+use session_proxy_link::inproc::{DirectAnswer, DirectBackend};
 use session_proxy_protocol::{
-    BackendCall, ClockOffset, ErrorCode, InFlight, Message, ServedRemotes,
+    BackendCall, ClockOffset, ErrorCode, Handle, InFlight, Message, RpcError, ServedRemotes,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -91,7 +92,7 @@ impl Supervisor {
             self.state.send_replace(State::Connecting);
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                attempt = dial(&self.frontend_id, &self.addr, &self.config) => attempt,
+                attempt = dial(&self.frontend_id, &self.addr, &self.config, self.direct()) => attempt,
             };
             match attempt {
                 Ok((reader, writer, offset)) => {
@@ -271,6 +272,19 @@ impl Supervisor {
         cause
     }
 
+    /// This backend as a frontend of this process may call it directly,
+    /// when it serves forwarded requests and the config allows it.
+    fn direct(&self) -> Option<Arc<dyn DirectBackend>> {
+        let inbound = self
+            .inbound
+            .clone()
+            .filter(|_| self.config.in_process_direct)?;
+        Some(Arc::new(DirectLink {
+            inbound,
+            client: self.client.clone(),
+        }))
+    }
+
     /// A call the frontend sent goes to the inbound side (refused when there
     /// is none, or when every handle is gone).
     fn incoming(
@@ -296,6 +310,27 @@ impl Supervisor {
         inbound
             .clone()
             .call(FrontendClient { inner }, call, deadline, reply)
+    }
+}
+
+/// This backend's side of an in-process link, called directly by its
+/// frontend for forwarded requests ([`Inbound::direct`]).
+struct DirectLink {
+    inbound: Arc<dyn Inbound>,
+    client: Weak<ClientInner>,
+}
+
+impl DirectBackend for DirectLink {
+    fn handle(&self, call: Handle, deadline: Duration) -> Result<DirectAnswer, RpcError> {
+        let Some(inner) = self.client.upgrade() else {
+            return Err(RpcError::new(
+                ErrorCode::Unavailable,
+                "backend shutting down",
+            ));
+        };
+        self.inbound
+            .clone()
+            .direct(FrontendClient { inner }, call, deadline)
     }
 }
 

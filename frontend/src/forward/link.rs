@@ -3,8 +3,9 @@
 //! and one call's exchange on a link.
 
 use bytes::Bytes;
+use session_proxy_link::inproc::DirectBackend;
 use session_proxy_protocol::{
-    BackendCall, ErrorCode, InFlight, Message, RegisterError, Request, Response, RpcError,
+    BackendCall, ErrorCode, Handle, InFlight, Message, RegisterError, Request, Response, RpcError,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,18 @@ pub(crate) struct BackendLink {
     pub(crate) inflight: InFlight<Result<Bytes, RpcError>>,
     /// The remote methods the backend said it serves.
     pub(super) remotes: std::sync::Mutex<Vec<String>>,
+    /// A backend of this process that runs forwarded requests when called
+    /// directly, instead of through the link.
+    pub(super) direct: Option<Direct>,
+}
+
+/// A backend called directly ([`DirectBackend`]).
+pub(crate) struct Direct(pub(super) Arc<dyn DirectBackend>);
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Direct")
+    }
 }
 
 impl BackendLink {
@@ -132,6 +145,24 @@ pub(super) async fn exchange_call(
         }
     };
     match tokio::time::timeout(deadline, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(RpcError::new(
+            ErrorCode::DeadlineExceeded,
+            format!("{} did not answer within {deadline:?}", link.node_id),
+        )),
+    }
+}
+
+/// Runs a forwarded request through a backend of this process, on the
+/// caller's task, within `deadline`: the link's contract without its frames.
+pub(super) async fn direct_call(
+    link: &BackendLink,
+    direct: &Direct,
+    handle: Handle,
+    deadline: Duration,
+) -> Result<Bytes, RpcError> {
+    let answer = direct.0.handle(handle, deadline)?;
+    match tokio::time::timeout(deadline, answer).await {
         Ok(result) => result,
         Err(_) => Err(RpcError::new(
             ErrorCode::DeadlineExceeded,

@@ -4,6 +4,7 @@
 
 use super::link::{BackendLink, Candidates};
 use super::BackendRegistry;
+use session_proxy_link::inproc::DirectBackend;
 use session_proxy_protocol::client::server_type_of;
 use session_proxy_protocol::sync::RwLockUnpoisoned as _;
 use session_proxy_protocol::{BackendCall, InFlight, Message};
@@ -65,6 +66,7 @@ impl BackendRegistry {
         node_id: &str,
         tx: mpsc::Sender<Message<BackendCall>>,
         max_in_flight: usize,
+        direct: Option<Arc<dyn DirectBackend>>,
     ) -> Arc<BackendLink> {
         let link = Arc::new(BackendLink {
             node_id: node_id.to_string(),
@@ -72,6 +74,7 @@ impl BackendRegistry {
             tx,
             inflight: InFlight::new(max_in_flight),
             remotes: std::sync::Mutex::default(),
+            direct: direct.map(super::link::Direct),
         });
         let mut links = self.inner.links.write_unpoisoned();
         let entry = links.entry(server_type.to_string()).or_default();

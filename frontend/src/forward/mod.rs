@@ -24,7 +24,7 @@ pub(crate) use link::BackendLink;
 pub use router::{pick_by_key, HashRouter, Router};
 pub use sticky::StickyOptions;
 
-use link::{exchange_call, Candidates};
+use link::{direct_call, exchange_call, Candidates};
 
 use bytes::Bytes;
 use session_proxy_protocol::client::server_type_of;
@@ -196,6 +196,9 @@ impl BackendRegistry {
             session,
             body,
         };
+        if let Some(direct) = &link.direct {
+            return direct_call(link, direct, handle, deadline).await;
+        }
         let reply = exchange_call(link, handle.into(), deadline).await?;
         Handle::decode_reply(reply)
             .map_err(|err| RpcError::new(err.code(), format!("undecodable reply: {err}")))
@@ -227,11 +230,16 @@ impl BackendRegistry {
         deadline: Duration,
     ) -> Result<(), RpcError> {
         let (link, _) = self.route_session(route, &session, deadline).await?;
-        let notify = Message::Notify(BackendCall::from(Handle {
+        let handle = Handle {
             route: route.to_string(),
             session,
             body,
-        }));
+        };
+        if let Some(direct) = &link.direct {
+            // Run here, as a request whose answer nobody reads.
+            return direct_call(&link, direct, handle, deadline).await.map(drop);
+        }
+        let notify = Message::Notify(BackendCall::from(handle));
         match tokio::time::timeout(deadline, link.tx.send(notify)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(RpcError::new(

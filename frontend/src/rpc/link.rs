@@ -11,10 +11,12 @@ use super::{BackendConn, Unauthenticated};
 use crate::forward::BackendLink;
 use crate::logs::warn_throttled;
 use futures::{FutureExt, SinkExt, StreamExt};
+use session_proxy_link::inproc::{DirectBackend, Pipe};
 use session_proxy_protocol::text::log_safe;
 use session_proxy_protocol::{
     ClockOffset, CodecError, ErrorCode, FrontendCodec, HelloReply, Message, Response, RpcError,
 };
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -36,7 +38,7 @@ impl BackendConn {
         #[cfg(feature = "tls")]
         if let Some(tls) = self.config.tls.clone() {
             match tokio::time::timeout_at(deadline, tls.accept(stream)).await {
-                Ok(Ok(stream)) => self.run_on(stream, Some(pre_auth), deadline).await,
+                Ok(Ok(stream)) => self.run_on(stream, Some(pre_auth), deadline, None).await,
                 Ok(Err(err)) => {
                     warn_throttled!(peer = %self.peer, cause = %session_proxy_protocol::chain(&err), "TLS handshake failed")
                 }
@@ -46,15 +48,16 @@ impl BackendConn {
             }
             return;
         }
-        self.run_on(stream, Some(pre_auth), deadline).await
+        self.run_on(stream, Some(pre_auth), deadline, None).await
     }
 
     /// A backend of this process, through an in-memory pipe: no TLS and no
     /// admission (nobody else can reach it); the hello, the cluster
-    /// secret and everything after are the TCP link's.
-    pub(super) async fn run_in_process(self, pipe: tokio::io::DuplexStream) {
+    /// secret and everything after are the TCP link's, but for the
+    /// requests forwarded to a backend that offered to be called directly.
+    pub(super) async fn run_in_process(self, pipe: Pipe) {
         let deadline = tokio::time::Instant::now() + self.config.handshake_timeout;
-        self.run_on(pipe, None, deadline).await
+        self.run_on(pipe.stream, None, deadline, pipe.direct).await
     }
 
     async fn run_on<S: AsyncRead + AsyncWrite + Unpin + Send>(
@@ -62,6 +65,7 @@ impl BackendConn {
         stream: S,
         pre_auth: Option<Unauthenticated>,
         deadline: tokio::time::Instant,
+        direct: Option<Arc<dyn DirectBackend>>,
     ) {
         // Small frames until the peer is known.
         let mut framed = Framed::new(stream, FrontendCodec::new(self.config.hello_max_frame));
@@ -92,9 +96,13 @@ impl BackendConn {
         // queue as forwarded requests.
         let late_answers = tx.clone();
         let link = hello.server_type.map(|server_type| {
-            let link =
-                self.backends
-                    .register(&server_type, &hello.node_id, tx, self.config.max_in_flight);
+            let link = self.backends.register(
+                &server_type,
+                &hello.node_id,
+                tx,
+                self.config.max_in_flight,
+                direct,
+            );
             (server_type, link)
         });
         // Accepted only once registered: a backend that sees the answer can

@@ -219,7 +219,7 @@ fn listen_in_process(config: &RpcConfig) -> Result<Option<InProcessListener>, cr
 /// What the accept loop takes next.
 enum Accepted {
     Tcp(tokio::net::TcpStream, SocketAddr),
-    InProcess(tokio::io::DuplexStream),
+    InProcess(inproc::Pipe),
 }
 
 /// The next connection, over TCP or in process; `None` on shutdown.
