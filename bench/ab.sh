@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A build against an older one, interleaved in one run: echo, pushes and
-# idle memory, the rows of bench/compare that a change of the cluster link
-# can move. Builds revision REV in a git worktree of its own, then for each
+# A build against an older one, interleaved in one run: echo, session
+# writes (set-push, login), pushes and idle memory on the two-process bench
+# cluster, and echo on the one-process node (connector and backend in one
+# process): the rows of bench/compare that a change of the cluster link or
+# the forwarding path can move. Builds revision REV in a git worktree of its own, then for each
 # round runs the workloads on the old build's cluster and on this tree's, in
 # alternating order (so drift in the machine hits both), and prints each
 # workload's medians and their ratio. The load generator is this tree's for
@@ -61,6 +63,13 @@ start() { # binary
   # The backend is linked once it answers a request; `bench rr` warms up.
 }
 
+start_one() { # binary: connector and backend in one process
+  "$1" run --config bench/cluster.toml --node connector-1,chat-1 >/dev/null 2>&1 &
+  front=$!
+  pids=("$front")
+  wait_port 4700
+}
+
 measure() { # build binary
   local t="--target 127.0.0.1:4700"
   start "$2"
@@ -68,7 +77,12 @@ measure() { # build binary
   stop
   start "$2"
   record "$1" echo-50 -- rr $t --clients 50 --duration "$duration"
+  record "$1" set-push-50 -- rr $t --clients 50 --duration "$duration" --route chat.benchHandler.set --body '{"key":"k","value":1}' --login
+  record "$1" login-50 -- rr $t --clients 50 --duration "$duration" --route chat.benchHandler.login --body '{"uid":"u{i}"}'
   record "$1" fanout-1000 -- fanout $t --clients 1000 --pushes 20
+  stop
+  start_one "$2"
+  record "$1" one-process-echo-50 -- rr $t --clients 50 --duration "$duration"
   stop
 }
 
@@ -91,6 +105,9 @@ print(f"| workload | figure | {sys.argv[2]} | this tree | ratio |")
 print("|---|---|---|---|---|")
 figures = {
     "echo-50": [("req/s", "throughput"), ("p99 µs", "p99_us")],
+    "set-push-50": [("req/s", "throughput"), ("p99 µs", "p99_us")],
+    "login-50": [("req/s", "throughput"), ("p99 µs", "p99_us")],
+    "one-process-echo-50": [("req/s", "throughput"), ("p99 µs", "p99_us")],
     "fanout-1000": [("pushes/s", "throughput"), ("p50 µs", "p50_us")],
     "idle-tcp": [("bytes/client", "bytes_per_client")],
 }

@@ -2,7 +2,9 @@
 # The durable path side by side, in one run, interleaved round by round:
 # set-push-50 and login-50 (as in bench/compare) on the bench cluster
 # without a store, then with the Redis store on a redis-server that has
-# `appendonly yes` and `appendfsync everysec`. Prints each round's req/s and
+# `appendonly yes` and `appendfsync everysec`, acknowledging after the write
+# (the default) and writing behind (`redis_write_behind = true`). Prints
+# each round's req/s and
 # p99, the median ratios (store against none), Redis's own commands per
 # second (INFO stats) and the mean batch (sessions per store write, from the
 # connector's /metrics). Loopback only; every process stopped by its PID.
@@ -26,6 +28,7 @@ trap 'stop; [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null; rm -rf "$work"
 
 durable_redis "$rport" "$work"
 redis() { redis-cli -p "$rport" "$@"; }
+sed 's|^\[cluster\]|[cluster]\nredis_write_behind = true|' "$work/durable.toml" >"$work/behind.toml"
 
 start() { # cluster file [connector flags...]
   local file=$1
@@ -104,6 +107,11 @@ for r in $(seq "$rounds"); do
   measure redis "$r" set-push-50 durable
   measure redis "$r" login-50 durable
   stop
+  redis flushall >/dev/null
+  start "$work/behind.toml" --admin-addr "127.0.0.1:$admin"
+  measure behind "$r" set-push-50 durable
+  measure behind "$r" login-50 durable
+  stop
 done
 
 python3 - "$work/runs" <<'PY'
@@ -113,9 +121,11 @@ for line in open(sys.argv[1]):
     setup, rnd, workload, result = line.split(" ", 3)
     runs.setdefault((workload, int(rnd)), {})[setup] = json.loads(result)
 print("median over rounds, the Redis store against no store in the same round:")
-for workload in ("set-push-50", "login-50"):
-    rows = [v for (w, _), v in runs.items() if w == workload]
-    t = statistics.median(v["redis"]["throughput"] / v["none"]["throughput"] for v in rows)
-    p = statistics.median(v["redis"]["p99_us"] / v["none"]["p99_us"] for v in rows)
-    print(f"  {workload:12} throughput {t:.2f}x, p99 {p:.2f}x")
+for setup, name in (("redis", "acknowledged after the write"), ("behind", "writing behind")):
+    print(f" {name}:")
+    for workload in ("set-push-50", "login-50"):
+        rows = [v for (w, _), v in runs.items() if w == workload]
+        t = statistics.median(v[setup]["throughput"] / v["none"]["throughput"] for v in rows)
+        p = statistics.median(v[setup]["p99_us"] / v["none"]["p99_us"] for v in rows)
+        print(f"  {workload:12} throughput {t:.2f}x, p99 {p:.2f}x")
 PY

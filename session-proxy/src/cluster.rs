@@ -6,6 +6,7 @@
 //! app = "bench"                       # what the shipped binary serves
 //! # redis = "redis://127.0.0.1:6379/0"  # optional session store (or
 //! #                                     # "redis+cluster://h:p,h:p")
+//! # redis_write_behind = true           # acknowledge before the write
 //! # worker_threads = 1                  # runtime threads per node process
 //!
 //! [[node]]
@@ -96,6 +97,11 @@ pub struct ClusterSettings {
     pub app: Option<String>,
     /// A Redis URL for the session store (frontends).
     pub redis: Option<String>,
+    /// Acknowledge changes before they are in the store, written within
+    /// 50 ms ([`StoreOptions::write_behind`](crate::frontend::StoreOptions::write_behind),
+    /// its loss window). Default: false.
+    #[serde(default)]
+    pub redis_write_behind: bool,
     /// Heartbeat interval told to clients, seconds (default 10).
     pub heartbeat_secs: Option<u64>,
     /// Resume grace of dropped clients, seconds (default 30).

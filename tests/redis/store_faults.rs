@@ -31,7 +31,7 @@ struct Setup {
 
 /// A frontend on `redis` with short store deadlines, and a backend on it.
 async fn setup(redis: &RedisServer, ttl: Duration, call_timeout: Duration) -> Setup {
-    setup_with(redis, ttl, call_timeout, SessionConfig::new("f1")).await
+    setup_with(redis, ttl, call_timeout, SessionConfig::new("f1"), false).await
 }
 
 async fn setup_with(
@@ -39,6 +39,7 @@ async fn setup_with(
     ttl: Duration,
     call_timeout: Duration,
     session_config: SessionConfig,
+    write_behind: bool,
 ) -> Setup {
     let prefix = format!("t{}:", free_port());
     let mut config = RedisStoreConfig::new(redis.url());
@@ -53,6 +54,7 @@ async fn setup_with(
     options.call_timeout = call_timeout;
     options.retry_max = Duration::from_millis(200);
     options.restart_check = Duration::from_millis(200);
+    options.write_behind = write_behind;
     sessions
         .attach_store(Arc::new(store), options)
         .await
@@ -229,6 +231,44 @@ async fn a_stopped_redis_holds_up_no_other_call_and_is_written_after_sigcont() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_behind_acknowledges_before_the_store_and_writes_within_the_flush_interval() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let call_timeout = Duration::from_secs(1);
+    let t = setup_with(
+        &redis,
+        Duration::from_secs(600),
+        call_timeout,
+        SessionConfig::new("f1"),
+        true,
+    )
+    .await;
+    let (owner, mut s) = durable_session(&t, 1).await;
+    let sid = owner.sid();
+    // Redis up: acknowledged first, in Redis within the flush interval.
+    wait_stored(&redis, &t.prefix, sid, "n", 1).await;
+
+    redis.pause();
+    for n in 2..=4 {
+        // Acknowledged without the store: no wait on it, no NotDurable.
+        let started = Instant::now();
+        set_and_push(&mut s, n)
+            .await
+            .expect("acknowledged while Redis is stopped");
+        assert!(
+            started.elapsed() < call_timeout,
+            "a change waited {:?} on a stopped store",
+            started.elapsed()
+        );
+        assert_eq!(frontend_value::<u32>(&t.sessions, sid, "n"), Some(n));
+    }
+    // Written once Redis answers again, by the writer's retry.
+    redis.resume();
+    wait_stored(&redis, &t.prefix, sid, "n", 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waiting_on_a_stopped_redis_holds_up_no_forwarded_request_on_its_link() {
     let Some(redis) = RedisServer::start() else {
         return;
@@ -296,6 +336,7 @@ async fn a_call_on_a_session_whose_bind_waits_on_the_store_runs_after_it() {
         Duration::from_secs(600),
         Duration::from_secs(5),
         config,
+        false,
     )
     .await;
     let owner = t.sessions.create(ConnectInfo::default());

@@ -32,6 +32,24 @@ pub struct StoreOptions {
     /// session is then written again at once, instead of at the next TTL
     /// refresh. Default: 2 s.
     pub restart_check: Duration,
+    /// Write behind: acknowledge a backend's change (a push, a bind) once
+    /// it is applied here, before it is in the store; the background
+    /// writer writes it within `flush_interval`, coalesced with the
+    /// session's other changes. Off by default: what is acknowledged is in
+    /// the store first (group commit), and a store that fails answers
+    /// `NotDurable`.
+    ///
+    /// The loss window, when on: a frontend that dies loses the changes of
+    /// its last `flush_interval` (50 ms by default) that its clients were
+    /// told had succeeded, on top of what the store's own persistence may
+    /// lose (Redis with `appendfsync everysec`: up to 1 s). While the store
+    /// is down, changes are acknowledged and wait in memory until it
+    /// answers again. A change to a session that another frontend claimed
+    /// meanwhile is refused by the store when written and lost (the copy
+    /// here closes as moved), where the default would have answered the
+    /// backend `SessionMoved`. For state a game can afford to lose a
+    /// moment of (positions, cosmetic settings), as Redis's `everysec` is.
+    pub write_behind: bool,
 }
 
 impl Default for StoreOptions {
@@ -43,6 +61,7 @@ impl Default for StoreOptions {
             call_timeout: Duration::from_secs(1),
             retry_max: Duration::from_secs(1),
             restart_check: Duration::from_secs(2),
+            write_behind: false,
         }
     }
 }

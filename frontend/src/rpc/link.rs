@@ -258,7 +258,9 @@ impl BackendConn {
             // Group commit: what we acknowledge is in the store first. The
             // store is awaited on a task of its own, so a slow or failing
             // store never holds up the other calls on this link.
-            if self.service.has_store() && answers.iter().any(Answer::waits_for_store) {
+            if self.service.acknowledges_after_write()
+                && answers.iter().any(Answer::waits_for_store)
+            {
                 let (durable, rest): (Vec<_>, Vec<_>) =
                     answers.drain(..).partition(Answer::waits_for_store);
                 answers = rest;

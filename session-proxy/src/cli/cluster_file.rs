@@ -3,9 +3,10 @@
 //! process).
 
 use super::flags::connect_store;
+use super::flags::store_options;
 use super::{App, RunError};
 use crate::cluster::{ClusterConfig, NodeConfig, NodeRole};
-use crate::frontend::{ServerTls, StoreOptions};
+use crate::frontend::ServerTls;
 use crate::link::LinkTls;
 use crate::node::{until_signal, BackendRole, FrontendRole, Node, NodeBuilder, DEFAULT_DRAIN};
 use crate::registry::NodeRole as RegistryRole;
@@ -81,7 +82,8 @@ impl App {
     ) -> Result<NodeBuilder, RunError> {
         let mut builder = Node::builder().secret_from_env().drain_limit(DEFAULT_DRAIN);
         if let (true, Some(url)) = (frontend, &config.cluster.redis) {
-            builder = builder.store(connect_store(url).await?, StoreOptions::default());
+            let options = store_options(config.cluster.redis_write_behind);
+            builder = builder.store(connect_store(url).await?, options);
         }
         Ok(self.configure(builder))
     }

@@ -55,6 +55,12 @@ pub struct NodeFlags {
     /// Cluster (redis+cluster://host:port,host:port).
     #[arg(long, env = "SESSION_PROXY_REDIS")]
     pub redis: Option<String>,
+    /// With --redis: acknowledge a backend's change before it is in the
+    /// store, and write it within 50 ms (a frontend that dies loses what
+    /// it acknowledged in its last 50 ms). Default: acknowledged means
+    /// stored.
+    #[arg(long, env = "SESSION_PROXY_REDIS_WRITE_BEHIND")]
+    pub redis_write_behind: bool,
     /// The most client connections from one IP address (a load generator
     /// on one machine needs many).
     #[arg(
@@ -107,6 +113,13 @@ pub async fn connect_registry(url: &str) -> Result<Arc<dyn Membership>, RunError
     Err(RunError::Usage(format!(
         "unsupported registry {url:?}: use redis://host:port/db or etcd://host:port"
     )))
+}
+
+/// The store's options: the defaults, writing behind if asked.
+pub(super) fn store_options(write_behind: bool) -> StoreOptions {
+    let mut options = StoreOptions::default();
+    options.write_behind = write_behind;
+    options
 }
 
 /// The Redis session store at `url` (`redis://…` or `redis+cluster://…`).
@@ -167,7 +180,8 @@ impl App {
         if let Some(frontend) = frontend {
             builder = builder.frontend(frontend);
             if let Some(url) = &flags.redis {
-                builder = builder.store(connect_store(url).await?, StoreOptions::default());
+                let options = store_options(flags.redis_write_behind);
+                builder = builder.store(connect_store(url).await?, options);
             }
         }
         if let Some(backend) = backend {

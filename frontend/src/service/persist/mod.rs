@@ -251,6 +251,16 @@ impl SessionService {
         self.inner.store.get().is_some()
     }
 
+    /// Whether a backend's change is answered only once it is in the
+    /// store: a store is attached, and it does not write behind
+    /// ([`StoreOptions::write_behind`]).
+    pub(crate) fn acknowledges_after_write(&self) -> bool {
+        self.inner
+            .store
+            .get()
+            .is_some_and(|link| !link.options.write_behind)
+    }
+
     /// Whether the store answers a read within `within` (always, without a
     /// store): for a readiness probe.
     pub async fn store_answers(&self, within: Duration) -> bool {
