@@ -177,22 +177,47 @@ pub async fn sleeping(client: &session_proxy_client::PomeloClient, n: u64) {
     .await;
 }
 
+/// Waits until something accepts TCP connections on loopback `port` (a
+/// server that other processes connect to at their start), at most 30 s.
+pub async fn until_listening(port: u16) {
+    super::eventually(
+        Duration::from_secs(30),
+        &format!("127.0.0.1:{port} accepts connections"),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+}
+
 /// Waits until `target` answers the bench app's echo route with no error
 /// (a frontend listens before it has found its backend), at most 30 s.
 pub async fn until_echo_answers(target: std::net::SocketAddr) {
+    until_route_answers(
+        target,
+        "chat.benchHandler.echo",
+        serde_json::json!({ "msg": "hello" }),
+    )
+    .await;
+}
+
+/// Waits until `target` answers `route` with `body` with no error (servers
+/// that find each other after they listen), at most 30 s.
+pub async fn until_route_answers(
+    target: std::net::SocketAddr,
+    route: &str,
+    body: serde_json::Value,
+) {
     super::eventually(
         Duration::from_secs(30),
-        &format!("{target} answers the echo route"),
+        &format!("{target} answers {route}"),
         || async {
-            let r = bench_route(
-                target,
-                1,
-                "chat.benchHandler.echo",
-                serde_json::json!({ "msg": "hello" }),
-                false,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let r = bench_route(target, 1, route, body.clone(), false)
+                .await
+                .map_err(|e| e.to_string())?;
             (r.ops > 0 && r.errors == 0)
                 .then_some(())
                 .ok_or(r.to_string())

@@ -8,34 +8,58 @@
 
 use crate::common;
 
-use common::nodes::{bench_route, free_port, until_echo_answers};
+use common::nodes::{
+    bench_route, free_port, until_echo_answers, until_listening, until_route_answers,
+};
 use session_proxy_bench as bench;
 use session_proxy_client::Transport;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 /// The processes of one peer, stopped by PID when dropped (the last
-/// started first: the servers before the NATS and etcd they talk through).
-struct Cluster(Vec<Child>);
+/// started first: the servers before the NATS and etcd they talk through),
+/// each logging to a file in `dir` that a failed test prints the end of.
+struct Cluster {
+    dir: PathBuf,
+    children: Vec<(Child, PathBuf)>,
+}
 
 impl Cluster {
+    fn new(dir: &Path) -> Cluster {
+        Cluster {
+            dir: dir.to_path_buf(),
+            children: Vec::new(),
+        }
+    }
+
     fn start(&mut self, program: &Path, args: &[&str]) {
+        let name = program.file_name().unwrap_or_default().to_string_lossy();
+        let log = self.dir.join(format!("{}-{name}.log", self.children.len()));
+        let file = std::fs::File::create(&log).expect("a log file");
         let child = Command::new(program)
             .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(file.try_clone().expect("a log file"))
+            .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        self.0.push(child);
+        self.children.push((child, log));
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for child in self.0.iter_mut().rev() {
+        for (child, log) in self.children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
+            if std::thread::panicking() {
+                let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                eprintln!("--- the end of {}:", log.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }
@@ -71,7 +95,11 @@ async fn serves_the_workloads(name: &str, target: SocketAddr, remote: bool) {
         ("login", serde_json::json!({ "uid": "u{i}" }), false),
     ];
     if remote {
-        routes.push(("remote", serde_json::json!({ "x": 1 }), false));
+        // The chat server finds the connector (through etcd) on its own
+        // schedule, maybe after the connector found it: wait for its RPC too.
+        let body = serde_json::json!({ "x": 1 });
+        until_route_answers(target, "chat.benchHandler.remote", body.clone()).await;
+        routes.push(("remote", body, false));
     }
     for (route, body, login) in routes {
         let full = format!("chat.benchHandler.{route}");
@@ -101,7 +129,7 @@ async fn pitaya_and_nano_serve_the_bench_workloads() {
     {
         let (etcd, etcd_peer, nats, client) = (free_port(), free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd}");
-        let mut pitaya = Cluster(Vec::new());
+        let mut pitaya = Cluster::new(&data);
         pitaya.start(
             Path::new("etcd"),
             &[
@@ -120,6 +148,9 @@ async fn pitaya_and_nano_serve_the_bench_workloads() {
             &bin.join("nats-server"),
             &["-a", "127.0.0.1", "-p", &nats_port],
         );
+        // Pitaya's servers exit when NATS does not answer at their start.
+        until_listening(etcd).await;
+        until_listening(nats).await;
         let (nats_url, etcd_addr) = (
             format!("nats://127.0.0.1:{nats}"),
             format!("127.0.0.1:{etcd}"),
@@ -139,8 +170,10 @@ async fn pitaya_and_nano_serve_the_bench_workloads() {
         let (master, chat, gate, client) = (free_port(), free_port(), free_port(), free_port());
         let addr = |port: u16| format!("127.0.0.1:{port}");
         let peer = bin.join("nano-peer");
-        let mut nano = Cluster(Vec::new());
+        let mut nano = Cluster::new(&data);
         nano.start(&peer, &["-role", "master", "-listen", &addr(master)]);
+        // Members register with the master at their start.
+        until_listening(master).await;
         let member = ["-master", &addr(master)].map(String::from);
         nano.start(
             &peer,
