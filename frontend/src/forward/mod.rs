@@ -221,7 +221,8 @@ impl BackendRegistry {
 
     /// Forwards a client notify: no answer, no slot among the requests in
     /// flight; fails only if it cannot be queued for the backend within
-    /// `deadline`.
+    /// `deadline`. A backend of this process called directly runs it here,
+    /// to its end (the caller runs notifies on a task of their own).
     pub async fn notify(
         &self,
         route: &str,
