@@ -103,7 +103,7 @@ impl Inbound for Dispatcher {
         let filtered = self.start_filters(&call);
         // Counts as a running handler: a drain waits for it.
         let running = self.tasks.token();
-        Ok(Box::pin(async move {
+        let run = async move {
             let sid = call.session.sid;
             let settled = link.settled();
             let cx = RequestCx {
@@ -117,7 +117,17 @@ impl Inbound for Dispatcher {
             cx.link.settle(settled, sid, deadline).await;
             drop(running);
             result
-        }))
+        };
+        // A panic outside the handler (a filter's) ends this request, not
+        // the client's connection whose task runs it.
+        Ok(Box::pin(
+            std::panic::AssertUnwindSafe(run).catch_unwind().map(|ran| {
+                ran.unwrap_or_else(|_| {
+                    warn!("a forwarded request panicked outside its handler");
+                    Err(RpcError::new(ErrorCode::Internal, "request panicked"))
+                })
+            }),
+        ))
     }
 
     fn remote_routes(&self) -> tokio::sync::watch::Receiver<Arc<Vec<String>>> {

@@ -203,3 +203,43 @@ async fn only_a_direct_call_runs_the_handler_on_the_connection_task(path) {
     }
 }
 }
+
+/// A backend filter with a bug: it panics after every request it sees.
+struct PanicsAfter;
+
+impl session_proxy::filters::Filter for PanicsAfter {
+    fn name(&self) -> &'static str {
+        "panics-after"
+    }
+
+    fn after(
+        &self,
+        _call: &session_proxy::filters::Call,
+        _answered: &session_proxy::filters::Answered<'_>,
+    ) {
+        panic!("a filter bug");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_panics_ends_a_direct_request_not_the_clients_connection() {
+    // Called directly, the request runs on the connection's own task.
+    let (f, b) = connector(Path::Direct, Duration::from_secs(30)).await;
+    b.filter("game.h.fail", PanicsAfter);
+    let c = client(f.gateway.local_addr(), Transport::Tcp).await;
+    let started = Instant::now();
+    let bug = c
+        .request("game.h.fail", &json!({}))
+        .await
+        .expect("answered");
+    assert_eq!(bug["code"], 500, "{bug}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not at the deadline"
+    );
+    let echoed = c
+        .request("game.h.echo", &json!({ "after": true }))
+        .await
+        .expect("the connection goes on");
+    assert_eq!(echoed, json!({ "after": true }));
+}
