@@ -78,7 +78,7 @@ impl Inbound for Dispatcher {
                 deadline,
                 filtered: std::sync::Mutex::new(filtered),
             };
-            let result = call.serve(&*self, &cx).await;
+            let result = caught(call.serve(&*self, &cx)).await;
             // A notify has nobody to answer.
             if let Some(reply) = reply {
                 reply.send(result).await;
@@ -118,21 +118,29 @@ impl Inbound for Dispatcher {
             drop(running);
             result
         };
-        // A panic outside the handler (a filter's) ends this request, not
-        // the client's connection whose task runs it.
-        Ok(Box::pin(
-            std::panic::AssertUnwindSafe(run).catch_unwind().map(|ran| {
-                ran.unwrap_or_else(|_| {
-                    warn!("a forwarded request panicked outside its handler");
-                    Err(RpcError::new(ErrorCode::Internal, "request panicked"))
-                })
-            }),
-        ))
+        // Run on the client's connection task: a panic must end this
+        // request only.
+        Ok(Box::pin(caught(run)))
     }
 
     fn remote_routes(&self) -> tokio::sync::watch::Receiver<Arc<Vec<String>>> {
         self.announced.subscribe()
     }
+}
+
+/// `run`, answered 500 if it panics outside its handler (the handler's own
+/// panic is caught where it runs): a filter's bug ends its request, which
+/// is still answered, and nothing else.
+async fn caught(
+    run: impl std::future::Future<Output = Result<Bytes, RpcError>>,
+) -> Result<Bytes, RpcError> {
+    std::panic::AssertUnwindSafe(run)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            warn!("a forwarded request panicked outside its handler");
+            Err(RpcError::new(ErrorCode::Internal, "request panicked"))
+        })
 }
 
 impl Dispatcher {

@@ -221,17 +221,15 @@ impl session_proxy::filters::Filter for PanicsAfter {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_filter_that_panics_ends_a_direct_request_not_the_clients_connection() {
-    // Called directly, the request runs on the connection's own task.
-    let (f, b) = connector(Path::Direct, Duration::from_secs(30)).await;
+over_every_path! {
+async fn a_filter_that_panics_ends_its_request_at_once_not_the_connection(path) {
+    // Called directly, the request runs on the connection's own task; on a
+    // link, on a task whose answer must still be sent.
+    let (f, b) = connector(path, Duration::from_secs(30)).await;
     b.filter("game.h.fail", PanicsAfter);
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
     let started = Instant::now();
-    let bug = c
-        .request("game.h.fail", &json!({}))
-        .await
-        .expect("answered");
+    let bug = c.request("game.h.fail", &json!({})).await.expect("answered");
     assert_eq!(bug["code"], 500, "{bug}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -242,4 +240,5 @@ async fn a_filter_that_panics_ends_a_direct_request_not_the_clients_connection()
         .await
         .expect("the connection goes on");
     assert_eq!(echoed, json!({ "after": true }));
+}
 }
