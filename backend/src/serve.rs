@@ -67,7 +67,16 @@ impl Inbound for Dispatcher {
         }
         // Filters see requests in arrival order, before they run.
         let filtered = match &call {
-            BackendCall::Handle(h) => self.start_filters(h),
+            BackendCall::Handle(h) => match self.start_filters(h) {
+                Ok(started) => started,
+                Err(FilterPanicked) => {
+                    return Err(Refused {
+                        reply,
+                        code: ErrorCode::Internal,
+                        message: FILTER_PANICKED,
+                    })
+                }
+            },
             BackendCall::Remote(_) => None,
         };
         let answers = reply.is_some();
@@ -100,7 +109,9 @@ impl Inbound for Dispatcher {
                 "backend shutting down",
             ));
         }
-        let filtered = self.start_filters(&call);
+        let filtered = self
+            .start_filters(&call)
+            .map_err(|FilterPanicked| RpcError::new(ErrorCode::Internal, FILTER_PANICKED))?;
         // Counts as a running handler: a drain waits for it.
         let running = self.tasks.token();
         let run = async move {
@@ -128,6 +139,12 @@ impl Inbound for Dispatcher {
     }
 }
 
+/// A filter panicked as a request started.
+struct FilterPanicked;
+
+/// The refusal of a request whose filter panicked.
+const FILTER_PANICKED: &str = "a filter panicked";
+
 /// `run`, answered 500 if it panics outside its handler (the handler's own
 /// panic is caught where it runs): a filter's bug ends its request, which
 /// is still answered, and nothing else.
@@ -145,14 +162,22 @@ async fn caught(
 
 impl Dispatcher {
     /// The filters a forwarded request passes, started (in arrival order);
-    /// `None` when none applies to its route.
-    fn start_filters(&self, h: &Handle) -> Option<Started> {
+    /// `None` when none applies to its route. A filter that panics as it
+    /// starts refuses the request, on the task that read it (a link's
+    /// reader, a client's connection), which goes on.
+    fn start_filters(&self, h: &Handle) -> Result<Option<Started>, FilterPanicked> {
         let filters = self.filters.read_unpoisoned();
-        filters.applies(&h.route).then(|| {
-            let mut c = Call::new(h.route.as_str(), h.session.sid);
-            c.uid = h.session.uid.clone();
-            filters.start(c)
-        })
+        if !filters.applies(&h.route) {
+            return Ok(None);
+        }
+        let mut c = Call::new(h.route.as_str(), h.session.sid);
+        c.uid = h.session.uid.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| filters.start(c)))
+            .map(Some)
+            .map_err(|_| {
+                warn!(route = %h.route, "a filter panicked before a forwarded request");
+                FilterPanicked
+            })
     }
 }
 

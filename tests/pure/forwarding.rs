@@ -204,12 +204,22 @@ async fn only_a_direct_call_runs_the_handler_on_the_connection_task(path) {
 }
 }
 
-/// A backend filter with a bug: it panics after every request it sees.
-struct PanicsAfter;
+/// A backend filter with a bug: it panics before or after every request
+/// it sees.
+struct Panics {
+    before: bool,
+}
 
-impl session_proxy::filters::Filter for PanicsAfter {
+impl session_proxy::filters::Filter for Panics {
     fn name(&self) -> &'static str {
-        "panics-after"
+        "panics"
+    }
+
+    fn before(&self, _call: &session_proxy::filters::Call) -> session_proxy::filters::Verdict {
+        if self.before {
+            panic!("a filter bug");
+        }
+        session_proxy::filters::Verdict::go()
     }
 
     fn after(
@@ -217,7 +227,9 @@ impl session_proxy::filters::Filter for PanicsAfter {
         _call: &session_proxy::filters::Call,
         _answered: &session_proxy::filters::Answered<'_>,
     ) {
-        panic!("a filter bug");
+        if !self.before {
+            panic!("a filter bug");
+        }
     }
 }
 
@@ -226,15 +238,18 @@ async fn a_filter_that_panics_ends_its_request_at_once_not_the_connection(path) 
     // Called directly, the request runs on the connection's own task; on a
     // link, on a task whose answer must still be sent.
     let (f, b) = connector(path, Duration::from_secs(30)).await;
-    b.filter("game.h.fail", PanicsAfter);
+    b.filter("game.h.fail", Panics { before: false });
+    b.filter("game.h.slow", Panics { before: true });
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
-    let started = Instant::now();
-    let bug = c.request("game.h.fail", &json!({})).await.expect("answered");
-    assert_eq!(bug["code"], 500, "{bug}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "answered at once, not at the deadline"
-    );
+    for route in ["game.h.fail", "game.h.slow"] {
+        let started = Instant::now();
+        let bug = c.request(route, &json!({})).await.expect("answered");
+        assert_eq!(bug["code"], 500, "{route}: {bug}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{route}: answered at once, not at the deadline"
+        );
+    }
     let echoed = c
         .request("game.h.echo", &json!({ "after": true }))
         .await
