@@ -58,35 +58,25 @@ impl Inbound for Dispatcher {
         deadline: Duration,
         reply: Option<Replier>,
     ) -> Result<Option<AbortHandle>, Refused> {
-        if self.draining.is_cancelled() {
-            return Err(Refused {
-                reply,
-                code: ErrorCode::Unavailable,
-                message: "backend shutting down",
-            });
-        }
         // Filters see requests in arrival order, before they run.
-        let filtered = match &call {
-            BackendCall::Handle(h) => match self.start_filters(h) {
-                Ok(started) => started,
-                Err(FilterPanicked) => {
-                    return Err(Refused {
-                        reply,
-                        code: ErrorCode::Internal,
-                        message: FILTER_PANICKED,
-                    })
-                }
-            },
+        let handle = match &call {
+            BackendCall::Handle(h) => Some(h),
             BackendCall::Remote(_) => None,
+        };
+        let filtered = match self.admit(handle) {
+            Ok(filtered) => filtered,
+            Err((code, message)) => {
+                return Err(Refused {
+                    reply,
+                    code,
+                    message,
+                })
+            }
         };
         let answers = reply.is_some();
         let tasks = self.tasks.clone();
         let task = tasks.spawn(async move {
-            let cx = RequestCx {
-                link,
-                deadline,
-                filtered: std::sync::Mutex::new(filtered),
-            };
+            let cx = RequestCx::new(link, deadline, filtered);
             let result = caught(call.serve(&*self, &cx)).await;
             // A notify has nobody to answer.
             if let Some(reply) = reply {
@@ -103,25 +93,15 @@ impl Inbound for Dispatcher {
         call: Handle,
         deadline: Duration,
     ) -> Result<DirectAnswer, RpcError> {
-        if self.draining.is_cancelled() {
-            return Err(RpcError::new(
-                ErrorCode::Unavailable,
-                "backend shutting down",
-            ));
-        }
         let filtered = self
-            .start_filters(&call)
-            .map_err(|FilterPanicked| RpcError::new(ErrorCode::Internal, FILTER_PANICKED))?;
+            .admit(Some(&call))
+            .map_err(|(code, message)| RpcError::new(code, message))?;
         // Counts as a running handler: a drain waits for it.
         let running = self.tasks.token();
         let run = async move {
             let sid = call.session.sid;
             let settled = link.settled();
-            let cx = RequestCx {
-                link,
-                deadline,
-                filtered: std::sync::Mutex::new(filtered),
-            };
+            let cx = RequestCx::new(link, deadline, filtered);
             let result = self.handle(call, &cx).await;
             // What the handler sent one way reaches the frontend before
             // its answer, as on the link, where both share one queue.
@@ -139,12 +119,6 @@ impl Inbound for Dispatcher {
     }
 }
 
-/// A filter panicked as a request started.
-struct FilterPanicked;
-
-/// The refusal of a request whose filter panicked.
-const FILTER_PANICKED: &str = "a filter panicked";
-
 /// `run`, answered 500 if it panics outside its handler (the handler's own
 /// panic is caught where it runs): a filter's bug ends its request, which
 /// is still answered, and nothing else.
@@ -161,23 +135,37 @@ async fn caught(
 }
 
 impl Dispatcher {
-    /// The filters a forwarded request passes, started (in arrival order);
-    /// `None` when none applies to its route. A filter that panics as it
-    /// starts refuses the request, on the task that read it (a link's
-    /// reader, a client's connection), which goes on.
-    fn start_filters(&self, h: &Handle) -> Result<Option<Started>, FilterPanicked> {
-        let filters = self.filters.read_unpoisoned();
-        if !filters.applies(&h.route) {
-            return Ok(None);
+    /// Lets a request in, or says why not (its answer's code and message):
+    /// none while the service drains. A client request (`handle`) starts
+    /// the filters of its route, in arrival order; `None` when none applies.
+    /// A filter that panics as it starts refuses the request, on the task
+    /// that read it (a link's reader, a client's connection), which goes on.
+    fn admit(&self, handle: Option<&Handle>) -> Result<Option<Started>, (ErrorCode, &'static str)> {
+        if self.draining.is_cancelled() {
+            return Err((ErrorCode::Unavailable, "backend shutting down"));
         }
+        let filters = self.filters.read_unpoisoned();
+        let Some(h) = handle.filter(|h| filters.applies(&h.route)) else {
+            return Ok(None);
+        };
         let mut c = Call::new(h.route.as_str(), h.session.sid);
         c.uid = h.session.uid.clone();
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| filters.start(c)))
             .map(Some)
             .map_err(|_| {
                 warn!(route = %h.route, "a filter panicked before a forwarded request");
-                FilterPanicked
+                (ErrorCode::Internal, "a filter panicked")
             })
+    }
+}
+
+impl RequestCx {
+    fn new(link: FrontendClient, deadline: Duration, filtered: Option<Started>) -> Self {
+        RequestCx {
+            link,
+            deadline,
+            filtered: std::sync::Mutex::new(filtered),
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 //! A connector and "game" backends on loopback, for gateway tests.
 
+use super::Link;
 use serde_json::{json, Value};
 use session_proxy::backend::{BackendSession, ChannelService, HandlerError, Handlers};
 use session_proxy::frontend::{Gateway, GatewayConfig, GatewayServer};
 use session_proxy::protocol::PushToSids;
 use session_proxy::{
-    BackendConfig, BackendSessionService, RpcConfig, RpcServer, SessionConfig, SessionService,
+    BackendConfig, BackendSessionService, RpcServer, SessionConfig, SessionService,
 };
 use session_proxy_client::{PomeloClient, PomeloOptions, Transport};
 use std::net::SocketAddr;
@@ -18,19 +19,7 @@ pub struct Node {
     pub rpc: RpcServer,
     pub gateway: GatewayServer,
     /// How `start_backend`'s backends reach it.
-    pub path: Path,
-}
-
-/// How a connector forwards requests to its backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    /// Over a TCP link on loopback.
-    Tcp,
-    /// Over the in-process link, frames through a pipe
-    /// (`BackendConfig::in_process_direct` off).
-    Pipe,
-    /// Calling the backend directly, on the client connection's task.
-    Direct,
+    pub link: Link,
 }
 
 pub async fn start_frontend(id: &str, tweak: impl FnOnce(&mut GatewayConfig)) -> Node {
@@ -44,25 +33,18 @@ pub async fn start_frontend_then(
     tweak: impl FnOnce(&mut GatewayConfig),
     more: impl FnOnce(&mut Gateway),
 ) -> Node {
-    start_frontend_over(id, Path::Tcp, tweak, more).await
+    start_frontend_over(id, Link::Tcp, tweak, more).await
 }
 
-/// [`start_frontend_then`], its backends reaching it by `path`.
+/// [`start_frontend_then`], its backends reaching it over `link`.
 pub async fn start_frontend_over(
     id: &str,
-    path: Path,
+    link: Link,
     tweak: impl FnOnce(&mut GatewayConfig),
     more: impl FnOnce(&mut Gateway),
 ) -> Node {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let sessions = SessionService::new(SessionConfig::new(id));
-    let mut rpc = RpcConfig::default();
-    if path != Path::Tcp {
-        // Unique in the test binary: tests run side by side in one process.
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        rpc.in_process = Some(format!("cluster-{id}-{n}"));
-    }
-    let rpc = super::rpc_on_loopback(&sessions, rpc).await;
+    let rpc = super::rpc_on_loopback(&sessions, super::rpc_config(id, link)).await;
     let mut config = GatewayConfig::new("connector");
     tweak(&mut config);
     let mut gateway = Gateway::new(sessions.clone(), rpc.backends(), config);
@@ -98,17 +80,17 @@ pub async fn start_frontend_over(
         sessions,
         rpc,
         gateway,
-        path,
+        link,
     }
 }
 
 /// A backend of type "game" that knows the given frontends, reaching each
-/// by its path (the first one's says whether in-process calls are direct).
+/// over its link (the first one's says whether in-process calls are direct).
 pub fn start_backend(name: &str, frontends: &[&Node]) -> (BackendSessionService, ChannelService) {
     let mut config = BackendConfig::new(name);
     config.server_type = Some("game".into());
     config.deadline = Duration::from_secs(2);
-    config.in_process_direct = frontends.first().is_some_and(|f| f.path == Path::Direct);
+    config.in_process_direct = frontends.first().is_some_and(|f| f.link == Link::Direct);
     let service = BackendSessionService::new(config).expect("valid config");
     let channels = ChannelService::new(service.clone());
     let mut handlers = Handlers::new();

@@ -58,12 +58,29 @@ pub struct Frontend {
 }
 
 /// How backends reach a frontend.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Link {
     /// Over TCP on loopback.
     Tcp,
-    /// Through an in-memory pipe, in this process (`RpcConfig::in_process`).
+    /// Through an in-memory pipe, in this process (`RpcConfig::in_process`;
+    /// a backend that serves requests turns `in_process_direct` off).
     InProcess,
+    /// In this process, forwarded requests calling the backend directly on
+    /// the client connection's task (`BackendConfig::in_process_direct`).
+    Direct,
+}
+
+/// The RPC config of frontend `id` whose backends reach it over `link`: an
+/// in-process name, unique in the test binary, unless over TCP.
+pub fn rpc_config(id: &str, link: Link) -> RpcConfig {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let mut rpc = RpcConfig::default();
+    if link != Link::Tcp {
+        // Tests run side by side in one process.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        rpc.in_process = Some(format!("{id}-{n}"));
+    }
+    rpc
 }
 
 pub async fn start_frontend(id: &str) -> Frontend {
@@ -84,13 +101,7 @@ pub async fn start_frontend_with_on(config: SessionConfig, link: Link) -> Fronte
 }
 
 async fn start_frontend_at(config: SessionConfig, addr: SocketAddr, link: Link) -> Frontend {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let mut rpc = RpcConfig::default();
-    if let Link::InProcess = link {
-        // Unique in the test binary: tests run side by side in one process.
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        rpc.in_process = Some(format!("{}-{n}", config.frontend_id));
-    }
+    let rpc = rpc_config(&config.frontend_id, link);
     let sessions = SessionService::new(config);
     let server = RpcServer::bind(addr, sessions.clone(), rpc)
         .await

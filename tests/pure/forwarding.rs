@@ -1,4 +1,4 @@
-//! Client requests forwarded to a backend, over each path a connector has
+//! Client requests forwarded to a backend, over each link a connector has
 //! to one: a TCP link, the in-process link (frames through a pipe), and a
 //! backend of the same process called directly on the client's connection
 //! task (`BackendConfig::in_process_direct`). Each test runs over all three
@@ -7,45 +7,48 @@
 use crate::common;
 
 use common::cluster::*;
+use common::Link;
 use serde_json::json;
 use session_proxy_client::{PomeloClient, PomeloEvent, Transport};
 use std::time::{Duration, Instant};
 
-/// A test three times, once per path; `$path` names it in the body.
-macro_rules! over_every_path {
-    ($(async fn $name:ident($path:ident) $body:block)*) => {$(
+/// A test three times, once per link; `$link` names it in the body.
+macro_rules! over_every_link {
+    ($(async fn $name:ident($link:ident) $body:block)*) => {$(
         mod $name {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tcp() {
-                let $path = Path::Tcp;
+                let $link = Link::Tcp;
                 $body
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn pipe() {
-                let $path = Path::Pipe;
+                let $link = Link::InProcess;
                 $body
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn direct() {
-                let $path = Path::Direct;
+                let $link = Link::Direct;
                 $body
             }
         }
     )*};
 }
 
-/// A connector (request deadline `deadline`) and a "game" backend over `path`.
-async fn connector(path: Path, deadline: Duration) -> (Node, session_proxy::BackendSessionService) {
-    let f = start_frontend_over("f1", path, |c| c.request_deadline = deadline, |_| {}).await;
+/// A connector (request deadline `deadline`) and a "game" backend over `link`.
+async fn connector(link: Link, deadline: Duration) -> (Node, session_proxy::BackendSessionService) {
+    let f = start_frontend_over("f1", link, |c| c.request_deadline = deadline, |_| {}).await;
     let (b, _) = start_backend("game-1", &[&f]);
     wait_for_backends(&f, 1).await;
     (f, b)
 }
 
-/// The next `n` events are the pushes `onStep` 0..n, already received:
-/// they came in before the answer that resolved just now.
-async fn steps_already_in(c: &mut PomeloClient, n: u64) {
+/// Requests `route`, whose handler pushes `onStep` 0..n and then answers,
+/// and checks that every push was already received when the answer was.
+async fn steps_arrive_before_the_answer(c: &mut PomeloClient, route: &str, n: u64) {
+    let answer = c.request(route, &json!({ "n": n })).await.expect(route);
+    assert_eq!(answer["done"], n);
     for i in 0..n {
         match c.next_event(Duration::ZERO).await {
             Some(PomeloEvent::Push { route, body }) => {
@@ -57,9 +60,9 @@ async fn steps_already_in(c: &mut PomeloClient, n: u64) {
     }
 }
 
-over_every_path! {
-async fn forwarded_requests_notifies_and_application_errors(path) {
-    let (f, _b) = connector(path, Duration::from_secs(5)).await;
+over_every_link! {
+async fn forwarded_requests_notifies_and_application_errors(link) {
+    let (f, _b) = connector(link, Duration::from_secs(5)).await;
     for transport in [Transport::Tcp, Transport::WebSocket] {
         let c = client(f.gateway.local_addr(), transport).await;
         assert_eq!(c.handshake()["sys"]["heartbeat"], 10);
@@ -90,8 +93,8 @@ async fn forwarded_requests_notifies_and_application_errors(path) {
     }
 }
 
-async fn a_client_notify_runs_its_backend_handler_one_way(path) {
-    let (f, _b) = connector(path, Duration::from_secs(5)).await;
+async fn a_client_notify_runs_its_backend_handler_one_way(link) {
+    let (f, _b) = connector(link, Duration::from_secs(5)).await;
     let mut c = client(f.gateway.local_addr(), Transport::Tcp).await;
     c.notify("game.h.steps", &json!({ "n": 3 }))
         .await
@@ -108,9 +111,9 @@ async fn a_client_notify_runs_its_backend_handler_one_way(path) {
     );
 }
 
-async fn a_request_whose_client_left_stops_on_the_backend(path) {
+async fn a_request_whose_client_left_stops_on_the_backend(link) {
     // A deadline far past the test's waits: only a cancel stops it early.
-    let (f, b) = connector(path, Duration::from_secs(120)).await;
+    let (f, b) = connector(link, Duration::from_secs(120)).await;
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
     let slow = tokio::spawn({
         let body = json!({ "ms": 60_000 });
@@ -123,37 +126,27 @@ async fn a_request_whose_client_left_stops_on_the_backend(path) {
     common::running(&b, 0, "the handler is cancelled").await;
 }
 
-async fn pushes_before_the_response_arrive_before_it(path) {
-    let (f, _b) = connector(path, Duration::from_secs(5)).await;
+async fn pushes_before_the_response_arrive_before_it(link) {
+    let (f, _b) = connector(link, Duration::from_secs(5)).await;
     let mut c = client(f.gateway.local_addr(), Transport::Tcp).await;
     for _ in 0..5 {
-        let answer = c
-            .request("game.h.steps", &json!({ "n": 20 }))
-            .await
-            .expect("steps");
-        assert_eq!(answer["done"], 20);
-        steps_already_in(&mut c, 20).await;
+        steps_arrive_before_the_answer(&mut c, "game.h.steps", 20).await;
     }
 }
 
-async fn one_way_pushes_sent_before_the_answer_arrive_before_it(path) {
+async fn one_way_pushes_sent_before_the_answer_arrive_before_it(link) {
     // The handler's pushes are notifies nobody waits for: on a link they
     // share the answer's queue; called directly, the answer waits until
     // the frontend has read them.
-    let (f, _b) = connector(path, Duration::from_secs(5)).await;
+    let (f, _b) = connector(link, Duration::from_secs(5)).await;
     let mut c = client(f.gateway.local_addr(), Transport::Tcp).await;
     for _ in 0..20 {
-        let answer = c
-            .request("game.h.oneway", &json!({ "n": 5 }))
-            .await
-            .expect("oneway");
-        assert_eq!(answer["done"], 5);
-        steps_already_in(&mut c, 5).await;
+        steps_arrive_before_the_answer(&mut c, "game.h.oneway", 5).await;
     }
 }
 
-async fn a_handler_past_its_deadline_or_panicking_is_answered_and_the_client_goes_on(path) {
-    let (f, b) = connector(path, Duration::from_millis(300)).await;
+async fn a_handler_past_its_deadline_or_panicking_is_answered_and_the_client_goes_on(link) {
+    let (f, b) = connector(link, Duration::from_millis(300)).await;
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
     let late = c
         .request("game.h.slow", &json!({ "ms": 30_000 }))
@@ -170,8 +163,8 @@ async fn a_handler_past_its_deadline_or_panicking_is_answered_and_the_client_goe
     assert_eq!(echoed, json!({ "after": true }));
 }
 
-async fn a_draining_backend_finishes_the_requests_it_runs(path) {
-    let (f, b) = connector(path, Duration::from_secs(5)).await;
+async fn a_draining_backend_finishes_the_requests_it_runs(link) {
+    let (f, b) = connector(link, Duration::from_secs(5)).await;
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
     let slow = tokio::spawn(async move {
         let answer = c.request("game.h.slow", &json!({ "ms": 300 })).await;
@@ -186,8 +179,8 @@ async fn a_draining_backend_finishes_the_requests_it_runs(path) {
     assert_eq!(after["code"], 500, "{after}");
 }
 
-async fn only_a_direct_call_runs_the_handler_on_the_connection_task(path) {
-    let (f, _b) = connector(path, Duration::from_secs(5)).await;
+async fn only_a_direct_call_runs_the_handler_on_the_connection_task(link) {
+    let (f, _b) = connector(link, Duration::from_secs(5)).await;
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;
     let mut tasks = Vec::new();
     for _ in 0..3 {
@@ -195,11 +188,11 @@ async fn only_a_direct_call_runs_the_handler_on_the_connection_task(path) {
         tasks.push(answer["task"].as_str().expect("a task id").to_string());
     }
     tasks.dedup();
-    match path {
+    match link {
         // One connection, one task, every request.
-        Path::Direct => assert_eq!(tasks.len(), 1, "{tasks:?}"),
+        Link::Direct => assert_eq!(tasks.len(), 1, "{tasks:?}"),
         // A task per request on the backend's side.
-        Path::Tcp | Path::Pipe => assert_eq!(tasks.len(), 3, "{tasks:?}"),
+        Link::Tcp | Link::InProcess => assert_eq!(tasks.len(), 3, "{tasks:?}"),
     }
 }
 }
@@ -233,11 +226,11 @@ impl session_proxy::filters::Filter for Panics {
     }
 }
 
-over_every_path! {
-async fn a_filter_that_panics_ends_its_request_at_once_not_the_connection(path) {
+over_every_link! {
+async fn a_filter_that_panics_ends_its_request_at_once_not_the_connection(link) {
     // Called directly, the request runs on the connection's own task; on a
     // link, on a task whose answer must still be sent.
-    let (f, b) = connector(path, Duration::from_secs(30)).await;
+    let (f, b) = connector(link, Duration::from_secs(30)).await;
     b.filter("game.h.fail", Panics { before: false });
     b.filter("game.h.slow", Panics { before: true });
     let c = client(f.gateway.local_addr(), Transport::Tcp).await;

@@ -92,14 +92,16 @@ impl<C> Drop for PendingCall<C> {
     fn drop(&mut self) {
         crate::metrics::IN_FLIGHT.decrement(1.0);
         crate::metrics::call_ended(self.kind, self.started.into_std());
-        // Abandoned before its answer and its deadline (the frontend stops
-        // at the deadline by itself): the frontend may stop working on it.
-        // Best effort: a full queue or a dead link tells nobody.
-        if self.id != 0 {
-            // Abandoned: the frontend may still apply it, unawaited.
-            self.client.sent_one_way();
+        if self.id == 0 {
+            return;
         }
-        if self.id != 0 && self.conn.inflight.forget(self.id) && Instant::now() < self.deadline_at {
+        // Abandoned before its answer: the frontend may still apply it,
+        // unawaited.
+        self.client.sent_one_way();
+        // Before its deadline too (the frontend stops at the deadline by
+        // itself): the frontend may stop working on it. Best effort: a full
+        // queue or a dead link tells nobody.
+        if self.conn.inflight.forget(self.id) && Instant::now() < self.deadline_at {
             let _ = self.conn.tx.try_send(Message::Cancel(self.id));
         }
     }

@@ -50,6 +50,14 @@ impl BackendLink {
         }
     }
 
+    /// The error of a forwarded call its backend did not answer in time.
+    fn no_answer(&self, deadline: Duration) -> RpcError {
+        RpcError::new(
+            ErrorCode::DeadlineExceeded,
+            format!("{} did not answer within {deadline:?}", self.node_id),
+        )
+    }
+
     /// Fails every forwarded request still waiting: the link is gone.
     pub(crate) fn close(&self) {
         self.inflight.close(|| {
@@ -146,10 +154,7 @@ pub(super) async fn exchange_call(
     };
     match tokio::time::timeout(deadline, exchange).await {
         Ok(result) => result,
-        Err(_) => Err(RpcError::new(
-            ErrorCode::DeadlineExceeded,
-            format!("{} did not answer within {deadline:?}", link.node_id),
-        )),
+        Err(_) => Err(link.no_answer(deadline)),
     }
 }
 
@@ -164,9 +169,6 @@ pub(super) async fn direct_call(
     let answer = direct.0.handle(handle, deadline)?;
     match tokio::time::timeout(deadline, answer).await {
         Ok(result) => result,
-        Err(_) => Err(RpcError::new(
-            ErrorCode::DeadlineExceeded,
-            format!("{} did not answer within {deadline:?}", link.node_id),
-        )),
+        Err(_) => Err(link.no_answer(deadline)),
     }
 }
