@@ -135,9 +135,11 @@ impl BackendRegistry {
             None => HashRouter.route(session, route, ids),
         };
         if let (Some(uid), Some(sticky)) = (&session.uid, self.sticky(server_type)) {
-            let placed = self
-                .place(&sticky, server_type, uid, choose, Some(session), deadline)
-                .await?;
+            // Boxed: a placement may wait on the store, and every forwarded
+            // request's future would carry its room, sticky or not.
+            let placed =
+                Box::pin(self.place(&sticky, server_type, uid, choose, Some(session), deadline))
+                    .await?;
             return Ok((placed.link, placed.candidates));
         }
         let candidates = self.candidates(server_type)?;
