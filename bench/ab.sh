@@ -6,7 +6,8 @@
 # the forwarding path can move. Builds revision REV in a git worktree of its own, then for each
 # round runs the workloads on the old build's cluster and on this tree's, in
 # alternating order (so drift in the machine hits both), and prints each
-# workload's medians and their ratio. The load generator is this tree's for
+# workload's medians and their ratio, with the CPU the server's processes
+# spent per request (from /proc). The load generator is this tree's for
 # both (the client protocol is the same). Loopback only; every process is
 # stopped by its PID.
 #   bench/ab.sh REV [rounds]   (DURATION, IDLE_CLIENTS env overrides; OLD_BIN
@@ -46,9 +47,13 @@ results="$work/results.jsonl"
 record() { # build workload -- bench args...
   local build=$1 workload=$2
   shift 3
-  local line
+  local line before after
+  # The CPU the server's processes used meanwhile, from /proc: per request
+  # it is steadier than throughput on a shared machine.
+  before=$(cpu "${pids[@]}")
   if line=$("$new_bin" bench "$@" --json 2>/dev/null); then
-    echo "{\"build\":\"$build\",\"workload\":\"$workload\",\"result\":$line}" >>"$results"
+    after=$(cpu "${pids[@]}")
+    echo "{\"build\":\"$build\",\"workload\":\"$workload\",\"cpu_s\":[[${before// /,}],[${after// /,}]],\"result\":$line}" >>"$results"
   else
     echo "  $build $workload: FAILED" >&2
   fi
@@ -111,16 +116,23 @@ figures = {
     "fanout-1000": [("pushes/s", "throughput"), ("p50 µs", "p50_us")],
     "idle-tcp": [("bytes/client", "bytes_per_client")],
 }
+for r in rows:
+    # Seconds of CPU of the server's processes per operation, in µs.
+    (before, after), ops = r["cpu_s"], r["result"].get("ops") or 0
+    r["result"]["cpu_us"] = (sum(after) - sum(before)) * 1e6 / ops if ops else None
+for workload in ("echo-50", "set-push-50", "login-50", "one-process-echo-50"):
+    figures[workload].append(("server CPU µs/req", "cpu_us"))
 for workload, wanted in figures.items():
     for label, key in wanted:
         med = {}
         for build in ("old", "new"):
             values = [r["result"][key] for r in rows if r["build"] == build and r["workload"] == workload and r["result"].get(key) is not None]
             med[build] = statistics.median(values) if values else None
-        each = {b: [round(r["result"][key]) for r in rows if r["build"] == b and r["workload"] == workload and r["result"].get(key) is not None] for b in ("old", "new")}
+        each = {b: [round(r["result"][key], 1) for r in rows if r["build"] == b and r["workload"] == workload and r["result"].get(key) is not None] for b in ("old", "new")}
         print(f"<!-- {workload} {label}: old {each['old']}, new {each['new']} -->")
         if med["old"] and med["new"]:
-            print(f"| {workload} | {label} | {med['old']:.0f} | {med['new']:.0f} | {med['new'] / med['old']:.2f} |")
+            digits = 1 if key == "cpu_us" else 0
+            print(f"| {workload} | {label} | {med['old']:.{digits}f} | {med['new']:.{digits}f} | {med['new'] / med['old']:.2f} |")
         else:
             print(f"| {workload} | {label} | {med['old']} | {med['new']} | - |")
 EOF
