@@ -60,11 +60,8 @@ record() { # build workload -- bench args...
 }
 
 start() { # binary
-  "$1" run --config bench/cluster.toml --node connector-1 >/dev/null 2>&1 &
-  front=$!
-  "$1" run --config bench/cluster.toml --node chat-1 >/dev/null 2>&1 &
-  pids=("$front" "$!")
-  wait_port 4700
+  start_cluster "$1"
+  front=${pids[0]}
   # The backend is linked once it answers a request; `bench rr` warms up.
 }
 

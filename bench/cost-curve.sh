@@ -24,11 +24,8 @@ grep -q '^heartbeat_secs = 30' "$work/cluster.toml"
 
 printf '%8s %12s %14s %14s %14s %16s %16s\n' clients "RSS/client" "idle CPU" "TCP buffers" "socket slab" "active p50" "active p99"
 for n in "${counts[@]}"; do
-  "$bin" run --config "$work/cluster.toml" --node connector-1 >/dev/null 2>&1 &
-  front=$!
-  "$bin" run --config "$work/cluster.toml" --node chat-1 >/dev/null 2>&1 &
-  pids=("$front" $!)
-  wait_port 4700
+  start_cluster "$bin" "$work/cluster.toml"
+  front=${pids[0]}
   sleep 1
   : >"$work/idle.json"
   "$bin" bench idle --target 127.0.0.1:4700 --clients "$n" --pid "$front" --hold 60 --json \

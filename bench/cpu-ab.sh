@@ -34,11 +34,7 @@ trap 'stop; rm -rf "$work"' EXIT
 . bench/lib.sh
 
 one() { # build binary
-  "$2" run --config bench/cluster.toml --node connector-1 >/dev/null 2>&1 &
-  pids=($!)
-  "$2" run --config bench/cluster.toml --node chat-1 >/dev/null 2>&1 &
-  pids+=($!)
-  wait_port 4700
+  start_cluster "$2"
   serves 4700
   local before after line
   before=$(cpu "${pids[@]}")

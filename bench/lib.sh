@@ -13,6 +13,19 @@ wait_port() {
   return 1
 }
 
+# Starts the bench cluster as two processes of binary $1, the connector
+# (clients on 127.0.0.1:4700) and the chat backend, with cluster file $2
+# (default bench/cluster.toml); their PIDs go into the caller's `pids`.
+# Returns once the connector listens (it may not have its backend yet).
+start_cluster() { # binary [cluster file]
+  local file=${2:-bench/cluster.toml}
+  "$1" run --config "$file" --node connector-1 >/dev/null 2>&1 &
+  pids=($!)
+  "$1" run --config "$file" --node chat-1 >/dev/null 2>&1 &
+  pids+=($!)
+  wait_port 4700
+}
+
 # Stops the processes in the caller's `pids` array by PID, the last started
 # first (a cluster's servers before the etcd and NATS they shut down
 # through), each given 10 s before SIGKILL; empties the array.

@@ -38,11 +38,7 @@ for r in $(seq "$rounds"); do
   wait_port 4900
   measure floor 4900 "$r"
   stop
-  "$bin" run --config bench/cluster.toml --node connector-1 >/dev/null 2>&1 &
-  pids=($!)
-  "$bin" run --config bench/cluster.toml --node chat-1 >/dev/null 2>&1 &
-  pids+=($!)
-  wait_port 4700
+  start_cluster "$bin"
   sleep 1
   measure two-process 4700 "$r"
   stop

@@ -60,10 +60,7 @@ for r in $(seq "$rounds"); do
       pinus_master=$(bench/pinus/start.sh)
       port=4100
     elif [ "$system" = two-process ]; then
-      "$bin" run --config bench/cluster.toml --node connector-1 >/dev/null 2>&1 &
-      pids=($!)
-      "$bin" run --config bench/cluster.toml --node chat-1 >/dev/null 2>&1 &
-      pids+=($!)
+      start_cluster "$bin"
     else
       "$bin" run --config bench/cluster.toml --node connector-1,chat-1 >/dev/null 2>&1 &
       pids=($!)

@@ -309,16 +309,44 @@ async fn readyz_turns_unready_on_a_lost_store_and_on_a_drain() {
         }
     })
     .await;
+    // The echo above may have taken the backend's link from before the
+    // restart: the backend's record came back with the registry, and the
+    // frontend may drop that link and take the new one a moment later, so
+    // a request meanwhile finds no backend. The sleep is sent again until
+    // one runs.
     let client = std::sync::Arc::new(client);
-    let slow = tokio::spawn({
+    let slow = common::eventually(WAIT, "a sleep request runs on the backend", || {
         let client = client.clone();
         async move {
-            client
-                .request("chat.benchHandler.sleep", &json!({ "ms": 2500 }))
-                .await
+            let slow = tokio::spawn({
+                let client = client.clone();
+                async move {
+                    client
+                        .request("chat.benchHandler.sleep", &json!({ "ms": 2500 }))
+                        .await
+                }
+            });
+            let until = Instant::now() + Duration::from_secs(2);
+            loop {
+                if slow.is_finished() {
+                    return Err(format!("ended before it ran: {:?}", slow.await));
+                }
+                let answer = client
+                    .request("chat.benchHandler.sleeping", &json!({}))
+                    .await
+                    .map_err(|err| err.to_string())?;
+                if answer["sleeping"].as_u64().unwrap_or(0) >= 1 {
+                    return Ok(slow);
+                }
+                if Instant::now() > until {
+                    slow.abort();
+                    return Err(format!("not running within 2 s: {answer}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-    });
-    common::nodes::sleeping(&client, 1).await;
+    })
+    .await;
     signal(front.child.id().expect("pid"), "TERM");
     readyz_becomes(&front, 503, "draining").await;
     assert!(
