@@ -90,13 +90,7 @@ measure() { # build binary
 
 for r in $(seq "$rounds"); do
   echo "round $r/$rounds" >&2
-  if [ $((r % 2)) -eq 1 ]; then
-    measure old "$old_bin"
-    measure new "$new_bin"
-  else
-    measure new "$new_bin"
-    measure old "$old_bin"
-  fi
+  in_turn "$r" measure "$old_bin" "$new_bin"
 done
 
 python3 - "$results" "$rev" "$rounds" <<'EOF'

@@ -52,13 +52,7 @@ print("%s %.0f %.2f %.2f" % (sys.argv[1], r["throughput"], us[0], us[1]))
 
 echo "build req/s connector-us/req backend-us/req ($workload, 50 clients, ${duration} s)"
 for r in $(seq "$rounds"); do
-  if [ $((r % 2)) -eq 1 ]; then
-    one old "$old"
-    one new "$new"
-  else
-    one new "$new"
-    one old "$old"
-  fi
+  in_turn "$r" one "$old" "$new"
 done
 
 python3 - "$work/runs" <<'PY'

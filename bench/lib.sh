@@ -26,6 +26,18 @@ start_cluster() { # binary [cluster file]
   wait_port 4700
 }
 
+# Runs `$2 old $3` and `$2 new $4`, the old build first in odd rounds ($1)
+# and second in even ones, so drift in the machine hits both builds alike.
+in_turn() { # round command old-binary new-binary
+  if [ $(($1 % 2)) -eq 1 ]; then
+    "$2" old "$3"
+    "$2" new "$4"
+  else
+    "$2" new "$4"
+    "$2" old "$3"
+  fi
+}
+
 # Stops the processes in the caller's `pids` array by PID, the last started
 # first (a cluster's servers before the etcd and NATS they shut down
 # through), each given 10 s before SIGKILL; empties the array.

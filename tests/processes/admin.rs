@@ -73,6 +73,19 @@ async fn node_env(role: &str, id: &str, redis: &str, env: &[(&str, &str)]) -> No
     }
 }
 
+/// The bench app's `sleep` request for `ms`, sent on a task of its own.
+fn sleep_in_flight(
+    client: &std::sync::Arc<PomeloClient>,
+    ms: u64,
+) -> tokio::task::JoinHandle<Result<Value, session_proxy_client::ClientError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        client
+            .request("chat.benchHandler.sleep", &json!({ "ms": ms }))
+            .await
+    })
+}
+
 /// A frontend and a backend registered in a fresh Redis.
 async fn cluster() -> Option<(RedisServer, Node, Node)> {
     let redis = RedisServer::start()?;
@@ -318,32 +331,12 @@ async fn readyz_turns_unready_on_a_lost_store_and_on_a_drain() {
     let slow = common::eventually(WAIT, "a sleep request runs on the backend", || {
         let client = client.clone();
         async move {
-            let slow = tokio::spawn({
-                let client = client.clone();
-                async move {
-                    client
-                        .request("chat.benchHandler.sleep", &json!({ "ms": 2500 }))
-                        .await
-                }
-            });
-            let until = Instant::now() + Duration::from_secs(2);
-            loop {
-                if slow.is_finished() {
-                    return Err(format!("ended before it ran: {:?}", slow.await));
-                }
-                let answer = client
-                    .request("chat.benchHandler.sleeping", &json!({}))
-                    .await
-                    .map_err(|err| err.to_string())?;
-                if answer["sleeping"].as_u64().unwrap_or(0) >= 1 {
-                    return Ok(slow);
-                }
-                if Instant::now() > until {
-                    slow.abort();
-                    return Err(format!("not running within 2 s: {answer}"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut slow = sleep_in_flight(&client, 2500);
+            tokio::select! {
+                () = common::nodes::sleeping(&client, 1) => {}
+                ended = &mut slow => return Err(format!("ended before it ran: {ended:?}")),
             }
+            Ok(slow)
         }
     })
     .await;
@@ -691,14 +684,7 @@ async fn a_prestop_drain_waits_for_the_node_and_a_sigterm_after_it_does_not_cut_
     let client = std::sync::Arc::new(client_with_echoes(&front, 1).await);
     // A request in flight keeps the drain going for a while (within the
     // gateway's shutdown grace, 1 s, so it is answered).
-    let slow = tokio::spawn({
-        let client = client.clone();
-        async move {
-            client
-                .request("chat.benchHandler.sleep", &json!({ "ms": 800 }))
-                .await
-        }
-    });
+    let slow = sleep_in_flight(&client, 800);
     common::nodes::sleeping(&client, 1).await;
 
     let hook = tokio::spawn({

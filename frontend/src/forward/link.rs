@@ -3,6 +3,7 @@
 //! and one call's exchange on a link.
 
 use bytes::Bytes;
+use futures::future::{ready, BoxFuture, Either, Ready};
 use session_proxy_link::inproc::DirectBackend;
 use session_proxy_protocol::{
     BackendCall, ErrorCode, Handle, InFlight, Message, RegisterError, Request, Response, RpcError,
@@ -61,14 +62,51 @@ impl BackendLink {
 
     /// Fails every forwarded request still waiting: the link is gone.
     pub(crate) fn close(&self) {
-        self.inflight.close(|| {
-            Err(RpcError::new(
-                ErrorCode::PeerClosed,
-                "backend connection closed",
-            ))
-        });
+        self.inflight.close(|| Err(closed()));
+    }
+
+    /// Queues `message` for the backend, waiting for room until `until` at
+    /// most. Almost every message finds room at once and is queued before
+    /// this returns; only one that does not waits, boxed: a send in
+    /// progress takes about 500 bytes, which every forwarded request's and
+    /// notify's future would otherwise carry (and copy as it moves).
+    pub(super) fn queue(
+        &self,
+        message: Message<BackendCall>,
+        until: tokio::time::Instant,
+    ) -> Queueing<'_> {
+        match self.tx.try_send(message) {
+            Ok(()) => Either::Left(ready(Ok(()))),
+            Err(TrySendError::Closed(_)) => Either::Left(ready(Err(Unqueued::Closed))),
+            Err(TrySendError::Full(message)) => Either::Right(Box::pin(async move {
+                match tokio::time::timeout_at(until, self.tx.send(message)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(Unqueued::Closed),
+                    Err(_) => Err(Unqueued::TimedOut),
+                }
+            })),
+        }
     }
 }
+
+/// [`BackendLink::queue`] under way: done at once, or waiting for room.
+pub(super) type Queueing<'a> =
+    Either<Ready<Result<(), Unqueued>>, BoxFuture<'a, Result<(), Unqueued>>>;
+
+/// Why [`BackendLink::queue`] did not queue a message.
+pub(super) enum Unqueued {
+    /// The link is gone.
+    Closed,
+    /// No room came before the deadline.
+    TimedOut,
+}
+
+/// The error of a call whose backend link is gone.
+pub(super) fn closed() -> RpcError {
+    RpcError::new(ErrorCode::PeerClosed, "backend connection closed")
+}
+
+impl BackendLink {}
 
 /// The connected backends of one server type, sorted by node id, with their
 /// ids ready for the router. Replaced whole on (rare) membership changes, so
@@ -128,7 +166,6 @@ pub(super) async fn exchange_call(
     deadline: Duration,
 ) -> Result<Bytes, RpcError> {
     let until = tokio::time::Instant::now() + deadline;
-    let closed = || RpcError::new(ErrorCode::PeerClosed, "backend connection closed");
     let (id, rx) = link.inflight.register().map_err(|e| match e {
         RegisterError::Full => RpcError::new(
             ErrorCode::Overloaded,
@@ -139,24 +176,13 @@ pub(super) async fn exchange_call(
     let _forget = Forget {
         link,
         id,
-        deadline_at: std::time::Instant::now() + deadline,
+        deadline_at: until.into_std(),
     };
     let request = Message::Request(Request::new(id, deadline, call));
-    // Almost every request finds room in the link's queue at once. Only one
-    // that does not waits, boxed: a send in progress takes about 500
-    // bytes, which every forwarded request's future would otherwise carry
-    // (and copy as it moves).
-    let wait_for_room = match link.tx.try_send(request) {
-        Ok(()) => None,
-        Err(TrySendError::Full(request)) => Some(Box::pin(link.tx.send(request))),
-        Err(TrySendError::Closed(_)) => return Err(closed()),
-    };
-    if let Some(send) = wait_for_room {
-        match tokio::time::timeout_at(until, send).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(closed()),
-            Err(_) => return Err(link.no_answer(deadline)),
-        }
+    match link.queue(request, until).await {
+        Ok(()) => {}
+        Err(Unqueued::Closed) => return Err(closed()),
+        Err(Unqueued::TimedOut) => return Err(link.no_answer(deadline)),
     }
     match tokio::time::timeout_at(until, rx).await {
         Ok(Ok(result)) => result,

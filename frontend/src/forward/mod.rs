@@ -24,7 +24,7 @@ pub(crate) use link::BackendLink;
 pub use router::{pick_by_key, HashRouter, Router};
 pub use sticky::StickyOptions;
 
-use link::{direct_call, exchange_call, Candidates};
+use link::{closed, direct_call, exchange_call, Candidates, Unqueued};
 
 use bytes::Bytes;
 use session_proxy_protocol::client::server_type_of;
@@ -243,13 +243,11 @@ impl BackendRegistry {
             return direct_call(&link, direct, handle, deadline).await.map(drop);
         }
         let notify = Message::Notify(BackendCall::from(handle));
-        match tokio::time::timeout(deadline, link.tx.send(notify)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(RpcError::new(
-                ErrorCode::PeerClosed,
-                "backend connection closed",
-            )),
-            Err(_) => Err(RpcError::new(
+        let until = tokio::time::Instant::now() + deadline;
+        match link.queue(notify, until).await {
+            Ok(()) => Ok(()),
+            Err(Unqueued::Closed) => Err(closed()),
+            Err(Unqueued::TimedOut) => Err(RpcError::new(
                 ErrorCode::DeadlineExceeded,
                 format!("{} took no notify within {deadline:?}", link.node_id),
             )),
